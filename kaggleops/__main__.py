@@ -1,0 +1,3 @@
+from kaggleops.cli import main
+
+main()

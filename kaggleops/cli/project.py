@@ -1,0 +1,43 @@
+"""`kops init` and `kops demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kaggleops.cli import app, emit, hint
+from kaggleops.errors import ConfigError
+
+
+@app.command()
+def init(
+    competition: str = typer.Option("tweet-sentiment-extraction", help="Kaggle competition slug."),
+    owner: str = typer.Option(None, help="Kaggle user owning datasets/kernels (default: $KAGGLE_USERNAME)."),
+    force: bool = typer.Option(False, help="Overwrite an existing kops.yaml."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Write a commented kops.yaml into the current folder."""
+    from kaggleops.config import CONFIG_FILE, render_template
+
+    path = Path.cwd() / CONFIG_FILE
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists.", "Edit it, or pass --force to overwrite it.")
+    path.write_text(render_template(competition=competition, owner=owner))
+    emit({"config": str(path)}, as_json, f"Wrote {path}")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(None, help="Fresh folder to work in (default: a new temporary folder)."),
+    epochs: int = typer.Option(3, min=1, help="Training epochs."),
+    fold: list[int] = typer.Option([0], help="Fold(s) to train (of 5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run the whole loop offline: emulator → train → publish → push-kernel → submit → scores."""
+    from kaggleops.demo import run_demo
+
+    summary = run_demo(workdir, epochs=epochs, folds=fold, echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
+    human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
+    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && "
+                           f"mlflow ui --backend-store-uri {summary['tracking_uri']}")

@@ -1,0 +1,212 @@
+"""kops.yaml: one validated config per working folder, overridable by environment variables.
+
+Lookup order for every setting: command-line argument > environment variable > kops.yaml > default.
+Environment variables: ``MLFLOW_TRACKING_URI`` (tracking store), ``KOPS_KAGGLE_ENDPOINT`` (aim the official
+kaggle client at a loopback emulator, e.g. ``http://127.0.0.1:8765``), ``KAGGLE_USERNAME`` (default owner).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kaggleops.errors import ConfigError
+
+CONFIG_FILE = "kops.yaml"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_KAGGLE_ENDPOINT = "KOPS_KAGGLE_ENDPOINT"
+ENV_KAGGLE_USERNAME = "KAGGLE_USERNAME"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """Training settings handed to the task (see kaggleops.tasks.tse.train.TrainSettings)."""
+
+    model: str = "tiny"
+    tokenizer: str | None = None
+    n_folds: int = Field(5, ge=2)
+    folds: list[int] | None = Field(None, description="folds to train; None = all")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    max_len: int = Field(96, ge=16)
+    seed: int = 42
+
+
+class DatasetConfig(_Strict):
+    private: bool = True
+    license: str = "CC0-1.0"
+
+
+class KernelConfig(_Strict):
+    slug: str | None = None
+    machine_shape: str = "NvidiaTeslaT4"
+    enable_gpu: bool = True
+    private: bool = True
+
+
+class KopsConfig(_Strict):
+    """The validated content of kops.yaml."""
+
+    competition: str
+    owner: str | None = None
+    experiment: str | None = None
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    artifact_location: str = DEFAULT_ARTIFACTS
+    data_dir: str | None = None
+    kaggle_endpoint: str | None = None
+    train: TrainConfig = TrainConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    kernel: KernelConfig = KernelConfig()
+    root: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.competition
+
+    @property
+    def kaggle_owner(self) -> str:
+        owner = self.owner or os.environ.get(ENV_KAGGLE_USERNAME)
+        if not owner:
+            raise ConfigError(
+                "No Kaggle owner configured.",
+                f"Set `owner:` in {CONFIG_FILE} or the {ENV_KAGGLE_USERNAME} environment variable.",
+            )
+        return owner
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """The tracking URI with env override applied and relative SQLite paths anchored at the config folder."""
+        uri = os.environ.get(ENV_TRACKING_URI) or self.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            uri = prefix + str((self.root / uri[len(prefix):]).resolve())
+        return uri
+
+    @property
+    def resolved_artifact_location(self) -> str:
+        if "://" in self.artifact_location:
+            return self.artifact_location
+        return (self.root / self.artifact_location).resolve().as_uri()
+
+    @property
+    def resolved_kaggle_endpoint(self) -> str | None:
+        return os.environ.get(ENV_KAGGLE_ENDPOINT) or self.kaggle_endpoint
+
+    def resolved_data_dir(self) -> Path | None:
+        return None if self.data_dir is None else (self.root / self.data_dir).resolve()
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "missing":
+        return f"{path}: required key `{where}` is missing. Add it (see `kops init` for a commented example)."
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key `{where}`. Remove it or fix its spelling (see `kops init`)."
+    return f"{path}: `{where}`: {first['msg']}."
+
+
+def load_config(path: Path | str | None = None) -> KopsConfig:
+    """Read and validate kops.yaml (default: ./kops.yaml).
+
+    Example:
+        >>> cfg = load_config()            # doctest: +SKIP
+        >>> cfg.resolved_tracking_uri      # doctest: +SKIP
+        'sqlite:////home/alice/tse/mlflow.db'
+    """
+    import yaml
+
+    path = Path(path) if path else Path.cwd() / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"No {CONFIG_FILE} at {path}.", "Create one with: kops init")
+    try:
+        raw: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}.", "Fix the file.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values.", "See `kops init`.")
+    try:
+        return KopsConfig(**raw, root=path.parent.resolve())
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from None
+
+
+TEMPLATE = """\
+# kops.yaml: settings for this competition folder. Environment variables override:
+#   MLFLOW_TRACKING_URI, KOPS_KAGGLE_ENDPOINT, KAGGLE_USERNAME / KAGGLE_KEY.
+
+# Kaggle competition slug (the built-in task: tweet-sentiment-extraction).
+competition: {competition}
+
+# Kaggle user (or organisation) that owns the datasets and kernels kops creates.
+# Default: the KAGGLE_USERNAME environment variable.
+{owner_line}
+
+# MLflow experiment name (default: the competition slug).
+experiment: {experiment}
+
+# Where runs go. Default: a SQLite file beside this config; artifacts in ./mlartifacts.
+# A team server works too: tracking_uri: https://mlflow.example.com
+tracking_uri: {tracking_uri}
+artifact_location: mlartifacts
+
+# Folder holding the competition's train.csv / test.csv. Default (null): kops' bundled sample.
+data_dir: {data_dir}
+
+# Base URL of a Kaggle API emulator (tests, dry runs). null = the real kaggle.com.
+kaggle_endpoint: null
+
+train:
+  model: {model}            # "tiny" (built from a config) or a Hugging Face name / local folder
+  tokenizer: null        # folder with tokenizer files; null = the model's own (tiny: trained on the fly)
+  n_folds: 5
+  folds: {folds}          # null = all folds
+  epochs: {epochs}
+  batch_size: 32
+  lr: 3.0e-4
+  max_len: 96
+  seed: 42
+
+dataset:
+  private: true
+  license: CC0-1.0
+
+kernel:
+  slug: null             # default: <experiment>-inference
+  machine_shape: NvidiaTeslaT4
+  enable_gpu: true
+  private: true
+"""
+
+
+def render_template(
+    competition: str = "tweet-sentiment-extraction",
+    owner: str | None = None,
+    experiment: str | None = None,
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    data_dir: str | None = None,
+    model: str = "tiny",
+    folds: list[int] | None = None,
+    epochs: int = 3,
+) -> str:
+    """The commented kops.yaml that `kops init` writes."""
+    return TEMPLATE.format(
+        competition=competition,
+        owner_line=f"owner: {owner}" if owner else "# owner: your-kaggle-username",
+        experiment=experiment or competition,
+        tracking_uri=tracking_uri,
+        data_dir=data_dir or "null",
+        model=model,
+        folds="null" if folds is None else "[" + ", ".join(map(str, folds)) + "]",
+        epochs=epochs,
+    )

@@ -1,0 +1,127 @@
+"""`kops demo`: the whole loop, offline, in a fresh work folder.
+
+Starts the loopback Kaggle emulator seeded with the bundled Tweet Sentiment Extraction sample, then runs the
+same library functions the commands run: train → publish → push-kernel (the emulator executes the kernel) →
+submit → scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.errors import KopsError
+
+COMPETITION = "tweet-sentiment-extraction"
+DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
+STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
+
+
+def seed_competition(emulator: Any, task: Any) -> int:
+    """Register the task's bundled sample as a code competition with a hidden solution; returns test rows."""
+    import csv
+
+    sample = task.sample_dir()
+    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
+        solution = list(csv.DictReader(f))
+    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
+    emulator.add_competition(COMPETITION, files, solution, task.id_column, task.target_column, task.metric)
+    return len(solution)
+
+
+@contextlib.contextmanager
+def demo_environment(workdir: Path, endpoint: str) -> Iterator[None]:
+    """Aim kops at the emulator with throw-away credentials; restore the caller's environment afterwards."""
+    saved = dict(os.environ)
+    os.environ.update({
+        ENV_KAGGLE_ENDPOINT: endpoint, "KAGGLE_USERNAME": DEMO_USER, "KAGGLE_KEY": DEMO_KEY,
+        "KAGGLE_CONFIG_DIR": str(workdir / ".kaggle"),
+    })
+    for var in ("KAGGLE_API_TOKEN", ENV_TRACKING_URI):
+        os.environ.pop(var, None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:  # contextlib.chdir is 3.11+; Colab/Kaggle images vary
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def init_workdir(workdir: Path, epochs: int, folds: list[int]) -> None:
+    """A git repository holding a kops.yaml, so runs carry real provenance."""
+    (workdir / CONFIG_FILE).write_text(render_template(competition=COMPETITION, owner=DEMO_USER,
+                                                       experiment="tse-demo", folds=folds, epochs=epochs))
+    (workdir / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.emulator/\n.kaggle/\n.kops/\n")
+    git = ["git", "-c", "user.name=kops demo", "-c", "user.email=demo@kops.invalid"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "kops demo"]):
+        subprocess.run([*git, *args], cwd=workdir, check=True, capture_output=True)
+
+
+def new_workdir(workdir: Path | None) -> Path:
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="kops-demo-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        raise KopsError(f"Work folder {workdir} is not empty.", "Pass a new or empty folder with --workdir.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir.resolve()
+
+
+def run_demo(workdir: Path | None = None, epochs: int = 3, folds: list[int] | None = None,
+             echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
+    """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
+    from kaggleops.config import load_config
+    from kaggleops.emulator import Emulator
+    from kaggleops.kernels import push_kernel
+    from kaggleops.publish import publish
+    from kaggleops.submit import scores, submit
+    from kaggleops.training import get_task_for, train
+
+    workdir = new_workdir(workdir)
+    emulator = Emulator(workdir / ".emulator", username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
+    summary: dict[str, Any] = {"workdir": str(workdir)}
+    started = time.perf_counter()
+    try:
+        url = emulator.start()
+        init_workdir(workdir, epochs, folds or [0])
+        with demo_environment(workdir, url), _chdir(workdir):
+            cfg = load_config(workdir / CONFIG_FILE)
+            rows = seed_competition(emulator, get_task_for(cfg))
+            summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
+            echo("emulator", f"{url}, competition {COMPETITION} ({rows} hidden test rows)")
+            trained = train(cfg, progress=False)
+            summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
+            echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
+            pub = publish(cfg, trained.runs[0].run_id)
+            summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
+            echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
+            kern = push_kernel(cfg, [trained.runs[0].run_id], wait=True)
+            summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version)
+            echo("push-kernel", f"kernel {kern.kernel} version {kern.kernel_version}: {kern.status}")
+            sub = submit(cfg, kern.kernel, kern.kernel_version, "kops demo")
+            summary.update(submission_ref=sub.submission_ref, submission_run_id=sub.submission_run_id)
+            echo("submit", f"submission {sub.submission_ref} (submission run {sub.submission_run_id})")
+            row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
+                       if r.submission_ref == sub.submission_ref)
+            summary.update(lb_public=row.lb_public, lb_private=row.lb_private, status=row.status)
+            echo("scores", f"public {row.lb_public} / private {row.lb_private} written to runs "
+                           f"{', '.join([sub.submission_run_id, *row.source_runs])}")
+    finally:
+        emulator.stop()
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary

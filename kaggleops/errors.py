@@ -1,0 +1,83 @@
+"""The KopsError tree. Every error a user can cause or fix says what failed, where, and what to type next.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a
+KopsError is a bug and propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KopsError(Exception):
+    """Base class: a one-line, user-facing message (what failed + how to fix it)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} {hint}" if hint else message)
+
+
+class ConfigError(KopsError):
+    """kops.yaml is missing, unreadable or invalid."""
+
+
+class DataError(KopsError):
+    """Competition data is missing or malformed (e.g. a train.csv without a required column)."""
+
+
+class UnknownCompetition(KopsError):
+    """The configured competition has no built-in task."""
+
+
+class RunNotFound(KopsError):
+    """An MLflow run id that does not exist in the configured tracking store."""
+
+    def __init__(self, run_id: str, tracking_uri: str) -> None:
+        super().__init__(
+            f"Run {run_id} not found in the tracking store {tracking_uri}.",
+            "List runs with: kops runs (or check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri`).",
+        )
+        self.run_id = run_id
+
+
+class MissingArtifact(KopsError):
+    """A run lacks an artifact a later stage needs (e.g. no model folder to publish)."""
+
+
+class KaggleError(KopsError):
+    """A Kaggle API call failed."""
+
+
+class CredentialsMissing(KaggleError):
+    """No Kaggle credentials were found."""
+
+
+class DatasetNotFound(KaggleError):
+    def __init__(self, ref: str, hint: str | None = None) -> None:
+        super().__init__(f"Dataset {ref} not found.", hint or "Create it with: kops publish RUN_ID")
+        self.ref = ref
+
+
+class PublishError(KaggleError):
+    """Creating a dataset or dataset version failed; the run was left untagged."""
+
+
+class KernelError(KaggleError):
+    """Pushing or running a kernel failed."""
+
+
+class SubmissionError(KaggleError):
+    """Submitting to a competition failed."""
+
+
+class QuotaExceeded(KaggleError):
+    """The competition's daily submission limit is reached."""
+
+
+class RulesNotAccepted(KaggleError):
+    """403 from a competition endpoint: the rules were not accepted."""
+
+
+class TimedOut(KopsError):
+    """Waiting for a remote state took longer than allowed."""

@@ -1,0 +1,44 @@
+"""Where are we running: colab | kaggle-interactive | kaggle-batch | local; which GPU; library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "mlflow", "kaggle")
+
+
+def detect_env() -> str:
+    """``colab``, ``kaggle-interactive``, ``kaggle-batch`` or ``local``."""
+    run_type = os.environ.get("KAGGLE_KERNEL_RUN_TYPE")
+    if run_type:
+        return "kaggle-batch" if run_type.lower() == "batch" else "kaggle-interactive"
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG") or os.environ.get("COLAB_GPU"):
+        return "colab"
+    return "local"
+
+
+def gpu_info() -> dict[str, str]:
+    """Name and memory of the first CUDA device, or ``{"name": "none"}``. Imports torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"name": "none"}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "count": str(torch.cuda.device_count()),
+        "memory_gb": f"{props.total_memory / 2**30:.1f}",
+    }
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
