@@ -34,9 +34,9 @@ class TrainConfig(_Strict):
     tokenizer: str | None = None
     n_folds: int = Field(5, ge=2)
     folds: list[int] | None = Field(None, description="folds to train; None = all")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     max_len: int = Field(96, ge=16)
     seed: int = 42
 
@@ -173,7 +173,7 @@ train:
   folds: {folds}          # null = all folds
   epochs: {epochs}
   batch_size: 32
-  lr: 3.0e-4
+  lr: 5.0e-4
   max_len: 96
   seed: 42
 
@@ -197,7 +197,7 @@ def render_template(
     data_dir: str | None = None,
     model: str = "tiny",
     folds: list[int] | None = None,
-    epochs: int = 3,
+    epochs: int = 6,
 ) -> str:
     """The commented kops.yaml that `kops init` writes."""
     return TEMPLATE.format(

@@ -82,7 +82,7 @@ def new_workdir(workdir: Path | None) -> Path:
     return workdir.resolve()
 
 
-def run_demo(workdir: Path | None = None, epochs: int = 3, folds: list[int] | None = None,
+def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | None = None,
              echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
     """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
     from kaggleops.config import load_config

@@ -93,6 +93,7 @@ class Kaggle:
                 from kaggle.api.kaggle_api_extended import KaggleApi
 
                 api = KaggleApi()
+                _follow_config_dir(api)
                 if self.endpoint:
                     import kagglesdk.kaggle_env as kaggle_env
 
@@ -243,6 +244,14 @@ class Kaggle:
             if len(batch) < page_size:
                 return out
             page += 1
+
+
+def _follow_config_dir(api: Any) -> None:
+    """KaggleApi fixes its config dir at first import; follow a KAGGLE_CONFIG_DIR set since then."""
+    config_dir = os.environ.get("KAGGLE_CONFIG_DIR")
+    if config_dir:
+        api.config_dir = config_dir
+        api.config = os.path.join(config_dir, api.config_file)
 
 
 def _submission(s: Any) -> Submission:

@@ -60,7 +60,7 @@ def main() -> None:
     """Entry point: run the app; a KopsError becomes one line on stderr and exit code 1."""
     _register()
     try:
-        app(standalone_mode=False)
+        app(prog_name="kops", standalone_mode=False)
     except KopsError as e:
         typer.echo(f"kops: error: {e}", err=True)
         sys.exit(e.exit_code)

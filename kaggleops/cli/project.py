@@ -30,7 +30,7 @@ def init(
 @app.command()
 def demo(
     workdir: Path = typer.Option(None, help="Fresh folder to work in (default: a new temporary folder)."),
-    epochs: int = typer.Option(3, min=1, help="Training epochs."),
+    epochs: int = typer.Option(6, min=1, help="Training epochs."),
     fold: list[int] = typer.Option([0], help="Fold(s) to train (of 5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

@@ -36,4 +36,4 @@ def mean_jaccard(truths: Iterable[str], preds: Iterable[str]) -> float:
         raise ValueError(f"mean_jaccard: {len(t)} truths but {len(p)} predictions")
     if not t:
         raise ValueError("mean_jaccard: no rows to score")
-    return sum(jaccard(a, b) for a, b in zip(t, p)) / len(t)
+    return sum(jaccard(a, b) for a, b in zip(t, p, strict=True)) / len(t)

@@ -1,0 +1,156 @@
+"""A loopback Kaggle API emulator that the real ``kaggle`` client (2.2.5 / kagglesdk) can talk to.
+
+Usage (in-process, what the tests do)::
+
+    emu = Emulator(tmp_path / "emu")
+    emu.add_competition("tiny", {"test.csv": path}, solution, "id", "label", accuracy)
+    url = emu.start()                      # "http://127.0.0.1:PORT"
+    # KAGGLE_API_ENVIRONMENT=LOCALHOST before `import kaggle`, then:
+    import kagglesdk.kaggle_env as ke
+    ke._env_to_endpoint[ke.KaggleEnv.LOCAL] = url
+
+It also works as an ``HTTP_PROXY`` for ``http://localhost`` (absolute-form request targets).
+See ``server.py`` for endpoints, ``scoring.py`` for the public/private split and ``runner.py`` for
+how kernels are executed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import ApiError, EmulatorConfig
+from .rpc_competitions import CompetitionService
+from .rpc_datasets import DatasetService
+from .rpc_kernels import KernelService
+from .runner import KernelRunner
+from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
+from .server import Api, Handler, make_server
+from .state import Competition, Store
+
+__all__ = ["ApiError", "Emulator", "Metric", "SubmissionInvalid", "format_score", "split_solution"]
+
+
+class Emulator:
+    """An in-memory Kaggle API server on 127.0.0.1, with real kernel runs and submission scoring."""
+
+    def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
+                 kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
+                 dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
+                 users: dict[str, str] | None = None) -> None:
+        """Create an emulator keeping its files under ``root``.
+
+        Args:
+            root: folder for blobs, dataset versions, kernel runs, zips and ``requests.log``.
+            username, key: the legacy API-key credentials accepted as HTTP Basic auth.
+            kernel_timeout_s: wall-clock limit of one kernel run (``sessionTimeoutSeconds`` may lower it).
+            score_delay_polls: reads (GetSubmission/ListSubmissions) a submission stays PENDING for.
+            daily_submission_limit: submissions per user, competition and UTC day; more answer 429.
+            dataset_processing_s: seconds a new dataset version stays processing before it is READY.
+            tokens: bearer access tokens accepted, mapped to the username they authenticate.
+            users: extra ``{username: key}`` pairs accepted besides ``username``/``key``.
+        """
+        self.root = Path(root)
+        self.username = username
+        self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
+                                     score_delay_polls=int(score_delay_polls),
+                                     daily_submission_limit=int(daily_submission_limit),
+                                     dataset_processing_s=float(dataset_processing_s))
+        self.store = Store(self.root)
+        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s)
+        services = (DatasetService(self.store, self.config),
+                    KernelService(self.store, self.config, self.runner),
+                    CompetitionService(self.store, self.config))
+        routes: dict[str, Handler] = {}
+        for service in services:
+            routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})
+        all_users = {username: key, **(users or {})}
+        self.api = Api(self.store, routes, all_users, dict(tokens or {}), self.root / "requests.log")
+        self.url = ""
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # ---- seeding -------------------------------------------------------------------------------
+
+    def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
+                        target_column: str, metric: Callable[[list[str], list[str]], float],
+                        output_file: str = "submission.csv") -> None:
+        """Seed a competition.
+
+        Args:
+            slug: competition slug (the kernel input folder is ``input/<slug>/``).
+            files: public data files, ``{name in the competition: local path}``; copied into the root.
+            solution: rows with at least ``id_column`` and ``target_column``; even positions are public.
+            id_column, target_column: the submission columns that are matched and scored.
+            metric: ``metric(truths, preds) -> float`` over string lists aligned by id.
+            output_file: default file name for code submissions (and uploads without a name).
+        """
+        base = self.store.dir("competitions", slug)
+        copied = {}
+        for name, src in files.items():
+            target = base / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            copied[name] = target
+        rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in solution]
+        spec = CompetitionSpec(solution=rows, id_column=id_column, target_column=target_column, metric=metric)
+        with self.store.lock:
+            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file)
+
+    def expected_scores(self, slug: str, submission_rows: list[dict]) -> tuple[str, str]:
+        """The (publicScore, privateScore) strings the emulator would give these submission rows.
+
+        Raises ``scoring.SubmissionInvalid`` if the rows would make the submission ERROR.
+        """
+        comp = self.store.competition(slug)
+        rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in submission_rows]
+        return score_rows(comp.spec, rows)
+
+    # ---- control -------------------------------------------------------------------------------
+
+    def inject_fault(self, method_name: str, status: int, times: int = 1) -> None:
+        """Make the next ``times`` calls of an RPC ("CreateDataset" or "service/Method") answer ``status``.
+
+        A 429 carries ``Retry-After: 1``; the body is ``{"code": status, "message": "injected fault N"}``.
+        The pseudo-method ``"Upload"`` targets blob PUTs instead: the emulator keeps only half of the
+        bytes received and answers ``status`` (503 makes the real client resume the upload).
+        """
+        self.api.faults.add(method_name, status, times)
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve in a daemon thread and return the base URL, e.g. ``http://127.0.0.1:PORT``."""
+        if self._server is not None:
+            return self.url
+        self._server = make_server(self.api, host, port)
+        bound_host, bound_port = self._server.server_address[:2]
+        self.url = f"http://{bound_host}:{bound_port}"
+        self.api.base_url = self.url
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="kaggle-emulator", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and kill running kernels."""
+        self.runner.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def state_summary(self) -> dict:
+        """A JSON-able snapshot of datasets, kernels, competitions, submissions and open uploads."""
+        return self.store.summary()
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,112 @@
+"""Config, refs, metric, CLI contract: the fast checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kaggleops.config import load_config, render_template
+from kaggleops.errors import ConfigError
+from kaggleops.provenance import strip_credentials
+from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef, slugify
+from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
+
+COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"],
+            ["emulator", "start"]]
+HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
+
+
+def kops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("truth", "pred", "score"), [
+    ("Sooo SAD", "sooo sad i will miss you", 1 / 3),
+    ("happy", "HAPPY", 1.0),
+    ("a b", "c d", 0.0),
+    ("", "", 1.0),           # decided: two empty strings are an exact match
+    ("", "something", 0.0),
+    ("  spaced   out ", "spaced out", 1.0),
+])
+def test_jaccard_matches_competition_definition(truth: str, pred: str, score: float) -> None:
+    assert jaccard(truth, pred) == pytest.approx(score)
+
+
+def test_mean_jaccard_rejects_misaligned_rows() -> None:
+    assert mean_jaccard(["a", "b c"], ["a", "b"]) == pytest.approx((1 + 0.5) / 2)
+    with pytest.raises(ValueError, match="2 truths but 1 predictions"):
+        mean_jaccard(["a", "b"], ["a"])
+
+
+def test_refs_parse_and_print() -> None:
+    ref = DatasetRef.parse("alice/tse-roberta-f0/3")
+    assert (ref.owner, ref.slug, ref.version, str(ref)) == ("alice", "tse-roberta-f0", 3, "alice/tse-roberta-f0/3")
+    assert DatasetRef.parse("alice/tse-roberta-f0").url() == "https://www.kaggle.com/datasets/alice/tse-roberta-f0"
+    assert KernelRef.parse("alice/tse-infer").url("http://127.0.0.1:9") == "http://127.0.0.1:9/code/alice/tse-infer"
+    assert CompetitionRef.parse("https://www.kaggle.com/competitions/tweet-sentiment-extraction").slug == \
+        "tweet-sentiment-extraction"
+    with pytest.raises(ValueError, match="Expected owner/slug"):
+        DatasetRef.parse("no-owner")
+    assert slugify("TSE: RoBERTa fold 0!") == "tse-roberta-fold-0"
+
+
+def test_strip_credentials_from_remote() -> None:
+    assert strip_credentials("https://bob:ghp_secret@github.com/a/b.git") == "https://github.com/a/b.git"
+    assert strip_credentials("git@github.com:a/b.git") == "git@github.com:a/b.git"
+
+
+def test_init_template_is_valid_config(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text(render_template(owner="alice", folds=[0, 1]))
+    cfg = load_config(tmp_path / "kops.yaml")
+    assert cfg.competition == "tweet-sentiment-extraction" and cfg.train.folds == [0, 1]
+    assert cfg.resolved_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("owner: alice\n", "required key `competition` is missing"),
+    ("competition: x\ntrian: {}\n", "unknown key `trian`"),
+    ("competition: x\ntrain: {epochs: 0}\n", "`train.epochs`: Input should be greater than or equal to 1"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_bad_config_is_one_clear_line(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "kops.yaml").write_text(content)
+    with pytest.raises(ConfigError, match=message.replace("`", "`").replace(".", r"\.")):
+        load_config(tmp_path / "kops.yaml")
+
+
+def test_env_overrides_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_config(tmp_path / "kops.yaml").resolved_tracking_uri == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: list[str]) -> None:
+    out = kops(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage: kops" in out.stdout and "--help" in out.stdout
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = ("import sys\nsys.argv=['kops','--help']\nfrom kaggleops.cli import main\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"{[h.split('.')[0] for h in HEAVY]!r} or m.startswith('google.cloud')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("LOADED []"), out.stdout[-500:]
+
+
+def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"kops: error: No kops.yaml at {tmp_path / 'kops.yaml'}. Create one with: kops init"
+
+
+def test_init_writes_config_once(tmp_path: Path) -> None:
+    first = kops("init", "--owner", "alice", "--json", cwd=tmp_path)
+    assert first.returncode == 0 and json.loads(first.stdout)["config"] == str(tmp_path / "kops.yaml")
+    again = kops("init", cwd=tmp_path)
+    assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr

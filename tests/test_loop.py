@@ -1,0 +1,119 @@
+"""The whole loop: `kops demo --json` end to end, read back through MlflowClient; and bad input per stage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggleops.tasks import get_task
+from kaggleops.tasks.tse.metric import mean_jaccard
+
+TSE = "tweet-sentiment-extraction"
+
+
+def kops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real `kops demo --json` run, shared by the assertions below."""
+    workdir = tmp_path_factory.mktemp("demo") / "work"
+    home = tmp_path_factory.mktemp("home")
+    out = kops("demo", "--json", "--workdir", str(workdir), "--epochs", "2",
+               env={"HOME": str(home), "TMPDIR": str(home)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    summary["stderr"] = out.stderr
+    return summary
+
+
+@pytest.mark.slow
+def test_demo_reports_every_id(demo: dict[str, Any]) -> None:
+    for key in ("run_id", "dataset", "dataset_version", "kernel", "kernel_version", "submission_ref",
+                "submission_run_id", "lb_public", "lb_private"):
+        assert demo[key] not in (None, ""), key
+    assert demo["dataset_version"] == 1 and demo["kernel_version"] == 1
+    assert demo["status"] == "COMPLETE"
+    for stage in ("emulator", "train", "publish", "push-kernel", "submit", "scores"):
+        assert f"✓ {stage}" in demo["stderr"]
+
+
+@pytest.mark.slow
+def test_demo_scores_equal_hidden_solution(demo: dict[str, Any]) -> None:
+    """lb_public/lb_private are the competition metric of the kernel's own submission.csv on the hidden split."""
+    workdir = Path(demo["workdir"])
+    owner, slug = demo["kernel"].split("/")
+    submission = workdir / ".emulator" / "kernels" / owner / slug / str(demo["kernel_version"]) / "working"
+    preds = {r["textID"]: r["selected_text"] for r in read_csv(submission / "submission.csv")}
+    solution = read_csv(get_task(TSE).sample_dir() / "solution.csv")
+    public, private = solution[0::2], solution[1::2]  # the emulator's documented split
+    assert len(preds) == len(solution)
+    expected_public = mean_jaccard([r["selected_text"] for r in public], [preds[r["textID"]] for r in public])
+    expected_private = mean_jaccard([r["selected_text"] for r in private], [preds[r["textID"]] for r in private])
+    assert demo["lb_public"] == pytest.approx(expected_public, abs=5e-6)
+    assert demo["lb_private"] == pytest.approx(expected_private, abs=5e-6)
+
+
+@pytest.mark.slow
+def test_demo_runs_read_back_with_mlflow_client(demo: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = Path(demo["workdir"])
+    client = MlflowClient(tracking_uri=demo["tracking_uri"])
+    run = client.get_run(demo["run_id"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["mlflow.source.git.repoURL"] == workdir.as_uri()
+    assert tags["kops.git.dirty"] == "false" and tags["kops.env"] == "local"
+    assert tags["kops.dataset"] == demo["dataset"] and tags["kops.dataset.version"] == str(demo["dataset_version"])
+    assert tags["kops.kernel"] == demo["kernel"] and tags["kops.kernel.version"] == str(demo["kernel_version"])
+    assert run.data.params["epochs"] == "2"
+    assert run.data.metrics["lb_public"] == pytest.approx(demo["lb_public"])
+    assert run.data.metrics["lb_private"] == pytest.approx(demo["lb_private"])
+    losses = client.get_metric_history(demo["run_id"], "train_loss")
+    assert len({m.step for m in losses}) > 5
+    assert "val_jaccard" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(demo["run_id"], "model")}
+    assert {"model/config.json", "model/tokenizer.json"} <= artifacts
+    oof = read_csv(Path(client.download_artifacts(demo["run_id"], "oof", str(workdir / "dl"))) / "oof.csv")
+    assert {"textID", "sentiment", "text", "selected_text", "pred", "jaccard"} <= set(oof[0])
+    sub = client.get_run(demo["submission_run_id"])
+    assert sub.data.tags["kops.source_runs"] == demo["run_id"]
+    assert sub.data.tags["kops.submission.status"] == "COMPLETE"
+    assert sub.data.metrics["lb_public"] == pytest.approx(demo["lb_public"])
+
+
+@pytest.mark.slow
+def test_published_dataset_carries_manifest(demo: dict[str, Any]) -> None:
+    workdir = Path(demo["workdir"])
+    owner, slug = demo["dataset"].split("/")
+    manifests = list((workdir / ".emulator").rglob("kops-manifest.json"))
+    assert manifests, "no manifest in any stored dataset version"
+    manifest = json.loads(manifests[0].read_text())
+    assert manifest["run_id"] == demo["run_id"]
+    assert manifest["experiment"] == "tse-demo"
+    assert "model.safetensors" in manifest["files"] and len(manifest["files"]["model.safetensors"]["sha256"]) == 64
+    plan = json.loads((workdir / ".kops" / "kernels" / demo["kernel"].split("/")[1] / "kops-kernel.json").read_text())
+    assert plan["models"] == [{"run_id": demo["run_id"], "dataset": demo["dataset"],
+                               "dataset_version": demo["dataset_version"], "weight": 1.0}]
+    metadata = json.loads((workdir / ".kops" / "kernels" / demo["kernel"].split("/")[1] /
+                           "kernel-metadata.json").read_text())
+    assert metadata["enable_internet"] is False and metadata["enable_gpu"] is True
+    assert metadata["competition_sources"] == [TSE] and metadata["dataset_sources"] == [demo["dataset"]]
+    assert owner == "kopsdemo" and slug

@@ -1,0 +1,186 @@
+"""The built-in Tweet Sentiment Extraction task: data, tokenizer, tiny model, training and inference."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from kaggleops.tasks import DataError, get_task
+from kaggleops.tasks.tse import infer
+from kaggleops.tasks.tse.data import load_test, load_train, make_folds
+from kaggleops.tasks.tse.make_sample import write_sample
+from kaggleops.tasks.tse.metric import mean_jaccard
+from kaggleops.tasks.tse.modeling import build_tokenizer, char_span, token_span
+from kaggleops.tasks.tse.train import OOF_COLUMNS, FoldResult, TrainSettings, train_fold
+
+TASK = get_task("tweet-sentiment-extraction")
+SAMPLE = TASK.sample_dir()
+ODD_TEXTS = ["  hello  world", " I `m so happy!!", "sooo SAD  http://bit.ly/x @bob", "", "a"]
+
+
+@pytest.fixture(scope="module")
+def sample_train() -> pd.DataFrame:
+    return load_train(SAMPLE / "train.csv")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sample_train: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return build_tokenizer(sample_train["text"].tolist(), tmp_path_factory.mktemp("tok"), vocab_size=2000)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_train: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[FoldResult, list]:
+    settings = TrainSettings(epochs=1, max_steps=8, eval_every=4, n_folds=5, device="cpu")
+    calls: list[tuple[dict[str, float], int]] = []
+    result = train_fold(sample_train, settings, 0, tmp_path_factory.mktemp("fold0"), lambda m, s: calls.append((m, s)))
+    return result, calls
+
+
+def test_registry_and_unknown_task() -> None:
+    assert TASK.id_column == "textID" and TASK.target_column == "selected_text"
+    with pytest.raises(ValueError) as err:
+        get_task("titanic")
+    assert str(err.value) == "Unknown task 'titanic'; known tasks: tweet-sentiment-extraction"
+
+
+def test_task_packages_import_no_heavy_modules() -> None:
+    code = ("import sys, kaggleops.tasks as t; t.get_task('tweet-sentiment-extraction').sample_dir();"
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_sample_is_deterministic_and_shaped(tmp_path: Path, sample_train: pd.DataFrame) -> None:
+    write_sample(tmp_path)
+    for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
+        assert (tmp_path / name).read_bytes() == (SAMPLE / name).read_bytes(), name
+    test = load_test(SAMPLE / "test.csv")
+    assert list(sample_train.columns) == list(TASK.train_columns) and len(sample_train) == 800
+    assert list(test.columns) == list(TASK.test_columns) and len(test) == 200
+    assert sample_train["textID"].str.fullmatch(r"[0-9a-f]{10}").all()
+    share = sample_train["sentiment"].value_counts(normalize=True)
+    assert 0.33 < share["neutral"] < 0.45 and 0.25 < share["negative"] < 0.36
+    assert all(s in t for s, t in zip(sample_train["selected_text"], sample_train["text"], strict=True))
+
+
+def test_missing_column_raises_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("textID,text,sentiment\nabc,hi there,neutral\n")
+    with pytest.raises(DataError) as err:
+        load_train(path)
+    assert str(err.value) == (f"{path}: missing column(s) selected_text; "
+                              "expected columns: textID, text, selected_text, sentiment")
+
+
+def test_nan_text_becomes_empty(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("textID,text,selected_text,sentiment\n0123456789,,,neutral\n")
+    df = load_train(path)
+    assert df.loc[0, "text"] == "" and df.loc[0, "selected_text"] == ""
+
+
+def test_make_folds_stratified_and_disjoint(sample_train: pd.DataFrame) -> None:
+    folds = make_folds(sample_train, n_folds=5, seed=42)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert folds["textID"].is_unique and len(folds) == len(sample_train)
+    counts = folds.groupby(["sentiment", "fold"]).size().unstack()
+    assert (counts.max(axis=1) - counts.min(axis=1)).max() <= 1
+    assert folds["fold"].value_counts().max() - folds["fold"].value_counts().min() <= 1
+    assert make_folds(sample_train, 5, 42)["fold"].tolist() == folds["fold"].tolist()
+
+
+def test_tokenizer_round_trips_through_save_and_auto(tokenizer: Any, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(str(tmp_path))
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert reloaded.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    for text in ODD_TEXTS:
+        a = tokenizer("positive", text, return_offsets_mapping=True)
+        b = reloaded("positive", text, return_offsets_mapping=True)
+        assert a["input_ids"] == b["input_ids"] and a["offset_mapping"] == b["offset_mapping"]
+        assert a.sequence_ids() == b.sequence_ids()
+    ids = tokenizer("neutral", "hi")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2 and ids.count(2) == 3  # <s> A </s></s> B </s>
+
+
+def test_offsets_keep_leading_and_double_spaces(tokenizer: Any) -> None:
+    text = "  so  happy  today"
+    feature = infer.encode_rows(tokenizer, [{"text": text, "sentiment": "positive"}])[0]
+    start, end = token_span(feature.offsets, feature.tweet, char_span(text, "so  happy"))
+    assert infer.span_text(text, feature, start, end) == "so  happy"
+    assert infer.span_text(text, feature, feature.tweet[0], feature.tweet[-1]).strip() == text.strip()
+
+
+def test_gold_token_spans_score_high_on_sample(tokenizer: Any, sample_train: pd.DataFrame) -> None:
+    rows = sample_train.to_dict("records")
+    features = infer.encode_rows(tokenizer, rows, max_len=96)
+    preds = [infer.span_text(r["text"], f, *token_span(f.offsets, f.tweet, char_span(r["text"], r["selected_text"])))
+             for r, f in zip(rows, features, strict=True)]
+    assert mean_jaccard(sample_train["selected_text"], preds) >= 0.95
+
+
+def test_train_fold_writes_loadable_model_and_oof(trained: tuple[FoldResult, list]) -> None:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    result, calls = trained
+    assert (result.steps, result.n_train, result.n_valid) == (8, 640, 160)
+    assert 0.0 <= result.val_jaccard <= 1.0 and result.best_step in (4, 8)
+    assert AutoModelForQuestionAnswering.from_pretrained(str(result.model_dir)).config.model_type == "roberta"
+    assert len(AutoTokenizer.from_pretrained(str(result.model_dir))) > 5
+    oof = pd.read_csv(result.oof_path, keep_default_na=False)
+    assert list(oof.columns) == OOF_COLUMNS and len(oof) == 160
+    steps = [m for m, _ in calls if "train_loss" in m]
+    evals = [m for m, _ in calls if "val_jaccard" in m]
+    assert len(steps) == 8 and {"train_loss", "lr"} <= set(steps[0])
+    assert len(evals) == 2 and {"val_loss", "val_jaccard_neutral", "val_jaccard_positive"} <= set(evals[0])
+
+
+def test_predict_spans_returns_substrings(trained: tuple[FoldResult, list]) -> None:
+    model, tok = infer.load_model(trained[0].model_dir, device="cpu")
+    rows = [{"text": t, "sentiment": s} for t in ODD_TEXTS for s in ("positive", "negative", "neutral")]
+    preds = infer.predict_spans(model, tok, rows, batch_size=4)
+    assert len(preds) == len(rows)
+    assert all(p in r["text"] for p, r in zip(preds, rows, strict=True))
+    assert [p for p, r in zip(preds, rows, strict=True) if r["sentiment"] == "neutral"] == ODD_TEXTS
+    assert TASK.predict(trained[0].model_dir, rows, device="cpu") == preds
+    model_dir = trained[0].model_dir
+    assert infer.predict_file_rows([model_dir], rows, {}, device="cpu") == preds  # char-level decode agrees
+    assert infer.predict_file_rows([model_dir, model_dir], rows, None, device="cpu") == preds
+
+
+def test_settings_reject_unknown_keys() -> None:
+    assert TASK.settings(epochs=2).epochs == 2
+    with pytest.raises(ValueError, match="Unknown task setting"):
+        TASK.settings(epoch=2)
+
+
+def test_infer_module_is_self_contained() -> None:
+    tree = ast.parse(TASK.kernel_runtime_source())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    allowed = set(sys.stdlib_module_names) | {"torch", "transformers"}
+    assert roots <= allowed, roots - allowed
+    namespace: dict[str, Any] = {}
+    exec(compile("import os\n" + TASK.kernel_runtime_source(), "kernel.py", "exec"), namespace)  # embedded mid-file
+    assert callable(namespace["predict_file_rows"]) and callable(namespace["predict_spans"])
+
+
+def test_real_data_gold_spans_with_roberta_tokenizer(shared_data: Path) -> None:
+    """Skips without ../shared/data; the real train.csv is read in place, never copied."""
+    from transformers import RobertaTokenizerFast
+
+    df = load_train(shared_data / "tweet-sentiment-extraction" / "train.csv")
+    assert len(df) == 27481 and (df["text"] == "").sum() == 1
+    tok = RobertaTokenizerFast.from_pretrained(str(shared_data / "roberta-base-tokenizer"), add_prefix_space=True)
+    rows = df.to_dict("records")
+    features = infer.encode_rows(tok, rows, max_len=128)
+    preds = [infer.span_text(r["text"], f, *token_span(f.offsets, f.tweet, char_span(r["text"], r["selected_text"])))
+             for r, f in zip(rows, features, strict=True)]
+    assert mean_jaccard(df["selected_text"], preds) >= 0.96
