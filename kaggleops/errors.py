@@ -36,7 +36,8 @@ class RunNotFound(KopsError):
     def __init__(self, run_id: str, tracking_uri: str) -> None:
         super().__init__(
             f"Run {run_id} not found in the tracking store {tracking_uri}.",
-            "List runs with: kops runs (or check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri`).",
+            "Check the id in the MLflow UI (mlflow ui --backend-store-uri URI) and that MLFLOW_TRACKING_URI / "
+            "kops.yaml `tracking_uri` name the store it was logged to.",
         )
         self.run_id = run_id
 

@@ -85,8 +85,6 @@ class Kaggle:
         return self._api
 
     def _connect(self) -> Any:
-        if self.endpoint:
-            os.environ[ENV_ENVIRONMENT] = "LOCALHOST"
         chatter = io.StringIO()
         try:
             with contextlib.redirect_stdout(chatter):
@@ -98,7 +96,10 @@ class Kaggle:
                     import kagglesdk.kaggle_env as kaggle_env
 
                     kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
-                    api.args = [*KaggleApi.args, "--local"] if "--local" not in KaggleApi.args else KaggleApi.args
+                    # per instance: the class attribute was fixed by whatever environment the first import saw
+                    api.args = [a for a in KaggleApi.args if a != "--local"] + ["--local"]
+                else:
+                    api.args = [a for a in KaggleApi.args if a != "--local"]
                 api.authenticate()
         except SystemExit:
             raise CredentialsMissing("No Kaggle credentials found.", CREDENTIAL_HELP) from None
@@ -167,6 +168,18 @@ class Kaggle:
                 raise TimedOut(f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {info['status']}).")
             time.sleep(poll_s)
 
+    def dataset_files(self, ref: DatasetRef) -> list[str]:
+        """Names of the files in the dataset's latest version (all pages)."""
+        names: list[str] = []
+        token = None
+        while True:
+            resp = self._call(f"Files of dataset {ref.ref}", self.api.dataset_list_files, ref.ref,
+                              page_token=token, page_size=200)
+            names.extend(str(f.name) for f in (resp.files or []))
+            token = getattr(resp, "next_page_token", None)
+            if not token:
+                return names
+
     def create_dataset(self, folder: Path, public: bool) -> None:
         resp = self._call(
             "Create dataset", self.api.dataset_create_new, str(folder), public=public, quiet=True,
@@ -215,6 +228,15 @@ class Kaggle:
                 raise TimedOut(f"Kernel {ref} still {status} after {timeout_s:.0f} s.")
             time.sleep(poll_s)
 
+    def kernel_log(self, ref: KernelRef) -> list[str]:
+        """The lines a kernel version printed (stdout and stderr, in order); empty when it has no log yet."""
+        text = self._call(f"Log of kernel {ref}", self.api.kernels_logs, str(ref))
+        try:
+            entries = json.loads(text or "[]")
+        except json.JSONDecodeError:
+            return str(text).splitlines()
+        return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict)).splitlines()
+
     def kernel_output(self, ref: KernelRef, dst: Path) -> list[Path]:
         dst.mkdir(parents=True, exist_ok=True)
         files, _ = self._call(f"Output of kernel {ref}", self.api.kernels_output, str(ref), str(dst),
@@ -244,6 +266,22 @@ class Kaggle:
             if len(batch) < page_size:
                 return out
             page += 1
+
+    def submission_limits(self, competition: CompetitionRef) -> dict[str, Any]:
+        """``{"num_today", "num_total", "num_allowed_now", "limited_by_total"}`` for the calling user's team."""
+        resp = self._call(f"Submission limits of {competition}", self.api.competition_get_submission_limits,
+                          competition.slug)
+        return {"num_today": int(resp.num_today or 0), "num_total": int(resp.num_total or 0),
+                "num_allowed_now": int(resp.num_allowed_now or 0), "limited_by_total": bool(resp.limited_by_total)}
+
+    def submit_file(self, competition: CompetitionRef, path: Path, message: str) -> int:
+        """Upload ``path`` as a file-competition submission; return the submission ref."""
+        resp = self._call(f"Submit {path.name} to {competition}", self.api.competition_submit, str(path), message,
+                          competition.slug, quiet=True, retry=False)
+        if not getattr(resp, "ref", 0):
+            raise KaggleError(f"Submit {path.name} to {competition} failed: {resp.message or 'no ref returned'}",
+                              "Retry: kops submit --file ...")
+        return int(resp.ref)
 
 
 def _follow_config_dir(api: Any) -> None:

@@ -7,6 +7,7 @@ functions a command calls, so `kops --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -56,8 +57,17 @@ def _register() -> None:
     from kaggleops.cli import emulator, project, runs  # noqa: F401  (commands register on import)
 
 
+QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",            # transformers' shard/weight bars; kops shows its own progress
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",               # "Creating initial MLflow database tables..."
+}
+
+
 def main() -> None:
     """Entry point: run the app; a KopsError becomes one line on stderr and exit code 1."""
+    for var, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(var, value)
     _register()
     try:
         app(prog_name="kops", standalone_mode=False)

@@ -1,0 +1,80 @@
+"""Bad input at each stage: one line saying what and how to fix it, exit code 1, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kaggleops.config import load_config, render_template
+from kaggleops.emulator import Emulator
+from kaggleops.errors import KaggleError
+from kaggleops.publish import publish
+from kaggleops.tracking import TAG_DATASET, Tracker
+
+
+def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+
+
+def write_config(folder: Path, **kw: object) -> Path:
+    path = folder / "kops.yaml"
+    path.write_text(render_template(owner="alice", **kw))  # type: ignore[arg-type]
+    return path
+
+
+def test_unknown_competition(tmp_path: Path) -> None:
+    write_config(tmp_path, competition="no-such-competition")
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("kops: error: Unknown task 'no-such-competition'; known tasks: "
+                                  "tweet-sentiment-extraction Set `competition:` in kops.yaml to a supported one.")
+
+
+def test_train_csv_missing_column_creates_no_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("textID,text,sentiment\nab12,hello there,neutral\n")
+    write_config(tmp_path, data_dir="data")
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"kops: error: {data / 'train.csv'}: missing column(s) selected_text; expected "
+                                  "columns: textID, text, selected_text, sentiment")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_publish_unknown_run(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    out = kops("publish", "0123456789abcdef", "--json", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"kops: error: Run 0123456789abcdef not found in the tracking store "
+                                 f"sqlite:///{tmp_path / 'mlflow.db'}. Check the id")
+
+
+def test_failed_publish_leaves_run_untagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 on CreateDataset (which the official client does not retry): error, and no kops.dataset tag."""
+    cfg = load_config(write_config(tmp_path))
+    tracker = Tracker(cfg)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    (model / "model.safetensors").write_bytes(os.urandom(2048))
+    run_id = tracker.start_run("fold-0", {"lr": 1e-3})
+    tracker.log_artifacts(run_id, model, "model")
+    tracker.end_run(run_id)
+    with Emulator(tmp_path / "emu", username="alice", key="k") as emu:
+        monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+        monkeypatch.setenv("KAGGLE_KEY", "k")
+        monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
+        emu.inject_fault("CreateDataset", 503, times=1)
+        with pytest.raises(KaggleError, match=r"503"):
+            publish(cfg, run_id)
+        assert TAG_DATASET not in tracker.get_run(run_id).data.tags
+        published = publish(cfg, run_id)  # the fault is gone: the retry the error asked for works
+    assert published.dataset_version == 1
+    assert tracker.get_run(run_id).data.tags[TAG_DATASET] == published.dataset
