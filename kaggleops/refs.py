@@ -20,7 +20,9 @@ def _split_owner_slug(text: str, kind: str) -> tuple[str, str, int | None]:
         version = int(parts[3])
         parts = parts[:2]
     if len(parts) != 2 or not _OWNER.match(parts[0]) or not _SLUG.match(parts[1]):
-        raise ValueError(f"Not a {kind} reference: {text!r}. Expected owner/slug (lowercase slug, e.g. alice/tse-roberta).")
+        raise ValueError(
+            f"Not a {kind} reference: {text!r}. Expected owner/slug (lowercase slug, e.g. alice/tse-roberta)."
+        )
     return parts[0], parts[1], version
 
 
