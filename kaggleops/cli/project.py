@@ -15,16 +15,20 @@ def init(
     competition: str = typer.Option("tweet-sentiment-extraction", help="Kaggle competition slug."),
     owner: str = typer.Option(None, help="Kaggle user owning datasets/kernels (default: $KAGGLE_USERNAME)."),
     force: bool = typer.Option(False, help="Overwrite an existing kops.yaml."),
+    mlproject: bool = typer.Option(False, help="Also write MLproject + python_env.yaml for `mlflow run`."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Write a commented kops.yaml into the current folder."""
+    """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder."""
     from kaggleops.config import CONFIG_FILE, render_template
+    from kaggleops.gitsource import write_mlproject
 
     path = Path.cwd() / CONFIG_FILE
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists.", "Edit it, or pass --force to overwrite it.")
     path.write_text(render_template(competition=competition, owner=owner))
-    emit({"config": str(path)}, as_json, f"Wrote {path}")
+    written = [path, *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
+    emit({"config": str(path), "files": [str(p) for p in written]}, as_json,
+         "\n".join(f"Wrote {p}" for p in written))
 
 
 @app.command()

@@ -1,0 +1,106 @@
+"""`kops train --git URL@REV`: the run carries the cloned commit, not the caller's HEAD."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kaggleops.config import load_config, render_template
+from kaggleops.gitsource import GitSourceError, GitSpec, clone, train_from_git, write_mlproject
+from kaggleops.tracking import TAG_DIRTY, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-c", "init.defaultBranch=main"]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.parametrize(("text", "url", "rev"), [
+    ("https://github.com/a/b", "https://github.com/a/b", None),
+    ("https://github.com/a/b@v1.2", "https://github.com/a/b", "v1.2"),
+    ("git@github.com:a/b.git", "git@github.com:a/b.git", None),
+    ("git@github.com:a/b.git@3f2a9c1", "git@github.com:a/b.git", "3f2a9c1"),
+    ("https://x:tok@github.com/a/b", "https://x:tok@github.com/a/b", None),
+])
+def test_git_spec_parse(text: str, url: str, rev: str | None) -> None:
+    spec = GitSpec.parse(text)
+    assert (spec.url, spec.rev) == (url, rev)
+    assert "tok" not in str(spec)
+
+
+@pytest.fixture
+def bare_repo(tmp_path: Path) -> tuple[Path, str, str]:
+    """A bare repo with two commits: the first trains 1 epoch, the second 2."""
+    work, bare = tmp_path / "work", tmp_path / "remote.git"
+    work.mkdir()
+    git(work, "init", "-q")
+    (work / "kops.yaml").write_text(render_template(owner="alice", folds=[0], epochs=1, experiment="from-git"))
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "one epoch")
+    first = git(work, "rev-parse", "HEAD")
+    (work / "kops.yaml").write_text(render_template(owner="alice", folds=[0], epochs=2, experiment="from-git"))
+    git(work, "commit", "-qam", "two epochs")
+    git(tmp_path, "clone", "-q", "--bare", str(work), str(bare))
+    return bare, first, git(work, "rev-parse", "HEAD")
+
+
+def test_run_from_git_carries_that_commit_while_caller_is_dirty(tmp_path: Path,
+                                                                bare_repo: tuple[Path, str, str]) -> None:
+    bare, first, latest = bare_repo
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    git(caller, "init", "-q")
+    (caller / "kops.yaml").write_text(render_template(owner="alice"))
+    git(caller, "add", "-A")
+    git(caller, "commit", "-qm", "caller")
+    (caller / "kops.yaml").write_text(render_template(owner="alice") + "\n# uncommitted edit\n")
+    cfg = load_config(caller / "kops.yaml")
+    result = train_from_git(cfg, GitSpec(str(bare), first), progress=False)
+    run = Tracker(cfg).get_run(result.runs[0].run_id)
+    assert run.data.tags[TAG_GIT_COMMIT] == first != latest
+    assert run.data.tags[TAG_GIT_REPO] == str(bare)
+    assert run.data.tags[TAG_DIRTY] == "false"
+    assert run.data.params["epochs"] == "1"          # the settings of that commit, not of the caller or HEAD
+    assert (caller / "mlflow.db").is_file()           # landed in the caller's store, not in the temp clone
+
+
+def test_clone_errors_hide_credentials(tmp_path: Path) -> None:
+    with pytest.raises(GitSourceError) as err:
+        clone(GitSpec(f"file://alice:s3cret@{tmp_path}/missing.git", None), tmp_path / "dst")
+    assert "s3cret" not in str(err.value) and "git clone failed" in str(err.value)
+
+
+def test_bad_revision_is_one_clear_line(tmp_path: Path, bare_repo: tuple[Path, str, str]) -> None:
+    expected = "git checkout failed: .*no-such-rev.* Check the URL/revision given to --git"
+    with pytest.raises(GitSourceError, match=expected):
+        clone(GitSpec(str(bare_repo[0]), "no-such-rev"), tmp_path / "dst")
+
+
+def test_mlproject_runs_kops_train(tmp_path: Path) -> None:
+    import yaml
+
+    mlproject, _ = write_mlproject(tmp_path, "tse")
+    spec = yaml.safe_load(mlproject.read_text())
+    assert spec["entry_points"]["main"]["command"] == "kops train --fold {fold}"
+
+
+def test_cli_train_git_from_an_empty_folder(tmp_path: Path, bare_repo: tuple[Path, str, str]) -> None:
+    """As in a fresh training kernel: no kops.yaml here; the commit's own settings, a store in this folder."""
+    import json
+    import os
+    import sys
+
+    bare, first, _ = bare_repo
+    here = tmp_path / "empty"
+    here.mkdir()
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "train", "--git", f"{bare}@{first}", "--json"],
+                         cwd=here, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = json.loads(out.stdout)["runs"][0]["run_id"]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{here / 'mlflow.db'}").get_run(run_id)
+    assert run.data.tags[TAG_GIT_COMMIT] == first
