@@ -82,7 +82,7 @@ def clone(spec: GitSpec, dst: Path) -> str:
     return _git(["rev-parse", "HEAD"], dst, spec.url)
 
 
-def config_for_clone(caller: KopsConfig | None, clone_dir: Path) -> KopsConfig:
+def config_for_clone(caller: KopsConfig | None, clone_dir: Path, data_dir: Path | None = None) -> KopsConfig:
     """The clone's kops.yaml (its code and settings) with the caller's tracking store and data folder.
 
     Without a caller config (e.g. inside a fresh training kernel) the clone's own settings are used, with a
@@ -96,14 +96,14 @@ def config_for_clone(caller: KopsConfig | None, clone_dir: Path) -> KopsConfig:
     anchor = caller or cfg.model_copy(update={"root": Path.cwd()})
     update: dict[str, Any] = {"tracking_uri": anchor.resolved_tracking_uri,
                               "artifact_location": anchor.resolved_artifact_location}
-    data = caller.resolved_data_dir() if caller else None
+    data = data_dir or (caller.resolved_data_dir() if caller else None)
     if data is not None:
         update["data_dir"] = str(data)
     return cfg.model_copy(update=update)
 
 
 def train_from_git(caller: KopsConfig | None, spec: GitSpec, folds: list[int] | None = None,
-                   progress: bool = True) -> Any:
+                   progress: bool = True, data_dir: Path | None = None) -> Any:
     """Train the commit ``spec`` names; runs land in the caller's tracking store with that commit as provenance.
 
     Example:
@@ -114,7 +114,7 @@ def train_from_git(caller: KopsConfig | None, spec: GitSpec, folds: list[int] | 
     with tempfile.TemporaryDirectory(prefix="kops-git-") as tmp:
         clone_dir = Path(tmp) / "src"
         clone(spec, clone_dir)
-        return train(config_for_clone(caller, clone_dir), folds=folds, progress=progress)
+        return train(config_for_clone(caller, clone_dir, data_dir), folds=folds, progress=progress)
 
 
 def try_load(config: str | None) -> KopsConfig | None:

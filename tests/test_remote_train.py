@@ -1,0 +1,54 @@
+"""`kops train --on kaggle`: a training kernel, executed by the emulator, trains the pushed commit."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kaggleops.config import load_config, render_template
+from kaggleops.demo import seed_competition
+from kaggleops.emulator import Emulator
+from kaggleops.remote_train import train_on_kaggle
+from kaggleops.tasks import get_task
+from kaggleops.tracking import TAG_GIT_COMMIT, Tracker
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+PASSWORD = "s3cr3t-tracking-pass"
+KEY = "k3y-0f-alice"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.slow
+def test_training_kernel_trains_pushed_commit_without_secrets(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    work, bare = tmp_path / "work", tmp_path / "remote.git"
+    work.mkdir()
+    git(work, "init", "-q")
+    (work / "kops.yaml").write_text(render_template(owner="alice", folds=[0], epochs=1, experiment="remote"))
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "train me")
+    git(tmp_path, "clone", "-q", "--bare", str(work), str(bare))
+    git(work, "remote", "add", "origin", str(bare))
+    head = git(work, "rev-parse", "HEAD")
+    store = f"sqlite:///{tmp_path / 'central.db'}"
+    with Emulator(tmp_path / "emu", username="alice", key=KEY) as emu:
+        seed_competition(emu, get_task("tweet-sentiment-extraction"))
+        for var, value in {"KOPS_KAGGLE_ENDPOINT": emu.url, "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY,
+                           "MLFLOW_TRACKING_URI": store, "MLFLOW_TRACKING_PASSWORD": PASSWORD}.items():
+            monkeypatch.setenv(var, value)
+        cfg = load_config(work / "kops.yaml")
+        result = train_on_kaggle(cfg, wait=True)
+    assert result.status == "COMPLETE" and len(result.run_ids) == 1
+    assert result.git == f"{bare}@{head}"
+    run = Tracker(cfg).get_run(result.run_ids[0])
+    assert run.data.tags[TAG_GIT_COMMIT] == head
+    kernel_dir = work / ".kops" / "kernels" / "remote-train"
+    for path in kernel_dir.iterdir():
+        text = path.read_text()
+        assert PASSWORD not in text and KEY not in text, path.name
+    assert '"enable_internet": true' in (kernel_dir / "kernel-metadata.json").read_text()
