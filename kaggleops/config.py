@@ -39,6 +39,11 @@ class TrainConfig(_Strict):
     lr: float = Field(5e-4, gt=0)
     max_len: int = Field(96, ge=16)
     seed: int = 42
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    checkpoint_every: int | None = Field(500, ge=1, description="steps between resumable checkpoints")
+    oof_top_k: int = Field(10, ge=1, description="candidate spans per OOF row")
+    eval_every: int | None = Field(None, ge=1, description="steps between validations; None = each epoch")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
 
 
 class DatasetConfig(_Strict):
@@ -53,6 +58,13 @@ class KernelConfig(_Strict):
     private: bool = True
 
 
+class StorageConfig(_Strict):
+    """Bucket mode (kops sync): ``bucket`` is gs://BUCKET/PREFIX or a local folder; 0 minutes = no background sync."""
+
+    bucket: str | None = None
+    sync_minutes: float = Field(0, ge=0)
+
+
 class KopsConfig(_Strict):
     """The validated content of kops.yaml."""
 
@@ -64,8 +76,10 @@ class KopsConfig(_Strict):
     data_dir: str | None = None
     kaggle_endpoint: str | None = None
     train: TrainConfig = TrainConfig()
+    rerank: dict[str, Any] = Field(default_factory=dict, description="reranker settings (tasks/tse/rerank.py)")
     dataset: DatasetConfig = DatasetConfig()
     kernel: KernelConfig = KernelConfig()
+    storage: StorageConfig = StorageConfig()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @property
@@ -92,7 +106,9 @@ class KopsConfig(_Strict):
         return uri
 
     @property
-    def resolved_artifact_location(self) -> str:
+    def resolved_artifact_location(self) -> str | None:
+        if self.artifact_location == DEFAULT_ARTIFACTS and self.resolved_tracking_uri.startswith("http"):
+            return None  # server mode: the server's own artifact root (e.g. --artifacts-destination gs://…)
         if "://" in self.artifact_location:
             return self.artifact_location
         return (self.root / self.artifact_location).resolve().as_uri()

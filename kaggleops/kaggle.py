@@ -1,21 +1,28 @@
 """Adapter over the official ``kaggle`` client (Python API): the only door to Kaggle.
 
 - The client is imported lazily, after the environment is prepared, because ``import kaggle`` authenticates
-  (and without credentials prints help and raises SystemExit).
+  (and without credentials prints help and raises SystemExit, which becomes :class:`CredentialsMissing`).
 - ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` aims the client at a loopback emulator: the client's own
   LOCALHOST environment selector, with its endpoint table pointed at that base URL (the in-process method
   described in shared/reference/kaggle-client.md).
-- Every call goes through :meth:`Kaggle._call`, which captures the client's stdout chatter, retries idempotent
-  calls on 429/5xx/connection errors, and translates errors into KopsError subclasses, once.
+- Timeouts: kagglesdk sends every request without one, so each client session built here gets an adapter with
+  a default (connect, read) timeout, and so do the client's upload sessions (``KOPS_KAGGLE_TIMEOUT`` seconds).
+- Every call goes through :meth:`Kaggle._call`, once: stdout chatter captured, 429 (honouring Retry-After),
+  5xx, connection errors and timeouts retried with exponential backoff and jitter, errors translated into
+  KopsError subclasses carrying the resource. A non-idempotent call (create dataset / version, push kernel,
+  submit) is never blindly retried: after a failure its ``verify`` callback checks whether the attempt took
+  effect on Kaggle, and only if it did not is the call repeated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,26 +30,36 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kaggleops.errors import (
-    CredentialsMissing,
     DatasetNotFound,
     KaggleError,
     KernelError,
-    QuotaExceeded,
+    PublishError,
     RulesNotAccepted,
     TimedOut,
+)
+from kaggleops.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
+    DatasetProcessing,
+    Resource,
+    credentials_missing,
+    error_message,
+    http_error,
+    retry_after_s,
+    timeout_adapter,
 )
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
 T = TypeVar("T")
 ENV_ENVIRONMENT = "KAGGLE_API_ENVIRONMENT"
+ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 5
 BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a daily quota) is reported, not slept through
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 120.0
 DEFAULT_POLL_S = 2.0
-CREDENTIAL_HELP = (
-    "Set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle/ "
-    "(or an access token in KAGGLE_API_TOKEN / ~/.kaggle/access_token)."
-)
+MANIFEST = "kops-manifest.json"
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,22 @@ def _enum_name(value: Any) -> str:
 
 
 class Kaggle:
-    """The official client, aimed at kaggle.com or at ``endpoint`` (an emulator base URL)."""
+    """The official client, aimed at kaggle.com or at ``endpoint`` (an emulator base URL).
 
-    def __init__(self, endpoint: str | None = None) -> None:
+    Example:
+        >>> kaggle = Kaggle()                                   # doctest: +SKIP
+        >>> kaggle.dataset_info(DatasetRef.parse("alice/tse-f0"))  # doctest: +SKIP
+        {'status': 'ready', 'current_version_number': 3}
+    """
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float | None = None,
+                 max_attempts: int = MAX_ATTEMPTS, backoff_s: float = BACKOFF_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.timeout_s = float(timeout_s or os.environ.get(ENV_TIMEOUT) or READ_TIMEOUT_S)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_s = backoff_s
+        self._sleep_fn = sleep
         self._api: Any = None
 
     @property
@@ -80,73 +109,116 @@ class Kaggle:
 
     @property
     def api(self) -> Any:
+        """The authenticated ``KaggleApi`` (imported and built on first use)."""
         if self._api is None:
             self._api = self._connect()
         return self._api
 
     def _connect(self) -> Any:
-        chatter = io.StringIO()
+        if self.endpoint:
+            os.environ[ENV_ENVIRONMENT] = "LOCALHOST"
         try:
-            with contextlib.redirect_stdout(chatter):
-                from kaggle.api.kaggle_api_extended import KaggleApi
+            with contextlib.redirect_stdout(io.StringIO()):
+                kae = importlib.import_module("kaggle.api.kaggle_api_extended")
 
-                api = KaggleApi()
+                api = kae.KaggleApi()
                 _follow_config_dir(api)
                 if self.endpoint:
                     import kagglesdk.kaggle_env as kaggle_env
 
                     kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
-                    # per instance: the class attribute was fixed by whatever environment the first import saw
-                    api.args = [a for a in KaggleApi.args if a != "--local"] + ["--local"]
-                else:
-                    api.args = [a for a in KaggleApi.args if a != "--local"]
+                    api.args = [*kae.KaggleApi.args, "--local"] if "--local" not in kae.KaggleApi.args \
+                        else kae.KaggleApi.args
+                self._install_timeouts(kae, api)
                 api.authenticate()
         except SystemExit:
-            raise CredentialsMissing("No Kaggle credentials found.", CREDENTIAL_HELP) from None
+            raise credentials_missing() from None
         return api
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any) -> T:
-        """Run one client call: stdout captured, idempotent calls retried with backoff, errors translated."""
-        import requests
+    def _install_timeouts(self, kae: Any, api: Any) -> None:
+        """Default timeouts for the RPC sessions of ``api`` and for the client's upload sessions."""
+        adapter_cls = timeout_adapter((CONNECT_TIMEOUT_S, self.timeout_s))
+        kae.HTTPAdapter = adapter_cls  # the upload PUT sessions mount kae.HTTPAdapter(max_retries=...)
+        build = api.build_kaggle_client
 
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        def build_with_timeout() -> Any:
+            client = build()
+            http = client._http_client
+            http._init_session()
+            adapter = adapter_cls()
+            http._session.mount("http://", adapter)
+            http._session.mount("https://", adapter)
+            return client
+
+        api.build_kaggle_client = build_with_timeout
+
+    # ---- the one call path -----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, resource: Resource = None,
+              verify: Callable[[], T | None] | None = None, idempotent: bool = True, **kwargs: Any) -> T:
+        """Run one client call: stdout captured, retried with backoff, errors translated once.
+
+        A non-idempotent call (``idempotent=False``) is retried only after ``verify()`` returned None
+        ("the earlier attempt did not take effect"); a non-None answer is returned as the call's result.
+        """
+        for attempt in range(1, self.max_attempts + 1):
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     return fn(*args, **kwargs)
-            except requests.HTTPError as e:
-                status = e.response.status_code if e.response is not None else 0
-                if not (retry and status in RETRY_STATUSES and attempt < MAX_ATTEMPTS):
-                    raise self._translate(what, e, status) from None
-                self._sleep(attempt, e.response)
-            except requests.ConnectionError:
-                if not retry or attempt == MAX_ATTEMPTS:
-                    raise KaggleError(f"{what}: cannot reach {self.web_base}.", "Check the network and retry.") from None
-                self._sleep(attempt, None)
+            except Exception as e:  # noqa: BLE001 - classified below; anything unknown is re-raised
+                delay = self._retry_delay(e, attempt)
+                if delay is None or (not idempotent and verify is None):
+                    raise self._translate(what, e, resource) from None
+                self._sleep_fn(delay)
+            if not idempotent and verify is not None:
+                done = verify()
+                if done is not None:
+                    return done
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _sleep(attempt: int, response: Any) -> None:
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        delay = float(retry_after) if retry_after and retry_after.isdigit() else BACKOFF_S * 2 ** (attempt - 1)
-        time.sleep(delay + random.uniform(0, delay / 4))
+    def _retry_delay(self, err: Exception, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when ``err`` is final (or attempts are spent)."""
+        import requests
 
-    def _translate(self, what: str, err: Any, status: int) -> KaggleError:
-        message = _error_message(err)
-        if status == 401:
-            return CredentialsMissing(f"{what}: Kaggle rejected the credentials (401).", CREDENTIAL_HELP)
-        if status == 429:
-            return QuotaExceeded(f"{what}: rate or quota limit reached (429): {message}", "Wait and retry later.")
-        return KaggleError(f"{what} failed (HTTP {status}): {message}")
+        if attempt >= self.max_attempts:
+            return None
+        if isinstance(err, requests.HTTPError):
+            response = err.response
+            status = response.status_code if response is not None else 0
+            if status not in RETRY_STATUSES:
+                return None
+            retry_after = retry_after_s(response)
+            if retry_after is not None:
+                return None if retry_after > MAX_RETRY_AFTER_S else retry_after
+        elif not isinstance(err, (requests.ConnectionError, requests.Timeout)):
+            return None
+        base = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+        return base / 2 + random.uniform(0, base / 2)  # "equal jitter"
+
+    def _translate(self, what: str, err: Exception, resource: Resource) -> Exception:
+        """One KopsError per failure, naming the resource and the next command; unknown errors pass through."""
+        import requests
+
+        if isinstance(err, requests.Timeout):
+            return TimedOut(f"{what}: no answer from {self.web_base} within {self.timeout_s:g} s.",
+                            f"Retry later, or raise {ENV_TIMEOUT}.")
+        if isinstance(err, requests.ConnectionError):
+            return KaggleError(f"{what}: cannot reach {self.web_base}.", "Check the network and retry.")
+        if isinstance(err, ValueError) and str(err).startswith("Upload unsuccessful"):
+            return PublishError(f"{what}: {err} (the upload state is kept).", "Retry the same command to resume.")
+        if not isinstance(err, requests.HTTPError):
+            return err
+        status = err.response.status_code if err.response is not None else 0
+        return http_error(what, status, error_message(err), err.response, resource)
 
     # ---- datasets -------------------------------------------------------------------------------------
     def dataset_info(self, ref: DatasetRef) -> dict[str, Any] | None:
         """``{"status": "ready", "current_version_number": N}``, or None when the dataset does not exist."""
         try:
-            text = self._call(f"Status of dataset {ref.ref}", self.api.dataset_status, ref.ref, format="json")
-        except KaggleError as e:
-            if "HTTP 404" in str(e):
-                return None
-            raise
+            text = self._call(f"Status of dataset {ref.ref}", self.api.dataset_status, ref.ref, format="json",
+                              resource=ref)
+        except DatasetNotFound:
+            return None
         return json.loads(text)
 
     def wait_dataset_ready(self, ref: DatasetRef, min_version: int = 1, timeout_s: float = 600,
@@ -158,57 +230,125 @@ class Kaggle:
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.dataset_info(ref)
-            if info is None:
-                raise DatasetNotFound(ref.ref)
-            if info["status"] == "ready" and int(info.get("current_version_number") or 0) >= min_version:
-                return int(info["current_version_number"])
-            if info["status"] in ("failed", "deleted"):
-                raise KaggleError(f"Dataset {ref.ref} processing ended as {info['status'].upper()}.")
+            version = int((info or {}).get("current_version_number") or 0)
+            if info is not None and info["status"] == "ready" and version >= min_version:
+                return version
+            if info is not None and info["status"] in ("failed", "deleted"):
+                raise PublishError(f"Dataset {ref.ref} processing ended as {info['status'].upper()}.",
+                                   "Retry the same command.")
             if time.monotonic() > deadline:
-                raise TimedOut(f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {info['status']}).")
+                state = info["status"] if info else "not visible yet"
+                raise TimedOut(f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {state}).",
+                               "Retry the same command later.")
             time.sleep(poll_s)
 
+    def latest_manifest(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none."""
+        with tempfile.TemporaryDirectory(prefix="kops-manifest-") as tmp:
+            try:
+                self._call(f"Download {MANIFEST} of {ref.ref}", self.api.dataset_download_file, ref.ref,
+                           MANIFEST, path=tmp, force=True, quiet=True, resource=ref)
+            except (DatasetNotFound, KaggleError):
+                return None
+            found = list(Path(tmp).rglob(MANIFEST))
+            return json.loads(found[0].read_text()) if found else None
+
     def dataset_files(self, ref: DatasetRef) -> list[str]:
-        """Names of the files in the dataset's latest version (all pages)."""
+        """Names of the files in the dataset's latest version (DatasetNotFound when it does not exist)."""
         names: list[str] = []
-        token = None
+        token: str | None = None
         while True:
-            resp = self._call(f"Files of dataset {ref.ref}", self.api.dataset_list_files, ref.ref,
-                              page_token=token, page_size=200)
-            names.extend(str(f.name) for f in (resp.files or []))
-            token = getattr(resp, "next_page_token", None)
+            page = self._call(f"Files of dataset {ref.ref}", self.api.dataset_list_files, ref.ref,
+                              page_token=token, page_size=200, resource=ref)
+            names.extend(f.name for f in (page.dataset_files or []))
+            token = page.next_page_token
             if not token:
                 return names
 
-    def create_dataset(self, folder: Path, public: bool) -> None:
+    def create_dataset(self, folder: Path, public: bool, ref: DatasetRef | None = None, quiet: bool = True) -> None:
+        """Create the dataset (version 1) from ``folder`` (with its dataset-metadata.json); sub-folders as zips."""
+        ref = ref or _metadata_ref(folder)
         resp = self._call(
-            "Create dataset", self.api.dataset_create_new, str(folder), public=public, quiet=True,
-            dir_mode="zip", retry=False,
+            f"Create dataset {ref.ref}", self.api.dataset_create_new, str(folder), public=public, quiet=quiet,
+            dir_mode="zip", resource=ref, idempotent=False,
+            verify=lambda: "exists" if self.dataset_info(ref) is not None else None,
         )
-        _check_status(resp, "Create dataset")
+        if resp != "exists":
+            _check_status(resp, f"Create dataset {ref.ref}")
 
-    def create_dataset_version(self, folder: Path, notes: str) -> None:
-        resp = self._call(
-            "Create dataset version", self.api.dataset_create_version, str(folder), notes, quiet=True,
-            dir_mode="zip", retry=False,
-        )
-        _check_status(resp, "Create dataset version")
+    def create_dataset_version(self, folder: Path, notes: str, ref: DatasetRef | None = None,
+                               previous: int | None = None, quiet: bool = True, wait_s: float = 600,
+                               poll_s: float = DEFAULT_POLL_S) -> None:
+        """Add a version to the dataset (current version ``previous``); waits while the last one is processing.
+
+        A retry after a failure first checks whether the version count went up, so no duplicate is made.
+        """
+        ref = ref or _metadata_ref(folder)
+        if previous is None:
+            previous = int((self.dataset_info(ref) or {}).get("current_version_number") or 0)
+
+        def took_effect() -> str | None:
+            info = self.dataset_info(ref) or {}
+            return "created" if int(info.get("current_version_number") or 0) > previous else None
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                resp = self._call(f"Create version of dataset {ref.ref}", self.api.dataset_create_version,
+                                  str(folder), notes, quiet=quiet, dir_mode="zip", resource=ref,
+                                  idempotent=False, verify=took_effect)
+                break
+            except DatasetProcessing:
+                if time.monotonic() > deadline:
+                    raise
+                self.wait_dataset_ready(ref, previous, timeout_s=max(1.0, deadline - time.monotonic()),
+                                        poll_s=poll_s)
+        if resp != "created":
+            _check_status(resp, f"Create version of dataset {ref.ref}")
 
     # ---- kernels --------------------------------------------------------------------------------------
+    def kernel_version(self, ref: KernelRef) -> int | None:
+        """The kernel's current version number, or None when the kernel does not exist yet."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        def get() -> Any:
+            with self.api.build_kaggle_client() as client:
+                request = ApiGetKernelRequest()
+                request.user_name, request.kernel_slug = ref.owner, ref.slug
+                return client.kernels.kernels_api_client.get_kernel(request)
+
+        try:
+            resp = self._call(f"Kernel {ref.ref}", get, resource=ref)
+        except KernelError as e:
+            if "not found" in str(e):
+                return None
+            raise
+        return int(resp.metadata.current_version_number or 0) or None
+
     def push_kernel(self, folder: Path) -> int:
         """Push the kernel folder (kernel-metadata.json + code); return the new version number."""
-        resp = self._call("Push kernel", self.api.kernels_push, str(folder), retry=False)
+        ref = KernelRef.parse(json.loads((folder / "kernel-metadata.json").read_text())["id"])
+        previous = self.kernel_version(ref) or 0
+
+        def took_effect() -> Any:
+            now = self.kernel_version(ref) or 0
+            return _Pushed(now) if now > previous else None
+
+        resp = self._call(f"Push kernel {ref.ref}", self.api.kernels_push, str(folder), resource=ref,
+                          idempotent=False, verify=took_effect)
+        if isinstance(resp, _Pushed):
+            return resp.version_number
         problems = [
             *(f"unknown dataset source {s}" for s in (resp.invalid_dataset_sources or [])),
             *(f"unknown competition source {s}" for s in (resp.invalid_competition_sources or [])),
         ]
         if resp.error or problems:
-            raise KernelError(f"Kernel push failed: {resp.error or '; '.join(problems)}")
+            raise KernelError(f"Kernel push of {ref.ref} failed: {resp.error or '; '.join(problems)}")
         return int(resp.version_number)
 
     def kernel_status(self, ref: KernelRef) -> tuple[str, str]:
         """(status name, failure message) of a kernel version."""
-        resp = self._call(f"Status of kernel {ref}", self.api.kernels_status, str(ref))
+        resp = self._call(f"Status of kernel {ref}", self.api.kernels_status, str(ref), resource=ref)
         return _enum_name(resp.status), resp.failure_message or ""
 
     def wait_kernel(self, ref: KernelRef, timeout_s: float = 3 * 3600, poll_s: float = DEFAULT_POLL_S,
@@ -230,7 +370,7 @@ class Kaggle:
 
     def kernel_log(self, ref: KernelRef) -> list[str]:
         """The lines a kernel version printed (stdout and stderr, in order); empty when it has no log yet."""
-        text = self._call(f"Log of kernel {ref}", self.api.kernels_logs, str(ref))
+        text = self._call(f"Log of kernel {ref}", self.api.kernels_logs, str(ref), resource=ref)
         try:
             entries = json.loads(text or "[]")
         except json.JSONDecodeError:
@@ -238,21 +378,34 @@ class Kaggle:
         return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict)).splitlines()
 
     def kernel_output(self, ref: KernelRef, dst: Path) -> list[Path]:
+        """Download a kernel version's output files into ``dst``."""
         dst.mkdir(parents=True, exist_ok=True)
         files, _ = self._call(f"Output of kernel {ref}", self.api.kernels_output, str(ref), str(dst),
-                              force=True, quiet=True)
+                              force=True, quiet=True, resource=ref)
         return [Path(f) for f in files]
 
     # ---- competitions ---------------------------------------------------------------------------------
     def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
-        """Create a code-competition submission from a kernel version; return the submission ref."""
+        """Create a code-competition submission from a kernel version; return the submission ref.
+
+        ``message`` should start with a unique ``kops:<key>``: after a failed attempt, the competition's
+        submissions are searched for it, so a retry never makes a second submission.
+        """
+        key = message.split()[0] if message.startswith("kops:") else message
+
+        def took_effect() -> int | None:
+            found = [s for s in self.list_submissions(competition) if key and key in s.description.split()]
+            return found[0].ref if found else None
+
         resp = self._call(
             f"Submit to {competition}", self.api.competition_submit_code, file_name, message, competition.slug,
-            kernel=kernel.ref, kernel_version=kernel.version, quiet=True, retry=False,
+            kernel=kernel.ref, kernel_version=kernel.version, quiet=True, resource=competition,
+            idempotent=False, verify=took_effect,
         )
-        return int(resp.ref)
+        return resp if isinstance(resp, int) else int(resp.ref)
 
     def get_submission(self, ref: int) -> Submission:
+        """One submission by ref."""
         return _submission(self._call(f"Submission {ref}", self.api.get_submission, ref))
 
     def list_submissions(self, competition: CompetitionRef, page_size: int = 50) -> list[Submission]:
@@ -261,7 +414,7 @@ class Kaggle:
         page = 1
         while True:
             batch = self._call(f"Submissions of {competition}", self.api.competition_submissions,
-                               competition.slug, page_number=page, page_size=page_size) or []
+                               competition.slug, page_number=page, page_size=page_size, resource=competition) or []
             out.extend(_submission(s) for s in batch if s is not None)
             if len(batch) < page_size:
                 return out
@@ -270,18 +423,40 @@ class Kaggle:
     def submission_limits(self, competition: CompetitionRef) -> dict[str, Any]:
         """``{"num_today", "num_total", "num_allowed_now", "limited_by_total"}`` for the calling user's team."""
         resp = self._call(f"Submission limits of {competition}", self.api.competition_get_submission_limits,
-                          competition.slug)
+                          competition.slug, resource=competition)
         return {"num_today": int(resp.num_today or 0), "num_total": int(resp.num_total or 0),
                 "num_allowed_now": int(resp.num_allowed_now or 0), "limited_by_total": bool(resp.limited_by_total)}
 
     def submit_file(self, competition: CompetitionRef, path: Path, message: str) -> int:
-        """Upload ``path`` as a file-competition submission; return the submission ref."""
+        """Upload ``path`` as a file-competition submission; return the submission ref.
+
+        Like :meth:`submit_code`, a retry first looks for the ``kops:<key>`` of ``message`` among the
+        competition's submissions, so it never makes a second submission.
+        """
+        key = message.split()[0] if message.startswith("kops:") else ""
+
+        def took_effect() -> int | None:
+            found = [s for s in self.list_submissions(competition) if key and key in s.description.split()]
+            return found[0].ref if found else None
+
         resp = self._call(f"Submit {path.name} to {competition}", self.api.competition_submit, str(path), message,
-                          competition.slug, quiet=True, retry=False)
+                          competition.slug, quiet=True, resource=competition, idempotent=False,
+                          verify=took_effect if key else None)
+        if isinstance(resp, int):
+            return resp
         if not getattr(resp, "ref", 0):
             raise KaggleError(f"Submit {path.name} to {competition} failed: {resp.message or 'no ref returned'}",
-                              "Retry: kops submit --file ...")
+                              "Retry with the same kops submit --file command.")
         return int(resp.ref)
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    version_number: int
+
+
+def _metadata_ref(folder: Path) -> DatasetRef:
+    return DatasetRef.parse(json.loads((folder / "dataset-metadata.json").read_text())["id"])
 
 
 def _follow_config_dir(api: Any) -> None:
@@ -303,18 +478,12 @@ def _submission(s: Any) -> Submission:
 def _check_status(resp: Any, what: str) -> None:
     status = (getattr(resp, "status", "") or "").lower()
     if status != "ok":
-        raise KaggleError(f"{what} refused by Kaggle: {getattr(resp, 'error', '') or status or 'no reason given'}")
-
-
-def _error_message(err: Any) -> str:
-    try:
-        body = err.response.json()
-        msg = body.get("message") or (body.get("error") or {}).get("message")
-        return str(msg or err)
-    except Exception:
-        return str(err).splitlines()[0]
+        reason = getattr(resp, "error", "") or status or "no reason given"
+        raise PublishError(f"{what} refused by Kaggle: {reason}", "Pick another slug with --dataset owner/slug."
+                           if "in use" in reason else None)
 
 
 def rules_hint(competition: CompetitionRef) -> RulesNotAccepted:
+    """The RulesNotAccepted error for ``competition``."""
     return RulesNotAccepted(f"Kaggle refused access to {competition} (403).",
                             f"Accept the rules at {competition.rules_url()} and retry.")

@@ -1,24 +1,47 @@
-"""Inference kernel generation and push: runs → published datasets → offline kernel → kernel version."""
+"""Inference kernel generation and push: runs → published datasets → offline kernel → kernel version.
+
+The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``templates/
+inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
+(:mod:`kaggleops.runtime_wheel`) and runs :func:`kaggleops.kernel_runtime.main` on the embedded plan
+``kops-kernel.json`` (models: dataset ref + version + run id + weight; reranker; competition; post-processing).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KopsError
 from kaggleops.kaggle import Kaggle
-from kaggleops.publish import publish
 from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.runtime_wheel import RuntimeDataset, ensure_runtime_dataset
 from kaggleops.tasks import get_task
-from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_KERNEL, TAG_KERNEL_VERSION, Tracker
+from kaggleops.tracking import (
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_KERNEL,
+    TAG_KERNEL_VERSION,
+    TAG_PARENT,
+    Tracker,
+    runs_tagged,
+)
 
 KERNEL_FILE = "kernel.py"
 KERNEL_METADATA = "kernel-metadata.json"
 PLAN_FILE = "kops-kernel.json"
 TEMPLATE = "inference_kernel.py.tmpl"
+TAG_KIND = "kops.kind"
+TAG_FOLD = "kops.fold"
+KIND_KFOLD = "kfold"
+RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
+INFER_MAX_LEN = 128
+INFER_BATCH = 64
+LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -27,6 +50,18 @@ class ModelSource:
     dataset: str
     dataset_version: int
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting, submitting."""
+
+    machine_shape: str | None = None
+    private: bool | None = None
+    publish: bool = True
+    wait: bool = False
+    submit: bool = False
+    message: str = ""
 
 
 @dataclass
@@ -38,11 +73,21 @@ class KernelResult:
     run_ids: list[str]
     status: str | None = None
     published: list[str] = field(default_factory=list)
+    runtime: dict[str, object] = field(default_factory=dict)
+    submission: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
-                "published": self.published}
+                "published": self.published, "runtime": self.runtime, "submission": self.submission}
+
+
+class KernelRunFailed(KernelError):
+    """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
+
+    def __init__(self, message: str, hint: str, log_tail: list[str]) -> None:
+        super().__init__(message, hint)
+        self.log_tail = log_tail
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -50,58 +95,37 @@ def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
     return KernelRef(cfg.kaggle_owner, slug)
 
 
-def build_plan(cfg: KopsConfig, models: list[ModelSource]) -> dict[str, object]:
-    task = get_task(cfg.competition)
-    return {
-        "kops_version": __version__,
-        "competition": cfg.competition,
-        "id_column": task.id_column,
-        "target_column": task.target_column,
-        "models": [m.__dict__ for m in models],
-    }
+def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(model runs, k-fold parents): a parent run (``kops.kind=kfold``) expands to its fold runs, in fold order."""
+    models: list[str] = []
+    parents: list[str] = []
+    for run_id in run_ids:
+        run = tracker.get_run(run_id)
+        if run.data.tags.get(TAG_KIND) != KIND_KFOLD:
+            models.append(run_id)
+            continue
+        children = runs_tagged(tracker, {TAG_PARENT: run_id})
+        if not children:
+            raise KopsError(f"K-fold run {run_id} has no fold runs (no run has mlflow.parentRunId = it).",
+                            "Pass the fold runs with --run, or train them with: kops train")
+        children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+        models.extend(r.info.run_id for r in children)
+        parents.append(run_id)
+    return list(dict.fromkeys(models)), parents
 
 
-def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource]) -> dict[str, object]:
-    return {
-        "id": ref.ref,
-        "title": ref.slug.replace("-", " ").title(),
-        "code_file": KERNEL_FILE,
-        "language": "python",
-        "kernel_type": "script",
-        "is_private": cfg.kernel.private,
-        "enable_gpu": cfg.kernel.enable_gpu,
-        "enable_tpu": False,
-        "enable_internet": False,
-        "dataset_sources": sorted({m.dataset for m in models}),
-        "competition_sources": [cfg.competition],
-        "kernel_sources": [],
-        "model_sources": [],
-        "machine_shape": cfg.kernel.machine_shape,
-    }
-
-
-def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path) -> Path:
-    """Write kernel.py (template + embedded runtime + plan) and kernel-metadata.json into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    plan = build_plan(cfg, models)
-    template = resources.files("kaggleops.templates").joinpath(TEMPLATE).read_text()
-    runtime = get_task(cfg.competition).kernel_runtime_source()
-    source = template.format(kops_version=__version__, competition=cfg.competition,
-                             plan_json=json.dumps(plan, indent=2), runtime_source=runtime)
-    compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
-    (folder / KERNEL_FILE).write_text(source)
-    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
-    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, models), indent=2))
-    return folder
-
-
-def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle) -> tuple[list[ModelSource],
-                                                                                                       list[str]]:
+def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
+                   publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
     """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
+    from kaggleops.publish import publish
+
     models, published = [], []
     for run_id in run_ids:
         tags = tracker.get_run(run_id).data.tags
         if TAG_DATASET not in tags:
+            if not publish_missing:
+                raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
+                                f"Publish it with: kops publish {run_id}")
             publish(cfg, run_id, kaggle=kaggle)
             published.append(run_id)
             tags = tracker.get_run(run_id).data.tags
@@ -109,25 +133,134 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
     return models, published
 
 
+def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset) -> dict[str, object]:
+    """The kernel's embedded plan (kops-kernel.json)."""
+    task = get_task(cfg.competition)
+    return {
+        "kops_version": __version__,
+        "competition": cfg.competition,
+        "id_column": task.id_column,
+        "target_column": task.target_column,
+        "models": [m.__dict__ for m in models],
+        "reranker": None,
+        "runtime": {"dataset": runtime.dataset, "version": runtime.version,
+                    "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
+        "runtime_module": RUNTIME_MODULE,
+        "max_len": INFER_MAX_LEN,
+        "batch_size": INFER_BATCH,
+        "post_processing": {"neutral_full_text": True},
+    }
+
+
+def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
+                    options: KernelOptions = KernelOptions()) -> dict[str, object]:
+    """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml)."""
+    return {
+        "id": ref.ref,
+        "title": ref.slug.replace("-", " ").title(),
+        "code_file": KERNEL_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": cfg.kernel.private if options.private is None else options.private,
+        "enable_gpu": cfg.kernel.enable_gpu,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}),
+        "competition_sources": [cfg.competition],
+        "kernel_sources": [],
+        "model_sources": [],
+        "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
+    }
+
+
+def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
+                  runtime: RuntimeDataset, options: KernelOptions = KernelOptions()) -> Path:
+    """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(cfg, models, runtime)
+    template = resources.files("kaggleops.templates").joinpath(TEMPLATE).read_text()
+    source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
+                             plan_json=json.dumps(plan, indent=2))
+    compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
+    (folder / KERNEL_FILE).write_text(source)
+    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, models, runtime, options), indent=2))
+    return folder
+
+
+def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], None] | None = None) -> str:
+    """Poll until COMPLETE; on ERROR raise KernelRunFailed with the failure message and the log's tail."""
+    try:
+        return kaggle.wait_kernel(ref, on_status=on_status)
+    except KernelRunFailed:
+        raise
+    except KernelError as e:
+        try:
+            tail = kaggle.kernel_log(ref)[-LOG_TAIL_LINES:]
+        except KopsError:
+            tail = []
+        raise KernelRunFailed(e.message, f"Full log: kaggle kernels logs {ref}", tail) from None
+
+
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
-                on_status: object = None) -> KernelResult:
-    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
+                on_status: Callable[[str], None] | None = None,
+                options: KernelOptions | None = None) -> KernelResult:
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
+
+    A k-fold parent run expands to its folds; runs without a dataset are published first (unless
+    ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
 
     Example:
-        >>> push_kernel(load_config(), ["3f2a…"], wait=True)  # doctest: +SKIP
+        >>> push_kernel(load_config(), ["3f2a…"], options=KernelOptions(wait=True, submit=True))  # doctest: +SKIP
     """
+    options = options or KernelOptions(wait=wait)
     tracker = Tracker(cfg)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     CompetitionRef.parse(cfg.competition)
-    models, published = resolve_models(cfg, tracker, run_ids, kaggle)
+    model_runs, parents = expand_runs(tracker, run_ids)
+    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
+    runtime = ensure_runtime_dataset(cfg, kaggle)
     ref = default_kernel_ref(cfg)
-    folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug)
+    folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options)
     version = kaggle.push_kernel(folder)
-    for run_id in run_ids:
+    for run_id in [*model_runs, *parents]:
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
-    result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, run_ids, published=published)
-    if wait:
-        result.status = kaggle.wait_kernel(pinned, on_status=on_status)  # type: ignore[arg-type]
+    result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
+                          runtime=runtime.as_dict())
+    if options.wait or options.submit:
+        result.status = wait_for_kernel(kaggle, pinned, on_status)
+    if options.submit:
+        from kaggleops.submit import submit
+
+        result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
 
+
+def status_printer(echo: Callable[[str], None], clock: Callable[[], float] | None = None) -> Callable[[str], None]:
+    """An ``on_status`` callback that echoes each status change with the seconds since the push."""
+    import time
+
+    clock = clock or time.monotonic
+    start, last = clock(), [""]
+
+    def on_status(status: str) -> None:
+        if status != last[0]:
+            last[0] = status
+            echo(f"kernel status: {status} ({clock() - start:.0f} s)")
+
+    return on_status
+
+
+def describe(result: KernelResult) -> str:
+    """The human summary of a push."""
+    lines = [f"Pushed {result.kernel} version {result.kernel_version}"
+             f"{f' ({result.status})' if result.status else ''}", result.url,
+             f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
+             f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
+    if result.published:
+        lines.append(f"published first: {', '.join(result.published)}")
+    if result.submission:
+        lines.append(f"submitted: submission {result.submission['submission_ref']}, "
+                     f"submission run {result.submission['submission_run_id']}")
+    return "\n".join(lines)

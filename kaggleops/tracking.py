@@ -6,14 +6,17 @@ The only module that talks to MLflow. mlflow is imported lazily inside functions
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggleops import __version__
-from kaggleops.errors import RunNotFound
+from kaggleops.errors import KopsError, RunNotFound
 from kaggleops.provenance import git_info
 from kaggleops.runtime import detect_env, library_versions
 
@@ -34,6 +37,14 @@ TAG_DATASET_VERSION = "kops.dataset.version"
 TAG_KERNEL = "kops.kernel"
 TAG_KERNEL_VERSION = "kops.kernel.version"
 METRIC_BATCH = 500
+FLUSH_INTERVAL_S = 5.0
+CLOSE_RETRIES = 3
+
+log = logging.getLogger("kaggleops")
+
+
+class TrackingUnavailable(KopsError):
+    """The tracking store could not take a run's metrics or artifacts, even after retries."""
 
 
 class Tracker:
@@ -91,12 +102,24 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def metric_logger(self, run_id: str) -> MetricLogger:
-        return MetricLogger(self.client, run_id)
+    def metric_logger(self, run_id: str, skip: dict[str, int] | None = None,
+                      background: bool = True) -> MetricLogger:
+        """A non-blocking ``log(metrics, step)`` for ``run_id``; see :class:`MetricLogger`."""
+        return MetricLogger(self.client, run_id, skip=skip, background=background)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        with self.metric_logger(run_id) as log:
-            log(metrics, step)
+        with self.metric_logger(run_id, background=False) as logger:
+            logger(metrics, step)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Set a killed/failed/stale run back to RUNNING, to continue it (MLflow cannot choose run ids)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def last_steps(self, run_id: str) -> dict[str, int]:
+        """The last stored step of each metric of a run (what a resumed run must not log again)."""
+        run = self.get_run(run_id)
+        return {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                for key in run.data.metrics}
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -146,34 +169,136 @@ class Tracker:
 
 
 class MetricLogger:
-    """A ``log(metrics, step)`` callback that batches metrics into ``log_batch`` calls.
+    """A ``log(metrics, step)`` callback that never blocks training.
 
-    Per-call logging costs ~50 ms against a remote server; batching keeps a training loop fast.
+    Metrics are buffered and sent by a background thread with ``log_batch`` (≤ ``METRIC_BATCH`` per call,
+    every ``interval_s`` or sooner when a batch is full); :meth:`upload` queues an artifact folder behind the
+    metrics logged before it, so a stored checkpoint implies its metrics are stored too. A slow or unreachable
+    tracking server only delays the sender: it warns once, keeps everything, and retries at the next flush.
+    ``skip`` maps metric keys to the last step already stored (a resumed run): those steps are not re-sent.
+    :meth:`close` (or leaving the ``with`` block) sends what is left and raises if the store stays unreachable.
     """
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, skip: dict[str, int] | None = None,
+                 interval_s: float = FLUSH_INTERVAL_S, background: bool = True) -> None:
         self.client = client
         self.run_id = run_id
-        self._buffer: list[Any] = []
+        self.skip = dict(skip or {})
+        self.interval_s = interval_s
+        self.warned = False
+        self._ops: deque[Any] = deque()  # list[Metric] batches and ("upload", dir, path, on_done) tuples
+        self._lock = threading.Lock()  # guards _ops
+        self._send = threading.Lock()  # one sender at a time, in order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name=f"kops-metrics-{run_id[:8]}", daemon=True)
+            self._thread.start()
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
-        if len(self._buffer) >= METRIC_BATCH:
-            self.flush()
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if step > self.skip.get(k, -1)]
+        if not items:
+            return
+        with self._lock:
+            if self._ops and isinstance(self._ops[-1], list):
+                self._ops[-1].extend(items)
+            else:
+                self._ops.append(items)
+            full = sum(len(op) for op in self._ops if isinstance(op, list)) >= METRIC_BATCH
+        if full:
+            self._wake.set()
+
+    def upload(self, local_dir: Path, artifact_path: str, on_done: Any = None) -> None:
+        """Queue ``local_dir`` for upload as ``artifact_path`` after the metrics logged so far; then
+        ``on_done()`` (e.g. delete the folder)."""
+        with self._lock:
+            self._ops.append(("upload", Path(local_dir), artifact_path, on_done))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Operations (metric batches, uploads) not yet stored."""
+        with self._lock:
+            return len(self._ops)
+
+    def _send_one(self) -> bool:
+        with self._lock:
+            if not self._ops:
+                return False
+            op = self._ops[0]
+            if isinstance(op, list):
+                chunk = op[:METRIC_BATCH]
+        if isinstance(op, list):
+            self.client.log_batch(self.run_id, metrics=chunk)
+            with self._lock:
+                del op[: len(chunk)]
+                if not op:
+                    self._ops.popleft()
+            return True
+        _, local_dir, artifact_path, on_done = op
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        with self._lock:
+            self._ops.popleft()
+        if on_done is not None:
+            on_done()
+        return True
 
     def flush(self) -> None:
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:METRIC_BATCH], self._buffer[METRIC_BATCH:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+        """Send everything queued now, in the caller's thread; raises what the store raised (nothing is lost)."""
+        with self._send:
+            while self._send_one():
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as e:  # noqa: BLE001 - any store failure: keep the data, retry later
+                self._warn(e)
+
+    def _warn(self, error: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("kops: tracking store unreachable or failing (%s: %s); training goes on, %d pending "
+                        "operation(s) kept and retried", type(error).__name__, str(error)[:200], self.pending)
+
+    def close(self, retries: int = CLOSE_RETRIES) -> None:
+        """Stop the sender and send what is left, retrying ``retries`` times with backoff."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        for attempt in range(retries + 1):
+            try:
+                self.flush()
+                return
+            except Exception as e:
+                self._warn(e)
+                if attempt == retries:
+                    raise TrackingUnavailable(
+                        f"Could not store {self.pending} pending metric batch(es)/upload(s) of run {self.run_id}: "
+                        f"{type(e).__name__}: {str(e)[:200]}.",
+                        "Check the tracking server (MLFLOW_TRACKING_URI), then resume with: kops train --resume",
+                    ) from e
+                time.sleep(min(30.0, 2.0**attempt))
 
     def __enter__(self) -> MetricLogger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.flush()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: store what we can, but never hide the original error
+            self.close(retries=0)
+        except TrackingUnavailable:
+            pass
 
 
 def runs_tagged(tracker: Tracker, tags: dict[str, str]) -> list[Run]:

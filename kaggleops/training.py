@@ -7,20 +7,32 @@ parent run carrying the mean CV. The task code never sees MLflow: it gets paths 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kaggleops.config import KopsConfig
+from kaggleops.credentials import apply_tracking_credentials
 from kaggleops.errors import DataError, UnknownCompetition
-from kaggleops.tracking import Tracker
+from kaggleops.sync import background_sync
+from kaggleops.tracking import TAG_PARENT, Tracker, runs_tagged
 
 TAG_FOLD = "kops.fold"
 TAG_TASK = "kops.task"
 TAG_KIND = "kops.kind"
+TAG_KEY = "kops.train.key"
+TAG_RESUMES = "kops.resumes"
+TAG_GPU = "kops.gpu"
 MODEL_ARTIFACT = "model"
 OOF_ARTIFACT = "oof"
+CHECKPOINT_ARTIFACT = "checkpoint"
+LATEST_FILE = "latest.json"
+
+log = logging.getLogger("kaggleops")
 
 
 @dataclass
@@ -72,9 +84,19 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _train_key(params: dict[str, Any]) -> str:
+    """Fingerprint of everything that decides a run's numbers: only a run with the same key is resumed."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, resume: bool = False) -> TrainResult:
     """Train the configured task on the chosen folds; one MLflow run per fold.
+
+    With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
+    of the same settings and data, from its last checkpoint, in the SAME MLflow run; finished folds of a
+    resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
+    unfinished one).
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
@@ -88,15 +110,18 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     if bad:
         raise DataError(f"Fold(s) {bad} out of range for n_folds={cfg.train.n_folds}.", "Use --fold 0..n_folds-1.")
     df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
+    apply_tracking_credentials()
     tracker = Tracker(cfg)
     params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
+    params.pop("progress", None)
+    job = _Job(tracker, task, df, settings, params, progress, resume)
     parent = None
     if len(chosen) > 1:
-        parent = tracker.start_run(f"kfold-{cfg.train.model}", {**params, "folds": chosen},
-                                   {TAG_TASK: task.name, TAG_KIND: "kfold"})
+        parent = job.open_parent(chosen)
     runs = []
     try:
-        runs = [_train_fold(tracker, task, df, settings, fold, params, parent, progress) for fold in chosen]
+        with background_sync(cfg):  # `kops sync push` every storage.sync_minutes; no-op without a bucket
+            runs = [job.fold(fold, parent) for fold in chosen]
     except BaseException:
         if parent:
             tracker.end_run(parent, "FAILED")
@@ -111,14 +136,88 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     return result
 
 
-def _train_fold(tracker: Tracker, task: Any, df: Any, settings: Any, fold: int, params: dict[str, Any],
-                parent: str | None, progress: bool) -> FoldRun:
-    run_id = tracker.start_run(f"fold-{fold}", {**params, "fold": fold},
-                               {TAG_FOLD: str(fold), TAG_TASK: task.name, TAG_KIND: "fold"}, parent_run_id=parent)
+def machine_tags() -> dict[str, str]:
+    """``kops.gpu`` (name and memory, or ``none``) and ``kops.gpu.count`` of this machine."""
+    from kaggleops.runtime import gpu_info
+
+    gpu = gpu_info()
+    name = gpu["name"] if gpu["name"] == "none" else f"{gpu['name']} ({gpu['memory_gb']} GB)"
+    return {TAG_GPU: name, f"{TAG_GPU}.count": gpu.get("count", "0")}
+
+
+UNFINISHED = ("RUNNING", "FAILED", "KILLED")
+
+
+@dataclass
+class _Job:
+    """One `kops train` invocation: opens (or reopens) runs and trains folds in them."""
+
+    tracker: Tracker
+    task: Any
+    df: Any
+    settings: Any
+    params: dict[str, Any]
+    progress: bool
+    resume: bool
+
+    def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
+        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
+
+    def _unfinished(self, runs: list[Any], what: str) -> Any | None:
+        open_runs = [r for r in runs if r.info.status in UNFINISHED]
+        if open_runs and not self.resume:
+            log.warning("kops: %s has an unfinished run %s; continue it with: kops train --resume",
+                        what, open_runs[0].info.run_id)
+        return open_runs[0] if open_runs and self.resume else None
+
+    def open_parent(self, chosen: list[int]) -> str:
+        params = {**self.params, "folds": chosen}
+        key = _train_key(params)
+        found = self._unfinished(self._find("kfold", key, {}), "this k-fold job")
+        if found is not None:
+            self.tracker.reopen_run(found.info.run_id)
+            return str(found.info.run_id)
+        return self.tracker.start_run(f"kfold-{self.settings.model}", params,
+                                      {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
+
+    def fold(self, fold: int, parent: str | None) -> FoldRun:
+        params = {**self.params, "fold": fold}
+        key = _train_key(params)
+        same = [r for r in self._find("fold", key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        if self.resume and parent:
+            done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
+            if done:
+                return FoldRun(done[0].info.run_id, fold, done[0].data.metrics["best_val_jaccard"])
+        found = self._unfinished(same, f"fold {fold}")
+        return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
+
+
+def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
+                     resume_run: str | None) -> tuple[str, dict[str, int]]:
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: "fold", TAG_KEY: key, **machine_tags()}
+    if resume_run is None:
+        return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
+    run = job.tracker.get_run(resume_run)
+    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
+    job.tracker.reopen_run(resume_run)
+    job.tracker.set_tags(resume_run, {**{k: v for k, v in tags.items() if k.startswith(TAG_GPU)},
+                                      TAG_RESUMES: str(resumes)})
+    return resume_run, job.tracker.last_steps(resume_run)
+
+
+def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
+                resume_run: str | None = None) -> FoldRun:
+    tracker = job.tracker
+    run_id, skip = _start_or_reopen(job, fold, params, parent, key, resume_run)
     try:
-        with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp, tracker.metric_logger(run_id) as log:
-            result = task.train_fold(df, settings, fold, Path(tmp), log, progress=progress)
-            log({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
+        with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
+            resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume") if resume_run else None
+            with tracker.metric_logger(run_id, skip=skip) as log_fn:
+                slots = _CheckpointSlots(log_fn)
+                result = job.task.train_fold(job.df, job.settings, fold, Path(tmp) / "out", log_fn,
+                                             progress=job.progress, on_checkpoint=slots,
+                                             resume_from=resume_from)
+                log_fn({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
             tracker.log_artifacts(run_id, result.model_dir, MODEL_ARTIFACT)
             tracker.log_artifact(run_id, result.oof_path, OOF_ARTIFACT)
     except KeyboardInterrupt:
@@ -129,3 +228,43 @@ def _train_fold(tracker: Tracker, task: Any, df: Any, settings: Any, fold: int, 
         raise
     tracker.end_run(run_id)
     return FoldRun(run_id, fold, result.val_jaccard)
+
+
+class _CheckpointSlots:
+    """``on_checkpoint``: upload each checkpoint into slot ``a`` or ``b`` (alternating) of ``checkpoint/``, then
+    ``checkpoint/latest.json`` naming it, behind the metrics logged before it. A kill mid-upload leaves the
+    other slot whole, so a checkpoint in the store always has its metrics stored too."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+        self.slot = "b"
+
+    def __call__(self, folder: Path, step: int) -> None:
+        self.slot = "a" if self.slot == "b" else "b"
+        pointer = folder.parent / f"latest-{step}"
+        pointer.mkdir(exist_ok=True)
+        (pointer / LATEST_FILE).write_text(json.dumps({"slot": self.slot, "step": step}))
+        self.logger.upload(folder, f"{CHECKPOINT_ARTIFACT}/{self.slot}")
+        self.logger.upload(pointer, CHECKPOINT_ARTIFACT, on_done=lambda: _remove(folder, pointer))
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def download_checkpoint(tracker: Tracker, run_id: str, dst: Path) -> Path | None:
+    """The run's last complete checkpoint folder, downloaded under ``dst``; None when it has none."""
+    from kaggleops.tasks.tse.checkpoint import is_checkpoint
+
+    names = set(tracker.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
+    if f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}" not in names:
+        return None
+    latest = json.loads((tracker.download(run_id, f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}", dst)).read_text())
+    other = "b" if latest["slot"] == "a" else "a"
+    for slot in (latest["slot"], other):
+        if f"{CHECKPOINT_ARTIFACT}/{slot}" in names:
+            folder = tracker.download(run_id, f"{CHECKPOINT_ARTIFACT}/{slot}", dst / slot)
+            if is_checkpoint(folder):
+                return folder
+    return None

@@ -71,7 +71,7 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, monkeypatch: pytest.
         monkeypatch.setenv("KAGGLE_USERNAME", "alice")
         monkeypatch.setenv("KAGGLE_KEY", "k")
         monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
-        emu.inject_fault("CreateDataset", 503, times=1)
+        emu.inject_fault("CreateDataset", 503, times=5)  # kops retries a 503 up to 5 attempts (kaggle.MAX_ATTEMPTS)
         with pytest.raises(KaggleError, match=r"503"):
             publish(cfg, run_id)
         assert TAG_DATASET not in tracker.get_run(run_id).data.tags

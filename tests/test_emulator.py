@@ -379,5 +379,79 @@ def test_state_endpoint(emulator: Emulator) -> None:
     assert state["competitions"] == [COMP] and state == emulator.state_summary()
 
 
+# ---- fault injection, persistence and the command line ------------------------------------------------
+
+
+def test_fault_after_effect_and_pure_delay(api: Any, emulator: Emulator, tmp_path: Path) -> None:
+    emulator.inject_fault("CreateDataset", 503, after=True)
+    folder = write_dataset(tmp_path / "ds", "kops-ds-after", {"x.csv": b"x\n1\n"})
+    with pytest.raises(requests.HTTPError) as err:
+        api.dataset_create_new(str(folder), quiet=True)
+    assert err.value.response.status_code == 503
+    assert f"{USER}/kops-ds-after" in emulator.state_summary()["datasets"]  # it took effect anyway
+    emulator.inject_fault("GetDatasetStatus", 200, delay_s=0.3)
+    started = time.monotonic()
+    assert api.dataset_status(f"{USER}/kops-ds-after") == "ready"
+    assert time.monotonic() - started >= 0.3
+
+
+def test_fault_spec_parsing() -> None:
+    from kaggleops.emulator.faults import parse_fault_spec
+
+    spec = "datasets.DatasetApiService/CreateDatasetVersion=503,429"
+    assert parse_fault_spec(spec) == [("datasets.DatasetApiService/CreateDatasetVersion", 503),
+                                      ("datasets.DatasetApiService/CreateDatasetVersion", 429)]
+    assert parse_fault_spec("Upload=drop") == [("Upload", 0)]
+    for bad in ("CreateDataset", "CreateDataset=200", "=503", "CreateDataset=abc"):
+        with pytest.raises(ValueError):
+            parse_fault_spec(bad)
+
+
+def test_state_survives_a_restart_in_the_named_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "week"
+    with Emulator(root, username=USER, key=KEY, persist=True) as first:
+        api = make_api(first, monkeypatch)
+        folder = write_dataset(tmp_path / "ds", "kops-ds-kept", {"w.bin": b"\x01" * 5000})
+        assert api.dataset_create_new(str(folder), quiet=True).status == "ok"
+        assert api.dataset_create_version(str(folder), "v2", quiet=True).status == "ok"
+    with Emulator(root, username=USER, key=KEY, persist=True) as second:
+        api = make_api(second, monkeypatch)
+        assert json.loads(api.dataset_status(f"{USER}/kops-ds-kept", format="json"))["current_version_number"] == 2
+        api.dataset_download_file(f"{USER}/kops-ds-kept", "w.bin", path=str(tmp_path / "dl"), quiet=True)
+        assert (tmp_path / "dl" / "w.bin").read_bytes() == b"\x01" * 5000
+        assert api.dataset_create_version(str(folder), "v3", quiet=True).status == "ok"
+        assert [v["number"] for v in second.state_summary()["datasets"][f"{USER}/kops-ds-kept"]["versions"]] == \
+            [1, 2, 3]
+
+
+def test_cli_emulator_start_with_faults_and_state_folder(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    root = tmp_path / "emu-state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kaggleops", "emulator", "start", "--root", str(root), "--json",
+         "--fault", "competitions.CompetitionApiService/ListSubmissions=503,429"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["url"].startswith("http://127.0.0.1:") and info["root"] == str(root.resolve())
+        assert info["faults"] == ["competitions.CompetitionApiService/ListSubmissions=503",
+                                  "competitions.CompetitionApiService/ListSubmissions=429"]
+        url = f"{info['url']}/api/v1/competitions.CompetitionApiService/ListSubmissions"
+        body = {"competitionName": "tweet-sentiment-extraction"}
+        got = [requests.post(url, json=body, headers=_auth(), timeout=10).status_code for _ in range(3)]
+        assert got == [503, 429, 200]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert (root / "requests.log").is_file() and (root / "state.pickle").is_file()
+    bad = subprocess.run([sys.executable, "-m", "kaggleops", "emulator", "start", "--fault", "Upload=200"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr == ("kops: error: Fault status '200' in 'Upload=200' must be an HTTP error status (400-599) "
+                          "or drop.\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

@@ -115,5 +115,6 @@ def test_published_dataset_carries_manifest(demo: dict[str, Any]) -> None:
     metadata = json.loads((workdir / ".kops" / "kernels" / demo["kernel"].split("/")[1] /
                            "kernel-metadata.json").read_text())
     assert metadata["enable_internet"] is False and metadata["enable_gpu"] is True
-    assert metadata["competition_sources"] == [TSE] and metadata["dataset_sources"] == [demo["dataset"]]
+    assert metadata["competition_sources"] == [TSE]
+    assert sorted(metadata["dataset_sources"]) == sorted([demo["dataset"], "kopsdemo/kops-runtime"])
     assert owner == "kopsdemo" and slug

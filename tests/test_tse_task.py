@@ -184,3 +184,27 @@ def test_real_data_gold_spans_with_roberta_tokenizer(shared_data: Path) -> None:
     preds = [infer.span_text(r["text"], f, *token_span(f.offsets, f.tweet, char_span(r["text"], r["selected_text"])))
              for r, f in zip(rows, features, strict=True)]
     assert mean_jaccard(df["selected_text"], preds) >= 0.96
+
+
+def test_real_data_offsets_reproduce_selected_text(shared_data: Path) -> None:
+    """Gold start/end tokens, cut out of the raw tweet through the offsets, give back selected_text.
+
+    On the real train.csv 89 % of labels start and end on word boundaries; for those the offsets must
+    reproduce the label exactly (≥ 99 %; measured 100 %). The other 11 % cut a word (``onna`` for ``gonna``):
+    token spans cannot reproduce them, which is label noise, not an offset error (whole set: 92.6 %).
+    """
+    from kaggleops.tasks.tse.modeling import load_tokenizer
+
+    df = load_train(shared_data / "tweet-sentiment-extraction" / "train.csv")
+    tok = load_tokenizer(str(shared_data / "roberta-base-tokenizer"))
+    rows = [r for r in df.to_dict("records") if r["selected_text"].strip()]
+    features = infer.encode_rows(tok, rows, max_len=128)
+    aligned = ok = 0
+    for r, f in zip(rows, features, strict=True):
+        text, (a, b) = r["text"], char_span(r["text"], r["selected_text"])
+        if (a > 0 and not text[a - 1].isspace()) or (b < len(text) and not text[b].isspace()):
+            continue
+        aligned += 1
+        ok += infer.span_text(text, f, *token_span(f.offsets, f.tweet, (a, b))).strip() == r["selected_text"].strip()
+    assert aligned >= 0.85 * len(rows)
+    assert ok >= 0.99 * aligned

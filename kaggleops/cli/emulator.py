@@ -9,31 +9,59 @@ from pathlib import Path
 import typer
 
 from kaggleops.cli import app, emit, hint
+from kaggleops.errors import ConfigError
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")
 
 
+def parse_faults(specs: list[str]) -> list[tuple[str, int]]:
+    """``--fault`` values → (method, status) pairs, or a ConfigError naming the bad one."""
+    from kaggleops.emulator.faults import parse_fault_spec
+
+    try:
+        return [pair for spec in specs for pair in parse_fault_spec(spec)]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 @emulator_app.command("start")
 def start(
     port: int = typer.Option(0, help="Port on 127.0.0.1 (0 = a free one)."),
-    root: Path = typer.Option(None, help="Folder for its state (default: a temporary folder)."),
+    root: Path = typer.Option(None, help="Folder for its state, kept across restarts (default: a throw-away one)."),
     username: str = typer.Option("testuser", help="Accepted Kaggle username."),
     key: str = typer.Option("testkey", help="Accepted Kaggle key."),
-    as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON."),
+    fault: list[str] = typer.Option(None, help="Inject failures, e.g. "
+                                    "datasets.DatasetApiService/CreateDatasetVersion=503,429 or Upload=drop "
+                                    "(repeatable; statuses are used in order, one call each)."),
+    processing_s: float = typer.Option(3.0, "--dataset-processing-s",
+                                       help="Seconds a new dataset version stays processing before READY."),
+    daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
+    as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the Tweet Sentiment Extraction sample competition until Ctrl-C."""
+    """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
     from kaggleops.demo import COMPETITION, seed_competition
     from kaggleops.emulator import Emulator
     from kaggleops.tasks import get_task
 
-    emulator = Emulator(root or Path(tempfile.mkdtemp(prefix="kops-emulator-")), username=username, key=key)
+    faults = parse_faults(fault or [])
+    folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))
+    emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
+                        daily_submission_limit=daily_limit, persist=root is not None)
     seed_competition(emulator, get_task(COMPETITION))
-    url = emulator.start(port=port)
+    for method, status in faults:
+        emulator.inject_fault(method, status)
+    url = emulator.start(host="127.0.0.1", port=port)
     env = {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}
-    emit({"url": url, "competition": COMPETITION, "env": env}, as_json,
-         "\n".join(f"export {k}={v}" for k, v in env.items()))
-    hint(f"Kaggle emulator on {url} (competition {COMPETITION}); Ctrl-C stops it.")
+    data = {"url": url, "competition": COMPETITION, "root": str(folder), "env": env,
+            "faults": [f"{m}={s}" for m, s in faults]}
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data), nl=True)
+    else:
+        emit(data, False, "\n".join(f"export {k}={v}" for k, v in env.items()))
+    hint(f"Kaggle emulator on {url} (competition {COMPETITION}, state in {folder}); Ctrl-C stops it.")
     try:
         while True:
             time.sleep(3600)

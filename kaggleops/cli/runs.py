@@ -1,4 +1,4 @@
-"""The loop's commands: train, publish, push-kernel, submit, scores."""
+"""The loop's commands: train, publish, push-kernel (submit and scores: cli/submissions.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,41 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 def train(
     fold: list[int] = typer.Option(None, help="Fold(s) to train; default: `train.folds` in kops.yaml, else all."),
     data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, else the bundled sample)."),
+    stage: str = typer.Option("base", help="base: the span model; rerank: the candidate reranker (needs --from)."),
+    from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
+    resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
+                                            "data) from its last checkpoint, in the same MLflow run."),
+    git: str = typer.Option(None, "--git", help="Train exactly this commit: URL[@REV], cloned into a temp folder."),
+    on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
+    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator (NvidiaTeslaT4, NvidiaL4, ...)."),
+    wait: bool = typer.Option(False, help="--on kaggle: follow the kernel and print the run ids it produced."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Train the competition's model; one MLflow run per fold, with git/env provenance."""
+    """Train the competition's model; one MLflow run per fold, with git/env provenance, resumable."""
     from kaggleops.training import train as run_train
 
-    result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json)
+    if stage != "base":
+        from kaggleops.reranking import train_stage
+
+        res = train_stage(load(config), stage, from_runs or [], progress=not as_json)
+        return emit(res.as_dict(), as_json, res.summary())
+    if on:
+        from kaggleops.remote_train import train_on_kaggle
+
+        if on != "kaggle":
+            raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
+        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait)
+        return emit(remote.as_dict(), as_json, f"Pushed training kernel {remote.kernel} v{remote.kernel_version} "
+                                               f"({remote.status or 'running'}) for {remote.git}\n{remote.url}"
+                                               + (f"\nruns: {', '.join(remote.run_ids)}" if remote.run_ids else ""))
+    if git:
+        from kaggleops.gitsource import GitSpec, train_from_git, try_load
+
+        result = train_from_git(try_load(config), GitSpec.parse(git), folds=fold or None, progress=not as_json,
+                                data_dir=data)
+    else:
+        result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
     lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]
     if result.parent_run_id:
         lines.append(f"k-fold parent run {result.parent_run_id}  cv_jaccard {result.cv_jaccard:.4f}")
@@ -40,53 +68,39 @@ def publish(
     """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run."""
     from kaggleops.publish import publish as run_publish
 
-    result = run_publish(load(config), run_id, dataset=dataset, public=public)
-    emit(result.as_dict(), as_json, f"Published run {run_id} as {result.dataset} version {result.dataset_version}"
-                                    f"\n{result.url}")
+    result = run_publish(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    if result.uploaded:
+        line = f"Published run {run_id} as {result.dataset} version {result.dataset_version}"
+    else:
+        line = (f"Weights of run {run_id} equal {result.dataset} version {result.dataset_version}: nothing uploaded, "
+                "no new version; run tagged with it")
+    emit(result.as_dict(), as_json, f"{line}\n{result.url}")
 
 
 @app.command("push-kernel")
 def push_kernel(
-    run: list[str] = typer.Option(..., "--run", help="Run id(s) whose models the kernel uses."),
-    wait: bool = typer.Option(False, help="Wait until the kernel run is COMPLETE (or fails)."),
+    run: list[str] = typer.Option(..., "--run", help="Run id(s) whose models the kernel ensembles; a k-fold "
+                                                     "parent run expands to its folds."),
+    machine_shape: str = typer.Option(None, help="Accelerator, e.g. NvidiaTeslaT4, NvidiaL4, NvidiaTeslaP100 "
+                                                 "(default: kops.yaml `kernel.machine_shape`)."),
+    public: bool = typer.Option(None, "--public/--private", help="Kernel visibility (default: kops.yaml)."),
+    publish_missing: bool = typer.Option(True, "--publish/--no-publish",
+                                         help="Publish runs that have no dataset yet (--no-publish: refuse)."),
+    wait: bool = typer.Option(False, help="Wait until the kernel run is COMPLETE; on ERROR show its log's tail."),
+    submit: bool = typer.Option(False, help="Submit the finished version to the competition (implies --wait)."),
+    message: str = typer.Option("", "--message", "-m", help="Submission description with --submit."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs."""
+    from kaggleops.kernels import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.kernels import push_kernel as run_push
 
-    result = run_push(load(config), run, wait=wait, on_status=lambda s: hint(f"kernel status: {s}"))
-    emit(result.as_dict(), as_json, f"Pushed {result.kernel} version {result.kernel_version}"
-                                    f"{f' ({result.status})' if result.status else ''}\n{result.url}")
-
-
-@app.command()
-def submit(
-    kernel: str = typer.Option(None, help="owner/slug of the kernel (default: the one push-kernel makes)."),
-    version: int = typer.Option(None, help="Kernel version (default: the latest pushed by kops)."),
-    message: str = typer.Option("", "--message", "-m", help="Submission description (a kops key is added)."),
-    config: str = CONFIG_OPT,
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Submit a kernel version to the code competition, recorded first as a submission run."""
-    from kaggleops.submit import submit as run_submit
-
-    result = run_submit(load(config), kernel=kernel, version=version, message=message)
-    emit(result.as_dict(), as_json, f"Submitted {result.kernel} v{result.kernel_version}: submission "
-                                    f"{result.submission_ref}, submission run {result.submission_run_id}")
-
-
-@app.command()
-def scores(
-    wait: bool = typer.Option(False, help="Poll until no submission is PENDING."),
-    timeout: float = typer.Option(1800, help="Seconds to wait at most with --wait."),
-    config: str = CONFIG_OPT,
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Pull leaderboard scores and write lb_public / lb_private back onto the runs."""
-    from kaggleops.submit import scores as run_scores
-
-    rows = run_scores(load(config), wait=wait, timeout_s=timeout)
-    lines = [f"{r.submission_ref}  {r.status:<8} public {r.lb_public}  private {r.lb_private}  "
-             f"run {r.submission_run_id}{'  (updated)' if r.changed else ''}" for r in rows]
-    emit([r.as_dict() for r in rows], as_json, "\n".join(lines) or "No kops submissions yet.")
+    options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
+                            publish=publish_missing, wait=wait, submit=submit, message=message)
+    try:
+        result = run_push(load(config), run, on_status=status_printer(hint), options=options)
+    except KernelRunFailed as e:
+        hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
+        raise
+    emit(result.as_dict(), as_json, describe(result))

@@ -29,7 +29,7 @@ from .rpc_kernels import KernelService
 from .runner import KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
 from .server import Api, Handler, make_server
-from .state import Competition, Store
+from .state import Competition, Store, load_state, save_state
 
 __all__ = ["ApiError", "Emulator", "Metric", "SubmissionInvalid", "format_score", "split_solution"]
 
@@ -40,7 +40,7 @@ class Emulator:
     def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
                  kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None, persist: bool = False) -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -52,6 +52,8 @@ class Emulator:
             dataset_processing_s: seconds a new dataset version stays processing before it is READY.
             tokens: bearer access tokens accepted, mapped to the username they authenticate.
             users: extra ``{username: key}`` pairs accepted besides ``username``/``key``.
+            persist: keep datasets, kernels, submissions and uploads in ``root/state.pickle`` across restarts
+                (so a user can dry-run a competition week); competitions are seeded again on each start.
         """
         self.root = Path(root)
         self.username = username
@@ -69,6 +71,10 @@ class Emulator:
             routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})
         all_users = {username: key, **(users or {})}
         self.api = Api(self.store, routes, all_users, dict(tokens or {}), self.root / "requests.log")
+        self.persist = persist
+        if persist:
+            load_state(self.store)
+            self.api.on_change = lambda: save_state(self.store)
         self.url = ""
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -109,16 +115,31 @@ class Emulator:
         rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in submission_rows]
         return score_rows(comp.spec, rows)
 
+    def set_submission_result(self, ref: int, public_score: str | None, private_score: str | None,
+                              error: str | None = None) -> None:
+        """Replace a submission's result, e.g. hide the private score until the deadline, then reveal it.
+
+        Scores are strings as Kaggle sends them (``"0.66667"``); ``None`` shows as an empty score.
+        """
+        with self.store.lock:
+            sub = self.store.submission(ref)
+            sub.public_score, sub.private_score, sub.error = public_score, private_score, error
+
     # ---- control -------------------------------------------------------------------------------
 
-    def inject_fault(self, method_name: str, status: int, times: int = 1) -> None:
-        """Make the next ``times`` calls of an RPC ("CreateDataset" or "service/Method") answer ``status``.
+    def inject_fault(self, method_name: str, status: int, times: int = 1, message: str = "",
+                     after: bool = False, delay_s: float = 0.0) -> None:
+        """Make the next ``times`` calls of an RPC ("CreateDataset" or "service/Method") fail.
 
-        A 429 carries ``Retry-After: 1``; the body is ``{"code": status, "message": "injected fault N"}``.
-        The pseudo-method ``"Upload"`` targets blob PUTs instead: the emulator keeps only half of the
-        bytes received and answers ``status`` (503 makes the real client resume the upload).
+        ``status`` is the HTTP status answered (a 429 carries ``Retry-After: 1``; the body is
+        ``{"code": status, "message": message or "injected fault N"}``); 0 drops the connection instead.
+        ``after=True`` runs the call first (it takes effect) and then fails the response: the case where a
+        blind retry of a non-idempotent call would duplicate it. ``delay_s`` sleeps before answering.
+
+        The pseudo-method ``"Upload"`` targets blob PUTs: with 503 the emulator keeps half of the bytes and
+        answers 503 (the real client resumes); with 0 it reads half of the body and drops the connection.
         """
-        self.api.faults.add(method_name, status, times)
+        self.api.faults.add(method_name, status, times, message=message, after=after, delay_s=delay_s)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve in a daemon thread and return the base URL, e.g. ``http://127.0.0.1:PORT``."""
@@ -136,6 +157,8 @@ class Emulator:
     def stop(self) -> None:
         """Stop serving and kill running kernels."""
         self.runner.stop()
+        if self.persist:
+            save_state(self.store)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .common import ApiError, Redirect, RpcContext, http_date, parse_version_label, within
+from .faults import Fault, Faults
 from .state import Store
 
 Handler = Callable[[RpcContext, dict[str, Any]], Any]
@@ -32,29 +34,6 @@ _RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _LOGS_RE = re.compile(r"^(?:/api)?/v1/kernels/logs/stream/([^/]+)/([^/]+)$")
 _NO_AUTH_RPCS = {"security.OAuthService/IntrospectToken"}
 _MAX_LOGGED_STR = 200
-
-
-class Faults:
-    """Per-RPC injected failures: the next ``times`` calls answer ``status``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[str, list[int]] = {}
-
-    def add(self, method: str, status: int, times: int = 1) -> None:
-        """Queue ``times`` failures with ``status`` for ``method`` ("CreateDataset" or "svc/Method")."""
-        with self._lock:
-            self._pending.setdefault(method, []).extend([int(status)] * int(times))
-
-    def take(self, rpc: str) -> int | None:
-        """Pop the next injected status for ``rpc`` ("service/Method"), if any."""
-        short = rpc.rsplit("/", 1)[-1]
-        with self._lock:
-            for key in (rpc, short):
-                queue = self._pending.get(key)
-                if queue:
-                    return queue.pop(0)
-        return None
 
 
 class Api:
@@ -68,6 +47,7 @@ class Api:
         self.tokens = tokens
         self.faults = Faults()
         self.base_url = ""
+        self.on_change: Callable[[], None] | None = None  # called after each state change (persistence)
         self._log_path = log_path
         self._log_lock = threading.Lock()
 
@@ -171,9 +151,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         logged = {"body": redact({"token": "<redacted>"} if rpc in _NO_AUTH_RPCS else body), "auth": kind,
                   "user": user, "rpc": rpc}
         fault = self.api.faults.take(rpc)
-        if fault is not None:
-            headers = {"Retry-After": "1"} if fault == 429 else {}
-            self._json(fault, {"code": fault, "message": f"injected fault {fault}"}, headers, log=logged)
+        if fault is not None and fault.delay_s:
+            time.sleep(fault.delay_s)
+        if fault is not None and 200 <= fault.status < 300:
+            fault = None  # a pure delay: answer normally
+        if fault is not None and not fault.after:
+            self._fault(fault, logged)
             return
         if rpc in _NO_AUTH_RPCS:
             self._json(200, self.api.introspect(body), log=logged)
@@ -185,9 +168,21 @@ class RequestHandler(BaseHTTPRequestHandler):
         if handler is None:
             self._json(501, {"code": 501, "message": f"{rpc} is not implemented by the emulator"}, log=logged)
             return
-        self._call(handler, RpcContext(user=user, base_url=self.api.base_url), body, logged)
+        self._call(handler, RpcContext(user=user, base_url=self.api.base_url), body, logged, fault)
 
-    def _call(self, handler: Handler, ctx: RpcContext, body: dict[str, Any], logged: dict[str, Any]) -> None:
+    def _fault(self, fault: Fault, logged: dict[str, Any]) -> None:
+        """Answer an injected fault: an error status (429 with ``Retry-After: 1``) or a dropped connection."""
+        if fault.status == 0:
+            self.api.log({"method": self.command, "path": self.path, "status": 0, **logged,
+                          "fault": "connection dropped" + (" after the call took effect" if fault.after else "")})
+            self.close_connection = True
+            return
+        headers = {"Retry-After": "1"} if fault.status == 429 else {}
+        logged = {**logged, "fault": "after the call took effect"} if fault.after else logged
+        self._json(fault.status, {"code": fault.status, "message": fault.text}, headers, log=logged)
+
+    def _call(self, handler: Handler, ctx: RpcContext, body: dict[str, Any], logged: dict[str, Any],
+              fault: Fault | None = None) -> None:
         try:
             with self.api.store.lock:
                 result = handler(ctx, body)
@@ -197,7 +192,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - report server bugs as 500 JSON, keep serving
             self._json(500, {"code": 500, "message": f"emulator error: {type(e).__name__}: {e}"}, log=logged)
             return
-        if isinstance(result, Redirect):
+        if self.api.on_change is not None and not rpc_is_read(logged.get("rpc", "")):
+            self.api.on_change()
+        if fault is not None:
+            self._fault(fault, logged)
+        elif isinstance(result, Redirect):
             self._send(302, b"", {"Location": result.location}, log=logged)
         else:
             self._json(200, _drop_none(result), log=logged)
@@ -269,8 +268,11 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return
         if start == 0 and blob.path.exists():
             blob.path.unlink()  # never truncate in place: the file may be hard-linked into a dataset
-        received = self._stream_to(blob.path, start)
         fault = self.api.faults.take("Upload")
+        if fault is not None and fault.status == 0:
+            self._drop_upload(blob, start)
+            return
+        received = self._stream_to(blob.path, start)
         if fault is not None:
             # Keep only half of what arrived, as if the connection had dropped, and answer ``fault``.
             received //= 2
@@ -278,20 +280,39 @@ class RequestHandler(BaseHTTPRequestHandler):
                 f.truncate(start + received)
         with store.lock:
             blob.received = start + received
+        if self.api.on_change is not None:
+            self.api.on_change()
         if fault is not None:
-            self._json(fault, {"code": fault, "message": f"injected fault {fault}"},
-                       log={"body": f"<injected {fault}; kept {received} bytes @ {start}>"})
+            self._json(fault.status, {"code": fault.status, "message": fault.text},
+                       log={"body": f"<injected {fault.status}; kept {received} bytes @ {start}>"})
             return
         self._upload_status(blob, note=f"<{received} bytes @ {start}>")
 
-    def _stream_to(self, path: Path, start: int) -> int:
-        """Write the request body to ``path`` at offset ``start``; returns bytes received (partial ok)."""
+    def _drop_upload(self, blob: Any, start: int) -> None:
+        """Read half of the body, keep it, and close the connection without an answer (a cut upload)."""
+        half = max(0, int(self.headers.get("Content-Length") or 0) // 2)
+        received = self._stream_to(blob.path, start, limit=half)
+        with self.api.store.lock:
+            blob.received = start + received
+        self.api.log({"method": "PUT", "path": self.path, "status": 0,
+                      "body": f"<connection dropped after {received} bytes @ {start}>"})
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _stream_to(self, path: Path, start: int, limit: int | None = None) -> int:
+        """Write the request body to ``path`` at offset ``start``; returns bytes received (partial ok).
+
+        With ``limit``, stop after that many bytes (the rest of the body is left unread).
+        """
         mode = "r+b" if path.exists() else "wb"
         written = 0
         with path.open(mode) as f:
             f.seek(start)
             f.truncate()
-            for chunk in self._body_chunks():
+            for chunk in self._body_chunks(limit):
                 f.write(chunk)
                 written += len(chunk)
         return written
@@ -353,7 +374,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             target = urlsplit(target).path or "/"
         return target.split("?", 1)[0]
 
-    def _body_chunks(self) -> Any:
+    def _body_chunks(self, limit: int | None = None) -> Any:
         """Yield the request body in chunks (Content-Length or chunked); stops early on disconnect."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
@@ -365,6 +386,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 yield self.rfile.read(size)
                 self.rfile.readline()
         remaining = int(self.headers.get("Content-Length") or 0)
+        if limit is not None:
+            remaining = min(remaining, limit)
         while remaining > 0:
             chunk = self.rfile.read(min(remaining, 1 << 20))
             if not chunk:
@@ -393,6 +416,11 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+def rpc_is_read(rpc: str) -> bool:
+    """Whether an RPC only reads state (Get*, List*, Download*), so there is nothing to persist."""
+    return rpc.rsplit("/", 1)[-1].startswith(("Get", "List", "Download"))
 
 
 def _drop_none(value: Any) -> Any:

@@ -15,6 +15,7 @@ Everything else is in memory and guarded by ``Store.lock``.
 from __future__ import annotations
 
 import itertools
+import pickle
 import shutil
 import threading
 import time
@@ -339,6 +340,49 @@ class Store:
                 "uploads": {t: {"name": b.name, "received": b.received, "size": b.content_length}
                             for t, b in self.blobs.items() if not b.complete},
             }
+
+
+STATE_FILE = "state.pickle"
+_PERSISTED = ("blobs", "datasets", "kernels", "submissions")
+
+
+def save_state(store: Store) -> None:
+    """Write the metadata (datasets, kernels, submissions, uploads) to ``<root>/state.pickle``, atomically.
+
+    File bytes already live under the root; competitions are seeded again by whoever starts the emulator.
+    """
+    with store.lock:
+        data = {name: getattr(store, name) for name in _PERSISTED}
+        payload = pickle.dumps({"format": 1, **data})
+    tmp = store.root / (STATE_FILE + ".tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(store.root / STATE_FILE)
+
+
+def load_state(store: Store) -> bool:
+    """Restore what :func:`save_state` wrote; returns False when there is nothing to restore.
+
+    Versions still processing come back READY; kernel runs cut by the restart come back as ERROR.
+    """
+    path = store.root / STATE_FILE
+    if not path.is_file():
+        return False
+    data = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, in the folder the user named
+    with store.lock:
+        for name in _PERSISTED:
+            setattr(store, name, data[name])
+        for ds in store.datasets.values():
+            for v in ds.versions:
+                v.ready_at = 0.0
+        for kernel in store.kernels.values():
+            for kv in kernel.versions:
+                if kv.status in ("QUEUED", "RUNNING"):
+                    kv.status, kv.failure_message = "ERROR", "The emulator was restarted during this run."
+        ids = [1000, *(d.id for d in store.datasets.values()), *(k.id for k in store.kernels.values())]
+        store._ids = itertools.count(max(ids) + 1)
+        store._refs = itertools.count(max([50000, *store.submissions]) + 1)
+        store._tokens = itertools.count(len(store.blobs) + 1)
+    return True
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

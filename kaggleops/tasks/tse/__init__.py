@@ -82,16 +82,19 @@ class TweetSentimentExtraction:
 
     def train_fold(self, train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_dir: Path,
                    log: Callable[[dict[str, float], int], None] | None = None,
-                   progress: bool | None = None) -> FoldResult:
+                   progress: bool | None = None, on_checkpoint: Callable[[Path, int], None] | None = None,
+                   resume_from: Path | None = None) -> FoldResult:
         """Train one fold; see :func:`kaggleops.tasks.tse.train.train_fold`.
 
         ``progress`` (when not None) overrides ``settings.progress`` (a tqdm bar over the steps).
+        ``on_checkpoint(folder, step)`` receives each resumable checkpoint; ``resume_from`` continues from one.
         """
         from kaggleops.tasks.tse.train import train_fold
 
         if progress is not None:
             settings = dataclasses.replace(settings, progress=progress)
-        return train_fold(train_df, settings, fold, out_dir, log)
+        return train_fold(train_df, settings, fold, out_dir, log, on_checkpoint=on_checkpoint,
+                          resume_from=resume_from)
 
     def predict(self, model_dir: Path, rows: list[dict[str, Any]], batch_size: int = 64,
                 device: str | None = None) -> list[str]:

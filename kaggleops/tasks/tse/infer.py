@@ -116,6 +116,45 @@ def best_span(start_logits: Any, end_logits: Any, tweet: list[int]) -> tuple[int
     return tweet[flat // len(tweet)], tweet[flat % len(tweet)]
 
 
+def top_k_spans(text: str, feature: Encoded, start_logits: Any, end_logits: Any, k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` best candidate spans of one row, best first (the reranker's input; also the OOF ``candidates``).
+
+    Each candidate is ``{"start": int, "end": int, "text": str, "score": float}``: ``start``/``end`` are character
+    offsets into the raw ``text`` (``text[start:end]`` is the span) and ``score`` = softmaxed start probability ×
+    softmaxed end probability over the tweet's tokens (zero-width tokens left out, ``start <= end``). The first
+    candidate is always the best span (the one :func:`best_span` picks: the product of softmaxes ranks spans like
+    the logit sum). Character spans are unique: token spans sharing characters keep their best score. A tweet
+    with no scorable token yields the whole text with score 1.0.
+
+    Example:
+        >>> top_k_spans("so happy", feature, s, e, k=2)  # doctest: +SKIP
+        [{'start': 3, 'end': 8, 'text': 'happy', 'score': 0.61}, {'start': 0, 'end': 8, ...}]
+    """
+    import torch
+
+    tokens = feature.span_tokens()
+    if not tokens or k < 1:
+        return [{"start": 0, "end": len(text), "text": text, "score": 1.0}] if k >= 1 else []
+    idx = torch.tensor(tokens, dtype=torch.long)
+    ps = torch.softmax(start_logits.float().cpu()[idx], 0)
+    pe = torch.softmax(end_logits.float().cpu()[idx], 0)
+    scores = (ps[:, None] * pe[None, :]).triu()
+    n = len(tokens)
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, int]] = set()
+    for flat in order.tolist():
+        i, j = divmod(flat, n)
+        a, b = feature.offsets[tokens[i]][0], feature.offsets[tokens[j]][1]
+        if i > j or (a, b) in seen:
+            continue
+        seen.add((a, b))
+        out.append({"start": a, "end": b, "text": text[a:b], "score": float(scores[i, j])})
+        if len(out) == k:
+            break
+    return out
+
+
 def span_text(text: str, feature: Encoded, start: int, end: int) -> str:
     """Cut the tokens ``start..end`` out of the raw tweet through their character offsets."""
     return text[feature.offsets[start][0] : feature.offsets[end][1]]

@@ -87,6 +87,18 @@ def load_pretrained_tokenizer(name_or_path: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
+def load_tokenizer(name_or_path: str) -> Any:
+    """A tokenizer from a name or folder; a bare byte-level BPE folder (``vocab.json`` + ``merges.txt``, e.g.
+    ``../shared/data/roberta-base-tokenizer/``) loads as ``RobertaTokenizerFast(add_prefix_space=True)``."""
+    from transformers import RobertaTokenizerFast
+
+    folder = Path(name_or_path)
+    bare = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if bare and not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
+        return RobertaTokenizerFast.from_pretrained(str(folder), add_prefix_space=True)
+    return load_pretrained_tokenizer(name_or_path)
+
+
 def build_tiny_model(tokenizer: Any, hidden: int = 128, layers: int = 2, heads: int = 2,
                      intermediate: int = 256, dropout: float = 0.1, seed: int = 42) -> Any:
     """A small ``RobertaForQuestionAnswering`` from a config, sized to ``tokenizer``'s vocabulary."""

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LogFn = Callable[[dict[str, float], int], None]
-OOF_COLUMNS = ["textID", "sentiment", "text", "selected_text", "pred", "jaccard"]
+CheckpointFn = Callable[[Path, int], None]
+OOF_COLUMNS = ["textID", "sentiment", "text", "selected_text", "pred", "jaccard", "candidates"]
+BUCKET_WINDOW = 50  # length bucketing sorts windows of this many batches
 
 
 @dataclass
@@ -33,6 +35,9 @@ class TrainSettings:
     (lr 5e-4, 6 epochs) suit the tiny model trained from scratch: on the bundled sample they reach
     ~0.82 mean val Jaccard over 5 folds (whole tweet: ~0.58) in ~5 s per fold on 2 CPU threads.
     For a pretrained encoder use about lr 3e-5 and 2-3 epochs.
+
+    A step is one optimizer step over ``batch_size × grad_accum`` rows; ``max_steps``, ``eval_every`` and
+    ``checkpoint_every`` count those.
     """
 
     model: str = TINY
@@ -53,6 +58,10 @@ class TrainSettings:
     device: str = "auto"
     neutral_full_text: bool = True  # post-processing: a neutral tweet's answer is the whole tweet
     progress: bool = False
+    grad_accum: int = 1  # micro-batches of ``batch_size`` per optimizer step
+    length_bucketing: bool = True  # training batches of similar length (less padding), shuffled
+    checkpoint_every: int | None = 500  # optimizer steps between resumable checkpoints; None: none
+    oof_top_k: int = 10  # candidate spans per OOF row (the reranker's input)
     tiny: dict[str, Any] = field(default_factory=lambda: {
         "hidden": 128, "layers": 2, "heads": 2, "intermediate": 256, "dropout": 0.1})
 
@@ -91,13 +100,17 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def _tokenizer_and_model(settings: TrainSettings, texts: list[str], work_dir: Path) -> tuple[Any, Any]:
+def _tokenizer_and_model(settings: TrainSettings, texts: list[str], work_dir: Path,
+                         resume_from: Path | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from kaggleops.tasks.tse import modeling
+    from kaggleops.tasks.tse.checkpoint import TOKENIZER_DIR
 
-    if settings.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer)
+    if resume_from is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(resume_from) / TOKENIZER_DIR))
+    elif settings.tokenizer:
+        tokenizer = modeling.load_tokenizer(settings.tokenizer)
     elif settings.model == TINY:
         tokenizer = modeling.build_tokenizer(texts, work_dir / "tokenizer", settings.vocab_size)
     else:
@@ -162,15 +175,17 @@ def _optimizer(model: Any, settings: TrainSettings) -> Any:
     return torch.optim.AdamW(groups, lr=settings.lr)
 
 
+
 @dataclass
 class _Eval:
     loss: float
     preds: list[str]
     metrics: dict[str, float]
+    logits: list[tuple[Any, Any]]
 
 
 def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) -> _Eval:
-    """Validation loss, predicted spans and Jaccard (overall and per sentiment) on one split."""
+    """Validation loss, predicted spans, Jaccard (overall and per sentiment) and per-row logits on one split."""
     import torch
 
     device = next(model.parameters()).device
@@ -187,7 +202,7 @@ def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) ->
     model.train()
     preds = [infer.decode_span(r, f, s, e, settings.neutral_full_text)
              for r, f, (s, e) in zip(split.rows, split.features, logits, strict=True)]
-    return _Eval(total / max(1, n), preds, _jaccard_metrics(split.rows, preds))
+    return _Eval(total / max(1, n), preds, _jaccard_metrics(split.rows, preds), logits)
 
 
 def _jaccard_metrics(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, float]:
@@ -200,10 +215,32 @@ def _jaccard_metrics(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, 
     return metrics
 
 
-def _epoch_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
+def epoch_batches(features: list[infer.Encoded], batch_size: int, seed: int, epoch: int,
+                  bucketing: bool = True) -> list[list[int]]:
+    """The training batches of one epoch, a pure function of ``(seed, epoch)`` (so a resumed run replays them).
+
+    With ``bucketing`` the shuffled rows are cut into windows of ``BUCKET_WINDOW`` batches, each window is
+    sorted by length and cut into batches, and the batches are shuffled: similar lengths, little padding.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(features)))
     rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if not bucketing:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * BUCKET_WINDOW
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: len(features[i]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _step_groups(features: list[infer.Encoded], settings: TrainSettings, epoch: int) -> list[list[list[int]]]:
+    """One epoch's optimizer steps, each a list of ``grad_accum`` micro-batches."""
+    batches = epoch_batches(features, settings.batch_size, settings.seed, epoch, settings.length_bucketing)
+    k = max(1, settings.grad_accum)
+    return [batches[i : i + k] for i in range(0, len(batches), k)]
 
 
 @dataclass
@@ -212,11 +249,12 @@ class _Best:
     step: int = 0
     state: dict[str, Any] | None = None
     preds: list[str] = field(default_factory=list)
+    candidates: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
 class _Loop:
-    """The mutable pieces of one training run."""
+    """The mutable pieces of one training run; ``epoch``/``group`` is the sampler position of the next step."""
 
     model: Any
     optimizer: Any
@@ -225,22 +263,32 @@ class _Loop:
     settings: TrainSettings
     pad_id: int
     log: LogFn
+    total: int
     best: _Best = field(default_factory=_Best)
+    step: int = 0
+    epoch: int = 0
+    group: int = 0
 
 
-def _train_step(loop: _Loop, batch: dict[str, Any]) -> float:
+def _train_step(loop: _Loop, batches: list[dict[str, Any]]) -> float:
+    """One optimizer step over ``batches`` (gradient accumulation); returns the mean loss."""
     import torch
 
-    with _autocast(batch["input_ids"].device):
-        loss = loop.model(**batch).loss
     loop.optimizer.zero_grad(set_to_none=True)
-    loop.scaler.scale(loss).backward()
+    rows = sum(len(b["input_ids"]) for b in batches)
+    total = 0.0
+    for batch in batches:
+        with _autocast(batch["input_ids"].device):
+            loss = loop.model(**batch).loss
+        share = len(batch["input_ids"]) / rows
+        loop.scaler.scale(loss * share).backward()
+        total += float(loss.detach()) * share
     loop.scaler.unscale_(loop.optimizer)
     torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.settings.grad_clip)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
     loop.scheduler.step()
-    return float(loss.detach())
+    return total
 
 
 def _validate(loop: _Loop, valid: _Split, step: int) -> None:
@@ -248,7 +296,9 @@ def _validate(loop: _Loop, valid: _Split, step: int) -> None:
     loop.log({**result.metrics, "val_loss": result.loss}, step)
     if result.metrics["val_jaccard"] > loop.best.score:
         state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
-        loop.best = _Best(result.metrics["val_jaccard"], step, state, result.preds)
+        candidates = [infer.top_k_spans(str(r["text"]), f, s, e, loop.settings.oof_top_k)
+                      for r, f, (s, e) in zip(valid.rows, valid.features, result.logits, strict=True)]
+        loop.best = _Best(result.metrics["val_jaccard"], step, state, result.preds, candidates)
 
 
 def _new_loop(model: Any, settings: TrainSettings, pad_id: int, total: int, log: LogFn) -> _Loop:
@@ -258,44 +308,111 @@ def _new_loop(model: Any, settings: TrainSettings, pad_id: int, total: int, log:
     fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     optimizer = _optimizer(model, settings)
     return _Loop(model, optimizer, _scheduler(optimizer, total, settings.warmup_ratio),
-                 torch.amp.GradScaler("cuda", enabled=fp16), settings, pad_id, log)
+                 torch.amp.GradScaler("cuda", enabled=fp16), settings, pad_id, log, total)
 
 
-def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_id: int,
-         log: LogFn) -> tuple[_Best, int]:
-    """Train for ``settings.epochs`` (or ``max_steps``); validate every ``eval_every`` steps and at the end."""
+def _loop_state(loop: _Loop) -> dict[str, Any]:
+    b = loop.best
+    return {"step": loop.step, "epoch": loop.epoch, "group": loop.group, "total": loop.total,
+            "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
+            "best": {"score": b.score, "step": b.step, "state": b.state, "preds": b.preds,
+                     "candidates": b.candidates}}
+
+
+def _restore(loop: _Loop, state: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint's state into ``loop``; returns its RNG states (restored just before the next step)."""
+    if state["total"] != loop.total:
+        raise ValueError(f"checkpoint was made for {state['total']} steps, these settings give {loop.total}")
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    loop.scaler.load_state_dict(state["scaler"])
+    loop.step, loop.epoch, loop.group = state["step"], state["epoch"], state["group"]
+    loop.best = _Best(**state["best"])
+    return state["rng"]
+
+
+@dataclass
+class _Checkpointing:
+    """Where checkpoints go: ``out_dir/checkpoints/step-N``, handed to ``on_checkpoint`` (which then owns it)."""
+
+    out_dir: Path
+    tokenizer: Any
+    on_checkpoint: CheckpointFn | None
+    last: Path | None = None
+
+    def save(self, loop: _Loop) -> None:
+        import shutil
+
+        from kaggleops.tasks.tse import checkpoint
+
+        folder = checkpoint.save(self.out_dir / "checkpoints" / f"step-{loop.step}", _loop_state(loop), self.tokenizer)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(folder, loop.step)
+        else:
+            if self.last is not None and self.last != folder:
+                shutil.rmtree(self.last, ignore_errors=True)
+            self.last = folder
+
+
+def _total_steps(train: _Split, settings: TrainSettings) -> tuple[int, int]:
+    batches = math.ceil(len(train.rows) / settings.batch_size)
+    per_epoch = math.ceil(batches / max(1, settings.grad_accum))
+    total = per_epoch * settings.epochs
+    return (min(total, settings.max_steps) if settings.max_steps else total), per_epoch
+
+
+def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_id: int, log: LogFn,
+         ckpt: _Checkpointing, resume: dict[str, Any] | None = None) -> _Loop:
+    """Train for ``settings.epochs`` (or ``max_steps``); validate every ``eval_every`` steps and at the end;
+    checkpoint every ``checkpoint_every`` steps. With ``resume`` (a loaded checkpoint) continue from it."""
     from tqdm.auto import tqdm
 
-    per_epoch = math.ceil(len(train.rows) / settings.batch_size)
-    total = per_epoch * settings.epochs
-    total = min(total, settings.max_steps) if settings.max_steps else total
+    from kaggleops.tasks.tse.checkpoint import set_rng_state
+
+    total, per_epoch = _total_steps(train, settings)
     eval_every = settings.eval_every or per_epoch
     loop = _new_loop(model, settings, pad_id, total, log)
-    rng, device, step = random.Random(settings.seed), next(model.parameters()).device, 0
-    bar = tqdm(total=total, desc="train", disable=not settings.progress)
+    device = next(model.parameters()).device
+    if resume is not None:
+        set_rng_state(_restore(loop, resume))
+    bar = tqdm(total=total, initial=loop.step, desc="train", disable=not settings.progress)
     model.train()
-    while step < total:
-        for idx in _epoch_batches(len(train.rows), settings.batch_size, rng):
+    while loop.step < total:
+        groups = _step_groups(train.features, settings, loop.epoch)
+        for g in range(loop.group, len(groups)):
+            started = time.perf_counter()
             lr = loop.scheduler.get_last_lr()[0]
-            loss = _train_step(loop, _batch(train, idx, pad_id, device))
-            step += 1
+            loss = _train_step(loop, [_batch(train, idx, pad_id, device) for idx in groups[g]])
+            rows = sum(len(idx) for idx in groups[g])
+            loop.step, loop.group = loop.step + 1, g + 1
+            if loop.group == len(groups):
+                loop.epoch, loop.group = loop.epoch + 1, 0
             bar.update(1)
-            log({"train_loss": loss, "lr": lr}, step)
-            if step % eval_every == 0 or step == total:
-                _validate(loop, valid, step)
+            log({"train_loss": loss, "lr": lr, "samples_per_s": rows / (time.perf_counter() - started),
+                 "epoch": loop.epoch + loop.group / len(groups)}, loop.step)
+            if loop.step % eval_every == 0 or loop.step == total:
+                _validate(loop, valid, loop.step)
                 bar.set_postfix(val_jaccard=f"{loop.best.score:.4f}")
-            if step >= total:
+            if settings.checkpoint_every and loop.step % settings.checkpoint_every == 0:
+                ckpt.save(loop)
+            if loop.step >= total or loop.group == 0:
                 break
     bar.close()
-    return loop.best, step
+    return loop
 
 
-def _write_oof(valid: _Split, preds: list[str], path: Path) -> Path:
+def _write_oof(valid: _Split, best: _Best, path: Path) -> Path:
+    """The OOF file: one row per validation tweet, with ``candidates`` = JSON list of the top-k spans."""
+    import json
+
     import pandas as pd
 
     df = pd.DataFrame(valid.rows)
-    df["pred"] = preds
-    df["jaccard"] = [jaccard(t, p) for t, p in zip(df["selected_text"], preds, strict=True)]
+    df["pred"] = best.preds
+    df["jaccard"] = [jaccard(t, p) for t, p in zip(df["selected_text"], best.preds, strict=True)]
+    df["candidates"] = [json.dumps(c, ensure_ascii=False) for c in best.candidates]
     df[OOF_COLUMNS].to_csv(path, index=False)
     return path
 
@@ -305,13 +422,18 @@ def _no_log(metrics: dict[str, float], step: int) -> None:
 
 
 def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_dir: str | Path,
-               log: LogFn | None = None) -> FoldResult:
+               log: LogFn | None = None, on_checkpoint: CheckpointFn | None = None,
+               resume_from: str | Path | None = None) -> FoldResult:
     """Train on every fold but ``fold``, validate on ``fold``, keep the checkpoint with the best val Jaccard.
 
     ``train_df`` needs the train columns; a ``fold`` column is made with :func:`make_folds` when absent.
-    ``log(metrics, step)`` receives ``train_loss`` and ``lr`` every step, and ``val_jaccard``,
-    ``val_jaccard_<sentiment>`` and ``val_loss`` at each validation. Writes ``out_dir/model/``
-    (model + tokenizer, ``save_pretrained``) and ``out_dir/oof.csv``.
+    ``log(metrics, step)`` receives ``train_loss``, ``lr``, ``samples_per_s`` and ``epoch`` every step, and
+    ``val_jaccard``, ``val_jaccard_<sentiment>`` and ``val_loss`` at each validation. Writes ``out_dir/model/``
+    (model + tokenizer, ``save_pretrained``) and ``out_dir/oof.csv`` (with top-k ``candidates``).
+
+    Every ``settings.checkpoint_every`` steps a resumable checkpoint folder is written
+    and passed to ``on_checkpoint(folder, step)``, which then owns it. ``resume_from`` (such a folder)
+    continues the fold from that checkpoint: same batches, same RNG, so the same final weights on CPU.
 
     Example:
         >>> res = train_fold(load_train("train.csv"), TrainSettings(), fold=0, out_dir="out/f0")  # doctest: +SKIP
@@ -319,6 +441,7 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     """
     import tempfile
 
+    from kaggleops.tasks.tse import checkpoint
     from kaggleops.tasks.tse.data import make_folds
     from kaggleops.tasks.tse.modeling import save_tokenizer
 
@@ -330,15 +453,19 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     tr_df, va_df = df[df["fold"] != fold], df[df["fold"] == fold]
     if va_df.empty or tr_df.empty:
         raise ValueError(f"fold {fold}: {len(tr_df)} training and {len(va_df)} validation rows; need both")
+    resume = checkpoint.load(Path(resume_from)) if resume_from is not None else None
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, model = _tokenizer_and_model(settings, tr_df["text"].tolist(), Path(tmp))
+        tokenizer, model = _tokenizer_and_model(settings, tr_df["text"].tolist(), Path(tmp),
+                                                Path(resume_from) if resume_from is not None else None)
     model.to(infer.resolve_device(settings.device))
     train, valid = _split(tokenizer, tr_df, settings.max_len), _split(tokenizer, va_df, settings.max_len)
-    best, steps = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log)
+    ckpt = _Checkpointing(out_dir, tokenizer, on_checkpoint)
+    loop = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log, ckpt, resume)
+    best = loop.best
     model.load_state_dict(best.state)
     model_dir = out_dir / "model"
     model.save_pretrained(str(model_dir))
     save_tokenizer(tokenizer, model_dir)
-    oof_path = _write_oof(valid, best.preds, out_dir / "oof.csv")
-    return FoldResult(model_dir, oof_path, best.score, best.step, steps, len(train.rows), len(valid.rows),
+    oof_path = _write_oof(valid, best, out_dir / "oof.csv")
+    return FoldResult(model_dir, oof_path, best.score, best.step, loop.step, len(train.rows), len(valid.rows),
                       time.perf_counter() - started)

@@ -1,0 +1,232 @@
+"""What runs inside the generated offline inference kernel (installed there from the kops-runtime wheel).
+
+SELF-CONTAINED: the standard library, torch, transformers and kaggleops.tasks only (no MLflow, Kaggle
+client, pydantic or pandas), because this module runs in a Kaggle image with internet off.
+
+``main(plan, input_dir, working_dir)``:
+  1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path;
+  2. predicts with each planned model in turn (GPU in bf16 where supported, else fp16; CPU in fp32),
+     sequences sorted by length and padded per batch, under ``torch.inference_mode``; one model in memory
+     at a time; the ensemble is the weighted mean of per-character start/end probabilities;
+  3. writes ``submission.csv`` in ``sample_submission.csv``'s id order, checks it, and prints a timing table
+     (also written to ``kops-timing.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "kops-manifest.json"
+SUBMISSION = "submission.csv"
+TIMING_FILE = "kops-timing.json"
+REQUIRED_PACKAGES = ("torch", "transformers", "tokenizers")
+PREFIX = "kops:"
+
+
+class KernelFailure(Exception):
+    """A problem the kernel reports as one line and exits non-zero on."""
+
+
+class Timings:
+    """Ordered stage → seconds, printed as a table at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.rows.append((name, seconds))
+
+    def table(self) -> str:
+        total = sum(s for _, s in self.rows)
+        lines = [f"{PREFIX} timing {'stage':<28} {'seconds':>9}"]
+        lines += [f"{PREFIX} timing {name:<28} {s:9.3f}" for name, s in self.rows]
+        lines.append(f"{PREFIX} timing {'total':<28} {total:9.3f}")
+        return "\n".join(lines)
+
+
+def check_imports(names: tuple[str, ...] = REQUIRED_PACKAGES) -> None:
+    """Import each package now, so a missing one fails loudly by name rather than deep in a stack trace."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise KernelFailure(f"the kernel needs the Python package {name!r}, which this image lacks ({e}). "
+                                "Pick a Kaggle image that ships it, or attach a dataset with its wheel.") from None
+
+
+def find_model_dirs(plan: dict[str, Any], input_dir: Path) -> list[Path]:
+    """Each planned model's folder: the one whose kops-manifest.json names its run id."""
+    found: dict[str, Path] = {}
+    for manifest in sorted(input_dir.rglob(MANIFEST)):
+        try:
+            found[json.loads(manifest.read_text())["run_id"]] = manifest.parent
+        except (ValueError, KeyError):
+            continue
+    missing = [m for m in plan["models"] if m["run_id"] not in found]
+    if missing:
+        names = ", ".join(f"run {m['run_id']} (dataset {m['dataset']} v{m['dataset_version']})" for m in missing)
+        attached = sorted(p.name for p in input_dir.iterdir()) if input_dir.is_dir() else []
+        raise KernelFailure(f"missing input: no attached dataset carries the weights of {names}; "
+                            f"attached: {attached}")
+    return [found[m["run_id"]] for m in plan["models"]]
+
+
+def find_competition_dir(plan: dict[str, Any], input_dir: Path) -> Path:
+    """The competition's data folder (``input/<slug>``, else any folder holding test.csv + sample)."""
+    direct = input_dir / plan["competition"]
+    candidates = [direct] + sorted(p.parent for p in input_dir.rglob("sample_submission.csv"))
+    for folder in candidates:
+        if (folder / "test.csv").is_file() and (folder / "sample_submission.csv").is_file():
+            return folder
+    raise KernelFailure(f"missing input: the {plan['competition']} competition data (test.csv, "
+                        f"sample_submission.csv) is not attached under {input_dir}")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def choose_device() -> tuple[Any, Any]:
+    """(device, dtype): CUDA with bf16 where supported else fp16; CPU with fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[dict[str, str]],
+                     timings: Timings, batch_size: int = 64) -> list[tuple[list[float], list[float]]]:
+    """Weighted mean of each model's per-character start/end probabilities, one model in memory at a time."""
+    import torch
+
+    infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
+    device, dtype = choose_device()
+    max_len = int(plan.get("max_len", 128))
+    totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
+    weight_sum = sum(float(m.get("weight", 1.0)) for m in plan["models"]) or 1.0
+    for i, (spec, folder) in enumerate(zip(plan["models"], model_dirs, strict=True)):
+        name, w = f"m{i}:{spec['run_id'][:8]}", float(spec.get("weight", 1.0)) / weight_sum
+        with timings.stage(f"load {name}"):
+            model, tokenizer = infer.load_model(folder, device)
+            model.to(dtype=dtype)
+        with timings.stage(f"tokenize {name}"):
+            features = infer.encode_rows(tokenizer, rows, max_len)
+        with timings.stage(f"forward {name}"):
+            logits = infer.predict_logits(model, features, tokenizer.pad_token_id, batch_size)
+        with timings.stage(f"ensemble {name}"):
+            for total, row, feature, (s, e) in zip(totals, rows, features, logits, strict=True):
+                ps, pe = infer.char_scores(row["text"], feature, s, e)
+                for k in range(len(ps)):
+                    total[0][k] += w * ps[k]
+                    total[1][k] += w * pe[k]
+        del model, logits, features
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"{PREFIX} {len(model_dirs)} model(s) on {device.type} ({str(dtype).replace('torch.', '')})")
+    return totals
+
+
+def decode(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
+           timings: Timings) -> list[str]:
+    """Best character span per row (neutral → whole tweet when the plan says so); reranked when attached."""
+    infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
+    if plan.get("reranker"):
+        raise KernelFailure("the plan attaches a reranker, which this kops runtime cannot run yet")
+    timings.add("rerank (none attached)", 0.0)
+    neutral_full = bool(plan.get("post_processing", {}).get("neutral_full_text", True))
+    out = []
+    for row, (ps, pe) in zip(rows, totals, strict=True):
+        text = row["text"]
+        if (neutral_full and row["sentiment"] == "neutral") or not any(ps):
+            out.append(text)
+            continue
+        start, stop = infer.best_char_span(ps, pe)
+        out.append(text[start:stop] if text[start:stop].strip() else text)
+    return out
+
+
+def write_submission(path: Path, id_column: str, target_column: str, ids: list[str],
+                     predictions: dict[str, str]) -> None:
+    """submission.csv in ``ids`` order, every cell quoted."""
+    missing = [i for i in ids if i not in predictions]
+    if missing:
+        raise KernelFailure(f"no prediction for {len(missing)} id(s) of sample_submission.csv, e.g. {missing[:3]}")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        writer.writerow([id_column, target_column])
+        writer.writerows([i, predictions[i]] for i in ids)
+
+
+def check_submission(path: Path, id_column: str, target_column: str, ids: list[str]) -> list[str]:
+    """Problems of a written submission: columns, id order, every id once, empty (NaN) cells."""
+    if not path.is_file():
+        return [f"no {path.name} in the working folder"]
+    rows = read_rows(path)
+    problems = []
+    header = list(rows[0].keys()) if rows else []
+    if header != [id_column, target_column]:
+        problems.append(f"columns are {header}, expected {[id_column, target_column]}")
+    got = [r.get(id_column) for r in rows]
+    if len(got) != len(set(got)):
+        problems.append("some ids appear more than once")
+    if got != ids:
+        problems.append(f"ids differ from sample_submission.csv's order ({len(got)} rows vs {len(ids)})")
+    empty = sum(1 for r in rows if not (r.get(target_column) or "").strip())
+    if empty:
+        problems.append(f"{empty} empty {target_column} cell(s) (read as NaN)")
+    return problems
+
+
+def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings) -> int:
+    """The kernel's work; returns the number of rows written."""
+    with timings.stage("check imports"):
+        check_imports()
+    with timings.stage("read inputs"):
+        comp = find_competition_dir(plan, input_dir)
+        test = read_rows(comp / "test.csv")
+        ids = [r[plan["id_column"]] for r in read_rows(comp / "sample_submission.csv")]
+        model_dirs = find_model_dirs(plan, input_dir)
+    if len(ids) != len(set(ids)):
+        raise KernelFailure("sample_submission.csv has duplicate ids")
+    totals = predict_ensemble(plan, model_dirs, test, timings, int(plan.get("batch_size", 64)))
+    with timings.stage("decode"):
+        preds = decode(plan, test, totals, timings)
+    with timings.stage("write + check"):
+        by_id = {row[plan["id_column"]]: p for row, p in zip(test, preds, strict=True)}
+        path = working_dir / SUBMISSION
+        write_submission(path, plan["id_column"], plan["target_column"], ids, by_id)
+        problems = check_submission(path, plan["id_column"], plan["target_column"], ids)
+    if problems:
+        raise KernelFailure(f"{SUBMISSION} failed its checks: {'; '.join(problems)}")
+    return len(ids)
+
+
+def main(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
+    """Entry point of the generated kernel; a KernelFailure becomes ``SystemExit("kops: …")``."""
+    timings = timings or Timings()
+    (working_dir / "kops-kernel.json").write_text(json.dumps(plan, indent=2))
+    try:
+        n = run(plan, input_dir, working_dir, timings)
+    except KernelFailure as e:
+        print(timings.table(), flush=True)
+        raise SystemExit(f"{PREFIX} error: {e}") from None
+    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan['models'])} model(s)")
+    print(timings.table(), flush=True)
+    (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))

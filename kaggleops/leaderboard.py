@@ -1,0 +1,125 @@
+"""The team's own leaderboard, read from MLflow only: one row per submission run, CV beside LB.
+
+CV of a submission is the mean over its source runs of their CV metric: ``cv_jaccard`` (a k-fold parent),
+else ``best_val_jaccard`` (the fold's saved weights), else ``val_jaccard``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KopsError
+from kaggleops.submit import (
+    TAG_COMPETITION,
+    TAG_DATASETS,
+    TAG_DATE,
+    TAG_ERROR,
+    TAG_FILE,
+    TAG_KIND,
+    TAG_ORIGIN,
+    TAG_REF,
+    TAG_SOURCE_RUNS,
+    TAG_STATUS,
+)
+from kaggleops.tracking import TAG_GIT_COMMIT, TAG_KERNEL, TAG_KERNEL_VERSION, TAG_RUN_NAME, Tracker, runs_tagged
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+CV_METRICS = ("cv_jaccard", "best_val_jaccard", "val_jaccard")
+SORT_KEYS = ("lb_public", "lb_private", "cv", "date", "ref")
+SHORT_COMMIT = 8
+
+
+class UnknownSortKey(KopsError):
+    """``--sort`` names no column of the leaderboard."""
+
+
+@dataclass
+class LeaderboardRow:
+    submission_ref: int | None
+    submission_run_id: str
+    date: str
+    status: str
+    lb_public: float | None
+    lb_private: float | None
+    cv: float | None
+    models: list[str] = field(default_factory=list)
+    source_runs: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    kernel: str = ""
+    commits: list[str] = field(default_factory=list)
+    origin: str = "kops"
+    error: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cv_of(run: Run) -> float | None:
+    """The run's cross-validation score (first of CV_METRICS it has)."""
+    return next((run.data.metrics[m] for m in CV_METRICS if m in run.data.metrics), None)
+
+
+def _date(run: Run) -> str:
+    if TAG_DATE in run.data.tags:
+        return run.data.tags[TAG_DATE]
+    return datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _row(run: Run, sources: list[Run]) -> LeaderboardRow:
+    tags, metrics = run.data.tags, run.data.metrics
+    cvs = [c for c in (cv_of(s) for s in sources) if c is not None]
+    kernel = f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}" if TAG_KERNEL in tags else tags.get(TAG_FILE, "")
+    commits = sorted({s.data.tags[TAG_GIT_COMMIT][:SHORT_COMMIT] for s in sources if TAG_GIT_COMMIT in s.data.tags})
+    ref = tags.get(TAG_REF, "")
+    return LeaderboardRow(
+        submission_ref=int(ref) if ref.isdigit() else None, submission_run_id=run.info.run_id, date=_date(run),
+        status=tags.get(TAG_STATUS, ""), lb_public=metrics.get("lb_public"), lb_private=metrics.get("lb_private"),
+        cv=sum(cvs) / len(cvs) if cvs else None,
+        models=[s.data.tags.get(TAG_RUN_NAME, s.info.run_name or "") for s in sources],
+        source_runs=[s.info.run_id for s in sources],
+        datasets=[d for d in tags.get(TAG_DATASETS, "").split(",") if d], kernel=kernel, commits=commits,
+        origin=tags.get(TAG_ORIGIN, "kops"), error=tags.get(TAG_ERROR, ""),
+    )
+
+
+def _sort(rows: list[LeaderboardRow], key: str) -> list[LeaderboardRow]:
+    if key not in SORT_KEYS:
+        raise UnknownSortKey(f"Cannot sort the leaderboard by {key!r}.", f"Use --sort one of: {', '.join(SORT_KEYS)}.")
+    attr = {"cv": "cv", "date": "date", "ref": "submission_ref"}.get(key, key)
+    present = [r for r in rows if getattr(r, attr) is not None]
+    missing = [r for r in rows if getattr(r, attr) is None]
+    return sorted(present, key=lambda r: getattr(r, attr), reverse=True) + missing
+
+
+def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow]:
+    """Every submission run of the competition with its source runs' CV, best first by ``sort``.
+
+    Scores come from MLflow (``kops scores`` puts them there); nothing is asked of Kaggle.
+
+    Example:
+        >>> rows = leaderboard(load_config(), sort="cv")  # doctest: +SKIP
+    """
+    if sort not in SORT_KEYS:
+        _sort([], sort)
+    tracker = Tracker(cfg)
+    subs = runs_tagged(tracker, {TAG_KIND: "submission", TAG_COMPETITION: cfg.competition})
+    cache: dict[str, Run | None] = {}
+
+    def source(run_id: str) -> Run | None:
+        if run_id not in cache:
+            try:
+                cache[run_id] = tracker.get_run(run_id)
+            except KopsError:
+                cache[run_id] = None  # deleted since; the row still shows the rest
+        return cache[run_id]
+
+    rows = []
+    for run in subs:
+        ids = [r for r in run.data.tags.get(TAG_SOURCE_RUNS, "").split(",") if r]
+        rows.append(_row(run, [s for s in map(source, ids) if s is not None]))
+    return _sort(rows, sort)

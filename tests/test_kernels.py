@@ -1,0 +1,224 @@
+"""The offline inference kernel: push through the real client to the emulator (which runs it), the runtime
+wheel dataset, --wait failures, --no-publish, and `kops kernel run-local` with the network blocked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggleops.kernel_runtime import check_submission
+from kaggleops.tasks import get_task
+
+pytestmark = pytest.mark.slow
+LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Emulator + a work folder with a 2-fold k-fold parent run (1 epoch each), as `kops demo` sets up."""
+    from kaggleops.config import CONFIG_FILE, load_config
+    from kaggleops.demo import DEMO_KEY, DEMO_USER, _chdir, demo_environment, init_workdir, seed_competition
+    from kaggleops.emulator import Emulator
+    from kaggleops.training import get_task_for, train
+
+    workdir = tmp_path_factory.mktemp("kernels") / "work"
+    workdir.mkdir()
+    emulator = Emulator(workdir.parent / "emu", username=DEMO_USER, key=DEMO_KEY)
+    url = emulator.start()
+    init_workdir(workdir, epochs=1, folds=[0, 1])
+    try:
+        with demo_environment(workdir, url), _chdir(workdir):
+            cfg = load_config(workdir / CONFIG_FILE)
+            seed_competition(emulator, get_task_for(cfg))
+            trained = train(cfg, progress=False)
+            env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
+            yield {"cfg": cfg, "workdir": workdir, "emulator": emulator, "env": env, "trained": trained}
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def env(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Re-apply the loop's environment after conftest's per-test isolation."""
+    for key, value in loop["env"].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(loop["workdir"])
+    return loop
+
+
+@pytest.fixture(scope="module")
+def pushed(loop: dict[str, Any]) -> dict[str, Any]:
+    """One push of the k-fold parent (→ 2 fold models), waited for."""
+    from kaggleops.kernels import KernelOptions, push_kernel
+
+    saved = dict(os.environ)
+    os.environ.update(loop["env"])
+    try:
+        statuses: list[str] = []
+        result = push_kernel(loop["cfg"], [loop["trained"].parent_run_id], on_status=statuses.append,
+                             options=KernelOptions(wait=True, machine_shape="NvidiaL4"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {"result": result, "statuses": statuses}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def kernel_working(loop: dict[str, Any], version: int) -> Path:
+    return loop["workdir"].parent / "emu" / "kernels" / "kopsdemo" / "tse-demo-inference" / str(version) / "working"
+
+
+def test_kfold_parent_pushes_a_two_model_ensemble_that_writes_a_valid_submission(
+        env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    result = pushed["result"]
+    folds = [r.run_id for r in env["trained"].runs]
+    assert result.status == "COMPLETE" and result.run_ids == folds
+    assert set(result.published) == set(folds)
+    working = kernel_working(env, result.kernel_version)
+    sample = get_task("tweet-sentiment-extraction").sample_dir() / "sample_submission.csv"
+    ids = [r["textID"] for r in read_csv(sample)]
+    assert check_submission(working / "submission.csv", "textID", "selected_text", ids) == []
+    first = (working / "submission.csv").read_text(encoding="utf-8").splitlines()[1]
+    assert first.startswith('"') and first.endswith('"')  # every cell quoted
+    plan = json.loads((working / "kops-kernel.json").read_text())
+    assert [m["run_id"] for m in plan["models"]] == folds and plan["reranker"] is None
+    assert plan["runtime"]["dataset"] == "kopsdemo/kops-runtime"
+    timing = json.loads((working / "kops-timing.json").read_text())
+    assert {f"forward m{i}:{f[:8]}" for i, f in enumerate(folds)} <= set(timing)
+    meta = json.loads((result.folder / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "NvidiaL4" and meta["enable_internet"] is False
+    assert "kopsdemo/kops-runtime" in meta["dataset_sources"]
+
+
+def test_runs_and_parent_are_tagged_with_the_kernel_version(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.tracking import Tracker
+
+    tracker = Tracker(env["cfg"])
+    for run_id in [env["trained"].parent_run_id, *pushed["result"].run_ids]:
+        tags = tracker.get_run(run_id).data.tags
+        assert tags["kops.kernel"] == "kopsdemo/tse-demo-inference"
+        assert tags["kops.kernel.version"] == str(pushed["result"].kernel_version)
+
+
+def test_kernel_imports_the_installed_runtime_wheel(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.kaggle import Kaggle
+    from kaggleops.refs import KernelRef
+
+    result = pushed["result"]
+    log = Kaggle(env["env"]["KOPS_KAGGLE_ENDPOINT"]).kernel_log(KernelRef("kopsdemo", "tse-demo-inference",
+                                                                          result.kernel_version))
+    installed = [ln for ln in log if ln.startswith("kops: runtime ")]
+    assert installed and "installed at" in installed[0]
+    assert any(ln.startswith("kops: timing forward m1:") for ln in log)
+    assert "RUNNING" in pushed["statuses"] or "QUEUED" in pushed["statuses"]
+
+
+def test_runtime_dataset_is_reused_when_unchanged(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.kaggle import Kaggle
+    from kaggleops.runtime_wheel import ensure_runtime_dataset
+
+    again = ensure_runtime_dataset(env["cfg"], Kaggle(env["env"]["KOPS_KAGGLE_ENDPOINT"]))
+    assert again.created is False and again.version == pushed["result"].runtime["version"]
+
+
+def test_runtime_wheel_is_deterministic_and_versioned_by_content(tmp_path: Path) -> None:
+    import kaggleops
+    from kaggleops.runtime_wheel import build_wheel
+
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(kaggleops.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
+    a, b = build_wheel(tmp_path / "a", root), build_wheel(tmp_path / "b", root)
+    assert a.wheel_sha256 == b.wheel_sha256 and a.content_sha256 == b.content_sha256
+    (root / "kernel_runtime.py").write_text((root / "kernel_runtime.py").read_text() + "\n# changed\n")
+    assert build_wheel(tmp_path / "c", root).content_sha256 != a.content_sha256
+    target = tmp_path / "target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target",
+                    str(target), str(a.path)], check=True)
+    assert (target / "kaggleops" / "tasks" / "tse" / "infer.py").is_file()
+
+
+def test_no_publish_refuses_with_the_command_to_run(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.errors import KopsError
+    from kaggleops.kernels import KernelOptions, push_kernel
+    from kaggleops.tracking import Tracker
+
+    run_id = pushed["result"].run_ids[0]
+    tracker = Tracker(env["cfg"])
+    tags = tracker.get_run(run_id).data.tags
+    tracker.client.delete_tag(run_id, "kops.dataset")
+    try:
+        with pytest.raises(KopsError) as err:
+            push_kernel(env["cfg"], [run_id], options=KernelOptions(publish=False))
+    finally:
+        tracker.set_tags(run_id, {"kops.dataset": tags["kops.dataset"]})
+    assert str(err.value) == (f"Run {run_id} has no published dataset (and --no-publish was given). "
+                              f"Publish it with: kops publish {run_id}")
+
+
+def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.kernel_local import render_report, run_local
+
+    report = run_local(env["cfg"], pushed["result"].folder, full_rows=3534)
+    assert report.ok, render_report(report)
+    assert report.rows == 200 and report.estimate_s is not None
+    assert any(k.startswith("forward m1:") for k in report.timings)
+    assert "submission.csv" in report.outputs
+
+
+def test_run_local_blocks_the_network(env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path) -> None:
+    """auto = a network namespace where one can be made (root here) + the socket guard, which names the host."""
+    from kaggleops.kernel_local import run_local
+
+    folder = tmp_path / "kernel"
+    shutil.copytree(pushed["result"].folder, folder, ignore=shutil.ignore_patterns(".run-local"))
+    source = (folder / "kernel.py").read_text()
+    fetch = 'import urllib.request\nurllib.request.urlopen("http://1.1.1.1", timeout=5)\n\n\nif __name__ == "__main__":'
+    (folder / "kernel.py").write_text(source.replace('if __name__ == "__main__":', fetch))
+    report = run_local(env["cfg"], folder, timeout_s=120)
+    assert not report.ok and report.exit_code != 0
+    assert report.problems[0].startswith("internet needed: kops run-local: network blocked: the kernel tried to "
+                                         "reach 1.1.1.1")
+
+
+def test_run_local_names_a_kernel_folder_it_cannot_use(env: dict[str, Any], tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "kernel", "run-local", str(tmp_path)],
+                         cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"kops: error: No kernel.py in {tmp_path}: not a kernel folder rendered by kops. "
+                                  "Render one with: kops push-kernel --run RUN_ID (it writes .kops/kernels/<slug>/).")
+
+
+def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    """Fold 1's tag points at fold 0's dataset: the kernel finds no weights for fold 1 and says so.
+
+    Last in the file: it re-renders .kops/kernels/<slug>/ with the broken plan.
+    """
+    from kaggleops.tracking import Tracker
+
+    f0, f1 = pushed["result"].run_ids
+    tracker = Tracker(env["cfg"])
+    tags = tracker.get_run(f1).data.tags
+    tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).data.tags["kops.dataset"]})
+    try:
+        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", f0, "--run", f1, "--wait"],
+                             cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=300)
+    finally:
+        tracker.set_tags(f1, {"kops.dataset": tags["kops.dataset"]})
+    assert out.returncode == 1
+    assert "kernel status: " in out.stderr
+    assert "--- kernel log (last lines) ---" in out.stderr
+    assert f"missing input: no attached dataset carries the weights of run {f1}" in out.stderr
+    assert "kops: error: Kernel kopsdemo/tse-demo-inference/" in out.stderr and "ended with ERROR" in out.stderr

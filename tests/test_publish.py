@@ -1,0 +1,298 @@
+"""`kops publish` against the emulator with the REAL kaggle client and a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggleops.config import load_config
+from kaggleops.emulator import Emulator
+from kaggleops.errors import ConfigError, PublishError
+from kaggleops.kaggle import Kaggle
+from kaggleops.publish import publish, restore_dataset_folder
+from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracker
+
+USER, KEY = "testuser", "testkey"
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Any:
+    emu = Emulator(tmp_path / "emu", username=USER, key=KEY)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def project_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One kops.yaml folder (and MLflow SQLite store) for the module: creating the store takes seconds."""
+    root = tmp_path_factory.mktemp("proj")
+    (root / "kops.yaml").write_text(f"competition: tweet-sentiment-extraction\nowner: {USER}\n"
+                                    "experiment: publish-tests\n")
+    return root
+
+
+@pytest.fixture
+def project(project_root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project aimed at this test's emulator, with credentials in the environment."""
+    monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emulator.url)
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return project_root
+
+
+def model_files(seed: int = 0) -> dict[str, bytes]:
+    rnd = __import__("random").Random(seed)
+    return {
+        "config.json": json.dumps({"hidden": 8, "seed": seed}).encode(),
+        "model.safetensors": rnd.randbytes(300_000),
+        "tokenizer/vocab.json": b'{"a": 0, "b": 1}',
+        "tokenizer/merges.txt": b"#version 0.2\na b\n",
+        "tokenizer/special/tokens.json": b'{"pad": "<pad>"}',
+    }
+
+
+def make_run(root: Path, files: dict[str, bytes], name: str = "fold-0") -> str:
+    """A finished MLflow run with a `model/` artifact folder holding ``files``."""
+    cfg = load_config(root / "kops.yaml")
+    tracker = Tracker(cfg)
+    run_id = tracker.start_run(name, {"epochs": 1})
+    model = root / f"model-src-{run_id}"
+    for rel, data in files.items():
+        (model / rel).parent.mkdir(parents=True, exist_ok=True)
+        (model / rel).write_bytes(data)
+    tracker.log_artifacts(run_id, model, "model")
+    tracker.end_run(run_id)
+    return run_id
+
+
+def fast_kaggle() -> Kaggle:
+    return Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"], backoff_s=0.01)
+
+
+def run_tags(root: Path, run_id: str) -> dict[str, str]:
+    return dict(Tracker(load_config(root / "kops.yaml")).get_run(run_id).data.tags)
+
+
+def versions(emulator: Emulator, ref: str) -> list[dict[str, Any]]:
+    return emulator.state_summary()["datasets"].get(ref, {}).get("versions", [])
+
+
+def rpc_log(emulator: Emulator, suffix: str) -> list[int]:
+    lines = (emulator.root / "requests.log").read_text().splitlines()
+    return [e["status"] for e in map(json.loads, lines) if str(e.get("rpc", "")).endswith(suffix)]
+
+
+def download_version(kaggle: Kaggle, ref: str, version: int, dst: Path) -> Path:
+    """The whole version through the real client (zip download), unpacked into ``dst``."""
+    kaggle.api.dataset_download_files(f"{ref}/{version}", path=str(dst), quiet=True, force=True)
+    archive = next(dst.glob("*.zip"))
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(dst / "v")
+    return dst / "v"
+
+
+def test_round_trip_keeps_subfolders_and_bytes(project: Path, emulator: Emulator, tmp_path: Path) -> None:
+    files = model_files()
+    run_id = make_run(project, files)
+    result = publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+    assert (result.dataset_version, result.created, result.uploaded) == (1, True, True)
+    assert run_tags(project, run_id)[TAG_DATASET] == result.dataset
+    assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "1"
+    folder = restore_dataset_folder(download_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl"))
+    for rel, data in files.items():
+        assert (folder / rel).read_bytes() == data, rel
+    manifest = json.loads((folder / "kops-manifest.json").read_text())
+    assert manifest["run_id"] == run_id and manifest["archives"] == {"tokenizer.zip": "tokenizer"}
+    assert set(manifest["files"]) == set(files)
+    assert not (project / ".kops" / "publish" / run_id).exists()
+
+
+def test_identical_republish_makes_no_upload_and_no_version(project: Path, emulator: Emulator) -> None:
+    cfg = load_config(project / "kops.yaml")
+    run_id = make_run(project, model_files())
+    first = publish(cfg, run_id, kaggle=fast_kaggle())
+    uploads_before = len(rpc_log(emulator, "/StartBlobUpload"))
+    again = publish(cfg, run_id, kaggle=fast_kaggle())
+    assert (again.uploaded, again.bytes_uploaded, again.dataset_version) == (False, 0, first.dataset_version)
+    assert len(rpc_log(emulator, "/StartBlobUpload")) == uploads_before
+    assert len(versions(emulator, first.dataset)) == 1
+    # Different weights to the same dataset do make a version.
+    other = make_run(project, model_files(seed=1), name="fold-1")
+    second = publish(cfg, other, dataset=first.dataset, kaggle=fast_kaggle())
+    assert (second.uploaded, second.dataset_version, second.created) == (True, 2, False)
+    assert run_tags(project, other)[TAG_DATASET_VERSION] == "2"
+
+
+def test_publish_waits_while_previous_version_processing(project: Path, emulator: Emulator) -> None:
+    cfg = load_config(project / "kops.yaml")
+    first = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle())
+    owner, slug = first.dataset.split("/")
+    with emulator.store.lock:  # version 1 is still processing for another 1.5 s
+        emulator.store.datasets[(owner, slug)].versions[-1].ready_at = time.monotonic() + 1.5
+    # and once it looks ready, Kaggle still refuses once with "still processing" (403): kops waits and retries.
+    emulator.inject_fault("CreateDatasetVersion", 403, message="Dataset version is still processing")
+    other = make_run(project, model_files(seed=2), name="fold-2")
+    result = publish(cfg, other, dataset=first.dataset, kaggle=fast_kaggle(), poll_s=0.2)
+    assert result.dataset_version == 2
+    assert rpc_log(emulator, "/CreateDatasetVersion") == [403, 200]
+    assert [v["number"] for v in versions(emulator, first.dataset)] == [1, 2]
+
+
+PUBLISH_RPCS = ["GetDatasetStatus", "GetDataset", "DownloadDataset", "StartBlobUpload", "CreateDatasetVersion"]
+
+
+@pytest.mark.parametrize("status", [429, 503, 0], ids=["429", "503", "connection-dropped"])
+def test_faults_on_every_publish_call_make_exactly_one_version(project: Path, emulator: Emulator,
+                                                               status: int) -> None:
+    cfg = load_config(project / "kops.yaml")
+    first = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle())
+    for rpc in PUBLISH_RPCS:
+        emulator.inject_fault(rpc, status)
+    run_id = make_run(project, model_files(seed=3), name="fold-3")
+    result = publish(cfg, run_id, dataset=first.dataset, kaggle=fast_kaggle(), poll_s=0.05)
+    assert result.dataset_version == 2 and len(versions(emulator, first.dataset)) == 2
+    assert emulator.api.faults.pending() == {}, "every injected fault was met"
+    for rpc in PUBLISH_RPCS:
+        assert rpc_log(emulator, "/" + rpc).count(status) == 1, rpc
+    assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "2"
+
+
+@pytest.mark.parametrize("rpc", ["CreateDataset", "CreateDatasetVersion"])
+def test_lost_response_of_create_is_not_retried_blindly(project: Path, emulator: Emulator, rpc: str) -> None:
+    """The call took effect but its answer was a 503: kops checks Kaggle instead of creating a second version."""
+    cfg = load_config(project / "kops.yaml")
+    dataset = None
+    if rpc == "CreateDatasetVersion":
+        dataset = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle()).dataset
+    emulator.inject_fault(rpc, 503, after=True)
+    run_id = make_run(project, model_files(seed=4), name="fold-4")
+    result = publish(cfg, run_id, dataset=dataset, kaggle=fast_kaggle(), poll_s=0.05)
+    assert rpc_log(emulator, "/" + rpc) == [503], "no second create call"
+    expected = 1 if rpc == "CreateDataset" else 2
+    assert result.dataset_version == expected and len(versions(emulator, result.dataset)) == expected
+
+
+@pytest.mark.parametrize("fault", [503, 0], ids=["503-keeps-half", "connection-dropped"])
+def test_upload_cut_mid_file_resumes_byte_identical(project: Path, emulator: Emulator, tmp_path: Path,
+                                                    fault: int) -> None:
+    files = model_files(seed=5)
+    run_id = make_run(project, files)
+    emulator.inject_fault("Upload", fault)
+    result = publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+    puts = [e for e in map(json.loads, (emulator.root / "requests.log").read_text().splitlines())
+            if e["method"] == "PUT"]
+    assert puts[0]["status"] == fault
+    same = [e["status"] for e in puts if e["path"] == puts[0]["path"]]
+    # 503: the client asks where to resume (308 + Range) and sends the rest; a dropped connection is
+    # re-sent by the client's urllib3 retry (it rewinds the file). Either way the file completes once.
+    assert same[-1] == 200 and (308 in same if fault == 503 else len(same) == 2)
+    folder = restore_dataset_folder(download_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl"))
+    for rel, data in files.items():
+        assert (folder / rel).read_bytes() == data, rel
+
+
+def test_failure_leaves_run_untagged_and_names_the_retry(project: Path, emulator: Emulator) -> None:
+    run_id = make_run(project, model_files())
+    emulator.inject_fault("CreateDataset", 500, times=3)
+    kaggle = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"], backoff_s=0.01, max_attempts=3)
+    with pytest.raises(PublishError) as err:
+        publish(load_config(project / "kops.yaml"), run_id, kaggle=kaggle)
+    ref = f"{USER}/fold-0-{run_id[:8]}"
+    assert str(err.value) == (
+        f"Publishing run {run_id} to {ref} failed: Create dataset {ref} failed (HTTP 500): injected fault 500 "
+        f"The run is left untagged; retry with: kops publish {run_id} --dataset {ref}")
+    assert TAG_DATASET not in run_tags(project, run_id)
+    assert emulator.state_summary()["datasets"] == {}
+    assert publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle()).dataset_version == 1
+
+
+def test_public_dataset_with_progress_bars(project: Path, emulator: Emulator,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    run_id = make_run(project, model_files(seed=6))
+    result = publish(load_config(project / "kops.yaml"), run_id, dataset=f"{USER}/public-weights", public=True,
+                     kaggle=fast_kaggle(), progress=True)
+    assert result.dataset == f"{USER}/public-weights" and result.dataset_version == 1
+    assert emulator.store.datasets[(USER, "public-weights")].is_private is False
+    assert "B/s]" in capsys.readouterr().err  # the client's per-file upload bars (bytes), on stderr
+
+
+def test_bad_slug_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
+    run_id = make_run(project, model_files())
+    with pytest.raises(ConfigError) as err:
+        publish(load_config(project / "kops.yaml"), run_id, dataset="testuser/abc", kaggle=fast_kaggle())
+    assert str(err.value) == ("Dataset slug 'abc' has 3 characters; Kaggle needs 6-50. "
+                              "Pass another one with --dataset owner/slug.")
+    assert not (emulator.root / "requests.log").exists() or rpc_log(emulator, "/StartBlobUpload") == []
+
+
+# ---- the CLI: exit code 1 and the exact one-line error -------------------------------------------------
+
+
+def kops_in_process(root: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`kops ARGS --config ...` through the real entry point (kaggleops.cli.main): (exit code, stdout, stderr)."""
+    from kaggleops.cli import main
+
+    capsys.readouterr()
+    argv = sys.argv
+    sys.argv = ["kops", *args, "--config", str(root / "kops.yaml")]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_exit_code_and_exact_error_in_a_subprocess(project: Path) -> None:
+    run_id = make_run(project, model_files())
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "publish", run_id, "--dataset", "testuser/short",
+                          "--config", str(project / "kops.yaml")], cwd=project, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == ("kops: error: Dataset slug 'short' has 5 characters; Kaggle needs 6-50. "
+                                           "Pass another one with --dataset owner/slug.")
+
+
+def test_cli_publish_errors_are_one_line_with_exit_1(project: Path, emulator: Emulator,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = make_run(project, model_files())
+    code, _, err = kops_in_process(project, capsys, "publish", run_id, "--dataset", "testuser/Bad_Slug")
+    assert (code, err) == (1, "kops: error: --dataset 'testuser/Bad_Slug' is not owner/slug with a lowercase slug "
+                              "of letters, digits and dashes. Pass e.g. --dataset alice/tse-roberta-f0.\n")
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    code, _, err = kops_in_process(project, capsys, "publish", run_id)
+    home, config_dir = Path(os.environ["HOME"]), Path(os.environ["KAGGLE_CONFIG_DIR"])
+    assert (code, err) == (1, (
+        "kops: error: No Kaggle credentials found (looked in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
+        f"{config_dir / 'kaggle.json'}, {home / '.kaggle' / 'access_token'}). Set KAGGLE_USERNAME and KAGGLE_KEY, "
+        "or save kaggle.json from https://www.kaggle.com/settings there.\n"))
+    assert TAG_DATASET not in run_tags(project, run_id)
+    assert not (emulator.root / "requests.log").exists() or rpc_log(emulator, "/StartBlobUpload") == []
+
+
+def test_cli_publish_twice_says_nothing_uploaded(project: Path, emulator: Emulator,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run_id = make_run(project, model_files())
+    code, out, err = kops_in_process(project, capsys, "publish", run_id, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset_version"] == 1
+    code, out, err = kops_in_process(project, capsys, "publish", run_id)
+    ref = f"{USER}/fold-0-{run_id[:8]}"
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"Weights of run {run_id} equal {ref} version 1: nothing uploaded, "
+                                   "no new version; run tagged with it")

@@ -1,0 +1,332 @@
+"""Submissions and scores, end to end against the emulator: the real kaggle client, a real MLflow SQLite store.
+
+The kernel is a tiny script (no model): it copies a hint column into submission.csv and writes a kops plan
+naming source runs created directly with the Tracker, so each test costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggleops.config import load_config
+from kaggleops.emulator import Emulator
+from kaggleops.errors import QuotaExceeded
+from kaggleops.kaggle import Kaggle
+from kaggleops.leaderboard import UnknownSortKey, leaderboard
+from kaggleops.refs import CompetitionRef, KernelRef
+from kaggleops.submit import (
+    TAG_ERROR,
+    TAG_KEY,
+    TAG_ORIGIN,
+    TAG_REF,
+    TAG_STATUS,
+    identify_kernel,
+    scores,
+    submit,
+)
+from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, Tracker
+
+USER, KEY = "testuser", "testkey"
+COMP = "tiny-comp"
+KERNEL = f"{USER}/tiny-infer"
+SOLUTION = [{"id": str(i), "label": lab} for i, lab in enumerate(["a", "b", "a", "b", "b", "a"])]
+HINTS = ["a", "b", "a", "b", "a", "a"]  # public (even rows) 2/3 right, private all right
+KERNEL_SCRIPT = """
+import csv, json, os
+inp = os.environ["KOPS_KAGGLE_INPUT"]
+with open(os.path.join(inp, "tiny-comp", "test.csv")) as f:
+    rows = list(csv.DictReader(f))
+with open("submission.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "label"])
+    w.writerows([r["id"], r["hint"]] for r in rows)
+json.dump(PLAN, open("kops-kernel.json", "w"))
+"""
+
+
+def accuracy(truths: list[str], preds: list[str]) -> float:
+    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=30, score_delay_polls=1)
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("id,hint\n" + "".join(f"{i},{h}\n" for i, h in enumerate(HINTS)))
+    emu.add_competition(COMP, {"test.csv": test_csv}, SOLUTION, "id", "label", accuracy)
+    url = emu.start()
+    for var, value in {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY,
+                       "NO_PROXY": "127.0.0.1,localhost"}.items():
+        monkeypatch.setenv(var, value)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, emulator: Emulator) -> Any:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kops.yaml").write_text(f"competition: {COMP}\nowner: {USER}\nexperiment: scores-test\n"
+                                    "tracking_uri: sqlite:///mlflow.db\n")
+    return load_config(work / "kops.yaml")
+
+
+def source_run(cfg: Any, name: str, cv: float, dataset: str = f"{USER}/ds-a") -> str:
+    """A finished 'fold' run with a CV metric, a dataset version and a commit, as training+publish leave it."""
+    tracker = Tracker(cfg)
+    run_id = tracker.start_run(name, {}, {"kops.kind": "fold", TAG_DATASET: dataset, TAG_DATASET_VERSION: "1",
+                                          TAG_GIT_COMMIT: "c0ffee1234567890"})
+    tracker.log_metrics(run_id, {"best_val_jaccard": cv})
+    tracker.end_run(run_id)
+    return run_id
+
+
+def push_tiny_kernel(tmp_path: Path, run_ids: list[str]) -> int:
+    """Push the script kernel (plan naming ``run_ids``), wait until COMPLETE; return its version."""
+    plan = {"competition": COMP, "models": [{"run_id": r, "dataset": f"{USER}/ds-a", "dataset_version": 1}
+                                            for r in run_ids]}
+    folder = tmp_path / "kernel"
+    folder.mkdir(exist_ok=True)
+    (folder / "main.py").write_text(f"PLAN = {json.dumps(plan)}\n{KERNEL_SCRIPT}")
+    (folder / "kernel-metadata.json").write_text(json.dumps({
+        "id": KERNEL, "title": "tiny infer", "code_file": "main.py", "language": "python", "kernel_type": "script",
+        "is_private": True, "enable_gpu": False, "enable_internet": False, "competition_sources": [COMP],
+        "dataset_sources": []}))
+    kaggle = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"])
+    version = kaggle.push_kernel(folder)
+    assert kaggle.wait_kernel(KernelRef.parse(f"{KERNEL}/{version}"), timeout_s=30, poll_s=0.1) == "COMPLETE"
+    return version
+
+
+def expected(emulator: Emulator, labels: list[str]) -> tuple[float, float]:
+    public, private = emulator.expected_scores(COMP, [{"id": str(i), "label": v} for i, v in enumerate(labels)])
+    return float(public), float(private)
+
+
+def store_snapshot(cfg: Any) -> tuple[list[Any], ...]:
+    """Every metric, tag and run row of the SQLite store: equal snapshots mean nothing was written."""
+    db = cfg.resolved_tracking_uri.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as con:
+        return tuple(sorted(con.execute(f"SELECT * FROM {table}").fetchall())  # noqa: S608
+                     for table in ("metrics", "latest_metrics", "tags", "runs"))
+
+
+def history(cfg: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in Tracker(cfg).client.get_metric_history(run_id, key))
+
+
+# ---- code submission: scored later, private LB after the deadline, idempotent ------------------------
+
+
+def test_code_submission_scored_later_then_private_lb_and_idempotent(cfg: Any, emulator: Emulator,
+                                                                     tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    version = push_tiny_kernel(tmp_path, [run_a])
+    result = submit(cfg, KERNEL, version, "first")
+    public, private = expected(emulator, HINTS)
+    emulator.set_submission_result(result.submission_ref, f"{public:.5f}", None)  # private hidden until deadline
+    tracker = Tracker(cfg)
+    sub_run = tracker.get_run(result.submission_run_id)
+    assert sub_run.data.tags[TAG_STATUS] == "PENDING" and sub_run.data.tags[TAG_REF] == str(result.submission_ref)
+    assert result.remaining_today == 4
+
+    [row] = scores(cfg)  # still PENDING on Kaggle: status written, no scores yet
+    assert (row.status, row.lb_public) == ("PENDING", None)
+    [row] = scores(cfg)
+    assert (row.status, row.lb_public, row.lb_private, row.changed) == ("COMPLETE", public, None, True)
+    for run_id in (result.submission_run_id, run_a):
+        run = tracker.get_run(run_id)
+        assert run.data.metrics["lb_public"] == public and "lb_private" not in run.data.metrics
+        assert run.data.tags[TAG_STATUS] == "COMPLETE"
+
+    emulator.set_submission_result(result.submission_ref, f"{public:.5f}", f"{private:.5f}")  # after the deadline
+    [row] = scores(cfg)
+    assert (row.lb_private, row.changed) == (private, True)
+    assert tracker.get_run(run_a).data.metrics["lb_private"] == private
+
+    before = store_snapshot(cfg)
+    [row] = scores(cfg)
+    assert not row.changed
+    assert store_snapshot(cfg) == before, "a second `kops scores` wrote to the store"
+
+
+# ---- file submission that ERRORs, quota refusal -------------------------------------------------------
+
+
+def test_error_submission_carries_its_description(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\n0,a\n1,b\n")  # 4 ids missing
+    result = submit(cfg, file=bad, runs=[run_a], message="partial file")
+    assert result.file == str(bad) and result.kernel == ""
+    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    assert [(r.status, r.lb_public) for r in rows] == [("ERROR", None)]
+    assert "missing 4 id(s)" in rows[0].error
+    tracker = Tracker(cfg)
+    for run_id in (result.submission_run_id, run_a):
+        tags = tracker.get_run(run_id).data.tags
+        assert tags[TAG_STATUS] == "ERROR" and "missing 4 id(s)" in tags[TAG_ERROR]
+    assert tracker.list_artifacts(result.submission_run_id, "submission") == ["submission/bad.csv"]
+
+
+def test_no_submissions_left_is_refused_with_reset_time(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    submit(cfg, file=good, runs=[run_a])
+    emulator.config.daily_submission_limit = 1
+    runs_before = len(Tracker(cfg).search())
+    with pytest.raises(QuotaExceeded, match=r"No submissions left today for tiny-comp \(1 used\); the limit "
+                                            r"resets at \d{4}-\d\d-\d\d 00:00 UTC \(in \d+h\d\dm\)"):
+        submit(cfg, file=good, runs=[run_a])
+    assert len(Tracker(cfg).search()) == runs_before, "a refused submit must not leave a submission run"
+
+
+# ---- two submissions of the same runs ----------------------------------------------------------------
+
+
+def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    run_a, run_b = source_run(cfg, "fold-0", 0.60), source_run(cfg, "fold-1", 0.70)
+    version = push_tiny_kernel(tmp_path, [run_a, run_b])
+    first = submit(cfg, KERNEL, version, "kernel")
+    perfect = tmp_path / "perfect.csv"
+    perfect.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    second = submit(cfg, file=perfect, runs=[run_a, run_b], message="hand-fixed")
+    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    kernel_public, _ = expected(emulator, HINTS)
+    assert {r.submission_ref: r.lb_public for r in rows} == {first.submission_ref: kernel_public,
+                                                             second.submission_ref: 1.0}
+    tracker = Tracker(cfg)
+    for run_id in (run_a, run_b):  # history keeps both (step = submission ref); the newest is the latest value
+        assert history(cfg, run_id, "lb_public") == [(first.submission_ref, kernel_public),
+                                                     (second.submission_ref, 1.0)]
+        run = tracker.get_run(run_id)
+        assert run.data.metrics["lb_public"] == 1.0 and run.data.tags[TAG_REF] == str(second.submission_ref)
+
+    board = leaderboard(cfg, sort="lb_public")
+    assert [r.submission_ref for r in board] == [second.submission_ref, first.submission_ref]
+    top = board[1]
+    assert top.cv == pytest.approx(0.65) and top.models == ["fold-0", "fold-1"]
+    assert top.kernel == f"{KERNEL}/{version}" and top.datasets == [f"{USER}/ds-a/1", f"{USER}/ds-a/1"]
+    assert top.commits == ["c0ffee12"] and board[0].kernel == "perfect.csv"
+    assert [r.submission_ref for r in leaderboard(cfg, sort="ref")] == [second.submission_ref, first.submission_ref]
+    with pytest.raises(UnknownSortKey, match="Use --sort one of: lb_public, lb_private, cv, date, ref"):
+        leaderboard(cfg, sort="jaccard")
+
+
+# ---- a kill between submit and recording -------------------------------------------------------------
+
+KILLED_SUBMIT = """
+import os, sys
+from kaggleops.config import load_config
+from kaggleops.submit import TAG_REF, submit
+from kaggleops.tracking import Tracker
+
+real = Tracker.set_tags
+def set_tags(self, run_id, tags):
+    if TAG_REF in tags:  # Kaggle has accepted the submission; die before recording its ref
+        os._exit(9)
+    return real(self, run_id, tags)
+Tracker.set_tags = set_tags
+submit(load_config(sys.argv[1]), sys.argv[2], int(sys.argv[3]), "killed")
+"""
+
+
+def test_kill_between_submit_and_recording_is_completed_by_scores(cfg: Any, emulator: Emulator,
+                                                                  tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    version = push_tiny_kernel(tmp_path, [run_a])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_SUBMIT), str(cfg.root / "kops.yaml"),
+                           KERNEL, str(version)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    [orphan] = [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
+    assert orphan.info.status == "RUNNING" and orphan.data.tags[TAG_STATUS] == "SUBMITTING"
+    assert TAG_REF not in orphan.data.tags
+    [sub] = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"]).list_submissions(CompetitionRef(COMP))
+    assert f"kops:{orphan.data.tags[TAG_KEY]}" in sub.description
+
+    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    run = Tracker(cfg).get_run(orphan.info.run_id)
+    assert row.submission_run_id == orphan.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags[TAG_REF] == str(sub.ref) and run.data.tags[TAG_STATUS] == "COMPLETE"
+    assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == expected(emulator, HINTS)[0]
+
+
+# ---- submissions made outside kops --------------------------------------------------------------------
+
+
+def test_outside_submissions_are_reported_then_adopted_with_all(cfg: Any, emulator: Emulator,
+                                                                tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    version = push_tiny_kernel(tmp_path, [run_a])
+    kaggle = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"])
+    by_hand = kaggle.submit_code(CompetitionRef(COMP), KernelRef.parse(f"{KERNEL}/{version}"), "submission.csv",
+                                 f"{KERNEL}/{version} from the web page")
+    csv = tmp_path / "mine.csv"
+    csv.write_text("id,label\n" + "".join(f"{i},a\n" for i in range(6)))
+    loose = kaggle.submit_file(CompetitionRef(COMP), csv, "my own csv")
+    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    assert {(r.submission_ref, r.origin, r.kernel, r.submission_run_id) for r in rows} == {
+        (by_hand, "unrecorded", f"{KERNEL}/{version}", ""), (loose, "unrecorded", "", "")}
+    assert not [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
+
+    rows = scores(cfg, adopt=True)
+    adopted = {r.submission_ref: r for r in rows}
+    assert adopted[by_hand].source_runs == [run_a] and adopted[loose].source_runs == []
+    assert Tracker(cfg).get_run(adopted[by_hand].submission_run_id).data.tags[TAG_ORIGIN] == "outside"
+    assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == adopted[by_hand].lb_public
+    before = store_snapshot(cfg)
+    assert not any(r.changed for r in scores(cfg, adopt=True))
+    assert store_snapshot(cfg) == before
+
+
+@pytest.mark.parametrize(("description", "known", "found"), [
+    ("alice/tse-infer/3 tuned", set(), "alice/tse-infer/3"),
+    ("alice/tse-infer v4", set(), "alice/tse-infer/4"),
+    ("alice/tse-infer Version 5", set(), "alice/tse-infer/5"),
+    ("Version 6", {"alice/tse-infer"}, "alice/tse-infer/6"),
+    ("Version 6", {"alice/tse-infer", "alice/other"}, None),  # which kernel? ambiguous
+    ("alice/a-b/1 vs alice/a-b/2", set(), None),  # two versions named: ambiguous
+    ("blend of my csvs", {"alice/tse-infer"}, None),
+])
+def test_identify_kernel(description: str, known: set[str], found: str | None) -> None:
+    ref = identify_kernel(description, known)
+    assert (str(ref) if ref else None) == found
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------
+
+
+def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    out = kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"Submitted {good}: submission ") and "(4 left today)" in out.stdout
+    out = kops("scores", "--wait", "--json", cwd=cfg.root)
+    assert out.returncode == 0, out.stderr
+    assert [(r["status"], r["lb_public"]) for r in json.loads(out.stdout)] == [("COMPLETE", 1.0)]
+    out = kops("leaderboard", cwd=cfg.root)
+    assert out.returncode == 0, out.stderr
+    assert "kops leaderboard" in out.stdout and "1.00000" in out.stdout and "0.61000" in out.stdout
+    [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root).stdout)
+    assert (row["lb_public"], row["cv"], row["models"], row["kernel"]) == (1.0, 0.61, ["fold-0"], "good.csv")
+    out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root)
+    assert out.returncode == 1
+    assert out.stderr == ("kops: error: Cannot sort the leaderboard by 'jaccard'. "
+                          "Use --sort one of: lb_public, lb_private, cv, date, ref.\n")

@@ -1,0 +1,123 @@
+"""Server mode: `tracking_uri: http://…` against a real `mlflow server` subprocess (SQLite backend).
+
+train → publish → push-kernel → submit → scores all land on the server (Kaggle is the loopback emulator), with
+the server's own artifact root, and the MLFLOW_TRACKING_PASSWORD never reaches a log, tag, param or dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "kops-server-s3cret-pw"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
+    port = _free_port()
+    srv = tmp_path / "server"
+    srv.mkdir()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{srv / 'mlflow.db'}", "--artifacts-destination", str(srv / "artifacts")]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (srv / "server.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=srv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            assert proc.poll() is None, (srv / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+@pytest.mark.slow
+def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_server: str, capsys: pytest.CaptureFixture,
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from kaggleops.config import CONFIG_FILE, load_config, render_template
+    from kaggleops.demo import (
+        COMPETITION,
+        DEMO_KEY,
+        DEMO_USER,
+        _chdir,
+        demo_environment,
+        init_workdir,
+        seed_competition,
+    )
+    from kaggleops.emulator import Emulator
+    from kaggleops.kernels import push_kernel
+    from kaggleops.publish import publish
+    from kaggleops.submit import scores, submit
+    from kaggleops.training import get_task_for, train
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "kops-user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    emulator = Emulator(workdir / ".emulator", username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
+    try:
+        endpoint = emulator.start()
+        init_workdir(workdir, epochs=1, folds=[0])
+        (workdir / CONFIG_FILE).write_text(render_template(
+            competition=COMPETITION, owner=DEMO_USER, experiment="tse-server", tracking_uri=mlflow_server,
+            folds=[0], epochs=1))
+        with demo_environment(workdir, endpoint), _chdir(workdir):
+            cfg = load_config(workdir / CONFIG_FILE)
+            assert cfg.resolved_tracking_uri == mlflow_server
+            seed_competition(emulator, get_task_for(cfg))
+            run_id = train(cfg, progress=False).runs[0].run_id
+            pub = publish(cfg, run_id)
+            kern = push_kernel(cfg, [run_id], wait=True)
+            sub = submit(cfg, kern.kernel, kern.kernel_version, "server mode")
+            row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
+                       if r.submission_ref == sub.submission_ref)
+    finally:
+        emulator.stop()
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server's artifact root, not a client folder
+    assert {"model/config.json", "model/tokenizer.json"} <= {a.path for a in client.list_artifacts(run_id, "model")}
+    assert run.data.params["epochs"] == "1" and "val_jaccard" in run.data.metrics
+    assert run.data.tags["kops.dataset"] == pub.dataset and run.data.tags["kops.kernel"] == kern.kernel
+    assert run.data.metrics["lb_public"] == pytest.approx(row.lb_public)
+    sub_run = client.get_run(sub.submission_run_id)
+    assert sub_run.data.tags["kops.source_runs"] == run_id
+    assert sub_run.data.metrics["lb_private"] == pytest.approx(row.lb_private)
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlartifacts").exists()
+
+    # the password MLflow read from the environment reached no log, tag, param, dataset or kernel
+    captured = capsys.readouterr()
+    assert PASSWORD not in captured.out + captured.err + caplog.text
+    for r in client.search_runs([run.info.experiment_id]):
+        assert PASSWORD not in repr(r.data.tags) + repr(r.data.params)
+    for path in (workdir / ".emulator").rglob("*"):
+        assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path

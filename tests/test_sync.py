@@ -1,0 +1,353 @@
+"""Bucket mode: storage backends, `kops sync push/pull` against a real gcp-storage-emulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggleops.config import KopsConfig, load_config, render_template
+from kaggleops.errors import ConfigError, RunNotFound
+from kaggleops.storage import (
+    GcsStore,
+    LocalStore,
+    ObjectStore,
+    StorageCredentialsMissing,
+    StorageError,
+    gcs_client,
+    md5_b64,
+    open_store,
+)
+from kaggleops.sync import (
+    TAG_ORIGIN_MACHINE,
+    TAG_ORIGIN_RUN,
+    BackgroundSync,
+    bundles,
+    pull,
+    push,
+    resolve_run_id,
+)
+from kaggleops.tracking import TAG_PARENT, Tracker
+
+EXPERIMENT = "tse-sync"
+POINTS = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator_host() -> Iterator[str]:
+    """A real gcp-storage-emulator process on 127.0.0.1 (in memory), shared by this module."""
+    port = _free_port()
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "gcp-storage-emulator exited at start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def bucket(emulator_host: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the emulator; returns gs://<bucket>/team (a prefix, as users would configure)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator_host)
+    name = "kops-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    gcs_client().create_bucket(name)
+    return f"gs://{name}/team"
+
+
+def machine(root: Path, bucket_url: str | None, name: str) -> KopsConfig:
+    """One "machine": its own folder, kops.yaml and SQLite store."""
+    folder = root / name
+    folder.mkdir()
+    text = render_template(owner="alice", experiment=EXPERIMENT)
+    if bucket_url:
+        text += f"\nstorage:\n  bucket: {bucket_url}\n"
+    (folder / "kops.yaml").write_text(text)
+    return load_config(folder / "kops.yaml")
+
+
+def log_run(tracker: Tracker, name: str, points: int = POINTS, parent: str | None = None,
+            finish: bool = True, start_step: int = 0) -> str:
+    run_id = tracker.start_run(name, {"lr": 0.001, "fold": name}, {"kops.kind": "fold"}, parent_run_id=parent)
+    add_points(tracker, run_id, start_step, points)
+    if finish:
+        tracker.end_run(run_id)
+    return run_id
+
+
+def add_points(tracker: Tracker, run_id: str, start: int, n: int) -> None:
+    with tracker.metric_logger(run_id) as log:
+        for step in range(start, start + n):
+            log({"train_loss": 1.0 / (step + 1), "val_jaccard": step / 1000}, step)
+
+
+def history(tracker: Tracker, run_id: str) -> dict[str, list[tuple[int, int, float]]]:
+    run = tracker.client.get_run(run_id)
+    return {k: sorted((m.step, m.timestamp, m.value) for m in tracker.client.get_metric_history(run_id, k))
+            for k in run.data.metrics}
+
+
+def imported(tracker: Tracker) -> dict[str, Any]:
+    runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    return {r.data.tags[TAG_ORIGIN_RUN]: r for r in runs if TAG_ORIGIN_RUN in r.data.tags}
+
+
+class CountingStore:
+    """Passes every call to the real store and counts what put_bytes/put_file upload."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.url, self.uploads, self.bytes = inner, inner.url, 0, 0
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.uploads, self.bytes = self.uploads + 1, self.bytes + len(data)
+        self.inner.put_bytes(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put_bytes(key, Path(path).read_bytes())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_two_machines_push_concurrently_third_pulls_each_run_once(tmp_path: Path, bucket: str) -> None:
+    a, b, c = (machine(tmp_path, bucket, n) for n in ("a", "b", "c"))
+    ta, tb, tc = Tracker(a), Tracker(b), Tracker(c)
+    parent = ta.start_run("kfold", {"folds": "0,1"}, {"kops.kind": "kfold"})
+    runs_a = [log_run(ta, f"fold-{i}", parent=parent) for i in range(2)]
+    ta.log_metrics(parent, {"cv_jaccard": 0.7})
+    ta.end_run(parent)
+    runs_b = [log_run(tb, f"b-{i}") for i in range(3)] + [log_run(tb, "b-running", finish=False)]
+    origins = {**{r: ta for r in [parent, *runs_a]}, **{r: tb for r in runs_b}}
+
+    start, results, errors = threading.Barrier(2), {}, []
+
+    def go(name: str, cfg: KopsConfig) -> None:
+        try:
+            start.wait()
+            results[name] = push(cfg)
+        except Exception as e:  # noqa: BLE001 - re-raised below in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(n, cfg)) for n, cfg in (("a", a), ("b", b))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors
+    assert sorted(results["a"].uploaded) == sorted([parent, *runs_a])
+    assert sorted(results["b"].uploaded) == sorted(runs_b)
+    assert results["a"].machine != results["b"].machine
+    assert len(bundles(c)) == 7
+
+    first = pull(c)
+    assert len(first.created) == 7 and first.updated == [] and first.points_added == 6 * 2 * POINTS + 1
+    got = imported(tc)
+    assert sorted(got) == sorted(origins)  # every run exactly once
+    for origin_id, tracker in origins.items():
+        src, dst = tracker.client.get_run(origin_id), got[origin_id]
+        assert history(tc, dst.info.run_id) == history(tracker, origin_id)
+        assert dst.data.params == src.data.params
+        assert dst.info.status == src.info.status and dst.info.start_time == src.info.start_time
+        assert dst.info.end_time == src.info.end_time and dst.info.run_name == src.info.run_name
+        assert dst.data.tags["kops.kind"] == src.data.tags["kops.kind"]
+        assert dst.data.tags[TAG_ORIGIN_MACHINE] == (results["a"] if tracker is ta else results["b"]).machine
+    assert got[runs_b[-1]].info.status == "RUNNING"
+    assert got[runs_a[0]].data.tags[TAG_PARENT] == got[parent].info.run_id  # parent link remapped to the local id
+
+    again = pull(c)
+    assert (again.created, again.updated, again.unchanged) == ([], [], 7)
+    assert len(tc.client.search_runs([tc.experiment_id], max_results=1000)) == 7
+
+
+def test_unchanged_push_uploads_zero_bytes_and_a_grown_run_is_updated(tmp_path: Path, bucket: str) -> None:
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    ta, tc = Tracker(a), Tracker(c)
+    done = log_run(ta, "done")
+    growing = log_run(ta, "growing", points=20, finish=False)
+    store = CountingStore(open_store(bucket))
+    first = push(a, store=store)
+    assert len(first.uploaded) == 2 and first.uploaded_bytes == store.bytes > 0
+    pull(c)
+
+    store.uploads = store.bytes = 0
+    second = push(a, store=store)
+    assert (second.uploaded, second.uploaded_bytes, second.unchanged) == ([], 0, 2)
+    assert (store.uploads, store.bytes) == (0, 0)
+
+    add_points(ta, growing, 20, 10)
+    ta.set_tags(growing, {"kops.note": "resumed"})
+    ta.end_run(growing)
+    third = push(a, store=store)
+    assert third.uploaded == [growing] and store.uploads == 1
+
+    grown = pull(c)
+    local_id = imported(tc)[growing].info.run_id
+    assert grown.created == [] and grown.updated == [local_id] and grown.points_added == 2 * 10
+    assert history(tc, local_id) == history(ta, growing)
+    run = tc.client.get_run(local_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kops.note"] == "resumed"
+    assert len(imported(tc)) == 2 and imported(tc)[done].info.run_id != local_id
+
+    # a machine never pushes runs it pulled, and never pulls its own
+    assert push(c).imported_skipped == 2 and bundles(c) == bundles(a)
+    assert pull(a).own == 2
+
+
+def test_run_killed_mid_training_is_visible_up_to_last_background_sync(tmp_path: Path, bucket: str) -> None:
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    ta = Tracker(a)
+    run_id = log_run(ta, "fold-0", points=40, finish=False)
+    sync = BackgroundSync(a, every_s=0.05).start()
+    assert sync.pushed.wait(60), sync.last_error
+    sync.stop(final_push=False)  # the notebook dies: no final push
+    add_points(ta, run_id, 40, 25)  # logged after the last sync: lost with the machine
+
+    pull(c)
+    run = imported(Tracker(c))[run_id]
+    assert run.info.status == "RUNNING"
+    steps = {m.step for m in Tracker(c).client.get_metric_history(run.info.run_id, "train_loss")}
+    assert steps == set(range(40))
+
+
+def test_resolve_run_id_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    origin = log_run(Tracker(a), "fold-0", points=3)
+    push(a)
+    local_id = pull(c).created[0]
+    tc = Tracker(c)
+    assert resolve_run_id(tc, origin) == local_id
+    assert resolve_run_id(tc, local_id) == local_id
+    with pytest.raises(RunNotFound, match="Run 0123456789abcdef0123456789abcdef not found"):
+        resolve_run_id(tc, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(RunNotFound):
+        resolve_run_id(tc, "x' or 1=1 --")
+
+
+def test_local_folder_store_round_trip(tmp_path: Path) -> None:
+    store = open_store("shared", base=tmp_path)
+    assert isinstance(store, LocalStore) and store.url == str(tmp_path / "shared")
+    store.put_bytes("runs/m1/a.json", b"{}")
+    (tmp_path / "f.bin").write_bytes(b"weights")
+    store.put_file("ckpt/f.bin", tmp_path / "f.bin")
+    assert store.exists("runs/m1/a.json") and not store.exists("runs/m1/b.json")
+    assert [(o.key, o.size, o.md5) for o in store.list("runs/")] == [("runs/m1/a.json", 2, md5_b64(b"{}"))]
+    assert store.get_file("ckpt/f.bin", tmp_path / "out" / "f.bin").read_bytes() == b"weights"
+    with pytest.raises(ValueError, match="Bad object key"):
+        store.put_bytes("../escape", b"")
+    with pytest.raises(StorageError, match="No object runs/nope.json in"):
+        store.get_bytes("runs/nope.json")
+
+
+def test_gcs_store_round_trip_and_missing_bucket(bucket: str, tmp_path: Path) -> None:
+    store = open_store(bucket + "/")
+    assert isinstance(store, GcsStore) and store.url == bucket
+    store.put_bytes("runs/m/x.json", b'{"a": 1}')
+    (tmp_path / "w.bin").write_bytes(b"\x00" * 1000)
+    store.put_file("ckpt/w.bin", tmp_path / "w.bin")
+    assert store.exists("ckpt/w.bin") and not store.exists("ckpt/none")
+    assert [(o.key, o.md5) for o in store.list("runs/")] == [("runs/m/x.json", md5_b64(b'{"a": 1}'))]
+    assert store.get_file("ckpt/w.bin", tmp_path / "back.bin").read_bytes() == b"\x00" * 1000
+    with pytest.raises(StorageError, match="No object runs/none.json in gs://"):
+        store.get_bytes("runs/none.json")
+    with pytest.raises(StorageError, match="Bucket gs://kops-no-such-bucket not found"):
+        open_store("gs://kops-no-such-bucket").get_bytes("x")
+
+
+def test_missing_gcs_credentials_name_what_was_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    with pytest.raises(StorageCredentialsMissing) as err:
+        gcs_client()
+    text = str(err.value)
+    assert "Kaggle's Google Cloud SDK add-on" in text and "Google's default chain" in text and "Colab" in text
+    assert "missing-key.json" in text and "gcloud auth application-default login" in text
+
+
+def test_sync_config_is_validated(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: x\nstorage: {bucket: gs://b, sync_minuts: 5}\n")
+    with pytest.raises(ConfigError, match="unknown key `storage.sync_minuts`"):
+        load_config(tmp_path / "kops.yaml")
+    cfg = machine(tmp_path, None, "nobucket")
+    with pytest.raises(ConfigError, match="No bucket configured for kops sync"):
+        push(cfg)
+
+
+def test_cli_push_and_status(tmp_path: Path, bucket: str) -> None:
+    import json
+
+    a = machine(tmp_path, bucket, "a")
+    run_id = log_run(Tracker(a), "fold-0", points=5)
+    env = {**os.environ}
+
+    def kops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kaggleops", "sync", *args], cwd=a.root, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    out = kops("push", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["uploaded"] == [run_id]
+    status = kops("status", "--json")
+    assert [r["run_id"] for r in json.loads(status.stdout)] == [run_id]
+    env.pop("STORAGE_EMULATOR_HOST")
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "none.json")
+    bad = kops("push")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("kops: error: No Google Cloud credentials for gs://. Tried: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) -> None:
+    """`kops train` with `storage.sync_minutes`: the hook pushes during training and once more at the end."""
+    import json
+
+    from kaggleops.training import train
+
+    cfg = machine(tmp_path, str(tmp_path / "bucket"), "a")
+    cfg.storage.sync_minutes = 0.01
+    cfg.train.epochs, cfg.train.folds = 1, [0]
+    run_id = train(cfg, progress=False).runs[0].run_id
+    [row] = bundles(cfg)
+    assert row["run_id"] == run_id and row["machine"] in (tmp_path / "a" / ".kops" / "machine-id").read_text()
+    bundle = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(f"runs/{row['machine']}/{run_id}.json"))
+    assert bundle["run"]["status"] == "FINISHED" and bundle["params"]["epochs"] == "1"
+    assert len(bundle["metrics"]["train_loss"]) > 1
+
+
+def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
+    import mlflow.artifacts
+
+    from kaggleops.sync import TAG_ORIGIN_ARTIFACTS
+
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    a.artifact_location = f"{bucket}/artifacts"
+    ta = Tracker(a)
+    run_id = log_run(ta, "fold-0", points=2)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_bytes(b"\x01" * 64)
+    ta.log_artifacts(run_id, tmp_path / "model", "model")
+    assert open_store(bucket).exists(f"artifacts/{run_id}/artifacts/model/weights.bin")
+    push(a)
+    pull(c)
+    origin_uri = imported(Tracker(c))[run_id].data.tags[TAG_ORIGIN_ARTIFACTS]
+    got = mlflow.artifacts.download_artifacts(artifact_uri=f"{origin_uri}/model", dst_path=str(tmp_path / "dl"))
+    assert (Path(got) / "weights.bin").read_bytes() == b"\x01" * 64
