@@ -68,16 +68,21 @@ def _tracker(uri: str, root: Path) -> Any:
     return Tracker(KopsConfig(competition="tweet-sentiment-extraction", tracking_uri=uri, root=root))
 
 
-def _step_seconds(df: Any, settings: Any, out: Path, log: Callable[[dict[str, float], int], None]) -> list[float]:
-    """Seconds between consecutive training steps' log calls (validation and set-up left out)."""
+def _step_seconds(df: Any, settings: Any, out: Path, log: Callable[[dict[str, float], int], None],
+                  in_log: list[float] | None = None) -> list[float]:
+    """Seconds between consecutive training steps' log calls (validation and set-up left out); the time spent
+    inside ``log`` itself is appended to ``in_log``."""
     from kaggleops.tasks.tse.train import train_fold
 
     stamps: list[float] = []
 
     def timed_log(metrics: dict[str, float], step: int) -> None:
+        now = time.perf_counter()
         if "train_loss" in metrics:
-            stamps.append(time.perf_counter())
+            stamps.append(now)
         log(metrics, step)
+        if in_log is not None:
+            in_log.append(time.perf_counter() - now)
 
     train_fold(df, settings, 0, out, timed_log)
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
@@ -91,17 +96,20 @@ def bench_tracking(df: Any, root: Path, url: str, steps: int, repeats: int) -> d
     settings = TrainSettings(max_steps=steps, eval_every=steps, checkpoint_every=None, device="cpu")
     stores = {"sqlite": _tracker(f"sqlite:///{root / 'bench.db'}", root), "server": _tracker(url, root)}
     times: dict[str, list[float]] = {"none": [], "sqlite": [], "server": []}
+    in_log: dict[str, list[float]] = {"none": [], "sqlite": [], "server": []}
     for r in range(repeats):
         for name in times:
             if name == "none":
-                times[name] += _step_seconds(df, settings, root / f"t{r}{name}", lambda m, s: None)
+                times[name] += _step_seconds(df, settings, root / f"t{r}{name}", lambda m, s: None, in_log[name])
                 continue
             tracker = stores[name]
             run_id = tracker.start_run(f"bench-{name}-{r}", {"repeat": r})
             with tracker.metric_logger(run_id) as log:
-                times[name] += _step_seconds(df, settings, root / f"t{r}{name}", log)
+                times[name] += _step_seconds(df, settings, root / f"t{r}{name}", log, in_log[name])
             tracker.end_run(run_id)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out.update({f"{k}_in_log": sum(v) / len(times[k]) for k, v in in_log.items()})  # per step, in the loop
+    return out
 
 
 def bench_bucketing(root: Path, rows: int, steps: int, repeats: int,
@@ -178,6 +186,9 @@ def main() -> None:
             print(f"   no tracking {step['none'] * 1000:.1f} ms | SQLite store {step['sqlite'] * 1000:.1f} ms "
                   f"(ratio {step['sqlite'] / step['none']:.3f}) | loopback server {step['server'] * 1000:.1f} ms "
                   f"(ratio {step['server'] / step['none']:.3f})  goal ≤ 1.02", flush=True)
+            print(f"   time inside log() per step: none {step['none_in_log'] * 1e6:.0f} µs | SQLite "
+                  f"{step['sqlite_in_log'] * 1e6:.0f} µs | server {step['server_in_log'] * 1e6:.0f} µs "
+                  f"({step['server_in_log'] / step['none']:.2%} of a step)", flush=True)
         if 2 in args.only:
             rates, what = bench_bucketing(root, args.rows, args.steps, args.repeats, args.tokenizer)
             print(f"\n2. training samples/s, {what}, median step of {args.steps} × {args.repeats}:")

@@ -44,6 +44,8 @@ class TrainConfig(_Strict):
     oof_top_k: int = Field(10, ge=1, description="candidate spans per OOF row")
     eval_every: int | None = Field(None, ge=1, description="steps between validations; None = each epoch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    tiny: dict[str, Any] | None = Field(None, description="tiny model shape: hidden, layers, heads, intermediate, "
+                                         "dropout (None: the task's default)")
 
 
 class DatasetConfig(_Strict):

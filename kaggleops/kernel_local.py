@@ -3,7 +3,8 @@
 Layout, under ``DIR/.run-local/`` (made fresh each time)::
 
     input/<competition>/      test.csv, sample_submission.csv (+ train.csv) from `data_dir` or the bundled sample
-    input/<dataset slug>/     each planned run's `model/` artifact + a kops-manifest.json naming the run
+    input/<dataset slug>/     each planned run's `model/` artifact (ensemble and reranker folds) + a
+                              kops-manifest.json naming the run
     input/kops-runtime/       the runtime wheel built from the installed kops (as push-kernel would publish it)
     working/                  the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
 
@@ -116,13 +117,18 @@ def load_kernel_folder(folder: Path) -> tuple[dict, dict]:
     return json.loads((folder / PLAN_FILE).read_text()), json.loads((folder / KERNEL_METADATA).read_text())
 
 
+def planned_models(plan: dict) -> list[dict]:
+    """Every model the plan attaches: the ensemble's, then the reranker's folds."""
+    return [*plan["models"], *((plan.get("reranker") or {}).get("models") or [])]
+
+
 def static_checks(plan: dict, metadata: dict) -> list[str]:
     """Problems visible without running: internet on, sources not attached."""
     problems = []
     if metadata.get("enable_internet"):
         problems.append("internet needed: kernel-metadata.json enables internet (code competitions forbid it)")
     attached = set(metadata.get("dataset_sources") or [])
-    for ref in [m["dataset"] for m in plan["models"]] + [plan.get("runtime", {}).get("dataset")]:
+    for ref in [m["dataset"] for m in planned_models(plan)] + [plan.get("runtime", {}).get("dataset")]:
         if ref and ref not in attached:
             problems.append(f"missing input: dataset {ref} is not in kernel-metadata.json dataset_sources")
     if plan["competition"] not in (metadata.get("competition_sources") or []):
@@ -140,7 +146,7 @@ def stage_inputs(cfg: KopsConfig, plan: dict, input_dir: Path, data_dir: Path | 
             shutil.copyfile(Path(source) / name, comp / name)
     tracker = Tracker(cfg)
     problems = []
-    for model in plan["models"]:
+    for model in planned_models(plan):
         target = input_dir / model["dataset"].split("/", 1)[1]
         try:
             downloaded = tracker.download(model["run_id"], "model", input_dir.parent / "download" / model["run_id"])
@@ -219,7 +225,7 @@ def estimate(report: LocalRunReport, full_rows: int | None) -> None:
     """Scale the per-row stages (tokenize, forward, ensemble, decode) to ``full_rows`` test rows."""
     if not full_rows or not report.rows or not report.timings:
         return
-    fixed = sum(s for k, s in report.timings.items() if k.startswith(("install", "check", "load", "read")))
+    fixed = sum(s for k, s in report.timings.items() if k.startswith(("install", "check", "load", "read", "restore")))
     variable = report.timings.get("total", report.seconds) - fixed
     report.estimate_s = round(fixed + variable * full_rows / report.rows, 1)
 

@@ -4,20 +4,30 @@ SELF-CONTAINED: the standard library, torch, transformers and kaggleops.tasks on
 client, pydantic or pandas), because this module runs in a Kaggle image with internet off.
 
 ``main(plan, input_dir, working_dir)``:
-  1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path;
+  1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
+     restores a dataset's zipped sub-folders (``archives`` in the manifest; ``/kaggle/input`` is read-only,
+     so into a scratch view of links + unpacked folders, checked against the manifest's sha256s);
   2. predicts with each planned model in turn (GPU in bf16 where supported, else fp16; CPU in fp32),
      sequences sorted by length and padded per batch, under ``torch.inference_mode``; one model in memory
      at a time; the ensemble is the weighted mean of per-character start/end probabilities;
-  3. writes ``submission.csv`` in ``sample_submission.csv``'s id order, checks it, and prints a timing table
+  3. with a reranker in the plan: the ensemble's top-``n`` character spans per row
+     (``rerank_infer.top_k_char_spans``) are rescored by the reranker's fold models
+     (``rerank_infer.rerank_candidates``, one model in memory at a time); else the best span;
+  4. writes ``submission.csv`` in ``sample_submission.csv``'s id order, checks it, and prints a timing table
      (also written to ``kops-timing.json``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
+import os
+import shutil
+import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +38,9 @@ SUBMISSION = "submission.csv"
 TIMING_FILE = "kops-timing.json"
 REQUIRED_PACKAGES = ("torch", "transformers", "tokenizers")
 PREFIX = "kops:"
+RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
 
 
 class KernelFailure(Exception):
@@ -69,21 +82,79 @@ def check_imports(names: tuple[str, ...] = REQUIRED_PACKAGES) -> None:
                                 "Pick a Kaggle image that ships it, or attach a dataset with its wheel.") from None
 
 
-def find_model_dirs(plan: dict[str, Any], input_dir: Path) -> list[Path]:
-    """Each planned model's folder: the one whose kops-manifest.json names its run id."""
+def find_model_dirs(plan: dict[str, Any], input_dir: Path, specs: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Each planned model's folder (``specs``, default the plan's models): the one whose manifest names its run."""
+    specs = plan["models"] if specs is None else specs
     found: dict[str, Path] = {}
     for manifest in sorted(input_dir.rglob(MANIFEST)):
         try:
             found[json.loads(manifest.read_text())["run_id"]] = manifest.parent
         except (ValueError, KeyError):
             continue
-    missing = [m for m in plan["models"] if m["run_id"] not in found]
+    missing = [m for m in specs if m["run_id"] not in found]
     if missing:
         names = ", ".join(f"run {m['run_id']} (dataset {m['dataset']} v{m['dataset_version']})" for m in missing)
         attached = sorted(p.name for p in input_dir.iterdir()) if input_dir.is_dir() else []
         raise KernelFailure(f"missing input: no attached dataset carries the weights of {names}; "
                             f"attached: {attached}")
-    return [found[m["run_id"]] for m in plan["models"]]
+    return [found[m["run_id"]] for m in specs]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack_archive(archive: Path, target: Path, files: dict[str, Any], prefix: str) -> None:
+    """Unzip ``archive`` into ``target``; each member listed in ``files`` as ``prefix/member`` must match its sha256."""
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(target)
+    for path in sorted(p for p in target.rglob("*") if p.is_file()):
+        entry = files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
+        if entry and _sha256(path) != entry["sha256"]:
+            raise KernelFailure(f"{archive.name} of {archive.parent} holds {path.relative_to(target)} with another "
+                                f"sha256 than {MANIFEST} lists ({entry['sha256'][:12]}…): the dataset is corrupt")
+
+
+def _needs_tokenizer_links(folder: Path) -> bool:
+    return (folder / TOKENIZER_DIR).is_dir() and not any((folder / m).is_file() for m in TOKENIZER_MARKERS)
+
+
+def restore_model_dir(folder: Path, scratch: Path) -> Path:
+    """The model folder as it was logged, from a (read-only) dataset folder.
+
+    Sub-folders travel as ``<name>.zip`` listed under ``archives`` in the manifest (Kaggle may or may not
+    have unpacked them). When one still needs unpacking, or a tokenizer sits only in ``tokenizer/``, a view
+    is built under ``scratch``: links to the dataset's files, the archives unpacked (sha256-checked), and the
+    tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder`` itself.
+    """
+    manifest = json.loads((folder / MANIFEST).read_text())
+    archives = {a: n for a, n in (manifest.get("archives") or {}).items()
+                if (folder / a).is_file() and not (folder / n).is_dir()}
+    if not archives and not _needs_tokenizer_links(folder):
+        return folder
+    view = scratch / str(manifest.get("run_id", folder.name))
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in archives:
+            (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    for archive, name in archives.items():
+        unpack_archive(folder / archive, view / name, manifest.get("files") or {}, name)
+    if _needs_tokenizer_links(view):
+        for entry in sorted((view / TOKENIZER_DIR).iterdir()):
+            if not (view / entry.name).exists():
+                (view / entry.name).symlink_to(entry.resolve())
+    return view
+
+
+def restore_model_dirs(folders: list[Path], scratch: Path | None = None) -> list[Path]:
+    """:func:`restore_model_dir` for each folder (scratch: a temp folder outside the kernel's outputs)."""
+    scratch = scratch or Path(tempfile.gettempdir()) / f"kops-models-{os.getpid()}"
+    return [restore_model_dir(f, scratch) for f in folders]
 
 
 def find_competition_dir(plan: dict[str, Any], input_dir: Path) -> Path:
@@ -143,13 +214,26 @@ def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[di
     return totals
 
 
+def rerank(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
+           reranker_dirs: list[Path], timings: Timings) -> list[str]:
+    """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
+    spec = plan["reranker"]
+    rr = importlib.import_module(spec.get("module", RERANK_MODULE))
+    n = int(spec["n"])
+    with timings.stage("candidates"):
+        cands = [rr.top_k_char_spans(row["text"], ps, pe, k=n) for row, (ps, pe) in zip(rows, totals, strict=True)]
+    with timings.stage("rerank"):
+        answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=float(spec["w"]), n=n,
+                                       batch_size=int(plan.get("rerank_batch_size", 128)))
+    print(f"{PREFIX} reranked {len(rows)} row(s) with {len(reranker_dirs)} reranker model(s), "
+          f"w {float(spec['w']):g}, n {n}")
+    return [a if a.strip() else row["text"] for row, a in zip(rows, answers, strict=True)]
+
+
 def decode(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
            timings: Timings) -> list[str]:
-    """Best character span per row (neutral → whole tweet when the plan says so); reranked when attached."""
+    """Best character span per row (neutral → whole tweet when the plan says so), without a reranker."""
     infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
-    if plan.get("reranker"):
-        raise KernelFailure("the plan attaches a reranker, which this kops runtime cannot run yet")
-    timings.add("rerank (none attached)", 0.0)
     neutral_full = bool(plan.get("post_processing", {}).get("neutral_full_text", True))
     out = []
     for row, (ps, pe) in zip(rows, totals, strict=True):
@@ -203,11 +287,20 @@ def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timin
         test = read_rows(comp / "test.csv")
         ids = [r[plan["id_column"]] for r in read_rows(comp / "sample_submission.csv")]
         model_dirs = find_model_dirs(plan, input_dir)
+        rerank_specs = (plan.get("reranker") or {}).get("models") or []
+        reranker_dirs = find_model_dirs(plan, input_dir, rerank_specs) if rerank_specs else []
+    with timings.stage("restore datasets"):
+        model_dirs = restore_model_dirs(model_dirs)
+        reranker_dirs = restore_model_dirs(reranker_dirs)
     if len(ids) != len(set(ids)):
         raise KernelFailure("sample_submission.csv has duplicate ids")
     totals = predict_ensemble(plan, model_dirs, test, timings, int(plan.get("batch_size", 64)))
-    with timings.stage("decode"):
-        preds = decode(plan, test, totals, timings)
+    if plan.get("reranker"):
+        preds = rerank(plan, test, totals, reranker_dirs, timings)
+    else:
+        timings.add("rerank (none attached)", 0.0)
+        with timings.stage("decode"):
+            preds = decode(plan, test, totals, timings)
     with timings.stage("write + check"):
         by_id = {row[plan["id_column"]]: p for row, p in zip(test, preds, strict=True)}
         path = working_dir / SUBMISSION
@@ -227,6 +320,8 @@ def main(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timi
     except KernelFailure as e:
         print(timings.table(), flush=True)
         raise SystemExit(f"{PREFIX} error: {e}") from None
-    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan['models'])} model(s)")
+    rr = plan.get("reranker")
+    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan['models'])} model(s)"
+          + (f" + a reranker of {len(rr['models'])} model(s)" if rr else ""))
     print(timings.table(), flush=True)
     (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))

@@ -4,6 +4,11 @@ The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap 
 inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
 (:mod:`kaggleops.runtime_wheel`) and runs :func:`kaggleops.kernel_runtime.main` on the embedded plan
 ``kops-kernel.json`` (models: dataset ref + version + run id + weight; reranker; competition; post-processing).
+
+With ``--reranker RUN`` (a ``kops train --stage rerank`` parent, which expands to its ``rerank-fold`` runs, or
+one fold run) the plan's ``reranker`` names each reranker fold's dataset and the tuned ``w``/``n``; inside the
+kernel the ensemble's top-``n`` candidate spans are rescored by those models
+(:func:`kaggleops.tasks.tse.rerank_infer.rerank_candidates`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ TAG_KIND = "kops.kind"
 TAG_FOLD = "kops.fold"
 KIND_KFOLD = "kfold"
 RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
+RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
+RERANK_CONFIG = "kops_rerank.json"
+KIND_RERANK = "rerank"
+KIND_RERANK_FOLD = "rerank-fold"
 INFER_MAX_LEN = 128
 INFER_BATCH = 64
 LOG_TAIL_LINES = 30
@@ -50,6 +59,21 @@ class ModelSource:
     dataset: str
     dataset_version: int
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class RerankerSource:
+    """The reranker attached to a kernel: its run (parent or fold), each fold's dataset, the tuned w and n."""
+
+    run_id: str
+    models: list[ModelSource]
+    w: float
+    n: int
+
+    def as_plan(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "module": RERANK_MODULE, "w": self.w, "n": self.n,
+                "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
+                           for m in self.models]}
 
 
 @dataclass(frozen=True)
@@ -75,11 +99,13 @@ class KernelResult:
     published: list[str] = field(default_factory=list)
     runtime: dict[str, object] = field(default_factory=dict)
     submission: dict[str, object] | None = None
+    reranker: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
-                "published": self.published, "runtime": self.runtime, "submission": self.submission}
+                "published": self.published, "runtime": self.runtime, "submission": self.submission,
+                "reranker": self.reranker}
 
 
 class KernelRunFailed(KernelError):
@@ -133,7 +159,49 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
     return models, published
 
 
-def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset) -> dict[str, object]:
+def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
+    """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
+    kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
+    if kind == KIND_RERANK_FOLD:
+        return [run_id]
+    if kind != KIND_RERANK:
+        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {KIND_RERANK!r}).",
+                        "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
+    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == KIND_RERANK_FOLD]
+    if not children:
+        raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
+                        "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
+    children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+    return [r.info.run_id for r in children]
+
+
+def rerank_settings(tracker: Tracker, fold_run_id: str) -> tuple[float, int]:
+    """The tuned ``(w, n)`` that a reranker fold logged in ``model/kops_rerank.json``."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
+            cfg = json.loads(tracker.download(fold_run_id, f"model/{RERANK_CONFIG}", Path(tmp)).read_text())
+        return float(cfg["w"]), int(cfg["n"])
+    except (OSError, ValueError, KeyError) as e:
+        raise KopsError(f"Reranker run {fold_run_id} has no readable model/{RERANK_CONFIG} ({e}).",
+                        "Retrain the reranker with: kops train --stage rerank --from KFOLD_RUN_ID") from None
+
+
+def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kaggle,
+                     publish_missing: bool = True) -> tuple[RerankerSource, list[str], list[str]]:
+    """The reranker's fold datasets (published first when missing) and tuned w/n.
+
+    Returns (source, fold run ids, newly published run ids).
+    """
+    folds = expand_reranker(tracker, run_id)
+    models, published = resolve_models(cfg, tracker, folds, kaggle, publish_missing)
+    w, n = rerank_settings(tracker, folds[0])
+    return RerankerSource(run_id, models, w, n), folds, published
+
+
+def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
+               reranker: RerankerSource | None = None) -> dict[str, object]:
     """The kernel's embedded plan (kops-kernel.json)."""
     task = get_task(cfg.competition)
     return {
@@ -142,7 +210,7 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
         "id_column": task.id_column,
         "target_column": task.target_column,
         "models": [m.__dict__ for m in models],
-        "reranker": None,
+        "reranker": reranker.as_plan() if reranker else None,
         "runtime": {"dataset": runtime.dataset, "version": runtime.version,
                     "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
         "runtime_module": RUNTIME_MODULE,
@@ -154,7 +222,10 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
                     options: KernelOptions = KernelOptions()) -> dict[str, object]:
-    """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml)."""
+    """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml).
+
+    ``models``: every attached model dataset (the ensemble's and the reranker's).
+    """
     return {
         "id": ref.ref,
         "title": ref.slug.replace("-", " ").title(),
@@ -174,17 +245,19 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
 
 
 def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
-                  runtime: RuntimeDataset, options: KernelOptions = KernelOptions()) -> Path:
+                  runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
+                  reranker: RerankerSource | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    plan = build_plan(cfg, models, runtime)
+    plan = build_plan(cfg, models, runtime, reranker)
     template = resources.files("kaggleops.templates").joinpath(TEMPLATE).read_text()
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
                              plan_json=json.dumps(plan, indent=2))
     compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
     (folder / KERNEL_FILE).write_text(source)
     (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
-    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, models, runtime, options), indent=2))
+    attached = [*models, *(reranker.models if reranker else [])]
+    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options), indent=2))
     return folder
 
 
@@ -204,14 +277,15 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
-                options: KernelOptions | None = None) -> KernelResult:
+                options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
     """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
+    ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
 
     Example:
-        >>> push_kernel(load_config(), ["3f2a…"], options=KernelOptions(wait=True, submit=True))  # doctest: +SKIP
+        >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
     tracker = Tracker(cfg)
@@ -219,15 +293,20 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
+    rerank_source, rerank_runs = None, []
+    if reranker:
+        rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
+        published += more
     runtime = ensure_runtime_dataset(cfg, kaggle)
     ref = default_kernel_ref(cfg)
-    folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options)
+    folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
+                           rerank_source)
     version = kaggle.push_kernel(folder)
-    for run_id in [*model_runs, *parents]:
+    for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict())
+                          runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None)
     if options.wait or options.submit:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     if options.submit:
@@ -258,6 +337,9 @@ def describe(result: KernelResult) -> str:
              f"{f' ({result.status})' if result.status else ''}", result.url,
              f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
              f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
+    if result.reranker:
+        rr = result.reranker
+        lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")
     if result.published:
         lines.append(f"published first: {', '.join(result.published)}")
     if result.submission:

@@ -2,6 +2,10 @@
 
 One run per fold; with more than one fold, the folds are children (``mlflow.parentRunId``) of a k-fold
 parent run carrying the mean CV. The task code never sees MLflow: it gets paths and a ``log`` callback.
+
+Under ``torchrun`` (DDP, see :mod:`kaggleops.distributed`) rank 0 alone opens, resumes and logs the runs and
+tells the other ranks which run and checkpoint each fold continues; they train their shards and log nothing.
+The resume key leaves the process count out: a run started on 2 GPUs resumes on 1 (tag ``kops.world_size``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kaggleops import distributed as dist
 from kaggleops.config import KopsConfig
 from kaggleops.credentials import apply_tracking_credentials
 from kaggleops.errors import DataError, UnknownCompetition
@@ -27,6 +32,7 @@ TAG_KIND = "kops.kind"
 TAG_KEY = "kops.train.key"
 TAG_RESUMES = "kops.resumes"
 TAG_GPU = "kops.gpu"
+TAG_WORLD_SIZE = "kops.world_size"
 MODEL_ARTIFACT = "model"
 OOF_ARTIFACT = "oof"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -102,14 +108,35 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
         TrainResult(runs=[FoldRun(run_id='…', fold=0, val_jaccard=0.61)], ...)
     """
+    joined = dist.init()
+    try:
+        return _train(cfg, folds, data_dir, progress, resume)
+    finally:
+        if joined:
+            dist.destroy()
+
+
+def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
+           resume: bool) -> TrainResult:
     task = get_task_for(cfg)
     df, path = load_training_data(cfg, task, data_dir)
-    settings = task.settings(**cfg.train.model_dump(exclude={"folds"}))
+    overrides = cfg.train.model_dump(exclude={"folds"})
+    if overrides.get("tiny") is None:
+        overrides.pop("tiny", None)
+    settings = task.settings(**overrides)
     chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
     bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
     if bad:
         raise DataError(f"Fold(s) {bad} out of range for n_folds={cfg.train.n_folds}.", "Use --fold 0..n_folds-1.")
     df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
+    if not dist.is_main():
+        return _follow(task, df, settings, chosen)
+    result = _lead(cfg, task, df, settings, chosen, path, progress, resume)
+    return dist.broadcast(result)
+
+
+def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
+          resume: bool) -> TrainResult:
     apply_tracking_credentials()
     tracker = Tracker(cfg)
     params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
@@ -136,13 +163,25 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     return result
 
 
+def _follow(task: Any, df: Any, settings: Any, chosen: list[int]) -> TrainResult:
+    """A rank other than 0: train each fold as rank 0 says (no tracking store touched); rank 0's result."""
+    for fold in chosen:
+        plan = dist.broadcast()
+        if plan["done"]:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"kops-train-rank{dist.rank()}-") as tmp:
+            task.train_fold(df, settings, fold, Path(tmp) / "out", None, progress=False, on_checkpoint=None,
+                            resume_from=Path(plan["resume_from"]) if plan["resume_from"] else None)
+    return dist.broadcast()
+
+
 def machine_tags() -> dict[str, str]:
     """``kops.gpu`` (name and memory, or ``none``) and ``kops.gpu.count`` of this machine."""
     from kaggleops.runtime import gpu_info
 
     gpu = gpu_info()
     name = gpu["name"] if gpu["name"] == "none" else f"{gpu['name']} ({gpu['memory_gb']} GB)"
-    return {TAG_GPU: name, f"{TAG_GPU}.count": gpu.get("count", "0")}
+    return {TAG_GPU: name, f"{TAG_GPU}.count": gpu.get("count", "0"), TAG_WORLD_SIZE: str(dist.world_size())}
 
 
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
@@ -187,6 +226,7 @@ class _Job:
         if self.resume and parent:
             done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
             if done:
+                dist.broadcast({"done": True})
                 return FoldRun(done[0].info.run_id, fold, done[0].data.metrics["best_val_jaccard"])
         found = self._unfinished(same, f"fold {fold}")
         return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
@@ -200,7 +240,7 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
     run = job.tracker.get_run(resume_run)
     resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
     job.tracker.reopen_run(resume_run)
-    job.tracker.set_tags(resume_run, {**{k: v for k, v in tags.items() if k.startswith(TAG_GPU)},
+    job.tracker.set_tags(resume_run, {**{k: v for k, v in tags.items() if k.startswith((TAG_GPU, TAG_WORLD_SIZE))},
                                       TAG_RESUMES: str(resumes)})
     return resume_run, job.tracker.last_steps(resume_run)
 
@@ -212,6 +252,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
     try:
         with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
             resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume") if resume_run else None
+            dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
             with tracker.metric_logger(run_id, skip=skip) as log_fn:
                 slots = _CheckpointSlots(log_fn)
                 result = job.task.train_fold(job.df, job.settings, fold, Path(tmp) / "out", log_fn,

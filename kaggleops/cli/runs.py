@@ -24,11 +24,20 @@ def train(
     on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
     machine_shape: str = typer.Option(None, help="--on kaggle: accelerator (NvidiaTeslaT4, NvidiaL4, ...)."),
     wait: bool = typer.Option(False, help="--on kaggle: follow the kernel and print the run ids it produced."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
+                                                        "re-runs this command under torchrun. `batch_size` stays "
+                                                        "the global batch."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train the competition's model; one MLflow run per fold, with git/env provenance, resumable."""
+    import sys
+
+    from kaggleops import distributed
     from kaggleops.training import train as run_train
+
+    if nproc > 1 and distributed.world_size() == 1:
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
 
     if stage != "base":
         from kaggleops.reranking import train_stage
@@ -51,6 +60,8 @@ def train(
                                 data_dir=data)
     else:
         result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
+    if not distributed.is_main():
+        return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
     lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]
     if result.parent_run_id:
         lines.append(f"k-fold parent run {result.parent_run_id}  cv_jaccard {result.cv_jaccard:.4f}")
@@ -81,6 +92,8 @@ def publish(
 def push_kernel(
     run: list[str] = typer.Option(..., "--run", help="Run id(s) whose models the kernel ensembles; a k-fold "
                                                      "parent run expands to its folds."),
+    reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
+                                                          "models rescore the ensemble's candidate spans."),
     machine_shape: str = typer.Option(None, help="Accelerator, e.g. NvidiaTeslaT4, NvidiaL4, NvidiaTeslaP100 "
                                                  "(default: kops.yaml `kernel.machine_shape`)."),
     public: bool = typer.Option(None, "--public/--private", help="Kernel visibility (default: kops.yaml)."),
@@ -99,7 +112,7 @@ def push_kernel(
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
                             publish=publish_missing, wait=wait, submit=submit, message=message)
     try:
-        result = run_push(load(config), run, on_status=status_printer(hint), options=options)
+        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise

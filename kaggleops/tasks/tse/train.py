@@ -1,6 +1,11 @@
 """Training one fold of the span-extraction model (the Tweet Sentiment Extraction base model).
 
 No MLflow, no Kaggle: the caller passes paths and a ``log(metrics, step)`` callback.
+
+Under ``torchrun`` (see :mod:`kaggleops.distributed`) the model is wrapped in DistributedDataParallel: every rank
+walks the same global batches and trains on its shard of each, gradients are all-reduced, ``batch_size`` stays
+the GLOBAL batch (per rank: ``batch_size / world_size``), so a config means the same training on 1 or N GPUs.
+Rank 0 alone validates, logs and checkpoints (the unwrapped model); the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaggleops import distributed as dist
 from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import TINY
@@ -109,12 +115,16 @@ def _tokenizer_and_model(settings: TrainSettings, texts: list[str], work_dir: Pa
 
     if resume_from is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(Path(resume_from) / TOKENIZER_DIR))
+    elif not dist.is_main():
+        tokenizer = None  # rank 0's, below: a tokenizer trained on the fly must be the same on every rank
     elif settings.tokenizer:
         tokenizer = modeling.load_tokenizer(settings.tokenizer)
     elif settings.model == TINY:
         tokenizer = modeling.build_tokenizer(texts, work_dir / "tokenizer", settings.vocab_size)
     else:
         tokenizer = modeling.load_pretrained_tokenizer(settings.model)
+    if resume_from is None:
+        tokenizer = dist.broadcast(tokenizer)
     if settings.model == TINY:
         model = modeling.build_tiny_model(tokenizer, seed=settings.seed, **settings.tiny)
     else:
@@ -268,21 +278,33 @@ class _Loop:
     step: int = 0
     epoch: int = 0
     group: int = 0
+    ddp: Any = None  # the DistributedDataParallel wrapper of ``model`` under torchrun
+
+    @property
+    def forward(self) -> Any:
+        return self.ddp if self.ddp is not None else self.model
 
 
-def _train_step(loop: _Loop, batches: list[dict[str, Any]]) -> float:
-    """One optimizer step over ``batches`` (gradient accumulation); returns the mean loss."""
+def _train_step(loop: _Loop, batches: list[tuple[dict[str, Any], float, int]]) -> float:
+    """One optimizer step over ``batches`` (gradient accumulation): this rank's ``(batch, weight, global rows)``
+    of each micro-batch (see :func:`kaggleops.distributed.shard`); returns the mean loss over all ranks' rows."""
+    import contextlib
+
     import torch
 
     loop.optimizer.zero_grad(set_to_none=True)
-    rows = sum(len(b["input_ids"]) for b in batches)
+    rows = sum(n for _, _, n in batches)
     total = 0.0
-    for batch in batches:
-        with _autocast(batch["input_ids"].device):
-            loss = loop.model(**batch).loss
-        share = len(batch["input_ids"]) / rows
-        loop.scaler.scale(loss * share).backward()
-        total += float(loss.detach()) * share
+    for i, (batch, weight, n) in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = loop.ddp.no_sync() if loop.ddp is not None and not last else contextlib.nullcontext()
+        share = n / rows
+        with sync:  # no all-reduce before the last micro-batch of the step
+            with _autocast(batch["input_ids"].device):
+                loss = loop.forward(**batch).loss
+            loop.scaler.scale(loss * weight * share).backward()
+        total += float(loss.detach()) * weight / dist.world_size() * share
+    total = dist.all_sum(total, batch["input_ids"].device)
     loop.scaler.unscale_(loop.optimizer)
     torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.settings.grad_clip)
     loop.scaler.step(loop.optimizer)
@@ -314,7 +336,7 @@ def _new_loop(model: Any, settings: TrainSettings, pad_id: int, total: int, log:
 def _loop_state(loop: _Loop) -> dict[str, Any]:
     b = loop.best
     return {"step": loop.step, "epoch": loop.epoch, "group": loop.group, "total": loop.total,
-            "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "world_size": dist.world_size(), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
             "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
             "best": {"score": b.score, "step": b.step, "state": b.state, "preds": b.preds,
                      "candidates": b.candidates}}
@@ -363,6 +385,39 @@ def _total_steps(train: _Split, settings: TrainSettings) -> tuple[int, int]:
     return (min(total, settings.max_steps) if settings.max_steps else total), per_epoch
 
 
+def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any) -> list[tuple[dict[str, Any], float, int]]:
+    """This rank's ``(batch, weight, global rows)`` of each global micro-batch of one step."""
+    return [(_batch(train, mine, pad_id, device), weight, len(idx))
+            for idx in group for mine, weight in [dist.shard(idx)]]
+
+
+def _wrap(loop: _Loop, device: Any) -> None:
+    """Under torchrun: DDP around the model (its construction copies rank 0's weights to every rank) and a
+    dropout RNG of this rank's own (the restored checkpoint RNG is rank 0's)."""
+    if not dist.active():
+        return
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    loop.ddp = DistributedDataParallel(loop.model, device_ids=ids)
+    torch.manual_seed(loop.settings.seed * 7919 + dist.rank() * 104729 + loop.step)
+
+
+def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: int, bar: Any) -> None:
+    """Rank 0 validates and checkpoints when due; the other ranks wait for it."""
+    evaluate_now = loop.step % eval_every == 0 or loop.step == loop.total
+    save_now = bool(loop.settings.checkpoint_every) and loop.step % (loop.settings.checkpoint_every or 1) == 0
+    if dist.is_main():
+        if evaluate_now:
+            _validate(loop, valid, loop.step)
+            bar.set_postfix(val_jaccard=f"{loop.best.score:.4f}")
+        if save_now:
+            ckpt.save(loop)
+    if evaluate_now or save_now:
+        dist.barrier()
+
+
 def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_id: int, log: LogFn,
          ckpt: _Checkpointing, resume: dict[str, Any] | None = None) -> _Loop:
     """Train for ``settings.epochs`` (or ``max_steps``); validate every ``eval_every`` steps and at the end;
@@ -377,14 +432,15 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
     device = next(model.parameters()).device
     if resume is not None:
         set_rng_state(_restore(loop, resume))
-    bar = tqdm(total=total, initial=loop.step, desc="train", disable=not settings.progress)
+    _wrap(loop, device)
+    bar = tqdm(total=total, initial=loop.step, desc="train", disable=not settings.progress or not dist.is_main())
     model.train()
     while loop.step < total:
         groups = _step_groups(train.features, settings, loop.epoch)
         for g in range(loop.group, len(groups)):
             started = time.perf_counter()
             lr = loop.scheduler.get_last_lr()[0]
-            loss = _train_step(loop, [_batch(train, idx, pad_id, device) for idx in groups[g]])
+            loss = _train_step(loop, _shards(train, groups[g], pad_id, device))
             rows = sum(len(idx) for idx in groups[g])
             loop.step, loop.group = loop.step + 1, g + 1
             if loop.group == len(groups):
@@ -392,11 +448,7 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
             bar.update(1)
             log({"train_loss": loss, "lr": lr, "samples_per_s": rows / (time.perf_counter() - started),
                  "epoch": loop.epoch + loop.group / len(groups)}, loop.step)
-            if loop.step % eval_every == 0 or loop.step == total:
-                _validate(loop, valid, loop.step)
-                bar.set_postfix(val_jaccard=f"{loop.best.score:.4f}")
-            if settings.checkpoint_every and loop.step % settings.checkpoint_every == 0:
-                ckpt.save(loop)
+            _after_step(loop, valid, ckpt, eval_every, bar)
             if loop.step >= total or loop.group == 0:
                 break
     bar.close()
@@ -435,6 +487,10 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     and passed to ``on_checkpoint(folder, step)``, which then owns it. ``resume_from`` (such a folder)
     continues the fold from that checkpoint: same batches, same RNG, so the same final weights on CPU.
 
+    Under torchrun every rank calls this with the same arguments (``resume_from`` a folder every rank can read);
+    only rank 0 logs, checkpoints and writes ``model/`` and ``oof.csv``; every rank returns rank 0's best score.
+    A checkpoint records the sampler position in global batches, so it resumes under any number of processes.
+
     Example:
         >>> res = train_fold(load_train("train.csv"), TrainSettings(), fold=0, out_dir="out/f0")  # doctest: +SKIP
         >>> res.val_jaccard  # doctest: +SKIP
@@ -457,15 +513,17 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, model = _tokenizer_and_model(settings, tr_df["text"].tolist(), Path(tmp),
                                                 Path(resume_from) if resume_from is not None else None)
-    model.to(infer.resolve_device(settings.device))
+    model.to(dist.device(settings.device))
     train, valid = _split(tokenizer, tr_df, settings.max_len), _split(tokenizer, va_df, settings.max_len)
     ckpt = _Checkpointing(out_dir, tokenizer, on_checkpoint)
     loop = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log, ckpt, resume)
     best = loop.best
-    model.load_state_dict(best.state)
-    model_dir = out_dir / "model"
-    model.save_pretrained(str(model_dir))
-    save_tokenizer(tokenizer, model_dir)
-    oof_path = _write_oof(valid, best, out_dir / "oof.csv")
-    return FoldResult(model_dir, oof_path, best.score, best.step, loop.step, len(train.rows), len(valid.rows),
+    model_dir, oof_path = out_dir / "model", out_dir / "oof.csv"
+    if dist.is_main():
+        model.load_state_dict(best.state)
+        model.save_pretrained(str(model_dir))
+        save_tokenizer(tokenizer, model_dir)
+        _write_oof(valid, best, oof_path)
+    score, best_step = dist.broadcast((best.score, best.step))
+    return FoldResult(model_dir, oof_path, score, best_step, loop.step, len(train.rows), len(valid.rows),
                       time.perf_counter() - started)
