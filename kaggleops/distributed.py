@@ -86,6 +86,19 @@ def device(requested: Any = None) -> Any:
     return dev
 
 
+def wrap(model: Any, dev: Any, seed: int, step: int) -> Any | None:
+    """Under torchrun: ``model`` in DistributedDataParallel (its construction copies rank 0's weights to every
+    rank), and a dropout RNG of this rank's own (a restored checkpoint's RNG is rank 0's); None otherwise."""
+    if not active():
+        return None
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    torch.manual_seed(seed * 7919 + rank() * 104729 + step)
+    return ddp
+
+
 def barrier() -> None:
     """Wait for every rank (no-op with one process)."""
     if active():

@@ -125,7 +125,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
     """(model runs, k-fold parents): a parent run (``kops.kind=kfold``) expands to its fold runs, in fold order."""
     models: list[str] = []
     parents: list[str] = []
-    for run_id in run_ids:
+    for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
         run = tracker.get_run(run_id)
         if run.data.tags.get(TAG_KIND) != KIND_KFOLD:
             models.append(run_id)
@@ -161,6 +161,7 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
 
 def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
+    run_id = tracker.resolve(run_id)
     kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
     if kind == KIND_RERANK_FOLD:
         return [run_id]

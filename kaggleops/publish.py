@@ -209,6 +209,7 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
         PublishResult(run_id='3f2a…', dataset='alice/fold-0-3f2a9c1e', dataset_version=1, ...)
     """
     tracker = Tracker(cfg)
+    run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
     ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)

@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.errors import ConfigError, RunNotFound
+from kaggleops.errors import ConfigError
 from kaggleops.refs import slugify
 from kaggleops.storage import ObjectStore, md5_b64, open_store
-from kaggleops.tracking import TAG_PARENT, Tracker
+from kaggleops.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -38,10 +38,8 @@ ENV_BUCKET = "KOPS_BUCKET"
 BUNDLE_FORMAT = "kops.run-bundle/1"
 RUNS_PREFIX = "runs/"
 MACHINE_FILE = ".kops/machine-id"
-TAG_ORIGIN_RUN = "kops.origin_run_id"
 TAG_ORIGIN_MACHINE = "kops.origin_machine"
 TAG_ORIGIN_MD5 = "kops.origin_md5"
-TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 MAX_RESULTS = 50_000
 METRICS_PER_BATCH = 1000
@@ -288,20 +286,16 @@ def _merge_run(tracker: Tracker, run_id: str, bundle: dict[str, Any], mapping: d
     return len(missing)
 
 
-def resolve_run_id(tracker: Tracker, run_id: str) -> str:
-    """The local id for ``run_id``: itself when it is a local run, else the run pulled from that origin id.
+def pull_if_configured(cfg: KopsConfig) -> PullResult | None:
+    """`kops sync pull` when a bucket is configured (``KOPS_BUCKET`` or ``storage.bucket``), else nothing."""
+    if not (os.environ.get(ENV_BUCKET) or cfg.storage.bucket):
+        return None
+    return pull(cfg)
 
-    Call it where a command turns a user-typed run id into a run (``Tracker.get_run`` or the CLI commands that
-    take RUN_ID), so `kops publish ORIGIN_ID` works on a viewer machine after `kops sync pull`.
-    """
-    if _is_local_run(tracker, run_id):
-        return run_id
-    if _RUN_ID.match(run_id):
-        ids = _experiment_ids(tracker, all_experiments=True)
-        hits = tracker.client.search_runs(ids, f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'", max_results=1) if ids else []
-        if hits:
-            return hits[0].info.run_id
-    raise RunNotFound(run_id, tracker.uri)
+
+def resolve_run_id(tracker: Tracker, run_id: str) -> str:
+    """The local id for ``run_id`` (a local id, or the origin id of a pulled run); see ``Tracker.resolve``."""
+    return tracker.resolve(run_id)
 
 
 def bundles(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -36,6 +37,8 @@ TAG_DATASET = "kops.dataset"
 TAG_DATASET_VERSION = "kops.dataset.version"
 TAG_KERNEL = "kops.kernel"
 TAG_KERNEL_VERSION = "kops.kernel.version"
+TAG_ORIGIN_RUN = "kops.origin_run_id"
+TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 METRIC_BATCH = 500
 FLUSH_INTERVAL_S = 5.0
 CLOSE_RETRIES = 3
@@ -144,12 +147,41 @@ class Tracker:
         except MlflowException:
             raise RunNotFound(run_id, self.uri) from None
 
+    def resolve(self, run_id: str) -> str:
+        """The local id of ``run_id``: itself for a local run, else the run `kops sync pull` imported from that
+        origin id (tag ``kops.origin_run_id``); RunNotFound otherwise. Commands taking a RUN_ID accept either."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.run_id
+        except MlflowException:
+            pass
+        if re.fullmatch(r"[0-9a-f]{32}", run_id):
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            hits = self.client.search_runs(ids, f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'", max_results=1) if ids else []
+            if hits:
+                return hits[0].info.run_id
+        raise RunNotFound(run_id, self.uri)
+
+    def _origin_artifacts(self, run_id: str) -> str | None:
+        """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""
+        return self.client.get_run(run_id).data.tags.get(TAG_ORIGIN_ARTIFACTS)
+
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Download an artifact of the run; for a pulled run, from the origin machine's artifact store."""
         dst.mkdir(parents=True, exist_ok=True)
+        origin = self._origin_artifacts(run_id)
+        if origin and not self.client.list_artifacts(run_id, artifact_path):
+            return Path(_artifact_repo(origin).download_artifacts(artifact_path, str(dst)))
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
-        return [a.path for a in self.client.list_artifacts(run_id, path)]
+        """Artifact paths of the run (for a pulled run, those in the origin machine's artifact store)."""
+        local = [a.path for a in self.client.list_artifacts(run_id, path)]
+        origin = self._origin_artifacts(run_id)
+        if local or not origin:
+            return local
+        return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
 
     def search(self, filter_string: str = "", max_results: int = 1000) -> list[Run]:
         return list(self.client.search_runs(
@@ -166,6 +198,12 @@ class Tracker:
 
     def latest_metric(self, run: Run, key: str) -> float | None:
         return run.data.metrics.get(key)
+
+
+def _artifact_repo(uri: str) -> Any:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(uri)
 
 
 class MetricLogger:

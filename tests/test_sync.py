@@ -351,3 +351,38 @@ def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_p
     origin_uri = imported(Tracker(c))[run_id].data.tags[TAG_ORIGIN_ARTIFACTS]
     got = mlflow.artifacts.download_artifacts(artifact_uri=f"{origin_uri}/model", dst_path=str(tmp_path / "dl"))
     assert (Path(got) / "weights.bin").read_bytes() == b"\x01" * 64
+
+
+def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a viewer machine after `kops sync pull`: `kops publish ORIGIN_ID` finds the run and its origin artifacts."""
+    from kaggleops.emulator import Emulator
+    from kaggleops.publish import publish
+
+    shared = str(tmp_path / "bucket")
+    a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")
+    ta = Tracker(a)
+    origin = log_run(ta, "fold-0", points=3)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "roberta"}')
+    (model / "model.safetensors").write_bytes(b"\x00" * 512)
+    ta.log_artifacts(origin, model, "model")
+    push(a)
+    local_id = pull(c).created[0]
+    with Emulator(tmp_path / "emu", username="alice", key="k") as emu:
+        for var, value in {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "k", "KOPS_KAGGLE_ENDPOINT": emu.url}.items():
+            monkeypatch.setenv(var, value)
+        result = publish(c, origin)
+    assert result.run_id == local_id and result.dataset_version == 1
+    assert Tracker(c).get_run(local_id).data.tags["kops.dataset"] == result.dataset
+
+
+def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
+    from kaggleops.sync import pull_if_configured
+
+    shared = str(tmp_path / "bucket")
+    a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")
+    log_run(Tracker(a), "fold-0", points=3)
+    push(a)
+    assert len(pull_if_configured(c).created) == 1          # what `kops ui` does before starting the server
+    assert pull_if_configured(machine(tmp_path, None, "nobucket")) is None

@@ -108,9 +108,14 @@ def ui(
     config: str = CONFIG_OPT,
 ) -> None:
     """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
+    from kaggleops.sync import pull_if_configured
     from kaggleops.ui import start_ui
 
-    server = start_ui(load(config), port=port)
+    cfg = load(config)
+    pulled = pull_if_configured(cfg)
+    if pulled is not None:
+        hint(f"Pulled from {pulled.bucket}: {len(pulled.created)} new, {len(pulled.updated)} updated run(s).")
+    server = start_ui(cfg, port=port)
     typer.echo(server.url)
     if server.process is None:
         hint("The tracking store is a server already: open the URL above.")

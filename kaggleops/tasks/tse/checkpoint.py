@@ -2,7 +2,9 @@
 
 A checkpoint is a folder: ``state.pt`` (model, optimizer, scheduler, grad scaler, sampler position =
 epoch + next batch group, step, python/numpy/torch/CUDA RNG states, the best-so-far weights and their OOF
-predictions) and ``tokenizer/`` (so a tokenizer trained on the fly is reused, not retrained).
+predictions, ``world_size`` that wrote it) and ``tokenizer/`` (so a tokenizer trained on the fly is reused, not
+retrained). Under DDP rank 0 writes it from the unwrapped model; the sampler position counts GLOBAL batches, so
+a checkpoint of 2 processes resumes in 1 (or N) unchanged.
 No MLflow here: the caller decides where a finished checkpoint folder goes.
 """
 

@@ -22,6 +22,7 @@ from kaggleops import distributed as dist
 from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import TINY
+from kaggleops.tasks.tse.sampler import BUCKET_WINDOW, epoch_batches, step_groups  # noqa: F401  (public here too)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 LogFn = Callable[[dict[str, float], int], None]
 CheckpointFn = Callable[[Path, int], None]
 OOF_COLUMNS = ["textID", "sentiment", "text", "selected_text", "pred", "jaccard", "candidates"]
-BUCKET_WINDOW = 50  # length bucketing sorts windows of this many batches
 
 
 @dataclass
@@ -142,10 +142,16 @@ def _split(tokenizer: Any, df: pd.DataFrame, max_len: int) -> _Split:
     return _Split(rows, features, labels)
 
 
-def _batch(split: _Split, idx: list[int], pad_id: int, device: Any) -> dict[str, Any]:
+def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int | None = None) -> dict[str, Any]:
+    """Rows ``idx`` as tensors with labels; ``width``: pad to it (a DDP shard is padded as its whole batch would
+    be: the span loss's softmax runs over the padded positions too, so padding changes the loss)."""
     import torch
 
     batch = infer.collate([split.features[i] for i in idx], pad_id)
+    extra = (width or 0) - batch["input_ids"].shape[1]
+    if extra > 0:
+        batch = {k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0)
+                 for k, v in batch.items()}
     batch["start_positions"] = torch.tensor([split.labels[i][0] for i in idx])
     batch["end_positions"] = torch.tensor([split.labels[i][1] for i in idx])
     return {k: v.to(device) for k, v in batch.items()}
@@ -223,34 +229,6 @@ def _jaccard_metrics(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, 
     metrics = {"val_jaccard": sum(every) / max(1, len(every))}
     metrics.update({f"val_jaccard_{k}": sum(v) / len(v) for k, v in sorted(scores.items())})
     return metrics
-
-
-def epoch_batches(features: list[infer.Encoded], batch_size: int, seed: int, epoch: int,
-                  bucketing: bool = True) -> list[list[int]]:
-    """The training batches of one epoch, a pure function of ``(seed, epoch)`` (so a resumed run replays them).
-
-    With ``bucketing`` the shuffled rows are cut into windows of ``BUCKET_WINDOW`` batches, each window is
-    sorted by length and cut into batches, and the batches are shuffled: similar lengths, little padding.
-    """
-    rng = random.Random(f"{seed}:{epoch}")
-    order = list(range(len(features)))
-    rng.shuffle(order)
-    if not bucketing:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    window = batch_size * BUCKET_WINDOW
-    batches = []
-    for w in range(0, len(order), window):
-        chunk = sorted(order[w : w + window], key=lambda i: len(features[i]))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def _step_groups(features: list[infer.Encoded], settings: TrainSettings, epoch: int) -> list[list[list[int]]]:
-    """One epoch's optimizer steps, each a list of ``grad_accum`` micro-batches."""
-    batches = epoch_batches(features, settings.batch_size, settings.seed, epoch, settings.length_bucketing)
-    k = max(1, settings.grad_accum)
-    return [batches[i : i + k] for i in range(0, len(batches), k)]
 
 
 @dataclass
@@ -387,21 +365,12 @@ def _total_steps(train: _Split, settings: TrainSettings) -> tuple[int, int]:
 
 def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any) -> list[tuple[dict[str, Any], float, int]]:
     """This rank's ``(batch, weight, global rows)`` of each global micro-batch of one step."""
-    return [(_batch(train, mine, pad_id, device), weight, len(idx))
-            for idx in group for mine, weight in [dist.shard(idx)]]
-
-
-def _wrap(loop: _Loop, device: Any) -> None:
-    """Under torchrun: DDP around the model (its construction copies rank 0's weights to every rank) and a
-    dropout RNG of this rank's own (the restored checkpoint RNG is rank 0's)."""
-    if not dist.active():
-        return
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    loop.ddp = DistributedDataParallel(loop.model, device_ids=ids)
-    torch.manual_seed(loop.settings.seed * 7919 + dist.rank() * 104729 + loop.step)
+    out = []
+    for idx in group:
+        mine, weight = dist.shard(idx)
+        width = max(len(train.features[i]) for i in idx) if dist.world_size() > 1 else None
+        out.append((_batch(train, mine, pad_id, device, width), weight, len(idx)))
+    return out
 
 
 def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: int, bar: Any) -> None:
@@ -432,11 +401,11 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
     device = next(model.parameters()).device
     if resume is not None:
         set_rng_state(_restore(loop, resume))
-    _wrap(loop, device)
+    loop.ddp = dist.wrap(model, device, settings.seed, loop.step)
     bar = tqdm(total=total, initial=loop.step, desc="train", disable=not settings.progress or not dist.is_main())
     model.train()
     while loop.step < total:
-        groups = _step_groups(train.features, settings, loop.epoch)
+        groups = step_groups(train.features, settings, loop.epoch)
         for g in range(loop.group, len(groups)):
             started = time.perf_counter()
             lr = loop.scheduler.get_last_lr()[0]
