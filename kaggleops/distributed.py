@@ -65,11 +65,16 @@ def init() -> bool:
     return True
 
 
-def destroy() -> None:
-    """Leave the process group (when one is up)."""
+def destroy(together: bool = False) -> None:
+    """Leave the process group (when one is up). ``together`` (the success path) first waits for every rank:
+    a rank that tears its gloo connections down while a peer still uses them can make that peer abort
+    ("terminate called without an active exception", seen once under heavy load). On a failure path no rank
+    waits, since a peer may be stuck in another collective."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

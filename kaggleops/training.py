@@ -110,10 +110,14 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     """
     joined = dist.init()
     try:
-        return _train(cfg, folds, data_dir, progress, resume)
-    finally:
+        result = _train(cfg, folds, data_dir, progress, resume)
+    except BaseException:
         if joined:
             dist.destroy()
+        raise
+    if joined:
+        dist.destroy(together=True)
+    return result
 
 
 def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,

@@ -104,3 +104,25 @@ def test_cli_train_git_from_an_empty_folder(tmp_path: Path, bare_repo: tuple[Pat
 
     run = MlflowClient(tracking_uri=f"sqlite:///{here / 'mlflow.db'}").get_run(run_id)
     assert run.data.tags[TAG_GIT_COMMIT] == first
+
+
+@pytest.mark.slow
+def test_mlflow_run_trains_with_kops(tmp_path: Path) -> None:
+    """`kops init --mlproject` makes a repo that `mlflow run` can train (env manager: the current one)."""
+    import os
+    import sys
+
+    git(tmp_path, "init", "-q")
+    (tmp_path / "kops.yaml").write_text(render_template(owner="alice", folds=[0], epochs=1))
+    write_mlproject(tmp_path, "tse")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "project")
+    bin_dir = str(Path(sys.executable).parent)
+    out = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local", "-P", "fold=0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fold 0: run " in out.stdout
+    runs = Tracker(load_config(tmp_path / "kops.yaml")).search()
+    assert [r.info.run_name for r in runs] == ["fold-0"]
+    assert runs[0].data.tags[TAG_GIT_COMMIT] == git(tmp_path, "rev-parse", "HEAD")

@@ -57,7 +57,7 @@ def train(
         from kaggleops.gitsource import GitSpec, train_from_git, try_load
 
         result = train_from_git(try_load(config), GitSpec.parse(git), folds=fold or None, progress=not as_json,
-                                data_dir=data)
+                                data_dir=data, resume=resume)
     else:
         result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
     if not distributed.is_main():
