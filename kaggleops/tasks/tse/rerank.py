@@ -261,7 +261,7 @@ def _fit(model: Any, feats: list[dict], targets: list[float], settings: RerankSe
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            log({"train_loss": float(loss), "lr": sched.get_last_lr()[0], "epoch": epoch,
+            log({"train_loss": float(loss.detach()), "lr": sched.get_last_lr()[0], "epoch": epoch,
                  "pairs_per_s": step * settings.batch_size / max(1e-9, time.perf_counter() - t0)}, step)
     return step
 
