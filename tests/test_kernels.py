@@ -201,6 +201,29 @@ def test_run_local_names_a_kernel_folder_it_cannot_use(env: dict[str, Any], tmp_
                                   "Render one with: kops push-kernel --run RUN_ID (it writes .kops/kernels/<slug>/).")
 
 
+@pytest.mark.slow
+def test_push_with_submit_waits_submits_and_records_the_submission(env: dict[str, Any],
+                                                                   pushed: dict[str, Any]) -> None:
+    """`kops push-kernel --run PARENT --submit`: a new version, waited for, submitted, and its submission run names
+    the fold runs."""
+    import json
+    import subprocess
+    import sys
+
+    from kaggleops.submit import TAG_SOURCE_RUNS
+    from kaggleops.tracking import Tracker
+
+    parent = env["trained"].parent_run_id
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", parent, "--submit", "--json"],
+                         cwd=env["workdir"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["kernel_version"] == pushed["result"].kernel_version + 1 and result["status"] == "COMPLETE"
+    run = Tracker(env["cfg"]).get_run(result["submission"]["submission_run_id"])
+    assert sorted(run.data.tags[TAG_SOURCE_RUNS].split(",")) == sorted(r.run_id for r in env["trained"].runs)
+    assert run.data.tags["kops.kernel.version"] == str(result["kernel_version"])
+
+
 def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, Any], pushed: dict[str, Any]) -> None:
     """Fold 1's tag points at fold 0's dataset: the kernel finds no weights for fold 1 and says so.
 
