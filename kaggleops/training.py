@@ -149,21 +149,22 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
-    runs = []
     try:
-        with background_sync(cfg):  # `kops sync push` every storage.sync_minutes; no-op without a bucket
-            runs = [job.fold(fold, parent) for fold in chosen]
+        # `kops sync push` every storage.sync_minutes and once at the end (no-op without a bucket); the parent is
+        # closed inside, so that last push carries its final status and CV.
+        with background_sync(cfg):
+            return _close_parent(tracker, [job.fold(fold, parent) for fold in chosen], parent)
     except BaseException:
         if parent:
             tracker.end_run(parent, "FAILED")
         raise
-    result = TrainResult(runs, parent)
+
+
+def _close_parent(tracker: Tracker, runs: list[FoldRun], parent: str | None) -> TrainResult:
+    result = TrainResult(runs, parent, cv_jaccard=sum(r.val_jaccard for r in runs) / len(runs))
     if parent:
-        result.cv_jaccard = sum(r.val_jaccard for r in runs) / len(runs)
         tracker.log_metrics(parent, {"cv_jaccard": result.cv_jaccard})
         tracker.end_run(parent)
-    else:
-        result.cv_jaccard = runs[0].val_jaccard
     return result
 
 

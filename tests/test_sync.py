@@ -324,13 +324,19 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
 
     cfg = machine(tmp_path, str(tmp_path / "bucket"), "a")
     cfg.storage.sync_minutes = 0.01
-    cfg.train.epochs, cfg.train.folds = 1, [0]
-    run_id = train(cfg, progress=False).runs[0].run_id
-    [row] = bundles(cfg)
-    assert row["run_id"] == run_id and row["machine"] in (tmp_path / "a" / ".kops" / "machine-id").read_text()
-    bundle = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(f"runs/{row['machine']}/{run_id}.json"))
+    cfg.train.epochs, cfg.train.folds, cfg.train.max_steps = 1, [0, 1], 6
+    result = train(cfg, progress=False)
+    run_id = result.runs[0].run_id
+    rows = {row["run_id"]: row for row in bundles(cfg)}
+    assert set(rows) == {result.parent_run_id, *(r.run_id for r in result.runs)}
+    machine_id = rows[run_id]["machine"]
+    assert machine_id in (tmp_path / "a" / ".kops" / "machine-id").read_text()
+    bundle = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(f"runs/{machine_id}/{run_id}.json"))
     assert bundle["run"]["status"] == "FINISHED" and bundle["params"]["epochs"] == "1"
     assert len(bundle["metrics"]["train_loss"]) > 1
+    parent = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(
+        f"runs/{machine_id}/{result.parent_run_id}.json"))
+    assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent["metrics"]  # the end is in the bucket
 
 
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
