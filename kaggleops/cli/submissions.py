@@ -66,13 +66,17 @@ def scores(
         hint("Submissions made outside kops are listed but not recorded; record them with: kops scores --all")
 
 
+WIDE_OUTPUT = 220
+
+
 def _table(rows: list[Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="kops leaderboard", show_lines=False)
     numbers = ("ref", "LB public", "LB private", "CV")
     for name in (*numbers[:1], "date", "status", *numbers[1:], "models", "datasets", "kernel / file", "commit"):
-        table.add_column(name, justify="right" if name in numbers else "left", no_wrap=name in numbers)
+        table.add_column(name, justify="right" if name in numbers else "left",
+                         no_wrap=name in (*numbers, "date", "status", "commit"))
     for r in rows:
         status = r.status + (f": {r.error[:60]}" if r.error else "")
         table.add_row(str(r.submission_ref or "-"), r.date[:16].replace("T", " "), status, _score(r.lb_public),
@@ -97,9 +101,12 @@ def leaderboard(
     if not rows:
         typer.echo("No submissions recorded yet. Submit with: kops submit")
         return
+    import sys
+
     from rich.console import Console
 
-    Console().print(_table(rows))
+    # a pipe or file gets the whole table, not one squeezed into rich's 80-column default
+    Console(width=None if sys.stdout.isatty() else WIDE_OUTPUT).print(_table(rows))
 
 
 @app.command()
