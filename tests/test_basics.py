@@ -12,7 +12,7 @@ import pytest
 from kaggleops.config import load_config, render_template
 from kaggleops.errors import ConfigError
 from kaggleops.provenance import strip_credentials
-from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef, slugify
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, slugify
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
@@ -46,9 +46,9 @@ def test_mean_jaccard_rejects_misaligned_rows() -> None:
 def test_refs_parse_and_print() -> None:
     ref = DatasetRef.parse("alice/tse-roberta-f0/3")
     assert (ref.owner, ref.slug, ref.version, str(ref)) == ("alice", "tse-roberta-f0", 3, "alice/tse-roberta-f0/3")
-    assert DatasetRef.parse("alice/tse-roberta-f0").url() == "https://www.kaggle.com/datasets/alice/tse-roberta-f0"
+    assert DatasetRef.parse("alice/tse-roberta-f0").url() == f"{KAGGLE_WEB}/datasets/alice/tse-roberta-f0"
     assert KernelRef.parse("alice/tse-infer").url("http://127.0.0.1:9") == "http://127.0.0.1:9/code/alice/tse-infer"
-    assert CompetitionRef.parse("https://www.kaggle.com/competitions/tweet-sentiment-extraction").slug == \
+    assert CompetitionRef.parse(f"{KAGGLE_WEB}/competitions/tweet-sentiment-extraction").slug == \
         "tweet-sentiment-extraction"
     with pytest.raises(ValueError, match="Expected owner/slug"):
         DatasetRef.parse("no-owner")

@@ -17,7 +17,7 @@ import pytest
 from kaggleops.emulator import Emulator
 from kaggleops.errors import CredentialsMissing, DatasetNotFound, QuotaExceeded, RulesNotAccepted, TimedOut
 from kaggleops.kaggle import Kaggle
-from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
 USER, KEY = "testuser", "testkey"
 COMP = CompetitionRef("tiny-comp")
@@ -155,7 +155,7 @@ def test_rules_not_accepted(emulator: Emulator, tmp_path: Path) -> None:
     with pytest.raises(RulesNotAccepted) as err:
         kaggle.submit_code(COMP, ref, "submission.csv", "kops:aaaaaaaaaaaa")
     assert str(err.value) == ("Submit to tiny-comp: Kaggle refused access to competition tiny-comp (403). "
-                              "Accept the rules at https://www.kaggle.com/competitions/tiny-comp/rules and retry.")
+                              f"Accept the rules at {KAGGLE_WEB}/competitions/tiny-comp/rules and retry.")
     assert emulator.state_summary()["submissions"] == []
 
 
@@ -179,7 +179,7 @@ def test_missing_credentials(emulator: Emulator, monkeypatch: pytest.MonkeyPatch
     assert str(err.value) == (
         f"No Kaggle credentials found (looked in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
         f"{home / '.kaggle' / 'kaggle.json'}, {home / '.kaggle' / 'access_token'}). Set KAGGLE_USERNAME and "
-        "KAGGLE_KEY, or save kaggle.json from https://www.kaggle.com/settings there.")
+        f"KAGGLE_KEY, or save kaggle.json from {KAGGLE_WEB}/settings there.")
 
 
 def test_wrong_key(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,7 +187,7 @@ def test_wrong_key(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CredentialsMissing) as err:
         kaggle_for(emulator).list_submissions(COMP)
     assert str(err.value) == ("Submissions of tiny-comp: Kaggle rejected the credentials (401). Check "
-                              "KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json (a new key: https://www.kaggle.com/settings).")
+                              f"KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json (a new key: {KAGGLE_WEB}/settings).")
 
 
 # ---- wire faithfulness: every field the emulator answers exists in kagglesdk's response type ------------

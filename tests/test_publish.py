@@ -18,6 +18,7 @@ from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError, PublishError
 from kaggleops.kaggle import Kaggle
 from kaggleops.publish import publish, restore_dataset_folder
+from kaggleops.refs import KAGGLE_WEB
 from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracker
 
 USER, KEY = "testuser", "testkey"
@@ -280,7 +281,7 @@ def test_cli_publish_errors_are_one_line_with_exit_1(project: Path, emulator: Em
     assert (code, err) == (1, (
         "kops: error: No Kaggle credentials found (looked in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
         f"{config_dir / 'kaggle.json'}, {home / '.kaggle' / 'access_token'}). Set KAGGLE_USERNAME and KAGGLE_KEY, "
-        "or save kaggle.json from https://www.kaggle.com/settings there.\n"))
+        f"or save kaggle.json from {KAGGLE_WEB}/settings there.\n"))
     assert TAG_DATASET not in run_tags(project, run_id)
     assert not (emulator.root / "requests.log").exists() or rpc_log(emulator, "/StartBlobUpload") == []
 
