@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,46 +83,68 @@ def new_workdir(workdir: Path | None) -> Path:
     return workdir.resolve()
 
 
-def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | None = None,
-             echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
-    """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
+@dataclass
+class Workspace:
+    """A demo work folder aimed at a running, seeded emulator (see :func:`demo_workspace`)."""
+
+    cfg: Any
+    emulator: Any
+    url: str
+    test_rows: int
+
+
+@contextlib.contextmanager
+def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
+                   folds: list[int] | None = None) -> Iterator[Workspace]:
+    """An existing, empty ``workdir`` made a git repo with a kops.yaml, aimed at a loopback emulator seeded with the
+    bundled competition; environment and current folder are restored and the emulator stopped afterwards.
+    `kops demo` and the end-to-end tests start from here."""
     from kaggleops.config import load_config
     from kaggleops.emulator import Emulator
-    from kaggleops.kernels import push_kernel
-    from kaggleops.publish import publish
-    from kaggleops.submit import scores, submit
-    from kaggleops.training import get_task_for, train
+    from kaggleops.training import get_task_for
 
-    workdir = new_workdir(workdir)
-    emulator = Emulator(workdir / ".emulator", username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
-    summary: dict[str, Any] = {"workdir": str(workdir)}
-    started = time.perf_counter()
+    emulator = Emulator(emulator_root, username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
+    url = emulator.start()
     try:
-        url = emulator.start()
         init_workdir(workdir, epochs, folds or [0])
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
-            rows = seed_competition(emulator, get_task_for(cfg))
-            summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
-            echo("emulator", f"{url}, competition {COMPETITION} ({rows} hidden test rows)")
-            trained = train(cfg, progress=False)
-            summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
-            echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
-            pub = publish(cfg, trained.runs[0].run_id)
-            summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
-            echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
-            kern = push_kernel(cfg, [trained.runs[0].run_id], wait=True)
-            summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version)
-            echo("push-kernel", f"kernel {kern.kernel} version {kern.kernel_version}: {kern.status}")
-            sub = submit(cfg, kern.kernel, kern.kernel_version, "kops demo")
-            summary.update(submission_ref=sub.submission_ref, submission_run_id=sub.submission_run_id)
-            echo("submit", f"submission {sub.submission_ref} (submission run {sub.submission_run_id})")
-            row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
-                       if r.submission_ref == sub.submission_ref)
-            summary.update(lb_public=row.lb_public, lb_private=row.lb_private, status=row.status)
-            echo("scores", f"public {row.lb_public} / private {row.lb_private} written to runs "
-                           f"{', '.join([sub.submission_run_id, *row.source_runs])}")
+            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg)))
     finally:
         emulator.stop()
+
+
+def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | None = None,
+             echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
+    """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
+    from kaggleops.kernels import push_kernel
+    from kaggleops.publish import publish
+    from kaggleops.submit import scores, submit
+    from kaggleops.training import train
+
+    workdir = new_workdir(workdir)
+    summary: dict[str, Any] = {"workdir": str(workdir)}
+    started = time.perf_counter()
+    with demo_workspace(workdir, workdir / ".emulator", epochs, folds) as ws:
+        cfg, url = ws.cfg, ws.url
+        summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
+        echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
+        trained = train(cfg, progress=False)
+        summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
+        echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
+        pub = publish(cfg, trained.runs[0].run_id)
+        summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
+        echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
+        kern = push_kernel(cfg, [trained.runs[0].run_id], wait=True)
+        summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version)
+        echo("push-kernel", f"kernel {kern.kernel} version {kern.kernel_version}: {kern.status}")
+        sub = submit(cfg, kern.kernel, kern.kernel_version, "kops demo")
+        summary.update(submission_ref=sub.submission_ref, submission_run_id=sub.submission_run_id)
+        echo("submit", f"submission {sub.submission_ref} (submission run {sub.submission_run_id})")
+        row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
+                   if r.submission_ref == sub.submission_ref)
+        summary.update(lb_public=row.lb_public, lb_private=row.lb_private, status=row.status)
+        echo("scores", f"public {row.lb_public} / private {row.lb_private} written to runs "
+                       f"{', '.join([sub.submission_run_id, *row.source_runs])}")
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

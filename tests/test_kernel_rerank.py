@@ -35,32 +35,23 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Emulator + 2-fold base (1 epoch) + a tiny reranker over it, pushed with the real CLI and run."""
-    from kaggleops.config import CONFIG_FILE, load_config
-    from kaggleops.demo import DEMO_KEY, DEMO_USER, _chdir, demo_environment, init_workdir, seed_competition
-    from kaggleops.emulator import Emulator
+    from kaggleops.demo import demo_workspace
     from kaggleops.reranking import train_reranker
-    from kaggleops.training import get_task_for, train
+    from kaggleops.training import train
 
     workdir = tmp_path_factory.mktemp("kernel-rerank") / "work"
     workdir.mkdir()
-    emulator = Emulator(workdir.parent / "emu", username=DEMO_USER, key=DEMO_KEY)
-    url = emulator.start()
-    init_workdir(workdir, epochs=1, folds=[0, 1])
-    try:
-        with demo_environment(workdir, url), _chdir(workdir):
-            cfg = load_config(workdir / CONFIG_FILE)
-            seed_competition(emulator, get_task_for(cfg))
-            trained = train(cfg, progress=False)
-            reranker = train_reranker(cfg, [trained.parent_run_id], RERANK_OVERRIDES, progress=False)
-            out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", trained.parent_run_id,
-                                  "--reranker", reranker.parent_run_id, "--wait", "--json"], cwd=workdir,
-                                 capture_output=True, text=True, env=dict(os.environ), timeout=600)
-            assert out.returncode == 0, out.stderr[-3000:]
-            env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
-            yield {"cfg": cfg, "workdir": workdir, "env": env, "trained": trained, "reranker": reranker,
-                   "pushed": json.loads(out.stdout)}
-    finally:
-        emulator.stop()
+    with demo_workspace(workdir, workdir.parent / "emu", epochs=1, folds=[0, 1]) as ws:
+        cfg = ws.cfg
+        trained = train(cfg, progress=False)
+        reranker = train_reranker(cfg, [trained.parent_run_id], RERANK_OVERRIDES, progress=False)
+        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", trained.parent_run_id,
+                              "--reranker", reranker.parent_run_id, "--wait", "--json"], cwd=workdir,
+                             capture_output=True, text=True, env=dict(os.environ), timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
+        yield {"cfg": cfg, "workdir": workdir, "env": env, "trained": trained, "reranker": reranker,
+               "pushed": json.loads(out.stdout)}
 
 
 @pytest.fixture

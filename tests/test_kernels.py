@@ -25,25 +25,15 @@ LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGL
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Emulator + a work folder with a 2-fold k-fold parent run (1 epoch each), as `kops demo` sets up."""
-    from kaggleops.config import CONFIG_FILE, load_config
-    from kaggleops.demo import DEMO_KEY, DEMO_USER, _chdir, demo_environment, init_workdir, seed_competition
-    from kaggleops.emulator import Emulator
-    from kaggleops.training import get_task_for, train
+    from kaggleops.demo import demo_workspace
+    from kaggleops.training import train
 
     workdir = tmp_path_factory.mktemp("kernels") / "work"
     workdir.mkdir()
-    emulator = Emulator(workdir.parent / "emu", username=DEMO_USER, key=DEMO_KEY)
-    url = emulator.start()
-    init_workdir(workdir, epochs=1, folds=[0, 1])
-    try:
-        with demo_environment(workdir, url), _chdir(workdir):
-            cfg = load_config(workdir / CONFIG_FILE)
-            seed_competition(emulator, get_task_for(cfg))
-            trained = train(cfg, progress=False)
-            env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
-            yield {"cfg": cfg, "workdir": workdir, "emulator": emulator, "env": env, "trained": trained}
-    finally:
-        emulator.stop()
+    with demo_workspace(workdir, workdir.parent / "emu", epochs=1, folds=[0, 1]) as ws:
+        trained = train(ws.cfg, progress=False)
+        env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
+        yield {"cfg": ws.cfg, "workdir": workdir, "emulator": ws.emulator, "env": env, "trained": trained}
 
 
 @pytest.fixture
