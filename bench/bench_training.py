@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,35 +26,18 @@ REAL_TRAIN = SHARED / "tweet-sentiment-extraction" / "train.csv"
 ROBERTA_TOKENIZER = SHARED / "roberta-base-tokenizer"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[str]:
     """`mlflow server --workers 1` on 127.0.0.1 with a SQLite backend; yields its URL."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (root / "server.log").open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(1800):
-                if proc.poll() is not None:
-                    raise RuntimeError((root / "server.log").read_text()[-2000:])
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    from kaggleops.ui import serve_mlflow
+
+    server = serve_mlflow(f"sqlite:///{root / 'server.db'}", ["--artifacts-destination", str(root / "art")], root,
+                          root / "server.log", timeout_s=180)
+    try:
+        yield server.base
+    finally:
+        server.stop()
 
 
 def _tracker(uri: str, root: Path) -> Any:

@@ -143,18 +143,37 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
         return UiServer(runs_url(tracker.uri, experiment_id, share_key=share_key), tracker.uri)
     if not _port_free(host, port):
         raise PortInUse(f"Port {port} on {host} is in use.", "Pick another: kops ui --port 5001")
+    server = serve_mlflow(tracker.uri, ["--default-artifact-root", cfg.resolved_artifact_location], cfg.root,
+                          cfg.root / ".kops" / "mlflow-ui.log", port=port, host=host, timeout_s=timeout_s)
+    server.url = runs_url(server.base, experiment_id, share_key=share_key)
+    return server
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_mlflow(backend_uri: str, artifact_args: list[str], cwd: Path, log: Path, port: int = 0,
+                 host: str = DEFAULT_HOST, timeout_s: float = START_TIMEOUT_S) -> UiServer:
+    """``mlflow server`` with the lean settings (one worker, no job execution), started and answering /health.
+
+    ``artifact_args``: e.g. ``["--default-artifact-root", uri]`` or ``["--artifacts-destination", path]``.
+    ``port=0`` picks a free one. Used by `kops ui`, and by the server-mode tests and benchmarks.
+    """
+    port = port or free_port(host)
     base = f"http://{host}:{port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
-           "--default-artifact-root", cfg.resolved_artifact_location,
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, *artifact_args,
            "--host", host, "--port", str(port), "--workers", "1"]
-    log = cfg.root / ".kops" / "mlflow-ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, env={**os.environ, **LEAN_ENV}, cwd=cfg.root, stdout=out,
+        process = subprocess.Popen(cmd, env={**os.environ, **LEAN_ENV}, cwd=cwd, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         _wait_healthy(base, process, timeout_s, log)
     except BaseException:
         UiServer(base, base, process).stop()
         raise
-    return UiServer(runs_url(base, experiment_id, share_key=share_key), base, process, str(log))
+    return UiServer(base, base, process, str(log))

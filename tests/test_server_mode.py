@@ -7,12 +7,6 @@ the server's own artifact root, and the MLFLOW_TRACKING_PASSWORD never reaches a
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,38 +15,20 @@ import pytest
 PASSWORD = "kops-server-s3cret-pw"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    port = _free_port()
+    from kaggleops.ui import serve_mlflow
+
     srv = tmp_path / "server"
     srv.mkdir()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{srv / 'mlflow.db'}", "--artifacts-destination", str(srv / "artifacts")]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (srv / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=srv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
+                          srv, srv / "server.log", timeout_s=120)
     try:
-        for _ in range(1200):
-            assert proc.poll() is None, (srv / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        yield url
+        yield server.base
     finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
+        server.stop()
 
 
 @pytest.mark.slow
