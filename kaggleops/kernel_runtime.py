@@ -100,7 +100,8 @@ def find_model_dirs(plan: dict[str, Any], input_dir: Path, specs: list[dict[str,
     return [found[m["run_id"]] for m in specs]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (publish writes the manifest with it; the kernel checks it)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -114,7 +115,7 @@ def unpack_archive(archive: Path, target: Path, files: dict[str, Any], prefix: s
         zf.extractall(target)
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
         entry = files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
-        if entry and _sha256(path) != entry["sha256"]:
+        if entry and sha256_file(path) != entry["sha256"]:
             raise KernelFailure(f"{archive.name} of {archive.parent} holds {path.relative_to(target)} with another "
                                 f"sha256 than {MANIFEST} lists ({entry['sha256'][:12]}…): the dataset is corrupt")
 

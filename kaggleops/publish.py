@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from kaggleops import __version__
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.kaggle import DEFAULT_POLL_S, MANIFEST, Kaggle
+from kaggleops.kernel_runtime import sha256_file
 from kaggleops.refs import DatasetRef, slugify
 from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
 
@@ -51,15 +51,6 @@ class PublishResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_dataset_ref(cfg: KopsConfig, run_name: str, run_id: str) -> DatasetRef:
