@@ -34,7 +34,6 @@ from kaggleops.errors import (
     KaggleError,
     KernelError,
     PublishError,
-    RulesNotAccepted,
     TimedOut,
 )
 from kaggleops.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
@@ -49,7 +48,6 @@ from kaggleops.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentia
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
 T = TypeVar("T")
-ENV_ENVIRONMENT = "KAGGLE_API_ENVIRONMENT"
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 5
@@ -115,8 +113,9 @@ class Kaggle:
         return self._api
 
     def _connect(self) -> Any:
-        if self.endpoint:
-            os.environ[ENV_ENVIRONMENT] = "LOCALHOST"
+        from kaggleops.credentials import apply_kaggle_credentials
+
+        apply_kaggle_credentials()  # KAGGLE_USERNAME/KEY found only in Kaggle's or Colab's secret store
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 kae = importlib.import_module("kaggle.api.kaggle_api_extended")
@@ -127,8 +126,10 @@ class Kaggle:
                     import kagglesdk.kaggle_env as kaggle_env
 
                     kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
-                    api.args = [*kae.KaggleApi.args, "--local"] if "--local" not in kae.KaggleApi.args \
-                        else kae.KaggleApi.args
+                # per instance, never through KAGGLE_API_ENVIRONMENT: the class attribute is fixed by whatever
+                # environment the first import saw, and a global env var would leak into later clients
+                others = [a for a in kae.KaggleApi.args if a != "--local"]
+                api.args = [*others, "--local"] if self.endpoint else others
                 self._install_timeouts(kae, api)
                 api.authenticate()
         except SystemExit:
@@ -481,9 +482,3 @@ def _check_status(resp: Any, what: str) -> None:
         reason = getattr(resp, "error", "") or status or "no reason given"
         raise PublishError(f"{what} refused by Kaggle: {reason}", "Pick another slug with --dataset owner/slug."
                            if "in use" in reason else None)
-
-
-def rules_hint(competition: CompetitionRef) -> RulesNotAccepted:
-    """The RulesNotAccepted error for ``competition``."""
-    return RulesNotAccepted(f"Kaggle refused access to {competition} (403).",
-                            f"Accept the rules at {competition.rules_url()} and retry.")

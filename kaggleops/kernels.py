@@ -29,8 +29,10 @@ from kaggleops.tasks import get_task
 from kaggleops.tracking import (
     TAG_DATASET,
     TAG_DATASET_VERSION,
+    TAG_FOLD,
     TAG_KERNEL,
     TAG_KERNEL_VERSION,
+    TAG_KIND,
     TAG_PARENT,
     Tracker,
     runs_tagged,
@@ -40,8 +42,6 @@ KERNEL_FILE = "kernel.py"
 KERNEL_METADATA = "kernel-metadata.json"
 PLAN_FILE = "kops-kernel.json"
 TEMPLATE = "inference_kernel.py.tmpl"
-TAG_KIND = "kops.kind"
-TAG_FOLD = "kops.fold"
 KIND_KFOLD = "kfold"
 RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
 RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"

@@ -24,12 +24,19 @@ from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionEr
 from kaggleops.kaggle import Kaggle, Submission
 from kaggleops.kernels import PLAN_FILE, default_kernel_ref
 from kaggleops.refs import CompetitionRef, KernelRef
-from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_KERNEL, TAG_KERNEL_VERSION, Tracker, runs_tagged
+from kaggleops.tracking import (
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_KERNEL,
+    TAG_KERNEL_VERSION,
+    TAG_KIND,
+    Tracker,
+    runs_tagged,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-TAG_KIND = "kops.kind"
 TAG_KEY = "kops.submission.key"
 TAG_REF = "kops.submission.ref"
 TAG_STATUS = "kops.submission.status"

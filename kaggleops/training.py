@@ -24,11 +24,9 @@ from kaggleops.config import KopsConfig
 from kaggleops.credentials import apply_tracking_credentials
 from kaggleops.errors import DataError, UnknownCompetition
 from kaggleops.sync import background_sync
-from kaggleops.tracking import TAG_PARENT, Tracker, runs_tagged
+from kaggleops.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
 
-TAG_FOLD = "kops.fold"
 TAG_TASK = "kops.task"
-TAG_KIND = "kops.kind"
 TAG_KEY = "kops.train.key"
 TAG_RESUMES = "kops.resumes"
 TAG_GPU = "kops.gpu"

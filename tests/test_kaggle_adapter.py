@@ -259,3 +259,28 @@ def test_emulator_answers_only_fields_kagglesdk_declares(emulator: Emulator, tmp
                 for p in unknown_fields(payload, types[rpc], rpc.rsplit("/", 1)[-1])]
     assert problems == []
     assert seen - set(types) <= {"datasets.DatasetApiService/DownloadDataset"}, seen - set(types)
+
+
+def test_credentials_from_kaggle_secrets_add_on_and_no_global_env(emulator: Emulator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a Kaggle notebook the key can live only in the Secrets add-on: the adapter finds it there. Aiming a
+    client at an emulator changes nothing process-wide (a later client must still be free to reach kaggle.com)."""
+    import os
+    import sys
+    import types
+
+    from kaggleops import credentials
+
+    class UserSecretsClient:
+        def get_secret(self, name: str) -> str:
+            return {"KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY}[name]
+
+    fake = types.ModuleType("kaggle_secrets")
+    fake.UserSecretsClient = UserSecretsClient  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", fake)
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    credentials.clear_cache()
+    assert kaggle_for(emulator).list_submissions(COMP) == []
+    assert "KAGGLE_API_ENVIRONMENT" not in os.environ
+    credentials.clear_cache()
