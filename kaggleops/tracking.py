@@ -180,8 +180,8 @@ class Tracker:
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         """Artifact paths of the run (for a pulled run, those in the origin machine's artifact store)."""
         local = [a.path for a in self.client.list_artifacts(run_id, path)]
-        origin = self._origin_artifacts(run_id)
-        if local or not origin:
+        origin = None if local else self._origin_artifacts(run_id)
+        if not origin:
             return local
         return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
 
