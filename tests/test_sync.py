@@ -113,6 +113,18 @@ def imported(tracker: Tracker) -> dict[str, Any]:
     return {r.data.tags[TAG_ORIGIN_RUN]: r for r in runs if TAG_ORIGIN_RUN in r.data.tags}
 
 
+def stored_run(store: ObjectStore, machine_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, set[tuple]]]:
+    """A pushed run as the bucket holds it: its meta.json, and the union of its metric chunks."""
+    import json
+
+    meta = json.loads(store.get_bytes(f"runs/{machine_id}/{run_id}/meta.json"))
+    metrics: dict[str, set[tuple]] = {}
+    for name in meta["chunks"]:
+        for key, points in json.loads(store.get_bytes(f"runs/{machine_id}/{run_id}/{name}"))["metrics"].items():
+            metrics.setdefault(key, set()).update(tuple(p) for p in points)
+    return meta, metrics
+
+
 class CountingStore:
     """Passes every call to the real store and counts what put_bytes/put_file upload."""
 
@@ -197,7 +209,10 @@ def test_unchanged_push_uploads_zero_bytes_and_a_grown_run_is_updated(tmp_path: 
     ta.set_tags(growing, {"kops.note": "resumed"})
     ta.end_run(growing)
     third = push(a, store=store)
-    assert third.uploaded == [growing] and store.uploads == 1
+    # only the run that changed is read, and it uploads only its 2 x 10 new points (one chunk) and its meta.json
+    assert third.uploaded == [growing] and third.points_uploaded == 2 * 10 and store.uploads == 2
+    keys = sorted(o.key for o in open_store(bucket).list(f"runs/{third.machine}/{growing}/"))
+    assert [k.rsplit("/", 1)[1][:8] for k in keys] == ["m-000001", "m-000002", "meta.jso"]
 
     grown = pull(c)
     local_id = imported(tc)[growing].info.run_id
@@ -318,7 +333,6 @@ def test_cli_push_and_status(tmp_path: Path, bucket: str) -> None:
 @pytest.mark.slow
 def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) -> None:
     """`kops train` with `storage.sync_minutes`: the hook pushes during training and once more at the end."""
-    import json
 
     from kaggleops.training import train
 
@@ -331,12 +345,12 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
     assert set(rows) == {result.parent_run_id, *(r.run_id for r in result.runs)}
     machine_id = rows[run_id]["machine"]
     assert machine_id in (tmp_path / "a" / ".kops" / "machine-id").read_text()
-    bundle = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(f"runs/{machine_id}/{run_id}.json"))
+    store = open_store(str(tmp_path / "bucket"))
+    bundle, metrics = stored_run(store, machine_id, run_id)
     assert bundle["run"]["status"] == "FINISHED" and bundle["params"]["epochs"] == "1"
-    assert len(bundle["metrics"]["train_loss"]) > 1
-    parent = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(
-        f"runs/{machine_id}/{result.parent_run_id}.json"))
-    assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent["metrics"]  # the end is in the bucket
+    assert len(metrics["train_loss"]) > 1 and len(bundle["chunks"]) == rows[run_id]["chunks"] >= 1
+    parent, parent_metrics = stored_run(store, machine_id, result.parent_run_id)
+    assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent_metrics  # the end is in the bucket
 
 
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
