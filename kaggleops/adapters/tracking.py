@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggleops import __version__
+from kaggleops.adapters.git import git_info
+from kaggleops.environment import detect_env, library_versions
 from kaggleops.errors import KopsError, RunNotFound
-from kaggleops.provenance import git_info
-from kaggleops.runtime import detect_env, library_versions
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
