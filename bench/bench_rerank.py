@@ -48,8 +48,8 @@ def _subset(rows: int, dst: Path) -> int:
 def main() -> None:
     args = _args()
     from kaggleops.config import load_config
-    from kaggleops.reranking import train_reranker
-    from kaggleops.training import train
+    from kaggleops.stages.rerank import train_reranker
+    from kaggleops.stages.train import train
 
     model = args.model
     if model is None:

@@ -72,9 +72,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=5000)
     parser.add_argument("--grow", type=int, default=1000)
     args = parser.parse_args()
-    from kaggleops.storage import gcs_client
-    from kaggleops.sync import pull, push
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.storage import gcs_client
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.stages.sync import pull, push
 
     proc = start_emulator()
     try:

@@ -4,7 +4,7 @@
     python -m bench.gpu_kernel --arch tiny --rows 200 --folds 2   # a quick CPU smoke run
 
 It lays out what the generated kernel sees (``input/<competition>/test.csv``, one ``input/<dataset>/`` folder per
-model, each with a ``kops-manifest.json`` naming its run) and runs ``kaggleops.kernel_runtime.main`` — the exact
+model, each with a ``kops-manifest.json`` naming its run) and runs ``kaggleops.kernel.runtime.main`` — the exact
 code the kernel runs — then prints its timing table. Models are randomly initialised with the real architecture
 (roberta-base: 12 layers, hidden 768) and the real roberta-base tokenizer: inference time does not depend on the
 weights, and no hub download is needed. Needs ``../shared/data`` (or ``--data``/``--tokenizer``).
@@ -83,8 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from kaggleops.kernel_runtime import RERANK_MODULE, Timings
-    from kaggleops.kernel_runtime import main as kernel_main
+    from kaggleops.kernel.runtime import RERANK_MODULE, Timings
+    from kaggleops.kernel.runtime import main as kernel_main
 
     with tempfile.TemporaryDirectory(prefix="kops-gpu-bench-") as tmp:
         root = Path(tmp)

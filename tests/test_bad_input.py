@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from kaggleops.adapters.tracking import TAG_DATASET, Tracker
 from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
 from kaggleops.errors import KaggleError
-from kaggleops.publish import publish
-from kaggleops.tracking import TAG_DATASET, Tracker
+from kaggleops.stages.publish import publish
 
 
 def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kaggleops.adapters.git import strip_credentials
 from kaggleops.config import load_config, render_template
 from kaggleops.errors import ConfigError
-from kaggleops.provenance import strip_credentials
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, slugify
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 

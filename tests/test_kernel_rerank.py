@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kaggleops.kernel_runtime import KernelFailure, check_submission, main, restore_model_dir
+from kaggleops.kernel.runtime import KernelFailure, check_submission, main, restore_model_dir
 from kaggleops.tasks import get_task
 
 TSE = get_task("tweet-sentiment-extraction")
@@ -35,9 +35,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Emulator + 2-fold base (1 epoch) + a tiny reranker over it, pushed with the real CLI and run."""
-    from kaggleops.demo import demo_workspace
-    from kaggleops.reranking import train_reranker
-    from kaggleops.training import train
+    from kaggleops.stages.demo import demo_workspace
+    from kaggleops.stages.rerank import train_reranker
+    from kaggleops.stages.train import train
 
     workdir = tmp_path_factory.mktemp("kernel-rerank") / "work"
     workdir.mkdir()
@@ -70,8 +70,8 @@ def kernel_working(loop: dict[str, Any]) -> Path:
 
 def local_reranked_answers(env: dict[str, Any], tmp: Path, rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
     """(reranked, ensemble's best candidate) here, from the runs' MLflow artifacts (not the kernel's datasets)."""
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.tasks.tse import infer, rerank_infer
-    from kaggleops.tracking import Tracker
 
     tracker = Tracker(env["cfg"])
     folds = [r.run_id for r in env["trained"].runs]
@@ -113,7 +113,7 @@ def test_kernel_with_reranker_writes_what_rerank_candidates_gives_locally(env: d
 
 @pytest.mark.slow
 def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, Any]) -> None:
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     tracker, rr = Tracker(env["cfg"]), env["reranker"]
     plan = json.loads((kernel_working(env) / "kops-kernel.json").read_text())
@@ -138,7 +138,7 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
 
 @pytest.mark.slow
 def test_run_local_stages_the_reranker_too(env: dict[str, Any]) -> None:
-    from kaggleops.kernel_local import render_report, run_local
+    from kaggleops.kernel.local import render_report, run_local
 
     report = run_local(env["cfg"], Path(env["pushed"]["folder"]))
     assert report.ok, render_report(report)
@@ -147,9 +147,9 @@ def test_run_local_stages_the_reranker_too(env: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_reranker_refusals_name_the_command(env: dict[str, Any]) -> None:
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import KopsError
-    from kaggleops.kernels import KernelOptions, push_kernel
-    from kaggleops.tracking import Tracker
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     base, rr_fold = env["trained"].parent_run_id, env["reranker"].runs[0].run_id
     with pytest.raises(KopsError) as err:
@@ -187,7 +187,7 @@ def tiny_model_with_tokenizer_subfolder(tmp: Path) -> Path:
 
 def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -> Path:
     """The dataset folder as `kops publish` uploads it: files, `<dir>.zip` per sub-folder, the manifest."""
-    from kaggleops.publish import _zip_folder, build_manifest
+    from kaggleops.stages.publish import _zip_folder, build_manifest
 
     dst.mkdir(parents=True)
     archives = {}

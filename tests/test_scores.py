@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
+from kaggleops.adapters.kaggle import Kaggle
+from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import QuotaExceeded
-from kaggleops.kaggle import Kaggle
-from kaggleops.leaderboard import UnknownSortKey, leaderboard
 from kaggleops.refs import CompetitionRef, KernelRef
-from kaggleops.submit import (
+from kaggleops.stages.leaderboard import UnknownSortKey, leaderboard
+from kaggleops.stages.submit import (
     TAG_ERROR,
     TAG_KEY,
     TAG_ORIGIN,
@@ -33,7 +34,6 @@ from kaggleops.submit import (
     scores,
     submit,
 )
-from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, Tracker
 
 USER, KEY = "testuser", "testkey"
 COMP = "tiny-comp"
@@ -228,8 +228,8 @@ def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path
 KILLED_SUBMIT = """
 import os, sys
 from kaggleops.config import load_config
-from kaggleops.submit import TAG_REF, submit
-from kaggleops.tracking import Tracker
+from kaggleops.stages.submit import TAG_REF, submit
+from kaggleops.adapters.tracking import Tracker
 
 real = Tracker.set_tags
 def set_tags(self, run_id, tags):

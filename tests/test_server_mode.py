@@ -19,7 +19,7 @@ PASSWORD = "kops-server-s3cret-pw"
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    from kaggleops.ui import serve_mlflow
+    from kaggleops.stages.ui import serve_mlflow
 
     srv = tmp_path / "server"
     srv.mkdir()
@@ -38,7 +38,8 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
     from mlflow.tracking import MlflowClient
 
     from kaggleops.config import CONFIG_FILE, load_config, render_template
-    from kaggleops.demo import (
+    from kaggleops.emulator import Emulator
+    from kaggleops.stages.demo import (
         COMPETITION,
         DEMO_KEY,
         DEMO_USER,
@@ -47,11 +48,10 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
         init_workdir,
         seed_competition,
     )
-    from kaggleops.emulator import Emulator
-    from kaggleops.kernels import push_kernel
-    from kaggleops.publish import publish
-    from kaggleops.submit import scores, submit
-    from kaggleops.training import get_task_for, train
+    from kaggleops.stages.kernel import push_kernel
+    from kaggleops.stages.publish import publish
+    from kaggleops.stages.submit import scores, submit
+    from kaggleops.stages.train import get_task_for, train
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "kops-user")

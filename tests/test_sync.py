@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from kaggleops.config import KopsConfig, load_config, render_template
-from kaggleops.errors import ConfigError, RunNotFound
-from kaggleops.storage import (
+from kaggleops.adapters.storage import (
     GcsStore,
     LocalStore,
     ObjectStore,
@@ -26,7 +24,10 @@ from kaggleops.storage import (
     md5_b64,
     open_store,
 )
-from kaggleops.sync import (
+from kaggleops.adapters.tracking import TAG_PARENT, Tracker
+from kaggleops.config import KopsConfig, load_config, render_template
+from kaggleops.errors import ConfigError, RunNotFound
+from kaggleops.stages.sync import (
     TAG_ORIGIN_MACHINE,
     TAG_ORIGIN_RUN,
     BackgroundSync,
@@ -35,7 +36,6 @@ from kaggleops.sync import (
     push,
     resolve_run_id,
 )
-from kaggleops.tracking import TAG_PARENT, Tracker
 
 EXPERIMENT = "tse-sync"
 POINTS = 150
@@ -334,7 +334,7 @@ def test_cli_push_and_status(tmp_path: Path, bucket: str) -> None:
 def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) -> None:
     """`kops train` with `storage.sync_minutes`: the hook pushes during training and once more at the end."""
 
-    from kaggleops.training import train
+    from kaggleops.stages.train import train
 
     cfg = machine(tmp_path, str(tmp_path / "bucket"), "a")
     cfg.storage.sync_minutes = 0.01
@@ -356,7 +356,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
     import mlflow.artifacts
 
-    from kaggleops.sync import TAG_ORIGIN_ARTIFACTS
+    from kaggleops.stages.sync import TAG_ORIGIN_ARTIFACTS
 
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     a.artifact_location = f"{bucket}/artifacts"
@@ -376,7 +376,7 @@ def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_p
 def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a viewer machine after `kops sync pull`: `kops publish ORIGIN_ID` finds the run and its origin artifacts."""
     from kaggleops.emulator import Emulator
-    from kaggleops.publish import publish
+    from kaggleops.stages.publish import publish
 
     shared = str(tmp_path / "bucket")
     a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")
@@ -398,7 +398,7 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pyte
 
 
 def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
-    from kaggleops.sync import pull_if_configured
+    from kaggleops.stages.sync import pull_if_configured
 
     shared = str(tmp_path / "bucket")
     a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")

@@ -14,12 +14,12 @@ import pytest
 from kaggleops.tasks import DataError, get_task
 from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.data import load_test, load_train, make_folds
-from kaggleops.tasks.tse.make_sample import write_sample
 from kaggleops.tasks.tse.metric import mean_jaccard
 from kaggleops.tasks.tse.modeling import build_tokenizer, char_span, token_span
 from kaggleops.tasks.tse.train import OOF_COLUMNS, FoldResult, TrainSettings, train_fold
 
 TASK = get_task("tweet-sentiment-extraction")
+MAKE_SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "tweet-sentiment-extraction" / "make_sample.py"
 SAMPLE = TASK.sample_dir()
 ODD_TEXTS = ["  hello  world", " I `m so happy!!", "sooo SAD  http://bit.ly/x @bob", "", "a"]
 
@@ -57,7 +57,7 @@ def test_task_packages_import_no_heavy_modules() -> None:
 
 
 def test_sample_is_deterministic_and_shaped(tmp_path: Path, sample_train: pd.DataFrame) -> None:
-    write_sample(tmp_path)
+    subprocess.run([sys.executable, str(MAKE_SAMPLE), "--out", str(tmp_path)], check=True)
     for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
         assert (tmp_path / name).read_bytes() == (SAMPLE / name).read_bytes(), name
     test = load_test(SAMPLE / "test.csv")

@@ -40,8 +40,8 @@ def start(
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
     """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
-    from kaggleops.demo import COMPETITION, seed_competition
     from kaggleops.emulator import Emulator
+    from kaggleops.stages.demo import COMPETITION, seed_competition
     from kaggleops.tasks import get_task
 
     faults = parse_faults(fault or [])

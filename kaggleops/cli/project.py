@@ -20,7 +20,7 @@ def init(
 ) -> None:
     """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder."""
     from kaggleops.config import CONFIG_FILE, render_template
-    from kaggleops.gitsource import write_mlproject
+    from kaggleops.stages.gitsource import write_mlproject
 
     path = Path.cwd() / CONFIG_FILE
     if path.exists() and not force:
@@ -39,7 +39,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop offline: emulator → train → publish → push-kernel → submit → scores."""
-    from kaggleops.demo import run_demo
+    from kaggleops.stages.demo import run_demo
 
     summary = run_demo(workdir, epochs=epochs, folds=fold, echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())

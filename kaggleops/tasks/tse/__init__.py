@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DataError", "TweetSentimentExtraction", "jaccard", "mean_jaccard"]
 
-SAMPLE_DIR = Path(__file__).parent / "sample"
 INFER_SOURCE = Path(__file__).parent / "infer.py"
 
 
@@ -45,7 +44,9 @@ class TweetSentimentExtraction:
 
     def sample_dir(self) -> Path:
         """The bundled synthetic sample in the competition's format."""
-        return SAMPLE_DIR
+        from kaggleops.resources import bundled_competition
+
+        return bundled_competition(self.name)
 
     def load_train(self, path: str | Path) -> pd.DataFrame:
         """Read a train.csv; see :func:`kaggleops.tasks.tse.data.load_train`."""

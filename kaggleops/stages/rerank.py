@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaggleops.adapters.tracking import TAG_PARENT, Tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, MissingArtifact
-from kaggleops.tracking import TAG_PARENT, Tracker, runs_tagged
-from kaggleops.training import MODEL_ARTIFACT, OOF_ARTIFACT, TAG_FOLD, TAG_KIND, TAG_TASK, get_task_for
+from kaggleops.stages.train import MODEL_ARTIFACT, OOF_ARTIFACT, TAG_FOLD, TAG_KIND, TAG_TASK, get_task_for
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -44,10 +44,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kaggleops.adapters.storage import ObjectInfo, ObjectStore, md5_b64, open_store
+from kaggleops.adapters.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
 from kaggleops.errors import ConfigError
 from kaggleops.refs import slugify
-from kaggleops.storage import ObjectInfo, ObjectStore, md5_b64, open_store
-from kaggleops.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

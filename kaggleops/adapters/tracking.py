@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggleops import __version__
+from kaggleops.adapters.git import git_info
+from kaggleops.environment import detect_env, library_versions
 from kaggleops.errors import KopsError, RunNotFound
-from kaggleops.provenance import git_info
-from kaggleops.runtime import detect_env, library_versions
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -203,7 +203,7 @@ class Tracker:
     def latest_metric(self, run: Run, key: str) -> float | None:
         return run.data.metrics.get(key)
 
-    # ---- what `kops sync` reads and writes (kaggleops.sync): cheap listings, histories, bulk import ----------
+    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): cheap listings, histories, bulk import ----------
 
     def experiment_ids(self, all_experiments: bool = False) -> list[str]:
         """This experiment's id, or every experiment's with ``all_experiments``."""

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError, TimedOut
-from kaggleops.tracking import Tracker
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
+from kaggleops.adapters.credentials import apply_tracking_credentials
+from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.credentials import apply_tracking_credentials
 from kaggleops.errors import DataError, UnknownCompetition
-from kaggleops.sync import background_sync
-from kaggleops.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
+from kaggleops.stages.sync import background_sync
 
 TAG_TASK = "kops.task"
 TAG_KEY = "kops.train.key"
@@ -180,7 +180,7 @@ def _follow(task: Any, df: Any, settings: Any, chosen: list[int]) -> TrainResult
 
 def machine_tags() -> dict[str, str]:
     """``kops.gpu`` (name and memory, or ``none``) and ``kops.gpu.count`` of this machine."""
-    from kaggleops.runtime import gpu_info
+    from kaggleops.environment import gpu_info
 
     gpu = gpu_info()
     name = gpu["name"] if gpu["name"] == "none" else f"{gpu['name']} ({gpu['memory_gb']} GB)"

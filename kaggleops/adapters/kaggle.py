@@ -29,14 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kaggleops.errors import (
-    DatasetNotFound,
-    KaggleError,
-    KernelError,
-    PublishError,
-    TimedOut,
-)
-from kaggleops.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
+from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
     DatasetProcessing,
     Resource,
     credentials_missing,
@@ -44,6 +37,13 @@ from kaggleops.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentia
     http_error,
     retry_after_s,
     timeout_adapter,
+)
+from kaggleops.errors import (
+    DatasetNotFound,
+    KaggleError,
+    KernelError,
+    PublishError,
+    TimedOut,
 )
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
@@ -113,7 +113,7 @@ class Kaggle:
         return self._api
 
     def _connect(self) -> Any:
-        from kaggleops.credentials import apply_kaggle_credentials
+        from kaggleops.adapters.credentials import apply_kaggle_credentials
 
         apply_kaggle_credentials()  # KAGGLE_USERNAME/KEY found only in Kaggle's or Colab's secret store
         try:

@@ -101,7 +101,7 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
     `kops demo` and the end-to-end tests start from here."""
     from kaggleops.config import load_config
     from kaggleops.emulator import Emulator
-    from kaggleops.training import get_task_for
+    from kaggleops.stages.train import get_task_for
 
     emulator = Emulator(emulator_root, username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
     url = emulator.start()
@@ -117,10 +117,10 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
 def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | None = None,
              echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
     """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
-    from kaggleops.kernels import push_kernel
-    from kaggleops.publish import publish
-    from kaggleops.submit import scores, submit
-    from kaggleops.training import train
+    from kaggleops.stages.kernel import push_kernel
+    from kaggleops.stages.publish import publish
+    from kaggleops.stages.submit import scores, submit
+    from kaggleops.stages.train import train
 
     workdir = new_workdir(workdir)
     summary: dict[str, Any] = {"workdir": str(workdir)}

@@ -2,8 +2,8 @@
 
 Deterministic: the same seed always writes byte-identical files. Run it with::
 
-    python -m kaggleops.tasks.tse.make_sample            # rewrites kaggleops/tasks/tse/sample/
-    python -m kaggleops.tasks.tse.make_sample --out DIR  # somewhere else
+    python datasets/tweet-sentiment-extraction/make_sample.py            # rewrites the files beside it
+    python datasets/tweet-sentiment-extraction/make_sample.py --out DIR  # somewhere else
 
 The texts imitate the competition's quirks (leading spaces, double spaces, mixed case, URLs,
 @usernames, trailing punctuation); sentiment proportions follow the real data (~40/31/29 %).
@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-SAMPLE_DIR = Path(__file__).parent / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parent
 N_TRAIN = 800
 N_TEST = 200
 SEED = 20200317
@@ -180,7 +180,7 @@ def write_sample(out_dir: Path = SAMPLE_DIR, seed: int = SEED) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python -m kaggleops.tasks.tse.make_sample [--out DIR] [--seed N]``."""
+    """Command-line entry point: ``python datasets/tweet-sentiment-extraction/make_sample.py [--out DIR] [--seed N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SAMPLE_DIR)
     parser.add_argument("--seed", type=int, default=SEED)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kaggleops.adapters.git import strip_credentials
 from kaggleops.config import CONFIG_FILE, KopsConfig, load_config
 from kaggleops.errors import KopsError
-from kaggleops.provenance import strip_credentials
 
 CLONE_TIMEOUT_S = 600
 MLPROJECT = """\
@@ -109,7 +109,7 @@ def train_from_git(caller: KopsConfig | None, spec: GitSpec, folds: list[int] | 
     Example:
         >>> train_from_git(load_config(), GitSpec.parse("https://github.com/alice/tse@3f2a9c1"))  # doctest: +SKIP
     """
-    from kaggleops.training import train
+    from kaggleops.stages.train import train
 
     with tempfile.TemporaryDirectory(prefix="kops-git-") as tmp:
         clone_dir = Path(tmp) / "src"

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from kaggleops import __version__
+from kaggleops.adapters.git import git_info
+from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.gitsource import GitSpec
-from kaggleops.kaggle import Kaggle
-from kaggleops.provenance import git_info
 from kaggleops.refs import KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.stages.gitsource import GitSpec
 
 SECRET_NAMES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                 "MLFLOW_TRACKING_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS_JSON")
@@ -53,7 +53,7 @@ def render_training_kernel(cfg: KopsConfig, ref: KernelRef, spec: GitSpec, folds
     folder.mkdir(parents=True, exist_ok=True)
     plan = {"kops_version": __version__, "kops_requirement": f"kaggleops=={__version__}", "git": str(spec),
             "competition": cfg.competition, "folds": folds, "secret_names": list(SECRET_NAMES)}
-    template = resources.files("kaggleops.templates").joinpath(TEMPLATE).read_text()
+    template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, commit=spec.rev,
                              repo_url=spec.url, secret_names=", ".join(SECRET_NAMES),
                              plan_json=json.dumps(plan, indent=2))

@@ -2,7 +2,7 @@
 
 The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``templates/
 inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
-(:mod:`kaggleops.runtime_wheel`) and runs :func:`kaggleops.kernel_runtime.main` on the embedded plan
+(:mod:`kaggleops.kernel.wheel`) and runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
 ``kops-kernel.json`` (models: dataset ref + version + run id + weight; reranker; competition; post-processing).
 
 With ``--reranker RUN`` (a ``kops train --stage rerank`` parent, which expands to its ``rerank-fold`` runs, or
@@ -16,17 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from kaggleops import __version__
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError
-from kaggleops.kaggle import Kaggle
-from kaggleops.refs import CompetitionRef, KernelRef, slugify
-from kaggleops.runtime_wheel import RuntimeDataset, ensure_runtime_dataset
-from kaggleops.tasks import get_task
-from kaggleops.tracking import (
+from kaggleops.adapters.kaggle import Kaggle
+from kaggleops.adapters.tracking import (
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -37,6 +31,12 @@ from kaggleops.tracking import (
     Tracker,
     runs_tagged,
 )
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KopsError
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.tasks import get_task
 
 KERNEL_FILE = "kernel.py"
 KERNEL_METADATA = "kernel-metadata.json"
@@ -143,7 +143,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
 def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
                    publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
     """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
-    from kaggleops.publish import publish
+    from kaggleops.stages.publish import publish
 
     models, published = [], []
     for run_id in run_ids:
@@ -251,7 +251,7 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     plan = build_plan(cfg, models, runtime, reranker)
-    template = resources.files("kaggleops.templates").joinpath(TEMPLATE).read_text()
+    template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
                              plan_json=json.dumps(plan, indent=2))
     compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
@@ -311,7 +311,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     if options.wait or options.submit:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     if options.submit:
-        from kaggleops.submit import submit
+        from kaggleops.stages.submit import submit
 
         result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result

@@ -19,12 +19,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
-from kaggleops.kaggle import Kaggle, Submission
-from kaggleops.kernels import PLAN_FILE, default_kernel_ref
-from kaggleops.refs import CompetitionRef, KernelRef
-from kaggleops.tracking import (
+from kaggleops.adapters.kaggle import Kaggle, Submission
+from kaggleops.adapters.tracking import (
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_KERNEL,
@@ -33,6 +29,10 @@ from kaggleops.tracking import (
     Tracker,
     runs_tagged,
 )
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
+from kaggleops.refs import CompetitionRef, KernelRef
+from kaggleops.stages.kernel import PLAN_FILE, default_kernel_ref
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

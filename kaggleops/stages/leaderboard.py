@@ -10,9 +10,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from kaggleops.adapters.tracking import (
+    TAG_GIT_COMMIT,
+    TAG_KERNEL,
+    TAG_KERNEL_VERSION,
+    TAG_RUN_NAME,
+    Tracker,
+    runs_tagged,
+)
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.submit import (
+from kaggleops.stages.submit import (
     TAG_COMPETITION,
     TAG_DATASETS,
     TAG_DATE,
@@ -24,7 +32,6 @@ from kaggleops.submit import (
     TAG_SOURCE_RUNS,
     TAG_STATUS,
 )
-from kaggleops.tracking import TAG_GIT_COMMIT, TAG_KERNEL, TAG_KERNEL_VERSION, TAG_RUN_NAME, Tracker, runs_tagged
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

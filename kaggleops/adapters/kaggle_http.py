@@ -1,6 +1,6 @@
 """HTTP-level pieces of the Kaggle adapter: default timeouts, Retry-After, and the one error translator.
 
-Only :mod:`kaggleops.kaggle` uses these; they live here to keep that module small.
+Only :mod:`kaggleops.adapters.kaggle` uses these; they live here to keep that module small.
 """
 
 from __future__ import annotations

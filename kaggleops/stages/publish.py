@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import __version__
+from kaggleops.adapters.kaggle import DEFAULT_POLL_S, MANIFEST, Kaggle
+from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
-from kaggleops.kaggle import DEFAULT_POLL_S, MANIFEST, Kaggle
-from kaggleops.kernel_runtime import sha256_file
+from kaggleops.kernel.runtime import sha256_file
 from kaggleops.refs import DatasetRef, slugify
-from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
 
 MODEL_ARTIFACT = "model"
 DATASET_METADATA = "dataset-metadata.json"

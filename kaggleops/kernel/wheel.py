@@ -24,8 +24,8 @@ from pathlib import Path
 
 import kaggleops
 from kaggleops import __version__
+from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
-from kaggleops.kaggle import Kaggle
 from kaggleops.refs import DatasetRef
 
 RUNTIME_SLUG = "kops-runtime"

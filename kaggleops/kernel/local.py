@@ -27,13 +27,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.kernel_runtime import MANIFEST, SUBMISSION, check_submission, read_rows
-from kaggleops.kernels import KERNEL_FILE, KERNEL_METADATA, PLAN_FILE
-from kaggleops.runtime_wheel import RUNTIME_SLUG, stage_runtime
+from kaggleops.kernel.runtime import MANIFEST, SUBMISSION, check_submission, read_rows
+from kaggleops.kernel.wheel import RUNTIME_SLUG, stage_runtime
+from kaggleops.stages.kernel import KERNEL_FILE, KERNEL_METADATA, PLAN_FILE
 from kaggleops.tasks import get_task
-from kaggleops.tracking import Tracker
 
 RUN_DIR = ".run-local"
 BLOCKED_MARK = "kops run-local: network blocked"
