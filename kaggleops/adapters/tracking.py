@@ -68,11 +68,24 @@ class Tracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            exp = self.client.get_experiment_by_name(self.cfg.experiment_name)
-            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                self.cfg.experiment_name, artifact_location=self.cfg.resolved_artifact_location
-            )
+            self._experiment_id = self._get_or_create(self.cfg.experiment_name)
         return self._experiment_id
+
+    def _get_or_create(self, name: str) -> str:
+        """The experiment's id; created when missing (another process creating it first is fine: many trainers
+        start at once against one server)."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(name, artifact_location=self.cfg.resolved_artifact_location))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def provenance_tags(self) -> tuple[dict[str, str], str]:
         """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
@@ -229,11 +242,7 @@ class Tracker:
 
     def experiment_for(self, name: str) -> str:
         """The id of experiment ``name`` (created with the configured artifact location when missing)."""
-        if name == self.cfg.experiment_name:
-            return self.experiment_id
-        exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(
-            name, artifact_location=self.cfg.resolved_artifact_location)
+        return self.experiment_id if name == self.cfg.experiment_name else self._get_or_create(name)
 
     def exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException

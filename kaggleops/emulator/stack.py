@@ -1,0 +1,116 @@
+"""The team's scale set-up on one machine, for tests and benchmarks: a bucket, PostgreSQL, an MLflow server on both.
+
+- :func:`start_gcs` — ``gcp-storage-emulator`` (in memory) on 127.0.0.1; ``STORAGE_EMULATOR_HOST`` points at it.
+- :func:`start_postgres` — PostgreSQL 16 from the ``pgserver`` wheel, listening on 127.0.0.1 with a password
+  (scram-sha-256) for role and database ``mlflow``, as the README's scale command connects to it.
+- :func:`start_team_server` — ``mlflow server --backend-store-uri postgresql://… --artifacts-destination gs://…``
+  (through :func:`kaggleops.stages.ui.serve_mlflow`).
+
+Used by tests/test_server_mode.py, bench/bench_sync.py and bench/bench_server.py. Needs the ``dev`` extra
+(gcp-storage-emulator, pgserver, psycopg2-binary).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kaggleops.stages.ui import UiServer, free_port, serve_mlflow
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Service:
+    """A started local service: its URL/URI and the process (or stop command) behind it."""
+
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    stop_cmd: list[str] | None = None
+    user: str | None = None
+
+    def stop(self) -> None:
+        if self.stop_cmd:
+            subprocess.run(self.stop_cmd, check=False, capture_output=True, timeout=60, user=self.user)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} at start")
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on {HOST}:{port} within {timeout_s:.0f} s")
+
+
+def start_gcs() -> Service:
+    """gcp-storage-emulator in memory on a free port of 127.0.0.1; sets ``STORAGE_EMULATOR_HOST`` in os.environ."""
+    port = free_port(HOST)
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    proc = subprocess.Popen([str(exe), "start", "--host", HOST, "--port", str(port), "--in-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc, "gcp-storage-emulator")
+    except BaseException:
+        Service("", proc).stop()
+        raise
+    url = f"http://{HOST}:{port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    return Service(url, proc)
+
+
+def start_postgres(root: Path, password: str, user: str = "mlflow", database: str = "mlflow") -> Service:
+    """PostgreSQL 16 (pgserver's binaries) in ``root``, on a free port of 127.0.0.1; ``url`` is the SQLAlchemy URI
+    ``postgresql://USER:PASSWORD@127.0.0.1:PORT/DATABASE``. Run as root, the server runs as the system user
+    ``pgserver`` (PostgreSQL refuses root), as pgserver itself does."""
+    import pgserver
+    from pgserver.postgres_server import POSTGRES_BIN_PATH
+
+    pgdata = Path(root) / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    init = pgserver.get_server(pgdata, cleanup_mode="stop")  # initdb (local trust), user/permission set-up
+    init.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'; CREATE DATABASE {database} OWNER {user};")
+    system_user = init.system_user
+    init.cleanup()
+    (pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    port = free_port(HOST)
+    sockets = pgdata / "sock"
+    sockets.mkdir(exist_ok=True)
+    if system_user:
+        shutil.chown(sockets, system_user)
+        shutil.chown(pgdata / "pg_hba.conf", system_user)
+    ctl = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata)]
+    subprocess.run([*ctl, "-w", "-o", f"-h {HOST} -p {port} -k {sockets}", "-l", str(pgdata / "server.log"),
+                    "start"], check=True, capture_output=True, timeout=120, user=system_user)
+    service = Service(f"postgresql://{user}:{password}@{HOST}:{port}/{database}",
+                      stop_cmd=[*ctl, "-w", "-m", "fast", "stop"], user=system_user)
+    try:
+        _wait_port(port, None, "PostgreSQL")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_team_server(root: Path, backend_uri: str, artifacts_destination: str, workers: int = 2,
+                      timeout_s: float = 180) -> UiServer:
+    """``mlflow server`` on the PostgreSQL store with proxied artifacts in ``artifacts_destination`` (gs://…)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return serve_mlflow(backend_uri, ["--artifacts-destination", artifacts_destination], root,
+                        root / "mlflow-server.log", workers=workers, timeout_s=timeout_s)
