@@ -102,7 +102,7 @@ def main() -> None:
     pg = server = None
     try:
         gcs_client().create_bucket("kops-bench")
-        pg = start_postgres(root / "pg", "bench-pw")
+        pg = start_postgres("bench-pw")
         server = start_team_server(root / "server", pg.url, "gs://kops-bench/mlflow-artifacts")
         MlflowClient(server.base).create_experiment("bench-server")
         one, t_one = _spawn(server.base, "batched", args.steps, 1)

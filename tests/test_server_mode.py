@@ -128,7 +128,7 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     pg = server = None
     try:
         gcs_client().create_bucket(TEAM_BUCKET)
-        pg = start_postgres(tmp_path / "pg", PG_PASSWORD)
+        pg = start_postgres(PG_PASSWORD)
         server = start_team_server(tmp_path / "server", pg.url, f"gs://{TEAM_BUCKET}/mlflow-artifacts")
         yield server.base, gcs.url
     finally:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
     stop_cmd: list[str] | None = None
     user: str | None = None
+    remove: Path | None = None  # deleted once stopped
 
     def stop(self) -> None:
         if self.stop_cmd:
@@ -45,6 +47,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.remove is not None:
+            shutil.rmtree(self.remove, ignore_errors=True)
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, timeout_s: float = 60) -> None:
@@ -75,15 +79,17 @@ def start_gcs() -> Service:
     return Service(url, proc)
 
 
-def start_postgres(root: Path, password: str, user: str = "mlflow", database: str = "mlflow") -> Service:
-    """PostgreSQL 16 (pgserver's binaries) in ``root``, on a free port of 127.0.0.1; ``url`` is the SQLAlchemy URI
-    ``postgresql://USER:PASSWORD@127.0.0.1:PORT/DATABASE``. Run as root, the server runs as the system user
-    ``pgserver`` (PostgreSQL refuses root), as pgserver itself does."""
+def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow") -> Service:
+    """PostgreSQL 16 (pgserver's binaries) on a free port of 127.0.0.1; ``url`` is the SQLAlchemy URI
+    ``postgresql://USER:PASSWORD@127.0.0.1:PORT/DATABASE``; :meth:`Service.stop` stops it and deletes its data.
+
+    Run as root, the server runs as the system user ``pgserver`` (PostgreSQL refuses root), as pgserver itself does;
+    its data folder is then a fresh one under /tmp, not under pytest's ``tmp_path``: every pytest session resets
+    ``/tmp/pytest-of-<user>`` to mode 700, which would lock that user out of a running server's data."""
     import pgserver
     from pgserver.postgres_server import POSTGRES_BIN_PATH
 
-    pgdata = Path(root) / "pgdata"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    pgdata = Path(tempfile.mkdtemp(prefix="kops-pg-", dir="/tmp" if os.name == "posix" else None)) / "pgdata"
     init = pgserver.get_server(pgdata, cleanup_mode="stop")  # initdb (local trust), user/permission set-up
     init.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'; CREATE DATABASE {database} OWNER {user};")
     system_user = init.system_user
@@ -99,7 +105,7 @@ def start_postgres(root: Path, password: str, user: str = "mlflow", database: st
     subprocess.run([*ctl, "-w", "-o", f"-h {HOST} -p {port} -k {sockets}", "-l", str(pgdata / "server.log"),
                     "start"], check=True, capture_output=True, timeout=120, user=system_user)
     service = Service(f"postgresql://{user}:{password}@{HOST}:{port}/{database}",
-                      stop_cmd=[*ctl, "-w", "-m", "fast", "stop"], user=system_user)
+                      stop_cmd=[*ctl, "-w", "-m", "fast", "stop"], user=system_user, remove=pgdata.parent)
     try:
         _wait_port(port, None, "PostgreSQL")
     except BaseException:
