@@ -172,7 +172,10 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 900) -> Any:
 
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"{proc.args}: exit {proc.returncode}\n{err[-3000:]}"
-    return json.loads(out)
+    try:
+        return json.loads(out)  # stdout holds the JSON alone (MLflow's "View run" lines would break it)
+    except ValueError:
+        raise AssertionError(f"{proc.args}: stdout is not JSON: {out[:500]!r}") from None
 
 
 def _kill_after_first_checkpoint(client: Any, procs: dict[int, subprocess.Popen[str]], timeout: float = 600) -> None:

@@ -61,6 +61,7 @@ QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",            # transformers' shard/weight bars; kops shows its own progress
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",               # "Creating initial MLflow database tables..."
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # server mode: "View run … at: …" would break --json stdout
 }
 
 
