@@ -99,6 +99,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="kops-bench-server-"))
     gcs = start_gcs()
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
     pg = server = None
     try:
         gcs_client().create_bucket("kops-bench")

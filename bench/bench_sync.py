@@ -13,31 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator() -> subprocess.Popen[bytes]:
-    """gcp-storage-emulator (in memory) on 127.0.0.1; sets STORAGE_EMULATOR_HOST."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        time.sleep(0.05)
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    return proc
 
 
 def _machine(root: Path, name: str, bucket: str) -> Any:
@@ -74,9 +54,11 @@ def main() -> None:
     args = parser.parse_args()
     from kaggleops.adapters.storage import gcs_client
     from kaggleops.adapters.tracking import Tracker
+    from kaggleops.emulator.stack import start_gcs
     from kaggleops.stages.sync import pull, push
 
-    proc = start_emulator()
+    gcs = start_gcs()
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
     try:
         gcs_client().create_bucket("kops-bench")
         root = Path(tempfile.mkdtemp(prefix="kops-bench-sync-"))
@@ -100,7 +82,7 @@ def main() -> None:
         push(a)
         regrown, t_regrown = _timed(lambda: pull(c))
     finally:
-        proc.terminate()
+        gcs.stop()
     point_bytes = first.uploaded_bytes / max(1, args.runs * args.points)
     print(f"kops sync: {args.runs} runs x {args.points} metric points, gcp-storage-emulator on 127.0.0.1")
     print(f"first push        : {len(first.uploaded):>4} runs  {first.uploaded_bytes:>12,} B  {t_first:7.2f} s")

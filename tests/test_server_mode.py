@@ -125,6 +125,7 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
     before = os.environ.get("STORAGE_EMULATOR_HOST")
     gcs = start_gcs()
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
     pg = server = None
     try:
         gcs_client().create_bucket(TEAM_BUCKET)

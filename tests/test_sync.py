@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,30 +39,16 @@ EXPERIMENT = "tse-sync"
 POINTS = 150
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def emulator_host() -> Iterator[str]:
     """A real gcp-storage-emulator process on 127.0.0.1 (in memory), shared by this module."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from kaggleops.emulator.stack import start_gcs
+
+    gcs = start_gcs()
     try:
-        for _ in range(300):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, "gcp-storage-emulator exited at start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield gcs.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        gcs.stop()
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
 """The team's scale set-up on one machine, for tests and benchmarks: a bucket, PostgreSQL, an MLflow server on both.
 
-- :func:`start_gcs` — ``gcp-storage-emulator`` (in memory) on 127.0.0.1; ``STORAGE_EMULATOR_HOST`` points at it.
+- :func:`start_gcs` — ``gcp-storage-emulator`` (in memory) on 127.0.0.1 (point ``STORAGE_EMULATOR_HOST`` at its url).
 - :func:`start_postgres` — PostgreSQL 16 from the ``pgserver`` wheel, listening on 127.0.0.1 with a password
   (scram-sha-256) for role and database ``mlflow``, as the README's scale command connects to it.
 - :func:`start_team_server` — ``mlflow server --backend-store-uri postgresql://… --artifacts-destination gs://…``
   (through :func:`kaggleops.stages.ui.serve_mlflow`).
 
-Used by tests/test_server_mode.py, bench/bench_sync.py and bench/bench_server.py. Needs the ``dev`` extra
-(gcp-storage-emulator, pgserver, psycopg2-binary).
+Used by tests/test_server_mode.py, tests/test_sync.py, bench/bench_sync.py and bench/bench_server.py. Needs the
+``dev`` extra (gcp-storage-emulator, pgserver, psycopg2-binary).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, ti
 
 
 def start_gcs() -> Service:
-    """gcp-storage-emulator in memory on a free port of 127.0.0.1; sets ``STORAGE_EMULATOR_HOST`` in os.environ."""
+    """gcp-storage-emulator in memory on a free port of 127.0.0.1; ``url`` is what STORAGE_EMULATOR_HOST takes."""
     port = free_port(HOST)
     exe = Path(sys.executable).parent / "gcp-storage-emulator"
     proc = subprocess.Popen([str(exe), "start", "--host", HOST, "--port", str(port), "--in-memory"],
@@ -74,9 +74,7 @@ def start_gcs() -> Service:
     except BaseException:
         Service("", proc).stop()
         raise
-    url = f"http://{HOST}:{port}"
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    return Service(url, proc)
+    return Service(f"http://{HOST}:{port}", proc)
 
 
 def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow") -> Service:
