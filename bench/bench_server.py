@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main() -> None:
         for service in (server, pg, gcs):
             if service is not None:
                 service.stop()
+        shutil.rmtree(root, ignore_errors=True)
     for reports in (one, many, per_call):
         assert all(r["stored"] == r["points"] for r in reports), "points lost or duplicated"
     rate_one = one[0]["points"] / t_one

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -59,9 +60,9 @@ def main() -> None:
 
     gcs = start_gcs()
     os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+    root = Path(tempfile.mkdtemp(prefix="kops-bench-sync-"))
     try:
         gcs_client().create_bucket("kops-bench")
-        root = Path(tempfile.mkdtemp(prefix="kops-bench-sync-"))
         a, c = _machine(root, "a", "gs://kops-bench/team"), _machine(root, "c", "gs://kops-bench/team")
         ta = Tracker(a)
         run_ids, t0 = [], time.perf_counter()
@@ -83,6 +84,7 @@ def main() -> None:
         regrown, t_regrown = _timed(lambda: pull(c))
     finally:
         gcs.stop()
+        shutil.rmtree(root, ignore_errors=True)
     point_bytes = first.uploaded_bytes / max(1, args.runs * args.points)
     print(f"kops sync: {args.runs} runs x {args.points} metric points, gcp-storage-emulator on 127.0.0.1")
     print(f"first push        : {len(first.uploaded):>4} runs  {first.uploaded_bytes:>12,} B  {t_first:7.2f} s")
