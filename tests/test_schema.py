@@ -103,7 +103,7 @@ def test_one_error_tree_and_task_data_error_is_kops_data_error() -> None:
 def test_kind_values_and_tag_names_are_written_once() -> None:
     """No module but schema.py spells a kops tag name or a kind value as a string literal."""
     tag = re.compile(r"""["'](kops\.[a-z_]+(\.[a-z_]+)*|mlflow\.[a-zA-Z.]+)["']""")
-    kinds = re.compile(r"""TAG_KIND[^\n]*["'](%s)["']""" % "|".join(sorted(Kind.ALL)))
+    kinds = re.compile(r"TAG_KIND[^\n]*[\"'](" + "|".join(sorted(Kind.ALL)) + r")[\"']")
     found = []
     for path in PACKAGE.rglob("*.py"):
         if path.name == "schema.py" or "emulator" in path.parts:

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
 from kaggleops.kernel.runtime import check_submission, read_rows
@@ -148,7 +148,7 @@ def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: P
     for name in COMPETITION_FILES:
         if (Path(source) / name).is_file():
             shutil.copyfile(Path(source) / name, comp / name)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     problems = []
     for model in plan.all_models:
         target = input_dir / model.dataset.split("/", 1)[1]

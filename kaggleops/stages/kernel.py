@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
 from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
@@ -259,7 +259,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)

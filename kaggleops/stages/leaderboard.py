@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError, UnknownSortKey
 from kaggleops.schema import (
@@ -110,7 +110,7 @@ def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow
     """
     if sort not in SORT_KEYS:
         _sort([], sort)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     subs = runs_tagged(tracker, {TAG_KIND: Kind.SUBMISSION, TAG_COMPETITION: cfg.competition})
     cache: dict[str, Run | None] = {}
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.kernel.runtime import sha256_file
@@ -207,7 +207,7 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
         >>> publish(load_config(), "3f2a…")  # doctest: +SKIP
         PublishResult(run_id='3f2a…', dataset='alice/fold-0-3f2a9c1e', dataset_version=1, ...)
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
     ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, MissingArtifact
 from kaggleops.schema import (
@@ -175,7 +175,7 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
 
     task = get_task_for(cfg)
     settings = _rerank_settings(cfg, overrides)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     models = resolve_base_runs(tracker, from_runs)
     with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
         oof = load_base_oof(tracker, models, Path(tmp) / "oof")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaggleops.adapters.kaggle import Kaggle, Submission
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
 from kaggleops.refs import CompetitionRef, KernelRef
@@ -170,7 +170,7 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
         >>> submit(load_config())  # the latest kernel version pushed by kops  # doctest: +SKIP
         >>> submit(load_config(), file=Path("submission.csv"), runs=["3f2a…"])  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
@@ -260,7 +260,7 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
     Example:
         >>> scores(load_config(), wait=True)  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -336,9 +336,7 @@ def _adopt(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, sub: Submission, k
         sources, datasets = _plan_sources(tracker, kaggle, kernel)
         tags.update({TAG_KERNEL: kernel.ref, TAG_KERNEL_VERSION: str(kernel.version),
                      TAG_SOURCE_RUNS: ",".join(sources), TAG_DATASETS: ",".join(datasets)})
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"submission-{sub.ref}", tags=tags)
-    tracker.end_run(run.info.run_id)
-    return tracker.get_run(run.info.run_id)
+    return tracker.get_run(tracker.record_run(f"submission-{sub.ref}", tags))
 
 
 def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:

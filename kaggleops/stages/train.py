@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
-from kaggleops.adapters.credentials import apply_tracking_credentials
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import DataError, UnknownCompetition
 from kaggleops.schema import (
@@ -145,8 +144,7 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
 
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
           resume: bool) -> TrainResult:
-    apply_tracking_credentials()
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
     params.pop("progress", None)
     job = _Job(tracker, task, df, settings, params, progress, resume)

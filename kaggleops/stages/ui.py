@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError, PortInUse, TimedOut
 from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
@@ -60,7 +60,7 @@ def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public") -> s
              "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in VIEW_METRICS),
                                  *(f"tags.`{t}`" for t in VIEW_TAGS)],
              "runsPinned": [], "runsHidden": [], "runsExpanded": {}}
-    tracker.client.set_experiment_tag(tracker.experiment_id, SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
+    tracker.set_experiment_tag(SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
     return SHARE_KEY
 
 
@@ -133,7 +133,7 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
     Example:
         >>> server = start_ui(load_config()); print(server.url); server.wait()  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     experiment_id = tracker.experiment_id
     share_key = save_leaderboard_view(tracker)
     if tracker.uri.startswith(("http://", "https://")):
