@@ -141,7 +141,8 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
     out = kops(work, store, "scores", "--wait", "--timeout", "120", "--json")
     assert out.returncode == 0, out.stderr
     sub = client.get_run(sub_run)
-    assert sub.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE" and sub.data.metrics["lb_public"] == 1.0  # public: even rows
+    assert sub.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
+    assert sub.data.metrics["lb_public"] == 1.0  # the public split: the even rows
     assert client.get_run(run_id).data.metrics["lb_public"] == 1.0
 
     bucket = tmp_path / "bucket"

@@ -2,9 +2,10 @@
 
 - The client is imported lazily, after the environment is prepared, because ``import kaggle`` authenticates
   (and without credentials prints help and raises SystemExit, which becomes :class:`CredentialsMissing`).
-- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` aims the client at a loopback emulator: the client's own
-  LOCALHOST environment selector, with its endpoint table pointed at that base URL (the in-process method
-  described in shared/reference/kaggle-client.md).
+- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` (or ``kaggle_endpoint:`` in kops.yaml) aims the client at a
+  loopback emulator: the client's own LOCALHOST environment selector (``--local``), with the base URL set on
+  each HTTP client this instance builds, so two instances in one process can talk to two endpoints (the SDK's
+  module-wide endpoint table is never written).
 - Timeouts: kagglesdk sends every request without one, so each client session built here gets an adapter with
   a default (connect, read) timeout, and so do the client's upload sessions (``KOPS_KAGGLE_TIMEOUT`` seconds).
 - Every call goes through :meth:`Kaggle._call`, once: stdout chatter captured, 429 (honouring Retry-After),
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
     DatasetProcessing,
@@ -48,6 +49,9 @@ from kaggleops.errors import (
 )
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 from kaggleops.schema import MANIFEST, Manifest
+
+if TYPE_CHECKING:
+    from kaggleops.config import KopsConfig
 
 T = TypeVar("T")
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
@@ -102,6 +106,16 @@ class Kaggle:
         self._sleep_fn = sleep
         self._api: Any = None
 
+    @classmethod
+    def from_config(cls, cfg: KopsConfig, **kwargs: Any) -> Kaggle:
+        """The client for a command: aimed at ``cfg.resolved_kaggle_endpoint`` (env > kops.yaml), else kaggle.com.
+
+        Example:
+            >>> Kaggle.from_config(load_config()).web_base  # doctest: +SKIP
+            'https://www.kaggle.com'
+        """
+        return cls(cfg.resolved_kaggle_endpoint, **kwargs)
+
     @property
     def web_base(self) -> str:
         return self.endpoint or KAGGLE_WEB
@@ -123,22 +137,19 @@ class Kaggle:
 
                 api = kae.KaggleApi()
                 _follow_config_dir(api)
-                if self.endpoint:
-                    import kagglesdk.kaggle_env as kaggle_env
-
-                    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
                 # per instance, never through KAGGLE_API_ENVIRONMENT: the class attribute is fixed by whatever
                 # environment the first import saw, and a global env var would leak into later clients
                 others = [a for a in kae.KaggleApi.args if a != "--local"]
                 api.args = [*others, "--local"] if self.endpoint else others
-                self._install_timeouts(kae, api)
+                self._install_client_hooks(kae, api)
                 api.authenticate()
         except SystemExit:
             raise credentials_missing() from None
         return api
 
-    def _install_timeouts(self, kae: Any, api: Any) -> None:
-        """Default timeouts for the RPC sessions of ``api`` and for the client's upload sessions."""
+    def _install_client_hooks(self, kae: Any, api: Any) -> None:
+        """Each SDK client ``api`` builds: this instance's endpoint (if any) and default timeouts on its RPC
+        session; the client's upload sessions get the timeouts too."""
         adapter_cls = timeout_adapter((CONNECT_TIMEOUT_S, self.timeout_s))
         kae.HTTPAdapter = adapter_cls  # the upload PUT sessions mount kae.HTTPAdapter(max_retries=...)
         build = api.build_kaggle_client
@@ -146,6 +157,8 @@ class Kaggle:
         def build_with_timeout() -> Any:
             client = build()
             http = client._http_client
+            if self.endpoint:  # the client's LOCAL env read "http://localhost" from the SDK's table; aim it here
+                http._endpoint = self.endpoint
             http._init_session()
             adapter = adapter_cls()
             http._session.mount("http://", adapter)

@@ -7,7 +7,7 @@ package's files names a marker manifest ``kops-runtime-<hash16>.json`` inside th
 version already holds that marker, it is reused and no new version is made.
 
 Example:
-    >>> rt = ensure_runtime_dataset(load_config(), Kaggle())  # doctest: +SKIP
+    >>> rt = ensure_runtime_dataset(cfg, Kaggle.from_config(cfg))  # doctest: +SKIP
     >>> rt.dataset, rt.version, rt.created                     # doctest: +SKIP
     ('alice/kops-runtime', 3, False)
 """

@@ -56,14 +56,12 @@ RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting, submitting."""
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting."""
 
     machine_shape: str | None = None
     private: bool | None = None
     publish: bool = True
     wait: bool = False
-    submit: bool = False
-    message: str = ""
 
 
 @dataclass
@@ -76,8 +74,9 @@ class KernelResult:
     status: str | None = None
     published: list[str] = field(default_factory=list)
     runtime: dict[str, object] = field(default_factory=dict)
-    submission: dict[str, object] | None = None
+    submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
     reranker: dict[str, object] | None = None
+    plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
@@ -249,18 +248,19 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
                 options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
-    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
     tracker = open_tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
@@ -277,13 +277,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None)
-    if options.wait or options.submit:
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
+                          plan=KernelPlan.read(folder / PLAN_FILE))
+    if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    if options.submit:
-        from kaggleops.stages.submit import submit
-
-        result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
 
 

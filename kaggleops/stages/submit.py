@@ -171,7 +171,7 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
         >>> submit(load_config(), file=Path("submission.csv"), runs=["3f2a…"])  # doctest: +SKIP
     """
     tracker = open_tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
         return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message)
@@ -261,7 +261,7 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
         >>> scores(load_config(), wait=True)  # doctest: +SKIP
     """
     tracker = open_tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     deadline = time.monotonic() + timeout_s
     while True:
         rows = _pull_once(cfg, tracker, kaggle, adopt)
