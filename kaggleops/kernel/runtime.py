@@ -21,7 +21,6 @@ this module runs in a Kaggle image with internet off (the layer contract in pypr
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib
 import json
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.errors import KernelFailure, SchemaError
+from kaggleops.files import sha256_file
 from kaggleops.schema import (
     MANIFEST,
     PLAN_FILE,
@@ -104,15 +104,6 @@ def find_model_dirs(specs: list[PlanModel], input_dir: Path) -> list[Path]:
         raise KernelFailure(f"missing input: no attached dataset carries the weights of {names}; "
                             f"attached: {attached}")
     return [found[m.run_id] for m in specs]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (publish writes the manifest with it; the kernel checks it)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unpack_archive(archive: Path, target: Path, manifest: Manifest, prefix: str) -> None:

@@ -28,7 +28,7 @@ from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
-from kaggleops.kernel.runtime import sha256_file
+from kaggleops.files import sha256_file, zip_folder
 from kaggleops.refs import DatasetRef, slugify
 from kaggleops.schema import (
     ARTIFACT_MODEL,
@@ -45,7 +45,6 @@ from kaggleops.schema import (
 STAGING_DIR = Path(".kops") / "publish"
 TITLE_MIN, TITLE_MAX = 6, 50
 SLUG_MIN, SLUG_MAX = 6, 50
-ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same folder always zips to the same bytes
 
 
 @dataclass(frozen=True)
@@ -121,15 +120,6 @@ def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str
     }
 
 
-def _zip_folder(src: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(path.relative_to(src).as_posix(), ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            with path.open("rb") as f, zf.open(info, "w", force_zip64=True) as out:
-                shutil.copyfileobj(f, out, 1 << 20)
-
-
 def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tuple[Path, Path, dict[str, str]]:
     """Download the run's model folder; build the upload folder (files + one zip per sub-folder).
 
@@ -147,7 +137,7 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
     for entry in sorted(model.iterdir()):
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
-            _zip_folder(entry, upload / f"{entry.name}.zip")
+            zip_folder(entry, upload / f"{entry.name}.zip")
         else:
             shutil.copyfile(entry, upload / entry.name)
     for path in upload.iterdir():

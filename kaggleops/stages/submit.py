@@ -8,7 +8,6 @@ leaderboard results back onto the submission run and its source runs.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 import time
@@ -23,6 +22,7 @@ from kaggleops.adapters.kaggle import Kaggle, Submission
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
+from kaggleops.files import sha256_file
 from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
     ARTIFACT_SUBMISSION,
@@ -196,7 +196,7 @@ def _submit_file(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, competition:
         raise SubmissionError(f"Submission file {path} not found.", "Pass the CSV to submit: --file PATH")
     datasets = _datasets_of(tracker, runs)  # also checks that every run exists
     remaining = check_quota(kaggle, competition)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256_file(path)
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{path.stem}", message, {
         TAG_SUBMISSION_FILE: path.name, TAG_SUBMISSION_SHA256: sha, TAG_SOURCE_RUNS: ",".join(runs),
         TAG_DATASETS: ",".join(datasets),

@@ -292,11 +292,6 @@ def pull_if_configured(cfg: KopsConfig) -> PullResult | None:
     return pull(cfg)
 
 
-def resolve_run_id(tracker: Tracker, run_id: str) -> str:
-    """The local id for ``run_id`` (a local id, or the origin id of a pulled run); see ``Tracker.resolve``."""
-    return tracker.resolve(run_id)
-
-
 def bundles(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None = None) -> list[dict[str, Any]]:
     """What the bucket holds: one row per run bundle (machine, run id, bytes)."""
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
@@ -316,7 +311,6 @@ class BackgroundSync:
         self.cfg = cfg
         self.every_s = every_s
         self.store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-        self.pushes = 0
         self.last_error: Exception | None = None
         self.pushed = threading.Event()
         self._stop = threading.Event()
@@ -334,7 +328,6 @@ class BackgroundSync:
             self.last_error = e
             log.warning("kops sync push to %s failed: %s", self.store.url, e)
             return None
-        self.pushes += 1
         self.pushed.set()
         return result
 

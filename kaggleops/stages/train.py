@@ -23,6 +23,7 @@ from kaggleops import distributed as dist
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.files import sha256_file
 from kaggleops.schema import (
     ARTIFACT_MODEL,
     TAG_FOLD,
@@ -89,10 +90,6 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tup
         raise DataError(str(e)) from None
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _train_key(params: dict[str, Any]) -> str:
     """Fingerprint of everything that decides a run's numbers: only a run with the same key is resumed."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -145,7 +142,7 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
           resume: bool) -> TrainResult:
     tracker = open_tracker(cfg)
-    params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
+    params = {**asdict(settings), "data": str(path), "data_sha256": sha256_file(path)[:16], "rows": len(df)}
     params.pop("progress", None)
     job = _Job(tracker, task, df, settings, params, progress, resume)
     parent = None
