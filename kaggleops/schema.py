@@ -137,14 +137,22 @@ def _extra(data: dict[str, Any], cls: type) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in known}
 
 
-def _read(path: Path, what: str) -> dict[str, Any]:
+def _loads(text: str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise SchemaError(f"{what} {path} cannot be read as JSON ({e}).") from None
+        data = json.loads(text)
+    except ValueError as e:
+        raise SchemaError(f"{what} cannot be read as JSON ({e}).") from None
     if not isinstance(data, dict):
-        raise SchemaError(f"{what} {path} is not a JSON object.")
+        raise SchemaError(f"{what} is not a JSON object.")
     return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SchemaError(f"{path} cannot be read ({e}).") from None
+    return _loads(text, str(path))
 
 
 @dataclass(frozen=True)
@@ -202,20 +210,14 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, what: str = MANIFEST) -> Manifest:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        if not isinstance(data, dict):
-            raise SchemaError(f"{what} is not a JSON object.")
-        return cls.from_dict(data, what)
+        return cls.from_dict(_loads(text, what), what)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        return cls.from_dict(_read(path, MANIFEST), str(path))
+        return cls.from_dict(_read(path), str(path))
 
     def write(self, path: Path) -> None:
         Path(path).write_text(self.to_json())
@@ -315,18 +317,14 @@ class KernelPlan:
 
     @classmethod
     def from_json(cls, text: str, what: str = PLAN_FILE) -> KernelPlan:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        return cls.from_dict(data, what)
+        return cls.from_dict(_loads(text, what), what)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def read(cls, path: Path) -> KernelPlan:
-        return cls.from_dict(_read(path, PLAN_FILE), str(path))
+        return cls.from_dict(_read(path), str(path))
 
     def write(self, path: Path) -> None:
         Path(path).write_text(self.to_json())
