@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from kaggleops.errors import SchemaError
 
@@ -109,6 +109,7 @@ RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n inside a reranker fold's mod
 RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
 RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
 
+Rec = TypeVar("Rec", bound="_Record")
 MANIFEST_VERSION = 1
 PLAN_VERSION = 1
 
@@ -155,6 +156,33 @@ def _read(path: Path) -> dict[str, Any]:
     return _loads(text, str(path))
 
 
+class _Record:
+    """JSON text and files for a record class with ``from_dict(data, what)`` / ``to_dict()`` and a ``FILE`` name."""
+
+    FILE: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[Rec], data: dict[str, Any], what: str) -> Rec:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls: type[Rec], text: str, what: str | None = None) -> Rec:
+        return cls.from_dict(_loads(text, what or cls.FILE), what or cls.FILE)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls: type[Rec], path: Path) -> Rec:
+        return cls.from_dict(_read(path), str(path))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a published model folder: its sha256 and size."""
@@ -164,7 +192,7 @@ class FileEntry:
 
 
 @dataclass
-class Manifest:
+class Manifest(_Record):
     """``kops-manifest.json``: the run a dataset version carries, and every file's sha256.
 
     ``files`` maps paths as in the logged model folder (``tokenizer/vocab.json``) to their entries;
@@ -181,6 +209,7 @@ class Manifest:
     kops_version: str = ""
     schema_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = MANIFEST
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = MANIFEST) -> Manifest:
@@ -207,20 +236,6 @@ class Manifest:
                 "created": self.created,
                 "files": {rel: {"sha256": e.sha256, "bytes": e.bytes} for rel, e in self.files.items()},
                 "archives": self.archives, **self.extra}
-
-    @classmethod
-    def from_json(cls, text: str, what: str = MANIFEST) -> Manifest:
-        return cls.from_dict(_loads(text, what), what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> Manifest:
-        return cls.from_dict(_read(path), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -272,7 +287,7 @@ class PlanReranker:
 
 
 @dataclass
-class KernelPlan:
+class KernelPlan(_Record):
     """``kops-kernel.json``: what an inference kernel runs (models, reranker, runtime wheel, columns, settings)."""
 
     competition: str
@@ -289,6 +304,7 @@ class KernelPlan:
     kops_version: str = ""
     schema_version: int = PLAN_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = PLAN_FILE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = PLAN_FILE) -> KernelPlan:
@@ -315,19 +331,6 @@ class KernelPlan:
                 "rerank_batch_size": self.rerank_batch_size, "post_processing": self.post_processing,
                 **self.extra}
 
-    @classmethod
-    def from_json(cls, text: str, what: str = PLAN_FILE) -> KernelPlan:
-        return cls.from_dict(_loads(text, what), what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> KernelPlan:
-        return cls.from_dict(_read(path), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
     @property
     def reranker_models(self) -> list[PlanModel]:
