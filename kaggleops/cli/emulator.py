@@ -39,7 +39,7 @@ def start(
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
+    """Serve the built-in task's sample competition on 127.0.0.1 until Ctrl-C."""
     from kaggleops.emulator import Emulator
     from kaggleops.stages.demo import COMPETITION, seed_competition
     from kaggleops.tasks import get_task

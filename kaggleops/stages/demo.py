@@ -1,6 +1,6 @@
 """`kops demo`: the whole loop, offline, in a fresh work folder.
 
-Starts the loopback Kaggle emulator seeded with the bundled Tweet Sentiment Extraction sample, then runs the
+Starts the loopback Kaggle emulator seeded with the built-in task's bundled competition sample, then runs the
 same library functions the commands run: train → publish → push-kernel (the emulator executes the kernel) →
 submit → scores.
 """
@@ -19,21 +19,37 @@ from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
 from kaggleops.errors import KopsError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
-COMPETITION = "tweet-sentiment-extraction"
+COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
 STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
 
 
-def seed_competition(emulator: Any, task: Any) -> int:
-    """Register the task's bundled sample as a code competition with a hidden solution; returns test rows."""
+def list_metric(task: Any) -> Callable[[list[str], list[str]], float]:
+    """The task's table metric as the emulator's ``metric(truths, preds)`` over aligned string lists."""
+    def metric(truths: list[str], preds: list[str]) -> float:
+        import pandas as pd
+
+        sub = task.submission
+        ids = [str(i) for i in range(len(truths))]
+        return task.metric(pd.DataFrame({sub.id_column: ids, sub.columns[0]: truths}),
+                           pd.DataFrame({sub.id_column: ids, sub.columns[0]: preds}))
+
+    return metric
+
+
+def seed_competition(emulator: Any, task: Any, slug: str | None = None, sample: Path | None = None) -> int:
+    """Register a competition folder (default: the task's bundled sample) as a code competition with a hidden
+    solution.csv, scored by the task's metric; returns the number of test rows."""
     import csv
 
-    sample = task.sample_dir()
+    sample = sample or task.sample_dir()
     with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
         solution = list(csv.DictReader(f))
     files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(COMPETITION, files, solution, task.id_column, task.target_column, task.metric)
+    emulator.add_competition(slug or task.name, files, solution, task.submission.id_column,
+                             task.submission.columns[0], list_metric(task))
     return len(solution)
 
 
@@ -130,8 +146,8 @@ def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | No
         summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
         trained = train(cfg, progress=False)
-        summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
-        echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
+        summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
+        echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)
         summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
         echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
