@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,82 @@ def test_task_specs_load_files_and_modules_and_name_import_errors(tmp_path: Path
         split_spec("justaname")
     with pytest.raises(TaskLoadError, match="Unknown task 'titanic'"):
         get_task("titanic")
+
+
+def kops_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_init_for_an_unknown_competition_writes_a_skeleton_and_train_names_the_first_method(tmp_path: Path) -> None:
+    out = kops_cli(tmp_path, "init", "--competition", "titanic", "--owner", "alice")
+    assert out.returncode == 0, out.stderr
+    skeleton = tmp_path / "tasks" / "titanic_task.py"
+    assert skeleton.is_file() and "skeleton" in out.stdout
+    assert "task: tasks/titanic_task.py:TitanicTask" in (tmp_path / "kops.yaml").read_text()
+    source = skeleton.read_text()
+    for method in ("load_train", "load_test", "make_folds", "settings", "train_fold", "predict"):
+        assert f"def {method}(" in source
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("PassengerId,Survived\n1,0\n")
+    out = kops_cli(tmp_path, "train", "--data", "data")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "implement TitanicTask.load_train in tasks/titanic_task.py" in lines[0], out.stderr
+
+
+def test_a_task_spec_that_cannot_import_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: titanic\ntask: no_such_pkg_k12.tasks:T\nowner: alice\n"
+                                        "data_dir: .\n")
+    (tmp_path / "train.csv").write_text("a\n1\n")
+    out = kops_cli(tmp_path, "train")
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode != 0 and len(lines) == 1, out.stderr
+    assert ("cannot import task no_such_pkg_k12.tasks:T: ModuleNotFoundError: No module named 'no_such_pkg_k12'"
+            in lines[0])
+
+
+def test_a_bad_train_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n"
+                                        "train:\n  epochz: 3\n")
+    out = kops_cli(tmp_path, "train")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "epochz" in out.stderr and "train:" in out.stderr
+
+
+def test_the_kernel_runtime_names_a_module_the_task_needs_but_the_kernel_lacks(tmp_path: Path) -> None:
+    from kaggleops.kernel.runtime import KernelFailure, import_task
+
+    (tmp_path / "needs_dep_k12.py").write_text("import kops_absent_dep_k12\nclass T:\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(KernelFailure, match="no module named 'kops_absent_dep_k12'.*kernel.wheels"):
+            import_task({"competition": "x", "task": {"spec": "needs_dep_k12:T"}})
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_leaderboard_sorts_lower_is_better_metrics_ascending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.config import load_config
+    from kaggleops.stages.leaderboard import leaderboard
+
+    (tmp_path / "kops.yaml").write_text("competition: my-regression\nowner: alice\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(tmp_path / "kops.yaml")
+    tracker = Tracker(cfg)
+    rows = {}
+    for name, cv, lb in (("a", 0.30, 0.40), ("b", 0.10, 0.20), ("c", 0.20, 0.60)):
+        src = tracker.start_run(f"fold-{name}", {}, {"kops.metric": "rmse", "kops.metric.higher_is_better": "false",
+                                                      "kops.kind": "fold"})
+        tracker.log_metrics(src, {"best_val_rmse": cv})
+        tracker.end_run(src)
+        sub = tracker.start_run(f"sub-{name}", {}, {"kops.kind": "submission", "kops.competition": "my-regression",
+                                                     "kops.source_runs": src})
+        tracker.log_metrics(sub, {"lb_public": lb})
+        tracker.end_run(sub)
+        rows[sub] = name
+    by_lb = [rows[r.submission_run_id] for r in leaderboard(cfg, sort="lb_public")]
+    by_cv = [rows[r.submission_run_id] for r in leaderboard(cfg, sort="cv")]
+    assert by_lb == ["b", "a", "c"] and by_cv == ["b", "c", "a"]
+    assert leaderboard(cfg)[0].metric == "rmse" and leaderboard(cfg)[0].higher_is_better is False

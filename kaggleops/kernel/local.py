@@ -6,6 +6,7 @@ Layout, under ``DIR/.run-local/`` (made fresh each time)::
     input/<dataset slug>/     each planned run's `model/` artifact (ensemble and reranker folds) + a
                               kops-manifest.json naming the run
     input/kops-runtime/       the runtime wheel built from the installed kops (as push-kernel would publish it)
+    input/<experiment>-code/  the task's own code wheel (+ kernel.wheels), when the plan has a code dataset
     working/                  the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
 
 Network: the kernel always runs with a socket guard (a ``sitecustomize`` on PYTHONPATH, so the kernel and
@@ -33,7 +34,6 @@ from kaggleops.errors import KopsError
 from kaggleops.kernel.runtime import MANIFEST, SUBMISSION, check_submission, read_rows
 from kaggleops.kernel.wheel import RUNTIME_SLUG, stage_runtime
 from kaggleops.stages.kernel import KERNEL_FILE, KERNEL_METADATA, PLAN_FILE
-from kaggleops.tasks import get_task
 
 RUN_DIR = ".run-local"
 BLOCKED_MARK = "kops run-local: network blocked"
@@ -138,7 +138,10 @@ def static_checks(plan: dict, metadata: dict) -> list[str]:
 
 def stage_inputs(cfg: KopsConfig, plan: dict, input_dir: Path, data_dir: Path | None) -> list[str]:
     """Populate ``input/``; returns problems (a run whose model artifact cannot be read)."""
-    source = data_dir or cfg.resolved_data_dir() or get_task(plan["competition"]).sample_dir()
+    from kaggleops.stages.train import get_task_for
+
+    task = get_task_for(cfg)
+    source = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else ".")
     comp = input_dir / plan["competition"]
     comp.mkdir(parents=True)
     for name in COMPETITION_FILES:
@@ -156,6 +159,11 @@ def stage_inputs(cfg: KopsConfig, plan: dict, input_dir: Path, data_dir: Path | 
         shutil.copytree(downloaded, target, dirs_exist_ok=True)
         (target / MANIFEST).write_text(json.dumps({"run_id": model["run_id"], "staged_by": "kops run-local"}))
     stage_runtime(input_dir / RUNTIME_SLUG)
+    if plan.get("code"):  # the task's own code, built from the working tree as push-kernel would publish it
+        from kaggleops.kernel.code import stage_code
+        from kaggleops.stages.kernel import task_kernel_spec
+
+        stage_code(cfg, task_kernel_spec(cfg), input_dir / plan["code"]["dataset"].split("/", 1)[1])
     shutil.rmtree(input_dir.parent / "download", ignore_errors=True)
     return problems
 

@@ -122,7 +122,10 @@ def settings_params(settings: Any) -> dict[str, Any]:
 
 
 def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
-    folder = data_dir or cfg.resolved_data_dir() or task.sample_dir()
+    folder = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else None)
+    if folder is None:
+        raise DataError(f"No data folder for task {task.name}.", "Set `data_dir:` in kops.yaml (or pass --data) to "
+                        "the competition's files, e.g. from `kaggle competitions download`.")
     path = Path(folder) / "train.csv"
     if not path.is_file():
         raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
