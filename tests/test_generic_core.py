@@ -158,3 +158,34 @@ def test_leaderboard_sorts_lower_is_better_metrics_ascending(tmp_path: Path, mon
     by_cv = [rows[r.submission_run_id] for r in leaderboard(cfg, sort="cv")]
     assert by_lb == ["b", "a", "c"] and by_cv == ["b", "c", "a"]
     assert leaderboard(cfg)[0].metric == "rmse" and leaderboard(cfg)[0].higher_is_better is False
+
+
+def test_the_readme_minimal_task_trains_and_predicts(tmp_path: Path) -> None:
+    """The README's "Bring your own competition" task, run through the interface as kops calls it."""
+    import numpy as np
+    import pandas as pd
+
+    from kaggleops.task import FoldContext, PredictContext
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    source = readme.split("```python\n# tasks/my_task.py", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_task_k12.py").write_text(source)
+    task = load_task("readme_task_k12.py:MyTask", tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 120)
+    train = pd.DataFrame({"id": range(120), "x": x, "target": 1 + 2 * x - x**2 + rng.normal(0, 0.05, 120)})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    df = task.make_folds(task.load_train(tmp_path / "train.csv"), 3, 42)
+    settings = task.settings({"degree": 2})
+    with pytest.raises(SettingsError, match="degre"):
+        task.settings({"degre": 2})
+    dirs, logged = [], []
+    for fold in range(3):
+        (tmp_path / f"f{fold}").mkdir()
+        res = task.train_fold(df, settings, FoldContext(fold, tmp_path / f"f{fold}", log=lambda m, s: logged.append(m)))
+        assert res.score < 0.1 and list(res.oof.columns) == ["id", "target"]
+        dirs.append(res.model_dir)
+    test = train[["id", "x"]].head(10)
+    pred = task.predict(dirs, test, PredictContext([1 / 3] * 3, tmp_path))
+    assert list(pred.columns) == ["id", "target"] and task.metric(train.head(10), pred) < 0.1
+    assert not task.metric.higher_is_better and logged and "val_rmse" in logged[0]
