@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from kaggleops.tasks.errors import DataError
+from kaggleops.errors import DataError
 
 __all__ = [
     "CheckpointFn",

@@ -62,6 +62,18 @@ class CodeDataset:
         return asdict(self)
 
 
+def task_kernel_spec(cfg: KopsConfig, code: CodeDataset | None = None) -> str:
+    """The ``module:Class`` the kernel imports: the code dataset's, kops.yaml's ``task:``, or the registry's."""
+    from kaggleops.tasks import task_spec
+
+    if code is not None:
+        return code.module
+    spec = cfg.task or task_spec(cfg.competition)
+    if not spec:
+        raise ConfigError(f"No task for competition {cfg.competition}.", "Set `task:` in kops.yaml.")
+    return spec
+
+
 def kernel_spec(spec: str) -> str:
     """The ``module:Class`` the kernel imports for a kops.yaml task spec (a file spec → its stem)."""
     target, _, cls = spec.rpartition(":")

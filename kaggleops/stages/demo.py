@@ -18,39 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.emulator.seeding import seed_competition
 from kaggleops.errors import KopsError
 from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
-STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
-
-
-def list_metric(task: Any) -> Callable[[list[str], list[str]], float]:
-    """The task's table metric as the emulator's ``metric(truths, preds)`` over aligned string lists."""
-    def metric(truths: list[str], preds: list[str]) -> float:
-        import pandas as pd
-
-        sub = task.submission
-        ids = [str(i) for i in range(len(truths))]
-        return task.metric(pd.DataFrame({sub.id_column: ids, sub.columns[0]: truths}),
-                           pd.DataFrame({sub.id_column: ids, sub.columns[0]: preds}))
-
-    return metric
-
-
-def seed_competition(emulator: Any, task: Any, slug: str | None = None, sample: Path | None = None) -> int:
-    """Register a competition folder (default: the task's bundled sample) as a code competition with a hidden
-    solution.csv, scored by the task's metric; returns the number of test rows."""
-    import csv
-
-    sample = sample or task.sample_dir()
-    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
-        solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(slug or task.name, files, solution, task.submission.id_column,
-                             task.submission.columns[0], list_metric(task))
-    return len(solution)
 
 
 @contextlib.contextmanager
@@ -125,7 +98,7 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
         init_workdir(workdir, epochs, folds or [0])
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
-            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg)))
+            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg), COMPETITION))
     finally:
         emulator.stop()
 

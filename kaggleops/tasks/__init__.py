@@ -27,7 +27,7 @@ from typing import Any
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
 __all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
-           "load_task", "split_spec", "task_names", "task_spec"]
+           "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
 ENTRY_POINT_GROUP = "kops.tasks"
 DEFAULT_COMPETITION = "tweet-sentiment-extraction"
@@ -124,3 +124,17 @@ def get_task(name: str, root: Path | None = None) -> Any:
     if spec is None:
         raise TaskLoadError(f"Unknown task {name!r}; known tasks: {', '.join(task_names())}")
     return load_task(spec, root)
+
+
+def task_for(cfg: Any) -> Any:
+    """The task of a loaded kops.yaml: ``task:`` (module:Class or file.py:Class, relative to kops.yaml), else the
+    competition's; a ConfigError / UnknownCompetition (one line) when it cannot be loaded."""
+    from kaggleops.errors import ConfigError, UnknownCompetition
+
+    try:
+        return get_task(cfg.task or cfg.competition, cfg.root)
+    except TaskLoadError as e:
+        if cfg.task:
+            raise ConfigError(f"{e}.", "Fix `task:` in kops.yaml (module:Class or path/file.py:Class).") from None
+        raise UnknownCompetition(f"{e}.", "Set `task:` in kops.yaml to your own task (kops init --competition "
+                                 "SLUG writes a skeleton), or `competition:` to one with a built-in task.") from None
