@@ -276,7 +276,7 @@ class KernelPlan:
     first) and ``options`` (the task's inference options, handed to ``predict`` as ``ctx.options``);
     ``id_column`` + ``columns``: the submission's header (``target_column`` is the first column); ``metric``:
     ``name`` and ``higher_is_better``; ``code``: the task's code dataset (None for a built-in task).
-    A version-1 plan (no ``task``) reads with the competition's built-in task.
+    A plan without ``task`` (written before kops had task specs) runs the competition's built-in task.
     """
 
     competition: str
@@ -359,7 +359,7 @@ class KernelPlan:
 
     @property
     def task_spec(self) -> str:
-        """The ``module:Class`` the kernel imports ('' for a version-1 plan: the competition's built-in task)."""
+        """The ``module:Class`` the kernel imports ('' in a plan written before task specs: the built-in task)."""
         return str(self.task.get("spec") or "")
 
     @property
