@@ -29,6 +29,7 @@ TAG_LIB_PREFIX = "kops.lib."  # + library name: its version on the machine that 
 TAG_DIRTY = "kops.git.dirty"
 TAG_ENV = "kops.env"
 TAG_TASK = "kops.task"
+TASK_ENTRY_POINTS = "kops.tasks"  # the entry-point group installed packages register tasks under
 TAG_METRIC = "kops.metric"  # the task metric's name: runs log cv_<metric> / best_val_<metric> / val_<metric>
 TAG_METRIC_HIGHER = "kops.metric.higher_is_better"  # "true" | "false": which way leaderboards sort
 TAG_KIND = "kops.kind"  # one of Kind

@@ -10,8 +10,9 @@ import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
-COMPETITION = "tweet-sentiment-extraction"  # the competition bundled with kops (datasets/)
+COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")

@@ -24,12 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaggleops.schema import TASK_ENTRY_POINTS
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
 __all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
            "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
-ENTRY_POINT_GROUP = "kops.tasks"
+ENTRY_POINT_GROUP = TASK_ENTRY_POINTS
 DEFAULT_COMPETITION = "tweet-sentiment-extraction"
 """The competition `kops init` and the demo use when none is named."""
 

@@ -3,10 +3,6 @@ only), re-exported, and TaskLoadError."""
 
 from __future__ import annotations
 
-from kaggleops.errors import DataError
+from kaggleops.errors import DataError, TaskLoadError
 
 __all__ = ["DataError", "TaskLoadError"]
-
-
-class TaskLoadError(ValueError):
-    """A task named in kops.yaml (or by competition slug) cannot be found or imported; one line says why."""
