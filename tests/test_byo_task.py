@@ -247,3 +247,15 @@ def test_unchanged_code_reuses_the_code_dataset_version(loop: dict[str, Any]) ->
     first, again = loop["pushed"]["code"], loop["pushed_again"]["code"]
     assert again["created"] is False and again["version"] == first["version"]
     assert again["content_sha256"] == first["content_sha256"]
+
+
+def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(project: dict[str, Any],
+                                                                                loop: dict[str, Any]) -> None:
+    env = {k: v for k, v in project["env"].items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "kernel", "run-local", loop["pushed"]["folder"],
+                          "--json"], cwd=project["work"], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["rows"] == 60 and "submission.csv" in report["outputs"]
+    staged = project["work"] / ".kops" / "kernels" / f"{SLUG}-inference" / ".run-local" / "input" / f"{SLUG}-code"
+    assert list(staged.glob("kops-code-*.json")) and list(staged.glob("kops_task_code-*.whl"))

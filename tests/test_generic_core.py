@@ -189,3 +189,32 @@ def test_the_readme_minimal_task_trains_and_predicts(tmp_path: Path) -> None:
     pred = task.predict(dirs, test, PredictContext([1 / 3] * 3, tmp_path))
     assert list(pred.columns) == ["id", "target"] and task.metric(train.head(10), pred) < 0.1
     assert not task.metric.higher_is_better and logged and "val_rmse" in logged[0]
+
+
+def test_code_dataset_holds_the_task_folder_or_package_and_installs_offline(tmp_path: Path) -> None:
+    from kaggleops.kernel.code import build_code_wheel, code_files, content_hash, kernel_spec
+
+    root = tmp_path / "proj"
+    (root / "tasks" / "sub").mkdir(parents=True)
+    for rel in ("tasks/my_task_k12c.py", "tasks/helper_k12c.py", "tasks/sub/__init__.py", "tasks/sub/x.py"):
+        (root / rel).write_text("VALUE = 1\n")
+    (root / "tasks" / "notes.txt").write_text("not code")
+    (root / "pkg_k12c").mkdir()
+    (root / "pkg_k12c" / "__init__.py").write_text("")
+    (root / "pkg_k12c" / "mod.py").write_text("class T:\n    pass\n")
+    files = code_files("tasks/my_task_k12c.py:T", root)
+    assert [n for n, _ in files] == ["helper_k12c.py", "my_task_k12c.py", "sub/__init__.py", "sub/x.py"]
+    assert kernel_spec("tasks/my_task_k12c.py:T") == "my_task_k12c:T" and kernel_spec("a.b:T") == "a.b:T"
+    assert [n for n, _ in code_files("pkg_k12c.mod:T", root)] == ["pkg_k12c/__init__.py", "pkg_k12c/mod.py"]
+    assert code_files("kaggleops.tasks.tse:TweetSentimentExtraction", root) == []
+    content = content_hash(files, [], "my_task_k12c:T")
+    a, b = build_code_wheel(tmp_path / "a", files, content), build_code_wheel(tmp_path / "b", files, content)
+    assert a.read_bytes() == b.read_bytes()  # content-versioned: same code, same bytes
+    (root / "tasks" / "helper_k12c.py").write_text("VALUE = 2\n")
+    assert content_hash(code_files("tasks/my_task_k12c.py:T", root), [], "my_task_k12c:T") != content
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target", str(target),
+                    str(a)], check=True)
+    out = subprocess.run([sys.executable, "-c", "import my_task_k12c, helper_k12c, sub.x; print(helper_k12c.VALUE)"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr

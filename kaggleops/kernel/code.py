@@ -34,7 +34,8 @@ from pathlib import Path
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError
-from kaggleops.kernel.wheel import HASH_CHARS, SKIPPED_PARTS, SKIPPED_SUFFIXES, ZIP_DATE, _record_hash
+from kaggleops.files import write_zip
+from kaggleops.kernel.wheel import HASH_CHARS, SKIPPED_PARTS, SKIPPED_SUFFIXES, _record_hash
 from kaggleops.refs import DatasetRef, slugify
 
 CODE_MARKER_PREFIX = "kops-code-"
@@ -143,12 +144,7 @@ def build_code_wheel(dst: Path, files: list[tuple[str, Path]], content: str) -> 
     entries.append((f"{dist}/RECORD", record.encode()))
     dst.mkdir(parents=True, exist_ok=True)
     path = dst / f"{DIST_NAME}-0.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
+    write_zip(path, entries, zipfile.ZIP_DEFLATED)
     return path
 
 

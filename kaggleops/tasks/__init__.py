@@ -2,7 +2,8 @@
 
 The interface a task implements is :mod:`kaggleops.task`. A task is named, in kops.yaml, by
 
-- ``task: my_package.module:MyTask`` — an importable module (an installed or project package);
+- ``task: my_package.module:MyTask`` — an importable module: an installed package, or one in the folder of
+  kops.yaml (appended to ``sys.path``, so an installed package of the same name wins);
 - ``task: tasks/my_task.py:MyTask`` — a file in the user's repository, relative to kops.yaml. Its folder goes
   on ``sys.path`` first, so the file and its sibling modules import each other as top-level modules
   (``my_task``, ``helpers``), the same way they are installed inside the offline kernel;
@@ -85,6 +86,9 @@ def import_task_module(spec: str, root: Path | None = None) -> tuple[Any, str]:
                                 "rename the file")
     else:
         module_name = target
+        folder = str(Path(root or Path.cwd()).resolve())
+        if folder not in sys.path:  # a package in the project folder, not installed (installed ones win)
+            sys.path.append(folder)
     try:
         return importlib.import_module(module_name), cls
     except ImportError as e:
