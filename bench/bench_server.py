@@ -96,7 +96,8 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from kaggleops.adapters.storage import gcs_client
-    from kaggleops.emulator.stack import start_gcs, start_postgres, start_team_server
+    from kaggleops.emulator.stack import start_gcs, start_postgres
+    from kaggleops.stages.ui import serve_mlflow
 
     root = Path(tempfile.mkdtemp(prefix="kops-bench-server-"))
     gcs = start_gcs()
@@ -105,7 +106,8 @@ def main() -> None:
     try:
         gcs_client().create_bucket("kops-bench")
         pg = start_postgres("bench-pw")
-        server = start_team_server(root / "server", pg.url, "gs://kops-bench/mlflow-artifacts")
+        server = serve_mlflow(pg.url, ["--artifacts-destination", "gs://kops-bench/mlflow-artifacts"], root,
+                              root / "mlflow-server.log", workers=2, timeout_s=180)
         MlflowClient(server.base).create_experiment("bench-server")
         one, t_one = _spawn(server.base, "batched", args.steps, 1)
         many, t_many = _spawn(server.base, "batched", args.steps, args.trainers)

@@ -20,20 +20,6 @@ import pytest
 PASSWORD = "kops-server-s3cret-pw"
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    from kaggleops.stages.ui import serve_mlflow
-
-    srv = tmp_path / "server"
-    srv.mkdir()
-    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
-                          srv, srv / "server.log", timeout_s=120)
-    try:
-        yield server.base
-    finally:
-        server.stop()
-
 
 @pytest.mark.slow
 def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_server: str, capsys: pytest.CaptureFixture,
@@ -43,6 +29,7 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
 
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.stages.demo import (
         COMPETITION,
         DEMO_KEY,
@@ -50,7 +37,6 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
         _chdir,
         demo_environment,
         init_workdir,
-        seed_competition,
     )
     from kaggleops.stages.kernel import push_kernel
     from kaggleops.stages.publish import publish
@@ -121,7 +107,8 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     import os
 
     from kaggleops.adapters.storage import gcs_client
-    from kaggleops.emulator.stack import start_gcs, start_postgres, start_team_server
+    from kaggleops.emulator.stack import start_gcs, start_postgres
+    from kaggleops.stages.ui import serve_mlflow
 
     before = os.environ.get("STORAGE_EMULATOR_HOST")
     gcs = start_gcs()
@@ -130,7 +117,8 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     try:
         gcs_client().create_bucket(TEAM_BUCKET)
         pg = start_postgres(PG_PASSWORD)
-        server = start_team_server(tmp_path / "server", pg.url, f"gs://{TEAM_BUCKET}/mlflow-artifacts")
+        server = serve_mlflow(pg.url, ["--artifacts-destination", f"gs://{TEAM_BUCKET}/mlflow-artifacts"], tmp_path,
+                              tmp_path / "mlflow-server.log", workers=2, timeout_s=180)
         yield server.base, gcs.url
     finally:
         for service in (server, pg, gcs):

@@ -54,14 +54,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from kaggleops.cli import emulator, kernel, project, runs, submissions, sync  # noqa: F401  (commands register on import)
+    from kaggleops.cli import emulator, kernel, project, runs, submissions, sync, ui  # noqa: F401  (commands register on import)
 
 
 QUIET_LIBRARIES = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",            # transformers' shard/weight bars; kops shows its own progress
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",               # "Creating initial MLflow database tables..."
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # server mode: "View run … at: …" would break --json stdout
 }
 
 

@@ -1,10 +1,11 @@
-"""The team's scale set-up on one machine, for tests and benchmarks: a bucket, PostgreSQL, an MLflow server on both.
+"""The team's scale set-up on one machine, for tests and benchmarks: a bucket and PostgreSQL for an MLflow server.
 
 - :func:`start_gcs` — ``gcp-storage-emulator`` (in memory) on 127.0.0.1 (point ``STORAGE_EMULATOR_HOST`` at its url).
 - :func:`start_postgres` — PostgreSQL 16 from the ``pgserver`` wheel, listening on 127.0.0.1 with a password
   (scram-sha-256) for role and database ``mlflow``, as the README's scale command connects to it.
-- :func:`start_team_server` — ``mlflow server --backend-store-uri postgresql://… --artifacts-destination gs://…``
-  (through :func:`kaggleops.stages.ui.serve_mlflow`).
+
+The MLflow server on them is started by :func:`kaggleops.stages.ui.serve_mlflow` (``--backend-store-uri
+postgresql://… --artifacts-destination gs://…``).
 
 Used by tests/test_server_mode.py, tests/test_sync.py, bench/bench_sync.py and bench/bench_server.py. Needs the
 ``dev`` extra (gcp-storage-emulator, pgserver, psycopg2-binary).
@@ -21,8 +22,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from kaggleops.stages.ui import UiServer, free_port, serve_mlflow
 
 HOST = "127.0.0.1"
 
@@ -51,6 +50,13 @@ class Service:
             shutil.rmtree(self.remove, ignore_errors=True)
 
 
+def free_port() -> int:
+    """A port of 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
 def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -65,7 +71,7 @@ def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, ti
 
 def start_gcs() -> Service:
     """gcp-storage-emulator in memory on a free port of 127.0.0.1; ``url`` is what STORAGE_EMULATOR_HOST takes."""
-    port = free_port(HOST)
+    port = free_port()
     exe = Path(sys.executable).parent / "gcp-storage-emulator"
     proc = subprocess.Popen([str(exe), "start", "--host", HOST, "--port", str(port), "--in-memory"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,7 +99,7 @@ def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow"
     system_user = init.system_user
     init.cleanup()
     (pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-    port = free_port(HOST)
+    port = free_port()
     sockets = pgdata / "sock"
     sockets.mkdir(exist_ok=True)
     if system_user:
@@ -110,11 +116,3 @@ def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow"
         service.stop()
         raise
     return service
-
-
-def start_team_server(root: Path, backend_uri: str, artifacts_destination: str, workers: int = 2,
-                      timeout_s: float = 180) -> UiServer:
-    """``mlflow server`` on the PostgreSQL store with proxied artifacts in ``artifacts_destination`` (gs://…)."""
-    root.mkdir(parents=True, exist_ok=True)
-    return serve_mlflow(backend_uri, ["--artifacts-destination", artifacts_destination], root,
-                        root / "mlflow-server.log", workers=workers, timeout_s=timeout_s)

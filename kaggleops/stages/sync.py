@@ -45,9 +45,17 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kaggleops.adapters.storage import ObjectInfo, ObjectStore, md5_b64, open_store
-from kaggleops.adapters.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.errors import ConfigError
 from kaggleops.refs import slugify
+from kaggleops.schema import (
+    TAG_ORIGIN_ARTIFACTS,
+    TAG_ORIGIN_CHUNKS,
+    TAG_ORIGIN_MACHINE,
+    TAG_ORIGIN_MD5,
+    TAG_ORIGIN_RUN,
+    TAG_PARENT,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -63,9 +71,6 @@ META = "meta.json"
 MACHINE_FILE = ".kops/machine-id"
 STATE_FILE = ".kops/sync-state.json"
 LOCK_FILE = ".kops/sync.lock"
-TAG_ORIGIN_MACHINE = "kops.origin_machine"
-TAG_ORIGIN_MD5 = "kops.origin_md5"
-TAG_ORIGIN_CHUNKS = "kops.origin_chunks"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 CHUNK_POINTS = 100_000
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -231,7 +236,7 @@ def push(cfg: KopsConfig, bucket: str | None = None, all_experiments: bool = Fal
         48213
     """
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     me = machine_id(cfg)
     result = PushResult(store.url, me)
     with _folder_lock(cfg):
@@ -380,7 +385,7 @@ def pull(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None =
         ['3f0c…', …]
     """
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     me = machine_id(cfg)
     result = PullResult(store.url)
     local = _imported(tracker)
@@ -489,11 +494,6 @@ def pull_if_configured(cfg: KopsConfig) -> PullResult | None:
     return pull(cfg)
 
 
-def resolve_run_id(tracker: Tracker, run_id: str) -> str:
-    """The local id for ``run_id`` (a local id, or the origin id of a pulled run); see ``Tracker.resolve``."""
-    return tracker.resolve(run_id)
-
-
 def bundles(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None = None) -> list[dict[str, Any]]:
     """What the bucket holds: one row per run (machine, run id, bytes of its meta and chunks, format)."""
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
@@ -520,7 +520,6 @@ class BackgroundSync:
         self.cfg = cfg
         self.every_s = every_s
         self.store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-        self.pushes = 0
         self.last_error: Exception | None = None
         self.pushed = threading.Event()
         self._stop = threading.Event()
@@ -538,7 +537,6 @@ class BackgroundSync:
             self.last_error = e
             log.warning("kops sync push to %s failed: %s", self.store.url, e)
             return None
-        self.pushes += 1
         self.pushed.set()
         return result
 
