@@ -1,7 +1,7 @@
 """The KopsError tree. Every error a user can cause or fix says what failed, where, and what to type next.
 
 The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a
-KopsError is a bug and propagates with its traceback.
+KopsError is a bug: one line too, its traceback only with ``KOPS_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ class RunNotFound(KopsError):
     def __init__(self, run_id: str, tracking_uri: str) -> None:
         super().__init__(
             f"Run {run_id} not found in the tracking store {tracking_uri}.",
-            "Check the id in the MLflow UI (mlflow ui --backend-store-uri URI) and that MLFLOW_TRACKING_URI / "
+            "Check the id with `kops ui` and that MLFLOW_TRACKING_URI / "
             "kops.yaml `tracking_uri` name the store it was logged to.",
         )
         self.run_id = run_id
+
+
+class RunIdAmbiguous(KopsError):
+    """A run-id prefix that matches more than one run."""
 
 
 class MissingArtifact(KopsError):
@@ -82,3 +86,9 @@ class RulesNotAccepted(KaggleError):
 
 class TimedOut(KopsError):
     """Waiting for a remote state took longer than allowed."""
+
+
+class Interrupted(KopsError):
+    """SIGINT/SIGTERM stopped a command; the message says where and how to continue. Exit code 130."""
+
+    exit_code = 130

@@ -11,7 +11,7 @@ import typer
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
 
-emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
+emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=False)
 app.add_typer(emulator_app, name="emulator")
 
 

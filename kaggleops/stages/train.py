@@ -10,20 +10,23 @@ The resume key leaves the process count out: a run started on 2 GPUs resumes on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
+from kaggleops import interrupts
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.errors import DataError, Interrupted, UnknownCompetition
 from kaggleops.stages.sync import background_sync
 
 TAG_TASK = "kops.task"
@@ -107,8 +110,12 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
         TrainResult(runs=[FoldRun(run_id='…', fold=0, val_jaccard=0.61)], ...)
     """
     joined = dist.init()
+    # One process: the first Ctrl-C/SIGTERM stops training at the next step, after a checkpoint (a second one stops
+    # at once). Under torchrun every rank would stop at a different step, so there a signal stops at once.
+    stopper = interrupts.graceful() if dist.world_size() == 1 else contextlib.nullcontext()
     try:
-        result = _train(cfg, folds, data_dir, progress, resume)
+        with stopper:
+            result = _train(cfg, folds, data_dir, progress, resume)
     except BaseException:
         if joined:
             dist.destroy()
@@ -143,7 +150,7 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
     tracker = Tracker(cfg)
     params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
     params.pop("progress", None)
-    job = _Job(tracker, task, df, settings, params, progress, resume)
+    job = _Job(tracker, task, df, settings, params, progress, resume, chosen)
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -152,10 +159,15 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
         # closed inside, so that last push carries its final status and CV.
         with background_sync(cfg):
             return _close_parent(tracker, [job.fold(fold, parent) for fold in chosen], parent)
-    except BaseException:
+    except BaseException as e:
         if parent:
-            tracker.end_run(parent, "FAILED")
+            tracker.end_run(parent, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
         raise
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (stdout stays for the result)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _close_parent(tracker: Tracker, runs: list[FoldRun], parent: str | None) -> TrainResult:
@@ -201,6 +213,12 @@ class _Job:
     params: dict[str, Any]
     progress: bool
     resume: bool
+    chosen: list[int] = field(default_factory=list)
+
+    def label(self, fold: int) -> str:
+        """``fold 3 (2/5)``: the fold and its place among this job's folds."""
+        return f"fold {fold} ({self.chosen.index(fold) + 1}/{len(self.chosen)})" if fold in self.chosen else \
+            f"fold {fold}"
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
         return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
@@ -223,6 +241,8 @@ class _Job:
                                       {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
+        if interrupts.requested():
+            raise KeyboardInterrupt  # asked to stop between folds: the next fold does not start
         params = {**self.params, "fold": fold}
         key = _train_key(params)
         same = [r for r in self._find("fold", key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
@@ -230,9 +250,22 @@ class _Job:
             done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
             if done:
                 dist.broadcast({"done": True})
+                say(f"{self.label(fold)}: run {done[0].info.run_id} already finished; kept")
                 return FoldRun(done[0].info.run_id, fold, done[0].data.metrics["best_val_jaccard"])
         found = self._unfinished(same, f"fold {fold}")
+        if self.resume and found is None:
+            say(f"{self.label(fold)}: nothing to resume ({self._why_not(fold, params)}); starting a new run")
         return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
+
+    def _why_not(self, fold: int, params: dict[str, Any]) -> str:
+        """Why no run of ``fold`` can be resumed: none unfinished, or the unfinished one differs (which params)."""
+        others = [r for r in runs_tagged(self.tracker, {TAG_KIND: "fold", TAG_FOLD: str(fold)})
+                  if r.info.status in UNFINISHED]
+        if not others:
+            return "no unfinished run of this fold"
+        changed = sorted(k for k, v in params.items() if others[0].data.params.get(k) != str(v))
+        what = f"changed: {', '.join(changed[:4])}" if changed else "other k-fold job"
+        return f"unfinished run {others[0].info.run_id} has other settings or data ({what})"
 
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
@@ -252,21 +285,27 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                 resume_run: str | None = None) -> FoldRun:
     tracker = job.tracker
     run_id, skip = _start_or_reopen(job, fold, params, parent, key, resume_run)
+    slots: _CheckpointSlots | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
             resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume") if resume_run else None
+            say(_start_line(job.label(fold), run_id, resume_run, resume_from))
             dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
             with tracker.metric_logger(run_id, skip=skip) as log_fn:
-                slots = _CheckpointSlots(log_fn)
+                slots = _CheckpointSlots(log_fn, _progress(resume_from).get("step"))
                 result = job.task.train_fold(job.df, job.settings, fold, Path(tmp) / "out", log_fn,
-                                             progress=job.progress, on_checkpoint=slots,
-                                             resume_from=resume_from)
+                                             progress=job.label(fold) if job.progress else False,
+                                             on_checkpoint=slots, resume_from=resume_from)
                 log_fn({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
             tracker.log_artifacts(run_id, result.model_dir, MODEL_ARTIFACT)
             tracker.log_artifact(run_id, result.oof_path, OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
-        raise
+        step = slots.step if slots is not None else None
+        if step is None:
+            raise Interrupted(f"interrupted before the first checkpoint of run {run_id} — `kops train --resume` "
+                              "trains it again from step 0") from None
+        raise Interrupted(f"interrupted at step {step} of run {run_id} — resume with `kops train --resume`") from None
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
@@ -274,16 +313,36 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
     return FoldRun(run_id, fold, result.val_jaccard)
 
 
+def _progress(checkpoint: Path | None) -> dict[str, int]:
+    from kaggleops.tasks.tse.checkpoint import progress
+
+    return progress(checkpoint) if checkpoint is not None else {}
+
+
+def _start_line(label: str, run_id: str, resume_run: str | None, resume_from: Path | None) -> str:
+    """``fold 0 (1/5): run ID`` and, on --resume, from which step of how many it continues (or why from 0)."""
+    if resume_run is None:
+        return f"{label}: run {run_id}"
+    if resume_from is None:
+        return f"{label}: resuming run {run_id}: it has no checkpoint yet, so training starts over from step 0"
+    at = _progress(resume_from)
+    of = f" of {at['total']}" if "total" in at else ""
+    return f"{label}: resuming run {run_id} from step {at.get('step', '?')}{of}"
+
+
 class _CheckpointSlots:
     """``on_checkpoint``: upload each checkpoint into slot ``a`` or ``b`` (alternating) of ``checkpoint/``, then
     ``checkpoint/latest.json`` naming it, behind the metrics logged before it. A kill mid-upload leaves the
-    other slot whole, so a checkpoint in the store always has its metrics stored too."""
+    other slot whole, so a checkpoint in the store always has its metrics stored too. ``step``: the step of the
+    last checkpoint handed over (or resumed from)."""
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, step: int | None = None) -> None:
         self.logger = logger
         self.slot = "b"
+        self.step = step
 
     def __call__(self, folder: Path, step: int) -> None:
+        self.step = step
         self.slot = "a" if self.slot == "b" else "b"
         pointer = folder.parent / f"latest-{step}"
         pointer.mkdir(exist_ok=True)
