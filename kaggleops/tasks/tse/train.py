@@ -379,8 +379,8 @@ def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: in
     from kaggleops import interrupts
 
     evaluate_now = loop.step % eval_every == 0 or loop.step == loop.total
-    save_now = bool(loop.settings.checkpoint_every) and loop.step < loop.total and (
-        loop.step % (loop.settings.checkpoint_every or 1) == 0 or loop.group == 0 or bool(interrupts.requested()))
+    save_now = bool(loop.settings.checkpoint_every) and (loop.step % (loop.settings.checkpoint_every or 1) == 0 or (
+        loop.step < loop.total and (loop.group == 0 or bool(interrupts.requested()))))
     if dist.is_main():
         if evaluate_now:
             _validate(loop, valid, loop.step)
