@@ -276,6 +276,8 @@ class Kaggle:
         )
         if resp != "exists":
             _check_status(resp, f"Create dataset {ref.ref}")
+        else:
+            clear_upload_records(folder)  # the answer was lost: the client kept its records of spent tokens
 
     def create_dataset_version(self, folder: Path, notes: str, ref: DatasetRef | None = None,
                                previous: int | None = None, quiet: bool = True, wait_s: float = 600,
@@ -306,6 +308,8 @@ class Kaggle:
                                         poll_s=poll_s)
         if resp != "created":
             _check_status(resp, f"Create version of dataset {ref.ref}")
+        else:
+            clear_upload_records(folder)
 
     # ---- kernels --------------------------------------------------------------------------------------
     def kernel_version(self, ref: KernelRef) -> int | None:
@@ -363,7 +367,7 @@ class Kaggle:
             if status == "COMPLETE":
                 return status
             if status in ("ERROR", "CANCEL_ACKNOWLEDGED"):
-                raise KernelError(f"Kernel {ref} ended with {status}: {failure.strip() or 'no message'}",
+                raise KernelError(f"Kernel {ref} ended with {status}: {failure_line(failure)}",
                                   f"See its log with: kaggle kernels output {ref.ref} -p OUT")
             if time.monotonic() > deadline:
                 raise TimedOut(f"Kernel {ref} still {status} after {timeout_s:.0f} s.")
@@ -449,6 +453,41 @@ class Kaggle:
             raise KaggleError(f"Submit {path.name} to {competition} failed: {resp.message or 'no ref returned'}",
                               "Retry with the same kops submit --file command.")
         return int(resp.ref)
+
+
+def clear_upload_records(folder: Path) -> int:
+    """Delete the official client's resumable-upload records of ``folder``'s files (and of files that no longer
+    exist, e.g. its temporary zips); returns how many were deleted.
+
+    The client keeps a record (upload URL, token, "complete") per file for 6 days whenever a call raised, and on
+    the next upload of the same path, size and mtime sends that token again instead of uploading. After a create
+    whose answer was lost but which took effect, those tokens are spent: a server treating them as single-use
+    would refuse every later upload of the files.
+    """
+    from kaggle.api.kaggle_api_extended import ResumableUploadContext
+
+    context = ResumableUploadContext()
+    records = Path(context.get_upload_info_file_path("x")).parent
+    if not records.is_dir():
+        return 0
+    ours = {Path(context.get_upload_info_file_path(str(p))).name for p in Path(folder).iterdir() if p.is_file()}
+    removed = 0
+    for record in records.glob("*.json"):
+        try:
+            recorded = json.loads(record.read_text()).get("path") or ""
+        except (OSError, ValueError):
+            continue
+        if record.name in ours or (recorded and not Path(recorded).exists()):
+            record.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def failure_line(failure: str) -> str:
+    """The line of a kernel's failure message that says what went wrong: the last one that is not a traceback
+    marker (``^^^^``, ``~~~``); ``no message`` when there is none."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip().strip("^~ ")]
+    return lines[-1] if lines else "no message"
 
 
 @dataclass(frozen=True)

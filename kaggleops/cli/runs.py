@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -76,16 +77,24 @@ def publish(
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run."""
-    from kaggleops.stages.publish import publish as run_publish
+    """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run.
 
-    result = run_publish(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    A k-fold parent publishes each of its folds as its own dataset (what push-kernel attaches)."""
+    from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
+
+    result = publish_run_or_folds(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    if isinstance(result, PublishedFolds):
+        lines = [f"k-fold parent {result.parent_run_id}: {len(result.folds)} fold(s)"]
+        lines += [_published_line(r) for r in result.folds]
+        return emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, f"{_published_line(result)}\n{result.url}")
+
+
+def _published_line(result: Any) -> str:
     if result.uploaded:
-        line = f"Published run {run_id} as {result.dataset} version {result.dataset_version}"
-    else:
-        line = (f"Weights of run {run_id} equal {result.dataset} version {result.dataset_version}: nothing uploaded, "
-                "no new version; run tagged with it")
-    emit(result.as_dict(), as_json, f"{line}\n{result.url}")
+        return f"Published run {result.run_id} as {result.dataset} version {result.dataset_version}"
+    return (f"Weights of run {result.run_id} equal {result.dataset} version {result.dataset_version}: nothing "
+            "uploaded, no new version; run tagged with it")
 
 
 @app.command("push-kernel")

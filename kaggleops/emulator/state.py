@@ -38,6 +38,7 @@ class Blob:
     kind: str
     path: Path
     received: int = 0
+    used: bool = False  # a token is single-use: once a dataset version holds its bytes, it is spent
 
     @property
     def complete(self) -> bool:
@@ -254,6 +255,8 @@ class Store:
         blob = self.blobs.get(str(token))
         if blob is None:
             raise ApiError(400, f"Unknown upload token {token!r}")
+        if blob.used:
+            raise ApiError(400, f"Upload token {token!r} ({blob.name}) was already used; start a new upload")
         if not blob.complete:
             raise ApiError(400, f"Upload {token!r} ({blob.name}) is incomplete: "
                                 f"{blob.received}/{blob.content_length} bytes")

@@ -142,18 +142,26 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
 
 def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
                    publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
-    """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
+    """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids).
+
+    With ``publish_missing`` a run already tagged with a dataset is published again to that dataset: identical
+    weights (sha256) keep the tagged version and upload nothing, changed weights become a new version (and the
+    run's tag follows), so a kernel never ships weights that are not the run's current ones. A dataset in
+    another owner's namespace (a teammate's run pulled by `kops sync pull`) is used as tagged.
+    """
     from kaggleops.stages.publish import publish
 
     models, published = [], []
     for run_id in run_ids:
         tags = tracker.get_run(run_id).data.tags
-        if TAG_DATASET not in tags:
-            if not publish_missing:
-                raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
-                                f"Publish it with: kops publish {run_id}")
-            publish(cfg, run_id, kaggle=kaggle)
-            published.append(run_id)
+        if TAG_DATASET not in tags and not publish_missing:
+            raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
+                            f"Publish it with: kops publish {run_id}")
+        theirs = TAG_DATASET in tags and tags[TAG_DATASET].split("/")[0] != cfg.kaggle_owner  # e.g. a pulled run
+        if publish_missing and not theirs:
+            result = publish(cfg, run_id, dataset=tags.get(TAG_DATASET), kaggle=kaggle)
+            if result.uploaded:
+                published.append(run_id)
             tags = tracker.get_run(run_id).data.tags
         models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
     return models, published
