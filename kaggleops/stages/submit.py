@@ -26,6 +26,7 @@ from kaggleops.adapters.tracking import (
     TAG_KERNEL,
     TAG_KERNEL_VERSION,
     TAG_KIND,
+    TAG_PARENT,
     Tracker,
     runs_tagged,
 )
@@ -306,7 +307,11 @@ def _match(run: Run, by_key: dict[str, Submission], by_ref: dict[int, Submission
     if tags.get(TAG_KEY) in by_key:
         return by_key[tags[TAG_KEY]]
     ref = tags.get(TAG_REF)
-    return by_ref.get(int(ref)) if ref and ref.isdigit() else None
+    sub = by_ref.get(int(ref)) if ref and ref.isdigit() else None
+    other = KEY_PATTERN.search(sub.description) if sub is not None else None
+    if other is not None and other.group(1) != tags.get(TAG_KEY):
+        return None  # the ref now names a submission of another kops run (e.g. refs reused by another server)
+    return sub
 
 
 def _plan_sources(tracker: Tracker, kaggle: Kaggle, kernel: KernelRef) -> tuple[list[str], list[str]]:
@@ -348,13 +353,26 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
         tracker.set_tags(run_id, changed_tags)
     scores = {m: getattr(sub, attr) for m, attr in SCORE_METRICS.items() if getattr(sub, attr) is not None}
     changed_scores = {m: v for m, v in scores.items() if run.data.metrics.get(m) != v}
-    for target in [run_id, *sources] if changed_scores else []:
+    for target in [run_id, *sources, *_kfold_parents(tracker, sources)] if changed_scores else []:
         tracker.log_metrics(target, changed_scores, step=sub.ref)
     finished = run.info.status == "RUNNING"  # the submitting process died before recording the ref
     if finished:
         tracker.end_run(run_id)
     row.changed = bool(changed_tags or changed_scores or finished)
     return row
+
+
+def _kfold_parents(tracker: Tracker, sources: list[str]) -> list[str]:
+    """The k-fold parents (holding the CV) of the source fold runs: they get the LB scores too."""
+    parents: dict[str, None] = {}
+    for run_id in sources:
+        try:
+            parent = tracker.get_run(run_id).data.tags.get(TAG_PARENT)
+        except KopsError:
+            continue  # a source run that is not in this store (e.g. named by an outside plan)
+        if parent and parent not in parents and tracker.get_run(parent).data.tags.get(TAG_KIND) == "kfold":
+            parents[parent] = None
+    return list(parents)
 
 
 def _kernel_text(tags: dict[str, str]) -> str:
