@@ -103,7 +103,31 @@ def test_help_imports_no_heavy_library() -> None:
 def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
     out = kops("train", cwd=tmp_path)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"kops: error: No kops.yaml at {tmp_path / 'kops.yaml'}. Create one with: kops init"
+    assert out.stderr.strip() == (f"kops: error: No kops.yaml in {tmp_path} or its parent folders. "
+                                  "Create one with: kops init")
+
+
+def test_config_is_found_in_a_parent_folder_like_git(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n")
+    deep = tmp_path / "notebooks" / "eda"
+    deep.mkdir(parents=True)
+    from kaggleops.config import find_config
+
+    assert find_config(deep) == tmp_path / "kops.yaml"
+    cfg_in_sub = subprocess.run([sys.executable, "-c", "from kaggleops.config import load_config; "
+                                 "c = load_config(); print(c.root, c.resolved_tracking_uri)"],
+                                cwd=deep, capture_output=True, text=True)
+    assert cfg_in_sub.stdout.split() == [str(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"]
+
+
+def test_config_errors_all_at_once_with_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competiton: tweet-sentiment-extraction\nownr: alice\n"
+                                        "tracking_uri: [1]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "kops.yaml")
+    assert str(info.value) == (f"{tmp_path / 'kops.yaml'}: 3 problems: unknown key `competiton` (did you mean "
+                               "`competition`?); unknown key `ownr` (did you mean `owner`?); `tracking_uri`: Input "
+                               "should be a valid string. Fix it (see `kops init` for a commented example).")
 
 
 def test_init_writes_config_once(tmp_path: Path) -> None:

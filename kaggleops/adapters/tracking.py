@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kaggleops import __version__
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import KopsError, RunNotFound
+from kaggleops.errors import KopsError, RunIdAmbiguous, RunNotFound
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -40,6 +40,7 @@ TAG_KERNEL_VERSION = "kops.kernel.version"
 TAG_KIND = "kops.kind"  # fold | kfold | submission | rerank | rerank-fold
 TAG_FOLD = "kops.fold"
 TAG_ORIGIN_RUN = "kops.origin_run_id"
+MIN_PREFIX = 6  # the shortest run-id prefix a command accepts
 TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 METRIC_BATCH = 500
 FLUSH_INTERVAL_S = 5.0
@@ -163,7 +164,28 @@ class Tracker:
             hits = self.client.search_runs(ids, f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'", max_results=1) if ids else []
             if hits:
                 return hits[0].info.run_id
+        elif re.fullmatch(rf"[0-9a-f]{{{MIN_PREFIX},31}}", run_id):
+            return self._by_prefix(run_id)
         raise RunNotFound(run_id, self.uri)
+
+    def _by_prefix(self, prefix: str) -> str:
+        """The one run whose id starts with ``prefix``; RunNotFound for none, ConfigError listing them for several."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        found, token = [], None
+        while ids:
+            page = self.client.search_runs(ids, "", run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+            token = page.token
+            if not token:
+                break
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise RunNotFound(prefix, self.uri)
+        raise RunIdAmbiguous(f"Run id prefix {prefix} matches {len(found)} runs: {', '.join(sorted(found)[:5])}"
+                             f"{' …' if len(found) > 5 else ''}.", "Give more characters of the id.")
 
     def _origin_artifacts(self, run_id: str) -> str | None:
         """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""

@@ -26,9 +26,24 @@ def init(
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists.", "Edit it, or pass --force to overwrite it.")
     path.write_text(render_template(competition=competition, owner=owner))
-    written = [path, *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
+    written = [path, *_gitignore(Path.cwd()), *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
     emit({"config": str(path), "files": [str(p) for p in written]}, as_json,
          "\n".join(f"Wrote {p}" for p in written))
+
+
+GITIGNORED = ("mlflow.db", "mlartifacts/", ".kops/")  # what kops writes into the project folder
+
+
+def _gitignore(folder: Path) -> list[Path]:
+    """Add what kops writes (tracking store, artifacts, staging) to ``folder/.gitignore``; [] when all are there."""
+    path = folder / ".gitignore"
+    text = path.read_text() if path.is_file() else ""
+    missing = [p for p in GITIGNORED if p not in text.splitlines()]
+    if not missing:
+        return []
+    head = text if not text or text.endswith("\n") else text + "\n"
+    path.write_text(head + "# kops: tracking store, artifacts, staging\n" + "\n".join(missing) + "\n")
+    return [path]
 
 
 @app.command()
@@ -43,5 +58,4 @@ def demo(
 
     summary = run_demo(workdir, epochs=epochs, folds=fold, echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
-    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && "
-                           f"mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && kops ui")
