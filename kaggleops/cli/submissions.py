@@ -1,8 +1,7 @@
-"""Submissions and their scores: submit, scores, leaderboard, ui."""
+"""Submissions and their scores: submit, scores, leaderboard."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,28 +135,3 @@ def leaderboard(
     import shutil
 
     typer.echo(render_leaderboard(rows, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns))
-
-
-@app.command()
-def ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
-    config: str = CONFIG_OPT,
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
-    from kaggleops.stages.sync import pull_if_configured
-    from kaggleops.stages.ui import start_ui
-
-    cfg = load(config)
-    pulled = pull_if_configured(cfg)
-    if pulled is not None:
-        hint(f"Pulled from {pulled.bucket}: {len(pulled.created)} new, {len(pulled.updated)} updated run(s).")
-    server = start_ui(cfg, port=port)
-    emit({"url": server.url, "base": server.base, "log": server.log or None,
-          "pid": server.process.pid if server.process is not None else None}, as_json, server.url)
-    sys.stdout.flush()
-    if server.process is None:
-        hint("The tracking store is a server already: open the URL above.")
-        return
-    hint(f"MLflow UI on {server.base} (log: {server.log}); Ctrl-C stops it.")
-    raise typer.Exit(server.wait())

@@ -18,23 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.emulator.seeding import seed_competition
 from kaggleops.errors import KopsError
 
 COMPETITION = "tweet-sentiment-extraction"
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
-STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
-
-
-def seed_competition(emulator: Any, task: Any) -> int:
-    """Register the task's bundled sample as a code competition with a hidden solution; returns test rows."""
-    import csv
-
-    sample = task.sample_dir()
-    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
-        solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(COMPETITION, files, solution, task.id_column, task.target_column, task.metric)
-    return len(solution)
 
 
 @contextlib.contextmanager
@@ -109,7 +97,7 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
         init_workdir(workdir, epochs, folds or [0])
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
-            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg)))
+            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg), COMPETITION))
     finally:
         emulator.stop()
 

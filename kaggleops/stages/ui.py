@@ -20,28 +20,26 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
-from kaggleops.errors import KopsError, TimedOut
+from kaggleops.errors import KopsError, PortInUse, TimedOut
+from kaggleops.polling import poll
+from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0
+HEALTH_POLL_S = 0.3
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
-SHARED_VIEW_TAG = "mlflow.sharedViewState."
+SHARED_VIEW_TAG = TAG_SHARED_VIEW
 VIEW_METRICS = ("lb_public", "lb_private", "cv_jaccard", "best_val_jaccard", "val_jaccard")
-VIEW_TAGS = ("kops.submission.status", "kops.kernel.version", "kops.dataset.version")
-
-
-class PortInUse(KopsError):
-    """The UI's port is taken."""
+VIEW_TAGS = (TAG_SUBMISSION_STATUS, TAG_KERNEL_VERSION, TAG_DATASET_VERSION)
 
 
 def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", share_key: str | None = None) -> str:
@@ -63,7 +61,7 @@ def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public") -> s
              "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in VIEW_METRICS),
                                  *(f"tags.`{t}`" for t in VIEW_TAGS)],
              "runsPinned": [], "runsHidden": [], "runsExpanded": {}}
-    tracker.client.set_experiment_tag(tracker.experiment_id, SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
+    tracker.set_experiment_tag(SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
     return SHARE_KEY
 
 
@@ -113,20 +111,22 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def healthy() -> bool | None:
         if process.poll() is not None:
             raise KopsError(f"mlflow server exited with code {process.returncode} before serving {base}.",
                             f"See its log: {log}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                return True if resp.status == 200 else None
         except OSError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise TimedOut(f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui")
+            return None
+
+    try:
+        poll(healthy, timeout_s, HEALTH_POLL_S, lambda: TimedOut(
+            f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui"))
+    except TimedOut:
+        process.terminate()
+        raise
 
 
 def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
@@ -136,7 +136,7 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
     Example:
         >>> server = start_ui(load_config()); print(server.url); server.wait()  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     experiment_id = tracker.experiment_id
     share_key = save_leaderboard_view(tracker)
     if tracker.uri.startswith(("http://", "https://")):
