@@ -135,3 +135,35 @@ def test_init_writes_config_once(tmp_path: Path) -> None:
     assert first.returncode == 0 and json.loads(first.stdout)["config"] == str(tmp_path / "kops.yaml")
     again = kops("init", cwd=tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
+
+
+def test_run_id_prefix_of_6_or_more_characters_resolves(tmp_path: Path) -> None:
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.errors import RunNotFound
+
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n")
+    tracker = Tracker(load_config(tmp_path / "kops.yaml"))
+    run_id = tracker.start_run("fold-0", {})
+    tracker.end_run(run_id)
+    assert tracker.resolve(run_id[:8]) == tracker.resolve(run_id[:6]) == run_id
+    with pytest.raises(RunNotFound):
+        tracker.resolve(run_id[:5])  # too short to be taken as a prefix
+    other = "0" * 8 if not run_id.startswith("0") else "f" * 8
+    with pytest.raises(RunNotFound):
+        tracker.resolve(other)
+    second = tracker.start_run("fold-1", {})
+    from kaggleops.errors import RunIdAmbiguous
+
+    with pytest.raises(RunIdAmbiguous) as err:  # the empty prefix matches both: how an ambiguous one is reported
+        tracker._by_prefix("")
+    assert str(err.value) == (f"Run id prefix  matches 2 runs: {', '.join(sorted([run_id, second]))}. "
+                              "Give more characters of the id.")
+
+
+def test_init_writes_a_gitignore_for_what_kops_writes(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("*.pyc")
+    out = kops("init", "--owner", "alice", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / ".gitignore").read_text() == "*.pyc\n# kops: tracking store, artifacts, staging\nmlflow.db\n" \
+                                                    "mlartifacts/\n.kops/\n"
+    assert f"Wrote {tmp_path / '.gitignore'}" in out.stdout

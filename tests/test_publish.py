@@ -371,3 +371,16 @@ def test_spent_upload_token_is_refused_by_the_emulator(project: Path, emulator: 
                            auth=(USER, KEY), timeout=10)
     assert answer.status_code == 200 and "was already used" in answer.json()["error"]  # Kaggle: error in the body
     assert f"{USER}/reuse-the-token" not in emulator.state_summary()["datasets"]
+
+
+def test_upload_lines_name_each_file_and_its_size_within_80_columns(tmp_path: Path) -> None:
+    from kaggleops.refs import DatasetRef
+    from kaggleops.stages.publish import upload_lines
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 5_000_000)
+    (tmp_path / "tokenizer.zip").write_bytes(b"y" * 1234)
+    (tmp_path / ("a" * 100 + ".json")).write_bytes(b"{}")
+    lines = upload_lines(DatasetRef("alice", "fold-0-3f2a9c1e"), tmp_path)
+    assert lines == ["uploading 3 file(s), 4.8 MB, to alice/fold-0-3f2a9c1e", "  " + "a" * 72 + "…  2 B",
+                     "  model.safetensors  4.8 MB", "  tokenizer.zip  1.2 KB"]
+    assert max(map(len, lines)) <= 80

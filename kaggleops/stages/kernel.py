@@ -14,6 +14,7 @@ kernel the ensemble's top-``n`` candidate spans are rescored by those models
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
 
 
 def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
-                   publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
+                   publish_missing: bool = True, progress: bool = False) -> tuple[list[ModelSource], list[str]]:
     """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids).
 
     With ``publish_missing`` a run already tagged with a dataset is published again to that dataset: identical
@@ -128,7 +129,7 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
                             f"Publish it with: kops publish {run_id}")
         theirs = TAG_DATASET in tags and tags[TAG_DATASET].split("/")[0] != cfg.kaggle_owner  # e.g. a pulled run
         if publish_missing and not theirs:
-            result = publish(cfg, run_id, dataset=tags.get(TAG_DATASET), kaggle=kaggle)
+            result = publish(cfg, run_id, dataset=tags.get(TAG_DATASET), kaggle=kaggle, progress=progress)
             if result.uploaded:
                 published.append(run_id)
             tags = tracker.get_run(run_id).data.tags
@@ -271,7 +272,8 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
-    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
+    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
+                                       progress=on_status is not None)
     rerank_source, rerank_runs = None, []
     if reranker:
         rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
@@ -280,6 +282,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
                            rerank_source)
+    if on_status is not None:  # the CLI: say what the next seconds of upload are
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        print(f"pushing kernel {ref.ref}: {len(files)} file(s), {sum(p.stat().st_size for p in files) // 1024} KB",
+              file=sys.stderr, flush=True)
     version = kaggle.push_kernel(folder)
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
@@ -180,6 +181,9 @@ def _upload(kaggle: Kaggle, ref: DatasetRef, folder: Path, info: dict[str, Any] 
             notes: str, progress: bool, poll_s: float) -> int:
     """Create the dataset or a new version; wait until READY and return the version number read back."""
     previous = int(info.get("current_version_number") or 0) if info else 0
+    if progress:
+        for line in upload_lines(ref, folder):
+            print(line, file=sys.stderr, flush=True)
     if info is None:
         kaggle.create_dataset(folder, public=public, ref=ref, quiet=not progress)
     else:
@@ -188,6 +192,26 @@ def _upload(kaggle: Kaggle, ref: DatasetRef, folder: Path, info: dict[str, Any] 
         kaggle.create_dataset_version(folder, notes, ref=ref, previous=previous, quiet=not progress,
                                       poll_s=poll_s)
     return kaggle.wait_dataset_ready(ref, min_version=previous + 1, poll_s=poll_s)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def upload_lines(ref: DatasetRef, folder: Path, width: int = 80) -> list[str]:
+    """What is about to be uploaded, one line per file (name and size, at most ``width`` characters)."""
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name)
+    total = sum(p.stat().st_size for p in files)
+    lines = [f"uploading {len(files)} file(s), {_size(total)}, to {ref.ref}"[:width]]
+    for p in files:
+        size = _size(p.stat().st_size)
+        name = p.name if len(p.name) <= width - len(size) - 4 else p.name[:width - len(size) - 5] + "…"
+        lines.append(f"  {name}  {size}")
+    return lines
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

@@ -261,7 +261,7 @@ class _Job:
 
     def _why_not(self, fold: int, params: dict[str, Any]) -> str:
         """Why no run of ``fold`` can be resumed: none unfinished, or the unfinished one differs (which params)."""
-        others = [r for r in runs_tagged(self.tracker, {TAG_KIND: "fold", TAG_FOLD: str(fold)})
+        others = [r for r in runs_tagged(self.tracker, {TAG_KIND: Kind.FOLD, TAG_FOLD: str(fold)})
                   if r.info.status in UNFINISHED]
         if not others:
             return "no unfinished run of this fold"
