@@ -384,3 +384,23 @@ def test_upload_lines_name_each_file_and_its_size_within_80_columns(tmp_path: Pa
     assert lines == ["uploading 3 file(s), 4.8 MB, to alice/fold-0-3f2a9c1e", "  " + "a" * 72 + "…  2 B",
                      "  model.safetensors  4.8 MB", "  tokenizer.zip  1.2 KB"]
     assert max(map(len, lines)) <= 80
+
+
+def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emulator: Emulator) -> None:
+    from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
+
+    cfg = load_config(project / "kops.yaml")
+    tracker = Tracker(cfg)
+    parent = tracker.start_run("kfold-tiny", {}, {"kops.kind": "kfold"})
+    folds = []
+    for k in (0, 1):
+        run_id = make_run(project, model_files(seed=20 + k), name=f"fold-{k}")
+        tracker.set_tags(run_id, {"mlflow.parentRunId": parent, "kops.kind": "fold", "kops.fold": str(k)})
+        folds.append(run_id)
+    tracker.end_run(parent)
+    result = publish_run_or_folds(cfg, parent)
+    assert isinstance(result, PublishedFolds) and result.parent_run_id == parent
+    assert [(r.run_id, r.dataset, r.dataset_version) for r in result.folds] == [
+        (f, f"{USER}/fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
+    with pytest.raises(ConfigError, match="is a k-fold parent: each fold gets its own dataset"):
+        publish_run_or_folds(cfg, parent, dataset=f"{USER}/all-folds")
