@@ -425,3 +425,18 @@ def test_cli_leaderboard_uses_the_terminal_width(cfg: Any, emulator: Emulator, t
     wide = kops("leaderboard", cwd=cfg.root)
     assert wide.stdout.splitlines()[0].split() == ["ref", "date", "status", "LB", "public", "LB", "private", "CV",
                                                    "models", "datasets", "kernel", "/", "file", "commit"]
+
+
+def test_submit_with_a_wrong_kaggle_key_is_one_line(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    """The installed `kops submit` with a key the server refuses: exit 1, one line (+ at most a hint), no traceback."""
+    kops_script = Path(sys.executable).parent / "kops"
+    if not kops_script.is_file():
+        pytest.skip("no installed kops script")
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    out = subprocess.run([str(kops_script), "submit", "--file", str(good)], cwd=cfg.root, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "KAGGLE_KEY": "wrong-key"})
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert "Traceback" not in out.stderr and "benchmark_task_slug" not in out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kops: error: "), out.stderr
