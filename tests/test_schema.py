@@ -41,11 +41,13 @@ def test_an_unversioned_plan_reads_as_version_1_and_round_trips() -> None:
 
 def test_plan_keeps_keys_it_does_not_know() -> None:
     plan = KernelPlan.from_dict({**OLD_PLAN, "tta": {"flip": True}})
-    assert plan.extra == {"tta": {"flip": True}} and plan.to_dict()["tta"] == {"flip": True}
+    assert plan.extra["tta"] == {"flip": True} and plan.to_dict()["tta"] == {"flip": True}
+    assert plan.extra["max_len"] == 128  # an old plan's task-specific keys are kept too
+    assert plan.task_spec == "" and plan.columns == ["selected_text"]
 
 
 def test_plan_with_a_reranker() -> None:
-    rr = {"run_id": "r" * 32, "module": schema.RERANK_MODULE, "w": 0.5, "n": 3,
+    rr = {"run_id": "r" * 32, "w": 0.5, "n": 3,
           "models": [{"run_id": "f" * 32, "dataset": "alice/rr-f0", "dataset_version": 1}]}
     plan = KernelPlan.from_dict({**OLD_PLAN, "reranker": rr})
     assert plan.reranker == PlanReranker("r" * 32, [PlanModel("f" * 32, "alice/rr-f0", 1)], 0.5, 3)

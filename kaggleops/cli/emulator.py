@@ -10,8 +10,9 @@ import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
-COMPETITION = "tweet-sentiment-extraction"  # the competition bundled with kops (datasets/)
+COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=False)
 app.add_typer(emulator_app, name="emulator")
@@ -41,7 +42,7 @@ def start(
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
+    """Serve the built-in task's sample competition on 127.0.0.1 until Ctrl-C."""
     from kaggleops.emulator import Emulator
     from kaggleops.emulator.seeding import seed_competition
     from kaggleops.tasks import get_task
