@@ -27,7 +27,7 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker, open_tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.files import sha256_file, zip_folder
@@ -38,9 +38,11 @@ from kaggleops.schema import (
     MANIFEST,
     TAG_DATASET,
     TAG_DATASET_VERSION,
+    TAG_FOLD,
     TAG_GIT_COMMIT,
     TAG_GIT_REPO,
     TAG_KIND,
+    TAG_PARENT,
     FileEntry,
     Kind,
     Manifest,
@@ -270,13 +272,17 @@ def publish_folds(cfg: KopsConfig, parent_run_id: str, public: bool | None = Non
     dataset without re-uploading the others, a cut publish redoes only the folds not yet tagged, and the kernel
     of any subset of folds (``--run FOLD_RUN``) attaches exactly the weights it uses.
     """
-    from kaggleops.stages.kernel import expand_runs
-
     tracker = open_tracker(cfg)
-    folds, parents = expand_runs(tracker, [parent_run_id])
-    if not parents:
+    parent = tracker.get_run(tracker.resolve(parent_run_id))
+    if parent.data.tags.get(TAG_KIND) != Kind.KFOLD:
         raise ConfigError(f"Run {parent_run_id} is not a k-fold parent run.",
                           f"Publish it with: kops publish {parent_run_id}")
+    children = sorted(runs_tagged(tracker, {TAG_PARENT: parent.info.run_id}),
+                      key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+    if not children:
+        raise MissingArtifact(f"K-fold run {parent.info.run_id} has no fold runs (no run has mlflow.parentRunId = "
+                              "it).", "Train them with: kops train")
+    folds, parents = [r.info.run_id for r in children], [parent.info.run_id]
     kaggle = kaggle or Kaggle.from_config(cfg)
     return PublishedFolds(parents[0], [publish(cfg, run, public=public, kaggle=kaggle, progress=progress,
                                                poll_s=poll_s) for run in folds])
