@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load
+from kaggleops.cli import app, emit, load
 
 sync_app = typer.Typer(help="Share runs through a bucket: push local runs, pull everyone else's.",
                        no_args_is_help=False)
@@ -26,8 +26,6 @@ def push(
     """Upload each local run that changed as one bundle under a key only it owns."""
     from kaggleops.stages.sync import push as run_push
 
-    if not as_json:
-        hint("kops sync push: comparing local runs with the bucket's bundles…")
     r = run_push(load(config), bucket=bucket, all_experiments=all_experiments)
     emit(r.as_dict(), as_json, f"Pushed {len(r.uploaded)} run(s) ({r.uploaded_bytes} bytes) to {r.bucket} "
                                f"as machine {r.machine}; {r.unchanged} unchanged, {r.imported_skipped} pulled "
@@ -39,8 +37,6 @@ def pull(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSO
     """Import other machines' runs into the local store (idempotent; grown runs are updated, not duplicated)."""
     from kaggleops.stages.sync import pull as run_pull
 
-    if not as_json:
-        hint("kops sync pull: reading the bucket's run bundles…")
     r = run_pull(load(config), bucket=bucket)
     emit(r.as_dict(), as_json, f"Pulled from {r.bucket}: {len(r.created)} new run(s), {len(r.updated)} updated "
                                f"({r.points_added} metric points), {r.unchanged} unchanged, {r.own} own.")
