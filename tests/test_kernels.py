@@ -281,7 +281,9 @@ def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
     out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--wait", "--config",
                           "kops-render.yaml"], cwd=loop["workdir"], capture_output=True, text=True,
                          env=rendered["env"], timeout=120)
-    assert out.returncode == 2 and "--no-push renders the kernel without pushing it" in out.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("kops: error: --no-push renders the kernel without pushing it: there is nothing to "
+                                  "--wait for or to --submit. Drop --no-push, or drop --wait/--submit.")
 
 
 def test_run_local_downloads_the_planned_versions_and_runs_the_kernels_own_unpacking(

@@ -17,8 +17,8 @@ from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracke
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError, PublishError
-from kaggleops.refs import KAGGLE_WEB, DatasetRef
 from kaggleops.kernel.runtime import restore_model_dir
+from kaggleops.refs import KAGGLE_WEB, DatasetRef
 from kaggleops.stages.publish import publish
 
 USER, KEY = "testuser", "testkey"

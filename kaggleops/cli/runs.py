@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from kaggleops.cli import app, emit, hint, load
+from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -114,8 +115,8 @@ def push_kernel(
     from kaggleops.stages.kernel import push_kernel as run_push
 
     if not push and (wait or submit):
-        raise typer.BadParameter("--no-push renders the kernel without pushing it: there is nothing to --wait for "
-                                 "or --submit. Drop --no-push, or drop --wait/--submit.")
+        raise ConfigError("--no-push renders the kernel without pushing it: there is nothing to --wait for or to "
+                          "--submit.", "Drop --no-push, or drop --wait/--submit.")
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
                             publish=publish_missing, push=push, wait=wait, submit=submit, message=message)
     try:

@@ -5,8 +5,9 @@ client, pydantic or pandas), because this module runs in a Kaggle image with int
 
 ``main(plan, input_dir, working_dir)``:
   1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
-     restores a dataset's zipped sub-folders (``archives`` in the manifest; ``/kaggle/input`` is read-only,
-     so into a scratch view of links + unpacked folders, checked against the manifest's sha256s);
+     restores each model folder with :func:`restore_model_dir` (zipped sub-folders, ``archives`` in the
+     manifest, unpacked into a scratch view of links, as ``/kaggle/input`` is read-only; every file listed in
+     the manifest checked against its sha256);
   2. predicts with each planned model in turn (GPU in bf16 where supported, else fp16; CPU in fp32),
      sequences sorted by length and padded per batch, under ``torch.inference_mode``; one model in memory
      at a time; the ensemble is the weighted mean of per-character start/end probabilities;
