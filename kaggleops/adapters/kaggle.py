@@ -43,9 +43,11 @@ from kaggleops.errors import (
     KaggleError,
     KernelError,
     PublishError,
+    SchemaError,
     TimedOut,
 )
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
+from kaggleops.schema import MANIFEST, Manifest
 
 T = TypeVar("T")
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
@@ -57,7 +59,6 @@ MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a daily quota) is reported, n
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 DEFAULT_POLL_S = 2.0
-MANIFEST = "kops-manifest.json"
 
 
 @dataclass(frozen=True)
@@ -243,8 +244,8 @@ class Kaggle:
                                "Retry the same command later.")
             time.sleep(poll_s)
 
-    def latest_manifest(self, ref: DatasetRef) -> dict[str, Any] | None:
-        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none."""
+    def latest_manifest(self, ref: DatasetRef) -> Manifest | None:
+        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none (or none kops reads)."""
         with tempfile.TemporaryDirectory(prefix="kops-manifest-") as tmp:
             try:
                 self._call(f"Download {MANIFEST} of {ref.ref}", self.api.dataset_download_file, ref.ref,
@@ -252,7 +253,10 @@ class Kaggle:
             except (DatasetNotFound, KaggleError):
                 return None
             found = list(Path(tmp).rglob(MANIFEST))
-            return json.loads(found[0].read_text()) if found else None
+            try:
+                return Manifest.read(found[0]) if found else None
+            except SchemaError:
+                return None
 
     def dataset_files(self, ref: DatasetRef) -> list[str]:
         """Names of the files in the dataset's latest version (DatasetNotFound when it does not exist)."""

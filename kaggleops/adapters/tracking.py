@@ -19,37 +19,66 @@ from typing import TYPE_CHECKING, Any
 from kaggleops import __version__
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import KopsError, RunNotFound
+from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.schema import ARTIFACT_GIT_DIFF, TAG_LIB_PREFIX, TAG_VERSION
+
+# tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
+from kaggleops.schema import (
+    TAG_DATASET as TAG_DATASET,
+)
+from kaggleops.schema import (
+    TAG_DATASET_VERSION as TAG_DATASET_VERSION,
+)
+from kaggleops.schema import (
+    TAG_DIRTY as TAG_DIRTY,
+)
+from kaggleops.schema import (
+    TAG_ENV as TAG_ENV,
+)
+from kaggleops.schema import (
+    TAG_FOLD as TAG_FOLD,
+)
+from kaggleops.schema import (
+    TAG_GIT_BRANCH as TAG_GIT_BRANCH,
+)
+from kaggleops.schema import (
+    TAG_GIT_COMMIT as TAG_GIT_COMMIT,
+)
+from kaggleops.schema import (
+    TAG_GIT_REPO as TAG_GIT_REPO,
+)
+from kaggleops.schema import (
+    TAG_KERNEL as TAG_KERNEL,
+)
+from kaggleops.schema import (
+    TAG_KERNEL_VERSION as TAG_KERNEL_VERSION,
+)
+from kaggleops.schema import (
+    TAG_KIND as TAG_KIND,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_ARTIFACTS as TAG_ORIGIN_ARTIFACTS,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_RUN as TAG_ORIGIN_RUN,
+)
+from kaggleops.schema import (
+    TAG_PARENT as TAG_PARENT,
+)
+from kaggleops.schema import (
+    TAG_RUN_NAME as TAG_RUN_NAME,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from kaggleops.config import KopsConfig
 
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-TAG_GIT_BRANCH = "mlflow.source.git.branch"
-TAG_GIT_REPO = "mlflow.source.git.repoURL"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
-TAG_DIRTY = "kops.git.dirty"
-TAG_ENV = "kops.env"
-TAG_DATASET = "kops.dataset"
-TAG_DATASET_VERSION = "kops.dataset.version"
-TAG_KERNEL = "kops.kernel"
-TAG_KERNEL_VERSION = "kops.kernel.version"
-TAG_KIND = "kops.kind"  # fold | kfold | submission | rerank | rerank-fold
-TAG_FOLD = "kops.fold"
-TAG_ORIGIN_RUN = "kops.origin_run_id"
-TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 METRIC_BATCH = 500
 FLUSH_INTERVAL_S = 5.0
 CLOSE_RETRIES = 3
 
 log = logging.getLogger("kaggleops")
-
-
-class TrackingUnavailable(KopsError):
-    """The tracking store could not take a run's metrics or artifacts, even after retries."""
 
 
 class Tracker:
@@ -74,8 +103,8 @@ class Tracker:
 
     def provenance_tags(self) -> tuple[dict[str, str], str]:
         """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
-        tags = {TAG_ENV: detect_env(), "kops.version": __version__}
-        tags.update({f"kops.lib.{k}": v for k, v in library_versions().items()})
+        tags = {TAG_ENV: detect_env(), TAG_VERSION: __version__}
+        tags.update({f"{TAG_LIB_PREFIX}{k}": v for k, v in library_versions().items()})
         info = git_info(self.cfg.root)
         if info is None:
             return tags, ""
@@ -97,7 +126,7 @@ class Tracker:
         run_id = run.info.run_id
         self.log_params(run_id, params)
         if diff:
-            self.client.log_text(run_id, diff, "git/uncommitted.diff")
+            self.client.log_text(run_id, diff, ARTIFACT_GIT_DIFF)
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -197,9 +226,6 @@ class Tracker:
             path.write_text(json.dumps(obj, indent=2))
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
-
-    def latest_metric(self, run: Run, key: str) -> float | None:
-        return run.data.metrics.get(key)
 
 
 def _artifact_repo(uri: str) -> Any:

@@ -39,9 +39,16 @@ from pathlib import Path
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.kernel.runtime import SUBMISSION, check_submission, read_rows
+from kaggleops.kernel.runtime import check_submission, read_rows
 from kaggleops.refs import CompetitionRef, DatasetRef
-from kaggleops.stages.kernel import KERNEL_FILE, KERNEL_METADATA, PLAN_FILE
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    PLAN_FILE,
+    SAMPLE_SUBMISSION_FILE,
+    SUBMISSION_FILE,
+    KernelPlan,
+)
 
 RUN_DIR = ".run-local"
 CACHE_DIR = Path(".kops") / "cache" / "kaggle"
@@ -121,52 +128,46 @@ class LocalRunReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def load_kernel_folder(folder: Path) -> tuple[dict, dict]:
+def load_kernel_folder(folder: Path) -> tuple[KernelPlan, dict]:
     """(plan, metadata) of a folder that push-kernel rendered; KopsError naming what is missing."""
     for name in (KERNEL_FILE, KERNEL_METADATA, PLAN_FILE):
         if not (folder / name).is_file():
             raise KopsError(f"No {name} in {folder}: not a kernel folder rendered by kops.",
                             "Render one with: kops push-kernel --run RUN_ID --no-push "
                             "(it writes .kops/kernels/<slug>/).")
-    return json.loads((folder / PLAN_FILE).read_text()), json.loads((folder / KERNEL_METADATA).read_text())
+    return KernelPlan.read(folder / PLAN_FILE), json.loads((folder / KERNEL_METADATA).read_text())
 
 
-def planned_models(plan: dict) -> list[dict]:
-    """Every model the plan attaches: the ensemble's, then the reranker's folds."""
-    return [*plan["models"], *((plan.get("reranker") or {}).get("models") or [])]
-
-
-def static_checks(plan: dict, metadata: dict) -> list[str]:
+def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
     """Problems visible without running: internet on, sources not attached."""
     problems = []
     if metadata.get("enable_internet"):
         problems.append("internet needed: kernel-metadata.json enables internet (code competitions forbid it)")
     attached = set(metadata.get("dataset_sources") or [])
-    for ref in [m["dataset"] for m in planned_models(plan)] + [plan.get("runtime", {}).get("dataset")]:
+    for ref in [m.dataset for m in plan.all_models] + [plan.runtime.get("dataset")]:
         if ref and ref not in attached:
             problems.append(f"missing input: dataset {ref} is not in kernel-metadata.json dataset_sources")
     versions: dict[str, set[int]] = {}
-    for m in planned_models(plan):
-        versions.setdefault(m["dataset"], set()).add(int(m["dataset_version"]))
+    for m in plan.all_models:
+        versions.setdefault(m.dataset, set()).add(m.dataset_version)
     problems += [f"missing input: dataset {ref} is planned at versions {sorted(v)}; Kaggle attaches one version "
                  "per dataset" for ref, v in versions.items() if len(v) > 1]
-    if plan["competition"] not in (metadata.get("competition_sources") or []):
-        problems.append(f"missing input: competition {plan['competition']} is not attached")
+    if plan.competition not in (metadata.get("competition_sources") or []):
+        problems.append(f"missing input: competition {plan.competition} is not attached")
     return problems
 
 
-def planned_datasets(plan: dict) -> list[DatasetRef]:
+def planned_datasets(plan: KernelPlan) -> list[DatasetRef]:
     """The exact dataset versions the plan attaches (models, reranker folds, runtime), one per dataset ref.
 
     Kaggle mounts one version per attached dataset; two runs planned at two versions of one dataset cannot
     both be there, and :func:`static_checks` reports it. The newest planned version is staged.
     """
     pinned: dict[str, int] = {}
-    for m in planned_models(plan):
-        pinned[m["dataset"]] = max(int(m["dataset_version"]), pinned.get(m["dataset"], 0))
-    runtime = plan.get("runtime") or {}
-    if runtime.get("dataset"):
-        pinned[runtime["dataset"]] = int(runtime["version"])
+    for m in plan.all_models:
+        pinned[m.dataset] = max(m.dataset_version, pinned.get(m.dataset, 0))
+    if plan.runtime.get("dataset"):
+        pinned[plan.runtime["dataset"]] = int(plan.runtime["version"])
     return [DatasetRef.parse(f"{ref}/{version}") for ref, version in pinned.items()]
 
 
@@ -229,13 +230,13 @@ def stage_competition(kaggle: Kaggle, cache: Path, slug: str, target: Path, data
     return f"competition {slug} → input/{slug} ({'cached' if hit else 'downloaded'})"
 
 
-def stage_inputs(cfg: KopsConfig, plan: dict, input_dir: Path, data_dir: Path | None,
+def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: Path | None,
                  kaggle: Kaggle | None = None) -> tuple[list[str], list[str]]:
     """Populate ``input/`` as Kaggle would; returns (what was staged, problems: a version that cannot be had)."""
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     cache = cache_root(cfg, kaggle)
     input_dir.mkdir(parents=True)
-    staged = [stage_competition(kaggle, cache, plan["competition"], input_dir / plan["competition"], data_dir)]
+    staged = [stage_competition(kaggle, cache, plan.competition, input_dir / plan.competition, data_dir)]
     problems = []
     for ref in planned_datasets(plan):
         where = cache / "datasets" / ref.owner / ref.slug / str(ref.version)
@@ -291,7 +292,7 @@ def execute(folder: Path, run_dir: Path, timeout_s: float, isolation: str) -> tu
     return code, out.splitlines(), time.perf_counter() - start
 
 
-def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Path, plan: dict) -> None:
+def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Path, plan: KernelPlan) -> None:
     """Fill the report's problems, timings and row count from the kernel's output and files."""
     report.timings = {m.group(1).strip(): float(m.group(2)) for ln in lines if (m := TIMING_LINE.match(ln))}
     if any(BLOCKED_MARK in ln for ln in lines) or (report.exit_code and any(e in ln for ln in lines
@@ -302,12 +303,12 @@ def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Pa
     report.problems += [ln for ln in lines if "ran past" in ln and ln.startswith("kops run-local")]
     report.outputs = sorted(p.relative_to(working).as_posix() for p in working.rglob("*") if p.is_file())
     if report.exit_code == 0:
-        if not (working / SUBMISSION).is_file():
-            report.problems.append(f"wrong output name: no {SUBMISSION} in working/ (outputs: {report.outputs})")
+        if not (working / SUBMISSION_FILE).is_file():
+            report.problems.append(f"wrong output name: no {SUBMISSION_FILE} in working/ (outputs: {report.outputs})")
         elif sample.is_file():
-            ids = [r[plan["id_column"]] for r in read_rows(sample)]
+            ids = [r[plan.id_column] for r in read_rows(sample)]
             report.rows = len(ids)
-            report.problems += check_submission(working / SUBMISSION, plan["id_column"], plan["target_column"], ids)
+            report.problems += check_submission(working / SUBMISSION_FILE, plan.id_column, plan.target_column, ids)
     elif not report.problems:
         report.problems.append(f"the kernel exited with status {report.exit_code}")
     report.log_tail = lines[-30:]
@@ -345,7 +346,7 @@ def run_local(cfg: KopsConfig, folder: Path, data_dir: Path | None = None, timeo
     report = LocalRunReport(str(folder), code, round(seconds, 2), isolation, inputs=staged,
                             read_only="bind mount + permissions" if isolation == "namespace+guard" else "permissions",
                             problems=static_checks(plan, metadata) + missing)
-    sample = run_dir / "input" / plan["competition"] / "sample_submission.csv"
+    sample = run_dir / "input" / plan.competition / SAMPLE_SUBMISSION_FILE
     diagnose(report, lines, run_dir / "working", sample, plan)
     report.warnings = [ln for ln in lines if "kops: warning:" in ln]
     estimate(report, full_rows)

@@ -20,7 +20,18 @@ from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import (
+from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    PLAN_FILE,
+    RERANK_CONFIG,
+    RUNTIME_MODULE,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -28,52 +39,19 @@ from kaggleops.adapters.tracking import (
     TAG_KERNEL_VERSION,
     TAG_KIND,
     TAG_PARENT,
-    Tracker,
-    runs_tagged,
+    KernelPlan,
+    Kind,
+    PlanModel,
+    PlanReranker,
 )
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError
-from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
-from kaggleops.refs import CompetitionRef, KernelRef, slugify
-from kaggleops.resources import kernel_template
 from kaggleops.tasks import get_task
 
-KERNEL_FILE = "kernel.py"
-KERNEL_METADATA = "kernel-metadata.json"
-PLAN_FILE = "kops-kernel.json"
 TEMPLATE = "inference_kernel.py.tmpl"
-KIND_KFOLD = "kfold"
-RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
-RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
-RERANK_CONFIG = "kops_rerank.json"
-KIND_RERANK = "rerank"
-KIND_RERANK_FOLD = "rerank-fold"
 INFER_MAX_LEN = 128
 INFER_BATCH = 64
 LOG_TAIL_LINES = 30
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    run_id: str
-    dataset: str
-    dataset_version: int
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class RerankerSource:
-    """The reranker attached to a kernel: its run (parent or fold), each fold's dataset, the tuned w and n."""
-
-    run_id: str
-    models: list[ModelSource]
-    w: float
-    n: int
-
-    def as_plan(self) -> dict[str, object]:
-        return {"run_id": self.run_id, "module": RERANK_MODULE, "w": self.w, "n": self.n,
-                "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
-                           for m in self.models]}
+ModelSource = PlanModel  # a planned model: run, dataset version, weight
+RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
 
 
 @dataclass(frozen=True)
@@ -113,14 +91,6 @@ class KernelResult:
                 "reranker": self.reranker}
 
 
-class KernelRunFailed(KernelError):
-    """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
-
-    def __init__(self, message: str, hint: str, log_tail: list[str]) -> None:
-        super().__init__(message, hint)
-        self.log_tail = log_tail
-
-
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
     slug = cfg.kernel.slug or f"{slugify(cfg.experiment_name, 40)}-inference"
     return KernelRef(cfg.kaggle_owner, slug)
@@ -132,7 +102,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
     parents: list[str] = []
     for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
         run = tracker.get_run(run_id)
-        if run.data.tags.get(TAG_KIND) != KIND_KFOLD:
+        if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
             models.append(run_id)
             continue
         children = runs_tagged(tracker, {TAG_PARENT: run_id})
@@ -168,12 +138,12 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
     run_id = tracker.resolve(run_id)
     kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
-    if kind == KIND_RERANK_FOLD:
+    if kind == Kind.RERANK_FOLD:
         return [run_id]
-    if kind != KIND_RERANK:
-        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {KIND_RERANK!r}).",
+    if kind != Kind.RERANK:
+        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {Kind.RERANK!r}).",
                         "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
-    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == KIND_RERANK_FOLD]
+    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == Kind.RERANK_FOLD]
     if not children:
         raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
                         "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
@@ -207,23 +177,23 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None) -> dict[str, object]:
+               reranker: RerankerSource | None = None) -> KernelPlan:
     """The kernel's embedded plan (kops-kernel.json)."""
     task = get_task(cfg.competition)
-    return {
-        "kops_version": __version__,
-        "competition": cfg.competition,
-        "id_column": task.id_column,
-        "target_column": task.target_column,
-        "models": [m.__dict__ for m in models],
-        "reranker": reranker.as_plan() if reranker else None,
-        "runtime": {"dataset": runtime.dataset, "version": runtime.version,
-                    "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
-        "runtime_module": RUNTIME_MODULE,
-        "max_len": INFER_MAX_LEN,
-        "batch_size": INFER_BATCH,
-        "post_processing": {"neutral_full_text": True},
-    }
+    return KernelPlan(
+        kops_version=__version__,
+        competition=cfg.competition,
+        id_column=task.id_column,
+        target_column=task.target_column,
+        models=list(models),
+        reranker=reranker,
+        runtime={"dataset": runtime.dataset, "version": runtime.version,
+                 "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
+        runtime_module=RUNTIME_MODULE,
+        max_len=INFER_MAX_LEN,
+        batch_size=INFER_BATCH,
+        post_processing={"neutral_full_text": True},
+    )
 
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
@@ -258,10 +228,10 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     plan = build_plan(cfg, models, runtime, reranker)
     template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
-                             plan_json=json.dumps(plan, indent=2))
+                             plan_json=plan.to_json())
     compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
     (folder / KERNEL_FILE).write_text(source)
-    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
     (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options), indent=2))
     return folder
@@ -318,7 +288,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None)
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None)
     if options.wait or options.submit:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     if options.submit:

@@ -24,15 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import __version__
-from kaggleops.adapters.kaggle import DEFAULT_POLL_S, MANIFEST, Kaggle
-from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
+from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, MissingArtifact, PublishError
 from kaggleops.kernel.runtime import sha256_file
 from kaggleops.refs import DatasetRef, slugify
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    DATASET_METADATA,
+    MANIFEST,
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_GIT_COMMIT,
+    TAG_GIT_REPO,
+    FileEntry,
+    Manifest,
+)
 
-MODEL_ARTIFACT = "model"
-DATASET_METADATA = "dataset-metadata.json"
 STAGING_DIR = Path(".kops") / "publish"
 TITLE_MIN, TITLE_MAX = 6, 50
 SLUG_MIN, SLUG_MAX = 6, 50
@@ -85,20 +94,19 @@ def resolve_target(cfg: KopsConfig, run_name: str, run_id: str, dataset: str | N
 
 
 def build_manifest(model: Path, run_id: str, experiment: str, tags: dict[str, str],
-                   archives: dict[str, str]) -> dict[str, object]:
+                   archives: dict[str, str]) -> Manifest:
     """The manifest: run, commit, and the sha256 of every model file (paths as in the model folder)."""
     files = sorted(p for p in model.rglob("*") if p.is_file())
-    return {
-        "kops_version": __version__,
-        "run_id": run_id,
-        "experiment": experiment,
-        "commit": tags.get(TAG_GIT_COMMIT),
-        "repo_url": tags.get(TAG_GIT_REPO),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {p.relative_to(model).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                  for p in files},
-        "archives": archives,
-    }
+    return Manifest(
+        kops_version=__version__,
+        run_id=run_id,
+        experiment=experiment,
+        commit=tags.get(TAG_GIT_COMMIT),
+        repo_url=tags.get(TAG_GIT_REPO),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        files={p.relative_to(model).as_posix(): FileEntry(sha256_file(p), p.stat().st_size) for p in files},
+        archives=archives,
+    )
 
 
 def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str,
@@ -127,11 +135,11 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
 
     Returns (model folder as logged, upload folder, archives ``{"tokenizer.zip": "tokenizer"}``).
     """
-    if MODEL_ARTIFACT not in tracker.list_artifacts(run_id):
-        raise MissingArtifact(f"Run {run_id} has no `{MODEL_ARTIFACT}/` artifact to publish.",
+    if ARTIFACT_MODEL not in tracker.list_artifacts(run_id):
+        raise MissingArtifact(f"Run {run_id} has no `{ARTIFACT_MODEL}/` artifact to publish.",
                               "Publish a run made by `kops train` (it logs the model folder).")
     shutil.rmtree(staging / "download", ignore_errors=True)
-    model = tracker.download(run_id, MODEL_ARTIFACT, staging / "download")
+    model = tracker.download(run_id, ARTIFACT_MODEL, staging / "download")
     upload = staging / "dataset"
     shutil.rmtree(upload, ignore_errors=True)
     upload.mkdir(parents=True)
@@ -148,12 +156,12 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
 
 
 def _reuse_latest(kaggle: Kaggle, ref: DatasetRef, info: dict[str, Any] | None,
-                  manifest: dict[str, object], poll_s: float) -> int | None:
+                  manifest: Manifest, poll_s: float) -> int | None:
     """The latest version's number when its manifest lists the same files with the same sha256s."""
     if info is None:
         return None
     latest = kaggle.latest_manifest(ref)
-    if not latest or latest.get("files") != manifest["files"]:
+    if not latest or latest.files != manifest.files:
         return None
     return kaggle.wait_dataset_ready(ref, int(info.get("current_version_number") or 1), poll_s=poll_s)
 
@@ -190,7 +198,7 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
     staging = cfg.root / STAGING_DIR / run_id
     model, folder, archives = stage_run(tracker, run_id, staging, mtime=run.info.start_time / 1000)
     manifest = build_manifest(model, run_id, cfg.experiment_name, tags, archives)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest.write(folder / MANIFEST)
     (folder / DATASET_METADATA).write_text(json.dumps(
         dataset_metadata(ref, title, cfg.dataset.license, run_id, tags.get(TAG_GIT_COMMIT)), indent=2))
     notes = f"kops: run {run_id} commit {tags.get(TAG_GIT_COMMIT, 'unknown')}"

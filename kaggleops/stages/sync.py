@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kaggleops.adapters.storage import ObjectStore, md5_b64, open_store
-from kaggleops.adapters.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.errors import ConfigError
 from kaggleops.refs import slugify
+from kaggleops.schema import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_MACHINE, TAG_ORIGIN_MD5, TAG_ORIGIN_RUN, TAG_PARENT
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -38,8 +39,6 @@ ENV_BUCKET = "KOPS_BUCKET"
 BUNDLE_FORMAT = "kops.run-bundle/1"
 RUNS_PREFIX = "runs/"
 MACHINE_FILE = ".kops/machine-id"
-TAG_ORIGIN_MACHINE = "kops.origin_machine"
-TAG_ORIGIN_MD5 = "kops.origin_md5"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 MAX_RESULTS = 50_000
 METRICS_PER_BATCH = 1000

@@ -21,17 +21,23 @@ from typing import Any
 
 from kaggleops import distributed as dist
 from kaggleops.adapters.credentials import apply_tracking_credentials
-from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    TAG_FOLD,
+    TAG_GPU,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RESUMES,
+    TAG_TASK,
+    TAG_TRAIN_KEY,
+    TAG_WORLD_SIZE,
+    Kind,
+)
 from kaggleops.stages.sync import background_sync
 
-TAG_TASK = "kops.task"
-TAG_KEY = "kops.train.key"
-TAG_RESUMES = "kops.resumes"
-TAG_GPU = "kops.gpu"
-TAG_WORLD_SIZE = "kops.world_size"
-MODEL_ARTIFACT = "model"
 OOF_ARTIFACT = "oof"
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
@@ -203,7 +209,7 @@ class _Job:
     resume: bool
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
-        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
+        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
 
     def _unfinished(self, runs: list[Any], what: str) -> Any | None:
         open_runs = [r for r in runs if r.info.status in UNFINISHED]
@@ -215,17 +221,18 @@ class _Job:
     def open_parent(self, chosen: list[int]) -> str:
         params = {**self.params, "folds": chosen}
         key = _train_key(params)
-        found = self._unfinished(self._find("kfold", key, {}), "this k-fold job")
+        found = self._unfinished(self._find(Kind.KFOLD, key, {}), "this k-fold job")
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
         return self.tracker.start_run(f"kfold-{self.settings.model}", params,
-                                      {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
+                                      {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
+                                       **machine_tags()})
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         params = {**self.params, "fold": fold}
         key = _train_key(params)
-        same = [r for r in self._find("fold", key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
         if self.resume and parent:
             done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
             if done:
@@ -237,7 +244,7 @@ class _Job:
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
-    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: "fold", TAG_KEY: key, **machine_tags()}
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key, **machine_tags()}
     if resume_run is None:
         return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
     run = job.tracker.get_run(resume_run)
@@ -262,7 +269,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                                              progress=job.progress, on_checkpoint=slots,
                                              resume_from=resume_from)
                 log_fn({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
-            tracker.log_artifacts(run_id, result.model_dir, MODEL_ARTIFACT)
+            tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
             tracker.log_artifact(run_id, result.oof_path, OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")

@@ -28,20 +28,17 @@ from urllib.parse import quote
 
 from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig
-from kaggleops.errors import KopsError, TimedOut
+from kaggleops.errors import KopsError, PortInUse, TimedOut
+from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
-SHARED_VIEW_TAG = "mlflow.sharedViewState."
+SHARED_VIEW_TAG = TAG_SHARED_VIEW
 VIEW_METRICS = ("lb_public", "lb_private", "cv_jaccard", "best_val_jaccard", "val_jaccard")
-VIEW_TAGS = ("kops.submission.status", "kops.kernel.version", "kops.dataset.version")
-
-
-class PortInUse(KopsError):
-    """The UI's port is taken."""
+VIEW_TAGS = (TAG_SUBMISSION_STATUS, TAG_KERNEL_VERSION, TAG_DATASET_VERSION)
 
 
 def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", share_key: str | None = None) -> str:

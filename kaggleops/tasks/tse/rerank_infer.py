@@ -24,7 +24,8 @@ import math
 import os
 from typing import Any
 
-RERANK_CONFIG = "kops_rerank.json"
+from kaggleops.schema import RERANK_CONFIG
+
 DEFAULT_MAX_LEN = 192
 
 
