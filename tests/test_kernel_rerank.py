@@ -201,7 +201,7 @@ def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -
         else:
             shutil.copyfile(entry, dst / entry.name)
     manifest = build_manifest(src, run_id, "exp", {}, archives)
-    (dst / "kops-manifest.json").write_text(json.dumps(manifest))
+    (dst / "kops-manifest.json").write_text(manifest.to_json())
     return dst
 
 
