@@ -294,6 +294,7 @@ def test_run_local_downloads_the_planned_versions_and_runs_the_kernels_own_unpac
     plan = json.loads((Path(folder) / "kops-kernel.json").read_text())
     emu_root = loop["workdir"].parent / "emu"
     planned = {(plan["models"][0]["dataset"], 1), (plan["runtime"]["dataset"], plan["runtime"]["version"])}
+    shutil.rmtree(loop["workdir"] / ".kops" / "cache", ignore_errors=True)  # earlier run-locals cached the runtime
     mark = log_mark(emu_root)
     out = run_local_cli(loop, rendered["env"], folder, "--json")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
