@@ -278,6 +278,13 @@ def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
 
     tags = Tracker(loop["cfg"]).get_run(run_id).data.tags
     assert tags["kops.dataset"] == dataset and "kops.kernel" not in tags
+    again = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml"],
+                           cwd=loop["workdir"], capture_output=True, text=True, env=rendered["env"], timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[:2] == [
+        f"Rendered kopsdemo/{RENDER_SLUG} into {folder} (NOT pushed: no kernel version, no run tagged)",
+        f"next: kops kernel run-local {folder}   then: kops push-kernel with the same --run options"]
+    assert f"kopsdemo/{RENDER_SLUG}" not in loop["emulator"].state_summary()["kernels"]
     out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--wait", "--config",
                           "kops-render.yaml"], cwd=loop["workdir"], capture_output=True, text=True,
                          env=rendered["env"], timeout=120)
