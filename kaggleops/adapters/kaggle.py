@@ -2,9 +2,10 @@
 
 - The client is imported lazily, after the environment is prepared, because ``import kaggle`` authenticates
   (and without credentials prints help and raises SystemExit, which becomes :class:`CredentialsMissing`).
-- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` aims the client at a loopback emulator: the client's own
-  LOCALHOST environment selector, with its endpoint table pointed at that base URL (the in-process method
-  described in shared/reference/kaggle-client.md).
+- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` (or ``kaggle_endpoint:`` in kops.yaml) aims the client at a
+  loopback emulator: the client's own LOCALHOST environment selector (``--local``), with the base URL set on
+  each HTTP client this instance builds, so two instances in one process can talk to two endpoints (the SDK's
+  module-wide endpoint table is never written).
 - Timeouts: kagglesdk sends every request without one, so each client session built here gets an adapter with
   a default (connect, read) timeout, and so do the client's upload sessions (``KOPS_KAGGLE_TIMEOUT`` seconds).
 - Every call goes through :meth:`Kaggle._call`, once: stdout chatter captured, 429 (honouring Retry-After),
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
     DatasetProcessing,
@@ -46,8 +47,12 @@ from kaggleops.errors import (
     SchemaError,
     TimedOut,
 )
+from kaggleops.polling import poll
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 from kaggleops.schema import MANIFEST, Manifest
+
+if TYPE_CHECKING:
+    from kaggleops.config import KopsConfig
 
 T = TypeVar("T")
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
@@ -102,6 +107,16 @@ class Kaggle:
         self._sleep_fn = sleep
         self._api: Any = None
 
+    @classmethod
+    def from_config(cls, cfg: KopsConfig, **kwargs: Any) -> Kaggle:
+        """The client for a command: aimed at ``cfg.resolved_kaggle_endpoint`` (env > kops.yaml), else kaggle.com.
+
+        Example:
+            >>> Kaggle.from_config(load_config()).web_base  # doctest: +SKIP
+            'https://www.kaggle.com'
+        """
+        return cls(cfg.resolved_kaggle_endpoint, **kwargs)
+
     @property
     def web_base(self) -> str:
         return self.endpoint or KAGGLE_WEB
@@ -123,22 +138,19 @@ class Kaggle:
 
                 api = kae.KaggleApi()
                 _follow_config_dir(api)
-                if self.endpoint:
-                    import kagglesdk.kaggle_env as kaggle_env
-
-                    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
                 # per instance, never through KAGGLE_API_ENVIRONMENT: the class attribute is fixed by whatever
                 # environment the first import saw, and a global env var would leak into later clients
                 others = [a for a in kae.KaggleApi.args if a != "--local"]
                 api.args = [*others, "--local"] if self.endpoint else others
-                self._install_timeouts(kae, api)
+                self._install_client_hooks(kae, api)
                 api.authenticate()
         except SystemExit:
             raise credentials_missing() from None
         return api
 
-    def _install_timeouts(self, kae: Any, api: Any) -> None:
-        """Default timeouts for the RPC sessions of ``api`` and for the client's upload sessions."""
+    def _install_client_hooks(self, kae: Any, api: Any) -> None:
+        """Each SDK client ``api`` builds: this instance's endpoint (if any) and default timeouts on its RPC
+        session; the client's upload sessions get the timeouts too."""
         adapter_cls = timeout_adapter((CONNECT_TIMEOUT_S, self.timeout_s))
         kae.HTTPAdapter = adapter_cls  # the upload PUT sessions mount kae.HTTPAdapter(max_retries=...)
         build = api.build_kaggle_client
@@ -146,6 +158,8 @@ class Kaggle:
         def build_with_timeout() -> Any:
             client = build()
             http = client._http_client
+            if self.endpoint:  # the client's LOCAL env read "http://localhost" from the SDK's table; aim it here
+                http._endpoint = self.endpoint
             http._init_session()
             adapter = adapter_cls()
             http._session.mount("http://", adapter)
@@ -229,20 +243,20 @@ class Kaggle:
 
         Kaggle's create calls return no version number, and a new version can take a while to appear.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
+        last: dict[str, Any] = {}
+
+        def ready() -> int | None:
             info = self.dataset_info(ref)
+            last["status"] = info["status"] if info else "not visible yet"
             version = int((info or {}).get("current_version_number") or 0)
-            if info is not None and info["status"] == "ready" and version >= min_version:
-                return version
             if info is not None and info["status"] in ("failed", "deleted"):
                 raise PublishError(f"Dataset {ref.ref} processing ended as {info['status'].upper()}.",
                                    "Retry the same command.")
-            if time.monotonic() > deadline:
-                state = info["status"] if info else "not visible yet"
-                raise TimedOut(f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {state}).",
-                               "Retry the same command later.")
-            time.sleep(poll_s)
+            return version if info is not None and info["status"] == "ready" and version >= min_version else None
+
+        return poll(ready, timeout_s, poll_s, lambda: TimedOut(
+            f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {last['status']}).",
+            "Retry the same command later."))
 
     def latest_manifest(self, ref: DatasetRef) -> Manifest | None:
         """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none (or none kops reads)."""
@@ -367,19 +381,20 @@ class Kaggle:
     def wait_kernel(self, ref: KernelRef, timeout_s: float = 3 * 3600, poll_s: float = DEFAULT_POLL_S,
                     on_status: Callable[[str], None] | None = None) -> str:
         """Poll until the kernel version is COMPLETE/ERROR (or cancelled); return the final status."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        last = {"status": ""}
+
+        def finished() -> str | None:
             status, failure = self.kernel_status(ref)
+            last["status"] = status
             if on_status:
                 on_status(status)
-            if status == "COMPLETE":
-                return status
             if status in ("ERROR", "CANCEL_ACKNOWLEDGED"):
                 raise KernelError(f"Kernel {ref} ended with {status}: {failure.strip() or 'no message'}",
                                   f"See its log with: kaggle kernels output {ref.ref} -p OUT")
-            if time.monotonic() > deadline:
-                raise TimedOut(f"Kernel {ref} still {status} after {timeout_s:.0f} s.")
-            time.sleep(poll_s)
+            return status if status == "COMPLETE" else None
+
+        return poll(finished, timeout_s, poll_s,
+                    lambda: TimedOut(f"Kernel {ref} still {last['status']} after {timeout_s:.0f} s."))
 
     def kernel_log(self, ref: KernelRef) -> list[str]:
         """The lines a kernel version printed (stdout and stderr, in order); empty when it has no log yet."""

@@ -63,10 +63,7 @@ def train(
         result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
-    lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]
-    if result.parent_run_id:
-        lines.append(f"k-fold parent run {result.parent_run_id}  cv_jaccard {result.cv_jaccard:.4f}")
-    emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, result.summary())
 
 
 @app.command()
@@ -111,17 +108,24 @@ def push_kernel(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs (--no-push: render only)."""
+    from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.stages.kernel import push_kernel as run_push
+    from kaggleops.stages.submit import submit as run_submit
 
     if not push and (wait or submit):
         raise ConfigError("--no-push renders the kernel without pushing it: there is nothing to --wait for or to "
                           "--submit.", "Drop --no-push, or drop --wait/--submit.")
+    cfg = load(config)
+    kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, push=push, wait=wait, submit=submit, message=message)
+                            publish=publish_missing, push=push, wait=wait or submit)
     try:
-        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker)
+        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise
+    if submit:  # the plan push-kernel rendered is the one the version runs: no download of its output
+        result.submission = run_submit(cfg, result.kernel, result.kernel_version, message, kaggle=kaggle,
+                                       plan=result.plan).as_dict()
     emit(result.as_dict(), as_json, describe(result))

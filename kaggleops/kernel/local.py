@@ -8,6 +8,7 @@ plan kops-kernel.json. Nothing needs to have been pushed. Layout, under ``DIR/.r
                               dataset download, from Kaggle or the emulator) as the client leaves it: the
                               kernel's own restore unpacks the ``<dir>.zip`` sub-folders and checks sha256s
     input/kops-runtime/       the runtime dataset version the plan names (the published wheel, not a fresh build)
+    input/<experiment>-code/  the task's code dataset version the plan names, when it has one
     input/<competition>/      the competition's data as Kaggle attaches it (downloaded), or ``--data DIR``
     working/                  the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
 
@@ -144,7 +145,7 @@ def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
     if metadata.get("enable_internet"):
         problems.append("internet needed: kernel-metadata.json enables internet (code competitions forbid it)")
     attached = set(metadata.get("dataset_sources") or [])
-    for ref in [m.dataset for m in plan.all_models] + [plan.runtime.get("dataset")]:
+    for ref in [m.dataset for m in plan.all_models] + [plan.runtime.get("dataset"), (plan.code or {}).get("dataset")]:
         if ref and ref not in attached:
             problems.append(f"missing input: dataset {ref} is not in kernel-metadata.json dataset_sources")
     versions: dict[str, set[int]] = {}
@@ -158,7 +159,7 @@ def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
 
 
 def planned_datasets(plan: KernelPlan) -> list[DatasetRef]:
-    """The exact dataset versions the plan attaches (models, reranker folds, runtime), one per dataset ref.
+    """The exact dataset versions the plan attaches (models, reranker folds, runtime, task code), one per ref.
 
     Kaggle mounts one version per attached dataset; two runs planned at two versions of one dataset cannot
     both be there, and :func:`static_checks` reports it. The newest planned version is staged.
@@ -166,8 +167,9 @@ def planned_datasets(plan: KernelPlan) -> list[DatasetRef]:
     pinned: dict[str, int] = {}
     for m in plan.all_models:
         pinned[m.dataset] = max(m.dataset_version, pinned.get(m.dataset, 0))
-    if plan.runtime.get("dataset"):
-        pinned[plan.runtime["dataset"]] = int(plan.runtime["version"])
+    for extra in (plan.runtime, plan.code or {}):
+        if extra.get("dataset"):
+            pinned[str(extra["dataset"])] = int(extra["version"])
     return [DatasetRef.parse(f"{ref}/{version}") for ref, version in pinned.items()]
 
 
@@ -233,7 +235,7 @@ def stage_competition(kaggle: Kaggle, cache: Path, slug: str, target: Path, data
 def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: Path | None,
                  kaggle: Kaggle | None = None) -> tuple[list[str], list[str]]:
     """Populate ``input/`` as Kaggle would; returns (what was staged, problems: a version that cannot be had)."""
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     cache = cache_root(cfg, kaggle)
     input_dir.mkdir(parents=True)
     staged = [stage_competition(kaggle, cache, plan.competition, input_dir / plan.competition, data_dir)]

@@ -1,14 +1,15 @@
 """Inference kernel generation and push: runs → published datasets → offline kernel → kernel version.
 
-The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``templates/
+The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``kernels/
 inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
-(:mod:`kaggleops.kernel.wheel`) and runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
-``kops-kernel.json`` (models: dataset ref + version + run id + weight; reranker; competition; post-processing).
+(:mod:`kaggleops.kernel.wheel`) and the task's own code from the ``<experiment>-code`` dataset
+(:mod:`kaggleops.kernel.code`), then runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
+``kops-kernel.json`` (task: import spec + inference options; submission format; models: dataset ref + version +
+run id + weight; second stage; competition).
 
 With ``--reranker RUN`` (a ``kops train --stage rerank`` parent, which expands to its ``rerank-fold`` runs, or
-one fold run) the plan's ``reranker`` names each reranker fold's dataset and the tuned ``w``/``n``; inside the
-kernel the ensemble's top-``n`` candidate spans are rescored by those models
-(:func:`kaggleops.tasks.tse.rerank_infer.rerank_candidates`).
+one fold run) the plan's ``reranker`` names each second-stage fold's dataset and the tuned ``w``/``n``; inside
+the kernel the task's ``predict_second_stage`` rescores the ensemble's candidates with those models.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
 from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
 from kaggleops.refs import CompetitionRef, KernelRef, slugify
 from kaggleops.resources import kernel_template
@@ -31,7 +33,6 @@ from kaggleops.schema import (
     KERNEL_METADATA,
     PLAN_FILE,
     RERANK_CONFIG,
-    RUNTIME_MODULE,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -44,11 +45,8 @@ from kaggleops.schema import (
     PlanModel,
     PlanReranker,
 )
-from kaggleops.tasks import get_task
 
 TEMPLATE = "inference_kernel.py.tmpl"
-INFER_MAX_LEN = 128
-INFER_BATCH = 64
 LOG_TAIL_LINES = 30
 ModelSource = PlanModel  # a planned model: run, dataset version, weight
 RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
@@ -56,10 +54,10 @@ RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How to push: machine shape and visibility (None = kops.yaml), publishing, pushing, waiting, submitting.
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, pushing, waiting.
 
-    ``push=False`` (``kops push-kernel --no-push``) renders the kernel folder and stops: the model and runtime
-    datasets are still published (the plan names their exact versions), nothing is pushed or tagged.
+    ``push=False`` (``kops push-kernel --no-push``) renders the kernel folder and stops: the model, runtime and
+    code datasets are still published (the plan names their exact versions), nothing is pushed or tagged.
     """
 
     machine_shape: str | None = None
@@ -67,8 +65,6 @@ class KernelOptions:
     publish: bool = True
     push: bool = True
     wait: bool = False
-    submit: bool = False
-    message: str = ""
 
 
 @dataclass
@@ -81,14 +77,16 @@ class KernelResult:
     status: str | None = None
     published: list[str] = field(default_factory=list)
     runtime: dict[str, object] = field(default_factory=dict)
-    submission: dict[str, object] | None = None
+    submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
     reranker: dict[str, object] | None = None
+    code: dict[str, object] | None = None
+    plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
                 "published": self.published, "runtime": self.runtime, "submission": self.submission,
-                "reranker": self.reranker}
+                "reranker": self.reranker, "code": self.code}
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -177,27 +175,37 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None) -> KernelPlan:
-    """The kernel's embedded plan (kops-kernel.json)."""
-    task = get_task(cfg.competition)
+               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> KernelPlan:
+    """The kernel's embedded plan (kops-kernel.json).
+
+    ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
+    ``ctx.options``); ``task.requires`` its optional ``kernel_requires`` (imported first, so a missing package
+    fails by name).
+    """
+    from kaggleops.stages.train import get_task_for
+
+    task = get_task_for(cfg)
+    columns = list(task.submission.columns)
     return KernelPlan(
         kops_version=__version__,
         competition=cfg.competition,
-        id_column=task.id_column,
-        target_column=task.target_column,
+        task={"name": task.name, "spec": task_kernel_spec(cfg, code),
+              "requires": list(getattr(task, "kernel_requires", ()) or ()),
+              "options": dict(getattr(task, "kernel_options", {}) or {})},
+        metric={"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
+        id_column=task.submission.id_column,
+        target_column=columns[0],
+        columns=columns,
         models=list(models),
         reranker=reranker,
         runtime={"dataset": runtime.dataset, "version": runtime.version,
                  "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
-        runtime_module=RUNTIME_MODULE,
-        max_len=INFER_MAX_LEN,
-        batch_size=INFER_BATCH,
-        post_processing={"neutral_full_text": True},
+        code=code.as_plan() if code else None,
     )
 
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
-                    options: KernelOptions = KernelOptions()) -> dict[str, object]:
+                    options: KernelOptions = KernelOptions(), code: CodeDataset | None = None) -> dict[str, object]:
     """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml).
 
     ``models``: every attached model dataset (the ensemble's and the reranker's).
@@ -212,7 +220,8 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "enable_gpu": cfg.kernel.enable_gpu,
         "enable_tpu": False,
         "enable_internet": False,
-        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}),
+        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}
+                                  | ({code.dataset} if code else set())),
         "competition_sources": [cfg.competition],
         "kernel_sources": [],
         "model_sources": [],
@@ -222,10 +231,10 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
 
 def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
                   runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
-                  reranker: RerankerSource | None = None) -> Path:
+                  reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    plan = build_plan(cfg, models, runtime, reranker)
+    plan = build_plan(cfg, models, runtime, reranker, code)
     template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
                              plan_json=plan.to_json())
@@ -233,7 +242,8 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     (folder / KERNEL_FILE).write_text(source)
     plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
-    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options), indent=2))
+    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options, code),
+                                                     indent=2))
     return folder
 
 
@@ -254,7 +264,7 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
                 options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
-    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
     With ``options.push`` False the rendered folder is the result (``kernel_version`` None): datasets are
     published as for a push, so ``kops kernel run-local`` can download the exact versions the plan names.
@@ -262,13 +272,14 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
@@ -277,24 +288,23 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
         published += more
     runtime = ensure_runtime_dataset(cfg, kaggle)
+    code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
-                           rerank_source)
+                           rerank_source, code)
     if not options.push:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                            runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None)
+                            runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None,
+                            code=code.as_dict() if code else None)
     version = kaggle.push_kernel(folder)
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None)
-    if options.wait or options.submit:
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
+                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
+    if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    if options.submit:
-        from kaggleops.stages.submit import submit
-
-        result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
 
 
@@ -324,6 +334,9 @@ def describe(result: KernelResult) -> str:
     lines = [*head,
              f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
              f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
+    if result.code:
+        lines.append(f"task code: {result.code['dataset']} v{result.code['version']}"
+                     f"{' (new)' if result.code.get('created') else ' (reused)'}")
     if result.reranker:
         rr = result.reranker
         lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, MissingArtifact, PublishError
-from kaggleops.kernel.runtime import sha256_file
+from kaggleops.files import sha256_file, zip_folder
 from kaggleops.refs import DatasetRef, slugify
 from kaggleops.schema import (
     ARTIFACT_MODEL,
@@ -45,7 +44,6 @@ from kaggleops.schema import (
 STAGING_DIR = Path(".kops") / "publish"
 TITLE_MIN, TITLE_MAX = 6, 50
 SLUG_MIN, SLUG_MAX = 6, 50
-ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same folder always zips to the same bytes
 
 
 @dataclass(frozen=True)
@@ -121,15 +119,6 @@ def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str
     }
 
 
-def _zip_folder(src: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(path.relative_to(src).as_posix(), ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            with path.open("rb") as f, zf.open(info, "w", force_zip64=True) as out:
-                shutil.copyfileobj(f, out, 1 << 20)
-
-
 def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tuple[Path, Path, dict[str, str]]:
     """Download the run's model folder; build the upload folder (files + one zip per sub-folder).
 
@@ -147,7 +136,7 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
     for entry in sorted(model.iterdir()):
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
-            _zip_folder(entry, upload / f"{entry.name}.zip")
+            zip_folder(entry, upload / f"{entry.name}.zip")
         else:
             shutil.copyfile(entry, upload / entry.name)
     for path in upload.iterdir():
@@ -188,11 +177,11 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
         >>> publish(load_config(), "3f2a…")  # doctest: +SKIP
         PublishResult(run_id='3f2a…', dataset='alice/fold-0-3f2a9c1e', dataset_version=1, ...)
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
     ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     tags = dict(run.data.tags)
     is_public = (not cfg.dataset.private) if public is None else public
     staging = cfg.root / STAGING_DIR / run_id

@@ -8,10 +8,8 @@ leaderboard results back onto the submission run and its source runs.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaggleops.adapters.kaggle import Kaggle, Submission
-from kaggleops.adapters.tracking import Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
+from kaggleops.files import sha256_file
+from kaggleops.polling import poll
 from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
     ARTIFACT_SUBMISSION,
@@ -170,8 +170,8 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
         >>> submit(load_config())  # the latest kernel version pushed by kops  # doctest: +SKIP
         >>> submit(load_config(), file=Path("submission.csv"), runs=["3f2a…"])  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
         return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message)
@@ -196,7 +196,7 @@ def _submit_file(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, competition:
         raise SubmissionError(f"Submission file {path} not found.", "Pass the CSV to submit: --file PATH")
     datasets = _datasets_of(tracker, runs)  # also checks that every run exists
     remaining = check_quota(kaggle, competition)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256_file(path)
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{path.stem}", message, {
         TAG_SUBMISSION_FILE: path.name, TAG_SUBMISSION_SHA256: sha, TAG_SOURCE_RUNS: ",".join(runs),
         TAG_DATASETS: ",".join(datasets),
@@ -260,16 +260,15 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
     Example:
         >>> scores(load_config(), wait=True)  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
-    deadline = time.monotonic() + timeout_s
-    while True:
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
+
+    def settled() -> list[ScoreRow] | None:
         rows = _pull_once(cfg, tracker, kaggle, adopt)
-        if not wait or all(r.status != SubmissionStatus.PENDING for r in rows):
-            return rows
-        if time.monotonic() > deadline:
-            raise TimedOut(f"Submissions still PENDING after {timeout_s:.0f} s.", "Run `kops scores` later.")
-        time.sleep(poll_s)
+        return rows if not wait or all(r.status != SubmissionStatus.PENDING for r in rows) else None
+
+    return poll(settled, timeout_s, poll_s,
+                lambda: TimedOut(f"Submissions still PENDING after {timeout_s:.0f} s.", "Run `kops scores` later."))
 
 
 def _pull_once(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, adopt: bool) -> list[ScoreRow]:
@@ -336,9 +335,7 @@ def _adopt(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, sub: Submission, k
         sources, datasets = _plan_sources(tracker, kaggle, kernel)
         tags.update({TAG_KERNEL: kernel.ref, TAG_KERNEL_VERSION: str(kernel.version),
                      TAG_SOURCE_RUNS: ",".join(sources), TAG_DATASETS: ",".join(datasets)})
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"submission-{sub.ref}", tags=tags)
-    tracker.end_run(run.info.run_id)
-    return tracker.get_run(run.info.run_id)
+    return tracker.get_run(tracker.record_run(f"submission-{sub.ref}", tags))
 
 
 def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
