@@ -200,7 +200,9 @@ def test_lower_is_better_sorts_best_first(tmp_path: Path, kaggle_api_for) -> Non
             sub = tmp_path / f"s{i}.csv"
             sub.write_text("id,y\n" + "".join(f"{k},{k - 9 + offset}\n" for k in (10, 11, 12, 13)))
             api.competition_submit(str(sub), f"offset {offset}", "reg", quiet=True)
-        ranked = api.competition_submissions("reg", sort="publicScore")
+        from kagglesdk.competitions.types.competition_enums import SubmissionSortBy
+
+        ranked = api.competition_submissions("reg", sort=SubmissionSortBy.SUBMISSION_SORT_BY_PUBLIC_SCORE)
     assert [s.public_score for s in ranked] == ["0.00000", "1.00000", "3.00000"]
 
 
@@ -216,3 +218,44 @@ def test_seeds_survive_a_persistent_restart(tmp_path: Path) -> None:
     assert again.expected_scores("reg", [{"id": k, "y": k - 9} for k in (10, 11, 12, 13)]) == ("0.00000", "0.00000")
     with pytest.raises(ApiError):
         Emulator(tmp_path / "fresh").store.competition("reg")
+
+
+def _start_cli(args: list[str]) -> tuple[dict, object]:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "kaggleops", "emulator", "start", "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return json.loads(proc.stdout.readline() or "{}"), proc
+
+
+def _stop_cli(proc) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+
+
+def test_cli_emulator_serves_a_bundled_competition_and_keeps_it_on_restart(tmp_path: Path) -> None:
+    import requests
+
+    root = tmp_path / "emu-state"
+    info, proc = _start_cli(["--root", str(root), "--competition", "digit-recognizer"])
+    try:
+        assert info["competitions"] == ["digit-recognizer"], info
+    finally:
+        _stop_cli(proc)
+    info, proc = _start_cli(["--root", str(root)])  # no --competition: the kept seed comes back
+    try:
+        assert info["competitions"] == ["digit-recognizer"], info
+        url = f"{info['url']}/api/v1/competitions.CompetitionApiService/ListDataFiles"
+        files = requests.post(url, json={"competitionName": "digit-recognizer"}, auth=("testuser", "testkey"),
+                              timeout=10).json()["files"]
+        assert sorted(f["name"] for f in files) == ["sample_submission.csv", "test.csv", "train.csv"]
+    finally:
+        _stop_cli(proc)
+    info, proc = _start_cli([])  # a throw-away root: the default competition
+    try:
+        assert info["competitions"] == ["tweet-sentiment-extraction"], info
+    finally:
+        _stop_cli(proc)

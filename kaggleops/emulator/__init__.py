@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig
+from .metrics import METRICS, get_metric
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
 from .runner import KernelRunner
-from .metrics import METRICS, get_metric
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
 from .seed import KINDS, CompetitionSeed, SeedError, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server

@@ -25,16 +25,17 @@ DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
 STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
 
 
-def seed_competition(emulator: Any, task: Any) -> int:
-    """Register the task's bundled sample as a code competition with a hidden solution; returns test rows."""
-    import csv
+def seed_competition(emulator: Any, competition: Any = COMPETITION) -> int:
+    """Seed the bundled competition ``competition`` (a slug, or a task: its ``name``) from ``datasets/<slug>/``
+    and its ``competition.json`` (metric, id/target columns, file or code); returns the hidden test rows."""
+    from kaggleops.resources import bundled_competition, bundled_competitions
 
-    sample = task.sample_dir()
-    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
-        solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(COMPETITION, files, solution, task.id_column, task.target_column, task.metric)
-    return len(solution)
+    slug = competition if isinstance(competition, str) else competition.name
+    if slug not in bundled_competitions():
+        raise KopsError(f"No bundled competition {slug!r}.",
+                        f"Bundled competitions: {', '.join(bundled_competitions())}.")
+    seed = emulator.seed_folder(bundled_competition(slug))
+    return emulator.competition_rows(seed.slug)
 
 
 @contextlib.contextmanager
