@@ -74,7 +74,7 @@ class KernelRef:
 
 @dataclass(frozen=True)
 class CompetitionRef:
-    """A Kaggle competition by slug: ``CompetitionRef.parse("tweet-sentiment-extraction")``."""
+    """A Kaggle competition by slug: ``CompetitionRef.parse("digit-recognizer")``."""
 
     slug: str
 
@@ -82,7 +82,7 @@ class CompetitionRef:
     def parse(cls, text: str) -> CompetitionRef:
         slug = text.strip().strip("/").rsplit("/", 1)[-1]
         if not _SLUG.match(slug):
-            raise ValueError(f"Not a competition slug: {text!r}. Expected e.g. tweet-sentiment-extraction.")
+            raise ValueError(f"Not a competition slug: {text!r}. Expected e.g. digit-recognizer.")
         return cls(slug)
 
     def __str__(self) -> str:

@@ -46,6 +46,7 @@ signatures do not change.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -155,6 +156,10 @@ class PredictContext:
     scratch: Path
     log: Callable[[str], None] = print
     options: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    """A short name per model folder (for log lines and timings), e.g. ``m0:3f2a1b4c``."""
+    stage: Callable[[str], AbstractContextManager[Any]] | None = None
+    """``with ctx.stage("forward m0"):`` times a step in the kernel's timing table (None outside a kernel)."""
 
 
 @runtime_checkable
@@ -229,7 +234,16 @@ class SecondStage(Protocol):
         ...
 
     def tune_second_stage(self, rows: Any, scored: Any, settings: Any) -> Any:
-        """Choose the combination on the OOF; the result has ``metrics`` and ``params`` (saved with each fold)."""
+        """Choose the combination on the OOF; the result has ``metrics``, ``w``, ``n`` and ``grid``."""
+        ...
+
+    def finish_second_stage_fold(self, model_dir: Path, settings: Any, tuned: Any, rows: Any, scored: Any,
+                                 fold: int) -> dict[str, float]:
+        """Save what inference needs from ``tuned`` into the fold's ``model_dir``; the fold's OOF metrics."""
+        ...
+
+    def second_stage_summary(self, metrics: dict[str, float]) -> str:
+        """One line summarising the tuned OOF metrics for the terminal."""
         ...
 
     def predict_second_stage(self, model_dirs: Sequence[Path], reranker_dirs: Sequence[Path], test: Any,

@@ -1,6 +1,6 @@
 """`kops demo`: the whole loop, offline, in a fresh work folder.
 
-Starts the loopback Kaggle emulator seeded with the bundled Tweet Sentiment Extraction sample, then runs the
+Starts the loopback Kaggle emulator seeded with the built-in task's bundled competition sample, then runs the
 same library functions the commands run: train → publish → push-kernel (the emulator executes the kernel) →
 submit → scores.
 """
@@ -19,23 +19,55 @@ from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
 from kaggleops.errors import KopsError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
-COMPETITION = "tweet-sentiment-extraction"
+COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
 STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
 
 
-def seed_competition(emulator: Any, competition: Any = COMPETITION) -> int:
-    """Seed the bundled competition ``competition`` (a slug, or a task: its ``name``) from ``datasets/<slug>/``
-    and its ``competition.json`` (metric, id/target columns, file or code); returns the hidden test rows."""
+def list_metric(task: Any) -> Callable[[list[str], list[str]], float]:
+    """The task's table metric as the emulator's ``metric(truths, preds)`` over aligned string lists."""
+    def metric(truths: list[str], preds: list[str]) -> float:
+        import pandas as pd
+
+        sub = task.submission
+        ids = [str(i) for i in range(len(truths))]
+        return task.metric(pd.DataFrame({sub.id_column: ids, sub.columns[0]: truths}),
+                           pd.DataFrame({sub.id_column: ids, sub.columns[0]: preds}))
+
+    return metric
+
+
+def seed_competition(emulator: Any, task: Any = COMPETITION, slug: str | None = None,
+                     sample: Path | None = None) -> int:
+    """Seed a competition folder in the emulator; returns the number of hidden test rows.
+
+    ``task``: a bundled competition's slug (its folder under ``datasets/``) or a task (its ``sample_dir()``).
+    A folder with a ``competition.json`` is served as that file says (metric by name, id/target columns, file or
+    code competition, see :mod:`kaggleops.emulator.seed`); a folder without one becomes a code competition
+    scored by the task's own metric.
+    """
+    import csv
+
+    from kaggleops.emulator.seed import SEED_FILE
     from kaggleops.resources import bundled_competition, bundled_competitions
 
-    slug = competition if isinstance(competition, str) else competition.name
-    if slug not in bundled_competitions():
-        raise KopsError(f"No bundled competition {slug!r}.",
-                        f"Bundled competitions: {', '.join(bundled_competitions())}.")
-    seed = emulator.seed_folder(bundled_competition(slug))
-    return emulator.competition_rows(seed.slug)
+    if isinstance(task, str):
+        if sample is None and task not in bundled_competitions():
+            raise KopsError(f"No bundled competition {task!r}.",
+                            f"Bundled competitions: {', '.join(bundled_competitions())}.")
+        sample = sample or bundled_competition(task)
+    sample = Path(sample or task.sample_dir())
+    if (sample / SEED_FILE).is_file():
+        seed = emulator.seed_folder(sample, slug)
+        return emulator.competition_rows(seed.slug)
+    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
+        solution = list(csv.DictReader(f))
+    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
+    emulator.add_competition(slug or task.name, files, solution, task.submission.id_column,
+                             task.submission.columns[0], list_metric(task))
+    return len(solution)
 
 
 @contextlib.contextmanager
@@ -131,8 +163,8 @@ def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | No
         summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
         trained = train(cfg, progress=False)
-        summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
-        echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
+        summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
+        echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)
         summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
         echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")

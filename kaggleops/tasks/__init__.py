@@ -26,10 +26,12 @@ from typing import Any
 
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task", "load_task", "split_spec",
-           "task_names", "task_spec"]
+__all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
+           "load_task", "split_spec", "task_names", "task_spec"]
 
 ENTRY_POINT_GROUP = "kops.tasks"
+DEFAULT_COMPETITION = "tweet-sentiment-extraction"
+"""The competition `kops init` and the demo use when none is named."""
 
 BUILTIN: dict[str, str] = {
     "tweet-sentiment-extraction": "kaggleops.tasks.tse:TweetSentimentExtraction",
