@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LABEL = "label"
+ID = "ImageId"
 N_CLASSES = 10
 
 
@@ -50,18 +51,18 @@ def _read(path: str | Path, with_label: bool) -> pd.DataFrame:
         if labels.isna().any() or not labels.isin(range(N_CLASSES)).all():
             raise DataError(f"{path}: column {LABEL!r} must hold digits 0..9")
         numeric.insert(0, LABEL, labels.astype(int))
+    numeric.insert(0, ID, range(1, len(numeric) + 1))
     return numeric.reset_index(drop=True)
 
 
 def load_train(path: str | Path) -> pd.DataFrame:
-    """Read and check a train.csv (``label`` + pixels)."""
+    """Read and check a train.csv (``label`` + pixels); ``ImageId`` numbers the rows from 1 (OOF tables use it)."""
     return _read(path, with_label=True)
 
 
 def load_test(path: str | Path) -> pd.DataFrame:
-    """Read and check a test.csv (pixels; a ``label`` column, if any, is ignored)."""
-    df = _read(path, with_label=False)
-    return df
+    """Read and check a test.csv (pixels; a ``label`` column, if any, is ignored), with ``ImageId`` 1..n."""
+    return _read(path, with_label=False)
 
 
 def make_folds(df: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
