@@ -38,8 +38,8 @@ def start(
                                        help="Seconds a new dataset version stays processing before READY."),
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
     competition: list[str] = typer.Option(None, "--competition", help="A bundled competition to serve, e.g. "
-                                          "digit-recognizer (repeatable; default: the ones kept in --root, "
-                                          "else the default competition)."),
+                                          "digit-recognizer, or a folder with a competition.json (repeatable; "
+                                          "default: the ones kept in --root, else the default competition)."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
     """Serve bundled sample competitions on 127.0.0.1 until Ctrl-C (a --root keeps them across restarts)."""

@@ -10,7 +10,8 @@ A bundled competition (``datasets/<slug>/``) or any folder a user prepares looks
 Keys of ``competition.json``: ``metric`` (a name from :mod:`kaggleops.emulator.metrics`), ``id_column``,
 ``target_columns``, ``kind`` (``file``: CSV uploads and notebook outputs are accepted, ``code``: notebook
 outputs only, as in a Kaggle code competition), optional ``files`` (default the three public CSVs),
-``solution`` (default ``solution.csv``), ``output_file`` (default ``submission.csv``) and ``title``.
+``solution`` (default ``solution.csv``), ``output_file`` (default ``submission.csv``), ``title`` and ``slug``
+(default: the folder's name).
 The emulator keeps a copy of each seed under ``<root>/seeds/<slug>/``, so a persistent emulator restarts with
 the competitions it had.
 
@@ -32,7 +33,7 @@ from .metrics import METRICS
 SEED_FILE = "competition.json"
 KINDS = ("file", "code")
 DEFAULT_FILES = ("train.csv", "test.csv", "sample_submission.csv")
-_KEYS = {"metric", "id_column", "target_columns", "kind", "files", "solution", "output_file", "title"}
+_KEYS = {"slug", "metric", "id_column", "target_columns", "kind", "files", "solution", "output_file", "title"}
 
 
 class SeedError(ValueError):
@@ -61,7 +62,7 @@ class CompetitionSeed:
 
 
 def read_seed(folder: Path, slug: str | None = None) -> CompetitionSeed:
-    """Read and check ``folder/competition.json``; ``slug`` defaults to the folder name."""
+    """Read and check ``folder/competition.json``; ``slug`` defaults to its ``slug`` key, else the folder name."""
     folder = Path(folder)
     path = folder / SEED_FILE
     if not path.is_file():
@@ -86,7 +87,8 @@ def read_seed(folder: Path, slug: str | None = None) -> CompetitionSeed:
     targets = data["target_columns"]
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
         raise SeedError(f"{path}: target_columns must be a list of column names")
-    seed = CompetitionSeed(slug=slug or folder.name, metric=data["metric"], id_column=str(data["id_column"]),
+    seed = CompetitionSeed(slug=slug or data.get("slug") or folder.name, metric=data["metric"],
+                           id_column=str(data["id_column"]),
                            target_columns=tuple(targets), kind=data.get("kind", "file"),
                            files=tuple(data.get("files", DEFAULT_FILES)),
                            solution=data.get("solution", "solution.csv"),

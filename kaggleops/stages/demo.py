@@ -43,7 +43,8 @@ def seed_competition(emulator: Any, task: Any = COMPETITION, slug: str | None = 
                      sample: Path | None = None) -> int:
     """Seed a competition folder in the emulator; returns the number of hidden test rows.
 
-    ``task``: a bundled competition's slug (its folder under ``datasets/``) or a task (its ``sample_dir()``).
+    ``task``: a bundled competition's slug (its folder under ``datasets/``), a folder holding a
+    ``competition.json``, or a task (its ``sample_dir()``).
     A folder with a ``competition.json`` is served as that file says (metric by name, id/target columns, file or
     code competition, see :mod:`kaggleops.emulator.seed`); a folder without one becomes a code competition
     scored by the task's own metric.
@@ -53,7 +54,9 @@ def seed_competition(emulator: Any, task: Any = COMPETITION, slug: str | None = 
     from kaggleops.emulator.seed import SEED_FILE
     from kaggleops.resources import bundled_competition, bundled_competitions
 
-    if isinstance(task, str):
+    if isinstance(task, str) and sample is None and (Path(task) / SEED_FILE).is_file():
+        sample = Path(task)
+    elif isinstance(task, str):
         if sample is None and task not in bundled_competitions():
             raise KopsError(f"No bundled competition {task!r}.",
                             f"Bundled competitions: {', '.join(bundled_competitions())}.")
