@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from kaggleops.tasks.errors import DataError
+from kaggleops.errors import DataError, SettingsError
 
 __all__ = [
     "CheckpointFn",
@@ -75,10 +75,6 @@ LogFn = Callable[[dict[str, float], int], None]
 
 CheckpointFn = Callable[[Path, int], None]
 """``checkpoint(folder, step)``: hand kops a resumable checkpoint folder (it uploads it, then may delete it)."""
-
-
-class SettingsError(ValueError):
-    """A ``train:`` setting of kops.yaml the task does not accept; the message names the key."""
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,8 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
         tags = tracker.get_run(run_id).data.tags
         expected_models.append({"run_id": run_id, "dataset": tags["kops.dataset"],
                                 "dataset_version": int(tags["kops.dataset.version"])})
-    assert plan["reranker"] == {"run_id": rr.parent_run_id, "module": "kaggleops.tasks.tse.rerank_infer",
-                                "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["task"]["spec"] == "kaggleops.tasks.tse:TweetSentimentExtraction" and plan["code"] is None
     assert set(fold_runs) <= set(env["pushed"]["published"])
     assert env["pushed"]["reranker"] == plan["reranker"]
     meta = json.loads((Path(env["pushed"]["folder"]) / "kernel-metadata.json").read_text())
@@ -187,7 +187,8 @@ def tiny_model_with_tokenizer_subfolder(tmp: Path) -> Path:
 
 def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -> Path:
     """The dataset folder as `kops publish` uploads it: files, `<dir>.zip` per sub-folder, the manifest."""
-    from kaggleops.stages.publish import _zip_folder, build_manifest
+    from kaggleops.files import zip_folder
+    from kaggleops.stages.publish import build_manifest
 
     dst.mkdir(parents=True)
     archives = {}
@@ -195,13 +196,12 @@ def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
             if zipped:
-                _zip_folder(entry, dst / f"{entry.name}.zip")
+                zip_folder(entry, dst / f"{entry.name}.zip")
             else:  # as Kaggle shows it when it unpacked the archive
                 shutil.copytree(entry, dst / entry.name)
         else:
             shutil.copyfile(entry, dst / entry.name)
-    manifest = build_manifest(src, run_id, "exp", {}, archives)
-    (dst / "kops-manifest.json").write_text(json.dumps(manifest))
+    build_manifest(src, run_id, "exp", {}, archives).write(dst / "kops-manifest.json")
     return dst
 
 
@@ -225,10 +225,10 @@ def test_kernel_restores_a_zipped_tokenizer_subfolder_from_read_only_input(tmp_p
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    plan = {"competition": TSE.name, "id_column": "textID", "target_column": "selected_text", "reranker": None,
-            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}],
-            "runtime_module": "kaggleops.tasks.tse.infer", "max_len": 64, "batch_size": 8,
-            "post_processing": {"neutral_full_text": True}}
+    plan = {"competition": TSE.name, "reranker": None, "id_column": "textID", "target_column": "selected_text",
+            "task": {"spec": "kaggleops.tasks.tse:TweetSentimentExtraction",
+                     "options": {"max_len": 64, "batch_size": 8}},
+            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}]}
     working = tmp_path / "working"
     working.mkdir()
     make_read_only(inp)  # /kaggle/input is read-only on Kaggle

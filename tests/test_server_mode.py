@@ -39,6 +39,7 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
 
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.stages.demo import (
         COMPETITION,
         DEMO_KEY,
@@ -46,7 +47,6 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
         _chdir,
         demo_environment,
         init_workdir,
-        seed_competition,
     )
     from kaggleops.stages.kernel import push_kernel
     from kaggleops.stages.publish import publish

@@ -14,9 +14,9 @@ from typing import Any
 from kaggleops.errors import (
     CredentialsMissing,
     DatasetNotFound,
+    DatasetProcessing,
     KaggleError,
     KernelError,
-    PublishError,
     QuotaExceeded,
     RulesNotAccepted,
 )
@@ -24,10 +24,6 @@ from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef
 
 Resource = DatasetRef | KernelRef | CompetitionRef | None
 CREDENTIAL_VARS = "KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY"
-
-
-class DatasetProcessing(PublishError):
-    """Kaggle refused a new version because the previous one is still processing (handled by waiting)."""
 
 
 def credentials_missing() -> CredentialsMissing:

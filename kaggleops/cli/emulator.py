@@ -10,6 +10,9 @@ import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
+
+COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")
@@ -44,7 +47,7 @@ def start(
 ) -> None:
     """Serve bundled sample competitions on 127.0.0.1 until Ctrl-C (a --root keeps them across restarts)."""
     from kaggleops.emulator import Emulator
-    from kaggleops.stages.demo import COMPETITION, seed_competition
+    from kaggleops.emulator.seeding import seed_competition
 
     faults = parse_faults(fault or [])
     folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))

@@ -34,7 +34,8 @@ from pathlib import Path
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError
-from kaggleops.kernel.wheel import HASH_CHARS, SKIPPED_PARTS, SKIPPED_SUFFIXES, ZIP_DATE, _record_hash
+from kaggleops.files import write_zip
+from kaggleops.kernel.wheel import HASH_CHARS, SKIPPED_PARTS, SKIPPED_SUFFIXES, _record_hash
 from kaggleops.refs import DatasetRef, slugify
 
 CODE_MARKER_PREFIX = "kops-code-"
@@ -60,6 +61,18 @@ class CodeDataset:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def task_kernel_spec(cfg: KopsConfig, code: CodeDataset | None = None) -> str:
+    """The ``module:Class`` the kernel imports: the code dataset's, kops.yaml's ``task:``, or the registry's."""
+    from kaggleops.tasks import task_spec
+
+    if code is not None:
+        return code.module
+    spec = cfg.task or task_spec(cfg.competition)
+    if not spec:
+        raise ConfigError(f"No task for competition {cfg.competition}.", "Set `task:` in kops.yaml.")
+    return spec
 
 
 def kernel_spec(spec: str) -> str:
@@ -131,12 +144,7 @@ def build_code_wheel(dst: Path, files: list[tuple[str, Path]], content: str) -> 
     entries.append((f"{dist}/RECORD", record.encode()))
     dst.mkdir(parents=True, exist_ok=True)
     path = dst / f"{DIST_NAME}-0.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
+    write_zip(path, entries, zipfile.ZIP_DEFLATED)
     return path
 
 

@@ -1,7 +1,8 @@
 """What runs inside the generated offline inference kernel (installed there from the kops-runtime wheel).
 
-SELF-CONTAINED: the standard library, kaggleops.task(s) and what the task imports (no MLflow, Kaggle client or
-pydantic), because this module runs in a Kaggle image with internet off.
+SELF-CONTAINED: the standard library, :mod:`kaggleops.schema` / :mod:`kaggleops.errors` /
+:mod:`kaggleops.task` (standard library only), kaggleops.tasks and what the task imports (no MLflow, Kaggle
+client or pydantic), because this module runs in a Kaggle image with internet off.
 
 ``main(plan, input_dir, working_dir)``:
   1. imports the task named by the plan (``task.spec``, installed from the code dataset or built in) and the
@@ -18,7 +19,6 @@ pydantic), because this module runs in a Kaggle image with internet off.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib
 import json
 import os
@@ -31,16 +31,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "kops-manifest.json"
-SUBMISSION = "submission.csv"
-TIMING_FILE = "kops-timing.json"
+from kaggleops.errors import KernelFailure, SchemaError
+from kaggleops.files import sha256_file
+from kaggleops.schema import (
+    MANIFEST,
+    PLAN_FILE,
+    SAMPLE_SUBMISSION_FILE,
+    SUBMISSION_FILE,
+    TEST_FILE,
+    TIMING_FILE,
+    KernelPlan,
+    Manifest,
+    PlanModel,
+)
+
+SUBMISSION = SUBMISSION_FILE
 PREFIX = "kops:"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
-
-
-class KernelFailure(Exception):
-    """A problem the kernel reports as one line and exits non-zero on."""
 
 
 class Timings:
@@ -79,13 +87,15 @@ def check_imports(names: tuple[str, ...] | list[str]) -> None:
                                 "kops.yaml `kernel.wheels`.") from None
 
 
-def import_task(plan: dict[str, Any]) -> Any:
+def import_task(plan: KernelPlan | dict[str, Any]) -> Any:
     """The plan's task (``task.spec`` = module:Class; default: the registry's task of the competition)."""
     from kaggleops.tasks import task_spec
 
-    spec = (plan.get("task") or {}).get("spec") or task_spec(plan["competition"])
+    if isinstance(plan, dict):
+        plan = KernelPlan.from_dict({"id_column": "", "target_column": "", "models": [], **plan})
+    spec = plan.task_spec or task_spec(plan.competition)
     if not spec:
-        raise KernelFailure(f"the plan names no task and {plan['competition']} has no built-in one")
+        raise KernelFailure(f"the plan names no task and {plan.competition} has no built-in one")
     module, _, cls = spec.rpartition(":")
     try:
         factory = getattr(importlib.import_module(module), cls)
@@ -100,42 +110,32 @@ def import_task(plan: dict[str, Any]) -> Any:
     return factory()
 
 
-def find_model_dirs(plan: dict[str, Any], input_dir: Path, specs: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Each planned model's folder (``specs``, default the plan's models): the one whose manifest names its run."""
-    specs = plan["models"] if specs is None else specs
+def find_model_dirs(specs: list[PlanModel], input_dir: Path) -> list[Path]:
+    """Each planned model's folder: the one whose manifest names its run."""
     found: dict[str, Path] = {}
     for manifest in sorted(input_dir.rglob(MANIFEST)):
         try:
-            found[json.loads(manifest.read_text())["run_id"]] = manifest.parent
-        except (ValueError, KeyError):
+            found[Manifest.read(manifest).run_id] = manifest.parent
+        except SchemaError:
             continue
-    missing = [m for m in specs if m["run_id"] not in found]
+    missing = [m for m in specs if m.run_id not in found]
     if missing:
-        names = ", ".join(f"run {m['run_id']} (dataset {m['dataset']} v{m['dataset_version']})" for m in missing)
+        names = ", ".join(m.label() for m in missing)
         attached = sorted(p.name for p in input_dir.iterdir()) if input_dir.is_dir() else []
         raise KernelFailure(f"missing input: no attached dataset carries the weights of {names}; "
                             f"attached: {attached}")
-    return [found[m["run_id"]] for m in specs]
+    return [found[m.run_id] for m in specs]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (publish writes the manifest with it; the kernel checks it)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def unpack_archive(archive: Path, target: Path, files: dict[str, Any], prefix: str) -> None:
+def unpack_archive(archive: Path, target: Path, manifest: Manifest, prefix: str) -> None:
     """Unzip ``archive`` into ``target``; each member listed in ``files`` as ``prefix/member`` must match its sha256."""
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(target)
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
-        entry = files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
-        if entry and sha256_file(path) != entry["sha256"]:
+        entry = manifest.files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
+        if entry and sha256_file(path) != entry.sha256:
             raise KernelFailure(f"{archive.name} of {archive.parent} holds {path.relative_to(target)} with another "
-                                f"sha256 than {MANIFEST} lists ({entry['sha256'][:12]}…): the dataset is corrupt")
+                                f"sha256 than {MANIFEST} lists ({entry.sha256[:12]}…): the dataset is corrupt")
 
 
 def _needs_tokenizer_links(folder: Path) -> bool:
@@ -150,19 +150,18 @@ def restore_model_dir(folder: Path, scratch: Path) -> Path:
     is built under ``scratch``: links to the dataset's files, the archives unpacked (sha256-checked), and the
     tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder`` itself.
     """
-    manifest = json.loads((folder / MANIFEST).read_text())
-    archives = {a: n for a, n in (manifest.get("archives") or {}).items()
-                if (folder / a).is_file() and not (folder / n).is_dir()}
+    manifest = Manifest.read(folder / MANIFEST)
+    archives = {a: n for a, n in manifest.archives.items() if (folder / a).is_file() and not (folder / n).is_dir()}
     if not archives and not _needs_tokenizer_links(folder):
         return folder
-    view = scratch / str(manifest.get("run_id", folder.name))
+    view = scratch / (manifest.run_id or folder.name)
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
     for entry in sorted(folder.iterdir()):
         if entry.name not in archives:
             (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     for archive, name in archives.items():
-        unpack_archive(folder / archive, view / name, manifest.get("files") or {}, name)
+        unpack_archive(folder / archive, view / name, manifest, name)
     if _needs_tokenizer_links(view):
         for entry in sorted((view / TOKENIZER_DIR).iterdir()):
             if not (view / entry.name).exists():
@@ -176,15 +175,15 @@ def restore_model_dirs(folders: list[Path], scratch: Path | None = None) -> list
     return [restore_model_dir(f, scratch) for f in folders]
 
 
-def find_competition_dir(plan: dict[str, Any], input_dir: Path) -> Path:
+def find_competition_dir(plan: KernelPlan, input_dir: Path) -> Path:
     """The competition's data folder (``input/<slug>``, else any folder holding test.csv + sample)."""
-    direct = input_dir / plan["competition"]
-    candidates = [direct] + sorted(p.parent for p in input_dir.rglob("sample_submission.csv"))
+    direct = input_dir / plan.competition
+    candidates = [direct] + sorted(p.parent for p in input_dir.rglob(SAMPLE_SUBMISSION_FILE))
     for folder in candidates:
-        if (folder / "test.csv").is_file() and (folder / "sample_submission.csv").is_file():
+        if (folder / TEST_FILE).is_file() and (folder / SAMPLE_SUBMISSION_FILE).is_file():
             return folder
-    raise KernelFailure(f"missing input: the {plan['competition']} competition data (test.csv, "
-                        f"sample_submission.csv) is not attached under {input_dir}")
+    raise KernelFailure(f"missing input: the {plan.competition} competition data ({TEST_FILE}, "
+                        f"{SAMPLE_SUBMISSION_FILE}) is not attached under {input_dir}")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -198,7 +197,7 @@ def _columns(columns: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return str(int(value)) if value == value else ""
+        return str(int(value))
     return "" if value is None else str(value)
 
 
@@ -250,22 +249,21 @@ def _by_id(preds: Any, id_column: str, columns: list[str]) -> dict[str, Any]:
     return dict(zip(ids, preds[columns].itertuples(index=False, name=None), strict=True))
 
 
-def predict(task: Any, plan: dict[str, Any], test: Any, model_dirs: list[Path], reranker_dirs: list[Path],
+def predict(task: Any, plan: KernelPlan, test: Any, model_dirs: list[Path], reranker_dirs: list[Path],
             timings: Timings) -> Any:
     """The task's predictions table for ``test`` (its second stage when the plan has one), post-processed."""
     from kaggleops.task import PostProcessing, PredictContext
 
-    weights = [float(m.get("weight", 1.0)) for m in plan["models"]]
+    weights = [m.weight for m in plan.models]
     total = sum(weights) or 1.0
-    options = dict((plan.get("task") or {}).get("options") or {})
-    rr = plan.get("reranker")
-    if rr:
-        options.update({k: rr[k] for k in ("w", "n") if k in rr})
+    options = plan.task_options
+    if plan.reranker:
+        options.update({"w": plan.reranker.w, "n": plan.reranker.n})
     scratch = Path(tempfile.gettempdir()) / f"kops-predict-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
     ctx = PredictContext([w / total for w in weights], scratch, lambda line: print(line, flush=True), options,
-                         [f"m{i}:{m['run_id'][:8]}" for i, m in enumerate(plan["models"])], timings.stage)
-    if rr:
+                         [f"m{i}:{m.run_id[:8]}" for i, m in enumerate(plan.models)], timings.stage)
+    if plan.reranker:
         preds = task.predict_second_stage(model_dirs, reranker_dirs, test, ctx)
         print(f"{PREFIX} second stage of {len(reranker_dirs)} model(s) applied", flush=True)
     else:
@@ -277,25 +275,24 @@ def predict(task: Any, plan: dict[str, Any], test: Any, model_dirs: list[Path], 
     return preds
 
 
-def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings) -> int:
+def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) -> int:
     """The kernel's work; returns the number of rows written."""
     with timings.stage("check imports"):
         task = import_task(plan)
-        check_imports(tuple((plan.get("task") or {}).get("requires") or getattr(task, "kernel_requires", ()) or ()))
+        check_imports(tuple(plan.task.get("requires") or getattr(task, "kernel_requires", ()) or ()))
     id_column = task.submission.id_column
     columns = list(task.submission.columns)
     with timings.stage("read inputs"):
         comp = find_competition_dir(plan, input_dir)
-        test = task.load_test(comp / "test.csv")
-        sample = read_rows(comp / "sample_submission.csv")
+        test = task.load_test(comp / TEST_FILE)
+        sample = read_rows(comp / SAMPLE_SUBMISSION_FILE)
         header = list(sample[0].keys()) if sample else []
         if header and header != [id_column, *columns]:
-            raise KernelFailure(f"sample_submission.csv has columns {header}; the task {task.name} writes "
+            raise KernelFailure(f"{SAMPLE_SUBMISSION_FILE} has columns {header}; the task {task.name} writes "
                                 f"{[id_column, *columns]}")
         ids = [r[id_column] for r in sample]
-        model_dirs = find_model_dirs(plan, input_dir)
-        rerank_specs = (plan.get("reranker") or {}).get("models") or []
-        reranker_dirs = find_model_dirs(plan, input_dir, rerank_specs) if rerank_specs else []
+        model_dirs = find_model_dirs(plan.models, input_dir)
+        reranker_dirs = find_model_dirs(plan.reranker_models, input_dir) if plan.reranker_models else []
     with timings.stage("restore datasets"):
         model_dirs = restore_model_dirs(model_dirs)
         reranker_dirs = restore_model_dirs(reranker_dirs)
@@ -311,17 +308,19 @@ def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timin
     return len(ids)
 
 
-def main(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
-    """Entry point of the generated kernel; a KernelFailure becomes ``SystemExit("kops: …")``."""
+def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
+    """Entry point of the generated kernel; a KernelFailure (or an invalid plan/manifest) becomes
+    ``SystemExit("kops: error: …")``."""
     timings = timings or Timings()
-    (working_dir / "kops-kernel.json").write_text(json.dumps(plan, indent=2))
     try:
+        plan = plan if isinstance(plan, KernelPlan) else KernelPlan.from_dict(plan)
+        plan.write(working_dir / PLAN_FILE)
         n = run(plan, input_dir, working_dir, timings)
-    except KernelFailure as e:
+    except (KernelFailure, SchemaError) as e:
         print(timings.table(), flush=True)
         raise SystemExit(f"{PREFIX} error: {e}") from None
-    rr = plan.get("reranker")
-    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan['models'])} model(s)"
-          + (f" + a second stage of {len(rr['models'])} model(s)" if rr else ""))
+    rr = plan.reranker
+    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan.models)} model(s)"
+          + (f" + a second stage of {len(rr.models)} model(s)" if rr else ""))
     print(timings.table(), flush=True)
     (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))

@@ -18,59 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.emulator.seeding import seed_competition
 from kaggleops.errors import KopsError
 from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
 STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
-
-
-def list_metric(task: Any) -> Callable[[list[str], list[str]], float]:
-    """The task's table metric as the emulator's ``metric(truths, preds)`` over aligned string lists."""
-    def metric(truths: list[str], preds: list[str]) -> float:
-        import pandas as pd
-
-        sub = task.submission
-        ids = [str(i) for i in range(len(truths))]
-        return task.metric(pd.DataFrame({sub.id_column: ids, sub.columns[0]: truths}),
-                           pd.DataFrame({sub.id_column: ids, sub.columns[0]: preds}))
-
-    return metric
-
-
-def seed_competition(emulator: Any, task: Any = COMPETITION, slug: str | None = None,
-                     sample: Path | None = None) -> int:
-    """Seed a competition folder in the emulator; returns the number of hidden test rows.
-
-    ``task``: a bundled competition's slug (its folder under ``datasets/``), a folder holding a
-    ``competition.json``, or a task (its ``sample_dir()``).
-    A folder with a ``competition.json`` is served as that file says (metric by name, id/target columns, file or
-    code competition, see :mod:`kaggleops.emulator.seed`); a folder without one becomes a code competition
-    scored by the task's own metric.
-    """
-    import csv
-
-    from kaggleops.emulator.seed import SEED_FILE
-    from kaggleops.resources import bundled_competition, bundled_competitions
-
-    if isinstance(task, str) and sample is None and (Path(task) / SEED_FILE).is_file():
-        sample = Path(task)
-    elif isinstance(task, str):
-        if sample is None and task not in bundled_competitions():
-            raise KopsError(f"No bundled competition {task!r}.",
-                            f"Bundled competitions: {', '.join(bundled_competitions())}.")
-        sample = sample or bundled_competition(task)
-    sample = Path(sample or task.sample_dir())
-    if (sample / SEED_FILE).is_file():
-        seed = emulator.seed_folder(sample, slug)
-        return emulator.competition_rows(seed.slug)
-    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
-        solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(slug or task.name, files, solution, task.submission.id_column,
-                             task.submission.columns[0], list_metric(task))
-    return len(solution)
 
 
 @contextlib.contextmanager

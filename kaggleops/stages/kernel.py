@@ -21,7 +21,18 @@ from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import (
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    PLAN_FILE,
+    RERANK_CONFIG,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -29,60 +40,26 @@ from kaggleops.adapters.tracking import (
     TAG_KERNEL_VERSION,
     TAG_KIND,
     TAG_PARENT,
-    Tracker,
-    runs_tagged,
+    KernelPlan,
+    Kind,
+    PlanModel,
+    PlanReranker,
 )
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError
-from kaggleops.kernel.code import CodeDataset, ensure_code_dataset
-from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
-from kaggleops.refs import CompetitionRef, KernelRef, slugify
-from kaggleops.resources import kernel_template
 
-KERNEL_FILE = "kernel.py"
-KERNEL_METADATA = "kernel-metadata.json"
-PLAN_FILE = "kops-kernel.json"
 TEMPLATE = "inference_kernel.py.tmpl"
-KIND_KFOLD = "kfold"
-RERANK_CONFIG = "kops_rerank.json"
-KIND_RERANK = "rerank"
-KIND_RERANK_FOLD = "rerank-fold"
 LOG_TAIL_LINES = 30
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    run_id: str
-    dataset: str
-    dataset_version: int
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class RerankerSource:
-    """The reranker attached to a kernel: its run (parent or fold), each fold's dataset, the tuned w and n."""
-
-    run_id: str
-    models: list[ModelSource]
-    w: float
-    n: int
-
-    def as_plan(self) -> dict[str, object]:
-        return {"run_id": self.run_id, "w": self.w, "n": self.n,
-                "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
-                           for m in self.models]}
+ModelSource = PlanModel  # a planned model: run, dataset version, weight
+RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
 
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting, submitting."""
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting."""
 
     machine_shape: str | None = None
     private: bool | None = None
     publish: bool = True
     wait: bool = False
-    submit: bool = False
-    message: str = ""
 
 
 @dataclass
@@ -95,23 +72,16 @@ class KernelResult:
     status: str | None = None
     published: list[str] = field(default_factory=list)
     runtime: dict[str, object] = field(default_factory=dict)
-    submission: dict[str, object] | None = None
+    submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
     reranker: dict[str, object] | None = None
     code: dict[str, object] | None = None
+    plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
                 "published": self.published, "runtime": self.runtime, "submission": self.submission,
                 "reranker": self.reranker, "code": self.code}
-
-
-class KernelRunFailed(KernelError):
-    """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
-
-    def __init__(self, message: str, hint: str, log_tail: list[str]) -> None:
-        super().__init__(message, hint)
-        self.log_tail = log_tail
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -125,7 +95,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
     parents: list[str] = []
     for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
         run = tracker.get_run(run_id)
-        if run.data.tags.get(TAG_KIND) != KIND_KFOLD:
+        if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
             models.append(run_id)
             continue
         children = runs_tagged(tracker, {TAG_PARENT: run_id})
@@ -161,12 +131,12 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
     run_id = tracker.resolve(run_id)
     kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
-    if kind == KIND_RERANK_FOLD:
+    if kind == Kind.RERANK_FOLD:
         return [run_id]
-    if kind != KIND_RERANK:
-        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {KIND_RERANK!r}).",
+    if kind != Kind.RERANK:
+        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {Kind.RERANK!r}).",
                         "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
-    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == KIND_RERANK_FOLD]
+    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == Kind.RERANK_FOLD]
     if not children:
         raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
                         "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
@@ -199,20 +169,8 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
     return RerankerSource(run_id, models, w, n), folds, published
 
 
-def task_kernel_spec(cfg: KopsConfig, code: CodeDataset | None = None) -> str:
-    """The ``module:Class`` the kernel imports: the code dataset's, kops.yaml's ``task:``, or the registry's."""
-    from kaggleops.tasks import task_spec
-
-    if code is not None:
-        return code.module
-    spec = cfg.task or task_spec(cfg.competition)
-    if not spec:
-        raise KopsError(f"No task for competition {cfg.competition}.", "Set `task:` in kops.yaml.")
-    return spec
-
-
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> dict[str, object]:
+               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> KernelPlan:
     """The kernel's embedded plan (kops-kernel.json).
 
     ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
@@ -223,22 +181,22 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
 
     task = get_task_for(cfg)
     columns = list(task.submission.columns)
-    return {
-        "kops_version": __version__,
-        "competition": cfg.competition,
-        "task": {"name": task.name, "spec": task_kernel_spec(cfg, code),
-                 "requires": list(getattr(task, "kernel_requires", ()) or ()),
-                 "options": dict(getattr(task, "kernel_options", {}) or {})},
-        "metric": {"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
-        "id_column": task.submission.id_column,
-        "columns": columns,
-        "target_column": columns[0],
-        "models": [m.__dict__ for m in models],
-        "reranker": reranker.as_plan() if reranker else None,
-        "runtime": {"dataset": runtime.dataset, "version": runtime.version,
-                    "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
-        "code": code.as_plan() if code else None,
-    }
+    return KernelPlan(
+        kops_version=__version__,
+        competition=cfg.competition,
+        task={"name": task.name, "spec": task_kernel_spec(cfg, code),
+              "requires": list(getattr(task, "kernel_requires", ()) or ()),
+              "options": dict(getattr(task, "kernel_options", {}) or {})},
+        metric={"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
+        id_column=task.submission.id_column,
+        target_column=columns[0],
+        columns=columns,
+        models=list(models),
+        reranker=reranker,
+        runtime={"dataset": runtime.dataset, "version": runtime.version,
+                 "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
+        code=code.as_plan() if code else None,
+    )
 
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
@@ -274,10 +232,10 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     plan = build_plan(cfg, models, runtime, reranker, code)
     template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
-                             plan_json=json.dumps(plan, indent=2))
+                             plan_json=plan.to_json())
     compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
     (folder / KERNEL_FILE).write_text(source)
-    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
     (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options, code),
                                                      indent=2))
@@ -301,18 +259,19 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
                 options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
-    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
@@ -330,14 +289,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None,
-                          code=code.as_dict() if code else None)
-    if options.wait or options.submit:
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
+                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
+    if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    if options.submit:
-        from kaggleops.stages.submit import submit
-
-        result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
 
 

@@ -75,7 +75,7 @@ def train_on_kaggle(cfg: KopsConfig, folds: list[int] | None = None, machine_sha
     Example:
         >>> train_on_kaggle(load_config(), folds=[0], wait=True)  # doctest: +SKIP
     """
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     spec = pushed_commit(cfg)
     ref = KernelRef(cfg.kaggle_owner, f"{slugify(cfg.experiment_name, 40)}-train")
     folder = render_training_kernel(cfg, ref, spec, folds, machine_shape or cfg.kernel.machine_shape,

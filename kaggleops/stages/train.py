@@ -20,21 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
-from kaggleops.adapters.credentials import apply_tracking_credentials
-from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, DataError, UnknownCompetition
+from kaggleops.errors import ConfigError, DataError
+from kaggleops.files import sha256_file
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    TAG_FOLD,
+    TAG_GPU,
+    TAG_KIND,
+    TAG_METRIC,
+    TAG_METRIC_HIGHER,
+    TAG_PARENT,
+    TAG_RESUMES,
+    TAG_TASK,
+    TAG_TRAIN_KEY,
+    TAG_WORLD_SIZE,
+    Kind,
+)
 from kaggleops.stages.sync import background_sync
 from kaggleops.task import FoldContext
 
-TAG_TASK = "kops.task"
-TAG_KEY = "kops.train.key"
-TAG_RESUMES = "kops.resumes"
-TAG_GPU = "kops.gpu"
-TAG_WORLD_SIZE = "kops.world_size"
-TAG_METRIC = "kops.metric"
-TAG_METRIC_HIGHER = "kops.metric.higher_is_better"
-MODEL_ARTIFACT = "model"
 OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -79,16 +85,10 @@ class TrainResult:
 
 
 def get_task_for(cfg: KopsConfig) -> Any:
-    """The task of kops.yaml: ``task:`` (module:Class or file.py:Class, relative to kops.yaml), else by slug."""
-    from kaggleops.tasks import TaskLoadError, get_task
+    """The task of kops.yaml (see :func:`kaggleops.tasks.task_for`)."""
+    from kaggleops.tasks import task_for
 
-    try:
-        return get_task(cfg.task or cfg.competition, cfg.root)
-    except TaskLoadError as e:
-        if cfg.task:
-            raise ConfigError(f"{e}.", "Fix `task:` in kops.yaml (module:Class or path/file.py:Class).") from None
-        raise UnknownCompetition(f"{e}.", "Set `task:` in kops.yaml to your own task (kops init --competition "
-                                 "SLUG writes a skeleton), or `competition:` to one with a built-in task.") from None
+    return task_for(cfg)
 
 
 def metric_tags(task: Any) -> dict[str, str]:
@@ -122,7 +122,10 @@ def settings_params(settings: Any) -> dict[str, Any]:
 
 
 def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
-    folder = data_dir or cfg.resolved_data_dir() or task.sample_dir()
+    folder = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else None)
+    if folder is None:
+        raise DataError(f"No data folder for task {task.name}.", "Set `data_dir:` in kops.yaml (or pass --data) to "
+                        "the competition's files, e.g. from `kaggle competitions download`.")
     path = Path(folder) / "train.csv"
     if not path.is_file():
         raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
@@ -133,10 +136,6 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tup
         raise ConfigError(f"Task {task.name}: {e}") from None
     except ValueError as e:
         raise DataError(str(e)) from None
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _train_key(params: dict[str, Any]) -> str:
@@ -190,10 +189,9 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
 
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
           resume: bool) -> TrainResult:
-    apply_tracking_credentials()
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": str(path),
-              "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
+              "data_sha256": sha256_file(path)[:16], "rows": len(df)}
     job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed)
     parent = None
     if len(chosen) > 1:
@@ -265,7 +263,7 @@ class _Job:
         return f"best_val_{self.task.metric.name}"
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
-        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
+        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
 
     def _unfinished(self, runs: list[Any], what: str) -> Any | None:
         open_runs = [r for r in runs if r.info.status in UNFINISHED]
@@ -277,19 +275,19 @@ class _Job:
     def open_parent(self, chosen: list[int]) -> str:
         params = {**self.params, "folds": chosen}
         key = _train_key(params)
-        found = self._unfinished(self._find("kfold", key, {}), "this k-fold job")
+        found = self._unfinished(self._find(Kind.KFOLD, key, {}), "this k-fold job")
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
         name = getattr(self.settings, "model", None) or self.task.name
         return self.tracker.start_run(f"kfold-{name}", params,
-                                      {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key,
+                                      {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
                                        **metric_tags(self.task), **machine_tags()})
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         params = {**self.params, "fold": fold}
         key = _train_key(params)
-        same = [r for r in self._find("fold", key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
         if self.resume and parent:
             done = [r for r in same if r.info.status == "FINISHED" and self.best_metric in r.data.metrics]
             if done:
@@ -301,8 +299,8 @@ class _Job:
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
-    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: "fold", TAG_KEY: key, **metric_tags(job.task),
-            **machine_tags()}
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
+            **metric_tags(job.task), **machine_tags()}
     if resume_run is None:
         return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
     run = job.tracker.get_run(resume_run)
@@ -332,7 +330,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                     raise ConfigError(f"Task {job.task.name}: {e}") from None
                 log_fn({job.best_metric: float(result.score), **(result.metrics or {}),
                         **({"best_step": result.best_step} if result.best_step is not None else {})}, result.steps)
-            tracker.log_artifacts(run_id, result.model_dir, MODEL_ARTIFACT)
+            tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
             tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")

@@ -2,7 +2,8 @@
 
 The interface a task implements is :mod:`kaggleops.task`. A task is named, in kops.yaml, by
 
-- ``task: my_package.module:MyTask`` — an importable module (an installed or project package);
+- ``task: my_package.module:MyTask`` — an importable module: an installed package, or one in the folder of
+  kops.yaml (appended to ``sys.path``, so an installed package of the same name wins);
 - ``task: tasks/my_task.py:MyTask`` — a file in the user's repository, relative to kops.yaml. Its folder goes
   on ``sys.path`` first, so the file and its sibling modules import each other as top-level modules
   (``my_task``, ``helpers``), the same way they are installed inside the offline kernel;
@@ -24,12 +25,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaggleops.schema import TASK_ENTRY_POINTS
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
 __all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
-           "load_task", "split_spec", "task_names", "task_spec"]
+           "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
-ENTRY_POINT_GROUP = "kops.tasks"
+ENTRY_POINT_GROUP = TASK_ENTRY_POINTS
 DEFAULT_COMPETITION = "tweet-sentiment-extraction"
 """The competition `kops init` and the demo use when none is named."""
 
@@ -85,6 +87,9 @@ def import_task_module(spec: str, root: Path | None = None) -> tuple[Any, str]:
                                 "rename the file")
     else:
         module_name = target
+        folder = str(Path(root or Path.cwd()).resolve())
+        if folder not in sys.path:  # a package in the project folder, not installed (installed ones win)
+            sys.path.append(folder)
     try:
         return importlib.import_module(module_name), cls
     except ImportError as e:
@@ -125,3 +130,17 @@ def get_task(name: str, root: Path | None = None) -> Any:
     if spec is None:
         raise TaskLoadError(f"Unknown task {name!r}; known tasks: {', '.join(task_names())}")
     return load_task(spec, root)
+
+
+def task_for(cfg: Any) -> Any:
+    """The task of a loaded kops.yaml: ``task:`` (module:Class or file.py:Class, relative to kops.yaml), else the
+    competition's; a ConfigError / UnknownCompetition (one line) when it cannot be loaded."""
+    from kaggleops.errors import ConfigError, UnknownCompetition
+
+    try:
+        return get_task(cfg.task or cfg.competition, cfg.root)
+    except TaskLoadError as e:
+        if cfg.task:
+            raise ConfigError(f"{e}.", "Fix `task:` in kops.yaml (module:Class or path/file.py:Class).") from None
+        raise UnknownCompetition(f"{e}.", "Set `task:` in kops.yaml to your own task (kops init --competition "
+                                 "SLUG writes a skeleton), or `competition:` to one with a built-in task.") from None

@@ -1,11 +1,8 @@
-"""Errors raised by task code and task loading (kept free of heavy imports so the CLI can catch them cheaply)."""
+"""The errors task code raises and task loading reports: kops' one DataError (kaggleops.errors, standard library
+only), re-exported, and TaskLoadError."""
 
 from __future__ import annotations
 
+from kaggleops.errors import DataError, TaskLoadError
 
-class DataError(ValueError):
-    """A competition file does not have the shape the task expects (e.g. a missing column)."""
-
-
-class TaskLoadError(ValueError):
-    """A task named in kops.yaml (or by competition slug) cannot be found or imported; one line says why."""
+__all__ = ["DataError", "TaskLoadError"]
