@@ -149,6 +149,16 @@ def test_predict_averages_probabilities_over_model_folders(task: Any, train: Any
 # ---- kops demo --competition digit-recognizer --------------------------------------------------------------------
 
 
+def test_demo_and_emulator_name_the_bundled_competitions(tmp_path: Path) -> None:
+    expected = ("kops: error: No bundled competition 'nope' (and no folder with a competition.json there). "
+                "Bundled competitions: digit-recognizer, tweet-sentiment-extraction.\n")
+    for args in (["demo", "--competition", "nope", "--workdir", str(tmp_path / "w")],
+                 ["emulator", "start", "--competition", "nope"]):
+        out = subprocess.run([str(KOPS), *args], capture_output=True, text=True, timeout=300)
+        assert (out.returncode, out.stderr) == (1, expected)
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One real `kops demo --competition digit-recognizer --json` (the task's default settings, fold 0)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
-from kaggleops.emulator.seeding import seed_competition
+from kaggleops.emulator.seeding import competition_folder, seed_competition
 from kaggleops.errors import KopsError
 from kaggleops.tasks import DEFAULT_COMPETITION
 
@@ -124,6 +124,7 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
     from kaggleops.stages.submit import scores, submit
     from kaggleops.stages.train import train
 
+    competition_folder(competition)  # an unknown competition fails here, before any folder is made
     workdir = new_workdir(workdir)
     summary: dict[str, Any] = {"workdir": str(workdir)}
     started = time.perf_counter()
