@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from kaggleops.errors import SchemaError
 
@@ -110,6 +110,7 @@ KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
 RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n inside a reranker fold's model folder
 
+Rec = TypeVar("Rec", bound="_Record")
 MANIFEST_VERSION = 1
 PLAN_VERSION = 1  # task, columns, metric and code are optional keys: a plan without them reads with defaults
 
@@ -138,14 +139,49 @@ def _extra(data: dict[str, Any], cls: type) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in known}
 
 
-def _read(path: Path, what: str) -> dict[str, Any]:
+def _loads(text: str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise SchemaError(f"{what} {path} cannot be read as JSON ({e}).") from None
+        data = json.loads(text)
+    except ValueError as e:
+        raise SchemaError(f"{what} cannot be read as JSON ({e}).") from None
     if not isinstance(data, dict):
-        raise SchemaError(f"{what} {path} is not a JSON object.")
+        raise SchemaError(f"{what} is not a JSON object.")
     return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SchemaError(f"{path} cannot be read ({e}).") from None
+    return _loads(text, str(path))
+
+
+class _Record:
+    """JSON text and files for a record class with ``from_dict(data, what)`` / ``to_dict()`` and a ``FILE`` name."""
+
+    FILE: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[Rec], data: dict[str, Any], what: str) -> Rec:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls: type[Rec], text: str, what: str | None = None) -> Rec:
+        return cls.from_dict(_loads(text, what or cls.FILE), what or cls.FILE)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls: type[Rec], path: Path) -> Rec:
+        return cls.from_dict(_read(path), str(path))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -157,7 +193,7 @@ class FileEntry:
 
 
 @dataclass
-class Manifest:
+class Manifest(_Record):
     """``kops-manifest.json``: the run a dataset version carries, and every file's sha256.
 
     ``files`` maps paths as in the logged model folder (``tokenizer/vocab.json``) to their entries;
@@ -174,6 +210,7 @@ class Manifest:
     kops_version: str = ""
     schema_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = MANIFEST
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = MANIFEST) -> Manifest:
@@ -200,26 +237,6 @@ class Manifest:
                 "created": self.created,
                 "files": {rel: {"sha256": e.sha256, "bytes": e.bytes} for rel, e in self.files.items()},
                 "archives": self.archives, **self.extra}
-
-    @classmethod
-    def from_json(cls, text: str, what: str = MANIFEST) -> Manifest:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        if not isinstance(data, dict):
-            raise SchemaError(f"{what} is not a JSON object.")
-        return cls.from_dict(data, what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> Manifest:
-        return cls.from_dict(_read(path, MANIFEST), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -270,7 +287,7 @@ class PlanReranker:
 
 
 @dataclass
-class KernelPlan:
+class KernelPlan(_Record):
     """``kops-kernel.json``: what an inference kernel runs.
 
     ``task``: ``spec`` (the ``module:Class`` the kernel imports), ``name``, ``requires`` (packages imported
@@ -293,6 +310,7 @@ class KernelPlan:
     kops_version: str = ""
     schema_version: int = PLAN_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = PLAN_FILE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = PLAN_FILE) -> KernelPlan:
@@ -323,23 +341,6 @@ class KernelPlan:
                 "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
                 "code": self.code, **self.extra}
 
-    @classmethod
-    def from_json(cls, text: str, what: str = PLAN_FILE) -> KernelPlan:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        return cls.from_dict(data, what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> KernelPlan:
-        return cls.from_dict(_read(path, PLAN_FILE), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
     @property
     def reranker_models(self) -> list[PlanModel]:

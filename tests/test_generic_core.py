@@ -218,3 +218,24 @@ def test_code_dataset_holds_the_task_folder_or_package_and_installs_offline(tmp_
     out = subprocess.run([sys.executable, "-c", "import my_task_k12c, helper_k12c, sub.x; print(helper_k12c.VALUE)"],
                          cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
     assert out.stdout.strip() == "1", out.stderr
+
+
+def test_ui_view_shows_the_task_metric_and_sorts_lower_is_better_ascending(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.config import load_config
+    from kaggleops.stages.ui import SHARE_KEY, SHARED_VIEW_TAG, save_leaderboard_view
+
+    (tmp_path / "kops.yaml").write_text("competition: my-regression\nowner: alice\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(tmp_path / "kops.yaml")
+    tracker = Tracker(cfg)
+    save_leaderboard_view(tracker, metric="rmse", higher_is_better=False)
+    exp = MlflowClient(tracking_uri=cfg.resolved_tracking_uri).get_experiment(tracker.experiment_id)
+    state = json.loads(exp.tags[SHARED_VIEW_TAG + SHARE_KEY])
+    assert state["orderByAsc"] is True and "metrics.`cv_rmse`" in state["selectedColumns"]
+    assert "metrics.`best_val_rmse`" in state["selectedColumns"]

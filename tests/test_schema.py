@@ -119,3 +119,17 @@ def test_kind_values_and_tag_names_are_written_once() -> None:
 def test_data_error_keeps_its_value_error_behaviour() -> None:
     with pytest.raises(ValueError, match="train.csv lacks"):
         raise DataError("train.csv lacks column text")
+
+
+def test_run_ref_beside_dataset_and_kernel_refs() -> None:
+    from kaggleops.refs import DatasetRef, KernelRef, RunRef
+
+    run = RunRef.parse("0123456789abcdef0123456789abcdef", "http://127.0.0.1:5000/")
+    assert str(run) == run.run_id and run.short == "01234567"
+    assert run.url("3") == "http://127.0.0.1:5000/#/experiments/3/runs/0123456789abcdef0123456789abcdef"
+    assert RunRef("0123456789abcdef0123456789abcdef", "sqlite:///mlflow.db").url() is None
+    with pytest.raises(ValueError, match="Not an MLflow run id: .*Expected 32 hex characters"):
+        RunRef.parse("x' or 1=1")
+    assert DatasetRef.parse("alice/tse-f0/3").url() == "https://www.kaggle.com/datasets/alice/tse-f0"
+    assert str(KernelRef.parse("alice/tse-infer/versions/2")) == "alice/tse-infer/2"
+    assert DatasetRef("a", "bb-cc") != KernelRef("a", "bb-cc")

@@ -7,28 +7,12 @@ the server's own artifact root, and the MLFLOW_TRACKING_PASSWORD never reaches a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 PASSWORD = "kops-server-s3cret-pw"
 
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    from kaggleops.stages.ui import serve_mlflow
-
-    srv = tmp_path / "server"
-    srv.mkdir()
-    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
-                          srv, srv / "server.log", timeout_s=120)
-    try:
-        yield server.base
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ def init(
 ) -> None:
     """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder."""
     from kaggleops.config import CONFIG_FILE, render_template
-    from kaggleops.stages.gitsource import write_mlproject
+    from kaggleops.stages.mlproject import write_mlproject
     from kaggleops.tasks import DEFAULT_COMPETITION, task_spec
     from kaggleops.tasks.skeleton import module_name, render_skeleton
 

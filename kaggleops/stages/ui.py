@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,13 @@ from urllib.parse import quote
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError, PortInUse, TimedOut
+from kaggleops.polling import poll
 from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0
+HEALTH_POLL_S = 0.3
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
 SHARED_VIEW_TAG = TAG_SHARED_VIEW
@@ -116,20 +117,22 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def healthy() -> bool | None:
         if process.poll() is not None:
             raise KopsError(f"mlflow server exited with code {process.returncode} before serving {base}.",
                             f"See its log: {log}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                return True if resp.status == 200 else None
         except OSError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise TimedOut(f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui")
+            return None
+
+    try:
+        poll(healthy, timeout_s, HEALTH_POLL_S, lambda: TimedOut(
+            f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui"))
+    except TimedOut:
+        process.terminate()
+        raise
 
 
 def _task_metric(cfg: KopsConfig) -> tuple[str | None, bool]:
