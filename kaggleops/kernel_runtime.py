@@ -184,14 +184,16 @@ def choose_device() -> tuple[Any, Any]:
 
 
 def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[dict[str, str]],
-                     timings: Timings, batch_size: int = 64) -> list[tuple[list[float], list[float]]]:
-    """Weighted mean of each model's per-character start/end probabilities, one model in memory at a time."""
+                     timings: Timings, batch_size: int = 64) -> tuple[Any, Any]:
+    """Weighted mean of each model's per-character start/end probabilities (``[rows, chars]`` tensors), one model
+    in memory at a time; the character tables are built batch by batch on the model's device."""
     import torch
 
     infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
     device, dtype = choose_device()
     max_len = int(plan.get("max_len", 128))
-    totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
+    texts = [r["text"] for r in rows]
+    totals = (torch.zeros(len(rows), infer.char_width(texts)), torch.zeros(len(rows), infer.char_width(texts)))
     weight_sum = sum(float(m.get("weight", 1.0)) for m in plan["models"]) or 1.0
     for i, (spec, folder) in enumerate(zip(plan["models"], model_dirs, strict=True)):
         name, w = f"m{i}:{spec['run_id'][:8]}", float(spec.get("weight", 1.0)) / weight_sum
@@ -200,29 +202,24 @@ def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[di
             model.to(dtype=dtype)
         with timings.stage(f"tokenize {name}"):
             features = infer.encode_rows(tokenizer, rows, max_len)
-        with timings.stage(f"forward {name}"):
-            logits = infer.predict_logits(model, features, tokenizer.pad_token_id, batch_size)
-        with timings.stage(f"ensemble {name}"):
-            for total, row, feature, (s, e) in zip(totals, rows, features, logits, strict=True):
-                ps, pe = infer.char_scores(row["text"], feature, s, e)
-                for k in range(len(ps)):
-                    total[0][k] += w * ps[k]
-                    total[1][k] += w * pe[k]
-        del model, logits, features
+        with timings.stage(f"forward + char probabilities {name}"):
+            infer.predict_char_probs(model, features, texts, tokenizer.pad_token_id, batch_size, totals, w)
+        del model, features
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(f"{PREFIX} {len(model_dirs)} model(s) on {device.type} ({str(dtype).replace('torch.', '')})")
     return totals
 
 
-def rerank(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
+def rerank(plan: dict[str, Any], rows: list[dict[str, str]], totals: tuple[Any, Any],
            reranker_dirs: list[Path], timings: Timings) -> list[str]:
     """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
     spec = plan["reranker"]
     rr = importlib.import_module(spec.get("module", RERANK_MODULE))
     n = int(spec["n"])
+    ps, pe = totals
     with timings.stage("candidates"):
-        cands = [rr.top_k_char_spans(row["text"], ps, pe, k=n) for row, (ps, pe) in zip(rows, totals, strict=True)]
+        cands = [rr.top_k_char_spans(row["text"], ps[i], pe[i], k=n) for i, row in enumerate(rows)]
     with timings.stage("rerank"):
         answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=float(spec["w"]), n=n,
                                        batch_size=int(plan.get("rerank_batch_size", 128)))
@@ -231,20 +228,20 @@ def rerank(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[
     return [a if a.strip() else row["text"] for row, a in zip(rows, answers, strict=True)]
 
 
-def decode(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
-           timings: Timings) -> list[str]:
-    """Best character span per row (neutral → whole tweet when the plan says so), without a reranker."""
+def post_processing(plan: dict[str, Any], model_dirs: list[Path]) -> Any:
+    """The plan's post-processing, overridden by the rules the (first) model was validated with."""
     infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
-    neutral_full = bool(plan.get("post_processing", {}).get("neutral_full_text", True))
-    out = []
-    for row, (ps, pe) in zip(rows, totals, strict=True):
-        text = row["text"]
-        if (neutral_full and row["sentiment"] == "neutral") or not any(ps):
-            out.append(text)
-            continue
-        start, stop = infer.best_char_span(ps, pe)
-        out.append(text[start:stop] if text[start:stop].strip() else text)
-    return out
+    trained = infer.read_infer_config(model_dirs[0]).get("post_processing", {}) if model_dirs else {}
+    return infer.PostProcessing.from_dict({**plan.get("post_processing", {}), **trained})
+
+
+def decode(plan: dict[str, Any], rows: list[dict[str, str]], totals: tuple[Any, Any], timings: Timings,
+           post: Any = None) -> list[str]:
+    """Best character span per row and the post-processing (``infer.decode_spans``, as in validation)."""
+    infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
+    post = post or infer.PostProcessing.from_dict(plan.get("post_processing"))
+    with timings.stage("decode"):
+        return infer.decode_spans(rows, totals[0], totals[1], post)
 
 
 def write_submission(path: Path, id_column: str, target_column: str, ids: list[str],
@@ -300,8 +297,7 @@ def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timin
         preds = rerank(plan, test, totals, reranker_dirs, timings)
     else:
         timings.add("rerank (none attached)", 0.0)
-        with timings.stage("decode"):
-            preds = decode(plan, test, totals, timings)
+        preds = decode(plan, test, totals, timings, post_processing(plan, model_dirs))
     with timings.stage("write + check"):
         by_id = {row[plan["id_column"]]: p for row, p in zip(test, preds, strict=True)}
         path = working_dir / SUBMISSION
