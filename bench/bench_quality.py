@@ -79,6 +79,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--product", action="store_true", help="the user's path: kops.yaml, kops train (fold 0 of 5), "
                    "publish, push-kernel --wait (emulator), kops kernel run-local on the held-out test file")
     p.add_argument("--keep", default=None, help="folder to keep the trained fold in (model/, oof.csv)")
+    p.add_argument("--evaluate", default=None, help="with --kfold: no training; score the fold kept in this folder")
     p.add_argument("--epochs", type=int, default=MINILM_PRESET["epochs"])
     p.add_argument("--lr", type=float, default=MINILM_PRESET["lr"])
     p.add_argument("--batch-size", type=int, default=MINILM_PRESET["batch_size"])
@@ -125,9 +126,13 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kops-quality-") as tmp:
         out = Path(args.keep or tmp)
-        result = train_fold(data, settings, 0, out, lambda m, s: _keep_validation(history, m, s))
+        if args.evaluate:
+            result = _kept(Path(args.evaluate), data)
+        else:
+            result = train_fold(data, settings, 0, out, lambda m, s: _keep_validation(history, m, s))
         train_s = time.perf_counter() - started
-        held_score, per_sentiment, infer_s = _score_held_out(result.model_dir, held, settings) if args.kfold else (
+        held_score, per_sentiment, infer_s = _score_held_out(
+            result.model_dir, held, settings, result.oof_path) if args.kfold else (
             result.val_jaccard, {k[len("val_jaccard_"):]: v for k, v in _best(history, result.best_step).items()
                                  if k.startswith("val_jaccard_")}, 0.0)
     wall = time.perf_counter() - started
@@ -147,6 +152,17 @@ def main() -> None:
               f"whole tweet {mean_jaccard(group['selected_text'], group['text']):.4f}")
 
 
+def _kept(folder: Path, data: Any) -> Any:
+    """A FoldResult-like view of a fold kept by an earlier ``--keep`` run (``--evaluate``)."""
+    import pandas as pd
+
+    from kaggleops.tasks.tse.train import FoldResult
+
+    oof = pd.read_csv(folder / "oof.csv", dtype=str, keep_default_na=False)
+    score = mean_jaccard(oof["selected_text"], oof["pred"])
+    return FoldResult(folder / "model", folder / "oof.csv", score, -1, 0, int((data["fold"] != 0).sum()), len(oof))
+
+
 def _keep_validation(history: list[dict[str, float]], metrics: dict[str, float], step: int) -> None:
     if "val_jaccard" in metrics:
         history.append({"step": step, **metrics})
@@ -156,18 +172,53 @@ def _best(history: list[dict[str, float]], step: int) -> dict[str, float]:
     return next((h for h in history if int(h["step"]) == step), {})
 
 
-def _score_held_out(model_dir: Path, held: Any, settings: Any) -> tuple[float, dict[str, float], float]:
-    """Held-out Jaccard (overall, per sentiment) of a saved model, decoded as the kernel decodes."""
+POST_GRID: dict[str, dict[str, Any]] = {
+    "no start shift": {"start_shift": False},
+    "start shift, >= 1 extra space": {"start_shift": True, "shift_min_spaces": 1},
+    "start shift, >= 2 extra spaces": {"start_shift": True, "shift_min_spaces": 2},
+    "start shift, >= 3 extra spaces": {"start_shift": True, "shift_min_spaces": 3},
+}
+
+
+def _score_held_out(model_dir: Path, held: Any, settings: Any,
+                    oof: Path | None = None) -> tuple[float, dict[str, float], float]:
+    """Held-out Jaccard (overall, per sentiment) of a saved model, decoded as the kernel decodes.
+
+    With ``oof`` (the fold's oof.csv) also prints each POST_GRID post-processing on the validation fold (from the
+    OOF's best unprocessed span, ``candidates[0]``) next to the held-out rows: the rule is chosen on the former.
+    """
     from kaggleops.tasks.tse import infer
     from kaggleops.tasks.tse.train import post_processing
 
     t0 = time.perf_counter()
     model, tokenizer = infer.load_model(model_dir, settings.device)
     rows = held[["text", "sentiment"]].to_dict("records")
-    preds = infer.predict_spans(model, tokenizer, rows, 128, settings.max_len, post=post_processing(settings))
+    features = infer.encode_rows(tokenizer, rows, settings.max_len)
+    ps, pe = infer.predict_char_probs(model, features, [r["text"] for r in rows], tokenizer.pad_token_id, 128)
+    seconds = time.perf_counter() - t0
+    if oof is not None:
+        _post_grid(oof, rows, held, ps, pe)
+    preds = infer.decode_spans(rows, ps, pe, post_processing(settings))
     scored = held.assign(pred=preds)
     by = {str(s): mean_jaccard(g["selected_text"], g["pred"]) for s, g in scored.groupby("sentiment")}
-    return mean_jaccard(scored["selected_text"], scored["pred"]), by, time.perf_counter() - t0
+    return mean_jaccard(scored["selected_text"], scored["pred"]), by, seconds
+
+
+def _post_grid(oof_path: Path, rows: list[dict[str, Any]], held: Any, ps: Any, pe: Any) -> None:
+    import pandas as pd
+
+    from kaggleops.tasks.tse import infer
+
+    oof = pd.read_csv(oof_path, dtype=str, keep_default_na=False)
+    best = [json.loads(c)[0] for c in oof["candidates"]]
+    print(f"post-processing (validation fold {len(oof)} rows | held-out {len(held)} rows):")
+    for name, knobs in POST_GRID.items():
+        post = infer.PostProcessing(**knobs)
+        val = [post.answer(t, s, int(b["start"]), int(b["end"])) for t, s, b in zip(oof["text"], oof["sentiment"], best,
+                                                                                    strict=True)]
+        out = infer.decode_spans(rows, ps, pe, post)
+        print(f"  {name:<32} {mean_jaccard(oof['selected_text'], val):.4f} | "
+              f"{mean_jaccard(held['selected_text'], out):.4f}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class Task(Protocol):
         ...
 
     def kernel_runtime_source(self) -> str:
-        """Source of the self-contained inference module (defines ``predict_file_rows``) for kernels."""
+        """Source of the inference module (``predict_char_probs``, ``decode_spans``) kernels run."""
         ...
 
 
