@@ -197,8 +197,7 @@ def batch_char_probs(features: list[Encoded], start_logits: Any, end_logits: Any
     for logits, out, chars in ((start_logits, ps, t[:, 2]), (end_logits, pe, t[:, 3])):
         masked = torch.full(logits.shape, float("-inf"), device=device)
         masked[rows, pos] = logits.float()[rows, pos]
-        probs = torch.softmax(masked, 1)
-        out.index_put_((rows, chars), probs[rows, pos], accumulate=True)
+        out[rows, chars] = torch.softmax(masked, 1)[rows, pos]  # tokens never share a first / last character
     return ps, pe
 
 
@@ -207,28 +206,46 @@ def char_width(texts: list[str]) -> int:
     return max([1] + [len(t) for t in texts])
 
 
+def in_input_order(parts: list[Any], order: list[int]) -> Any:
+    """Per-batch ``[B, width]`` tables (batches in ``length_batches`` order) as one CPU table in input order:
+    one concatenation, one device→host copy and one scatter for the whole set, not one per batch."""
+    import torch
+
+    done = torch.cat(parts).cpu()
+    out = torch.empty_like(done)
+    out[torch.tensor(order, dtype=torch.long)] = done
+    return out
+
+
 def predict_char_probs(model: Any, features: list[Encoded], texts: list[str], pad_id: int, batch_size: int = 64,
                        into: tuple[Any, Any] | None = None, weight: float = 1.0) -> tuple[Any, Any]:
     """Per-character start/end probabilities ``[len(texts), char_width(texts)]`` (CPU) of one model.
 
     Runs on the model's device in length-sorted, dynamically padded batches under ``torch.inference_mode()``;
-    the character tables are made on that device, batch by batch. ``into``: tables to add ``weight ×`` these
-    probabilities to (an ensemble's running sum), returned.
+    the character tables are made on that device, batch by batch, and put back in input order once. ``into``:
+    tables to add ``weight ×`` these probabilities to (an ensemble's running sum), returned.
     """
     import torch
 
     device = next(model.parameters()).device
     width = char_width(texts)
-    ps, pe = into if into is not None else (torch.zeros(len(texts), width), torch.zeros(len(texts), width))
+    starts, ends, order = [], [], []
     with torch.inference_mode():
         for idx in length_batches(features, batch_size):
             batch = [features[i] for i in idx]
             res = model(**{k: v.to(device) for k, v in collate(batch, pad_id).items()})
             bs, be = batch_char_probs(batch, res.start_logits, res.end_logits, width)
-            at = torch.tensor(idx, dtype=torch.long)
-            ps.index_add_(0, at, bs.cpu(), alpha=weight)
-            pe.index_add_(0, at, be.cpu(), alpha=weight)
-    return ps, pe
+            starts.append(bs)
+            ends.append(be)
+            order += idx
+    if not order:
+        return into if into is not None else (torch.zeros(0, width), torch.zeros(0, width))
+    ps, pe = in_input_order(starts, order), in_input_order(ends, order)
+    if into is None:
+        return (ps * weight, pe * weight) if weight != 1.0 else (ps, pe)
+    into[0].add_(ps, alpha=weight)
+    into[1].add_(pe, alpha=weight)
+    return into
 
 
 def best_char_spans(ps: Any, pe: Any) -> tuple[list[int], list[int]]:

@@ -40,7 +40,8 @@ class TrainSettings:
     model name / local folder for ``AutoModelForQuestionAnswering.from_pretrained``. The defaults
     (lr 5e-4, 6 epochs) suit the tiny model trained from scratch: on the bundled sample they reach
     ~0.82 mean val Jaccard over 5 folds (whole tweet: ~0.58) in ~5 s per fold on 2 CPU threads.
-    For a pretrained encoder use about lr 3e-5 and 2-3 epochs.
+    For a small pretrained encoder (all-MiniLM-L6-v2) on CPU use README's MiniLM preset (2 epochs, lr 3e-4,
+    ``train_neutral=False``, ``start_shift=True``): lr 3e-5 undertrains it (BENCHMARKS.md, "Training quality").
 
     A step is one optimizer step over ``batch_size × grad_accum`` rows; ``max_steps``, ``eval_every`` and
     ``checkpoint_every`` count those.
@@ -197,7 +198,6 @@ def optimizer(model: Any, lr: float, weight_decay: float) -> Any:
     return torch.optim.AdamW(groups, lr=lr)
 
 
-
 @dataclass
 class _Eval:
     loss: float
@@ -218,16 +218,18 @@ def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) ->
     device = next(model.parameters()).device
     model.eval()
     total, n = 0.0, 0
-    texts = [str(r["text"]) for r in split.rows]
-    width = infer.char_width(texts)
-    ps, pe = torch.zeros(len(texts), width), torch.zeros(len(texts), width)
+    width = infer.char_width([str(r["text"]) for r in split.rows])
+    starts, ends, order = [], [], []
     with torch.inference_mode(), _autocast(device):
         for idx in infer.length_batches(split.features, settings.eval_batch_size):
             out = model(**_batch(split, idx, pad_id, device))
             total, n = total + float(out.loss) * len(idx), n + len(idx)
             bs, be = infer.batch_char_probs([split.features[i] for i in idx], out.start_logits, out.end_logits, width)
-            ps[idx], pe[idx] = bs.cpu(), be.cpu()
+            starts.append(bs)
+            ends.append(be)
+            order += idx
     model.train()
+    ps, pe = infer.in_input_order(starts, order), infer.in_input_order(ends, order)
     preds = infer.decode_spans(split.rows, ps, pe, post_processing(settings))
     return _Eval(total / max(1, n), preds, _jaccard_metrics(split.rows, preds), (ps, pe))
 
