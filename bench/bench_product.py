@@ -63,6 +63,7 @@ def _run(stage: str, cmd: list[str], work: Path, env: dict[str, str], walls: dic
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     walls[stage] = time.perf_counter() - t0
+    print(f"  {stage:<45} {walls[stage]:8.1f} s (exit {proc.returncode})", flush=True)
     if proc.returncode:
         raise SystemExit(f"{stage} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
@@ -77,6 +78,7 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="kops-product-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    print(f"product path in {work} (load average {os.getloadavg()[0]:.1f}); stage wall times:", flush=True)
     solution = _competition_files(work / "data", train_part, held)
     emulator = Emulator(work / ".emulator", username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
     url = emulator.start()
@@ -105,10 +107,8 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
     truth = dict(zip(held["textID"], held["selected_text"], strict=True))
     score = sum(jaccard(truth[t], preds[t]) for t in truth) / len(truth)
     whole = sum(jaccard(s, t) for s, t in zip(held["selected_text"], held["text"], strict=True)) / len(held)
-    print(f"product path in {work}: {len(train_part)} rows in train.csv, fold 0 of 5 trained "
+    print(f"{len(train_part)} rows in train.csv, fold 0 of 5 trained "
           f"(val Jaccard {trained['runs'][0]['val_jaccard']:.4f}), kernel on {len(held)} held-out rows")
-    for stage, s in walls.items():
-        print(f"  {stage:<45} {s:8.1f} s")
     print(f"  {'total':<45} {sum(walls.values()):8.1f} s")
     print(f"  run-local kernel stages: {json.dumps(local.get('timings', {}))}")
     print(f"held-out rows {len(held)}: Jaccard {score:.4f} vs whole tweet {whole:.4f}")
