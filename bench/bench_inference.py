@@ -68,7 +68,7 @@ def minilm_model() -> tuple[Any, Any] | None:
 
 
 def kernel_inference(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> list[str]:
-    """What the kernel does per model (kernel_runtime.predict_ensemble + decode): encode, sorted + dynamic
+    """What the kernel does per model (tasks/tse/ensemble.char_totals + decode): encode, sorted + dynamic
     batches, per-batch character probabilities added into the ensemble's tables, best spans, post-processing."""
     from kaggleops.tasks.tse import infer
 

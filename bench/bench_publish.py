@@ -73,11 +73,11 @@ def main() -> None:
 
 
 def run(root: Path, mb: int) -> None:
+    from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.config import load_config
     from kaggleops.emulator import Emulator
-    from kaggleops.kaggle import Kaggle
-    from kaggleops.publish import publish
-    from kaggleops.tracking import Tracker
+    from kaggleops.stages.publish import publish
 
     size = make_model(root / "model", mb)
     (root / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: bench\nexperiment: bench\n")

@@ -80,8 +80,8 @@ def rerank_oof(args: argparse.Namespace, model: str) -> dict:
 def main() -> None:
     args = _args()
     from kaggleops.config import load_config
-    from kaggleops.reranking import train_reranker
-    from kaggleops.training import train
+    from kaggleops.stages.rerank import train_reranker
+    from kaggleops.stages.train import train
 
     model = args.model
     if model is None:
@@ -109,7 +109,7 @@ def main() -> None:
         rr = train_reranker(cfg, [base.run_id], overrides, progress=True)
         t_rerank = time.perf_counter() - t0
     m = rr.metrics
-    summary = {"rows": n, "folds": args.folds, "model": Path(model).name, "base_cv_jaccard": base.cv_jaccard,
+    summary = {"rows": n, "folds": args.folds, "model": Path(model).name, "base_cv_jaccard": base.cv,
                "base_seconds": round(t_base, 1), "rerank_seconds": round(t_rerank, 1), "w": rr.w, "n": rr.n,
                **{k: round(v, 5) for k, v in m.items()},
                "ratio_reranked_to_base": round(m["oof_jaccard_reranked"] / m["oof_jaccard_base"], 5),

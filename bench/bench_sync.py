@@ -46,7 +46,7 @@ def _machine(root: Path, name: str, bucket: str) -> object:
 def _log_runs(cfg: object, runs: int, points: int) -> None:
     from mlflow.entities import Metric
 
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     tracker = Tracker(cfg)  # type: ignore[arg-type]
     for i in range(runs):
@@ -64,9 +64,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--points", type=int, default=1000)
     args = parser.parse_args()
-    from kaggleops.storage import gcs_client
-    from kaggleops.sync import pull, push
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.storage import gcs_client
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.stages.sync import pull, push
 
     proc = _start_emulator()
     try:

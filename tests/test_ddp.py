@@ -126,9 +126,9 @@ def test_two_process_gloo_run_is_one_run_with_the_metrics_of_one_process(
 def test_checkpoint_of_a_two_process_run_resumes_in_one_process(reference: tuple[Path, str], tmp_path: Path) -> None:
     import torch
 
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.stages.train import download_checkpoint
     from kaggleops.tasks.tse.checkpoint import STATE_FILE
-    from kaggleops.tracking import Tracker
-    from kaggleops.training import download_checkpoint
 
     ref_dir, ref_run = reference
     workdir = _workdir(tmp_path / "preempted")

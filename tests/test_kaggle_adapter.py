@@ -1,4 +1,4 @@
-"""kaggleops.kaggle.Kaggle: the real `kaggle` client against the emulator, with injected faults.
+"""kaggleops.adapters.kaggle.Kaggle: the real `kaggle` client against the emulator, with injected faults.
 
 Retries (429 with Retry-After, 5xx, dropped connections, timeouts) on every call kops uses; non-idempotent
 calls (push kernel, submit) never duplicated when their answer is lost; errors translated once, exact text.
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.emulator import Emulator
 from kaggleops.errors import CredentialsMissing, DatasetNotFound, QuotaExceeded, RulesNotAccepted, TimedOut
-from kaggleops.kaggle import Kaggle
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
 USER, KEY = "testuser", "testkey"
@@ -269,7 +269,7 @@ def test_credentials_from_kaggle_secrets_add_on_and_no_global_env(emulator: Emul
     import sys
     import types
 
-    from kaggleops import credentials
+    from kaggleops.adapters import credentials
 
     class UserSecretsClient:
         def get_secret(self, name: str) -> str:

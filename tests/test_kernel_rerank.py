@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kaggleops.kernel_runtime import KernelFailure, check_submission, main, restore_model_dir
+from kaggleops.kernel.runtime import KernelFailure, check_submission, main, restore_model_dir
 from kaggleops.tasks import get_task
 
 TSE = get_task("tweet-sentiment-extraction")
@@ -35,9 +35,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Emulator + 2-fold base (1 epoch) + a tiny reranker over it, pushed with the real CLI and run."""
-    from kaggleops.demo import demo_workspace
-    from kaggleops.reranking import train_reranker
-    from kaggleops.training import train
+    from kaggleops.stages.demo import demo_workspace
+    from kaggleops.stages.rerank import train_reranker
+    from kaggleops.stages.train import train
 
     workdir = tmp_path_factory.mktemp("kernel-rerank") / "work"
     workdir.mkdir()
@@ -70,8 +70,8 @@ def kernel_working(loop: dict[str, Any]) -> Path:
 
 def local_reranked_answers(env: dict[str, Any], tmp: Path, rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
     """(reranked, ensemble's best candidate) here, from the runs' MLflow artifacts (not the kernel's datasets)."""
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.tasks.tse import infer, rerank_infer
-    from kaggleops.tracking import Tracker
 
     tracker = Tracker(env["cfg"])
     folds = [r.run_id for r in env["trained"].runs]
@@ -110,7 +110,7 @@ def test_kernel_with_reranker_writes_what_rerank_candidates_gives_locally(env: d
 
 @pytest.mark.slow
 def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, Any]) -> None:
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     tracker, rr = Tracker(env["cfg"]), env["reranker"]
     plan = json.loads((kernel_working(env) / "kops-kernel.json").read_text())
@@ -120,8 +120,8 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
         tags = tracker.get_run(run_id).data.tags
         expected_models.append({"run_id": run_id, "dataset": tags["kops.dataset"],
                                 "dataset_version": int(tags["kops.dataset.version"])})
-    assert plan["reranker"] == {"run_id": rr.parent_run_id, "module": "kaggleops.tasks.tse.rerank_infer",
-                                "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["task"]["spec"] == "kaggleops.tasks.tse:TweetSentimentExtraction" and plan["code"] is None
     assert set(fold_runs) <= set(env["pushed"]["published"])
     assert env["pushed"]["reranker"] == plan["reranker"]
     meta = json.loads((Path(env["pushed"]["folder"]) / "kernel-metadata.json").read_text())
@@ -135,7 +135,7 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
 
 @pytest.mark.slow
 def test_run_local_stages_the_reranker_too(env: dict[str, Any]) -> None:
-    from kaggleops.kernel_local import render_report, run_local
+    from kaggleops.kernel.local import render_report, run_local
 
     report = run_local(env["cfg"], Path(env["pushed"]["folder"]))
     assert report.ok, render_report(report)
@@ -144,9 +144,9 @@ def test_run_local_stages_the_reranker_too(env: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_reranker_refusals_name_the_command(env: dict[str, Any]) -> None:
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import KopsError
-    from kaggleops.kernels import KernelOptions, push_kernel
-    from kaggleops.tracking import Tracker
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     base, rr_fold = env["trained"].parent_run_id, env["reranker"].runs[0].run_id
     with pytest.raises(KopsError) as err:
@@ -184,7 +184,8 @@ def tiny_model_with_tokenizer_subfolder(tmp: Path) -> Path:
 
 def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -> Path:
     """The dataset folder as `kops publish` uploads it: files, `<dir>.zip` per sub-folder, the manifest."""
-    from kaggleops.publish import _zip_folder, build_manifest
+    from kaggleops.files import zip_folder
+    from kaggleops.stages.publish import build_manifest
 
     dst.mkdir(parents=True)
     archives = {}
@@ -192,13 +193,12 @@ def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
             if zipped:
-                _zip_folder(entry, dst / f"{entry.name}.zip")
+                zip_folder(entry, dst / f"{entry.name}.zip")
             else:  # as Kaggle shows it when it unpacked the archive
                 shutil.copytree(entry, dst / entry.name)
         else:
             shutil.copyfile(entry, dst / entry.name)
-    manifest = build_manifest(src, run_id, "exp", {}, archives)
-    (dst / "kops-manifest.json").write_text(json.dumps(manifest))
+    build_manifest(src, run_id, "exp", {}, archives).write(dst / "kops-manifest.json")
     return dst
 
 
@@ -222,10 +222,10 @@ def test_kernel_restores_a_zipped_tokenizer_subfolder_from_read_only_input(tmp_p
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    plan = {"competition": TSE.name, "id_column": "textID", "target_column": "selected_text", "reranker": None,
-            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}],
-            "runtime_module": "kaggleops.tasks.tse.infer", "max_len": 64, "batch_size": 8,
-            "post_processing": {"neutral_full_text": True}}
+    plan = {"competition": TSE.name, "reranker": None, "id_column": "textID", "target_column": "selected_text",
+            "task": {"spec": "kaggleops.tasks.tse:TweetSentimentExtraction",
+                     "options": {"max_len": 64, "batch_size": 8}},
+            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}]}
     working = tmp_path / "working"
     working.mkdir()
     make_read_only(inp)  # /kaggle/input is read-only on Kaggle

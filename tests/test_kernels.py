@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kaggleops.kernel_runtime import check_submission
+from kaggleops.kernel.runtime import check_submission
 from kaggleops.tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,8 @@ LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGL
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Emulator + a work folder with a 2-fold k-fold parent run (1 epoch each), as `kops demo` sets up."""
-    from kaggleops.demo import demo_workspace
-    from kaggleops.training import train
+    from kaggleops.stages.demo import demo_workspace
+    from kaggleops.stages.train import train
 
     workdir = tmp_path_factory.mktemp("kernels") / "work"
     workdir.mkdir()
@@ -48,7 +48,7 @@ def env(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def pushed(loop: dict[str, Any]) -> dict[str, Any]:
     """One push of the k-fold parent (→ 2 fold models), waited for."""
-    from kaggleops.kernels import KernelOptions, push_kernel
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     saved = dict(os.environ)
     os.environ.update(loop["env"])
@@ -94,7 +94,7 @@ def test_kfold_parent_pushes_a_two_model_ensemble_that_writes_a_valid_submission
 
 
 def test_runs_and_parent_are_tagged_with_the_kernel_version(env: dict[str, Any], pushed: dict[str, Any]) -> None:
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     tracker = Tracker(env["cfg"])
     for run_id in [env["trained"].parent_run_id, *pushed["result"].run_ids]:
@@ -104,7 +104,7 @@ def test_runs_and_parent_are_tagged_with_the_kernel_version(env: dict[str, Any],
 
 
 def test_kernel_imports_the_installed_runtime_wheel(env: dict[str, Any], pushed: dict[str, Any]) -> None:
-    from kaggleops.kaggle import Kaggle
+    from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.refs import KernelRef
 
     result = pushed["result"]
@@ -117,8 +117,8 @@ def test_kernel_imports_the_installed_runtime_wheel(env: dict[str, Any], pushed:
 
 
 def test_runtime_dataset_is_reused_when_unchanged(env: dict[str, Any], pushed: dict[str, Any]) -> None:
-    from kaggleops.kaggle import Kaggle
-    from kaggleops.runtime_wheel import ensure_runtime_dataset
+    from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.kernel.wheel import ensure_runtime_dataset
 
     again = ensure_runtime_dataset(env["cfg"], Kaggle(env["env"]["KOPS_KAGGLE_ENDPOINT"]))
     assert again.created is False and again.version == pushed["result"].runtime["version"]
@@ -126,13 +126,13 @@ def test_runtime_dataset_is_reused_when_unchanged(env: dict[str, Any], pushed: d
 
 def test_runtime_wheel_is_deterministic_and_versioned_by_content(tmp_path: Path) -> None:
     import kaggleops
-    from kaggleops.runtime_wheel import build_wheel
+    from kaggleops.kernel.wheel import build_wheel
 
     root = tmp_path / "pkg"
     shutil.copytree(Path(kaggleops.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
     a, b = build_wheel(tmp_path / "a", root), build_wheel(tmp_path / "b", root)
     assert a.wheel_sha256 == b.wheel_sha256 and a.content_sha256 == b.content_sha256
-    (root / "kernel_runtime.py").write_text((root / "kernel_runtime.py").read_text() + "\n# changed\n")
+    (root / "kernel" / "runtime.py").write_text((root / "kernel" / "runtime.py").read_text() + "\n# changed\n")
     assert build_wheel(tmp_path / "c", root).content_sha256 != a.content_sha256
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target",
@@ -141,9 +141,9 @@ def test_runtime_wheel_is_deterministic_and_versioned_by_content(tmp_path: Path)
 
 
 def test_no_publish_refuses_with_the_command_to_run(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import KopsError
-    from kaggleops.kernels import KernelOptions, push_kernel
-    from kaggleops.tracking import Tracker
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     run_id = pushed["result"].run_ids[0]
     tracker = Tracker(env["cfg"])
@@ -159,7 +159,7 @@ def test_no_publish_refuses_with_the_command_to_run(env: dict[str, Any], pushed:
 
 
 def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, Any], pushed: dict[str, Any]) -> None:
-    from kaggleops.kernel_local import render_report, run_local
+    from kaggleops.kernel.local import render_report, run_local
 
     report = run_local(env["cfg"], pushed["result"].folder, full_rows=3534)
     assert report.ok, render_report(report)
@@ -170,7 +170,7 @@ def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, An
 
 def test_run_local_blocks_the_network(env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path) -> None:
     """auto = a network namespace where one can be made (root here) + the socket guard, which names the host."""
-    from kaggleops.kernel_local import run_local
+    from kaggleops.kernel.local import run_local
 
     folder = tmp_path / "kernel"
     shutil.copytree(pushed["result"].folder, folder, ignore=shutil.ignore_patterns(".run-local"))
@@ -200,8 +200,8 @@ def test_push_with_submit_waits_submits_and_records_the_submission(env: dict[str
     import subprocess
     import sys
 
-    from kaggleops.submit import TAG_SOURCE_RUNS
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.schema import TAG_SOURCE_RUNS
 
     parent = env["trained"].parent_run_id
     out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", parent, "--submit", "--json"],
@@ -219,7 +219,7 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
 
     Last in the file: it re-renders .kops/kernels/<slug>/ with the broken plan.
     """
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     f0, f1 = pushed["result"].run_ids
     tracker = Tracker(env["cfg"])

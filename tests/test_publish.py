@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from kaggleops.adapters.kaggle import Kaggle
+from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError, PublishError
-from kaggleops.kaggle import Kaggle
-from kaggleops.publish import publish, restore_dataset_folder
 from kaggleops.refs import KAGGLE_WEB
-from kaggleops.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracker
+from kaggleops.stages.publish import publish, restore_dataset_folder
 
 USER, KEY = "testuser", "testkey"
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from kaggleops.adapters.tracking import TAG_GIT_COMMIT, Tracker
 from kaggleops.config import load_config, render_template
-from kaggleops.demo import seed_competition
 from kaggleops.emulator import Emulator
-from kaggleops.remote_train import train_on_kaggle
+from kaggleops.emulator.seeding import seed_competition
+from kaggleops.stages.remote_train import train_on_kaggle
 from kaggleops.tasks import get_task
-from kaggleops.tracking import TAG_GIT_COMMIT, Tracker
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
 PASSWORD = "s3cr3t-tracking-pass"

@@ -19,13 +19,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from kaggleops.adapters.tracking import TAG_PARENT, Tracker
 from kaggleops.config import load_config
 from kaggleops.tasks import get_task
 from kaggleops.tasks.tse import rerank, rerank_infer
 from kaggleops.tasks.tse.data import load_train, make_folds
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import char_span
-from kaggleops.tracking import TAG_PARENT, Tracker
 
 TSE = get_task("tweet-sentiment-extraction")
 N_ROWS, N_FOLDS = 150, 3
@@ -238,7 +238,7 @@ def test_top_k_char_spans_are_the_best_token_spans() -> None:
 @pytest.mark.slow
 def test_bad_rerank_input_says_what_to_do(reranked: dict[str, Any]) -> None:
     from kaggleops.errors import ConfigError, MissingArtifact
-    from kaggleops.reranking import train_stage
+    from kaggleops.stages.rerank import train_stage
 
     root, cfg, fold_run = reranked["root"], reranked["cfg"], reranked["result"]["runs"][0]["run_id"]
     out = kops("train", "--stage", "rerank", "--from", reranked["result"]["run_id"], cwd=root)

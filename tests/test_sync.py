@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from kaggleops.config import KopsConfig, load_config, render_template
-from kaggleops.errors import ConfigError, RunNotFound
-from kaggleops.storage import (
+from kaggleops.adapters.storage import (
     GcsStore,
     LocalStore,
     ObjectStore,
@@ -26,16 +24,17 @@ from kaggleops.storage import (
     md5_b64,
     open_store,
 )
-from kaggleops.sync import (
+from kaggleops.adapters.tracking import TAG_PARENT, Tracker
+from kaggleops.config import KopsConfig, load_config, render_template
+from kaggleops.errors import ConfigError, RunNotFound
+from kaggleops.stages.sync import (
     TAG_ORIGIN_MACHINE,
     TAG_ORIGIN_RUN,
     BackgroundSync,
     bundles,
     pull,
     push,
-    resolve_run_id,
 )
-from kaggleops.tracking import TAG_PARENT, Tracker
 
 EXPERIMENT = "tse-sync"
 POINTS = 150
@@ -228,18 +227,18 @@ def test_run_killed_mid_training_is_visible_up_to_last_background_sync(tmp_path:
     assert steps == set(range(40))
 
 
-def test_resolve_run_id_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
+def test_tracker_resolve_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     origin = log_run(Tracker(a), "fold-0", points=3)
     push(a)
     local_id = pull(c).created[0]
     tc = Tracker(c)
-    assert resolve_run_id(tc, origin) == local_id
-    assert resolve_run_id(tc, local_id) == local_id
+    assert tc.resolve(origin) == local_id
+    assert tc.resolve(local_id) == local_id
     with pytest.raises(RunNotFound, match="Run 0123456789abcdef0123456789abcdef not found"):
-        resolve_run_id(tc, "0123456789abcdef0123456789abcdef")
+        tc.resolve("0123456789abcdef0123456789abcdef")
     with pytest.raises(RunNotFound):
-        resolve_run_id(tc, "x' or 1=1 --")
+        tc.resolve("x' or 1=1 --")
 
 
 def test_local_folder_store_round_trip(tmp_path: Path) -> None:
@@ -320,7 +319,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
     """`kops train` with `storage.sync_minutes`: the hook pushes during training and once more at the end."""
     import json
 
-    from kaggleops.training import train
+    from kaggleops.stages.train import train
 
     cfg = machine(tmp_path, str(tmp_path / "bucket"), "a")
     cfg.storage.sync_minutes = 0.01
@@ -342,7 +341,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
     import mlflow.artifacts
 
-    from kaggleops.sync import TAG_ORIGIN_ARTIFACTS
+    from kaggleops.stages.sync import TAG_ORIGIN_ARTIFACTS
 
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     a.artifact_location = f"{bucket}/artifacts"
@@ -362,7 +361,7 @@ def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_p
 def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a viewer machine after `kops sync pull`: `kops publish ORIGIN_ID` finds the run and its origin artifacts."""
     from kaggleops.emulator import Emulator
-    from kaggleops.publish import publish
+    from kaggleops.stages.publish import publish
 
     shared = str(tmp_path / "bucket")
     a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")
@@ -384,7 +383,7 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pyte
 
 
 def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
-    from kaggleops.sync import pull_if_configured
+    from kaggleops.stages.sync import pull_if_configured
 
     shared = str(tmp_path / "bucket")
     a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")

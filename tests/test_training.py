@@ -36,7 +36,7 @@ RUNNER = """
 import os, signal, sys, time
 from pathlib import Path
 import kaggleops.tasks.tse.train as t
-import kaggleops.tracking as tracking
+import kaggleops.adapters.tracking as tracking
 tracking.MetricLogger.__init__.__defaults__ = (None, 0.1, True)  # send within 0.1 s: the kill lands after
 kill_at, done = int(os.environ.get("KILL_AT", "0")), [0]
 original = t._train_step
@@ -93,9 +93,9 @@ def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
 def _checkpoint_state(workdir: Path, run_id: str) -> dict[str, Any]:
     import torch
 
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.stages.train import download_checkpoint
     from kaggleops.tasks.tse.checkpoint import STATE_FILE
-    from kaggleops.tracking import Tracker
-    from kaggleops.training import download_checkpoint
 
     folder = download_checkpoint(Tracker(load_config(workdir / "kops.yaml")), run_id, workdir / "ckpt")
     assert folder is not None
@@ -165,13 +165,13 @@ def kfold_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_path: Path) -> None:
     import pandas as pd
 
-    from kaggleops.training import train
+    from kaggleops.stages.train import train
 
     result = train(kfold_cfg, folds=[0, 1], progress=False)
     client = _client(tmp_path)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["kops.kind"] == "kfold" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["cv_jaccard"] == pytest.approx(sum(r.val_jaccard for r in result.runs) / 2)
+    assert parent.data.metrics["cv_jaccard"] == pytest.approx(sum(r.score for r in result.runs) / 2)
     for fold_run in result.runs:
         run = client.get_run(fold_run.run_id)
         assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
@@ -179,7 +179,7 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
         assert {"train_loss", "lr", "samples_per_s", "val_loss", "val_jaccard", "val_jaccard_neutral",
                 "val_jaccard_positive", "val_jaccard_negative", "best_val_jaccard"} <= set(run.data.metrics)
         best = max(v for _, v in _history(client, fold_run.run_id, "val_jaccard"))
-        assert run.data.metrics["best_val_jaccard"] == pytest.approx(best) == pytest.approx(fold_run.val_jaccard)
+        assert run.data.metrics["best_val_jaccard"] == pytest.approx(best) == pytest.approx(fold_run.score)
         assert run.data.tags["kops.gpu"] and run.data.tags["kops.env"] == "local"
         path = client.download_artifacts(fold_run.run_id, "oof/oof.csv", str(tmp_path / f"oof{fold_run.fold}"))
         oof = pd.read_csv(path, keep_default_na=False)
@@ -198,8 +198,8 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
 def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
     kfold_cfg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from kaggleops.stages.train import train
     from kaggleops.tasks.tse import TweetSentimentExtraction
-    from kaggleops.training import train
 
     original = TweetSentimentExtraction.train_fold
 
@@ -222,13 +222,13 @@ def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
     assert len(after) == 3 and all(r.info.status == "FINISHED" for r in after)
     assert result.parent_run_id == before["parent"].info.run_id
     assert [r.run_id for r in result.runs] == [before["0"].info.run_id, before["1"].info.run_id]
-    assert client.get_run(result.parent_run_id).data.metrics["cv_jaccard"] == pytest.approx(result.cv_jaccard)
+    assert client.get_run(result.parent_run_id).data.metrics["cv_jaccard"] == pytest.approx(result.cv)
 
 
 def test_rerun_without_resume_starts_a_new_run_and_says_so(kfold_cfg: Any, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    from kaggleops.tracking import Tracker
-    from kaggleops.training import train
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.stages.train import train
 
     first = train(kfold_cfg, folds=[0], progress=False)
     Tracker(kfold_cfg).reopen_run(first.run_id)  # as a SIGKILL leaves it
@@ -325,7 +325,7 @@ class _StuckClient:
 
 
 def test_metric_logger_does_not_block_on_a_stuck_server_and_keeps_order(caplog: pytest.LogCaptureFixture) -> None:
-    from kaggleops.tracking import MetricLogger
+    from kaggleops.adapters.tracking import MetricLogger
 
     client = _StuckClient(failures=2)
     logger = MetricLogger(client, "run123", interval_s=0.01)
@@ -344,7 +344,7 @@ def test_metric_logger_does_not_block_on_a_stuck_server_and_keeps_order(caplog: 
 
 
 def test_metric_logger_raises_when_store_stays_down_and_skips_stored_steps() -> None:
-    from kaggleops.tracking import MetricLogger, TrackingUnavailable
+    from kaggleops.adapters.tracking import MetricLogger, TrackingUnavailable
 
     client = _StuckClient(failures=10**6)
     client.release.set()
@@ -366,7 +366,7 @@ def _git(cwd: Path, *args: str) -> None:
 
 
 def test_provenance_of_a_dirty_tree_with_a_credentialed_remote(tmp_path: Path) -> None:
-    from kaggleops.tracking import Tracker
+    from kaggleops.adapters.tracking import Tracker
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -395,7 +395,7 @@ def test_provenance_of_a_dirty_tree_with_a_credentialed_remote(tmp_path: Path) -
     ({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, "kaggle-batch"), ({"COLAB_RELEASE_TAG": "release-colab_2026"}, "colab"),
 ])
 def test_detect_env(env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaggleops.runtime import detect_env
+    from kaggleops.environment import detect_env
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -408,7 +408,7 @@ def test_detect_env(env: dict[str, str], expected: str, monkeypatch: pytest.Monk
 @pytest.fixture
 def secret_stores(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
     """Fake ``kaggle_secrets`` and ``google.colab.userdata`` modules, as the notebooks provide them."""
-    from kaggleops import credentials
+    from kaggleops.adapters import credentials
 
     stores: dict[str, dict[str, str]] = {"kaggle": {}, "colab": {}}
 
@@ -441,13 +441,13 @@ def secret_stores(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
 
 def test_credential_chain_order(secret_stores: dict[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch,
                                 isolated_env: Path) -> None:
-    from kaggleops.credentials import kaggle_credentials, lookup
+    from kaggleops.adapters.credentials import kaggle_credentials, lookup
 
     secret_stores["colab"].update(KAGGLE_USERNAME="colab-user", KAGGLE_KEY="colab-key")
     user, key = kaggle_credentials()
     assert (user.value, user.source, key.source) == ("colab-user", "colab-userdata", "colab-userdata")
     secret_stores["kaggle"]["KAGGLE_KEY"] = "kaggle-key"
-    from kaggleops import credentials
+    from kaggleops.adapters import credentials
 
     credentials.clear_cache()
     assert kaggle_credentials()[1].source == "kaggle-secrets"  # Kaggle's add-on is asked first
@@ -464,8 +464,8 @@ def test_credential_chain_order(secret_stores: dict[str, dict[str, str]], monkey
 def test_tracking_token_from_colab_reaches_env_never_the_run(
     secret_stores: dict[str, dict[str, str]], kfold_cfg: Any, tmp_path: Path
 ) -> None:
-    from kaggleops.credentials import apply_tracking_credentials
-    from kaggleops.training import train
+    from kaggleops.adapters.credentials import apply_tracking_credentials
+    from kaggleops.stages.train import train
 
     secret_stores["colab"]["MLFLOW_TRACKING_TOKEN"] = "tok-DoNotLog-42"
     os.environ.pop("MLFLOW_TRACKING_TOKEN", None)

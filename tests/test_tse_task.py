@@ -14,12 +14,12 @@ import pytest
 from kaggleops.tasks import DataError, get_task
 from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.data import load_test, load_train, make_folds
-from kaggleops.tasks.tse.make_sample import write_sample
 from kaggleops.tasks.tse.metric import mean_jaccard
 from kaggleops.tasks.tse.modeling import build_tokenizer, char_span, token_span
 from kaggleops.tasks.tse.train import OOF_COLUMNS, FoldResult, TrainSettings, train_fold
 
 TASK = get_task("tweet-sentiment-extraction")
+MAKE_SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "tweet-sentiment-extraction" / "make_sample.py"
 SAMPLE = TASK.sample_dir()
 ODD_TEXTS = ["  hello  world", " I `m so happy!!", "sooo SAD  http://bit.ly/x @bob", "", "a"]
 
@@ -58,7 +58,7 @@ def test_task_packages_import_no_heavy_modules() -> None:
 
 
 def test_sample_is_deterministic_and_shaped(tmp_path: Path, sample_train: pd.DataFrame) -> None:
-    write_sample(tmp_path)
+    subprocess.run([sys.executable, str(MAKE_SAMPLE), "--out", str(tmp_path)], check=True)
     for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
         assert (tmp_path / name).read_bytes() == (SAMPLE / name).read_bytes(), name
     test = load_test(SAMPLE / "test.csv")
@@ -158,22 +158,22 @@ def test_predict_spans_returns_substrings(trained: tuple[FoldResult, list]) -> N
     assert infer.decode_spans(rows, *twice) == preds
 
 
-def test_validation_and_kernel_decode_the_same_spans(trained: tuple[FoldResult, list]) -> None:
-    """The OOF predictions (validation's decoding) equal the kernel's for the same model and rows, with the
-    model folder's post-processing (start shift on) applied by the kernel as in validation."""
-    from kaggleops import kernel_runtime
+def test_validation_and_kernel_decode_the_same_spans(trained: tuple[FoldResult, list], tmp_path: Path) -> None:
+    """The OOF predictions (validation's decoding) equal the kernel's for the same model and rows: the task's
+    ``predict`` + ``post_process`` as ``kaggleops.kernel.runtime.predict`` calls them, with the model folder's
+    post-processing (start shift on) applied as in validation."""
+    from kaggleops.task import PredictContext
+    from kaggleops.tasks.tse import ensemble
 
     result = trained[0]
-    oof = pd.read_csv(result.oof_path, keep_default_na=False)
-    rows = oof[["text", "sentiment"]].to_dict("records")
-    plan = {"models": [{"run_id": "0123456789"}], "max_len": 96, "post_processing": {"neutral_full_text": True}}
-    timings = kernel_runtime.Timings()
-    totals = kernel_runtime.predict_ensemble(plan, [result.model_dir], rows, timings, batch_size=64)
-    post = kernel_runtime.post_processing(plan, [result.model_dir])
-    assert post == infer.PostProcessing(start_shift=True, shift_min_spaces=1)
-    kernel = kernel_runtime.decode(plan, rows, totals, timings, post)
+    oof = pd.read_csv(result.oof_path, keep_default_na=False, dtype=str)
+    test = oof[["textID", "text", "sentiment"]]
+    ctx = PredictContext([1.0], tmp_path, options={"max_len": 96, "batch_size": 64})
+    kernel = TASK.post_process(test, TASK.predict([result.model_dir], test, ctx))["selected_text"].tolist()
+    assert ensemble.post_processing([result.model_dir]) == infer.PostProcessing(start_shift=True, shift_min_spaces=1)
     assert kernel == oof["pred"].tolist()
-    unshifted = infer.decode_spans(rows, *totals, infer.PostProcessing())
+    rows = ensemble.rows_of(test)
+    unshifted = infer.decode_spans(rows, *ensemble.char_totals([result.model_dir], rows, ctx), infer.PostProcessing())
     assert sum(a != b for a, b in zip(kernel, unshifted, strict=True)) > 0  # the shift did fire on these rows
 
 

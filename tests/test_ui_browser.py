@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
-from kaggleops.tracking import Tracker
-from kaggleops.ui import runs_url
+from kaggleops.stages.ui import runs_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"

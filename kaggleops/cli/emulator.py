@@ -10,6 +10,9 @@ import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
+
+COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")
@@ -39,16 +42,16 @@ def start(
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
-    from kaggleops.demo import COMPETITION, seed_competition
+    """Serve the built-in task's sample competition on 127.0.0.1 until Ctrl-C."""
     from kaggleops.emulator import Emulator
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.tasks import get_task
 
     faults = parse_faults(fault or [])
     folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))
     emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
                         daily_submission_limit=daily_limit, persist=root is not None)
-    seed_competition(emulator, get_task(COMPETITION))
+    seed_competition(emulator, get_task(COMPETITION), COMPETITION)
     for method, status in faults:
         emulator.inject_fault(method, status)
     url = emulator.start(host="127.0.0.1", port=port)

@@ -26,8 +26,8 @@ def run_local(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run a generated kernel in a Kaggle-like layout (input/, working/) with the network blocked."""
-    from kaggleops.kernel_local import render_report
-    from kaggleops.kernel_local import run_local as do_run
+    from kaggleops.kernel.local import render_report
+    from kaggleops.kernel.local import run_local as do_run
 
     report = do_run(load(config), folder, data_dir=data, timeout_s=timeout, isolation=isolation, full_rows=full_rows)
     emit(report.as_dict(), as_json, render_report(report))

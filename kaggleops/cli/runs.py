@@ -34,18 +34,18 @@ def train(
     import sys
 
     from kaggleops import distributed
-    from kaggleops.training import train as run_train
+    from kaggleops.stages.train import train as run_train
 
     if nproc > 1 and distributed.world_size() == 1:
         raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
 
     if stage != "base":
-        from kaggleops.reranking import train_stage
+        from kaggleops.stages.rerank import train_stage
 
         res = train_stage(load(config), stage, from_runs or [], progress=not as_json)
         return emit(res.as_dict(), as_json, res.summary())
     if on:
-        from kaggleops.remote_train import train_on_kaggle
+        from kaggleops.stages.remote_train import train_on_kaggle
 
         if on != "kaggle":
             raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
@@ -54,7 +54,7 @@ def train(
                                                f"({remote.status or 'running'}) for {remote.git}\n{remote.url}"
                                                + (f"\nruns: {', '.join(remote.run_ids)}" if remote.run_ids else ""))
     if git:
-        from kaggleops.gitsource import GitSpec, train_from_git, try_load
+        from kaggleops.stages.gitsource import GitSpec, train_from_git, try_load
 
         result = train_from_git(try_load(config), GitSpec.parse(git), folds=fold or None, progress=not as_json,
                                 data_dir=data, resume=resume)
@@ -62,10 +62,7 @@ def train(
         result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
-    lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]
-    if result.parent_run_id:
-        lines.append(f"k-fold parent run {result.parent_run_id}  cv_jaccard {result.cv_jaccard:.4f}")
-    emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, result.summary())
 
 
 @app.command()
@@ -77,7 +74,7 @@ def publish(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run."""
-    from kaggleops.publish import publish as run_publish
+    from kaggleops.stages.publish import publish as run_publish
 
     result = run_publish(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
     if result.uploaded:
@@ -106,14 +103,21 @@ def push_kernel(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs."""
-    from kaggleops.kernels import KernelOptions, KernelRunFailed, describe, status_printer
-    from kaggleops.kernels import push_kernel as run_push
+    from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
+    from kaggleops.stages.kernel import push_kernel as run_push
+    from kaggleops.stages.submit import submit as run_submit
 
+    cfg = load(config)
+    kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, wait=wait, submit=submit, message=message)
+                            publish=publish_missing, wait=wait or submit)
     try:
-        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker)
+        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise
+    if submit:  # the plan push-kernel rendered is the one the version runs: no download of its output
+        result.submission = run_submit(cfg, result.kernel, result.kernel_version, message, kaggle=kaggle,
+                                       plan=result.plan).as_dict()
     emit(result.as_dict(), as_json, describe(result))

@@ -1,4 +1,4 @@
-"""Submissions and their scores: submit, scores, leaderboard, ui."""
+"""Submissions and their scores: submit, scores, leaderboard."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def submit(
 
     Refuses when no submissions are left today, naming the reset time.
     """
-    from kaggleops.submit import submit as run_submit
+    from kaggleops.stages.submit import submit as run_submit
 
     result = run_submit(load(config), kernel=kernel, version=version, message=message, file=file, runs=run or [])
     what = result.file or f"{result.kernel} v{result.kernel_version}"
@@ -51,7 +51,7 @@ def scores(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Pull leaderboard scores; write status and lb_public / lb_private onto submission and source runs."""
-    from kaggleops.submit import scores as run_scores
+    from kaggleops.stages.submit import scores as run_scores
 
     rows = run_scores(load(config), wait=wait, timeout_s=timeout, adopt=adopt)
     lines = []
@@ -92,7 +92,7 @@ def leaderboard(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Your submissions beside their runs: CV, LB public/private, models, datasets, kernel version, commit."""
-    from kaggleops.leaderboard import leaderboard as read_leaderboard
+    from kaggleops.stages.leaderboard import leaderboard as read_leaderboard
 
     rows = read_leaderboard(load(config), sort=sort)
     if as_json:
@@ -107,25 +107,3 @@ def leaderboard(
 
     # a pipe or file gets the whole table, not one squeezed into rich's 80-column default
     Console(width=None if sys.stdout.isatty() else WIDE_OUTPUT).print(_table(rows))
-
-
-@app.command()
-def ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
-    config: str = CONFIG_OPT,
-) -> None:
-    """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
-    from kaggleops.sync import pull_if_configured
-    from kaggleops.ui import start_ui
-
-    cfg = load(config)
-    pulled = pull_if_configured(cfg)
-    if pulled is not None:
-        hint(f"Pulled from {pulled.bucket}: {len(pulled.created)} new, {len(pulled.updated)} updated run(s).")
-    server = start_ui(cfg, port=port)
-    typer.echo(server.url)
-    if server.process is None:
-        hint("The tracking store is a server already: open the URL above.")
-        return
-    hint(f"MLflow UI on {server.base} (log: {server.log}); Ctrl-C stops it.")
-    raise typer.Exit(server.wait())

@@ -24,7 +24,7 @@ def push(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Upload each local run that changed as one bundle under a key only it owns."""
-    from kaggleops.sync import push as run_push
+    from kaggleops.stages.sync import push as run_push
 
     r = run_push(load(config), bucket=bucket, all_experiments=all_experiments)
     emit(r.as_dict(), as_json, f"Pushed {len(r.uploaded)} run(s) ({r.uploaded_bytes} bytes) to {r.bucket} "
@@ -35,7 +35,7 @@ def push(
 @sync_app.command("pull")
 def pull(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSON_OPT) -> None:
     """Import other machines' runs into the local store (idempotent; grown runs are updated, not duplicated)."""
-    from kaggleops.sync import pull as run_pull
+    from kaggleops.stages.sync import pull as run_pull
 
     r = run_pull(load(config), bucket=bucket)
     emit(r.as_dict(), as_json, f"Pulled from {r.bucket}: {len(r.created)} new run(s), {len(r.updated)} updated "
@@ -45,7 +45,7 @@ def pull(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSO
 @sync_app.command("status")
 def status(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSON_OPT) -> None:
     """List the run bundles in the bucket, by machine."""
-    from kaggleops.sync import bundles
+    from kaggleops.stages.sync import bundles
 
     rows = bundles(load(config), bucket=bucket)
     lines = [f"{r['machine']}  {r['run_id']}  {r['bytes']} bytes" for r in rows]

@@ -1,7 +1,8 @@
-"""Errors raised by task code (kept free of heavy imports so the CLI can catch them cheaply)."""
+"""The errors task code raises and task loading reports: kops' one DataError (kaggleops.errors, standard library
+only), re-exported, and TaskLoadError."""
 
 from __future__ import annotations
 
+from kaggleops.errors import DataError, TaskLoadError
 
-class DataError(ValueError):
-    """A competition file does not have the shape the task expects (e.g. a missing column)."""
+__all__ = ["DataError", "TaskLoadError"]

@@ -1,6 +1,7 @@
 """Span-extraction inference for Tweet Sentiment Extraction: one decoder for validation and the kernel.
 
-Imports only the standard library, torch and transformers (kernels import it from the kops wheel; no pandas).
+SELF-CONTAINED: imports only the standard library, torch and transformers, because it runs inside the
+offline inference kernel (installed there with the kops runtime wheel). Do not import pandas here.
 
 Input is the pair ``tokenizer(sentiment, text)`` (roberta: ``<s> sentiment </s></s> text </s>``).
 The tweet's tokens are found with ``sequence_ids() == 1`` (never by ``(0, 0)`` offsets: double

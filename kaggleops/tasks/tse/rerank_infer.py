@@ -1,7 +1,8 @@
 """Scoring candidate spans with the second-stage reranker (Tweet Sentiment Extraction).
 
-Imports only the standard library, torch, transformers and :mod:`kaggleops.tasks.tse.infer` (kernels import it
-from the kops wheel). Do not import pandas here.
+Imports only the standard library, torch, transformers, kaggleops.schema (standard library only) and
+:mod:`kaggleops.tasks.tse.infer` (the candidates), so that the offline kernel can run it (installed with the kops
+runtime wheel). Do not import pandas here.
 
 The reranker is an ``AutoModelForSequenceClassification`` with one output. Its input is the tokenizer's
 pair template of the sentiment and ``tweet SEP candidate`` (SEP = the tokenizer's ``sep_token``), so a
@@ -24,9 +25,9 @@ import math
 import os
 from typing import Any
 
+from kaggleops.schema import RERANK_CONFIG
 from kaggleops.tasks.tse.infer import top_k_char_spans  # noqa: F401  (the candidates; the kernel calls it here)
 
-RERANK_CONFIG = "kops_rerank.json"
 DEFAULT_MAX_LEN = 192
 
 

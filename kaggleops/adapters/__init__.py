@@ -1,0 +1,1 @@
+"""Adapters: the only doors to outside services (Kaggle, MLflow tracking, storage, git)."""

@@ -1,0 +1,503 @@
+"""Adapter over the official ``kaggle`` client (Python API): the only door to Kaggle.
+
+- The client is imported lazily, after the environment is prepared, because ``import kaggle`` authenticates
+  (and without credentials prints help and raises SystemExit, which becomes :class:`CredentialsMissing`).
+- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` (or ``kaggle_endpoint:`` in kops.yaml) aims the client at a
+  loopback emulator: the client's own LOCALHOST environment selector (``--local``), with the base URL set on
+  each HTTP client this instance builds, so two instances in one process can talk to two endpoints (the SDK's
+  module-wide endpoint table is never written).
+- Timeouts: kagglesdk sends every request without one, so each client session built here gets an adapter with
+  a default (connect, read) timeout, and so do the client's upload sessions (``KOPS_KAGGLE_TIMEOUT`` seconds).
+- Every call goes through :meth:`Kaggle._call`, once: stdout chatter captured, 429 (honouring Retry-After),
+  5xx, connection errors and timeouts retried with exponential backoff and jitter, errors translated into
+  KopsError subclasses carrying the resource. A non-idempotent call (create dataset / version, push kernel,
+  submit) is never blindly retried: after a failure its ``verify`` callback checks whether the attempt took
+  effect on Kaggle, and only if it did not is the call repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
+    DatasetProcessing,
+    Resource,
+    credentials_missing,
+    error_message,
+    http_error,
+    retry_after_s,
+    timeout_adapter,
+)
+from kaggleops.errors import (
+    DatasetNotFound,
+    KaggleError,
+    KernelError,
+    PublishError,
+    SchemaError,
+    TimedOut,
+)
+from kaggleops.polling import poll
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
+from kaggleops.schema import MANIFEST, Manifest
+
+if TYPE_CHECKING:
+    from kaggleops.config import KopsConfig
+
+T = TypeVar("T")
+ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 5
+BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a daily quota) is reported, not slept through
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 120.0
+DEFAULT_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Submission:
+    ref: int
+    status: str  # PENDING | COMPLETE | ERROR
+    description: str
+    public_score: float | None
+    private_score: float | None
+    error: str
+    date: str
+
+
+def _score(text: Any) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", str(value)).rsplit(".", 1)[-1]
+
+
+class Kaggle:
+    """The official client, aimed at kaggle.com or at ``endpoint`` (an emulator base URL).
+
+    Example:
+        >>> kaggle = Kaggle()                                   # doctest: +SKIP
+        >>> kaggle.dataset_info(DatasetRef.parse("alice/tse-f0"))  # doctest: +SKIP
+        {'status': 'ready', 'current_version_number': 3}
+    """
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float | None = None,
+                 max_attempts: int = MAX_ATTEMPTS, backoff_s: float = BACKOFF_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.timeout_s = float(timeout_s or os.environ.get(ENV_TIMEOUT) or READ_TIMEOUT_S)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_s = backoff_s
+        self._sleep_fn = sleep
+        self._api: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: KopsConfig, **kwargs: Any) -> Kaggle:
+        """The client for a command: aimed at ``cfg.resolved_kaggle_endpoint`` (env > kops.yaml), else kaggle.com.
+
+        Example:
+            >>> Kaggle.from_config(load_config()).web_base  # doctest: +SKIP
+            'https://www.kaggle.com'
+        """
+        return cls(cfg.resolved_kaggle_endpoint, **kwargs)
+
+    @property
+    def web_base(self) -> str:
+        return self.endpoint or KAGGLE_WEB
+
+    @property
+    def api(self) -> Any:
+        """The authenticated ``KaggleApi`` (imported and built on first use)."""
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def _connect(self) -> Any:
+        from kaggleops.adapters.credentials import apply_kaggle_credentials
+
+        apply_kaggle_credentials()  # KAGGLE_USERNAME/KEY found only in Kaggle's or Colab's secret store
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                kae = importlib.import_module("kaggle.api.kaggle_api_extended")
+
+                api = kae.KaggleApi()
+                _follow_config_dir(api)
+                # per instance, never through KAGGLE_API_ENVIRONMENT: the class attribute is fixed by whatever
+                # environment the first import saw, and a global env var would leak into later clients
+                others = [a for a in kae.KaggleApi.args if a != "--local"]
+                api.args = [*others, "--local"] if self.endpoint else others
+                self._install_client_hooks(kae, api)
+                api.authenticate()
+        except SystemExit:
+            raise credentials_missing() from None
+        return api
+
+    def _install_client_hooks(self, kae: Any, api: Any) -> None:
+        """Each SDK client ``api`` builds: this instance's endpoint (if any) and default timeouts on its RPC
+        session; the client's upload sessions get the timeouts too."""
+        adapter_cls = timeout_adapter((CONNECT_TIMEOUT_S, self.timeout_s))
+        kae.HTTPAdapter = adapter_cls  # the upload PUT sessions mount kae.HTTPAdapter(max_retries=...)
+        build = api.build_kaggle_client
+
+        def build_with_timeout() -> Any:
+            client = build()
+            http = client._http_client
+            if self.endpoint:  # the client's LOCAL env read "http://localhost" from the SDK's table; aim it here
+                http._endpoint = self.endpoint
+            http._init_session()
+            adapter = adapter_cls()
+            http._session.mount("http://", adapter)
+            http._session.mount("https://", adapter)
+            return client
+
+        api.build_kaggle_client = build_with_timeout
+
+    # ---- the one call path -----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, resource: Resource = None,
+              verify: Callable[[], T | None] | None = None, idempotent: bool = True, **kwargs: Any) -> T:
+        """Run one client call: stdout captured, retried with backoff, errors translated once.
+
+        A non-idempotent call (``idempotent=False``) is retried only after ``verify()`` returned None
+        ("the earlier attempt did not take effect"); a non-None answer is returned as the call's result.
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - classified below; anything unknown is re-raised
+                delay = self._retry_delay(e, attempt)
+                if delay is None or (not idempotent and verify is None):
+                    raise self._translate(what, e, resource) from None
+                self._sleep_fn(delay)
+            if not idempotent and verify is not None:
+                done = verify()
+                if done is not None:
+                    return done
+        raise AssertionError("unreachable")
+
+    def _retry_delay(self, err: Exception, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when ``err`` is final (or attempts are spent)."""
+        import requests
+
+        if attempt >= self.max_attempts:
+            return None
+        if isinstance(err, requests.HTTPError):
+            response = err.response
+            status = response.status_code if response is not None else 0
+            if status not in RETRY_STATUSES:
+                return None
+            retry_after = retry_after_s(response)
+            if retry_after is not None:
+                return None if retry_after > MAX_RETRY_AFTER_S else retry_after
+        elif not isinstance(err, (requests.ConnectionError, requests.Timeout)):
+            return None
+        base = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+        return base / 2 + random.uniform(0, base / 2)  # "equal jitter"
+
+    def _translate(self, what: str, err: Exception, resource: Resource) -> Exception:
+        """One KopsError per failure, naming the resource and the next command; unknown errors pass through."""
+        import requests
+
+        if isinstance(err, requests.Timeout):
+            return TimedOut(f"{what}: no answer from {self.web_base} within {self.timeout_s:g} s.",
+                            f"Retry later, or raise {ENV_TIMEOUT}.")
+        if isinstance(err, requests.ConnectionError):
+            return KaggleError(f"{what}: cannot reach {self.web_base}.", "Check the network and retry.")
+        if isinstance(err, ValueError) and str(err).startswith("Upload unsuccessful"):
+            return PublishError(f"{what}: {err} (the upload state is kept).", "Retry the same command to resume.")
+        if not isinstance(err, requests.HTTPError):
+            return err
+        status = err.response.status_code if err.response is not None else 0
+        return http_error(what, status, error_message(err), err.response, resource)
+
+    # ---- datasets -------------------------------------------------------------------------------------
+    def dataset_info(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """``{"status": "ready", "current_version_number": N}``, or None when the dataset does not exist."""
+        try:
+            text = self._call(f"Status of dataset {ref.ref}", self.api.dataset_status, ref.ref, format="json",
+                              resource=ref)
+        except DatasetNotFound:
+            return None
+        return json.loads(text)
+
+    def wait_dataset_ready(self, ref: DatasetRef, min_version: int = 1, timeout_s: float = 600,
+                           poll_s: float = DEFAULT_POLL_S) -> int:
+        """Wait until the dataset's current version is at least ``min_version`` and READY; return its number.
+
+        Kaggle's create calls return no version number, and a new version can take a while to appear.
+        """
+        last: dict[str, Any] = {}
+
+        def ready() -> int | None:
+            info = self.dataset_info(ref)
+            last["status"] = info["status"] if info else "not visible yet"
+            version = int((info or {}).get("current_version_number") or 0)
+            if info is not None and info["status"] in ("failed", "deleted"):
+                raise PublishError(f"Dataset {ref.ref} processing ended as {info['status'].upper()}.",
+                                   "Retry the same command.")
+            return version if info is not None and info["status"] == "ready" and version >= min_version else None
+
+        return poll(ready, timeout_s, poll_s, lambda: TimedOut(
+            f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {last['status']}).",
+            "Retry the same command later."))
+
+    def latest_manifest(self, ref: DatasetRef) -> Manifest | None:
+        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none (or none kops reads)."""
+        with tempfile.TemporaryDirectory(prefix="kops-manifest-") as tmp:
+            try:
+                self._call(f"Download {MANIFEST} of {ref.ref}", self.api.dataset_download_file, ref.ref,
+                           MANIFEST, path=tmp, force=True, quiet=True, resource=ref)
+            except (DatasetNotFound, KaggleError):
+                return None
+            found = list(Path(tmp).rglob(MANIFEST))
+            try:
+                return Manifest.read(found[0]) if found else None
+            except SchemaError:
+                return None
+
+    def dataset_files(self, ref: DatasetRef) -> list[str]:
+        """Names of the files in the dataset's latest version (DatasetNotFound when it does not exist)."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._call(f"Files of dataset {ref.ref}", self.api.dataset_list_files, ref.ref,
+                              page_token=token, page_size=200, resource=ref)
+            names.extend(f.name for f in (page.dataset_files or []))
+            token = page.next_page_token
+            if not token:
+                return names
+
+    def create_dataset(self, folder: Path, public: bool, ref: DatasetRef | None = None, quiet: bool = True) -> None:
+        """Create the dataset (version 1) from ``folder`` (with its dataset-metadata.json); sub-folders as zips."""
+        ref = ref or _metadata_ref(folder)
+        resp = self._call(
+            f"Create dataset {ref.ref}", self.api.dataset_create_new, str(folder), public=public, quiet=quiet,
+            dir_mode="zip", resource=ref, idempotent=False,
+            verify=lambda: "exists" if self.dataset_info(ref) is not None else None,
+        )
+        if resp != "exists":
+            _check_status(resp, f"Create dataset {ref.ref}")
+
+    def create_dataset_version(self, folder: Path, notes: str, ref: DatasetRef | None = None,
+                               previous: int | None = None, quiet: bool = True, wait_s: float = 600,
+                               poll_s: float = DEFAULT_POLL_S) -> None:
+        """Add a version to the dataset (current version ``previous``); waits while the last one is processing.
+
+        A retry after a failure first checks whether the version count went up, so no duplicate is made.
+        """
+        ref = ref or _metadata_ref(folder)
+        if previous is None:
+            previous = int((self.dataset_info(ref) or {}).get("current_version_number") or 0)
+
+        def took_effect() -> str | None:
+            info = self.dataset_info(ref) or {}
+            return "created" if int(info.get("current_version_number") or 0) > previous else None
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                resp = self._call(f"Create version of dataset {ref.ref}", self.api.dataset_create_version,
+                                  str(folder), notes, quiet=quiet, dir_mode="zip", resource=ref,
+                                  idempotent=False, verify=took_effect)
+                break
+            except DatasetProcessing:
+                if time.monotonic() > deadline:
+                    raise
+                self.wait_dataset_ready(ref, previous, timeout_s=max(1.0, deadline - time.monotonic()),
+                                        poll_s=poll_s)
+        if resp != "created":
+            _check_status(resp, f"Create version of dataset {ref.ref}")
+
+    # ---- kernels --------------------------------------------------------------------------------------
+    def kernel_version(self, ref: KernelRef) -> int | None:
+        """The kernel's current version number, or None when the kernel does not exist yet."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        def get() -> Any:
+            with self.api.build_kaggle_client() as client:
+                request = ApiGetKernelRequest()
+                request.user_name, request.kernel_slug = ref.owner, ref.slug
+                return client.kernels.kernels_api_client.get_kernel(request)
+
+        try:
+            resp = self._call(f"Kernel {ref.ref}", get, resource=ref)
+        except KernelError as e:
+            if "not found" in str(e):
+                return None
+            raise
+        return int(resp.metadata.current_version_number or 0) or None
+
+    def push_kernel(self, folder: Path) -> int:
+        """Push the kernel folder (kernel-metadata.json + code); return the new version number."""
+        ref = KernelRef.parse(json.loads((folder / "kernel-metadata.json").read_text())["id"])
+        previous = self.kernel_version(ref) or 0
+
+        def took_effect() -> Any:
+            now = self.kernel_version(ref) or 0
+            return _Pushed(now) if now > previous else None
+
+        resp = self._call(f"Push kernel {ref.ref}", self.api.kernels_push, str(folder), resource=ref,
+                          idempotent=False, verify=took_effect)
+        if isinstance(resp, _Pushed):
+            return resp.version_number
+        problems = [
+            *(f"unknown dataset source {s}" for s in (resp.invalid_dataset_sources or [])),
+            *(f"unknown competition source {s}" for s in (resp.invalid_competition_sources or [])),
+        ]
+        if resp.error or problems:
+            raise KernelError(f"Kernel push of {ref.ref} failed: {resp.error or '; '.join(problems)}")
+        return int(resp.version_number)
+
+    def kernel_status(self, ref: KernelRef) -> tuple[str, str]:
+        """(status name, failure message) of a kernel version."""
+        resp = self._call(f"Status of kernel {ref}", self.api.kernels_status, str(ref), resource=ref)
+        return _enum_name(resp.status), resp.failure_message or ""
+
+    def wait_kernel(self, ref: KernelRef, timeout_s: float = 3 * 3600, poll_s: float = DEFAULT_POLL_S,
+                    on_status: Callable[[str], None] | None = None) -> str:
+        """Poll until the kernel version is COMPLETE/ERROR (or cancelled); return the final status."""
+        last = {"status": ""}
+
+        def finished() -> str | None:
+            status, failure = self.kernel_status(ref)
+            last["status"] = status
+            if on_status:
+                on_status(status)
+            if status in ("ERROR", "CANCEL_ACKNOWLEDGED"):
+                raise KernelError(f"Kernel {ref} ended with {status}: {failure.strip() or 'no message'}",
+                                  f"See its log with: kaggle kernels output {ref.ref} -p OUT")
+            return status if status == "COMPLETE" else None
+
+        return poll(finished, timeout_s, poll_s,
+                    lambda: TimedOut(f"Kernel {ref} still {last['status']} after {timeout_s:.0f} s."))
+
+    def kernel_log(self, ref: KernelRef) -> list[str]:
+        """The lines a kernel version printed (stdout and stderr, in order); empty when it has no log yet."""
+        text = self._call(f"Log of kernel {ref}", self.api.kernels_logs, str(ref), resource=ref)
+        try:
+            entries = json.loads(text or "[]")
+        except json.JSONDecodeError:
+            return str(text).splitlines()
+        return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict)).splitlines()
+
+    def kernel_output(self, ref: KernelRef, dst: Path) -> list[Path]:
+        """Download a kernel version's output files into ``dst``."""
+        dst.mkdir(parents=True, exist_ok=True)
+        files, _ = self._call(f"Output of kernel {ref}", self.api.kernels_output, str(ref), str(dst),
+                              force=True, quiet=True, resource=ref)
+        return [Path(f) for f in files]
+
+    # ---- competitions ---------------------------------------------------------------------------------
+    def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
+        """Create a code-competition submission from a kernel version; return the submission ref.
+
+        ``message`` should start with a unique ``kops:<key>``: after a failed attempt, the competition's
+        submissions are searched for it, so a retry never makes a second submission.
+        """
+        key = message.split()[0] if message.startswith("kops:") else message
+
+        def took_effect() -> int | None:
+            found = [s for s in self.list_submissions(competition) if key and key in s.description.split()]
+            return found[0].ref if found else None
+
+        resp = self._call(
+            f"Submit to {competition}", self.api.competition_submit_code, file_name, message, competition.slug,
+            kernel=kernel.ref, kernel_version=kernel.version, quiet=True, resource=competition,
+            idempotent=False, verify=took_effect,
+        )
+        return resp if isinstance(resp, int) else int(resp.ref)
+
+    def get_submission(self, ref: int) -> Submission:
+        """One submission by ref."""
+        return _submission(self._call(f"Submission {ref}", self.api.get_submission, ref))
+
+    def list_submissions(self, competition: CompetitionRef, page_size: int = 50) -> list[Submission]:
+        """Every submission of the competition, all pages, newest first."""
+        out: list[Submission] = []
+        page = 1
+        while True:
+            batch = self._call(f"Submissions of {competition}", self.api.competition_submissions,
+                               competition.slug, page_number=page, page_size=page_size, resource=competition) or []
+            out.extend(_submission(s) for s in batch if s is not None)
+            if len(batch) < page_size:
+                return out
+            page += 1
+
+    def submission_limits(self, competition: CompetitionRef) -> dict[str, Any]:
+        """``{"num_today", "num_total", "num_allowed_now", "limited_by_total"}`` for the calling user's team."""
+        resp = self._call(f"Submission limits of {competition}", self.api.competition_get_submission_limits,
+                          competition.slug, resource=competition)
+        return {"num_today": int(resp.num_today or 0), "num_total": int(resp.num_total or 0),
+                "num_allowed_now": int(resp.num_allowed_now or 0), "limited_by_total": bool(resp.limited_by_total)}
+
+    def submit_file(self, competition: CompetitionRef, path: Path, message: str) -> int:
+        """Upload ``path`` as a file-competition submission; return the submission ref.
+
+        Like :meth:`submit_code`, a retry first looks for the ``kops:<key>`` of ``message`` among the
+        competition's submissions, so it never makes a second submission.
+        """
+        key = message.split()[0] if message.startswith("kops:") else ""
+
+        def took_effect() -> int | None:
+            found = [s for s in self.list_submissions(competition) if key and key in s.description.split()]
+            return found[0].ref if found else None
+
+        resp = self._call(f"Submit {path.name} to {competition}", self.api.competition_submit, str(path), message,
+                          competition.slug, quiet=True, resource=competition, idempotent=False,
+                          verify=took_effect if key else None)
+        if isinstance(resp, int):
+            return resp
+        if not getattr(resp, "ref", 0):
+            raise KaggleError(f"Submit {path.name} to {competition} failed: {resp.message or 'no ref returned'}",
+                              "Retry with the same kops submit --file command.")
+        return int(resp.ref)
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    version_number: int
+
+
+def _metadata_ref(folder: Path) -> DatasetRef:
+    return DatasetRef.parse(json.loads((folder / "dataset-metadata.json").read_text())["id"])
+
+
+def _follow_config_dir(api: Any) -> None:
+    """KaggleApi fixes its config dir at first import; follow a KAGGLE_CONFIG_DIR set since then."""
+    config_dir = os.environ.get("KAGGLE_CONFIG_DIR")
+    if config_dir:
+        api.config_dir = config_dir
+        api.config = os.path.join(config_dir, api.config_file)
+
+
+def _submission(s: Any) -> Submission:
+    return Submission(
+        ref=int(s.ref), status=_enum_name(s.status), description=s.description or "",
+        public_score=_score(s.public_score), private_score=_score(s.private_score),
+        error=s.error_description or "", date=str(s.date or ""),
+    )
+
+
+def _check_status(resp: Any, what: str) -> None:
+    status = (getattr(resp, "status", "") or "").lower()
+    if status != "ok":
+        reason = getattr(resp, "error", "") or status or "no reason given"
+        raise PublishError(f"{what} refused by Kaggle: {reason}", "Pick another slug with --dataset owner/slug."
+                           if "in use" in reason else None)

@@ -1,0 +1,446 @@
+"""MLflow adapter: runs with provenance, batched metric logging, lookup and write-back.
+
+The only module that talks to MLflow (mlflow is imported lazily inside functions). Every command builds its
+:class:`Tracker` with :func:`open_tracker`, which first applies the credential chain (a ``MLFLOW_TRACKING_*``
+kept only in a Kaggle/Colab notebook secret store reaches the environment, where the config and MLflow read
+it); :func:`translate` turns MLflow's exceptions into kops errors in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kaggleops import __version__
+from kaggleops.adapters.credentials import apply_tracking_credentials
+from kaggleops.adapters.git import git_info
+from kaggleops.environment import detect_env, library_versions
+from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.refs import RunRef
+from kaggleops.schema import ARTIFACT_GIT_DIFF, TAG_LIB_PREFIX, TAG_VERSION
+
+# tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
+from kaggleops.schema import (
+    TAG_DATASET as TAG_DATASET,
+)
+from kaggleops.schema import (
+    TAG_DATASET_VERSION as TAG_DATASET_VERSION,
+)
+from kaggleops.schema import (
+    TAG_DIRTY as TAG_DIRTY,
+)
+from kaggleops.schema import (
+    TAG_ENV as TAG_ENV,
+)
+from kaggleops.schema import (
+    TAG_FOLD as TAG_FOLD,
+)
+from kaggleops.schema import (
+    TAG_GIT_BRANCH as TAG_GIT_BRANCH,
+)
+from kaggleops.schema import (
+    TAG_GIT_COMMIT as TAG_GIT_COMMIT,
+)
+from kaggleops.schema import (
+    TAG_GIT_REPO as TAG_GIT_REPO,
+)
+from kaggleops.schema import (
+    TAG_KERNEL as TAG_KERNEL,
+)
+from kaggleops.schema import (
+    TAG_KERNEL_VERSION as TAG_KERNEL_VERSION,
+)
+from kaggleops.schema import (
+    TAG_KIND as TAG_KIND,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_ARTIFACTS as TAG_ORIGIN_ARTIFACTS,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_RUN as TAG_ORIGIN_RUN,
+)
+from kaggleops.schema import (
+    TAG_PARENT as TAG_PARENT,
+)
+from kaggleops.schema import (
+    TAG_RUN_NAME as TAG_RUN_NAME,
+)
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from kaggleops.config import KopsConfig
+
+METRIC_BATCH = 500
+FLUSH_INTERVAL_S = 5.0
+CLOSE_RETRIES = 3
+
+log = logging.getLogger("kaggleops")
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+ENV_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def open_tracker(cfg: KopsConfig) -> Tracker:
+    """The Tracker of a command: the credential chain applied first (argument/env > notebook secret store).
+
+    Example:
+        >>> open_tracker(load_config()).uri  # in a notebook with MLFLOW_TRACKING_URI as a secret  # doctest: +SKIP
+        'https://mlflow.example.com'
+    """
+    apply_tracking_credentials()
+    return Tracker(cfg)
+
+
+@contextmanager
+def translate(what: str, uri: str, run_id: str | None = None) -> Iterator[None]:
+    """MLflow's exceptions → kops errors: a missing run → RunNotFound; an unreachable or failing store →
+    TrackingUnavailable naming the store (one line, no traceback). Anything else propagates."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        if run_id and e.error_code in NOT_FOUND_CODES:
+            raise RunNotFound(run_id, uri) from None
+        raise TrackingUnavailable(f"{what} failed on the tracking store {uri}: {str(e).splitlines()[0][:200]}",
+                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
+                                  "up.") from e
+    except OSError as e:  # connection refused/reset, DNS: requests' errors are OSErrors too
+        raise TrackingUnavailable(f"{what}: the tracking store {uri} is unreachable ({type(e).__name__}).",
+                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
+                                  "up.") from e
+
+
+class Tracker:
+    """One tracking store (``cfg.resolved_tracking_uri``) and the experiment ``cfg.experiment_name``."""
+
+    def __init__(self, cfg: KopsConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault(ENV_QUIET_URLS, "true")  # stdout is kops' data (--json); MLflow would print run URLs
+        self.cfg = cfg
+        self.uri = cfg.resolved_tracking_uri
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._experiment_id: str | None = None
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, run_id: str | None = None, **kwargs: Any) -> Any:
+        with translate(what, self.uri, run_id):
+            return fn(*args, **kwargs)
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            name = self.cfg.experiment_name
+            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+            self._experiment_id = exp.experiment_id if exp else self._call(
+                f"Creating experiment {name}", self.client.create_experiment, name,
+                artifact_location=self.cfg.resolved_artifact_location)
+        return self._experiment_id
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self._call(f"Tagging experiment {self.cfg.experiment_name}", self.client.set_experiment_tag,
+                   self.experiment_id, key, value)
+
+    def record_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """A FINISHED run with only ``tags`` (no provenance: for things kops did not make, e.g. an adopted
+        submission); returns its id."""
+        run = self._call(f"Creating run {run_name}", self.client.create_run, self.experiment_id, run_name=run_name,
+                         tags=tags)
+        self.end_run(run.info.run_id)
+        return str(run.info.run_id)
+
+    def provenance_tags(self) -> tuple[dict[str, str], str]:
+        """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
+        tags = {TAG_ENV: detect_env(), TAG_VERSION: __version__}
+        tags.update({f"{TAG_LIB_PREFIX}{k}": v for k, v in library_versions().items()})
+        info = git_info(self.cfg.root)
+        if info is None:
+            return tags, ""
+        tags.update({TAG_GIT_COMMIT: info.commit, TAG_GIT_REPO: info.repo_url, TAG_DIRTY: str(info.dirty).lower()})
+        if info.branch:
+            tags[TAG_GIT_BRANCH] = info.branch
+        return tags, info.diff
+
+    def start_run(
+        self, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a RUNNING run with provenance tags and params; returns its id."""
+        base, diff = self.provenance_tags()
+        base.update(tags or {})
+        if parent_run_id:
+            base[TAG_PARENT] = parent_run_id
+        run = self._call(f"Creating run {run_name}", self.client.create_run, self.experiment_id, run_name=run_name,
+                         tags=base)
+        run_id = run.info.run_id
+        self.log_params(run_id, params)
+        if diff:
+            self.client.log_text(run_id, diff, ARTIFACT_GIT_DIFF)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._call(f"Logging params of run {run_id}", self.client.log_batch, run_id, params=items[i:i + 100],
+                       run_id=run_id)
+
+    def metric_logger(self, run_id: str, skip: dict[str, int] | None = None,
+                      background: bool = True) -> MetricLogger:
+        """A non-blocking ``log(metrics, step)`` for ``run_id``; see :class:`MetricLogger`."""
+        return MetricLogger(self.client, run_id, skip=skip, background=background)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        with self.metric_logger(run_id, background=False) as logger:
+            logger(metrics, step)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Set a killed/failed/stale run back to RUNNING, to continue it (MLflow cannot choose run ids)."""
+        self._call(f"Reopening run {run_id}", self.client.update_run, run_id, status="RUNNING", run_id=run_id)
+
+    def last_steps(self, run_id: str) -> dict[str, int]:
+        """The last stored step of each metric of a run (what a resumed run must not log again)."""
+        run = self.get_run(run_id)
+        return {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                for key in run.data.metrics}
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._call(f"Tagging run {run_id}", self.client.log_batch, run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()], run_id=run_id)
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
+                   artifact_path, run_id=run_id)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self._call(f"Uploading {local_file} to run {run_id}", self.client.log_artifact, run_id, str(local_file),
+                   artifact_path, run_id=run_id)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call(f"Ending run {run_id}", self.client.set_terminated, run_id, status, run_id=run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run, or RunNotFound naming the store."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._call(f"Reading run {run_id}", self.client.get_run, run_id, run_id=run_id)
+        except TrackingUnavailable as e:
+            if isinstance(e.__cause__, MlflowException):  # e.g. a malformed id: the run is not there
+                raise RunNotFound(run_id, self.uri) from None
+            raise
+
+    def resolve(self, run_id: str) -> str:
+        """The local id of ``run_id``: itself for a local run, else the run `kops sync pull` imported from that
+        origin id (tag ``kops.origin_run_id``); RunNotFound otherwise. Commands taking a RUN_ID accept either."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.run_id
+        except MlflowException:
+            pass
+        if _is_run_id(run_id):
+            with translate(f"Looking up run {run_id}", self.uri):
+                ids = [e.experiment_id for e in self.client.search_experiments()]
+                query = f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'"
+                hits = self.client.search_runs(ids, query, max_results=1) if ids else []
+            if hits:
+                return hits[0].info.run_id
+        raise RunNotFound(run_id, self.uri)
+
+    def _origin_artifacts(self, run_id: str) -> str | None:
+        """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""
+        return self.client.get_run(run_id).data.tags.get(TAG_ORIGIN_ARTIFACTS)
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Download an artifact of the run; for a pulled run, from the origin machine's artifact store."""
+        dst.mkdir(parents=True, exist_ok=True)
+        origin = self._origin_artifacts(run_id)
+        if origin and not self.client.list_artifacts(run_id, artifact_path):
+            return Path(_artifact_repo(origin).download_artifacts(artifact_path, str(dst)))
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """Artifact paths of the run (for a pulled run, those in the origin machine's artifact store)."""
+        local = [a.path for a in self.client.list_artifacts(run_id, path)]
+        origin = None if local else self._origin_artifacts(run_id)
+        if not origin:
+            return local
+        return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
+
+    def search(self, filter_string: str = "", max_results: int = 1000) -> list[Run]:
+        return list(self._call("Searching runs", self.client.search_runs,
+                               [self.experiment_id], filter_string=filter_string, max_results=max_results,
+                               order_by=["attributes.start_time DESC"]))
+
+    def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(json.dumps(obj, indent=2))
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def _is_run_id(text: str) -> bool:
+    try:
+        RunRef.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _artifact_repo(uri: str) -> Any:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(uri)
+
+
+class MetricLogger:
+    """A ``log(metrics, step)`` callback that never blocks training.
+
+    Metrics are buffered and sent by a background thread with ``log_batch`` (≤ ``METRIC_BATCH`` per call,
+    every ``interval_s`` or sooner when a batch is full); :meth:`upload` queues an artifact folder behind the
+    metrics logged before it, so a stored checkpoint implies its metrics are stored too. A slow or unreachable
+    tracking server only delays the sender: it warns once, keeps everything, and retries at the next flush.
+    ``skip`` maps metric keys to the last step already stored (a resumed run): those steps are not re-sent.
+    :meth:`close` (or leaving the ``with`` block) sends what is left and raises if the store stays unreachable.
+    """
+
+    def __init__(self, client: Any, run_id: str, skip: dict[str, int] | None = None,
+                 interval_s: float = FLUSH_INTERVAL_S, background: bool = True) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.skip = dict(skip or {})
+        self.interval_s = interval_s
+        self.warned = False
+        self._ops: deque[Any] = deque()  # list[Metric] batches and ("upload", dir, path, on_done) tuples
+        self._lock = threading.Lock()  # guards _ops
+        self._send = threading.Lock()  # one sender at a time, in order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name=f"kops-metrics-{run_id[:8]}", daemon=True)
+            self._thread.start()
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if step > self.skip.get(k, -1)]
+        if not items:
+            return
+        with self._lock:
+            if self._ops and isinstance(self._ops[-1], list):
+                self._ops[-1].extend(items)
+            else:
+                self._ops.append(items)
+            full = sum(len(op) for op in self._ops if isinstance(op, list)) >= METRIC_BATCH
+        if full:
+            self._wake.set()
+
+    def upload(self, local_dir: Path, artifact_path: str, on_done: Any = None) -> None:
+        """Queue ``local_dir`` for upload as ``artifact_path`` after the metrics logged so far; then
+        ``on_done()`` (e.g. delete the folder)."""
+        with self._lock:
+            self._ops.append(("upload", Path(local_dir), artifact_path, on_done))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Operations (metric batches, uploads) not yet stored."""
+        with self._lock:
+            return len(self._ops)
+
+    def _send_one(self) -> bool:
+        with self._lock:
+            if not self._ops:
+                return False
+            op = self._ops[0]
+            if isinstance(op, list):
+                chunk = op[:METRIC_BATCH]
+        if isinstance(op, list):
+            self.client.log_batch(self.run_id, metrics=chunk)
+            with self._lock:
+                del op[: len(chunk)]
+                if not op:
+                    self._ops.popleft()
+            return True
+        _, local_dir, artifact_path, on_done = op
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        with self._lock:
+            self._ops.popleft()
+        if on_done is not None:
+            on_done()
+        return True
+
+    def flush(self) -> None:
+        """Send everything queued now, in the caller's thread; raises what the store raised (nothing is lost)."""
+        with self._send:
+            while self._send_one():
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as e:  # noqa: BLE001 - any store failure: keep the data, retry later
+                self._warn(e)
+
+    def _warn(self, error: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("kops: tracking store unreachable or failing (%s: %s); training goes on, %d pending "
+                        "operation(s) kept and retried", type(error).__name__, str(error)[:200], self.pending)
+
+    def close(self, retries: int = CLOSE_RETRIES) -> None:
+        """Stop the sender and send what is left, retrying ``retries`` times with backoff."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        for attempt in range(retries + 1):
+            try:
+                self.flush()
+                return
+            except Exception as e:
+                self._warn(e)
+                if attempt == retries:
+                    raise TrackingUnavailable(
+                        f"Could not store {self.pending} pending metric batch(es)/upload(s) of run {self.run_id}: "
+                        f"{type(e).__name__}: {str(e)[:200]}.",
+                        "Check the tracking server (MLFLOW_TRACKING_URI), then resume with: kops train --resume",
+                    ) from e
+                time.sleep(min(30.0, 2.0**attempt))
+
+    def __enter__(self) -> MetricLogger:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: store what we can, but never hide the original error
+            self.close(retries=0)
+        except TrackingUnavailable:
+            pass
+
+
+def runs_tagged(tracker: Tracker, tags: dict[str, str]) -> list[Run]:
+    """Runs of the experiment whose tags equal all of ``tags``."""
+    clauses: Iterable[str] = (f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return tracker.search(" and ".join(clauses))

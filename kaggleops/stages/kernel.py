@@ -1,0 +1,331 @@
+"""Inference kernel generation and push: runs → published datasets → offline kernel → kernel version.
+
+The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``kernels/
+inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
+(:mod:`kaggleops.kernel.wheel`) and the task's own code from the ``<experiment>-code`` dataset
+(:mod:`kaggleops.kernel.code`), then runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
+``kops-kernel.json`` (task: import spec + inference options; submission format; models: dataset ref + version +
+run id + weight; second stage; competition).
+
+With ``--reranker RUN`` (a ``kops train --stage rerank`` parent, which expands to its ``rerank-fold`` runs, or
+one fold run) the plan's ``reranker`` names each second-stage fold's dataset and the tuned ``w``/``n``; inside
+the kernel the task's ``predict_second_stage`` rescores the ensemble's candidates with those models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kaggleops import __version__
+from kaggleops.adapters.kaggle import Kaggle
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    PLAN_FILE,
+    RERANK_CONFIG,
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_FOLD,
+    TAG_KERNEL,
+    TAG_KERNEL_VERSION,
+    TAG_KIND,
+    TAG_PARENT,
+    KernelPlan,
+    Kind,
+    PlanModel,
+    PlanReranker,
+)
+
+TEMPLATE = "inference_kernel.py.tmpl"
+LOG_TAIL_LINES = 30
+ModelSource = PlanModel  # a planned model: run, dataset version, weight
+RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting."""
+
+    machine_shape: str | None = None
+    private: bool | None = None
+    publish: bool = True
+    wait: bool = False
+
+
+@dataclass
+class KernelResult:
+    kernel: str
+    kernel_version: int
+    url: str
+    folder: Path
+    run_ids: list[str]
+    status: str | None = None
+    published: list[str] = field(default_factory=list)
+    runtime: dict[str, object] = field(default_factory=dict)
+    submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
+    reranker: dict[str, object] | None = None
+    code: dict[str, object] | None = None
+    plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
+                "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
+                "published": self.published, "runtime": self.runtime, "submission": self.submission,
+                "reranker": self.reranker, "code": self.code}
+
+
+def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
+    slug = cfg.kernel.slug or f"{slugify(cfg.experiment_name, 40)}-inference"
+    return KernelRef(cfg.kaggle_owner, slug)
+
+
+def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(model runs, k-fold parents): a parent run (``kops.kind=kfold``) expands to its fold runs, in fold order."""
+    models: list[str] = []
+    parents: list[str] = []
+    for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
+        run = tracker.get_run(run_id)
+        if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
+            models.append(run_id)
+            continue
+        children = runs_tagged(tracker, {TAG_PARENT: run_id})
+        if not children:
+            raise KopsError(f"K-fold run {run_id} has no fold runs (no run has mlflow.parentRunId = it).",
+                            "Pass the fold runs with --run, or train them with: kops train")
+        children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+        models.extend(r.info.run_id for r in children)
+        parents.append(run_id)
+    return list(dict.fromkeys(models)), parents
+
+
+def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
+                   publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
+    """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
+    from kaggleops.stages.publish import publish
+
+    models, published = [], []
+    for run_id in run_ids:
+        tags = tracker.get_run(run_id).data.tags
+        if TAG_DATASET not in tags:
+            if not publish_missing:
+                raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
+                                f"Publish it with: kops publish {run_id}")
+            publish(cfg, run_id, kaggle=kaggle)
+            published.append(run_id)
+            tags = tracker.get_run(run_id).data.tags
+        models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
+    return models, published
+
+
+def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
+    """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
+    run_id = tracker.resolve(run_id)
+    kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
+    if kind == Kind.RERANK_FOLD:
+        return [run_id]
+    if kind != Kind.RERANK:
+        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {Kind.RERANK!r}).",
+                        "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
+    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == Kind.RERANK_FOLD]
+    if not children:
+        raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
+                        "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
+    children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+    return [r.info.run_id for r in children]
+
+
+def rerank_settings(tracker: Tracker, fold_run_id: str) -> tuple[float, int]:
+    """The tuned ``(w, n)`` that a reranker fold logged in ``model/kops_rerank.json``."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
+            cfg = json.loads(tracker.download(fold_run_id, f"model/{RERANK_CONFIG}", Path(tmp)).read_text())
+        return float(cfg["w"]), int(cfg["n"])
+    except (OSError, ValueError, KeyError) as e:
+        raise KopsError(f"Reranker run {fold_run_id} has no readable model/{RERANK_CONFIG} ({e}).",
+                        "Retrain the reranker with: kops train --stage rerank --from KFOLD_RUN_ID") from None
+
+
+def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kaggle,
+                     publish_missing: bool = True) -> tuple[RerankerSource, list[str], list[str]]:
+    """The reranker's fold datasets (published first when missing) and tuned w/n.
+
+    Returns (source, fold run ids, newly published run ids).
+    """
+    folds = expand_reranker(tracker, run_id)
+    models, published = resolve_models(cfg, tracker, folds, kaggle, publish_missing)
+    w, n = rerank_settings(tracker, folds[0])
+    return RerankerSource(run_id, models, w, n), folds, published
+
+
+def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
+               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> KernelPlan:
+    """The kernel's embedded plan (kops-kernel.json).
+
+    ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
+    ``ctx.options``); ``task.requires`` its optional ``kernel_requires`` (imported first, so a missing package
+    fails by name).
+    """
+    from kaggleops.stages.train import get_task_for
+
+    task = get_task_for(cfg)
+    columns = list(task.submission.columns)
+    return KernelPlan(
+        kops_version=__version__,
+        competition=cfg.competition,
+        task={"name": task.name, "spec": task_kernel_spec(cfg, code),
+              "requires": list(getattr(task, "kernel_requires", ()) or ()),
+              "options": dict(getattr(task, "kernel_options", {}) or {})},
+        metric={"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
+        id_column=task.submission.id_column,
+        target_column=columns[0],
+        columns=columns,
+        models=list(models),
+        reranker=reranker,
+        runtime={"dataset": runtime.dataset, "version": runtime.version,
+                 "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
+        code=code.as_plan() if code else None,
+    )
+
+
+def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
+                    options: KernelOptions = KernelOptions(), code: CodeDataset | None = None) -> dict[str, object]:
+    """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml).
+
+    ``models``: every attached model dataset (the ensemble's and the reranker's).
+    """
+    return {
+        "id": ref.ref,
+        "title": ref.slug.replace("-", " ").title(),
+        "code_file": KERNEL_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": cfg.kernel.private if options.private is None else options.private,
+        "enable_gpu": cfg.kernel.enable_gpu,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}
+                                  | ({code.dataset} if code else set())),
+        "competition_sources": [cfg.competition],
+        "kernel_sources": [],
+        "model_sources": [],
+        "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
+    }
+
+
+def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
+                  runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
+                  reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> Path:
+    """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(cfg, models, runtime, reranker, code)
+    template = kernel_template(TEMPLATE)
+    source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
+                             plan_json=plan.to_json())
+    compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
+    (folder / KERNEL_FILE).write_text(source)
+    plan.write(folder / PLAN_FILE)
+    attached = [*models, *(reranker.models if reranker else [])]
+    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options, code),
+                                                     indent=2))
+    return folder
+
+
+def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], None] | None = None) -> str:
+    """Poll until COMPLETE; on ERROR raise KernelRunFailed with the failure message and the log's tail."""
+    try:
+        return kaggle.wait_kernel(ref, on_status=on_status)
+    except KernelRunFailed:
+        raise
+    except KernelError as e:
+        try:
+            tail = kaggle.kernel_log(ref)[-LOG_TAIL_LINES:]
+        except KopsError:
+            tail = []
+        raise KernelRunFailed(e.message, f"Full log: kaggle kernels logs {ref}", tail) from None
+
+
+def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
+                on_status: Callable[[str], None] | None = None,
+                options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
+
+    A k-fold parent run expands to its folds; runs without a dataset are published first (unless
+    ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
+    ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
+
+    Example:
+        >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
+    """
+    options = options or KernelOptions(wait=wait)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
+    CompetitionRef.parse(cfg.competition)
+    model_runs, parents = expand_runs(tracker, run_ids)
+    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
+    rerank_source, rerank_runs = None, []
+    if reranker:
+        rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
+        published += more
+    runtime = ensure_runtime_dataset(cfg, kaggle)
+    code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
+    ref = default_kernel_ref(cfg)
+    folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
+                           rerank_source, code)
+    version = kaggle.push_kernel(folder)
+    for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
+        tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
+    pinned = KernelRef(ref.owner, ref.slug, version)
+    result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
+                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
+    if options.wait:
+        result.status = wait_for_kernel(kaggle, pinned, on_status)
+    return result
+
+
+def status_printer(echo: Callable[[str], None], clock: Callable[[], float] | None = None) -> Callable[[str], None]:
+    """An ``on_status`` callback that echoes each status change with the seconds since the push."""
+    import time
+
+    clock = clock or time.monotonic
+    start, last = clock(), [""]
+
+    def on_status(status: str) -> None:
+        if status != last[0]:
+            last[0] = status
+            echo(f"kernel status: {status} ({clock() - start:.0f} s)")
+
+    return on_status
+
+
+def describe(result: KernelResult) -> str:
+    """The human summary of a push."""
+    lines = [f"Pushed {result.kernel} version {result.kernel_version}"
+             f"{f' ({result.status})' if result.status else ''}", result.url,
+             f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
+             f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
+    if result.code:
+        lines.append(f"task code: {result.code['dataset']} v{result.code['version']}"
+                     f"{' (new)' if result.code.get('created') else ' (reused)'}")
+    if result.reranker:
+        rr = result.reranker
+        lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")
+    if result.published:
+        lines.append(f"published first: {', '.join(result.published)}")
+    if result.submission:
+        lines.append(f"submitted: submission {result.submission['submission_ref']}, "
+                     f"submission run {result.submission['submission_run_id']}")
+    return "\n".join(lines)

@@ -1,0 +1,404 @@
+"""`kops train`: the task's training loop, wrapped in MLflow runs with provenance.
+
+One run per fold; with more than one fold, the folds are children (``mlflow.parentRunId``) of a k-fold
+parent run carrying the mean CV. The task code never sees MLflow: it gets paths and a ``log`` callback.
+
+Under ``torchrun`` (DDP, see :mod:`kaggleops.distributed`) rank 0 alone opens, resumes and logs the runs and
+tells the other ranks which run and checkpoint each fold continues; they train their shards and log nothing.
+The resume key leaves the process count out: a run started on 2 GPUs resumes on 1 (tag ``kops.world_size``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from kaggleops import distributed as dist
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import ConfigError, DataError
+from kaggleops.files import sha256_file
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    TAG_FOLD,
+    TAG_GPU,
+    TAG_KIND,
+    TAG_METRIC,
+    TAG_METRIC_HIGHER,
+    TAG_PARENT,
+    TAG_RESUMES,
+    TAG_TASK,
+    TAG_TRAIN_KEY,
+    TAG_WORLD_SIZE,
+    Kind,
+)
+from kaggleops.stages.sync import background_sync
+from kaggleops.task import FoldContext
+
+OOF_ARTIFACT = "oof"
+OOF_FILE = "oof.csv"
+CHECKPOINT_ARTIFACT = "checkpoint"
+LATEST_FILE = "latest.json"
+
+log = logging.getLogger("kaggleops")
+
+
+@dataclass
+class FoldRun:
+    run_id: str
+    fold: int
+    score: float
+
+
+@dataclass
+class TrainResult:
+    """The fold runs, the k-fold parent (if any) and the CV: the mean fold score of the task's ``metric``."""
+
+    runs: list[FoldRun]
+    parent_run_id: str | None = None
+    cv: float | None = None
+    metric: str = "score"
+    higher_is_better: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """The run to publish/submit: the single fold's run, or the k-fold parent."""
+        return self.parent_run_id or self.runs[0].run_id
+
+    def as_dict(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "metric": self.metric,
+                "higher_is_better": self.higher_is_better, "cv": self.cv, f"cv_{self.metric}": self.cv,
+                "runs": [asdict(r) for r in self.runs]}
+
+    def summary(self) -> str:
+        lines = [f"fold {r.fold}: run {r.run_id}  val_{self.metric} {r.score:.4f}" for r in self.runs]
+        if self.parent_run_id:
+            lines.append(f"k-fold parent run {self.parent_run_id}  cv_{self.metric} {self.cv:.4f}")
+        return "\n".join(lines)
+
+
+def get_task_for(cfg: KopsConfig) -> Any:
+    """The task of kops.yaml (see :func:`kaggleops.tasks.task_for`)."""
+    from kaggleops.tasks import task_for
+
+    return task_for(cfg)
+
+
+def metric_tags(task: Any) -> dict[str, str]:
+    """``kops.metric`` (the task's metric name) and ``kops.metric.higher_is_better`` (true/false)."""
+    return {TAG_METRIC: task.metric.name, TAG_METRIC_HIGHER: str(bool(task.metric.higher_is_better)).lower()}
+
+
+def task_settings(cfg: KopsConfig, task: Any) -> Any:
+    """The task's settings from kops.yaml's ``train:`` keys; a bad key is a ConfigError naming it."""
+    from kaggleops.task import SettingsError
+
+    try:
+        return task.settings(cfg.train.task_settings())
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
+    except (SettingsError, ValueError, TypeError) as e:
+        raise ConfigError(f"kops.yaml `train:`: {e}.", "Fix the key, or see the task's settings().") from None
+
+
+def settings_params(settings: Any) -> dict[str, Any]:
+    """The settings as flat MLflow params (a dataclass's fields, a mapping's items)."""
+    if is_dataclass(settings) and not isinstance(settings, type):
+        params = asdict(settings)
+    elif isinstance(settings, dict):
+        params = dict(settings)
+    else:
+        params = {k: v for k, v in vars(settings).items() if not k.startswith("_")} if hasattr(settings, "__dict__") \
+            else {"settings": repr(settings)}
+    params.pop("progress", None)
+    return params
+
+
+def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
+    folder = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else None)
+    if folder is None:
+        raise DataError(f"No data folder for task {task.name}.", "Set `data_dir:` in kops.yaml (or pass --data) to "
+                        "the competition's files, e.g. from `kaggle competitions download`.")
+    path = Path(folder) / "train.csv"
+    if not path.is_file():
+        raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
+                        "competition's files, e.g. from `kaggle competitions download`.")
+    try:
+        return task.load_train(path), path
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def _train_key(params: dict[str, Any]) -> str:
+    """Fingerprint of everything that decides a run's numbers: only a run with the same key is resumed."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
+          progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train the configured task on the chosen folds; one MLflow run per fold.
+
+    With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
+    of the same settings and data, from its last checkpoint, in the SAME MLflow run; finished folds of a
+    resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
+    unfinished one).
+
+    Example:
+        >>> train(load_config(), folds=[0])  # doctest: +SKIP
+        TrainResult(runs=[FoldRun(run_id='…', fold=0, score=0.61)], cv=0.61, metric='accuracy', ...)
+    """
+    joined = dist.init()
+    try:
+        result = _train(cfg, folds, data_dir, progress, resume)
+    except BaseException:
+        if joined:
+            dist.destroy()
+        raise
+    if joined:
+        dist.destroy(together=True)
+    return result
+
+
+def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
+           resume: bool) -> TrainResult:
+    task = get_task_for(cfg)
+    df, path = load_training_data(cfg, task, data_dir)
+    settings = task_settings(cfg, task)
+    chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
+    bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
+    if bad:
+        raise DataError(f"Fold(s) {bad} out of range for n_folds={cfg.train.n_folds}.", "Use --fold 0..n_folds-1.")
+    try:
+        df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
+    if not dist.is_main():
+        return _follow(task, df, settings, chosen, cfg.train.seed)
+    result = _lead(cfg, task, df, settings, chosen, path, progress, resume)
+    return dist.broadcast(result)
+
+
+def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
+          resume: bool) -> TrainResult:
+    tracker = open_tracker(cfg)
+    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": str(path),
+              "data_sha256": sha256_file(path)[:16], "rows": len(df)}
+    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed)
+    parent = None
+    if len(chosen) > 1:
+        parent = job.open_parent(chosen)
+    try:
+        # `kops sync push` every storage.sync_minutes and once at the end (no-op without a bucket); the parent is
+        # closed inside, so that last push carries its final status and CV.
+        with background_sync(cfg):
+            return _close_parent(tracker, task, [job.fold(fold, parent) for fold in chosen], parent)
+    except BaseException:
+        if parent:
+            tracker.end_run(parent, "FAILED")
+        raise
+
+
+def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str | None) -> TrainResult:
+    result = TrainResult(runs, parent, cv=sum(r.score for r in runs) / len(runs), metric=task.metric.name,
+                         higher_is_better=bool(task.metric.higher_is_better))
+    if parent:
+        tracker.log_metrics(parent, {f"cv_{task.metric.name}": result.cv})
+        tracker.end_run(parent)
+    return result
+
+
+def _follow(task: Any, df: Any, settings: Any, chosen: list[int], seed: int) -> TrainResult:
+    """A rank other than 0: train each fold as rank 0 says (no tracking store touched); rank 0's result."""
+    from kaggleops.task import FoldContext
+
+    for fold in chosen:
+        plan = dist.broadcast()
+        if plan["done"]:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"kops-train-rank{dist.rank()}-") as tmp:
+            out = Path(tmp) / "out"
+            out.mkdir()
+            task.train_fold(df, settings, FoldContext(fold, out, seed, progress=False,
+                                                      resume_from=Path(plan["resume_from"]) if plan["resume_from"]
+                                                      else None))
+    return dist.broadcast()
+
+
+def machine_tags() -> dict[str, str]:
+    """``kops.gpu`` (name and memory, or ``none``) and ``kops.gpu.count`` of this machine."""
+    from kaggleops.environment import gpu_info
+
+    gpu = gpu_info()
+    name = gpu["name"] if gpu["name"] == "none" else f"{gpu['name']} ({gpu['memory_gb']} GB)"
+    return {TAG_GPU: name, f"{TAG_GPU}.count": gpu.get("count", "0"), TAG_WORLD_SIZE: str(dist.world_size())}
+
+
+UNFINISHED = ("RUNNING", "FAILED", "KILLED")
+
+
+@dataclass
+class _Job:
+    """One `kops train` invocation: opens (or reopens) runs and trains folds in them."""
+
+    tracker: Tracker
+    task: Any
+    df: Any
+    settings: Any
+    params: dict[str, Any]
+    progress: bool
+    resume: bool
+    seed: int = 42
+
+    @property
+    def best_metric(self) -> str:
+        return f"best_val_{self.task.metric.name}"
+
+    def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
+        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
+
+    def _unfinished(self, runs: list[Any], what: str) -> Any | None:
+        open_runs = [r for r in runs if r.info.status in UNFINISHED]
+        if open_runs and not self.resume:
+            log.warning("kops: %s has an unfinished run %s; continue it with: kops train --resume",
+                        what, open_runs[0].info.run_id)
+        return open_runs[0] if open_runs and self.resume else None
+
+    def open_parent(self, chosen: list[int]) -> str:
+        params = {**self.params, "folds": chosen}
+        key = _train_key(params)
+        found = self._unfinished(self._find(Kind.KFOLD, key, {}), "this k-fold job")
+        if found is not None:
+            self.tracker.reopen_run(found.info.run_id)
+            return str(found.info.run_id)
+        name = getattr(self.settings, "model", None) or self.task.name
+        return self.tracker.start_run(f"kfold-{name}", params,
+                                      {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
+                                       **metric_tags(self.task), **machine_tags()})
+
+    def fold(self, fold: int, parent: str | None) -> FoldRun:
+        params = {**self.params, "fold": fold}
+        key = _train_key(params)
+        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        if self.resume and parent:
+            done = [r for r in same if r.info.status == "FINISHED" and self.best_metric in r.data.metrics]
+            if done:
+                dist.broadcast({"done": True})
+                return FoldRun(done[0].info.run_id, fold, done[0].data.metrics[self.best_metric])
+        found = self._unfinished(same, f"fold {fold}")
+        return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
+
+
+def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
+                     resume_run: str | None) -> tuple[str, dict[str, int]]:
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
+            **metric_tags(job.task), **machine_tags()}
+    if resume_run is None:
+        return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
+    run = job.tracker.get_run(resume_run)
+    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
+    job.tracker.reopen_run(resume_run)
+    job.tracker.set_tags(resume_run, {**{k: v for k, v in tags.items() if k.startswith((TAG_GPU, TAG_WORLD_SIZE))},
+                                      TAG_RESUMES: str(resumes)})
+    return resume_run, job.tracker.last_steps(resume_run)
+
+
+def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
+                resume_run: str | None = None) -> FoldRun:
+    tracker = job.tracker
+    run_id, skip = _start_or_reopen(job, fold, params, parent, key, resume_run)
+    try:
+        with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
+            resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume", job.task) if resume_run else None
+            dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
+            out = Path(tmp) / "out"
+            out.mkdir()
+            with tracker.metric_logger(run_id, skip=skip) as log_fn:
+                slots = _CheckpointSlots(log_fn)
+                ctx = FoldContext(fold, out, job.seed, log_fn, job.progress, resume_from, slots)
+                try:
+                    result = job.task.train_fold(job.df, job.settings, ctx)
+                except NotImplementedError as e:
+                    raise ConfigError(f"Task {job.task.name}: {e}") from None
+                log_fn({job.best_metric: float(result.score), **(result.metrics or {}),
+                        **({"best_step": result.best_step} if result.best_step is not None else {})}, result.steps)
+            tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
+            tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
+    return FoldRun(run_id, fold, float(result.score))
+
+
+def oof_file(oof: Any, task: Any, folder: Path) -> Path:
+    """The OOF predictions as ``oof.csv`` (a path the task wrote, or a table written here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / OOF_FILE
+    if isinstance(oof, (str, Path)):
+        if Path(oof).name == OOF_FILE:
+            return Path(oof)
+        shutil.copyfile(oof, target)
+        return target
+    missing = [c for c in task.submission.header if c not in oof.columns]
+    if missing:
+        raise DataError(f"Task {task.name}: the OOF table of train_fold lacks column(s) {', '.join(missing)}.",
+                        "Return the id column and the submission columns (see kaggleops.task.FoldResult).")
+    oof.to_csv(target, index=False)
+    return target
+
+
+class _CheckpointSlots:
+    """``on_checkpoint``: upload each checkpoint into slot ``a`` or ``b`` (alternating) of ``checkpoint/``, then
+    ``checkpoint/latest.json`` naming it, behind the metrics logged before it. A kill mid-upload leaves the
+    other slot whole, so a checkpoint in the store always has its metrics stored too."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+        self.slot = "b"
+
+    def __call__(self, folder: Path, step: int) -> None:
+        self.slot = "a" if self.slot == "b" else "b"
+        pointer = folder.parent / f"latest-{step}"
+        pointer.mkdir(exist_ok=True)
+        (pointer / LATEST_FILE).write_text(json.dumps({"slot": self.slot, "step": step}))
+        self.logger.upload(folder, f"{CHECKPOINT_ARTIFACT}/{self.slot}")
+        self.logger.upload(pointer, CHECKPOINT_ARTIFACT, on_done=lambda: _remove(folder, pointer))
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def download_checkpoint(tracker: Tracker, run_id: str, dst: Path, task: Any = None) -> Path | None:
+    """The run's last complete checkpoint folder, downloaded under ``dst``; None when it has none.
+
+    A slot counts as complete when the task's optional ``is_checkpoint(folder)`` says so (default: non-empty).
+    """
+    def is_checkpoint(folder: Path) -> bool:
+        check = getattr(task, "is_checkpoint", None)
+        return bool(check(folder)) if check else folder.is_dir() and any(folder.iterdir())
+
+    names = set(tracker.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
+    if f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}" not in names:
+        return None
+    latest = json.loads((tracker.download(run_id, f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}", dst)).read_text())
+    other = "b" if latest["slot"] == "a" else "a"
+    for slot in (latest["slot"], other):
+        if f"{CHECKPOINT_ARTIFACT}/{slot}" in names:
+            folder = tracker.download(run_id, f"{CHECKPOINT_ARTIFACT}/{slot}", dst / slot)
+            if is_checkpoint(folder):
+                return folder
+    return None
