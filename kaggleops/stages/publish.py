@@ -4,8 +4,8 @@
 - Identical weights (the same sha256 per file as the ``kops-manifest.json`` of the latest version) make no
   upload and no version: the run is tagged with the existing version.
 - Sub-folders (``tokenizer/``, ``checkpoints/``) travel as deterministic ``<folder>.zip`` files listed under
-  ``archives`` in the manifest; :func:`restore_dataset_folder` turns a downloaded version back into the tree
-  (and does nothing where Kaggle already unpacked them).
+  ``archives`` in the manifest; :func:`kaggleops.kernel.runtime.restore_model_dir` (the one restore, used by
+  the kernel and by ``kops kernel run-local``) turns a downloaded version back into the model folder.
 - Files are staged in a fresh folder under ``.kops/publish/`` each time, with their own modification times: the
   official client keys its saved upload state (upload URL and token, kept 6 days) on path, size and mtime, and
   reusing that state would resend upload tokens a finished create already spent.
@@ -19,7 +19,6 @@ import json
 import shutil
 import sys
 import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,25 +146,6 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path) -> tuple[Path, Path,
         else:
             shutil.copyfile(entry, upload / entry.name)
     return model, upload, archives
-
-
-def restore_dataset_folder(folder: Path) -> Path:
-    """Turn a downloaded dataset version back into the model folder: unpack ``archives``, check sha256s.
-
-    Works whether the ``<folder>.zip`` files are still zipped (the client's upload) or were unpacked.
-    Raises DataError naming the first file whose sha256 differs from the manifest.
-    """
-    manifest = Manifest.read(folder / MANIFEST)
-    for archive, name in manifest.archives.items():
-        if (folder / archive).is_file() and not (folder / name).is_dir():
-            with zipfile.ZipFile(folder / archive) as zf:
-                zf.extractall(folder / name)
-    for rel, entry in manifest.files.items():
-        path = folder / rel
-        if not path.is_file() or sha256_file(path) != entry.sha256:
-            raise DataError(f"{path} is missing or differs from {MANIFEST} (sha256 {entry.sha256[:12]}…).",
-                            "Download the dataset version again.")
-    return folder
 
 
 def _reuse_latest(kaggle: Kaggle, ref: DatasetRef, info: dict[str, Any] | None,
