@@ -386,6 +386,16 @@ class Kaggle:
         return [Path(f) for f in files]
 
     # ---- competitions ---------------------------------------------------------------------------------
+    def download_competition(self, competition: CompetitionRef, dst: Path) -> list[Path]:
+        """Download every file of the competition into ``dst`` and unzip it; return the files (403: rules)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download the files of {competition}", self.api.competition_download_files, competition.slug,
+                   path=str(dst), force=True, quiet=True, resource=competition)
+        for archive in sorted(dst.glob("*.zip")):
+            _safe_unzip(archive, dst)
+            archive.unlink()
+        return sorted(p for p in dst.rglob("*") if p.is_file())
+
     def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
         """Create a code-competition submission from a kernel version; return the submission ref.
 
@@ -454,6 +464,20 @@ class Kaggle:
 @dataclass(frozen=True)
 class _Pushed:
     version_number: int
+
+
+def _safe_unzip(archive: Path, dst: Path) -> None:
+    """Extract ``archive`` into ``dst``, refusing members that would land outside it."""
+    import zipfile
+
+    root = dst.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            target = (dst / member).resolve()
+            if root != target and root not in target.parents:
+                raise KaggleError(f"{archive.name} holds {member!r}, outside the download folder.",
+                                  "Refusing to unpack it; report it to the competition hosts.")
+        zf.extractall(dst)
 
 
 def _metadata_ref(folder: Path) -> DatasetRef:

@@ -131,6 +131,15 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_data_input(self, run_id: str, name: str, digest: str, source: str, source_type: str = "local",
+                       profile: str | None = None, context: str = "training") -> None:
+        """Record the data a run used as an MLflow dataset input (``mlflow.log_input``; the UI's Datasets)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type=source_type,
+                          source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 

@@ -54,7 +54,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from kaggleops.cli import emulator, kernel, project, runs, submissions, sync  # noqa: F401  (commands register on import)
+    from kaggleops.cli import data, emulator, kernel, project, runs, submissions, sync  # noqa: F401  (commands register on import)
 
 
 QUIET_LIBRARIES = {

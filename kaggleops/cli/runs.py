@@ -15,7 +15,9 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 @app.command()
 def train(
     fold: list[int] = typer.Option(None, help="Fold(s) to train; default: `train.folds` in kops.yaml, else all."),
-    data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, else the bundled sample)."),
+    data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, the attached Kaggle input, "
+                                         "else the `kops data` cache, downloaded when absent)."),
+    sample: bool = typer.Option(False, "--sample", help="Train on the bundled synthetic sample (kops demo does)."),
     stage: str = typer.Option("base", help="base: the span model; rerank: the candidate reranker (needs --from)."),
     from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
@@ -57,9 +59,10 @@ def train(
         from kaggleops.stages.gitsource import GitSpec, train_from_git, try_load
 
         result = train_from_git(try_load(config), GitSpec.parse(git), folds=fold or None, progress=not as_json,
-                                data_dir=data, resume=resume)
+                                data_dir=data, resume=resume, sample=sample)
     else:
-        result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
+        result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume,
+                           sample=sample)
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
     lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]

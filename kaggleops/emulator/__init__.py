@@ -83,7 +83,7 @@ class Emulator:
 
     def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
                         target_column: str, metric: Callable[[list[str], list[str]], float],
-                        output_file: str = "submission.csv") -> None:
+                        output_file: str = "submission.csv", rules_accepted_by: tuple[str, ...] | None = None) -> None:
         """Seed a competition.
 
         Args:
@@ -93,6 +93,8 @@ class Emulator:
             id_column, target_column: the submission columns that are matched and scored.
             metric: ``metric(truths, preds) -> float`` over string lists aligned by id.
             output_file: default file name for code submissions (and uploads without a name).
+            rules_accepted_by: users who have accepted the competition's rules (default: the emulator's user);
+                anyone else gets 403 on downloading its files or submitting, as on Kaggle.
         """
         base = self.store.dir("competitions", slug)
         copied = {}
@@ -104,7 +106,14 @@ class Emulator:
         rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in solution]
         spec = CompetitionSpec(solution=rows, id_column=id_column, target_column=target_column, metric=metric)
         with self.store.lock:
-            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file)
+            accepted = {self.username} if rules_accepted_by is None else set(rules_accepted_by)
+            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file,
+                                                        rules_accepted=accepted)
+
+    def accept_rules(self, slug: str, user: str | None = None) -> None:
+        """Record that ``user`` (default: the emulator's user) accepted the competition's rules."""
+        with self.store.lock:
+            self.store.competition(slug).rules_accepted.add(user or self.username)
 
     def expected_scores(self, slug: str, submission_rows: list[dict]) -> tuple[str, str]:
         """The (publicScore, privateScore) strings the emulator would give these submission rows.

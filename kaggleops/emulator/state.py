@@ -179,6 +179,7 @@ class Competition:
     spec: CompetitionSpec
     output_file: str
     created: datetime = field(default_factory=utc_now)
+    rules_accepted: set[str] = field(default_factory=set)  # users who accepted the rules (downloads, submits)
 
 
 @dataclass

@@ -129,7 +129,7 @@ def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | No
         cfg, url = ws.cfg, ws.url
         summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
-        trained = train(cfg, progress=False)
+        trained = train(cfg, progress=False, sample=True)
         summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
         echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)

@@ -24,6 +24,7 @@ from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.stages.sync import background_sync
 
 TAG_TASK = "kops.task"
@@ -72,20 +73,15 @@ def get_task_for(cfg: KopsConfig) -> Any:
         raise UnknownCompetition(str(e), "Set `competition:` in kops.yaml to a supported one.") from None
 
 
-def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
-    folder = data_dir or cfg.resolved_data_dir() or task.sample_dir()
-    path = Path(folder) / "train.csv"
-    if not path.is_file():
-        raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
-                        "competition's files, e.g. from `kaggle competitions download`.")
+def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample: bool = False) -> tuple[Any, Any]:
+    """(train rows, :class:`~kaggleops.stages.data.DataSource`): the data step (see :mod:`kaggleops.stages.data`)."""
+    from kaggleops.stages.data import resolve
+
+    source = resolve(cfg, task, data_dir, sample=sample, fetch=dist.is_main())
     try:
-        return task.load_train(path), path
+        return task.load_train(source.train_file), source
     except ValueError as e:
         raise DataError(str(e)) from None
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _train_key(params: dict[str, Any]) -> str:
@@ -94,13 +90,14 @@ def _train_key(params: dict[str, Any]) -> str:
 
 
 def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
-          progress: bool = True, resume: bool = False) -> TrainResult:
+          progress: bool = True, resume: bool = False, sample: bool = False) -> TrainResult:
     """Train the configured task on the chosen folds; one MLflow run per fold.
 
     With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
     of the same settings and data, from its last checkpoint, in the SAME MLflow run; finished folds of a
     resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
-    unfinished one).
+    unfinished one). Data: ``data_dir``, else kops.yaml / an attached Kaggle input / the download cache
+    (downloaded when absent); the bundled sample only with ``sample`` (see :mod:`kaggleops.stages.data`).
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
@@ -108,7 +105,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     """
     joined = dist.init()
     try:
-        result = _train(cfg, folds, data_dir, progress, resume)
+        result = _train(cfg, folds, data_dir, progress, resume, sample)
     except BaseException:
         if joined:
             dist.destroy()
@@ -119,9 +116,9 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
 
 
 def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
-           resume: bool) -> TrainResult:
+           resume: bool, sample: bool = False) -> TrainResult:
     task = get_task_for(cfg)
-    df, path = load_training_data(cfg, task, data_dir)
+    df, source = load_training_data(cfg, task, data_dir, sample)
     overrides = cfg.train.model_dump(exclude={"folds"})
     if overrides.get("tiny") is None:
         overrides.pop("tiny", None)
@@ -133,17 +130,17 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
     df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
     if not dist.is_main():
         return _follow(task, df, settings, chosen)
-    result = _lead(cfg, task, df, settings, chosen, path, progress, resume)
+    result = _lead(cfg, task, df, settings, chosen, source, progress, resume)
     return dist.broadcast(result)
 
 
-def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
+def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
           resume: bool) -> TrainResult:
     apply_tracking_credentials()
     tracker = Tracker(cfg)
-    params = {**asdict(settings), "data": str(path), "data_sha256": _file_sha256(path)[:16], "rows": len(df)}
+    params = {**asdict(settings), "data": source.name, "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
     params.pop("progress", None)
-    job = _Job(tracker, task, df, settings, params, progress, resume)
+    job = _Job(tracker, task, df, settings, params, progress, resume, source.as_input())
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -201,6 +198,12 @@ class _Job:
     params: dict[str, Any]
     progress: bool
     resume: bool
+    data_input: dict[str, str] = field(default_factory=dict)
+
+    def log_data(self, run_id: str) -> None:
+        """Record the training data on the run as an MLflow dataset input (once per run)."""
+        if self.data_input:
+            self.tracker.log_data_input(run_id, **self.data_input)
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
         return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
@@ -219,8 +222,10 @@ class _Job:
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
-        return self.tracker.start_run(f"kfold-{self.settings.model}", params,
-                                      {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
+        run_id = self.tracker.start_run(f"kfold-{self.settings.model}", params,
+                                        {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
+        self.log_data(run_id)
+        return run_id
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         params = {**self.params, "fold": fold}
@@ -239,7 +244,9 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
     tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: "fold", TAG_KEY: key, **machine_tags()}
     if resume_run is None:
-        return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
+        run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
+        job.log_data(run_id)
+        return run_id, {}
     run = job.tracker.get_run(resume_run)
     resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
     job.tracker.reopen_run(resume_run)
