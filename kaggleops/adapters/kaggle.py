@@ -42,10 +42,11 @@ from kaggleops.errors import (
     DatasetNotFound,
     KaggleError,
     KernelError,
+    ModelNotFound,
     PublishError,
     TimedOut,
 )
-from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, ModelRef
 
 T = TypeVar("T")
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
@@ -307,6 +308,76 @@ class Kaggle:
         if resp != "created":
             _check_status(resp, f"Create version of dataset {ref.ref}")
 
+    # ---- Kaggle Models --------------------------------------------------------------------------------
+    def model_exists(self, ref: ModelRef) -> bool:
+        """Whether the model ``owner/slug`` exists (any instance)."""
+        try:
+            self._call(f"Model {ref.model}", self.api.model_get, ref.model, resource=ref)
+        except ModelNotFound:
+            return False
+        return True
+
+    def create_model(self, folder: Path, ref: ModelRef) -> None:
+        """Create the model from ``folder``'s model-metadata.json (an existing one is left as it is)."""
+        resp = self._call(f"Create model {ref.model}", self.api.model_create_new, str(folder), resource=ref,
+                          idempotent=False, verify=lambda: "exists" if self.model_exists(ref) else None)
+        if resp != "exists" and getattr(resp, "error", None) and getattr(resp, "error_code", 0) != 409:
+            raise PublishError(f"Create model {ref.model} refused by Kaggle: {resp.error}")
+
+    def model_instance_version(self, ref: ModelRef) -> int | None:
+        """The instance's current version number, or None when the instance does not exist."""
+        try:
+            inst = self._call(f"Model instance {ref.ref}", self.api.model_instance_get, ref.ref, resource=ref)
+        except ModelNotFound:
+            return None
+        return int(inst.version_number or 0) or None
+
+    def create_model_instance(self, folder: Path, ref: ModelRef, quiet: bool = True) -> int:
+        """Create the instance (version 1) from ``folder`` (model-instance-metadata.json + files; sub-folders
+        as zips); return its version number read back."""
+        resp = self._call(f"Create model instance {ref.ref}", self.api.model_instance_create, str(folder),
+                          quiet=quiet, dir_mode="zip", resource=ref, idempotent=False,
+                          verify=lambda: self.model_instance_version(ref))
+        _check_model_response(resp, f"Create model instance {ref.ref}")
+        return self.model_instance_version(ref) or 1
+
+    def create_model_instance_version(self, folder: Path, ref: ModelRef, notes: str, previous: int,
+                                      quiet: bool = True) -> int:
+        """Add a version to the instance (current version ``previous``); return the new number read back.
+
+        A retry after a failure first checks whether the version count went up, so no duplicate is made.
+        """
+        def took_effect() -> int | None:
+            now = self.model_instance_version(ref) or 0
+            return now if now > previous else None
+
+        resp = self._call(f"Create version of model instance {ref.ref}", self.api.model_instance_version_create,
+                          ref.ref, str(folder), notes, quiet=quiet, dir_mode="zip", resource=ref, idempotent=False,
+                          verify=took_effect)
+        _check_model_response(resp, f"Create version of model instance {ref.ref}")
+        return self.model_instance_version(ref) or previous + 1
+
+    def model_manifest(self, ref: ModelRef, version: int) -> dict[str, Any] | None:
+        """The ``kops-manifest.json`` of one instance version, or None when it has none."""
+        from kagglesdk.models.types.model_api_service import ApiDownloadModelInstanceVersionRequest
+
+        def fetch() -> Any:
+            with self.api.build_kaggle_client() as client:
+                request = ApiDownloadModelInstanceVersionRequest()
+                request.owner_slug, request.model_slug, request.instance_slug = ref.owner, ref.slug, ref.variation
+                request.framework = self.api.lookup_enum(type(request.framework), request.framework, ref.framework)
+                request.version_number, request.path = version, MANIFEST
+                return client.models.model_api_client.download_model_instance_version(request).content
+
+        try:
+            data = self._call(f"Download {MANIFEST} of {ref}/{version}", fetch, resource=ref)
+        except (ModelNotFound, KaggleError):
+            return None
+        try:
+            return dict(json.loads(data))
+        except ValueError:
+            return None
+
     # ---- kernels --------------------------------------------------------------------------------------
     def kernel_version(self, ref: KernelRef) -> int | None:
         """The kernel's current version number, or None when the kernel does not exist yet."""
@@ -342,6 +413,7 @@ class Kaggle:
         problems = [
             *(f"unknown dataset source {s}" for s in (resp.invalid_dataset_sources or [])),
             *(f"unknown competition source {s}" for s in (resp.invalid_competition_sources or [])),
+            *(f"unknown model source {s}" for s in (resp.invalid_model_sources or [])),
         ]
         if resp.error or problems:
             raise KernelError(f"Kernel push of {ref.ref} failed: {resp.error or '; '.join(problems)}")
@@ -498,6 +570,14 @@ def _submission(s: Any) -> Submission:
         public_score=_score(s.public_score), private_score=_score(s.private_score),
         error=s.error_description or "", date=str(s.date or ""),
     )
+
+
+def _check_model_response(resp: Any, what: str) -> None:
+    if isinstance(resp, int):
+        return  # a verified retry: the version exists
+    error = getattr(resp, "error", None)
+    if error:
+        raise PublishError(f"{what} refused by Kaggle: {error}")
 
 
 def _check_status(resp: Any, what: str) -> None:

@@ -75,11 +75,16 @@ def train(
 def publish(
     run_id: str = typer.Argument(..., help="MLflow run id whose model to publish."),
     dataset: str = typer.Option(None, help="owner/slug of the dataset (default: owner/<run name>-<run id>)."),
+    to: str = typer.Option(None, "--to", help="dataset | model (Kaggle Models); default: kops.yaml `publish.to`."),
+    model: str = typer.Option(None, "--model", help="--to model: owner/model/framework/variation (default: "
+                                                    "owner/<experiment>/transformers/<run name>-<run id>)."),
     public: bool = typer.Option(None, "--public/--private", help="Visibility of a new dataset (default: kops.yaml)."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run."""
+    if (to or load(config).publish.to) != "dataset":
+        return _publish_model(config, run_id, to, model, public, as_json)
     from kaggleops.stages.publish import publish as run_publish
 
     result = run_publish(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
@@ -89,6 +94,20 @@ def publish(
         line = (f"Weights of run {run_id} equal {result.dataset} version {result.dataset_version}: nothing uploaded, "
                 "no new version; run tagged with it")
     emit(result.as_dict(), as_json, f"{line}\n{result.url}")
+
+
+def _publish_model(config: str | None, run_id: str, to: str | None, model: str | None, public: bool | None,
+                   as_json: bool) -> None:
+    """`kops publish --to model`: the Kaggle Models target (stages/publish_model.py)."""
+    from kaggleops.stages.publish_model import publish_model
+
+    if to not in (None, "model"):
+        raise typer.BadParameter(f"--to {to}: use dataset or model.")
+    res = publish_model(load(config), run_id, model=model, public=public, progress=not as_json)
+    what = f"{res.model} version {res.model_version}"
+    line = (f"Published run {run_id} as model {what}" if res.uploaded else
+            f"Weights of run {run_id} equal model {what}: nothing uploaded, no new version; run tagged with it")
+    emit(res.as_dict(), as_json, f"{line}\n{res.url}")
 
 
 @app.command("push-kernel")

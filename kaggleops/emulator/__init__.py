@@ -26,6 +26,7 @@ from .common import ApiError, EmulatorConfig
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
+from .rpc_models import ModelService
 from .runner import KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
 from .server import Api, Handler, make_server
@@ -40,7 +41,7 @@ class Emulator:
     def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
                  kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
-                 users: dict[str, str] | None = None, persist: bool = False) -> None:
+                 users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current") -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -54,18 +55,23 @@ class Emulator:
             users: extra ``{username: key}`` pairs accepted besides ``username``/``key``.
             persist: keep datasets, kernels, submissions and uploads in ``root/state.pickle`` across restarts
                 (so a user can dry-run a competition week); competitions are seeded again on each start.
+            input_layout: how kernels see their inputs under ``/kaggle/input``: ``current`` (Kaggle today:
+                ``competitions/<slug>/``, ``datasets/<owner>/<slug>/``, ``models/<owner>/<model>/<framework>/
+                <variation>/<version>/``) or ``legacy`` (``<slug>/`` for each).
         """
+        if input_layout not in ("current", "legacy"):
+            raise ValueError(f"input_layout must be 'current' or 'legacy', not {input_layout!r}")
         self.root = Path(root)
         self.username = username
         self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
                                      score_delay_polls=int(score_delay_polls),
                                      daily_submission_limit=int(daily_submission_limit),
-                                     dataset_processing_s=float(dataset_processing_s))
+                                     dataset_processing_s=float(dataset_processing_s), input_layout=input_layout)
         self.store = Store(self.root)
         self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s)
         services = (DatasetService(self.store, self.config),
                     KernelService(self.store, self.config, self.runner),
-                    CompetitionService(self.store, self.config))
+                    CompetitionService(self.store, self.config), ModelService(self.store, self.config))
         routes: dict[str, Handler] = {}
         for service in services:
             routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})

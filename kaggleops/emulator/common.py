@@ -98,6 +98,7 @@ class EmulatorConfig:
     score_delay_polls: int = 1
     daily_submission_limit: int = 5
     dataset_processing_s: float = 0.0
+    input_layout: str = "current"  # "current" (competitions/, datasets/, models/) or "legacy" (<slug>/)
 
 
 def page_of(items: list, page_size: object, page_token: object, default_size: int = 20) -> tuple[list, str]:

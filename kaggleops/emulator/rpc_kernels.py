@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig, RpcContext, iso, page_of, parse_version_label, split_ref
+from .rpc_models import version_files
 from .runner import KernelRunner
 from .state import Kernel, KernelVersion, Store
 
@@ -92,10 +93,15 @@ class KernelService:
         return Kernel(id=self.store.next_id(), owner=owner, slug=slug, title=title)
 
     def _resolve_sources(self, ctx: RpcContext, body: Body) -> tuple[Sources, dict[str, list[str]]]:
-        """Map attached sources to input folders; unknown ones are reported as invalid."""
+        """Map attached sources to input folders (``input_layout``); unknown ones are reported as invalid.
+
+        current: ``competitions/<slug>``, ``datasets/<owner>/<slug>``, ``models/<owner>/<model>/<framework>/
+        <variation>/<version>``, ``notebooks/<owner>/<slug>``; legacy: ``<slug>`` for each (models:
+        ``<model>/<framework>/<variation>/<version>``).
+        """
+        legacy = self.config.input_layout == "legacy"
         sources: Sources = {}
-        invalid: dict[str, list[str]] = {"dataset": [], "competition": [], "kernel": [],
-                                         "model": list(body.get("modelDataSources") or [])}
+        invalid: dict[str, list[str]] = {"dataset": [], "competition": [], "kernel": [], "model": []}
         for ref in body.get("datasetDataSources") or []:
             owner, slug = split_ref(str(ref), ctx.user)
             ds = self.store.datasets.get((owner, slug))
@@ -103,13 +109,13 @@ class KernelService:
             if ready is None:
                 invalid["dataset"].append(ref)
             else:
-                sources[slug] = {f.name: f.path for f in ready.files}
+                sources[slug if legacy else f"datasets/{owner}/{slug}"] = {f.name: f.path for f in ready.files}
         for slug in body.get("competitionDataSources") or []:
             comp = self.store.competitions.get(str(slug))
             if comp is None:
                 invalid["competition"].append(slug)
             else:
-                sources[comp.slug] = dict(comp.files)
+                sources[comp.slug if legacy else f"competitions/{comp.slug}"] = dict(comp.files)
         for ref in body.get("kernelDataSources") or []:
             owner, slug = split_ref(str(ref), ctx.user)
             k = self.store.kernels.get((owner, slug))
@@ -117,7 +123,16 @@ class KernelService:
             if not done:
                 invalid["kernel"].append(ref)
             else:
-                sources[slug] = {name: done[-1].working / name for name in done[-1].outputs}
+                sources[slug if legacy else f"notebooks/{owner}/{slug}"] = {
+                    name: done[-1].working / name for name in done[-1].outputs}
+        for ref in body.get("modelDataSources") or []:
+            found = version_files(self.store, str(ref))
+            if found is None or (self.store.models[found[0][:2]].is_private and found[0][0] != ctx.user):
+                invalid["model"].append(ref)
+                continue
+            (owner, model, framework, variation, number), files = found
+            folder = f"{model}/{framework}/{variation}/{number}"
+            sources[folder if legacy else f"models/{owner}/{folder}"] = files
         return sources, invalid
 
     # ---- reads ---------------------------------------------------------------------------------
@@ -180,3 +195,4 @@ class KernelService:
                               "language": latest.setting("language"), "kernelType": latest.setting("kernelType"),
                               "isPrivate": latest.setting("isPrivate", True)})
         return {"kernels": items}
+

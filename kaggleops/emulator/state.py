@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .common import ApiError, utc_now
 from .scoring import CompetitionSpec
@@ -219,6 +220,7 @@ class Store:
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self.competitions: dict[str, Competition] = {}
         self.submissions: dict[int, Submission] = {}
+        self.models: dict[tuple[str, str], Any] = {}  # rpc_models.Model by (owner, slug)
         self._ids = itertools.count(1001)
         self._refs = itertools.count(50001)
         self._tokens = itertools.count(1)
@@ -344,7 +346,7 @@ class Store:
 
 
 STATE_FILE = "state.pickle"
-_PERSISTED = ("blobs", "datasets", "kernels", "submissions")
+_PERSISTED = ("blobs", "datasets", "kernels", "submissions", "models")
 
 
 def save_state(store: Store) -> None:
@@ -371,7 +373,7 @@ def load_state(store: Store) -> bool:
     data = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, in the folder the user named
     with store.lock:
         for name in _PERSISTED:
-            setattr(store, name, data[name])
+            setattr(store, name, data.get(name, {}))
         for ds in store.datasets.values():
             for v in ds.versions:
                 v.ready_at = 0.0

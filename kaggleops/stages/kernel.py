@@ -55,10 +55,14 @@ LOG_TAIL_LINES = 30
 
 @dataclass(frozen=True)
 class ModelSource:
+    """Where a run's weights are attached from: a dataset version, or (``kind="model"``) a Kaggle Model instance
+    version (``dataset`` then holds ``owner/model/framework/variation``)."""
+
     run_id: str
     dataset: str
     dataset_version: int
     weight: float = 1.0
+    kind: str = "dataset"
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
     """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
     from kaggleops.stages.publish import publish
 
+    if cfg.publish.to == "model":
+        return _resolve_model_sources(cfg, tracker, run_ids, kaggle, publish_missing)
     models, published = [], []
     for run_id in run_ids:
         tags = tracker.get_run(run_id).data.tags
@@ -156,6 +162,25 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
             published.append(run_id)
             tags = tracker.get_run(run_id).data.tags
         models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
+    return models, published
+
+
+def _resolve_model_sources(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
+                           publish_missing: bool) -> tuple[list[ModelSource], list[str]]:
+    """``publish.to: model``: each run's Kaggle Model instance version, publishing runs that have none yet."""
+    from kaggleops.stages.publish_model import TAG_MODEL, TAG_MODEL_VERSION, publish_model
+
+    models, published = [], []
+    for run_id in run_ids:
+        tags = tracker.get_run(run_id).data.tags
+        if TAG_MODEL not in tags:
+            if not publish_missing:
+                raise KopsError(f"Run {run_id} has no published Kaggle Model (and --no-publish was given).",
+                                f"Publish it with: kops publish {run_id} --to model")
+            publish_model(cfg, run_id, kaggle=kaggle)
+            published.append(run_id)
+            tags = tracker.get_run(run_id).data.tags
+        models.append(ModelSource(run_id, tags[TAG_MODEL], int(tags[TAG_MODEL_VERSION]), kind="model"))
     return models, published
 
 
@@ -237,10 +262,10 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "enable_gpu": cfg.kernel.enable_gpu,
         "enable_tpu": False,
         "enable_internet": False,
-        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}),
+        "dataset_sources": sorted({m.dataset for m in models if m.kind == "dataset"} | {runtime.dataset}),
         "competition_sources": [cfg.competition],
         "kernel_sources": [],
-        "model_sources": [],
+        "model_sources": sorted({f"{m.dataset}/{m.dataset_version}" for m in models if m.kind == "model"}),
         "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
     }
 
