@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +60,7 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 DEFAULT_POLL_S = 2.0
 MANIFEST = "kops-manifest.json"
+_ZERO = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,29 @@ class Kaggle:
                                         poll_s=poll_s)
         if resp != "created":
             _check_status(resp, f"Create version of dataset {ref.ref}")
+
+    # ---- accelerator quota ----------------------------------------------------------------------------
+    def quota(self) -> dict[str, Any]:
+        """The calling user's weekly accelerator quota (the client's ``quota_view``), in hours.
+
+        ``{"refresh_time": ISO-8601 UTC or None, "gpu": {"used_h", "reserved_h", "allowed_h", "remaining_h"},
+        "tpu": {...}}``; a kind Kaggle does not report is left out.
+        """
+        resp = self._call("Accelerator quota", self.api.quota_view)
+        out: dict[str, Any] = {"refresh_time": None}
+        when = getattr(resp, "quota_refresh_time", None)
+        if when is not None:
+            out["refresh_time"] = when.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+        for kind in ("gpu", "tpu"):
+            q = getattr(resp, f"{kind}_quota", None)
+            if q is None:
+                continue
+            hours = {name: round(((getattr(q, attr, None) or _ZERO).total_seconds()) / 3600, 2)
+                     for name, attr in (("used_h", "time_used"), ("reserved_h", "time_reserved"),
+                                        ("allowed_h", "total_time_allowed"))}
+            hours["remaining_h"] = round(max(0.0, hours["allowed_h"] - hours["used_h"] - hours["reserved_h"]), 2)
+            out[kind] = hours
+        return out
 
     # ---- Kaggle Models --------------------------------------------------------------------------------
     def model_exists(self, ref: ModelRef) -> bool:

@@ -24,3 +24,13 @@ def data(
            "config": "from data_dir", "sample": "the bundled sample"}.get(source.origin, source.origin)
     files = ", ".join(sorted(source.files))
     emit(source.as_dict(), as_json, f"{source.competition}: {how}: {source.folder}\nfiles: {files}")
+
+
+@app.command()
+def quota(config: str = CONFIG_OPT, as_json: bool = JSON_OPT) -> None:
+    """Weekly GPU/TPU hours on Kaggle: used, reserved, allowed, and when they refresh."""
+    from kaggleops.stages.accelerators import quota as get_quota
+    from kaggleops.stages.accelerators import render_quota
+
+    q = get_quota(load(config))
+    emit(q, as_json, render_quota(q))

@@ -24,7 +24,10 @@ def train(
                                             "data) from its last checkpoint, in the same MLflow run."),
     git: str = typer.Option(None, "--git", help="Train exactly this commit: URL[@REV], cloned into a temp folder."),
     on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
-    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator (NvidiaTeslaT4, NvidiaL4, ...)."),
+    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator as Kaggle names it (NvidiaTeslaT4, "
+                                                 "NvidiaL4, TpuV5E8)."),
+    allow_retired: bool = typer.Option(False, "--allow-retired", help="--on kaggle: push a retired accelerator."),
+    docker_image: str = typer.Option(None, "--docker-image", help="--on kaggle: image pinning, original | latest."),
     wait: bool = typer.Option(False, help="--on kaggle: follow the kernel and print the run ids it produced."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
                                                         "re-runs this command under torchrun. `batch_size` stays "
@@ -51,7 +54,8 @@ def train(
 
         if on != "kaggle":
             raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
-        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait)
+        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait,
+                                 allow_retired=allow_retired, docker_image=docker_image, notify=hint)
         return emit(remote.as_dict(), as_json, f"Pushed training kernel {remote.kernel} v{remote.kernel_version} "
                                                f"({remote.status or 'running'}) for {remote.git}\n{remote.url}"
                                                + (f"\nruns: {', '.join(remote.run_ids)}" if remote.run_ids else ""))
@@ -116,8 +120,11 @@ def push_kernel(
                                                      "parent run expands to its folds."),
     reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
                                                           "models rescore the ensemble's candidate spans."),
-    machine_shape: str = typer.Option(None, help="Accelerator, e.g. NvidiaTeslaT4, NvidiaL4, NvidiaTeslaP100 "
-                                                 "(default: kops.yaml `kernel.machine_shape`)."),
+    machine_shape: str = typer.Option(None, help="Accelerator as Kaggle names it: NvidiaTeslaT4 (T4 x2), NvidiaL4, "
+                                                 "TpuV5E8 (default: kops.yaml `kernel.machine_shape`)."),
+    allow_retired: bool = typer.Option(False, "--allow-retired", help="Push a retired accelerator (P100, TPU v3-8) "
+                                                                      "anyway; Kaggle runs its substitute."),
+    docker_image: str = typer.Option(None, "--docker-image", help="Docker image pinning: original | latest."),
     public: bool = typer.Option(None, "--public/--private", help="Kernel visibility (default: kops.yaml)."),
     publish_missing: bool = typer.Option(True, "--publish/--no-publish",
                                          help="Publish runs that have no dataset yet (--no-publish: refuse)."),
@@ -132,9 +139,11 @@ def push_kernel(
     from kaggleops.stages.kernel import push_kernel as run_push
 
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, wait=wait, submit=submit, message=message)
+                            publish=publish_missing, wait=wait, submit=submit, message=message,
+                            allow_retired=allow_retired, docker_image=docker_image)
     try:
-        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker)
+        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker,
+                          notify=hint)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaggleops import __version__
@@ -36,6 +36,7 @@ from kaggleops.errors import KernelError, KopsError
 from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
 from kaggleops.refs import CompetitionRef, KernelRef, slugify
 from kaggleops.resources import kernel_template
+from kaggleops.stages.accelerators import TAG_DOCKER_IMAGE, TAG_MACHINE_SHAPE, docker_pinning, resolve_accelerator
 from kaggleops.tasks import get_task
 
 KERNEL_FILE = "kernel.py"
@@ -90,6 +91,8 @@ class KernelOptions:
     wait: bool = False
     submit: bool = False
     message: str = ""
+    allow_retired: bool = False  # push a retired accelerator (Kaggle substitutes it) with a warning
+    docker_image: str | None = None  # docker_image_pinning_type: original | latest (None: Kaggle's default)
 
 
 @dataclass
@@ -267,6 +270,7 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "kernel_sources": [],
         "model_sources": sorted({f"{m.dataset}/{m.dataset_version}" for m in models if m.kind == "model"}),
         "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
+        **({"docker_image_pinning_type": options.docker_image} if options.docker_image else {}),
     }
 
 
@@ -303,17 +307,22 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
-                options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
+                options: KernelOptions | None = None, reranker: str | None = None,
+                notify: Callable[[str], None] | None = None) -> KernelResult:
     """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    The accelerator is checked before anything is published or pushed (a retired one is refused unless
+    ``options.allow_retired``); with ``wait``/``submit`` on a GPU, ``notify`` first gets the weekly quota.
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
+    shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
+    options = replace(options, machine_shape=shape.name, docker_image=docker_pinning(options.docker_image))
     tracker = Tracker(cfg)
     kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
     CompetitionRef.parse(cfg.competition)
@@ -327,9 +336,13 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
                            rerank_source)
+    if (options.wait or options.submit) and cfg.kernel.enable_gpu and notify is not None:
+        show_quota(kaggle, shape.kind, notify)
     version = kaggle.push_kernel(folder)
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_MACHINE_SHAPE: shape.name,
+                   TAG_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
-        tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
+        tracker.set_tags(run_id, kernel_tags)
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
                           runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None)
@@ -340,6 +353,19 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
 
         result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
+
+
+def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:
+    """Tell ``notify`` how many accelerator hours are left before a session starts (skipped if unavailable)."""
+    try:
+        q = kaggle.quota()
+    except KopsError as e:
+        notify(f"kops: quota unavailable ({e.message})")
+        return
+    h = q.get(kind)
+    if h:
+        notify(f"{kind.upper()} quota: {h['used_h']:.2f} h used, {h['reserved_h']:.2f} h reserved of "
+               f"{h['allowed_h']:.2f} h this week ({h['remaining_h']:.2f} h left; refreshes {q['refresh_time']})")
 
 
 def status_printer(echo: Callable[[str], None], clock: Callable[[], float] | None = None) -> Callable[[str], None]:
