@@ -22,6 +22,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check kaggleops tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: setup

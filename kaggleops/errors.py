@@ -1,7 +1,23 @@
-"""The KopsError tree. Every error a user can cause or fix says what failed, where, and what to type next.
+"""The KopsError tree: every kops error class, in one place. Standard library only (the kernel runtime and
+task code import it).
 
-The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a
-KopsError is a bug and propagates with its traceback.
+Every error a user can cause or fix says what failed, where, and what to type next. The CLI prints
+``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a KopsError is a bug and
+propagates with its traceback.
+
+    KopsError
+    ├── ConfigError
+    ├── DataError (also a ValueError: task code raises it for malformed competition files)
+    ├── SchemaError (a kops-manifest.json / kops-kernel.json that does not read)
+    ├── UnknownCompetition, UnknownSortKey, PortInUse, GitSourceError
+    ├── RunNotFound, MissingArtifact, TrackingUnavailable
+    ├── StorageError ── StorageCredentialsMissing
+    ├── KernelFailure (raised inside the offline kernel; printed as ``kops: error: …``)
+    ├── TimedOut
+    └── KaggleError
+        ├── CredentialsMissing, DatasetNotFound, SubmissionError, QuotaExceeded, RulesNotAccepted
+        ├── PublishError ── DatasetProcessing
+        └── KernelError ── KernelRunFailed
 """
 
 from __future__ import annotations
@@ -22,8 +38,44 @@ class ConfigError(KopsError):
     """kops.yaml is missing, unreadable or invalid."""
 
 
-class DataError(KopsError):
-    """Competition data is missing or malformed (e.g. a train.csv without a required column)."""
+class DataError(KopsError, ValueError):
+    """Competition data is missing or malformed (e.g. a train.csv without a required column).
+
+    Task code raises it too (``from kaggleops.tasks import DataError``); it stays a ValueError for callers
+    that catch that.
+    """
+
+
+class SchemaError(KopsError):
+    """A kops record (kops-manifest.json, kops-kernel.json) is unreadable, incomplete or from a newer kops."""
+
+
+class UnknownSortKey(KopsError):
+    """``--sort`` names no column of the leaderboard."""
+
+
+class PortInUse(KopsError):
+    """The UI's port is taken."""
+
+
+class GitSourceError(KopsError):
+    """The repository or revision given to --git cannot be cloned or checked out."""
+
+
+class TrackingUnavailable(KopsError):
+    """The tracking store could not be reached or refused a call (even after retries, where kops retries)."""
+
+
+class StorageError(KopsError):
+    """A bucket or folder could not be read or written."""
+
+
+class StorageCredentialsMissing(StorageError):
+    """No Google Cloud credentials were found for a gs:// URL."""
+
+
+class KernelFailure(KopsError):
+    """A problem the offline kernel reports as one line (``kops: error: …``) and exits non-zero on."""
 
 
 class UnknownCompetition(KopsError):
@@ -68,8 +120,20 @@ class PublishError(KaggleError):
     """Creating a dataset or dataset version failed; the run was left untagged."""
 
 
+class DatasetProcessing(PublishError):
+    """Kaggle refused a new version because the previous one is still processing (handled by waiting)."""
+
+
 class KernelError(KaggleError):
     """Pushing or running a kernel failed."""
+
+
+class KernelRunFailed(KernelError):
+    """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
+
+    def __init__(self, message: str, hint: str, log_tail: list[str]) -> None:
+        super().__init__(message, hint)
+        self.log_tail = log_tail
 
 
 class SubmissionError(KaggleError):

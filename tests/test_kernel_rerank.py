@@ -187,7 +187,8 @@ def tiny_model_with_tokenizer_subfolder(tmp: Path) -> Path:
 
 def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -> Path:
     """The dataset folder as `kops publish` uploads it: files, `<dir>.zip` per sub-folder, the manifest."""
-    from kaggleops.stages.publish import _zip_folder, build_manifest
+    from kaggleops.files import zip_folder
+    from kaggleops.stages.publish import build_manifest
 
     dst.mkdir(parents=True)
     archives = {}
@@ -195,13 +196,12 @@ def stage_like_publish(src: Path, dst: Path, run_id: str, zipped: bool = True) -
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
             if zipped:
-                _zip_folder(entry, dst / f"{entry.name}.zip")
+                zip_folder(entry, dst / f"{entry.name}.zip")
             else:  # as Kaggle shows it when it unpacked the archive
                 shutil.copytree(entry, dst / entry.name)
         else:
             shutil.copyfile(entry, dst / entry.name)
-    manifest = build_manifest(src, run_id, "exp", {}, archives)
-    (dst / "kops-manifest.json").write_text(json.dumps(manifest))
+    build_manifest(src, run_id, "exp", {}, archives).write(dst / "kops-manifest.json")
     return dst
 
 

@@ -201,7 +201,7 @@ def test_push_with_submit_waits_submits_and_records_the_submission(env: dict[str
     import sys
 
     from kaggleops.adapters.tracking import Tracker
-    from kaggleops.stages.submit import TAG_SOURCE_RUNS
+    from kaggleops.schema import TAG_SOURCE_RUNS
 
     parent = env["trained"].parent_run_id
     out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", parent, "--submit", "--json"],

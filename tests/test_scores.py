@@ -21,19 +21,17 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
-from kaggleops.errors import QuotaExceeded
+from kaggleops.errors import QuotaExceeded, UnknownSortKey
 from kaggleops.refs import CompetitionRef, KernelRef
-from kaggleops.stages.leaderboard import UnknownSortKey, leaderboard
-from kaggleops.stages.submit import (
-    TAG_ERROR,
-    TAG_KEY,
-    TAG_ORIGIN,
-    TAG_REF,
-    TAG_STATUS,
-    identify_kernel,
-    scores,
-    submit,
+from kaggleops.schema import (
+    TAG_SUBMISSION_ERROR,
+    TAG_SUBMISSION_KEY,
+    TAG_SUBMISSION_ORIGIN,
+    TAG_SUBMISSION_REF,
+    TAG_SUBMISSION_STATUS,
 )
+from kaggleops.stages.leaderboard import leaderboard
+from kaggleops.stages.submit import identify_kernel, scores, submit
 
 USER, KEY = "testuser", "testkey"
 COMP = "tiny-comp"
@@ -92,8 +90,8 @@ def source_run(cfg: Any, name: str, cv: float, dataset: str = f"{USER}/ds-a") ->
 
 def push_tiny_kernel(tmp_path: Path, run_ids: list[str]) -> int:
     """Push the script kernel (plan naming ``run_ids``), wait until COMPLETE; return its version."""
-    plan = {"competition": COMP, "models": [{"run_id": r, "dataset": f"{USER}/ds-a", "dataset_version": 1}
-                                            for r in run_ids]}
+    plan = {"competition": COMP, "id_column": "id", "target_column": "label",
+            "models": [{"run_id": r, "dataset": f"{USER}/ds-a", "dataset_version": 1} for r in run_ids]}
     folder = tmp_path / "kernel"
     folder.mkdir(exist_ok=True)
     (folder / "main.py").write_text(f"PLAN = {json.dumps(plan)}\n{KERNEL_SCRIPT}")
@@ -136,7 +134,8 @@ def test_code_submission_scored_later_then_private_lb_and_idempotent(cfg: Any, e
     emulator.set_submission_result(result.submission_ref, f"{public:.5f}", None)  # private hidden until deadline
     tracker = Tracker(cfg)
     sub_run = tracker.get_run(result.submission_run_id)
-    assert sub_run.data.tags[TAG_STATUS] == "PENDING" and sub_run.data.tags[TAG_REF] == str(result.submission_ref)
+    assert sub_run.data.tags[TAG_SUBMISSION_STATUS] == "PENDING"
+    assert sub_run.data.tags[TAG_SUBMISSION_REF] == str(result.submission_ref)
     assert result.remaining_today == 4
 
     [row] = scores(cfg)  # still PENDING on Kaggle: status written, no scores yet
@@ -146,7 +145,7 @@ def test_code_submission_scored_later_then_private_lb_and_idempotent(cfg: Any, e
     for run_id in (result.submission_run_id, run_a):
         run = tracker.get_run(run_id)
         assert run.data.metrics["lb_public"] == public and "lb_private" not in run.data.metrics
-        assert run.data.tags[TAG_STATUS] == "COMPLETE"
+        assert run.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
 
     emulator.set_submission_result(result.submission_ref, f"{public:.5f}", f"{private:.5f}")  # after the deadline
     [row] = scores(cfg)
@@ -174,7 +173,7 @@ def test_error_submission_carries_its_description(cfg: Any, emulator: Emulator, 
     tracker = Tracker(cfg)
     for run_id in (result.submission_run_id, run_a):
         tags = tracker.get_run(run_id).data.tags
-        assert tags[TAG_STATUS] == "ERROR" and "missing 4 id(s)" in tags[TAG_ERROR]
+        assert tags[TAG_SUBMISSION_STATUS] == "ERROR" and "missing 4 id(s)" in tags[TAG_SUBMISSION_ERROR]
     assert tracker.list_artifacts(result.submission_run_id, "submission") == ["submission/bad.csv"]
 
 
@@ -210,7 +209,7 @@ def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path
         assert history(cfg, run_id, "lb_public") == [(first.submission_ref, kernel_public),
                                                      (second.submission_ref, 1.0)]
         run = tracker.get_run(run_id)
-        assert run.data.metrics["lb_public"] == 1.0 and run.data.tags[TAG_REF] == str(second.submission_ref)
+        assert run.data.metrics["lb_public"] == 1.0 and run.data.tags[TAG_SUBMISSION_REF] == str(second.submission_ref)
 
     board = leaderboard(cfg, sort="lb_public")
     assert [r.submission_ref for r in board] == [second.submission_ref, first.submission_ref]
@@ -228,12 +227,12 @@ def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path
 KILLED_SUBMIT = """
 import os, sys
 from kaggleops.config import load_config
-from kaggleops.stages.submit import TAG_REF, submit
+from kaggleops.stages.submit import TAG_SUBMISSION_REF, submit
 from kaggleops.adapters.tracking import Tracker
 
 real = Tracker.set_tags
 def set_tags(self, run_id, tags):
-    if TAG_REF in tags:  # Kaggle has accepted the submission; die before recording its ref
+    if TAG_SUBMISSION_REF in tags:  # Kaggle has accepted the submission; die before recording its ref
         os._exit(9)
     return real(self, run_id, tags)
 Tracker.set_tags = set_tags
@@ -249,15 +248,15 @@ def test_kill_between_submit_and_recording_is_completed_by_scores(cfg: Any, emul
                            KERNEL, str(version)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
     [orphan] = [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
-    assert orphan.info.status == "RUNNING" and orphan.data.tags[TAG_STATUS] == "SUBMITTING"
-    assert TAG_REF not in orphan.data.tags
+    assert orphan.info.status == "RUNNING" and orphan.data.tags[TAG_SUBMISSION_STATUS] == "SUBMITTING"
+    assert TAG_SUBMISSION_REF not in orphan.data.tags
     [sub] = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"]).list_submissions(CompetitionRef(COMP))
-    assert f"kops:{orphan.data.tags[TAG_KEY]}" in sub.description
+    assert f"kops:{orphan.data.tags[TAG_SUBMISSION_KEY]}" in sub.description
 
     [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
     run = Tracker(cfg).get_run(orphan.info.run_id)
     assert row.submission_run_id == orphan.info.run_id and run.info.status == "FINISHED"
-    assert run.data.tags[TAG_REF] == str(sub.ref) and run.data.tags[TAG_STATUS] == "COMPLETE"
+    assert run.data.tags[TAG_SUBMISSION_REF] == str(sub.ref) and run.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
     assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == expected(emulator, HINTS)[0]
 
 
@@ -282,7 +281,7 @@ def test_outside_submissions_are_reported_then_adopted_with_all(cfg: Any, emulat
     rows = scores(cfg, adopt=True)
     adopted = {r.submission_ref: r for r in rows}
     assert adopted[by_hand].source_runs == [run_a] and adopted[loose].source_runs == []
-    assert Tracker(cfg).get_run(adopted[by_hand].submission_run_id).data.tags[TAG_ORIGIN] == "outside"
+    assert Tracker(cfg).get_run(adopted[by_hand].submission_run_id).data.tags[TAG_SUBMISSION_ORIGIN] == "outside"
     assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == adopted[by_hand].lb_public
     before = store_snapshot(cfg)
     assert not any(r.changed for r in scores(cfg, adopt=True))

@@ -34,7 +34,6 @@ from kaggleops.stages.sync import (
     bundles,
     pull,
     push,
-    resolve_run_id,
 )
 
 EXPERIMENT = "tse-sync"
@@ -228,18 +227,18 @@ def test_run_killed_mid_training_is_visible_up_to_last_background_sync(tmp_path:
     assert steps == set(range(40))
 
 
-def test_resolve_run_id_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
+def test_tracker_resolve_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     origin = log_run(Tracker(a), "fold-0", points=3)
     push(a)
     local_id = pull(c).created[0]
     tc = Tracker(c)
-    assert resolve_run_id(tc, origin) == local_id
-    assert resolve_run_id(tc, local_id) == local_id
+    assert tc.resolve(origin) == local_id
+    assert tc.resolve(local_id) == local_id
     with pytest.raises(RunNotFound, match="Run 0123456789abcdef0123456789abcdef not found"):
-        resolve_run_id(tc, "0123456789abcdef0123456789abcdef")
+        tc.resolve("0123456789abcdef0123456789abcdef")
     with pytest.raises(RunNotFound):
-        resolve_run_id(tc, "x' or 1=1 --")
+        tc.resolve("x' or 1=1 --")
 
 
 def test_local_folder_store_round_trip(tmp_path: Path) -> None:

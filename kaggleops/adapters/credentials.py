@@ -28,7 +28,6 @@ ENV_KAGGLE_CONFIG_DIR = "KAGGLE_CONFIG_DIR"
 KAGGLE_FILE = "kaggle.json"
 TRACKING_VARS: tuple[str, ...] = (
     "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-SOURCES = ("argument", "env", "file", "kaggle-secrets", "colab-userdata")
 
 _cache: dict[str, str | None] = {}
 

@@ -2,9 +2,10 @@
 
 - The client is imported lazily, after the environment is prepared, because ``import kaggle`` authenticates
   (and without credentials prints help and raises SystemExit, which becomes :class:`CredentialsMissing`).
-- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` aims the client at a loopback emulator: the client's own
-  LOCALHOST environment selector, with its endpoint table pointed at that base URL (the in-process method
-  described in shared/reference/kaggle-client.md).
+- ``KOPS_KAGGLE_ENDPOINT=http://127.0.0.1:PORT`` (or ``kaggle_endpoint:`` in kops.yaml) aims the client at a
+  loopback emulator: the client's own LOCALHOST environment selector (``--local``), with the base URL set on
+  each HTTP client this instance builds, so two instances in one process can talk to two endpoints (the SDK's
+  module-wide endpoint table is never written).
 - Timeouts: kagglesdk sends every request without one, so each client session built here gets an adapter with
   a default (connect, read) timeout, and so do the client's upload sessions (``KOPS_KAGGLE_TIMEOUT`` seconds).
 - Every call goes through :meth:`Kaggle._call`, once: stdout chatter captured, 429 (honouring Retry-After),
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, credentials_missing re-exported
     DatasetProcessing,
@@ -45,9 +46,14 @@ from kaggleops.errors import (
     KernelError,
     ModelNotFound,
     PublishError,
+    SchemaError,
     TimedOut,
 )
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, ModelRef
+from kaggleops.schema import MANIFEST, Manifest
+
+if TYPE_CHECKING:
+    from kaggleops.config import KopsConfig
 
 T = TypeVar("T")
 ENV_TIMEOUT = "KOPS_KAGGLE_TIMEOUT"
@@ -59,7 +65,6 @@ MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a daily quota) is reported, n
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 DEFAULT_POLL_S = 2.0
-MANIFEST = "kops-manifest.json"
 _ZERO = timedelta(0)
 
 
@@ -104,6 +109,16 @@ class Kaggle:
         self._sleep_fn = sleep
         self._api: Any = None
 
+    @classmethod
+    def from_config(cls, cfg: KopsConfig, **kwargs: Any) -> Kaggle:
+        """The client for a command: aimed at ``cfg.resolved_kaggle_endpoint`` (env > kops.yaml), else kaggle.com.
+
+        Example:
+            >>> Kaggle.from_config(load_config()).web_base  # doctest: +SKIP
+            'https://www.kaggle.com'
+        """
+        return cls(cfg.resolved_kaggle_endpoint, **kwargs)
+
     @property
     def web_base(self) -> str:
         return self.endpoint or KAGGLE_WEB
@@ -125,22 +140,19 @@ class Kaggle:
 
                 api = kae.KaggleApi()
                 _follow_config_dir(api)
-                if self.endpoint:
-                    import kagglesdk.kaggle_env as kaggle_env
-
-                    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = self.endpoint
                 # per instance, never through KAGGLE_API_ENVIRONMENT: the class attribute is fixed by whatever
                 # environment the first import saw, and a global env var would leak into later clients
                 others = [a for a in kae.KaggleApi.args if a != "--local"]
                 api.args = [*others, "--local"] if self.endpoint else others
-                self._install_timeouts(kae, api)
+                self._install_client_hooks(kae, api)
                 api.authenticate()
         except SystemExit:
             raise credentials_missing() from None
         return api
 
-    def _install_timeouts(self, kae: Any, api: Any) -> None:
-        """Default timeouts for the RPC sessions of ``api`` and for the client's upload sessions."""
+    def _install_client_hooks(self, kae: Any, api: Any) -> None:
+        """Each SDK client ``api`` builds: this instance's endpoint (if any) and default timeouts on its RPC
+        session; the client's upload sessions get the timeouts too."""
         adapter_cls = timeout_adapter((CONNECT_TIMEOUT_S, self.timeout_s))
         kae.HTTPAdapter = adapter_cls  # the upload PUT sessions mount kae.HTTPAdapter(max_retries=...)
         build = api.build_kaggle_client
@@ -148,6 +160,8 @@ class Kaggle:
         def build_with_timeout() -> Any:
             client = build()
             http = client._http_client
+            if self.endpoint:  # the client's LOCAL env read "http://localhost" from the SDK's table; aim it here
+                http._endpoint = self.endpoint
             http._init_session()
             adapter = adapter_cls()
             http._session.mount("http://", adapter)
@@ -246,8 +260,8 @@ class Kaggle:
                                "Retry the same command later.")
             time.sleep(poll_s)
 
-    def latest_manifest(self, ref: DatasetRef) -> dict[str, Any] | None:
-        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none."""
+    def latest_manifest(self, ref: DatasetRef) -> Manifest | None:
+        """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none (or none kops reads)."""
         with tempfile.TemporaryDirectory(prefix="kops-manifest-") as tmp:
             try:
                 self._call(f"Download {MANIFEST} of {ref.ref}", self.api.dataset_download_file, ref.ref,
@@ -255,7 +269,10 @@ class Kaggle:
             except (DatasetNotFound, KaggleError):
                 return None
             found = list(Path(tmp).rglob(MANIFEST))
-            return json.loads(found[0].read_text()) if found else None
+            try:
+                return Manifest.read(found[0]) if found else None
+            except SchemaError:
+                return None
 
     def dataset_files(self, ref: DatasetRef) -> list[str]:
         """Names of the files in the dataset's latest version (DatasetNotFound when it does not exist)."""
@@ -382,7 +399,7 @@ class Kaggle:
         _check_model_response(resp, f"Create version of model instance {ref.ref}")
         return self.model_instance_version(ref) or previous + 1
 
-    def model_manifest(self, ref: ModelRef, version: int) -> dict[str, Any] | None:
+    def model_manifest(self, ref: ModelRef, version: int) -> Manifest | None:
         """The ``kops-manifest.json`` of one instance version, or None when it has none."""
         from kagglesdk.models.types.model_api_service import ApiDownloadModelInstanceVersionRequest
 
@@ -399,8 +416,8 @@ class Kaggle:
         except (ModelNotFound, KaggleError):
             return None
         try:
-            return dict(json.loads(data))
-        except ValueError:
+            return Manifest.from_dict(json.loads(data))
+        except (ValueError, SchemaError):
             return None
 
     # ---- kernels --------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any
 from kaggleops.errors import (
     CredentialsMissing,
     DatasetNotFound,
+    DatasetProcessing,
     KaggleError,
     KernelError,
     ModelNotFound,
-    PublishError,
     QuotaExceeded,
     RulesNotAccepted,
 )
@@ -25,10 +25,6 @@ from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef, ModelRef
 
 Resource = DatasetRef | KernelRef | CompetitionRef | ModelRef | None
 CREDENTIAL_VARS = "KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY"
-
-
-class DatasetProcessing(PublishError):
-    """Kaggle refused a new version because the previous one is still processing (handled by waiting)."""
 
 
 def credentials_missing() -> CredentialsMissing:

@@ -23,21 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from kaggleops.errors import KopsError
+from kaggleops.errors import StorageCredentialsMissing, StorageError
 
 ENV_EMULATOR = "STORAGE_EMULATOR_HOST"
 ENV_PROJECT = "GOOGLE_CLOUD_PROJECT"
 GCS_SCHEME = "gs://"
 HTTP_TIMEOUT_S = 60
 T = TypeVar("T")
-
-
-class StorageError(KopsError):
-    """A bucket or folder could not be read or written."""
-
-
-class StorageCredentialsMissing(StorageError):
-    """No Google Cloud credentials were found for a gs:// URL."""
 
 
 @dataclass(frozen=True)

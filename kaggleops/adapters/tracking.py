@@ -1,55 +1,123 @@
 """MLflow adapter: runs with provenance, batched metric logging, lookup and write-back.
 
-The only module that talks to MLflow. mlflow is imported lazily inside functions.
+The only module that talks to MLflow (mlflow is imported lazily inside functions). Every command builds its
+:class:`Tracker` with :func:`open_tracker`, which first applies the credential chain (a ``MLFLOW_TRACKING_*``
+kept only in a Kaggle/Colab notebook secret store reaches the environment, where the config and MLflow read
+it); :func:`translate` turns MLflow's exceptions into kops errors in one place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggleops import __version__
+from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import KopsError, RunNotFound
+from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
+
+# tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
+from kaggleops.schema import (
+    TAG_DATASET as TAG_DATASET,
+)
+from kaggleops.schema import (
+    TAG_DATASET_VERSION as TAG_DATASET_VERSION,
+)
+from kaggleops.schema import (
+    TAG_DIRTY as TAG_DIRTY,
+)
+from kaggleops.schema import (
+    TAG_ENV as TAG_ENV,
+)
+from kaggleops.schema import (
+    TAG_FOLD as TAG_FOLD,
+)
+from kaggleops.schema import (
+    TAG_GIT_BRANCH as TAG_GIT_BRANCH,
+)
+from kaggleops.schema import (
+    TAG_GIT_COMMIT as TAG_GIT_COMMIT,
+)
+from kaggleops.schema import (
+    TAG_GIT_REPO as TAG_GIT_REPO,
+)
+from kaggleops.schema import (
+    TAG_KERNEL as TAG_KERNEL,
+)
+from kaggleops.schema import (
+    TAG_KERNEL_VERSION as TAG_KERNEL_VERSION,
+)
+from kaggleops.schema import (
+    TAG_KIND as TAG_KIND,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_ARTIFACTS as TAG_ORIGIN_ARTIFACTS,
+)
+from kaggleops.schema import (
+    TAG_ORIGIN_RUN as TAG_ORIGIN_RUN,
+)
+from kaggleops.schema import (
+    TAG_PARENT as TAG_PARENT,
+)
+from kaggleops.schema import (
+    TAG_RUN_NAME as TAG_RUN_NAME,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from kaggleops.config import KopsConfig
 
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-TAG_GIT_BRANCH = "mlflow.source.git.branch"
-TAG_GIT_REPO = "mlflow.source.git.repoURL"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
-TAG_DIRTY = "kops.git.dirty"
-TAG_ENV = "kops.env"
-TAG_DATASET = "kops.dataset"
-TAG_DATASET_VERSION = "kops.dataset.version"
-TAG_KERNEL = "kops.kernel"
-TAG_KERNEL_VERSION = "kops.kernel.version"
-TAG_KIND = "kops.kind"  # fold | kfold | submission | rerank | rerank-fold
-TAG_FOLD = "kops.fold"
-TAG_ORIGIN_RUN = "kops.origin_run_id"
-TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 METRIC_BATCH = 500
 FLUSH_INTERVAL_S = 5.0
 CLOSE_RETRIES = 3
 
 log = logging.getLogger("kaggleops")
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+ENV_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
-class TrackingUnavailable(KopsError):
-    """The tracking store could not take a run's metrics or artifacts, even after retries."""
+def open_tracker(cfg: KopsConfig) -> Tracker:
+    """The Tracker of a command: the credential chain applied first (argument/env > notebook secret store).
+
+    Example:
+        >>> open_tracker(load_config()).uri  # in a notebook with MLFLOW_TRACKING_URI as a secret  # doctest: +SKIP
+        'https://mlflow.example.com'
+    """
+    apply_tracking_credentials()
+    return Tracker(cfg)
+
+
+@contextmanager
+def translate(what: str, uri: str, run_id: str | None = None) -> Iterator[None]:
+    """MLflow's exceptions → kops errors: a missing run → RunNotFound; an unreachable or failing store →
+    TrackingUnavailable naming the store (one line, no traceback). Anything else propagates."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        if run_id and e.error_code in NOT_FOUND_CODES:
+            raise RunNotFound(run_id, uri) from None
+        raise TrackingUnavailable(f"{what} failed on the tracking store {uri}: {str(e).splitlines()[0][:200]}",
+                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
+                                  "up.") from e
+    except OSError as e:  # connection refused/reset, DNS: requests' errors are OSErrors too
+        raise TrackingUnavailable(f"{what}: the tracking store {uri} is unreachable ({type(e).__name__}).",
+                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
+                                  "up.") from e
 
 
 class Tracker:
@@ -58,24 +126,42 @@ class Tracker:
     def __init__(self, cfg: KopsConfig) -> None:
         from mlflow.tracking import MlflowClient
 
+        os.environ.setdefault(ENV_QUIET_URLS, "true")  # stdout is kops' data (--json); MLflow would print run URLs
         self.cfg = cfg
         self.uri = cfg.resolved_tracking_uri
         self.client = MlflowClient(tracking_uri=self.uri)
         self._experiment_id: str | None = None
 
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, run_id: str | None = None, **kwargs: Any) -> Any:
+        with translate(what, self.uri, run_id):
+            return fn(*args, **kwargs)
+
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            exp = self.client.get_experiment_by_name(self.cfg.experiment_name)
-            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                self.cfg.experiment_name, artifact_location=self.cfg.resolved_artifact_location
-            )
+            name = self.cfg.experiment_name
+            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+            self._experiment_id = exp.experiment_id if exp else self._call(
+                f"Creating experiment {name}", self.client.create_experiment, name,
+                artifact_location=self.cfg.resolved_artifact_location)
         return self._experiment_id
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self._call(f"Tagging experiment {self.cfg.experiment_name}", self.client.set_experiment_tag,
+                   self.experiment_id, key, value)
+
+    def record_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """A FINISHED run with only ``tags`` (no provenance: for things kops did not make, e.g. an adopted
+        submission); returns its id."""
+        run = self._call(f"Creating run {run_name}", self.client.create_run, self.experiment_id, run_name=run_name,
+                         tags=tags)
+        self.end_run(run.info.run_id)
+        return str(run.info.run_id)
 
     def provenance_tags(self) -> tuple[dict[str, str], str]:
         """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
-        tags = {TAG_ENV: detect_env(), "kops.version": __version__}
-        tags.update({f"kops.lib.{k}": v for k, v in library_versions().items()})
+        tags = {TAG_ENV: detect_env(), TAG_VERSION: __version__}
+        tags.update({f"{TAG_LIB_PREFIX}{k}": v for k, v in library_versions().items()})
         info = git_info(self.cfg.root)
         if info is None:
             return tags, ""
@@ -93,11 +179,12 @@ class Tracker:
         base.update(tags or {})
         if parent_run_id:
             base[TAG_PARENT] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=base)
+        run = self._call(f"Creating run {run_name}", self.client.create_run, self.experiment_id, run_name=run_name,
+                         tags=base)
         run_id = run.info.run_id
         self.log_params(run_id, params)
         if diff:
-            self.client.log_text(run_id, diff, "git/uncommitted.diff")
+            self.client.log_text(run_id, diff, ARTIFACT_GIT_DIFF)
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -105,7 +192,8 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self._call(f"Logging params of run {run_id}", self.client.log_batch, run_id, params=items[i:i + 100],
+                       run_id=run_id)
 
     def metric_logger(self, run_id: str, skip: dict[str, int] | None = None,
                       background: bool = True) -> MetricLogger:
@@ -118,7 +206,7 @@ class Tracker:
 
     def reopen_run(self, run_id: str) -> None:
         """Set a killed/failed/stale run back to RUNNING, to continue it (MLflow cannot choose run ids)."""
-        self.client.update_run(run_id, status="RUNNING")
+        self._call(f"Reopening run {run_id}", self.client.update_run, run_id, status="RUNNING", run_id=run_id)
 
     def last_steps(self, run_id: str) -> dict[str, int]:
         """The last stored step of each metric of a run (what a resumed run must not log again)."""
@@ -129,7 +217,8 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call(f"Tagging run {run_id}", self.client.log_batch, run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()], run_id=run_id)
 
     def log_data_input(self, run_id: str, name: str, digest: str, source: str, source_type: str = "local",
                        profile: str | None = None, context: str = "training") -> None:
@@ -138,25 +227,29 @@ class Tracker:
 
         dataset = Dataset(name=name, digest=digest, source_type=source_type,
                           source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])])
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+        self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
+                   artifact_path, run_id=run_id)
 
     def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(local_file), artifact_path)
+        self._call(f"Uploading {local_file} to run {run_id}", self.client.log_artifact, run_id, str(local_file),
+                   artifact_path, run_id=run_id)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+        self._call(f"Ending run {run_id}", self.client.set_terminated, run_id, status, run_id=run_id)
 
     def get_run(self, run_id: str) -> Run:
         """The run, or RunNotFound naming the store."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_run(run_id)
-        except MlflowException:
-            raise RunNotFound(run_id, self.uri) from None
+            return self._call(f"Reading run {run_id}", self.client.get_run, run_id, run_id=run_id)
+        except TrackingUnavailable as e:
+            if isinstance(e.__cause__, MlflowException):  # e.g. a malformed id: the run is not there
+                raise RunNotFound(run_id, self.uri) from None
+            raise
 
     def resolve(self, run_id: str) -> str:
         """The local id of ``run_id``: itself for a local run, else the run `kops sync pull` imported from that
@@ -168,8 +261,10 @@ class Tracker:
         except MlflowException:
             pass
         if re.fullmatch(r"[0-9a-f]{32}", run_id):
-            ids = [e.experiment_id for e in self.client.search_experiments()]
-            hits = self.client.search_runs(ids, f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'", max_results=1) if ids else []
+            with translate(f"Looking up run {run_id}", self.uri):
+                ids = [e.experiment_id for e in self.client.search_experiments()]
+                query = f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'"
+                hits = self.client.search_runs(ids, query, max_results=1) if ids else []
             if hits:
                 return hits[0].info.run_id
         raise RunNotFound(run_id, self.uri)
@@ -195,10 +290,9 @@ class Tracker:
         return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
 
     def search(self, filter_string: str = "", max_results: int = 1000) -> list[Run]:
-        return list(self.client.search_runs(
-            [self.experiment_id], filter_string=filter_string, max_results=max_results,
-            order_by=["attributes.start_time DESC"],
-        ))
+        return list(self._call("Searching runs", self.client.search_runs,
+                               [self.experiment_id], filter_string=filter_string, max_results=max_results,
+                               order_by=["attributes.start_time DESC"]))
 
     def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -206,9 +300,6 @@ class Tracker:
             path.write_text(json.dumps(obj, indent=2))
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
-
-    def latest_metric(self, run: Run, key: str) -> float | None:
-        return run.data.metrics.get(key)
 
 
 def _artifact_repo(uri: str) -> Any:

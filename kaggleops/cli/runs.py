@@ -135,16 +135,23 @@ def push_kernel(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs."""
+    from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.stages.kernel import push_kernel as run_push
+    from kaggleops.stages.submit import submit as run_submit
 
+    cfg = load(config)
+    kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, wait=wait, submit=submit, message=message,
-                            allow_retired=allow_retired, docker_image=docker_image)
+                            publish=publish_missing, wait=wait or submit, allow_retired=allow_retired,
+                            docker_image=docker_image)
     try:
-        result = run_push(load(config), run, on_status=status_printer(hint), options=options, reranker=reranker,
+        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker,
                           notify=hint)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise
+    if submit:  # the plan push-kernel rendered is the one the version runs: no download of its output
+        result.submission = run_submit(cfg, result.kernel, result.kernel_version, message, kaggle=kaggle,
+                                       plan=result.plan).as_dict()
     emit(result.as_dict(), as_json, describe(result))

@@ -27,12 +27,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.kernel.runtime import MANIFEST, SUBMISSION, check_submission, read_rows
+from kaggleops.kernel.runtime import check_submission, read_rows
 from kaggleops.kernel.wheel import RUNTIME_SLUG, stage_runtime
-from kaggleops.stages.kernel import KERNEL_FILE, KERNEL_METADATA, PLAN_FILE
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    MANIFEST,
+    PLAN_FILE,
+    SAMPLE_SUBMISSION_FILE,
+    SUBMISSION_FILE,
+    KernelPlan,
+    Manifest,
+)
 from kaggleops.tasks import get_task
 
 RUN_DIR = ".run-local"
@@ -108,53 +117,48 @@ class LocalRunReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def load_kernel_folder(folder: Path) -> tuple[dict, dict]:
+def load_kernel_folder(folder: Path) -> tuple[KernelPlan, dict]:
     """(plan, metadata) of a folder that push-kernel rendered; KopsError naming what is missing."""
     for name in (KERNEL_FILE, KERNEL_METADATA, PLAN_FILE):
         if not (folder / name).is_file():
             raise KopsError(f"No {name} in {folder}: not a kernel folder rendered by kops.",
                             "Render one with: kops push-kernel --run RUN_ID (it writes .kops/kernels/<slug>/).")
-    return json.loads((folder / PLAN_FILE).read_text()), json.loads((folder / KERNEL_METADATA).read_text())
+    return KernelPlan.read(folder / PLAN_FILE), json.loads((folder / KERNEL_METADATA).read_text())
 
 
-def planned_models(plan: dict) -> list[dict]:
-    """Every model the plan attaches: the ensemble's, then the reranker's folds."""
-    return [*plan["models"], *((plan.get("reranker") or {}).get("models") or [])]
-
-
-def static_checks(plan: dict, metadata: dict) -> list[str]:
+def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
     """Problems visible without running: internet on, sources not attached."""
     problems = []
     if metadata.get("enable_internet"):
         problems.append("internet needed: kernel-metadata.json enables internet (code competitions forbid it)")
     attached = set(metadata.get("dataset_sources") or [])
-    for ref in [m["dataset"] for m in planned_models(plan)] + [plan.get("runtime", {}).get("dataset")]:
+    for ref in [m.dataset for m in plan.all_models] + [plan.runtime.get("dataset")]:
         if ref and ref not in attached:
             problems.append(f"missing input: dataset {ref} is not in kernel-metadata.json dataset_sources")
-    if plan["competition"] not in (metadata.get("competition_sources") or []):
-        problems.append(f"missing input: competition {plan['competition']} is not attached")
+    if plan.competition not in (metadata.get("competition_sources") or []):
+        problems.append(f"missing input: competition {plan.competition} is not attached")
     return problems
 
 
-def stage_inputs(cfg: KopsConfig, plan: dict, input_dir: Path, data_dir: Path | None) -> list[str]:
+def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: Path | None) -> list[str]:
     """Populate ``input/``; returns problems (a run whose model artifact cannot be read)."""
-    source = data_dir or cfg.resolved_data_dir() or get_task(plan["competition"]).sample_dir()
-    comp = input_dir / plan["competition"]
+    source = data_dir or cfg.resolved_data_dir() or get_task(plan.competition).sample_dir()
+    comp = input_dir / plan.competition
     comp.mkdir(parents=True)
     for name in COMPETITION_FILES:
         if (Path(source) / name).is_file():
             shutil.copyfile(Path(source) / name, comp / name)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     problems = []
-    for model in planned_models(plan):
-        target = input_dir / model["dataset"].split("/", 1)[1]
+    for model in plan.all_models:
+        target = input_dir / model.dataset.split("/", 1)[1]
         try:
-            downloaded = tracker.download(model["run_id"], "model", input_dir.parent / "download" / model["run_id"])
+            downloaded = tracker.download(model.run_id, "model", input_dir.parent / "download" / model.run_id)
         except Exception as e:  # noqa: BLE001 - any tracking failure means the input is missing
-            problems.append(f"missing input: run {model['run_id']}'s model artifact could not be read ({e})")
+            problems.append(f"missing input: run {model.run_id}'s model artifact could not be read ({e})")
             continue
         shutil.copytree(downloaded, target, dirs_exist_ok=True)
-        (target / MANIFEST).write_text(json.dumps({"run_id": model["run_id"], "staged_by": "kops run-local"}))
+        Manifest(model.run_id, extra={"staged_by": "kops run-local"}).write(target / MANIFEST)
     stage_runtime(input_dir / RUNTIME_SLUG)
     shutil.rmtree(input_dir.parent / "download", ignore_errors=True)
     return problems
@@ -199,7 +203,7 @@ def execute(folder: Path, run_dir: Path, timeout_s: float, isolation: str) -> tu
     return code, out.splitlines(), time.perf_counter() - start
 
 
-def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Path, plan: dict) -> None:
+def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Path, plan: KernelPlan) -> None:
     """Fill the report's problems, timings and row count from the kernel's output and files."""
     report.timings = {m.group(1).strip(): float(m.group(2)) for ln in lines if (m := TIMING_LINE.match(ln))}
     if any(BLOCKED_MARK in ln for ln in lines) or (report.exit_code and any(e in ln for ln in lines
@@ -210,12 +214,12 @@ def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Pa
     report.problems += [ln for ln in lines if "ran past" in ln and ln.startswith("kops run-local")]
     report.outputs = sorted(p.relative_to(working).as_posix() for p in working.rglob("*") if p.is_file())
     if report.exit_code == 0:
-        if not (working / SUBMISSION).is_file():
-            report.problems.append(f"wrong output name: no {SUBMISSION} in working/ (outputs: {report.outputs})")
+        if not (working / SUBMISSION_FILE).is_file():
+            report.problems.append(f"wrong output name: no {SUBMISSION_FILE} in working/ (outputs: {report.outputs})")
         elif sample.is_file():
-            ids = [r[plan["id_column"]] for r in read_rows(sample)]
+            ids = [r[plan.id_column] for r in read_rows(sample)]
             report.rows = len(ids)
-            report.problems += check_submission(working / SUBMISSION, plan["id_column"], plan["target_column"], ids)
+            report.problems += check_submission(working / SUBMISSION_FILE, plan.id_column, plan.target_column, ids)
     elif not report.problems:
         report.problems.append(f"the kernel exited with status {report.exit_code}")
     report.log_tail = lines[-30:]
@@ -248,7 +252,7 @@ def run_local(cfg: KopsConfig, folder: Path, data_dir: Path | None = None, timeo
     problems = static_checks(plan, metadata) + stage_inputs(cfg, plan, run_dir / "input", data_dir)
     code, lines, seconds = execute(folder, run_dir, timeout_s, isolation)
     report = LocalRunReport(str(folder), code, round(seconds, 2), isolation, problems=problems)
-    sample = run_dir / "input" / plan["competition"] / "sample_submission.csv"
+    sample = run_dir / "input" / plan.competition / SAMPLE_SUBMISSION_FILE
     diagnose(report, lines, run_dir / "working", sample, plan)
     report.warnings = [ln for ln in lines if "kops: warning:" in ln]
     estimate(report, full_rows)

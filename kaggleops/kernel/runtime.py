@@ -1,7 +1,8 @@
 """What runs inside the generated offline inference kernel (installed there from the kops-runtime wheel).
 
-SELF-CONTAINED: the standard library, torch, transformers and kaggleops.tasks only (no MLflow, Kaggle
-client, pydantic or pandas), because this module runs in a Kaggle image with internet off.
+SELF-CONTAINED: the standard library, :mod:`kaggleops.schema` / :mod:`kaggleops.errors` (standard library
+only), torch, transformers and kaggleops.tasks only (no MLflow, Kaggle client, pydantic or pandas), because
+this module runs in a Kaggle image with internet off (the layer contract in pyproject.toml checks it).
 
 ``main(plan, input_dir, working_dir)``:
   1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
@@ -20,7 +21,6 @@ client, pydantic or pandas), because this module runs in a Kaggle image with int
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib
 import json
 import os
@@ -33,18 +33,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "kops-manifest.json"
-SUBMISSION = "submission.csv"
-TIMING_FILE = "kops-timing.json"
+from kaggleops.errors import KernelFailure, SchemaError
+from kaggleops.files import sha256_file
+from kaggleops.schema import (
+    MANIFEST,
+    PLAN_FILE,
+    SAMPLE_SUBMISSION_FILE,
+    SUBMISSION_FILE,
+    TEST_FILE,
+    TIMING_FILE,
+    KernelPlan,
+    Manifest,
+    PlanModel,
+)
+
+SUBMISSION = SUBMISSION_FILE
 REQUIRED_PACKAGES = ("torch", "transformers", "tokenizers")
 PREFIX = "kops:"
-RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
-
-
-class KernelFailure(Exception):
-    """A problem the kernel reports as one line and exits non-zero on."""
 
 
 class Timings:
@@ -82,42 +89,32 @@ def check_imports(names: tuple[str, ...] = REQUIRED_PACKAGES) -> None:
                                 "Pick a Kaggle image that ships it, or attach a dataset with its wheel.") from None
 
 
-def find_model_dirs(plan: dict[str, Any], input_dir: Path, specs: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Each planned model's folder (``specs``, default the plan's models): the one whose manifest names its run."""
-    specs = plan["models"] if specs is None else specs
+def find_model_dirs(specs: list[PlanModel], input_dir: Path) -> list[Path]:
+    """Each planned model's folder: the one whose manifest names its run."""
     found: dict[str, Path] = {}
     for manifest in sorted(input_dir.rglob(MANIFEST)):
         try:
-            found[json.loads(manifest.read_text())["run_id"]] = manifest.parent
-        except (ValueError, KeyError):
+            found[Manifest.read(manifest).run_id] = manifest.parent
+        except SchemaError:
             continue
-    missing = [m for m in specs if m["run_id"] not in found]
+    missing = [m for m in specs if m.run_id not in found]
     if missing:
-        names = ", ".join(f"run {m['run_id']} (dataset {m['dataset']} v{m['dataset_version']})" for m in missing)
+        names = ", ".join(m.label() for m in missing)
         attached = sorted(p.name for p in input_dir.iterdir()) if input_dir.is_dir() else []
         raise KernelFailure(f"missing input: no attached dataset carries the weights of {names}; "
                             f"attached: {attached}")
-    return [found[m["run_id"]] for m in specs]
+    return [found[m.run_id] for m in specs]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (publish writes the manifest with it; the kernel checks it)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def unpack_archive(archive: Path, target: Path, files: dict[str, Any], prefix: str) -> None:
+def unpack_archive(archive: Path, target: Path, manifest: Manifest, prefix: str) -> None:
     """Unzip ``archive`` into ``target``; each member listed in ``files`` as ``prefix/member`` must match its sha256."""
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(target)
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
-        entry = files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
-        if entry and sha256_file(path) != entry["sha256"]:
+        entry = manifest.files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
+        if entry and sha256_file(path) != entry.sha256:
             raise KernelFailure(f"{archive.name} of {archive.parent} holds {path.relative_to(target)} with another "
-                                f"sha256 than {MANIFEST} lists ({entry['sha256'][:12]}…): the dataset is corrupt")
+                                f"sha256 than {MANIFEST} lists ({entry.sha256[:12]}…): the dataset is corrupt")
 
 
 def _needs_tokenizer_links(folder: Path) -> bool:
@@ -132,19 +129,18 @@ def restore_model_dir(folder: Path, scratch: Path) -> Path:
     is built under ``scratch``: links to the dataset's files, the archives unpacked (sha256-checked), and the
     tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder`` itself.
     """
-    manifest = json.loads((folder / MANIFEST).read_text())
-    archives = {a: n for a, n in (manifest.get("archives") or {}).items()
-                if (folder / a).is_file() and not (folder / n).is_dir()}
+    manifest = Manifest.read(folder / MANIFEST)
+    archives = {a: n for a, n in manifest.archives.items() if (folder / a).is_file() and not (folder / n).is_dir()}
     if not archives and not _needs_tokenizer_links(folder):
         return folder
-    view = scratch / str(manifest.get("run_id", folder.name))
+    view = scratch / (manifest.run_id or folder.name)
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
     for entry in sorted(folder.iterdir()):
         if entry.name not in archives:
             (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     for archive, name in archives.items():
-        unpack_archive(folder / archive, view / name, manifest.get("files") or {}, name)
+        unpack_archive(folder / archive, view / name, manifest, name)
     if _needs_tokenizer_links(view):
         for entry in sorted((view / TOKENIZER_DIR).iterdir()):
             if not (view / entry.name).exists():
@@ -158,15 +154,15 @@ def restore_model_dirs(folders: list[Path], scratch: Path | None = None) -> list
     return [restore_model_dir(f, scratch) for f in folders]
 
 
-def find_competition_dir(plan: dict[str, Any], input_dir: Path) -> Path:
+def find_competition_dir(plan: KernelPlan, input_dir: Path) -> Path:
     """The competition's data folder (``input/<slug>``, else any folder holding test.csv + sample)."""
-    direct = input_dir / plan["competition"]
-    candidates = [direct] + sorted(p.parent for p in input_dir.rglob("sample_submission.csv"))
+    direct = input_dir / plan.competition
+    candidates = [direct] + sorted(p.parent for p in input_dir.rglob(SAMPLE_SUBMISSION_FILE))
     for folder in candidates:
-        if (folder / "test.csv").is_file() and (folder / "sample_submission.csv").is_file():
+        if (folder / TEST_FILE).is_file() and (folder / SAMPLE_SUBMISSION_FILE).is_file():
             return folder
-    raise KernelFailure(f"missing input: the {plan['competition']} competition data (test.csv, "
-                        f"sample_submission.csv) is not attached under {input_dir}")
+    raise KernelFailure(f"missing input: the {plan.competition} competition data ({TEST_FILE}, "
+                        f"{SAMPLE_SUBMISSION_FILE}) is not attached under {input_dir}")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -183,18 +179,18 @@ def choose_device() -> tuple[Any, Any]:
     return torch.device("cpu"), torch.float32
 
 
-def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[dict[str, str]],
+def predict_ensemble(plan: KernelPlan, model_dirs: list[Path], rows: list[dict[str, str]],
                      timings: Timings, batch_size: int = 64) -> list[tuple[list[float], list[float]]]:
     """Weighted mean of each model's per-character start/end probabilities, one model in memory at a time."""
     import torch
 
-    infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
+    infer = importlib.import_module(plan.runtime_module)
     device, dtype = choose_device()
-    max_len = int(plan.get("max_len", 128))
+    max_len = plan.max_len
     totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
-    weight_sum = sum(float(m.get("weight", 1.0)) for m in plan["models"]) or 1.0
-    for i, (spec, folder) in enumerate(zip(plan["models"], model_dirs, strict=True)):
-        name, w = f"m{i}:{spec['run_id'][:8]}", float(spec.get("weight", 1.0)) / weight_sum
+    weight_sum = sum(m.weight for m in plan.models) or 1.0
+    for i, (spec, folder) in enumerate(zip(plan.models, model_dirs, strict=True)):
+        name, w = f"m{i}:{spec.run_id[:8]}", spec.weight / weight_sum
         with timings.stage(f"load {name}"):
             model, tokenizer = infer.load_model(folder, device)
             model.to(dtype=dtype)
@@ -215,27 +211,28 @@ def predict_ensemble(plan: dict[str, Any], model_dirs: list[Path], rows: list[di
     return totals
 
 
-def rerank(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
+def rerank(plan: KernelPlan, rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
            reranker_dirs: list[Path], timings: Timings) -> list[str]:
     """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
-    spec = plan["reranker"]
-    rr = importlib.import_module(spec.get("module", RERANK_MODULE))
-    n = int(spec["n"])
+    spec = plan.reranker
+    assert spec is not None
+    rr = importlib.import_module(spec.module)
+    n = spec.n
     with timings.stage("candidates"):
         cands = [rr.top_k_char_spans(row["text"], ps, pe, k=n) for row, (ps, pe) in zip(rows, totals, strict=True)]
     with timings.stage("rerank"):
-        answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=float(spec["w"]), n=n,
-                                       batch_size=int(plan.get("rerank_batch_size", 128)))
+        answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=spec.w, n=n,
+                                       batch_size=plan.rerank_batch_size)
     print(f"{PREFIX} reranked {len(rows)} row(s) with {len(reranker_dirs)} reranker model(s), "
-          f"w {float(spec['w']):g}, n {n}")
+          f"w {spec.w:g}, n {n}")
     return [a if a.strip() else row["text"] for row, a in zip(rows, answers, strict=True)]
 
 
-def decode(plan: dict[str, Any], rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
+def decode(plan: KernelPlan, rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
            timings: Timings) -> list[str]:
     """Best character span per row (neutral → whole tweet when the plan says so), without a reranker."""
-    infer = importlib.import_module(plan.get("runtime_module", "kaggleops.tasks.tse.infer"))
-    neutral_full = bool(plan.get("post_processing", {}).get("neutral_full_text", True))
+    infer = importlib.import_module(plan.runtime_module)
+    neutral_full = plan.neutral_full_text
     out = []
     for row, (ps, pe) in zip(rows, totals, strict=True):
         text = row["text"]
@@ -279,50 +276,51 @@ def check_submission(path: Path, id_column: str, target_column: str, ids: list[s
     return problems
 
 
-def run(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings) -> int:
+def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) -> int:
     """The kernel's work; returns the number of rows written."""
     with timings.stage("check imports"):
         check_imports()
     with timings.stage("read inputs"):
         comp = find_competition_dir(plan, input_dir)
-        test = read_rows(comp / "test.csv")
-        ids = [r[plan["id_column"]] for r in read_rows(comp / "sample_submission.csv")]
-        model_dirs = find_model_dirs(plan, input_dir)
-        rerank_specs = (plan.get("reranker") or {}).get("models") or []
-        reranker_dirs = find_model_dirs(plan, input_dir, rerank_specs) if rerank_specs else []
+        test = read_rows(comp / TEST_FILE)
+        ids = [r[plan.id_column] for r in read_rows(comp / SAMPLE_SUBMISSION_FILE)]
+        model_dirs = find_model_dirs(plan.models, input_dir)
+        reranker_dirs = find_model_dirs(plan.reranker_models, input_dir) if plan.reranker_models else []
     with timings.stage("restore datasets"):
         model_dirs = restore_model_dirs(model_dirs)
         reranker_dirs = restore_model_dirs(reranker_dirs)
     if len(ids) != len(set(ids)):
         raise KernelFailure("sample_submission.csv has duplicate ids")
-    totals = predict_ensemble(plan, model_dirs, test, timings, int(plan.get("batch_size", 64)))
-    if plan.get("reranker"):
+    totals = predict_ensemble(plan, model_dirs, test, timings, plan.batch_size)
+    if plan.reranker:
         preds = rerank(plan, test, totals, reranker_dirs, timings)
     else:
         timings.add("rerank (none attached)", 0.0)
         with timings.stage("decode"):
             preds = decode(plan, test, totals, timings)
     with timings.stage("write + check"):
-        by_id = {row[plan["id_column"]]: p for row, p in zip(test, preds, strict=True)}
+        by_id = {row[plan.id_column]: p for row, p in zip(test, preds, strict=True)}
         path = working_dir / SUBMISSION
-        write_submission(path, plan["id_column"], plan["target_column"], ids, by_id)
-        problems = check_submission(path, plan["id_column"], plan["target_column"], ids)
+        write_submission(path, plan.id_column, plan.target_column, ids, by_id)
+        problems = check_submission(path, plan.id_column, plan.target_column, ids)
     if problems:
         raise KernelFailure(f"{SUBMISSION} failed its checks: {'; '.join(problems)}")
     return len(ids)
 
 
-def main(plan: dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
-    """Entry point of the generated kernel; a KernelFailure becomes ``SystemExit("kops: …")``."""
+def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
+    """Entry point of the generated kernel; a KernelFailure (or an invalid plan/manifest) becomes
+    ``SystemExit("kops: error: …")``."""
     timings = timings or Timings()
-    (working_dir / "kops-kernel.json").write_text(json.dumps(plan, indent=2))
     try:
+        plan = plan if isinstance(plan, KernelPlan) else KernelPlan.from_dict(plan)
+        plan.write(working_dir / PLAN_FILE)
         n = run(plan, input_dir, working_dir, timings)
-    except KernelFailure as e:
+    except (KernelFailure, SchemaError) as e:
         print(timings.table(), flush=True)
         raise SystemExit(f"{PREFIX} error: {e}") from None
-    rr = plan.get("reranker")
-    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan['models'])} model(s)"
-          + (f" + a reranker of {len(rr['models'])} model(s)" if rr else ""))
+    rr = plan.reranker
+    print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan.models)} model(s)"
+          + (f" + a reranker of {len(rr.models)} model(s)" if rr else ""))
     print(timings.table(), flush=True)
     (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))

@@ -7,7 +7,7 @@ package's files names a marker manifest ``kops-runtime-<hash16>.json`` inside th
 version already holds that marker, it is reused and no new version is made.
 
 Example:
-    >>> rt = ensure_runtime_dataset(load_config(), Kaggle())  # doctest: +SKIP
+    >>> rt = ensure_runtime_dataset(cfg, Kaggle.from_config(cfg))  # doctest: +SKIP
     >>> rt.dataset, rt.version, rt.created                     # doctest: +SKIP
     ('alice/kops-runtime', 3, False)
 """
@@ -26,13 +26,13 @@ import kaggleops
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
+from kaggleops.files import sha256_file, write_zip
 from kaggleops.refs import DatasetRef
 
 RUNTIME_SLUG = "kops-runtime"
 PACKAGE = "kaggleops"
 MARKER_PREFIX = "kops-runtime-"
 HASH_CHARS = 16
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 SKIPPED_PARTS = frozenset({"__pycache__"})
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
@@ -110,13 +110,8 @@ def build_wheel(dst: Path, root: Path | None = None) -> RuntimeWheel:
     record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in entries) + f"{dist}/RECORD,,\n"
     entries.append((f"{dist}/RECORD", record.encode()))
     path = dst / f"{PACKAGE}-{__version__}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
-    return RuntimeWheel(path, content, hashlib.sha256(path.read_bytes()).hexdigest())
+    write_zip(path, entries, zipfile.ZIP_DEFLATED)
+    return RuntimeWheel(path, content, sha256_file(path))
 
 
 def stage_runtime(folder: Path, root: Path | None = None) -> RuntimeWheel:

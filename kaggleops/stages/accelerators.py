@@ -14,9 +14,6 @@ from typing import Any
 from kaggleops.adapters.kaggle_machines import Accelerator, check_accelerator, check_docker_pinning
 from kaggleops.config import KopsConfig
 
-TAG_MACHINE_SHAPE = "kops.kernel.machine_shape"
-TAG_DOCKER_IMAGE = "kops.kernel.docker_image"
-
 
 def resolve_accelerator(cfg: KopsConfig, shape: str | None, allow_retired: bool = False,
                         warn: Callable[[str], None] | None = None) -> Accelerator:
@@ -41,7 +38,7 @@ def quota(cfg: KopsConfig, kaggle: Any = None) -> dict[str, Any]:
     """
     from kaggleops.adapters.kaggle import Kaggle
 
-    return (kaggle or Kaggle(cfg.resolved_kaggle_endpoint)).quota()
+    return (kaggle or Kaggle.from_config(cfg)).quota()
 
 
 def render_quota(q: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import KopsConfig
-from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted
+from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted, UnknownCompetition
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef
 
 ENV_FALLBACK = "KOPS_DATA_FALLBACK"
@@ -199,7 +199,7 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
     ref = CompetitionRef.parse(cfg.competition)
     if not force and (hit := cached(ref.slug)) is not None:
         return hit
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     folder = cache_dir(ref.slug)
     staging = folder.with_name(f".{ref.slug}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -278,9 +278,12 @@ def fetch(cfg: KopsConfig, force: bool = False, kaggle: Any = None) -> DataSourc
     An attached Kaggle input (inside a notebook) or ``data_dir`` is reported, not downloaded; ``force`` downloads
     into the cache again.
     """
-    from kaggleops.stages.train import get_task_for
+    from kaggleops.tasks import get_task
 
-    task = get_task_for(cfg)
+    try:
+        task = get_task(cfg.competition)
+    except ValueError as e:
+        raise UnknownCompetition(str(e), "Set `competition:` in kops.yaml to a supported one.") from None
     if force:
         return download(cfg, task, kaggle=kaggle, force=True)
     return resolve(cfg, task, kaggle=kaggle)

@@ -22,7 +22,6 @@ from kaggleops.errors import KopsError
 
 COMPETITION = "tweet-sentiment-extraction"
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
-STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
 
 
 def seed_competition(emulator: Any, task: Any) -> int:

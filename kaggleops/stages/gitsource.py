@@ -15,7 +15,7 @@ from typing import Any
 
 from kaggleops.adapters.git import strip_credentials
 from kaggleops.config import CONFIG_FILE, KopsConfig, load_config
-from kaggleops.errors import KopsError
+from kaggleops.errors import GitSourceError
 
 CLONE_TIMEOUT_S = 600
 MLPROJECT = """\
@@ -38,10 +38,6 @@ dependencies:
   - torch==2.13.0
   - kaggleops
 """
-
-
-class GitSourceError(KopsError):
-    """The repository or revision given to --git cannot be cloned or checked out."""
 
 
 @dataclass(frozen=True)

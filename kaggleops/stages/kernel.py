@@ -20,77 +20,55 @@ from pathlib import Path
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import (
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.refs import CompetitionRef, KernelRef, slugify
+from kaggleops.resources import kernel_template
+from kaggleops.schema import (
+    KERNEL_FILE,
+    KERNEL_METADATA,
+    PLAN_FILE,
+    RERANK_CONFIG,
+    RUNTIME_MODULE,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
     TAG_KERNEL,
+    TAG_KERNEL_DOCKER_IMAGE,
+    TAG_KERNEL_MACHINE_SHAPE,
     TAG_KERNEL_VERSION,
     TAG_KIND,
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
     TAG_PARENT,
-    Tracker,
-    runs_tagged,
+    KernelPlan,
+    Kind,
+    PlanModel,
+    PlanReranker,
 )
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError
-from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
-from kaggleops.refs import CompetitionRef, KernelRef, slugify
-from kaggleops.resources import kernel_template
-from kaggleops.stages.accelerators import TAG_DOCKER_IMAGE, TAG_MACHINE_SHAPE, docker_pinning, resolve_accelerator
+from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.tasks import get_task
 
-KERNEL_FILE = "kernel.py"
-KERNEL_METADATA = "kernel-metadata.json"
-PLAN_FILE = "kops-kernel.json"
 TEMPLATE = "inference_kernel.py.tmpl"
-KIND_KFOLD = "kfold"
-RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
-RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
-RERANK_CONFIG = "kops_rerank.json"
-KIND_RERANK = "rerank"
-KIND_RERANK_FOLD = "rerank-fold"
 INFER_MAX_LEN = 128
 INFER_BATCH = 64
 LOG_TAIL_LINES = 30
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a run's weights are attached from: a dataset version, or (``kind="model"``) a Kaggle Model instance
-    version (``dataset`` then holds ``owner/model/framework/variation``)."""
-
-    run_id: str
-    dataset: str
-    dataset_version: int
-    weight: float = 1.0
-    kind: str = "dataset"
-
-
-@dataclass(frozen=True)
-class RerankerSource:
-    """The reranker attached to a kernel: its run (parent or fold), each fold's dataset, the tuned w and n."""
-
-    run_id: str
-    models: list[ModelSource]
-    w: float
-    n: int
-
-    def as_plan(self) -> dict[str, object]:
-        return {"run_id": self.run_id, "module": RERANK_MODULE, "w": self.w, "n": self.n,
-                "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
-                           for m in self.models]}
+ModelSource = PlanModel  # a planned model: run, dataset (or Kaggle Model) version, weight, kind
+RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
 
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting, submitting."""
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting."""
 
     machine_shape: str | None = None
     private: bool | None = None
     publish: bool = True
     wait: bool = False
-    submit: bool = False
-    message: str = ""
     allow_retired: bool = False  # push a retired accelerator (Kaggle substitutes it) with a warning
     docker_image: str | None = None  # docker_image_pinning_type: original | latest (None: Kaggle's default)
 
@@ -105,22 +83,15 @@ class KernelResult:
     status: str | None = None
     published: list[str] = field(default_factory=list)
     runtime: dict[str, object] = field(default_factory=dict)
-    submission: dict[str, object] | None = None
+    submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
     reranker: dict[str, object] | None = None
+    plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
                 "published": self.published, "runtime": self.runtime, "submission": self.submission,
                 "reranker": self.reranker}
-
-
-class KernelRunFailed(KernelError):
-    """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
-
-    def __init__(self, message: str, hint: str, log_tail: list[str]) -> None:
-        super().__init__(message, hint)
-        self.log_tail = log_tail
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -134,7 +105,7 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
     parents: list[str] = []
     for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
         run = tracker.get_run(run_id)
-        if run.data.tags.get(TAG_KIND) != KIND_KFOLD:
+        if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
             models.append(run_id)
             continue
         children = runs_tagged(tracker, {TAG_PARENT: run_id})
@@ -171,7 +142,7 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
 def _resolve_model_sources(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
                            publish_missing: bool) -> tuple[list[ModelSource], list[str]]:
     """``publish.to: model``: each run's Kaggle Model instance version, publishing runs that have none yet."""
-    from kaggleops.stages.publish_model import TAG_MODEL, TAG_MODEL_VERSION, publish_model
+    from kaggleops.stages.publish_model import publish_model
 
     models, published = [], []
     for run_id in run_ids:
@@ -191,12 +162,12 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
     run_id = tracker.resolve(run_id)
     kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
-    if kind == KIND_RERANK_FOLD:
+    if kind == Kind.RERANK_FOLD:
         return [run_id]
-    if kind != KIND_RERANK:
-        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {KIND_RERANK!r}).",
+    if kind != Kind.RERANK:
+        raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {Kind.RERANK!r}).",
                         "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
-    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == KIND_RERANK_FOLD]
+    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == Kind.RERANK_FOLD]
     if not children:
         raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
                         "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
@@ -230,23 +201,23 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None) -> dict[str, object]:
+               reranker: RerankerSource | None = None) -> KernelPlan:
     """The kernel's embedded plan (kops-kernel.json)."""
     task = get_task(cfg.competition)
-    return {
-        "kops_version": __version__,
-        "competition": cfg.competition,
-        "id_column": task.id_column,
-        "target_column": task.target_column,
-        "models": [m.__dict__ for m in models],
-        "reranker": reranker.as_plan() if reranker else None,
-        "runtime": {"dataset": runtime.dataset, "version": runtime.version,
-                    "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
-        "runtime_module": RUNTIME_MODULE,
-        "max_len": INFER_MAX_LEN,
-        "batch_size": INFER_BATCH,
-        "post_processing": {"neutral_full_text": True},
-    }
+    return KernelPlan(
+        kops_version=__version__,
+        competition=cfg.competition,
+        id_column=task.id_column,
+        target_column=task.target_column,
+        models=list(models),
+        reranker=reranker,
+        runtime={"dataset": runtime.dataset, "version": runtime.version,
+                 "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
+        runtime_module=RUNTIME_MODULE,
+        max_len=INFER_MAX_LEN,
+        batch_size=INFER_BATCH,
+        post_processing={"neutral_full_text": True},
+    )
 
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
@@ -282,10 +253,10 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     plan = build_plan(cfg, models, runtime, reranker)
     template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
-                             plan_json=json.dumps(plan, indent=2))
+                             plan_json=plan.to_json())
     compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
     (folder / KERNEL_FILE).write_text(source)
-    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
     (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options), indent=2))
     return folder
@@ -309,13 +280,14 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                 on_status: Callable[[str], None] | None = None,
                 options: KernelOptions | None = None, reranker: str | None = None,
                 notify: Callable[[str], None] | None = None) -> KernelResult:
-    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait and submit.
+    """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
     The accelerator is checked before anything is published or pushed (a retired one is refused unless
-    ``options.allow_retired``); with ``wait``/``submit`` on a GPU, ``notify`` first gets the weekly quota.
+    ``options.allow_retired``); with ``wait`` on a GPU, ``notify`` first gets the weekly quota.
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
@@ -323,8 +295,8 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     options = options or KernelOptions(wait=wait)
     shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
     options = replace(options, machine_shape=shape.name, docker_image=docker_pinning(options.docker_image))
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
@@ -336,22 +308,19 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
                            rerank_source)
-    if (options.wait or options.submit) and cfg.kernel.enable_gpu and notify is not None:
+    if options.wait and cfg.kernel.enable_gpu and notify is not None:
         show_quota(kaggle, shape.kind, notify)
     version = kaggle.push_kernel(folder)
-    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_MACHINE_SHAPE: shape.name,
-                   TAG_DOCKER_IMAGE: options.docker_image or "default"}
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: shape.name,
+                   TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, kernel_tags)
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                          runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None)
-    if options.wait or options.submit:
+                          runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
+                          plan=KernelPlan.read(folder / PLAN_FILE))
+    if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    if options.submit:
-        from kaggleops.stages.submit import submit
-
-        result.submission = submit(cfg, ref.ref, version, options.message, kaggle=kaggle).as_dict()
     return result
 
 

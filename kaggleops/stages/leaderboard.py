@@ -10,27 +10,26 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from kaggleops.adapters.tracking import (
+from kaggleops.adapters.tracking import open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KopsError, UnknownSortKey
+from kaggleops.schema import (
+    TAG_COMPETITION,
+    TAG_DATASETS,
     TAG_GIT_COMMIT,
     TAG_KERNEL,
     TAG_KERNEL_VERSION,
-    TAG_RUN_NAME,
-    Tracker,
-    runs_tagged,
-)
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KopsError
-from kaggleops.stages.submit import (
-    TAG_COMPETITION,
-    TAG_DATASETS,
-    TAG_DATE,
-    TAG_ERROR,
-    TAG_FILE,
     TAG_KIND,
-    TAG_ORIGIN,
-    TAG_REF,
+    TAG_RUN_NAME,
     TAG_SOURCE_RUNS,
-    TAG_STATUS,
+    TAG_SUBMISSION_DATE,
+    TAG_SUBMISSION_ERROR,
+    TAG_SUBMISSION_FILE,
+    TAG_SUBMISSION_ORIGIN,
+    TAG_SUBMISSION_REF,
+    TAG_SUBMISSION_STATUS,
+    Kind,
+    Origin,
 )
 
 if TYPE_CHECKING:
@@ -39,10 +38,6 @@ if TYPE_CHECKING:
 CV_METRICS = ("cv_jaccard", "best_val_jaccard", "val_jaccard")
 SORT_KEYS = ("lb_public", "lb_private", "cv", "date", "ref")
 SHORT_COMMIT = 8
-
-
-class UnknownSortKey(KopsError):
-    """``--sort`` names no column of the leaderboard."""
 
 
 @dataclass
@@ -59,7 +54,7 @@ class LeaderboardRow:
     datasets: list[str] = field(default_factory=list)
     kernel: str = ""
     commits: list[str] = field(default_factory=list)
-    origin: str = "kops"
+    origin: str = Origin.KOPS
     error: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -72,25 +67,27 @@ def cv_of(run: Run) -> float | None:
 
 
 def _date(run: Run) -> str:
-    if TAG_DATE in run.data.tags:
-        return run.data.tags[TAG_DATE]
+    if TAG_SUBMISSION_DATE in run.data.tags:
+        return run.data.tags[TAG_SUBMISSION_DATE]
     return datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
 def _row(run: Run, sources: list[Run]) -> LeaderboardRow:
     tags, metrics = run.data.tags, run.data.metrics
     cvs = [c for c in (cv_of(s) for s in sources) if c is not None]
-    kernel = f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}" if TAG_KERNEL in tags else tags.get(TAG_FILE, "")
+    kernel = (f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}" if TAG_KERNEL in tags
+              else tags.get(TAG_SUBMISSION_FILE, ""))
     commits = sorted({s.data.tags[TAG_GIT_COMMIT][:SHORT_COMMIT] for s in sources if TAG_GIT_COMMIT in s.data.tags})
-    ref = tags.get(TAG_REF, "")
+    ref = tags.get(TAG_SUBMISSION_REF, "")
     return LeaderboardRow(
         submission_ref=int(ref) if ref.isdigit() else None, submission_run_id=run.info.run_id, date=_date(run),
-        status=tags.get(TAG_STATUS, ""), lb_public=metrics.get("lb_public"), lb_private=metrics.get("lb_private"),
+        status=tags.get(TAG_SUBMISSION_STATUS, ""), lb_public=metrics.get("lb_public"),
+        lb_private=metrics.get("lb_private"),
         cv=sum(cvs) / len(cvs) if cvs else None,
         models=[s.data.tags.get(TAG_RUN_NAME, s.info.run_name or "") for s in sources],
         source_runs=[s.info.run_id for s in sources],
         datasets=[d for d in tags.get(TAG_DATASETS, "").split(",") if d], kernel=kernel, commits=commits,
-        origin=tags.get(TAG_ORIGIN, "kops"), error=tags.get(TAG_ERROR, ""),
+        origin=tags.get(TAG_SUBMISSION_ORIGIN, Origin.KOPS), error=tags.get(TAG_SUBMISSION_ERROR, ""),
     )
 
 
@@ -113,8 +110,8 @@ def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow
     """
     if sort not in SORT_KEYS:
         _sort([], sort)
-    tracker = Tracker(cfg)
-    subs = runs_tagged(tracker, {TAG_KIND: "submission", TAG_COMPETITION: cfg.competition})
+    tracker = open_tracker(cfg)
+    subs = runs_tagged(tracker, {TAG_KIND: Kind.SUBMISSION, TAG_COMPETITION: cfg.competition})
     cache: dict[str, Run | None] = {}
 
     def source(run_id: str) -> Run | None:

@@ -24,19 +24,27 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import __version__
-from kaggleops.adapters.kaggle import DEFAULT_POLL_S, MANIFEST, Kaggle
-from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
+from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
-from kaggleops.kernel.runtime import sha256_file
+from kaggleops.files import sha256_file, zip_folder
 from kaggleops.refs import DatasetRef, slugify
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    DATASET_METADATA,
+    MANIFEST,
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_GIT_COMMIT,
+    TAG_GIT_REPO,
+    FileEntry,
+    Manifest,
+)
 
-MODEL_ARTIFACT = "model"
-DATASET_METADATA = "dataset-metadata.json"
 STAGING_DIR = Path(".kops") / "publish"
 TITLE_MIN, TITLE_MAX = 6, 50
 SLUG_MIN, SLUG_MAX = 6, 50
-ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same folder always zips to the same bytes
 
 
 @dataclass(frozen=True)
@@ -85,20 +93,19 @@ def resolve_target(cfg: KopsConfig, run_name: str, run_id: str, dataset: str | N
 
 
 def build_manifest(model: Path, run_id: str, experiment: str, tags: dict[str, str],
-                   archives: dict[str, str]) -> dict[str, object]:
+                   archives: dict[str, str]) -> Manifest:
     """The manifest: run, commit, and the sha256 of every model file (paths as in the model folder)."""
     files = sorted(p for p in model.rglob("*") if p.is_file())
-    return {
-        "kops_version": __version__,
-        "run_id": run_id,
-        "experiment": experiment,
-        "commit": tags.get(TAG_GIT_COMMIT),
-        "repo_url": tags.get(TAG_GIT_REPO),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {p.relative_to(model).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                  for p in files},
-        "archives": archives,
-    }
+    return Manifest(
+        kops_version=__version__,
+        run_id=run_id,
+        experiment=experiment,
+        commit=tags.get(TAG_GIT_COMMIT),
+        repo_url=tags.get(TAG_GIT_REPO),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        files={p.relative_to(model).as_posix(): FileEntry(sha256_file(p), p.stat().st_size) for p in files},
+        archives=archives,
+    )
 
 
 def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str,
@@ -113,25 +120,16 @@ def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str
     }
 
 
-def _zip_folder(src: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(path.relative_to(src).as_posix(), ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            with path.open("rb") as f, zf.open(info, "w", force_zip64=True) as out:
-                shutil.copyfileobj(f, out, 1 << 20)
-
-
 def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tuple[Path, Path, dict[str, str]]:
     """Download the run's model folder; build the upload folder (files + one zip per sub-folder).
 
     Returns (model folder as logged, upload folder, archives ``{"tokenizer.zip": "tokenizer"}``).
     """
-    if MODEL_ARTIFACT not in tracker.list_artifacts(run_id):
-        raise MissingArtifact(f"Run {run_id} has no `{MODEL_ARTIFACT}/` artifact to publish.",
+    if ARTIFACT_MODEL not in tracker.list_artifacts(run_id):
+        raise MissingArtifact(f"Run {run_id} has no `{ARTIFACT_MODEL}/` artifact to publish.",
                               "Publish a run made by `kops train` (it logs the model folder).")
     shutil.rmtree(staging / "download", ignore_errors=True)
-    model = tracker.download(run_id, MODEL_ARTIFACT, staging / "download")
+    model = tracker.download(run_id, ARTIFACT_MODEL, staging / "download")
     upload = staging / "dataset"
     shutil.rmtree(upload, ignore_errors=True)
     upload.mkdir(parents=True)
@@ -139,7 +137,7 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
     for entry in sorted(model.iterdir()):
         if entry.is_dir():
             archives[f"{entry.name}.zip"] = entry.name
-            _zip_folder(entry, upload / f"{entry.name}.zip")
+            zip_folder(entry, upload / f"{entry.name}.zip")
         else:
             shutil.copyfile(entry, upload / entry.name)
     for path in upload.iterdir():
@@ -153,26 +151,26 @@ def restore_dataset_folder(folder: Path) -> Path:
     Works whether the ``<folder>.zip`` files are still zipped (the client's upload) or were unpacked.
     Raises DataError naming the first file whose sha256 differs from the manifest.
     """
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for archive, name in (manifest.get("archives") or {}).items():
+    manifest = Manifest.read(folder / MANIFEST)
+    for archive, name in manifest.archives.items():
         if (folder / archive).is_file() and not (folder / name).is_dir():
             with zipfile.ZipFile(folder / archive) as zf:
                 zf.extractall(folder / name)
-    for rel, entry in manifest["files"].items():
+    for rel, entry in manifest.files.items():
         path = folder / rel
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise DataError(f"{path} is missing or differs from {MANIFEST} (sha256 {entry['sha256'][:12]}…).",
+        if not path.is_file() or sha256_file(path) != entry.sha256:
+            raise DataError(f"{path} is missing or differs from {MANIFEST} (sha256 {entry.sha256[:12]}…).",
                             "Download the dataset version again.")
     return folder
 
 
 def _reuse_latest(kaggle: Kaggle, ref: DatasetRef, info: dict[str, Any] | None,
-                  manifest: dict[str, object], poll_s: float) -> int | None:
+                  manifest: Manifest, poll_s: float) -> int | None:
     """The latest version's number when its manifest lists the same files with the same sha256s."""
     if info is None:
         return None
     latest = kaggle.latest_manifest(ref)
-    if not latest or latest.get("files") != manifest["files"]:
+    if not latest or latest.files != manifest.files:
         return None
     return kaggle.wait_dataset_ready(ref, int(info.get("current_version_number") or 1), poll_s=poll_s)
 
@@ -199,17 +197,17 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
         >>> publish(load_config(), "3f2a…")  # doctest: +SKIP
         PublishResult(run_id='3f2a…', dataset='alice/fold-0-3f2a9c1e', dataset_version=1, ...)
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
     ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     tags = dict(run.data.tags)
     is_public = (not cfg.dataset.private) if public is None else public
     staging = cfg.root / STAGING_DIR / run_id
     model, folder, archives = stage_run(tracker, run_id, staging, mtime=run.info.start_time / 1000)
     manifest = build_manifest(model, run_id, cfg.experiment_name, tags, archives)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest.write(folder / MANIFEST)
     (folder / DATASET_METADATA).write_text(json.dumps(
         dataset_metadata(ref, title, cfg.dataset.license, run_id, tags.get(TAG_GIT_COMMIT)), indent=2))
     notes = f"kops: run {run_id} commit {tags.get(TAG_GIT_COMMIT, 'unknown')}"

@@ -21,15 +21,14 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kaggleops.adapters.kaggle import MANIFEST, Kaggle
-from kaggleops.adapters.tracking import TAG_GIT_COMMIT, Tracker
+from kaggleops.adapters.kaggle import Kaggle
+from kaggleops.adapters.tracking import open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, PublishError
 from kaggleops.refs import ModelRef, slugify
+from kaggleops.schema import MANIFEST, TAG_GIT_COMMIT, TAG_MODEL, TAG_MODEL_VERSION, Manifest
 from kaggleops.stages.publish import STAGING_DIR, build_manifest, stage_run
 
-TAG_MODEL = "kops.model"
-TAG_MODEL_VERSION = "kops.model.version"
 MODEL_METADATA = "model-metadata.json"
 INSTANCE_METADATA = "model-instance-metadata.json"
 DEFAULT_FRAMEWORK = "transformers"
@@ -79,11 +78,11 @@ def instance_metadata(ref: ModelRef, license_name: str, run_id: str, commit: str
             "usage": f"Attach as a model source; `{MANIFEST}` names the run. Sub-folders travel as `<folder>.zip`."}
 
 
-def _reuse_latest(kaggle: Kaggle, ref: ModelRef, current: int | None, manifest: dict[str, object]) -> int | None:
+def _reuse_latest(kaggle: Kaggle, ref: ModelRef, current: int | None, manifest: Manifest) -> int | None:
     if not current:
         return None
     latest = kaggle.model_manifest(ref, current)
-    return current if latest and latest.get("files") == manifest["files"] else None
+    return current if latest and latest.files == manifest.files else None
 
 
 def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public: bool | None = None,
@@ -94,17 +93,17 @@ def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public
         >>> publish_model(load_config(), "3f2a…")  # doctest: +SKIP
         ModelPublishResult(run_id='3f2a…', model='alice/tse/transformers/fold-0-3f2a9c1e', model_version=1, ...)
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     run_id = tracker.resolve(run_id)
     run = tracker.get_run(run_id)
     ref = resolve_model_target(cfg, run.info.run_name, run_id, model)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     tags = dict(run.data.tags)
     private = cfg.dataset.private if public is None else not public
     staging = cfg.root / STAGING_DIR / f"{run_id}-model"
     weights, folder, archives = stage_run(tracker, run_id, staging, mtime=run.info.start_time / 1000)
     manifest = build_manifest(weights, run_id, cfg.experiment_name, tags, archives)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest.write(folder / MANIFEST)
     commit = tags.get(TAG_GIT_COMMIT)
     (folder / INSTANCE_METADATA).write_text(json.dumps(
         instance_metadata(ref, cfg.dataset.license, run_id, commit), indent=2))

@@ -83,7 +83,7 @@ def train_on_kaggle(cfg: KopsConfig, folds: list[int] | None = None, machine_sha
     """
     shape = resolve_accelerator(cfg, machine_shape, allow_retired, notify)
     docker_image = docker_pinning(docker_image)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     spec = pushed_commit(cfg)
     ref = KernelRef(cfg.kaggle_owner, f"{slugify(cfg.experiment_name, 40)}-train")
     folder = render_training_kernel(cfg, ref, spec, folds, shape.name, cfg.root / ".kops" / "kernels" / ref.slug,

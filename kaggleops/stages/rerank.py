@@ -17,22 +17,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.adapters.tracking import TAG_PARENT, Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, MissingArtifact
-from kaggleops.stages.train import MODEL_ARTIFACT, OOF_ARTIFACT, TAG_FOLD, TAG_KIND, TAG_TASK, get_task_for
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    ARTIFACT_RERANK,
+    TAG_FOLD,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RERANK_BASE_RUNS,
+    TAG_RERANK_FROM,
+    TAG_RERANK_N,
+    TAG_RERANK_W,
+    TAG_STAGE,
+    TAG_TASK,
+    Kind,
+)
+from kaggleops.stages.train import OOF_ARTIFACT, get_task_for
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
 
-TAG_STAGE = "kops.stage"
-TAG_BASE_RUNS = "kops.rerank.base_runs"
-TAG_FROM = "kops.rerank.from"
-KIND_RERANK = "rerank"
-KIND_RERANK_FOLD = "rerank-fold"
 OOF_FILE = "oof.csv"
-RERANK_ARTIFACT = "rerank"
 SCORED_COLUMNS = ["textID", "fold", "scored_by", "sentiment", "rank", "start", "end", "score", "rerank_pred",
                   "target", "cand"]
 
@@ -90,7 +98,7 @@ def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[in
         if _fold_of(run) is not None:
             children = [run]
             key = run.data.tags.get(TAG_PARENT) or run_id
-        elif run.data.tags.get(TAG_KIND) == "kfold":
+        elif run.data.tags.get(TAG_KIND) == Kind.KFOLD:
             children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if _fold_of(r) is not None]
             key = run_id
         else:
@@ -149,7 +157,7 @@ def _rerank_settings(cfg: KopsConfig, overrides: dict[str, Any] | None) -> Any:
 
 def train_stage(cfg: KopsConfig, stage: str, from_runs: list[str], progress: bool = True) -> RerankResult:
     """The ``kops train --stage STAGE`` entry for stages after the base: only ``rerank`` so far."""
-    if stage != KIND_RERANK:
+    if stage != Kind.RERANK:
         raise ConfigError(f"Unknown training stage {stage!r}; known: base, rerank.",
                           "Use: kops train --stage rerank --from KFOLD_RUN_ID")
     return train_reranker(cfg, from_runs, progress=progress)
@@ -167,7 +175,7 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
 
     task = get_task_for(cfg)
     settings = _rerank_settings(cfg, overrides)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     models = resolve_base_runs(tracker, from_runs)
     with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
         oof = load_base_oof(tracker, models, Path(tmp) / "oof")
@@ -178,8 +186,9 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
                             "Train the base on every fold: kops train (without --fold)")
         base_ids = {f: [m[f].info.run_id for m in models.values()] for f in folds}
         params = {**asdict(settings), "from": ",".join(from_runs), "base_folds": folds, "oof_rows": len(rows)}
-        tags = {TAG_TASK: task.name, TAG_KIND: KIND_RERANK, TAG_STAGE: KIND_RERANK, TAG_FROM: ",".join(from_runs),
-                TAG_BASE_RUNS: ",".join(i for f in folds for i in base_ids[f])}
+        tags = {TAG_TASK: task.name, TAG_KIND: Kind.RERANK, TAG_STAGE: Kind.RERANK,
+                TAG_RERANK_FROM: ",".join(from_runs),
+                TAG_RERANK_BASE_RUNS: ",".join(i for f in folds for i in base_ids[f])}
         parent = tracker.start_run(f"rerank-{Path(settings.model).name}", params, tags)
         started: list[str] = [parent]
         try:
@@ -204,21 +213,21 @@ def _train_all(tracker: Tracker, settings: Any, parent: str, rows: pd.DataFrame,
     fold_runs, results = [], []
     for fold, ids in base_ids.items():
         run_id = tracker.start_run(f"rerank-fold-{fold}", {**asdict(settings), "fold": fold},
-                                   {TAG_FOLD: str(fold), TAG_KIND: KIND_RERANK_FOLD, TAG_STAGE: KIND_RERANK,
-                                    TAG_BASE_RUNS: ",".join(ids)}, parent_run_id=parent)
+                                   {TAG_FOLD: str(fold), TAG_KIND: Kind.RERANK_FOLD, TAG_STAGE: Kind.RERANK,
+                                    TAG_RERANK_BASE_RUNS: ",".join(ids)}, parent_run_id=parent)
         started.append(run_id)
         if progress:
             print(f"kops: rerank fold {fold}: training on {int((cands['fold'] != fold).sum())} candidates", flush=True)
         with tracker.metric_logger(run_id) as log:
             res = rerank.train_rerank_fold(cands, settings, fold, tmp / f"fold{fold}", log)
-        tracker.log_json(run_id, {"fold": fold, "train_ids": res.train_ids}, f"{RERANK_ARTIFACT}/train_ids.json")
+        tracker.log_json(run_id, {"fold": fold, "train_ids": res.train_ids}, f"{ARTIFACT_RERANK}/train_ids.json")
         fold_runs.append(RerankFoldRun(run_id, fold, ids))
         results.append(res)
     scored = pd.concat([r.scored for r in results], ignore_index=True)
     tuned = rerank.tune(rows, scored, settings)
     for fold_run, res in zip(fold_runs, results, strict=True):
         rerank.write_rerank_config(res.model_dir, settings, tuned.w, tuned.n)
-        tracker.log_artifacts(fold_run.run_id, res.model_dir, MODEL_ARTIFACT)
+        tracker.log_artifacts(fold_run.run_id, res.model_dir, ARTIFACT_MODEL)
         fold_run.metrics = rerank.fold_metrics(rows, scored, tuned.w, tuned.n, fold_run.fold)
         tracker.log_metrics(fold_run.run_id, {**fold_run.metrics, "seconds": res.seconds}, res.steps)
         tracker.end_run(fold_run.run_id)
@@ -231,7 +240,7 @@ def _log_parent(tracker: Tracker, parent: str, scored: pd.DataFrame, tuned: Any)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "oof_scored.csv"
         scored[SCORED_COLUMNS].to_csv(path, index=False)
-        tracker.log_artifact(parent, path, RERANK_ARTIFACT)
-    tracker.log_json(parent, {"w": tuned.w, "n": tuned.n, "grid": tuned.grid}, f"{RERANK_ARTIFACT}/tuning.json")
-    tracker.set_tags(parent, {"kops.rerank.w": json.dumps(tuned.w), "kops.rerank.n": str(tuned.n)})
+        tracker.log_artifact(parent, path, ARTIFACT_RERANK)
+    tracker.log_json(parent, {"w": tuned.w, "n": tuned.n, "grid": tuned.grid}, f"{ARTIFACT_RERANK}/tuning.json")
+    tracker.set_tags(parent, {TAG_RERANK_W: json.dumps(tuned.w), TAG_RERANK_N: str(tuned.n)})
     tracker.end_run(parent)

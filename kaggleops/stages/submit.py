@@ -8,51 +8,55 @@ leaderboard results back onto the submission run and its source runs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaggleops.adapters.kaggle import Kaggle, Submission
-from kaggleops.adapters.tracking import (
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.config import KopsConfig
+from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
+from kaggleops.files import sha256_file
+from kaggleops.refs import CompetitionRef, KernelRef
+from kaggleops.schema import (
+    ARTIFACT_SUBMISSION,
+    PLAN_FILE,
+    SUBMISSION_FILE,
+    TAG_COMPETITION,
     TAG_DATASET,
     TAG_DATASET_VERSION,
+    TAG_DATASETS,
     TAG_KERNEL,
     TAG_KERNEL_VERSION,
     TAG_KIND,
-    Tracker,
-    runs_tagged,
+    TAG_SOURCE_RUNS,
+    TAG_SUBMISSION_DATE,
+    TAG_SUBMISSION_DESCRIPTION,
+    TAG_SUBMISSION_ERROR,
+    TAG_SUBMISSION_FILE,
+    TAG_SUBMISSION_KEY,
+    TAG_SUBMISSION_ORIGIN,
+    TAG_SUBMISSION_REF,
+    TAG_SUBMISSION_SHA256,
+    TAG_SUBMISSION_STATUS,
+    KernelPlan,
+    Kind,
+    Origin,
+    SubmissionStatus,
 )
-from kaggleops.config import KopsConfig
-from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
-from kaggleops.refs import CompetitionRef, KernelRef
-from kaggleops.stages.kernel import PLAN_FILE, default_kernel_ref
+from kaggleops.stages.kernel import default_kernel_ref
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-TAG_KEY = "kops.submission.key"
-TAG_REF = "kops.submission.ref"
-TAG_STATUS = "kops.submission.status"
-TAG_ERROR = "kops.submission.error"
-TAG_ORIGIN = "kops.submission.origin"  # "kops" (made by kops submit) | "outside" (adopted by kops scores --all)
-TAG_FILE = "kops.submission.file"
-TAG_SHA256 = "kops.submission.sha256"
-TAG_DESCRIPTION = "kops.submission.description"
-TAG_DATE = "kops.submission.date"
-TAG_SOURCE_RUNS = "kops.source_runs"
-TAG_DATASETS = "kops.datasets"
-TAG_COMPETITION = "kops.competition"
 KEY_PATTERN = re.compile(r"kops:([0-9a-f]{12})")
 SCORE_METRICS = {"lb_public": "public_score", "lb_private": "private_score"}
-DEFAULT_OUTPUT_FILE = "submission.csv"
-SUBMISSION_ARTIFACT = "submission"
 MAX_DESCRIPTION = 250
 
 
@@ -79,7 +83,7 @@ def latest_kernel_version(tracker: Tracker, kernel: KernelRef) -> int:
     return max(versions)
 
 
-def kernel_plan(kaggle: Kaggle, kernel: KernelRef) -> dict[str, object]:
+def kernel_plan(kaggle: Kaggle, kernel: KernelRef) -> KernelPlan:
     """The plan (kops-kernel.json) a kernel version wrote to its output: its models and dataset versions."""
     with tempfile.TemporaryDirectory(prefix="kops-kout-") as tmp:
         kaggle.kernel_output(kernel, Path(tmp))
@@ -87,7 +91,7 @@ def kernel_plan(kaggle: Kaggle, kernel: KernelRef) -> dict[str, object]:
         if not plan.is_file():
             raise KernelError(f"Kernel {kernel} has no {PLAN_FILE} in its output; it was not made by kops "
                               "or did not finish.", f"Check it with: kaggle kernels status {kernel}")
-        return json.loads(plan.read_text())
+        return KernelPlan.read(plan)
 
 
 def next_reset(now: datetime | None = None) -> datetime:
@@ -134,51 +138,53 @@ def _start_submission_run(tracker: Tracker, cfg: KopsConfig, name: str, message:
                           tags: dict[str, str]) -> tuple[str, str]:
     key = uuid.uuid4().hex[:12]
     run_id = tracker.start_run(name, {"message": message or "-"}, {
-        TAG_KIND: "submission", TAG_ORIGIN: "kops", TAG_KEY: key, TAG_COMPETITION: cfg.competition,
-        TAG_STATUS: "SUBMITTING", TAG_DATE: datetime.now(timezone.utc).isoformat(timespec="seconds"), **tags,
+        TAG_KIND: Kind.SUBMISSION, TAG_SUBMISSION_ORIGIN: Origin.KOPS, TAG_SUBMISSION_KEY: key,
+        TAG_COMPETITION: cfg.competition, TAG_SUBMISSION_STATUS: SubmissionStatus.SUBMITTING,
+        TAG_SUBMISSION_DATE: datetime.now(timezone.utc).isoformat(timespec="seconds"), **tags,
     })
     return run_id, key
 
 
-def _send(tracker: Tracker, run_id: str, send: object) -> int:
+def _send(tracker: Tracker, run_id: str, send: Callable[[], int]) -> int:
     """Call ``send()``; record the ref (PENDING) or the failure on the submission run."""
     try:
-        sub_ref = int(send())  # type: ignore[operator]
+        sub_ref = int(send())
     except Exception as e:
-        tracker.set_tags(run_id, {TAG_STATUS: "FAILED", TAG_ERROR: str(e)[:500]})
+        tracker.set_tags(run_id, {TAG_SUBMISSION_STATUS: SubmissionStatus.FAILED, TAG_SUBMISSION_ERROR: str(e)[:500]})
         tracker.end_run(run_id, "FAILED")
         raise
-    tracker.set_tags(run_id, {TAG_REF: str(sub_ref), TAG_STATUS: "PENDING"})
+    tracker.set_tags(run_id, {TAG_SUBMISSION_REF: str(sub_ref), TAG_SUBMISSION_STATUS: SubmissionStatus.PENDING})
     tracker.end_run(run_id)
     return sub_ref
 
 
 def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = None, message: str = "",
-           kaggle: Kaggle | None = None, file: Path | None = None, runs: list[str] | None = None) -> SubmitResult:
+           kaggle: Kaggle | None = None, file: Path | None = None, runs: list[str] | None = None,
+           plan: KernelPlan | None = None) -> SubmitResult:
     """Submit a kernel version (code competition) or ``file`` (file competition), recording a submission run first.
 
-    The day's remaining submissions are checked first (QuotaExceeded names the reset time).
+    The day's remaining submissions are checked first (QuotaExceeded names the reset time). ``plan``: the
+    kernel version's plan when the caller has it (``push-kernel --submit``), else read from the kernel's output.
 
     Example:
         >>> submit(load_config())  # the latest kernel version pushed by kops  # doctest: +SKIP
         >>> submit(load_config(), file=Path("submission.csv"), runs=["3f2a…"])  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
         return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message)
     base = KernelRef.parse(kernel) if kernel else default_kernel_ref(cfg)
     ref = KernelRef(base.owner, base.slug, version or base.version or latest_kernel_version(tracker, base))
-    plan = kernel_plan(kaggle, ref)
-    models = plan["models"]
-    source_runs = [m["run_id"] for m in models]  # type: ignore[index]
+    plan = plan or kernel_plan(kaggle, ref)
+    source_runs = plan.source_runs
     remaining = check_quota(kaggle, competition)
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{ref.slug}-v{ref.version}", message, {
         TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(ref.version), TAG_SOURCE_RUNS: ",".join(source_runs),
-        TAG_DATASETS: ",".join(f"{m['dataset']}/{m['dataset_version']}" for m in models),  # type: ignore[index]
+        TAG_DATASETS: ",".join(plan.dataset_versions),
     })
-    sub_ref = _send(tracker, run_id, lambda: kaggle.submit_code(competition, ref, DEFAULT_OUTPUT_FILE,
+    sub_ref = _send(tracker, run_id, lambda: kaggle.submit_code(competition, ref, SUBMISSION_FILE,
                                                                 _description(key, str(ref), message)))
     return SubmitResult(sub_ref, run_id, key, ref.ref, int(ref.version or 0), source_runs,
                         remaining_today=None if remaining is None else remaining - 1)
@@ -190,11 +196,12 @@ def _submit_file(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, competition:
         raise SubmissionError(f"Submission file {path} not found.", "Pass the CSV to submit: --file PATH")
     datasets = _datasets_of(tracker, runs)  # also checks that every run exists
     remaining = check_quota(kaggle, competition)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256_file(path)
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{path.stem}", message, {
-        TAG_FILE: path.name, TAG_SHA256: sha, TAG_SOURCE_RUNS: ",".join(runs), TAG_DATASETS: ",".join(datasets),
+        TAG_SUBMISSION_FILE: path.name, TAG_SUBMISSION_SHA256: sha, TAG_SOURCE_RUNS: ",".join(runs),
+        TAG_DATASETS: ",".join(datasets),
     })
-    tracker.log_artifact(run_id, path, SUBMISSION_ARTIFACT)
+    tracker.log_artifact(run_id, path, ARTIFACT_SUBMISSION)
     sub_ref = _send(tracker, run_id, lambda: kaggle.submit_file(competition, path,
                                                                 _description(key, path.name, message)))
     return SubmitResult(sub_ref, run_id, key, "", 0, runs, file=str(path),
@@ -218,7 +225,7 @@ class ScoreRow:
     source_runs: list[str] = field(default_factory=list)
     error: str = ""
     changed: bool = False
-    origin: str = "kops"  # kops | outside (recorded by `kops scores --all`) | unrecorded
+    origin: str = Origin.KOPS
     kernel: str = ""
     description: str = ""
 
@@ -253,12 +260,12 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
     Example:
         >>> scores(load_config(), wait=True)  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
-    kaggle = kaggle or Kaggle(cfg.resolved_kaggle_endpoint)
+    tracker = open_tracker(cfg)
+    kaggle = kaggle or Kaggle.from_config(cfg)
     deadline = time.monotonic() + timeout_s
     while True:
         rows = _pull_once(cfg, tracker, kaggle, adopt)
-        if not wait or all(r.status != "PENDING" for r in rows):
+        if not wait or all(r.status != SubmissionStatus.PENDING for r in rows):
             return rows
         if time.monotonic() > deadline:
             raise TimedOut(f"Submissions still PENDING after {timeout_s:.0f} s.", "Run `kops scores` later.")
@@ -266,7 +273,7 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
 
 
 def _pull_once(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, adopt: bool) -> list[ScoreRow]:
-    runs = runs_tagged(tracker, {TAG_KIND: "submission", TAG_COMPETITION: cfg.competition})
+    runs = runs_tagged(tracker, {TAG_KIND: Kind.SUBMISSION, TAG_COMPETITION: cfg.competition})
     subs = kaggle.list_submissions(CompetitionRef.parse(cfg.competition))
     by_key = {m.group(1): s for s in subs if (m := KEY_PATTERN.search(s.description))}
     by_ref = {s.ref: s for s in subs}
@@ -276,8 +283,8 @@ def _pull_once(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, adopt: bool) -
         sub = _match(run, by_key, by_ref)
         if sub is not None:
             matched.append((run, sub))
-        elif run.data.tags.get(TAG_STATUS) == "SUBMITTING":  # died before Kaggle took it (or still submitting)
-            unsent.append(ScoreRow(run.info.run_id, None, "SUBMITTING", None, None, _sources(run)))
+        elif run.data.tags.get(TAG_SUBMISSION_STATUS) == SubmissionStatus.SUBMITTING:  # died before Kaggle took it
+            unsent.append(ScoreRow(run.info.run_id, None, SubmissionStatus.SUBMITTING, None, None, _sources(run)))
     taken = {sub.ref for _, sub in matched}
     outside = [s for s in subs if s.ref not in taken]
     unrecorded = []
@@ -289,7 +296,7 @@ def _pull_once(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, adopt: bool) -
                 matched.append((_adopt(cfg, tracker, kaggle, sub, kernel), sub))
             else:
                 unrecorded.append(ScoreRow("", sub.ref, sub.status, sub.public_score, sub.private_score, [],
-                                           sub.error, False, "unrecorded", str(kernel or ""), sub.description))
+                                           sub.error, False, Origin.UNRECORDED, str(kernel or ""), sub.description))
     matched.sort(key=lambda pair: pair[1].ref)
     rows = [_write_back(tracker, run, sub) for run, sub in matched]
     for row, changed in zip(rows, _sync_sources(tracker, matched), strict=True):
@@ -303,35 +310,33 @@ def _sources(run: Run) -> list[str]:
 
 def _match(run: Run, by_key: dict[str, Submission], by_ref: dict[int, Submission]) -> Submission | None:
     tags = run.data.tags
-    if tags.get(TAG_KEY) in by_key:
-        return by_key[tags[TAG_KEY]]
-    ref = tags.get(TAG_REF)
+    if tags.get(TAG_SUBMISSION_KEY) in by_key:
+        return by_key[tags[TAG_SUBMISSION_KEY]]
+    ref = tags.get(TAG_SUBMISSION_REF)
     return by_ref.get(int(ref)) if ref and ref.isdigit() else None
 
 
 def _plan_sources(tracker: Tracker, kaggle: Kaggle, kernel: KernelRef) -> tuple[list[str], list[str]]:
     """(source run ids, dataset versions) of a kernel version: its kops plan, else runs tagged with it."""
     try:
-        models = kernel_plan(kaggle, kernel)["models"]
-        return ([m["run_id"] for m in models],  # type: ignore[union-attr,index]
-                [f"{m['dataset']}/{m['dataset_version']}" for m in models])  # type: ignore[union-attr,index]
+        plan = kernel_plan(kaggle, kernel)
+        return plan.source_runs, plan.dataset_versions
     except KopsError:
         tagged = runs_tagged(tracker, {TAG_KERNEL: kernel.ref, TAG_KERNEL_VERSION: str(kernel.version)})
-        ids = [r.info.run_id for r in tagged if r.data.tags.get(TAG_KIND) != "submission"]
+        ids = [r.info.run_id for r in tagged if r.data.tags.get(TAG_KIND) != Kind.SUBMISSION]
         return ids, _datasets_of(tracker, ids)
 
 
 def _adopt(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, sub: Submission, kernel: KernelRef | None) -> Run:
     """Record a submission made outside kops as a submission run (no git provenance: kops did not make it)."""
-    tags = {TAG_KIND: "submission", TAG_ORIGIN: "outside", TAG_COMPETITION: cfg.competition,
-            TAG_REF: str(sub.ref), TAG_DESCRIPTION: sub.description[:500], TAG_DATE: sub.date}
+    tags = {TAG_KIND: Kind.SUBMISSION, TAG_SUBMISSION_ORIGIN: Origin.OUTSIDE, TAG_COMPETITION: cfg.competition,
+            TAG_SUBMISSION_REF: str(sub.ref), TAG_SUBMISSION_DESCRIPTION: sub.description[:500],
+            TAG_SUBMISSION_DATE: sub.date}
     if kernel is not None:
         sources, datasets = _plan_sources(tracker, kaggle, kernel)
         tags.update({TAG_KERNEL: kernel.ref, TAG_KERNEL_VERSION: str(kernel.version),
                      TAG_SOURCE_RUNS: ",".join(sources), TAG_DATASETS: ",".join(datasets)})
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"submission-{sub.ref}", tags=tags)
-    tracker.end_run(run.info.run_id)
-    return tracker.get_run(run.info.run_id)
+    return tracker.get_run(tracker.record_run(f"submission-{sub.ref}", tags))
 
 
 def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
@@ -339,10 +344,11 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
     tags, run_id = run.data.tags, run.info.run_id
     sources = _sources(run)
     row = ScoreRow(run_id, sub.ref, sub.status, sub.public_score, sub.private_score, sources, sub.error,
-                   origin=tags.get(TAG_ORIGIN, "kops"), kernel=_kernel_text(tags), description=sub.description)
-    wanted = {TAG_REF: str(sub.ref), TAG_STATUS: sub.status}
-    if sub.error or TAG_ERROR in tags:
-        wanted[TAG_ERROR] = sub.error[:500]
+                   origin=tags.get(TAG_SUBMISSION_ORIGIN, Origin.KOPS), kernel=_kernel_text(tags),
+                   description=sub.description)
+    wanted = {TAG_SUBMISSION_REF: str(sub.ref), TAG_SUBMISSION_STATUS: sub.status}
+    if sub.error or TAG_SUBMISSION_ERROR in tags:
+        wanted[TAG_SUBMISSION_ERROR] = sub.error[:500]
     changed_tags = {k: v for k, v in wanted.items() if tags.get(k) != v}
     if changed_tags:
         tracker.set_tags(run_id, changed_tags)
@@ -360,7 +366,7 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
 def _kernel_text(tags: dict[str, str]) -> str:
     if TAG_KERNEL in tags:
         return f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}".rstrip("/")
-    return tags.get(TAG_FILE, "")
+    return tags.get(TAG_SUBMISSION_FILE, "")
 
 
 def _sync_sources(tracker: Tracker, matched: list[tuple[Run, Submission]]) -> list[bool]:
@@ -376,9 +382,9 @@ def _sync_sources(tracker: Tracker, matched: list[tuple[Run, Submission]]) -> li
             tags = tracker.get_run(source).data.tags
         except KopsError:
             continue  # a deleted source run does not stop the others
-        wanted = {TAG_STATUS: sub.status, TAG_REF: str(sub.ref)}
-        if sub.error or TAG_ERROR in tags:
-            wanted[TAG_ERROR] = sub.error[:500]
+        wanted = {TAG_SUBMISSION_STATUS: sub.status, TAG_SUBMISSION_REF: str(sub.ref)}
+        if sub.error or TAG_SUBMISSION_ERROR in tags:
+            wanted[TAG_SUBMISSION_ERROR] = sub.error[:500]
         diff = {k: v for k, v in wanted.items() if tags.get(k) != v}
         if diff:
             tracker.set_tags(source, diff)

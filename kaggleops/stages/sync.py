@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kaggleops.adapters.storage import ObjectStore, md5_b64, open_store
-from kaggleops.adapters.tracking import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_RUN, TAG_PARENT, Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.errors import ConfigError
 from kaggleops.refs import slugify
+from kaggleops.schema import TAG_ORIGIN_ARTIFACTS, TAG_ORIGIN_MACHINE, TAG_ORIGIN_MD5, TAG_ORIGIN_RUN, TAG_PARENT
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -38,8 +39,6 @@ ENV_BUCKET = "KOPS_BUCKET"
 BUNDLE_FORMAT = "kops.run-bundle/1"
 RUNS_PREFIX = "runs/"
 MACHINE_FILE = ".kops/machine-id"
-TAG_ORIGIN_MACHINE = "kops.origin_machine"
-TAG_ORIGIN_MD5 = "kops.origin_md5"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 MAX_RESULTS = 50_000
 METRICS_PER_BATCH = 1000
@@ -145,7 +144,7 @@ def push(cfg: KopsConfig, bucket: str | None = None, all_experiments: bool = Fal
         48213
     """
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     me = machine_id(cfg)
     result = PushResult(store.url, me)
     stored = {o.key: o.md5 for o in store.list(f"{RUNS_PREFIX}{me}/")}
@@ -192,7 +191,7 @@ def pull(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None =
         ['3f0c…', …]
     """
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     me = machine_id(cfg)
     result = PullResult(store.url)
     local = _imported(tracker)
@@ -293,11 +292,6 @@ def pull_if_configured(cfg: KopsConfig) -> PullResult | None:
     return pull(cfg)
 
 
-def resolve_run_id(tracker: Tracker, run_id: str) -> str:
-    """The local id for ``run_id`` (a local id, or the origin id of a pulled run); see ``Tracker.resolve``."""
-    return tracker.resolve(run_id)
-
-
 def bundles(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None = None) -> list[dict[str, Any]]:
     """What the bucket holds: one row per run bundle (machine, run id, bytes)."""
     store = store or open_store(bucket_url(cfg, bucket), cfg.root)
@@ -317,7 +311,6 @@ class BackgroundSync:
         self.cfg = cfg
         self.every_s = every_s
         self.store = store or open_store(bucket_url(cfg, bucket), cfg.root)
-        self.pushes = 0
         self.last_error: Exception | None = None
         self.pushed = threading.Event()
         self._stop = threading.Event()
@@ -335,7 +328,6 @@ class BackgroundSync:
             self.last_error = e
             log.warning("kops sync push to %s failed: %s", self.store.url, e)
             return None
-        self.pushes += 1
         self.pushed.set()
         return result
 

@@ -20,19 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
-from kaggleops.adapters.credentials import apply_tracking_credentials
-from kaggleops.adapters.tracking import TAG_FOLD, TAG_KIND, TAG_PARENT, Tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.schema import (
+    ARTIFACT_MODEL,
+    TAG_FOLD,
+    TAG_GPU,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RESUMES,
+    TAG_TASK,
+    TAG_TRAIN_KEY,
+    TAG_WORLD_SIZE,
+    Kind,
+)
 from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.stages.sync import background_sync
 
-TAG_TASK = "kops.task"
-TAG_KEY = "kops.train.key"
-TAG_RESUMES = "kops.resumes"
-TAG_GPU = "kops.gpu"
-TAG_WORLD_SIZE = "kops.world_size"
-MODEL_ARTIFACT = "model"
 OOF_ARTIFACT = "oof"
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
@@ -136,8 +141,7 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
 
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
           resume: bool) -> TrainResult:
-    apply_tracking_credentials()
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     params = {**asdict(settings), "data": source.name, "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
     params.pop("progress", None)
     job = _Job(tracker, task, df, settings, params, progress, resume, source.as_input())
@@ -206,7 +210,7 @@ class _Job:
             self.tracker.log_data_input(run_id, **self.data_input)
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
-        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_KEY: key, **extra})
+        return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
 
     def _unfinished(self, runs: list[Any], what: str) -> Any | None:
         open_runs = [r for r in runs if r.info.status in UNFINISHED]
@@ -218,19 +222,20 @@ class _Job:
     def open_parent(self, chosen: list[int]) -> str:
         params = {**self.params, "folds": chosen}
         key = _train_key(params)
-        found = self._unfinished(self._find("kfold", key, {}), "this k-fold job")
+        found = self._unfinished(self._find(Kind.KFOLD, key, {}), "this k-fold job")
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
         run_id = self.tracker.start_run(f"kfold-{self.settings.model}", params,
-                                        {TAG_TASK: self.task.name, TAG_KIND: "kfold", TAG_KEY: key, **machine_tags()})
+                                        {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
+                                         **machine_tags()})
         self.log_data(run_id)
         return run_id
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         params = {**self.params, "fold": fold}
         key = _train_key(params)
-        same = [r for r in self._find("fold", key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
         if self.resume and parent:
             done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
             if done:
@@ -242,7 +247,7 @@ class _Job:
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
-    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: "fold", TAG_KEY: key, **machine_tags()}
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key, **machine_tags()}
     if resume_run is None:
         run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
         job.log_data(run_id)
@@ -269,7 +274,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                                              progress=job.progress, on_checkpoint=slots,
                                              resume_from=resume_from)
                 log_fn({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
-            tracker.log_artifacts(run_id, result.model_dir, MODEL_ARTIFACT)
+            tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
             tracker.log_artifact(run_id, result.oof_path, OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")

@@ -26,22 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from kaggleops.adapters.tracking import Tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
-from kaggleops.errors import KopsError, TimedOut
+from kaggleops.errors import KopsError, PortInUse, TimedOut
+from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
-SHARED_VIEW_TAG = "mlflow.sharedViewState."
+SHARED_VIEW_TAG = TAG_SHARED_VIEW
 VIEW_METRICS = ("lb_public", "lb_private", "cv_jaccard", "best_val_jaccard", "val_jaccard")
-VIEW_TAGS = ("kops.submission.status", "kops.kernel.version", "kops.dataset.version")
-
-
-class PortInUse(KopsError):
-    """The UI's port is taken."""
+VIEW_TAGS = (TAG_SUBMISSION_STATUS, TAG_KERNEL_VERSION, TAG_DATASET_VERSION)
 
 
 def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", share_key: str | None = None) -> str:
@@ -63,7 +60,7 @@ def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public") -> s
              "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in VIEW_METRICS),
                                  *(f"tags.`{t}`" for t in VIEW_TAGS)],
              "runsPinned": [], "runsHidden": [], "runsExpanded": {}}
-    tracker.client.set_experiment_tag(tracker.experiment_id, SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
+    tracker.set_experiment_tag(SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
     return SHARE_KEY
 
 
@@ -136,7 +133,7 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
     Example:
         >>> server = start_ui(load_config()); print(server.url); server.wait()  # doctest: +SKIP
     """
-    tracker = Tracker(cfg)
+    tracker = open_tracker(cfg)
     experiment_id = tracker.experiment_id
     share_key = save_leaderboard_view(tracker)
     if tracker.uri.startswith(("http://", "https://")):

@@ -1,7 +1,7 @@
-"""Errors raised by task code (kept free of heavy imports so the CLI can catch them cheaply)."""
+"""The error task code raises: kops' one DataError (kaggleops.errors, standard library only), re-exported."""
 
 from __future__ import annotations
 
+from kaggleops.errors import DataError
 
-class DataError(ValueError):
-    """A competition file does not have the shape the task expects (e.g. a missing column)."""
+__all__ = ["DataError"]

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 TRAIN_COLUMNS: tuple[str, ...] = ("textID", "text", "selected_text", "sentiment")
 TEST_COLUMNS: tuple[str, ...] = ("textID", "text", "sentiment")
-SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 _TEXT_COLUMNS = ("text", "selected_text", "sentiment")
 
 

@@ -1,7 +1,7 @@
 """Span-extraction inference for Tweet Sentiment Extraction.
 
-SELF-CONTAINED: imports only the standard library, torch and transformers, because kops embeds
-this file's source text verbatim into generated Kaggle kernels. Do not import pandas or kaggleops.
+SELF-CONTAINED: imports only the standard library, torch and transformers, because it runs inside the
+offline inference kernel (installed there with the kops runtime wheel). Do not import pandas here.
 
 Input is the pair ``tokenizer(sentiment, text)`` (roberta: ``<s> sentiment </s></s> text </s>``).
 The tweet's tokens are found with ``sequence_ids() == 1`` (never by ``(0, 0)`` offsets: double

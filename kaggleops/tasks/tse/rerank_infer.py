@@ -1,7 +1,8 @@
 """Scoring candidate spans with the second-stage reranker (Tweet Sentiment Extraction).
 
-SELF-CONTAINED: imports only the standard library, torch and transformers, so that a kernel can run it
-(embedded or installed with the kops runtime). Do not import pandas or kaggleops here.
+SELF-CONTAINED: imports only the standard library, torch, transformers and kaggleops.schema (standard
+library only), so that the offline kernel can run it (installed with the kops runtime wheel). Do not import
+pandas here.
 
 The reranker is an ``AutoModelForSequenceClassification`` with one output. Its input is the tokenizer's
 pair template of the sentiment and ``tweet SEP candidate`` (SEP = the tokenizer's ``sep_token``), so a
@@ -24,7 +25,8 @@ import math
 import os
 from typing import Any
 
-RERANK_CONFIG = "kops_rerank.json"
+from kaggleops.schema import RERANK_CONFIG
+
 DEFAULT_MAX_LEN = 192
 
 

@@ -1,0 +1,366 @@
+"""The loop's schema: every tag, kind value, artifact and file name kops writes, and its two JSON records.
+
+Standard library only: the offline kernel runtime imports it too. Names are defined here once; the records
+``kops-manifest.json`` (a published dataset version) and ``kops-kernel.json`` (a kernel's plan) are typed,
+versioned and validated in one place (:meth:`Manifest.from_dict`, :meth:`KernelPlan.from_dict`). Files
+written before the records had a ``schema_version`` read as version 1. Keys this kops does not know (written
+by a newer one) are kept in ``extra`` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kaggleops.errors import SchemaError
+
+# ---- MLflow tags ------------------------------------------------------------------------------------------
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_GIT_BRANCH = "mlflow.source.git.branch"
+TAG_GIT_REPO = "mlflow.source.git.repoURL"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+INPUT_TAG_CONTEXT = "mlflow.data.context"  # a dataset input's role on a run (training, evaluation)
+TAG_SHARED_VIEW = "mlflow.sharedViewState."  # prefix: the MLflow UI's saved views
+
+TAG_VERSION = "kops.version"
+TAG_LIB_PREFIX = "kops.lib."  # + library name: its version on the machine that made the run
+TAG_DIRTY = "kops.git.dirty"
+TAG_ENV = "kops.env"
+TAG_TASK = "kops.task"
+TAG_KIND = "kops.kind"  # one of Kind
+TAG_FOLD = "kops.fold"
+TAG_STAGE = "kops.stage"
+TAG_TRAIN_KEY = "kops.train.key"
+TAG_RESUMES = "kops.resumes"
+TAG_GPU = "kops.gpu"
+TAG_WORLD_SIZE = "kops.world_size"
+TAG_DATASET = "kops.dataset"
+TAG_DATASET_VERSION = "kops.dataset.version"
+TAG_KERNEL = "kops.kernel"
+TAG_KERNEL_VERSION = "kops.kernel.version"
+TAG_KERNEL_MACHINE_SHAPE = "kops.kernel.machine_shape"  # the accelerator the kernel was pushed with
+TAG_KERNEL_DOCKER_IMAGE = "kops.kernel.docker_image"  # original | latest | default
+TAG_MODEL = "kops.model"  # owner/model/framework/variation on Kaggle Models
+TAG_MODEL_VERSION = "kops.model.version"
+TAG_COMPETITION = "kops.competition"
+TAG_SOURCE_RUNS = "kops.source_runs"
+TAG_DATASETS = "kops.datasets"
+TAG_RERANK_BASE_RUNS = "kops.rerank.base_runs"
+TAG_RERANK_FROM = "kops.rerank.from"
+TAG_RERANK_W = "kops.rerank.w"
+TAG_RERANK_N = "kops.rerank.n"
+TAG_SUBMISSION_KEY = "kops.submission.key"
+TAG_SUBMISSION_REF = "kops.submission.ref"
+TAG_SUBMISSION_STATUS = "kops.submission.status"
+TAG_SUBMISSION_ERROR = "kops.submission.error"
+TAG_SUBMISSION_ORIGIN = "kops.submission.origin"  # one of Origin
+TAG_SUBMISSION_FILE = "kops.submission.file"
+TAG_SUBMISSION_SHA256 = "kops.submission.sha256"
+TAG_SUBMISSION_DESCRIPTION = "kops.submission.description"
+TAG_SUBMISSION_DATE = "kops.submission.date"
+TAG_ORIGIN_RUN = "kops.origin_run_id"
+TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
+TAG_ORIGIN_MACHINE = "kops.origin_machine"
+TAG_ORIGIN_MD5 = "kops.origin_md5"
+
+
+class Kind:
+    """Values of the ``kops.kind`` tag: what a run is."""
+
+    FOLD = "fold"
+    KFOLD = "kfold"
+    SUBMISSION = "submission"
+    RERANK = "rerank"
+    RERANK_FOLD = "rerank-fold"
+    ALL = frozenset({FOLD, KFOLD, SUBMISSION, RERANK, RERANK_FOLD})
+
+
+class Origin:
+    """Values of ``kops.submission.origin``: who made the submission a submission run records."""
+
+    KOPS = "kops"  # made by kops submit
+    OUTSIDE = "outside"  # made elsewhere, adopted by kops scores --all
+    UNRECORDED = "unrecorded"  # made elsewhere, only reported (no run)
+
+
+class SubmissionStatus:
+    """Values of ``kops.submission.status`` (kops' own, then Kaggle's)."""
+
+    SUBMITTING = "SUBMITTING"
+    FAILED = "FAILED"
+    PENDING = "PENDING"
+    COMPLETE = "COMPLETE"
+    ERROR = "ERROR"
+
+
+# ---- artifact paths (inside a run) and file names ----------------------------------------------------------
+ARTIFACT_MODEL = "model"
+ARTIFACT_SUBMISSION = "submission"
+ARTIFACT_RERANK = "rerank"
+ARTIFACT_GIT_DIFF = "git/uncommitted.diff"
+MANIFEST = "kops-manifest.json"  # in every published dataset version
+PLAN_FILE = "kops-kernel.json"  # in a rendered kernel folder and the kernel's output
+TIMING_FILE = "kops-timing.json"  # in the kernel's output
+SUBMISSION_FILE = "submission.csv"
+SAMPLE_SUBMISSION_FILE = "sample_submission.csv"
+TEST_FILE = "test.csv"
+KERNEL_FILE = "kernel.py"
+KERNEL_METADATA = "kernel-metadata.json"
+DATASET_METADATA = "dataset-metadata.json"
+RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n inside a reranker fold's model folder
+RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
+RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
+
+MANIFEST_VERSION = 1
+PLAN_VERSION = 1
+
+
+def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in data:
+        raise SchemaError(f"{what} has no {key!r}.")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise SchemaError(f"{what}: {key!r} is {value!r}, not a {getattr(kind, '__name__', kind)}.")
+    return value
+
+
+def _version(data: dict[str, Any], supported: int, what: str) -> int:
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise SchemaError(f"{what}: schema_version {version!r} is not a positive integer.")
+    if version > supported:
+        raise SchemaError(f"{what} has schema_version {version}; this kops reads up to {supported}.",
+                          "Upgrade kops: pip install -U kaggleops")
+    return version
+
+
+def _extra(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k not in known}
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SchemaError(f"{what} {path} cannot be read as JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise SchemaError(f"{what} {path} is not a JSON object.")
+    return data
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a published model folder: its sha256 and size."""
+
+    sha256: str
+    bytes: int = 0
+
+
+@dataclass
+class Manifest:
+    """``kops-manifest.json``: the run a dataset version carries, and every file's sha256.
+
+    ``files`` maps paths as in the logged model folder (``tokenizer/vocab.json``) to their entries;
+    ``archives`` maps each ``<folder>.zip`` of the dataset to the sub-folder it holds.
+    """
+
+    run_id: str
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    archives: dict[str, str] = field(default_factory=dict)
+    experiment: str = ""
+    commit: str | None = None
+    repo_url: str | None = None
+    created: str = ""
+    kops_version: str = ""
+    schema_version: int = MANIFEST_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str = MANIFEST) -> Manifest:
+        version = _version(data, MANIFEST_VERSION, what)
+        files = data.get("files") or {}
+        if not isinstance(files, dict):
+            raise SchemaError(f"{what}: 'files' is not an object.")
+        entries = {}
+        for rel, entry in files.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise SchemaError(f"{what}: file {rel!r} has no sha256.")
+            entries[rel] = FileEntry(entry["sha256"], int(entry.get("bytes") or 0))
+        archives = data.get("archives") or {}
+        if not isinstance(archives, dict):
+            raise SchemaError(f"{what}: 'archives' is not an object.")
+        return cls(run_id=_need(data, "run_id", str, what), files=entries, archives=dict(archives),
+                   experiment=data.get("experiment") or "", commit=data.get("commit"), repo_url=data.get("repo_url"),
+                   created=data.get("created") or "", kops_version=data.get("kops_version") or "",
+                   schema_version=version, extra=_extra(data, cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "kops_version": self.kops_version, "run_id": self.run_id,
+                "experiment": self.experiment, "commit": self.commit, "repo_url": self.repo_url,
+                "created": self.created,
+                "files": {rel: {"sha256": e.sha256, "bytes": e.bytes} for rel, e in self.files.items()},
+                "archives": self.archives, **self.extra}
+
+    @classmethod
+    def from_json(cls, text: str, what: str = MANIFEST) -> Manifest:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise SchemaError(f"{what} is not JSON ({e}).") from None
+        if not isinstance(data, dict):
+            raise SchemaError(f"{what} is not a JSON object.")
+        return cls.from_dict(data, what)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.from_dict(_read(path, MANIFEST), str(path))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
+
+
+@dataclass(frozen=True)
+class PlanModel:
+    """A model the kernel loads: its run, the dataset version carrying it, its ensemble weight.
+
+    ``kind="model"``: a Kaggle Model instance version instead (``dataset`` then holds
+    ``owner/model/framework/variation``), attached as a model source.
+    """
+
+    run_id: str
+    dataset: str
+    dataset_version: int
+    weight: float = 1.0
+    kind: str = "dataset"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str) -> PlanModel:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{what}: a model entry is {data!r}, not an object.")
+        return cls(_need(data, "run_id", str, what), _need(data, "dataset", str, what),
+                   int(_need(data, "dataset_version", (int, str), what)), float(data.get("weight", 1.0)),
+                   str(data.get("kind") or "dataset"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"run_id": self.run_id, "dataset": self.dataset, "dataset_version": self.dataset_version,
+               "weight": self.weight}
+        return out if self.kind == "dataset" else {**out, "kind": self.kind}
+
+    def label(self) -> str:
+        what = "Kaggle Model" if self.kind == "model" else "dataset"
+        return f"run {self.run_id} ({what} {self.dataset} v{self.dataset_version})"
+
+
+@dataclass(frozen=True)
+class PlanReranker:
+    """The reranker a kernel attaches: its run (parent or fold), each fold's dataset, the tuned w and n."""
+
+    run_id: str
+    models: list[PlanModel]
+    w: float
+    n: int
+    module: str = RERANK_MODULE
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str) -> PlanReranker:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{what}: 'reranker' is not an object.")
+        models = [PlanModel.from_dict(m, what) for m in _need(data, "models", list, what)]
+        return cls(_need(data, "run_id", str, what), models, float(_need(data, "w", (int, float), what)),
+                   int(_need(data, "n", int, what)), data.get("module") or RERANK_MODULE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "module": self.module, "w": self.w, "n": self.n,
+                "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
+                           for m in self.models]}
+
+
+@dataclass
+class KernelPlan:
+    """``kops-kernel.json``: what an inference kernel runs (models, reranker, runtime wheel, columns, settings)."""
+
+    competition: str
+    id_column: str
+    target_column: str
+    models: list[PlanModel]
+    reranker: PlanReranker | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)  # dataset, version, content_sha256, wheel
+    runtime_module: str = RUNTIME_MODULE
+    max_len: int = 128
+    batch_size: int = 64
+    rerank_batch_size: int = 128
+    post_processing: dict[str, Any] = field(default_factory=lambda: {"neutral_full_text": True})
+    kops_version: str = ""
+    schema_version: int = PLAN_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str = PLAN_FILE) -> KernelPlan:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{what} is not a JSON object.")
+        version = _version(data, PLAN_VERSION, what)
+        models = [PlanModel.from_dict(m, what) for m in _need(data, "models", list, what)]
+        reranker = PlanReranker.from_dict(data["reranker"], what) if data.get("reranker") else None
+        return cls(
+            competition=_need(data, "competition", str, what), id_column=_need(data, "id_column", str, what),
+            target_column=_need(data, "target_column", str, what), models=models, reranker=reranker,
+            runtime=dict(data.get("runtime") or {}), runtime_module=data.get("runtime_module") or RUNTIME_MODULE,
+            max_len=int(data.get("max_len", 128)), batch_size=int(data.get("batch_size", 64)),
+            rerank_batch_size=int(data.get("rerank_batch_size", 128)),
+            post_processing=dict(data.get("post_processing") or {"neutral_full_text": True}),
+            kops_version=data.get("kops_version") or "", schema_version=version, extra=_extra(data, cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "kops_version": self.kops_version,
+                "competition": self.competition, "id_column": self.id_column, "target_column": self.target_column,
+                "models": [m.to_dict() for m in self.models],
+                "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
+                "runtime_module": self.runtime_module, "max_len": self.max_len, "batch_size": self.batch_size,
+                "rerank_batch_size": self.rerank_batch_size, "post_processing": self.post_processing,
+                **self.extra}
+
+    @classmethod
+    def from_json(cls, text: str, what: str = PLAN_FILE) -> KernelPlan:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise SchemaError(f"{what} is not JSON ({e}).") from None
+        return cls.from_dict(data, what)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> KernelPlan:
+        return cls.from_dict(_read(path, PLAN_FILE), str(path))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @property
+    def reranker_models(self) -> list[PlanModel]:
+        return self.reranker.models if self.reranker else []
+
+    @property
+    def all_models(self) -> list[PlanModel]:
+        """Every model the plan attaches: the ensemble's, then the reranker's folds."""
+        return [*self.models, *self.reranker_models]
+
+    @property
+    def source_runs(self) -> list[str]:
+        return [m.run_id for m in self.models]
+
+    @property
+    def dataset_versions(self) -> list[str]:
+        return [f"{m.dataset}/{m.dataset_version}" for m in self.models]
+
+    @property
+    def neutral_full_text(self) -> bool:
+        return bool(self.post_processing.get("neutral_full_text", True))
