@@ -27,7 +27,7 @@ from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
 from .rpc_models import ModelService
-from .runner import KernelRunner
+from .runner import KAGGLE_ROOT, MAX_OUTPUT_BYTES, KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
 from .server import Api, Handler, make_server
 from .state import Competition, Store, load_state, save_state
@@ -41,7 +41,9 @@ class Emulator:
     def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
                  kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
-                 users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current") -> None:
+                 users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current",
+                 isolation: str = "namespace", kaggle_root: Path | None = KAGGLE_ROOT,
+                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -58,9 +60,16 @@ class Emulator:
             input_layout: how kernels see their inputs under ``/kaggle/input``: ``current`` (Kaggle today:
                 ``competitions/<slug>/``, ``datasets/<owner>/<slug>/``, ``models/<owner>/<model>/<framework>/
                 <variation>/<version>/``) or ``legacy`` (``<slug>/`` for each).
+            isolation: ``namespace`` (default; a user + mount + network namespace where ``unshare`` works, else
+                ``guard``) or ``guard`` (socket guard, permission bits): see ``runner.py``.
+            kaggle_root: where sessions see ``input/`` and ``working/`` when namespaces work and the folder
+                exists (default ``/kaggle``); elsewhere they are found through ``KOPS_KAGGLE_INPUT``/``_WORKING``.
+            max_output_bytes: a session leaving more than this in ``working/`` ends as ERROR (Kaggle: 20 GiB).
         """
         if input_layout not in ("current", "legacy"):
             raise ValueError(f"input_layout must be 'current' or 'legacy', not {input_layout!r}")
+        if isolation not in ("namespace", "guard"):
+            raise ValueError(f"isolation must be 'namespace' or 'guard', not {isolation!r}")
         self.root = Path(root)
         self.username = username
         self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
@@ -68,7 +77,8 @@ class Emulator:
                                      daily_submission_limit=int(daily_submission_limit),
                                      dataset_processing_s=float(dataset_processing_s), input_layout=input_layout)
         self.store = Store(self.root)
-        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s)
+        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s, isolation=isolation,
+                                   kaggle_root=kaggle_root, max_output_bytes=max_output_bytes)
         services = (DatasetService(self.store, self.config),
                     KernelService(self.store, self.config, self.runner),
                     CompetitionService(self.store, self.config), ModelService(self.store, self.config))

@@ -127,6 +127,7 @@ class KernelVersion:
     outputs: list[str] = field(default_factory=list)
     created: datetime = field(default_factory=utc_now)
     finished: datetime | None = None
+    isolation: str = ""  # how the session was isolated (runner.py): namespace (...) | guard (...)
 
     @property
     def working(self) -> Path:
@@ -334,7 +335,8 @@ class Store:
                     for v in ds.versions]} for ds in self.datasets.values()},
                 "kernels": {k.ref: {"id": k.id, "versions": [
                     {"number": v.number, "status": v.status, "failure": v.failure_message,
-                     "outputs": v.outputs} for v in k.versions]} for k in self.kernels.values()},
+                     "outputs": v.outputs, "isolation": v.isolation} for v in k.versions]}
+                    for k in self.kernels.values()},
                 "competitions": sorted(self.competitions),
                 "submissions": [
                     {"ref": s.ref, "competition": s.competition, "user": s.user, "status": s.status,
