@@ -74,7 +74,7 @@ def main() -> None:
         rr = train_reranker(cfg, [base.run_id], overrides, progress=True)
         t_rerank = time.perf_counter() - t0
     m = rr.metrics
-    summary = {"rows": n, "folds": args.folds, "model": Path(model).name, "base_cv_jaccard": base.cv_jaccard,
+    summary = {"rows": n, "folds": args.folds, "model": Path(model).name, "base_cv_jaccard": base.cv,
                "base_seconds": round(t_base, 1), "rerank_seconds": round(t_rerank, 1), "w": rr.w, "n": rr.n,
                **{k: round(v, 5) for k, v in m.items()},
                "ratio_reranked_to_base": round(m["oof_jaccard_reranked"] / m["oof_jaccard_base"], 5),

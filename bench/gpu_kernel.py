@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from kaggleops.kernel.runtime import RERANK_MODULE, Timings
+    from kaggleops.kernel.runtime import Timings
     from kaggleops.kernel.runtime import main as kernel_main
 
     with tempfile.TemporaryDirectory(prefix="kops-gpu-bench-") as tmp:
@@ -92,11 +92,11 @@ def main() -> None:
         n = layout(args.data, args.rows, root / "input")
         models = [attach(span, root / "input", f"base-f{k}", f"base{k}") for k in range(args.folds)]
         reranker = None if args.no_rerank else {
-            "run_id": "rerank", "module": RERANK_MODULE, "w": 1.0, "n": 5,
+            "run_id": "rerank", "w": 1.0, "n": 5,
             "models": [attach(rerank, root / "input", f"rerank-f{k}", f"rerank{k}") for k in range(args.folds)]}
-        plan = {"competition": COMPETITION, "id_column": "textID", "target_column": "selected_text",
-                "models": models, "reranker": reranker, "max_len": 128, "batch_size": 64,
-                "post_processing": {"neutral_full_text": True}}
+        plan = {"competition": COMPETITION, "models": models, "reranker": reranker,
+                "task": {"spec": "kaggleops.tasks.tse:TweetSentimentExtraction",
+                         "options": {"max_len": 128, "batch_size": 64}}}
         (root / "working").mkdir()
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA)"
         print(f"{args.arch}: {args.folds} fold(s){'' if args.no_rerank else ' + reranker'}, {n} rows on {device}")

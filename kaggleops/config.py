@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
 CONFIG_FILE = "kops.yaml"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -27,25 +28,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainConfig(_Strict):
-    """Training settings handed to the task (see kaggleops.tasks.tse.train.TrainSettings)."""
+class TrainConfig(BaseModel):
+    """The ``train:`` section: kops' own keys (folds) here, every other key belongs to the task.
 
-    model: str = "tiny"
-    tokenizer: str | None = None
+    The task validates its keys (``task.settings(mapping)``, see :mod:`kaggleops.task`); an unknown one is
+    reported by the task with the key's name.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     n_folds: int = Field(5, ge=2)
     folds: list[int] | None = Field(None, description="folds to train; None = all")
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    max_len: int = Field(96, ge=16)
     seed: int = 42
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    checkpoint_every: int | None = Field(500, ge=1, description="steps between resumable checkpoints")
-    oof_top_k: int = Field(10, ge=1, description="candidate spans per OOF row")
-    eval_every: int | None = Field(None, ge=1, description="steps between validations; None = each epoch")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    tiny: dict[str, Any] | None = Field(None, description="tiny model shape: hidden, layers, heads, intermediate, "
-                                         "dropout (None: the task's default)")
+
+    def task_settings(self) -> dict[str, Any]:
+        """The task's keys: everything but n_folds, folds and seed."""
+        return dict(self.model_extra or {})
 
 
 class DatasetConfig(_Strict):
@@ -61,6 +59,7 @@ class PublishConfig(_Strict):
 
 class KernelConfig(_Strict):
     slug: str | None = None
+    wheels: str | None = Field(None, description="folder of wheels the task needs that the Kaggle image lacks")
     machine_shape: str = "NvidiaTeslaT4"
     enable_gpu: bool = True
     private: bool = True
@@ -77,6 +76,7 @@ class KopsConfig(_Strict):
     """The validated content of kops.yaml."""
 
     competition: str
+    task: str | None = Field(None, description="module:Class or path/file.py:Class; default: by competition")
     owner: str | None = None
     experiment: str | None = None
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -84,7 +84,7 @@ class KopsConfig(_Strict):
     data_dir: str | None = None
     kaggle_endpoint: str | None = None
     train: TrainConfig = TrainConfig()
-    rerank: dict[str, Any] = Field(default_factory=dict, description="reranker settings (tasks/tse/rerank.py)")
+    rerank: dict[str, Any] = Field(default_factory=dict, description="second-stage settings, validated by the task")
     dataset: DatasetConfig = DatasetConfig()
     publish: PublishConfig = PublishConfig()
     kernel: KernelConfig = KernelConfig()
@@ -170,8 +170,10 @@ TEMPLATE = """\
 # kops.yaml: settings for this competition folder. Environment variables override:
 #   MLFLOW_TRACKING_URI, KOPS_KAGGLE_ENDPOINT, KAGGLE_USERNAME / KAGGLE_KEY.
 
-# Kaggle competition slug (the built-in task: tweet-sentiment-extraction).
+# Kaggle competition slug. A built-in task serves it, or name your own (see README):
+#   task: tasks/my_task.py:MyTask   or   task: my_package.module:MyTask
 competition: {competition}
+{task_line}
 
 # Kaggle user (or organisation) that owns the datasets and kernels kops creates.
 # Default: the KAGGLE_USERNAME environment variable.
@@ -191,17 +193,11 @@ data_dir: {data_dir}
 # Base URL of a Kaggle API emulator (tests, dry runs). null = the real kaggle.com.
 kaggle_endpoint: null
 
-train:
-  model: {model}            # "tiny" (built from a config) or a Hugging Face name / local folder
-  tokenizer: null        # folder with tokenizer files; null = the model's own (tiny: trained on the fly)
+train:                 # n_folds, folds and seed are kops'; every other key is the task's own (see README)
   n_folds: 5
   folds: {folds}          # null = all folds
-  epochs: {epochs}
-  batch_size: 32
-  lr: 5.0e-4
-  max_len: 96
   seed: 42
-
+{train_lines}
 dataset:
   private: true
   license: CC0-1.0
@@ -215,23 +211,30 @@ kernel:
 
 
 def render_template(
-    competition: str = "tweet-sentiment-extraction",
+    competition: str = DEFAULT_COMPETITION,
     owner: str | None = None,
     experiment: str | None = None,
     tracking_uri: str = DEFAULT_TRACKING_URI,
     data_dir: str | None = None,
-    model: str = "tiny",
+    model: str | None = None,
     folds: list[int] | None = None,
-    epochs: int = 6,
+    epochs: int | None = None,
+    task: str | None = None,
+    train: dict[str, Any] | None = None,
 ) -> str:
-    """The commented kops.yaml that `kops init` writes."""
+    """The commented kops.yaml that `kops init` writes (``train``: the task's own keys, with model/epochs)."""
+    import json
+
+    keys = {**({"model": model} if model is not None else {}), **({"epochs": epochs} if epochs is not None else {}),
+            **(train or {})}
+    lines = [f"  {k}: {json.dumps(v)}" for k, v in keys.items()] or ["  # the task's own settings, e.g. epochs: 3"]
     return TEMPLATE.format(
         competition=competition,
+        task_line=f"task: {task}" if task else "# task: null",
         owner_line=f"owner: {owner}" if owner else "# owner: your-kaggle-username",
         experiment=experiment or competition,
         tracking_uri=tracking_uri,
         data_dir=data_dir or "null",
-        model=model,
         folds="null" if folds is None else "[" + ", ".join(map(str, folds)) + "]",
-        epochs=epochs,
+        train_lines="\n".join(lines),
     )

@@ -7,6 +7,7 @@ propagates with its traceback.
 
     KopsError
     ├── ConfigError
+    ├── SettingsError, TaskLoadError (also ValueErrors: a task's setting / a task that does not import)
     ├── DataError (also a ValueError: task code raises it for malformed competition files)
     ├── SchemaError (a kops-manifest.json / kops-kernel.json that does not read)
     ├── UnknownCompetition, UnknownSortKey, PortInUse, GitSourceError
@@ -36,6 +37,15 @@ class KopsError(Exception):
 
 class ConfigError(KopsError):
     """kops.yaml is missing, unreadable or invalid."""
+
+
+class SettingsError(KopsError, ValueError):
+    """A ``train:`` (or ``rerank:``) setting the task does not accept; the message names the key (task code
+    raises it, see :func:`kaggleops.task.check_settings`)."""
+
+
+class TaskLoadError(KopsError, ValueError):
+    """A task named in kops.yaml (or by competition slug) cannot be found or imported; one line says why."""
 
 
 class DataError(KopsError, ValueError):

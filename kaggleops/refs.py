@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 KAGGLE_WEB = "https://www.kaggle.com"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+R = TypeVar("R", bound="_OwnedRef")
 
 
 def _split_owner_slug(text: str, kind: str) -> tuple[str, str, int | None]:
@@ -27,16 +30,19 @@ def _split_owner_slug(text: str, kind: str) -> tuple[str, str, int | None]:
 
 
 @dataclass(frozen=True)
-class DatasetRef:
-    """A Kaggle dataset, optionally pinned to a version: ``DatasetRef.parse("alice/tse-f0/3")``."""
+class _OwnedRef:
+    """``owner/slug`` with an optional version; subclasses name the kind and the URL path."""
 
     owner: str
     slug: str
     version: int | None = None
 
+    KIND: ClassVar[str] = ""
+    PATH: ClassVar[str] = ""
+
     @classmethod
-    def parse(cls, text: str) -> DatasetRef:
-        return cls(*_split_owner_slug(text, "dataset"))
+    def parse(cls: type[R], text: str) -> R:
+        return cls(*_split_owner_slug(text, cls.KIND))
 
     @property
     def ref(self) -> str:
@@ -46,35 +52,59 @@ class DatasetRef:
         return self.ref if self.version is None else f"{self.ref}/{self.version}"
 
     def url(self, base: str = KAGGLE_WEB) -> str:
-        return f"{base}/datasets/{self.ref}"
+        return f"{base}/{self.PATH}/{self.ref}"
 
 
 @dataclass(frozen=True)
-class KernelRef:
+class DatasetRef(_OwnedRef):
+    """A Kaggle dataset, optionally pinned to a version: ``DatasetRef.parse("alice/tse-f0/3")``."""
+
+    KIND: ClassVar[str] = "dataset"
+    PATH: ClassVar[str] = "datasets"
+
+
+@dataclass(frozen=True)
+class KernelRef(_OwnedRef):
     """A Kaggle kernel (notebook/script), optionally a version: ``KernelRef.parse("alice/tse-infer/2")``."""
 
-    owner: str
-    slug: str
-    version: int | None = None
+    KIND: ClassVar[str] = "kernel"
+    PATH: ClassVar[str] = "code"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """An MLflow run: its 32-hex id, optionally the tracking store it lives in: ``RunRef.parse("3f2a…")``.
+
+    ``url()`` is the run's page when the store is a server (``http(s)://``), else None.
+    """
+
+    run_id: str
+    tracking_uri: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> KernelRef:
-        return cls(*_split_owner_slug(text, "kernel"))
+    def parse(cls, text: str, tracking_uri: str | None = None) -> RunRef:
+        run_id = text.strip().strip("/").rsplit("/", 1)[-1]
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"Not an MLflow run id: {text!r}. Expected 32 hex characters, e.g. the id "
+                             "`kops train` printed.")
+        return cls(run_id, tracking_uri)
 
     @property
-    def ref(self) -> str:
-        return f"{self.owner}/{self.slug}"
+    def short(self) -> str:
+        return self.run_id[:8]
 
     def __str__(self) -> str:
-        return self.ref if self.version is None else f"{self.ref}/{self.version}"
+        return self.run_id
 
-    def url(self, base: str = KAGGLE_WEB) -> str:
-        return f"{base}/code/{self.ref}"
+    def url(self, experiment_id: str = "0") -> str | None:
+        if not (self.tracking_uri or "").startswith(("http://", "https://")):
+            return None
+        return f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
 
 
 @dataclass(frozen=True)
 class CompetitionRef:
-    """A Kaggle competition by slug: ``CompetitionRef.parse("tweet-sentiment-extraction")``."""
+    """A Kaggle competition by slug: ``CompetitionRef.parse("digit-recognizer")``."""
 
     slug: str
 
@@ -82,7 +112,7 @@ class CompetitionRef:
     def parse(cls, text: str) -> CompetitionRef:
         slug = text.strip().strip("/").rsplit("/", 1)[-1]
         if not _SLUG.match(slug):
-            raise ValueError(f"Not a competition slug: {text!r}. Expected e.g. tweet-sentiment-extraction.")
+            raise ValueError(f"Not a competition slug: {text!r}. Expected e.g. digit-recognizer.")
         return cls(slug)
 
     def __str__(self) -> str:

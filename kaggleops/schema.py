@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from kaggleops.errors import SchemaError
 
@@ -30,6 +30,9 @@ TAG_LIB_PREFIX = "kops.lib."  # + library name: its version on the machine that 
 TAG_DIRTY = "kops.git.dirty"
 TAG_ENV = "kops.env"
 TAG_TASK = "kops.task"
+TASK_ENTRY_POINTS = "kops.tasks"  # the entry-point group installed packages register tasks under
+TAG_METRIC = "kops.metric"  # the task metric's name: runs log cv_<metric> / best_val_<metric> / val_<metric>
+TAG_METRIC_HIGHER = "kops.metric.higher_is_better"  # "true" | "false": which way leaderboards sort
 TAG_KIND = "kops.kind"  # one of Kind
 TAG_FOLD = "kops.fold"
 TAG_STAGE = "kops.stage"
@@ -111,11 +114,10 @@ KERNEL_FILE = "kernel.py"
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
 RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n inside a reranker fold's model folder
-RUNTIME_MODULE = "kaggleops.tasks.tse.infer"
-RERANK_MODULE = "kaggleops.tasks.tse.rerank_infer"
 
+Rec = TypeVar("Rec", bound="_Record")
 MANIFEST_VERSION = 1
-PLAN_VERSION = 1
+PLAN_VERSION = 1  # task, columns, metric and code are optional keys: a plan without them reads with defaults
 
 
 def _need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -142,14 +144,49 @@ def _extra(data: dict[str, Any], cls: type) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in known}
 
 
-def _read(path: Path, what: str) -> dict[str, Any]:
+def _loads(text: str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise SchemaError(f"{what} {path} cannot be read as JSON ({e}).") from None
+        data = json.loads(text)
+    except ValueError as e:
+        raise SchemaError(f"{what} cannot be read as JSON ({e}).") from None
     if not isinstance(data, dict):
-        raise SchemaError(f"{what} {path} is not a JSON object.")
+        raise SchemaError(f"{what} is not a JSON object.")
     return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SchemaError(f"{path} cannot be read ({e}).") from None
+    return _loads(text, str(path))
+
+
+class _Record:
+    """JSON text and files for a record class with ``from_dict(data, what)`` / ``to_dict()`` and a ``FILE`` name."""
+
+    FILE: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls: type[Rec], data: dict[str, Any], what: str) -> Rec:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls: type[Rec], text: str, what: str | None = None) -> Rec:
+        return cls.from_dict(_loads(text, what or cls.FILE), what or cls.FILE)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls: type[Rec], path: Path) -> Rec:
+        return cls.from_dict(_read(path), str(path))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -161,7 +198,7 @@ class FileEntry:
 
 
 @dataclass
-class Manifest:
+class Manifest(_Record):
     """``kops-manifest.json``: the run a dataset version carries, and every file's sha256.
 
     ``files`` maps paths as in the logged model folder (``tokenizer/vocab.json``) to their entries;
@@ -178,6 +215,7 @@ class Manifest:
     kops_version: str = ""
     schema_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = MANIFEST
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = MANIFEST) -> Manifest:
@@ -204,26 +242,6 @@ class Manifest:
                 "created": self.created,
                 "files": {rel: {"sha256": e.sha256, "bytes": e.bytes} for rel, e in self.files.items()},
                 "archives": self.archives, **self.extra}
-
-    @classmethod
-    def from_json(cls, text: str, what: str = MANIFEST) -> Manifest:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        if not isinstance(data, dict):
-            raise SchemaError(f"{what} is not a JSON object.")
-        return cls.from_dict(data, what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> Manifest:
-        return cls.from_dict(_read(path, MANIFEST), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -266,7 +284,6 @@ class PlanReranker:
     models: list[PlanModel]
     w: float
     n: int
-    module: str = RERANK_MODULE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str) -> PlanReranker:
@@ -274,17 +291,24 @@ class PlanReranker:
             raise SchemaError(f"{what}: 'reranker' is not an object.")
         models = [PlanModel.from_dict(m, what) for m in _need(data, "models", list, what)]
         return cls(_need(data, "run_id", str, what), models, float(_need(data, "w", (int, float), what)),
-                   int(_need(data, "n", int, what)), data.get("module") or RERANK_MODULE)
+                   int(_need(data, "n", int, what)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "module": self.module, "w": self.w, "n": self.n,
+        return {"run_id": self.run_id, "w": self.w, "n": self.n,
                 "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
                            for m in self.models]}
 
 
 @dataclass
-class KernelPlan:
-    """``kops-kernel.json``: what an inference kernel runs (models, reranker, runtime wheel, columns, settings)."""
+class KernelPlan(_Record):
+    """``kops-kernel.json``: what an inference kernel runs.
+
+    ``task``: ``spec`` (the ``module:Class`` the kernel imports), ``name``, ``requires`` (packages imported
+    first) and ``options`` (the task's inference options, handed to ``predict`` as ``ctx.options``);
+    ``id_column`` + ``columns``: the submission's header (``target_column`` is the first column); ``metric``:
+    ``name`` and ``higher_is_better``; ``code``: the task's code dataset (None for a built-in task).
+    A plan without ``task`` (written before kops had task specs) runs the competition's built-in task.
+    """
 
     competition: str
     id_column: str
@@ -292,14 +316,14 @@ class KernelPlan:
     models: list[PlanModel]
     reranker: PlanReranker | None = None
     runtime: dict[str, Any] = field(default_factory=dict)  # dataset, version, content_sha256, wheel
-    runtime_module: str = RUNTIME_MODULE
-    max_len: int = 128
-    batch_size: int = 64
-    rerank_batch_size: int = 128
-    post_processing: dict[str, Any] = field(default_factory=lambda: {"neutral_full_text": True})
+    task: dict[str, Any] = field(default_factory=dict)  # spec, name, requires, options
+    columns: list[str] = field(default_factory=list)
+    metric: dict[str, Any] = field(default_factory=dict)  # name, higher_is_better
+    code: dict[str, Any] | None = None  # dataset, version, content_sha256, wheel, wheels
     kops_version: str = ""
     schema_version: int = PLAN_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    FILE: ClassVar[str] = PLAN_FILE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str = PLAN_FILE) -> KernelPlan:
@@ -308,41 +332,28 @@ class KernelPlan:
         version = _version(data, PLAN_VERSION, what)
         models = [PlanModel.from_dict(m, what) for m in _need(data, "models", list, what)]
         reranker = PlanReranker.from_dict(data["reranker"], what) if data.get("reranker") else None
+        target = _need(data, "target_column", str, what)
+        columns = data.get("columns") or [target]
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise SchemaError(f"{what}: 'columns' is {columns!r}, not a list of column names.")
+        task = data.get("task") or {}
+        if not isinstance(task, dict):
+            raise SchemaError(f"{what}: 'task' is not an object.")
         return cls(
             competition=_need(data, "competition", str, what), id_column=_need(data, "id_column", str, what),
-            target_column=_need(data, "target_column", str, what), models=models, reranker=reranker,
-            runtime=dict(data.get("runtime") or {}), runtime_module=data.get("runtime_module") or RUNTIME_MODULE,
-            max_len=int(data.get("max_len", 128)), batch_size=int(data.get("batch_size", 64)),
-            rerank_batch_size=int(data.get("rerank_batch_size", 128)),
-            post_processing=dict(data.get("post_processing") or {"neutral_full_text": True}),
+            target_column=target, models=models, reranker=reranker, runtime=dict(data.get("runtime") or {}),
+            task=dict(task), columns=list(columns), metric=dict(data.get("metric") or {}),
+            code=dict(data["code"]) if data.get("code") else None,
             kops_version=data.get("kops_version") or "", schema_version=version, extra=_extra(data, cls))
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.schema_version, "kops_version": self.kops_version,
-                "competition": self.competition, "id_column": self.id_column, "target_column": self.target_column,
+                "competition": self.competition, "task": self.task, "metric": self.metric,
+                "id_column": self.id_column, "target_column": self.target_column, "columns": self.columns,
                 "models": [m.to_dict() for m in self.models],
                 "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
-                "runtime_module": self.runtime_module, "max_len": self.max_len, "batch_size": self.batch_size,
-                "rerank_batch_size": self.rerank_batch_size, "post_processing": self.post_processing,
-                **self.extra}
+                "code": self.code, **self.extra}
 
-    @classmethod
-    def from_json(cls, text: str, what: str = PLAN_FILE) -> KernelPlan:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SchemaError(f"{what} is not JSON ({e}).") from None
-        return cls.from_dict(data, what)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def read(cls, path: Path) -> KernelPlan:
-        return cls.from_dict(_read(path, PLAN_FILE), str(path))
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
 
     @property
     def reranker_models(self) -> list[PlanModel]:
@@ -362,5 +373,10 @@ class KernelPlan:
         return [f"{m.dataset}/{m.dataset_version}" for m in self.models]
 
     @property
-    def neutral_full_text(self) -> bool:
-        return bool(self.post_processing.get("neutral_full_text", True))
+    def task_spec(self) -> str:
+        """The ``module:Class`` the kernel imports ('' in a plan written before task specs: the built-in task)."""
+        return str(self.task.get("spec") or "")
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        return dict(self.task.get("options") or {})

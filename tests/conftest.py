@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "tweet-sentiment-extraction" / "train.csv").is_file():
         pytest.skip(f"real competition data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
+    from kaggleops.stages.ui import serve_mlflow
+
+    srv = tmp_path / "server"
+    srv.mkdir()
+    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
+                          srv, srv / "server.log", timeout_s=120)
+    try:
+        yield server.base
+    finally:
+        server.stop()

@@ -112,7 +112,7 @@ def logged_run(root: Path) -> str:
 def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_session(project: Any) -> None:
     """--wait on a GPU shows the weekly quota first; the run is tagged with the shape and image pinning; the quota
     counts the session (the emulator charges an hour per second here)."""
-    from kaggleops.stages.demo import seed_competition
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.tasks import get_task
 
     root, emu = project

@@ -70,7 +70,7 @@ def test_init_template_is_valid_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "message"), [
     ("owner: alice\n", "required key `competition` is missing"),
     ("competition: x\ntrian: {}\n", "unknown key `trian`"),
-    ("competition: x\ntrain: {epochs: 0}\n", "`train.epochs`: Input should be greater than or equal to 1"),
+    ("competition: x\ntrain: {n_folds: 1}\n", "`train.n_folds`: Input should be greater than or equal to 2"),
     ("- a list\n", "must be a mapping"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path: Path, content: str, message: str) -> None:

@@ -9,7 +9,9 @@ import pytest
 
 from kaggleops.adapters.tracking import TAG_DIRTY, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
 from kaggleops.config import load_config, render_template
-from kaggleops.stages.gitsource import GitSourceError, GitSpec, clone, train_from_git, write_mlproject
+from kaggleops.errors import GitSourceError
+from kaggleops.stages.gitsource import GitSpec, clone, train_from_git
+from kaggleops.stages.mlproject import write_mlproject
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-c", "init.defaultBranch=main"]
 

@@ -123,8 +123,8 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
         tags = tracker.get_run(run_id).data.tags
         expected_models.append({"run_id": run_id, "dataset": tags["kops.dataset"],
                                 "dataset_version": int(tags["kops.dataset.version"])})
-    assert plan["reranker"] == {"run_id": rr.parent_run_id, "module": "kaggleops.tasks.tse.rerank_infer",
-                                "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["task"]["spec"] == "kaggleops.tasks.tse:TweetSentimentExtraction" and plan["code"] is None
     assert set(fold_runs) <= set(env["pushed"]["published"])
     assert env["pushed"]["reranker"] == plan["reranker"]
     meta = json.loads((Path(env["pushed"]["folder"]) / "kernel-metadata.json").read_text())
@@ -225,10 +225,10 @@ def test_kernel_restores_a_zipped_tokenizer_subfolder_from_read_only_input(tmp_p
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    plan = {"competition": TSE.name, "id_column": "textID", "target_column": "selected_text", "reranker": None,
-            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}],
-            "runtime_module": "kaggleops.tasks.tse.infer", "max_len": 64, "batch_size": 8,
-            "post_processing": {"neutral_full_text": True}}
+    plan = {"competition": TSE.name, "reranker": None, "id_column": "textID", "target_column": "selected_text",
+            "task": {"spec": "kaggleops.tasks.tse:TweetSentimentExtraction",
+                     "options": {"max_len": 64, "batch_size": 8}},
+            "models": [{"run_id": "run0", "dataset": "alice/tiny-f0", "dataset_version": 1, "weight": 1.0}]}
     working = tmp_path / "working"
     working.mkdir()
     make_read_only(inp)  # /kaggle/input is read-only on Kaggle

@@ -132,7 +132,7 @@ def test_runtime_wheel_is_deterministic_and_versioned_by_content(tmp_path: Path)
     shutil.copytree(Path(kaggleops.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__"))
     a, b = build_wheel(tmp_path / "a", root), build_wheel(tmp_path / "b", root)
     assert a.wheel_sha256 == b.wheel_sha256 and a.content_sha256 == b.content_sha256
-    (root / "kernel_runtime.py").write_text((root / "kernel_runtime.py").read_text() + "\n# changed\n")
+    (root / "kernel" / "runtime.py").write_text((root / "kernel" / "runtime.py").read_text() + "\n# changed\n")
     assert build_wheel(tmp_path / "c", root).content_sha256 != a.content_sha256
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "-q", "--target",

@@ -10,7 +10,7 @@ import pytest
 from kaggleops.adapters.tracking import TAG_GIT_COMMIT, Tracker
 from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
-from kaggleops.stages.demo import seed_competition
+from kaggleops.emulator.seeding import seed_competition
 from kaggleops.stages.remote_train import train_on_kaggle
 from kaggleops.tasks import get_task
 

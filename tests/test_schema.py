@@ -41,11 +41,13 @@ def test_an_unversioned_plan_reads_as_version_1_and_round_trips() -> None:
 
 def test_plan_keeps_keys_it_does_not_know() -> None:
     plan = KernelPlan.from_dict({**OLD_PLAN, "tta": {"flip": True}})
-    assert plan.extra == {"tta": {"flip": True}} and plan.to_dict()["tta"] == {"flip": True}
+    assert plan.extra["tta"] == {"flip": True} and plan.to_dict()["tta"] == {"flip": True}
+    assert plan.extra["max_len"] == 128  # an old plan's task-specific keys are kept too
+    assert plan.task_spec == "" and plan.columns == ["selected_text"]
 
 
 def test_plan_with_a_reranker() -> None:
-    rr = {"run_id": "r" * 32, "module": schema.RERANK_MODULE, "w": 0.5, "n": 3,
+    rr = {"run_id": "r" * 32, "w": 0.5, "n": 3,
           "models": [{"run_id": "f" * 32, "dataset": "alice/rr-f0", "dataset_version": 1}]}
     plan = KernelPlan.from_dict({**OLD_PLAN, "reranker": rr})
     assert plan.reranker == PlanReranker("r" * 32, [PlanModel("f" * 32, "alice/rr-f0", 1)], 0.5, 3)
@@ -117,3 +119,17 @@ def test_kind_values_and_tag_names_are_written_once() -> None:
 def test_data_error_keeps_its_value_error_behaviour() -> None:
     with pytest.raises(ValueError, match="train.csv lacks"):
         raise DataError("train.csv lacks column text")
+
+
+def test_run_ref_beside_dataset_and_kernel_refs() -> None:
+    from kaggleops.refs import DatasetRef, KernelRef, RunRef
+
+    run = RunRef.parse("0123456789abcdef0123456789abcdef", "http://127.0.0.1:5000/")
+    assert str(run) == run.run_id and run.short == "01234567"
+    assert run.url("3") == "http://127.0.0.1:5000/#/experiments/3/runs/0123456789abcdef0123456789abcdef"
+    assert RunRef("0123456789abcdef0123456789abcdef", "sqlite:///mlflow.db").url() is None
+    with pytest.raises(ValueError, match="Not an MLflow run id: .*Expected 32 hex characters"):
+        RunRef.parse("x' or 1=1")
+    assert DatasetRef.parse("alice/tse-f0/3").url() == "https://www.kaggle.com/datasets/alice/tse-f0"
+    assert str(KernelRef.parse("alice/tse-infer/versions/2")) == "alice/tse-infer/2"
+    assert DatasetRef("a", "bb-cc") != KernelRef("a", "bb-cc")

@@ -7,28 +7,12 @@ the server's own artifact root, and the MLFLOW_TRACKING_PASSWORD never reaches a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 PASSWORD = "kops-server-s3cret-pw"
 
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    from kaggleops.stages.ui import serve_mlflow
-
-    srv = tmp_path / "server"
-    srv.mkdir()
-    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
-                          srv, srv / "server.log", timeout_s=120)
-    try:
-        yield server.base
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
@@ -39,6 +23,7 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
 
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.stages.demo import (
         COMPETITION,
         DEMO_KEY,
@@ -46,7 +31,6 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
         _chdir,
         demo_environment,
         init_workdir,
-        seed_competition,
     )
     from kaggleops.stages.kernel import push_kernel
     from kaggleops.stages.publish import publish

@@ -44,20 +44,6 @@ def get(name):
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    from kaggleops.stages.ui import serve_mlflow
-
-    srv = tmp_path / "server"
-    srv.mkdir()
-    server = serve_mlflow(f"sqlite:///{srv / 'mlflow.db'}", ["--artifacts-destination", str(srv / "artifacts")],
-                          srv, srv / "server.log", timeout_s=120)
-    try:
-        yield server.base
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     emu = Emulator(tmp_path / "emu", username=USER, key=KEY, score_delay_polls=1)
     test_csv = tmp_path / "test.csv"

@@ -171,7 +171,7 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
     client = _client(tmp_path)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["kops.kind"] == "kfold" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["cv_jaccard"] == pytest.approx(sum(r.val_jaccard for r in result.runs) / 2)
+    assert parent.data.metrics["cv_jaccard"] == pytest.approx(sum(r.score for r in result.runs) / 2)
     for fold_run in result.runs:
         run = client.get_run(fold_run.run_id)
         assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
@@ -179,7 +179,7 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
         assert {"train_loss", "lr", "samples_per_s", "val_loss", "val_jaccard", "val_jaccard_neutral",
                 "val_jaccard_positive", "val_jaccard_negative", "best_val_jaccard"} <= set(run.data.metrics)
         best = max(v for _, v in _history(client, fold_run.run_id, "val_jaccard"))
-        assert run.data.metrics["best_val_jaccard"] == pytest.approx(best) == pytest.approx(fold_run.val_jaccard)
+        assert run.data.metrics["best_val_jaccard"] == pytest.approx(best) == pytest.approx(fold_run.score)
         assert run.data.tags["kops.gpu"] and run.data.tags["kops.env"] == "local"
         path = client.download_artifacts(fold_run.run_id, "oof/oof.csv", str(tmp_path / f"oof{fold_run.fold}"))
         oof = pd.read_csv(path, keep_default_na=False)
@@ -222,7 +222,7 @@ def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
     assert len(after) == 3 and all(r.info.status == "FINISHED" for r in after)
     assert result.parent_run_id == before["parent"].info.run_id
     assert [r.run_id for r in result.runs] == [before["0"].info.run_id, before["1"].info.run_id]
-    assert client.get_run(result.parent_run_id).data.metrics["cv_jaccard"] == pytest.approx(result.cv_jaccard)
+    assert client.get_run(result.parent_run_id).data.metrics["cv_jaccard"] == pytest.approx(result.cv)
 
 
 def test_rerun_without_resume_starts_a_new_run_and_says_so(kfold_cfg: Any, tmp_path: Path,

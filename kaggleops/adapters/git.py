@@ -20,11 +20,14 @@ class GitInfo:
     diff: str
 
 
+def run_git(args: list[str], cwd: Path | None, timeout_s: float = GIT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """``git ARGS`` in ``cwd`` with text output captured and a timeout (OSError/TimeoutExpired propagate)."""
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
 def _git(cwd: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
-        )
+        out = run_git(list(args), cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

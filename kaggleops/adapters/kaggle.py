@@ -49,6 +49,7 @@ from kaggleops.errors import (
     SchemaError,
     TimedOut,
 )
+from kaggleops.polling import poll
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, ModelRef
 from kaggleops.schema import MANIFEST, Manifest
 
@@ -245,20 +246,20 @@ class Kaggle:
 
         Kaggle's create calls return no version number, and a new version can take a while to appear.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
+        last: dict[str, Any] = {}
+
+        def ready() -> int | None:
             info = self.dataset_info(ref)
+            last["status"] = info["status"] if info else "not visible yet"
             version = int((info or {}).get("current_version_number") or 0)
-            if info is not None and info["status"] == "ready" and version >= min_version:
-                return version
             if info is not None and info["status"] in ("failed", "deleted"):
                 raise PublishError(f"Dataset {ref.ref} processing ended as {info['status'].upper()}.",
                                    "Retry the same command.")
-            if time.monotonic() > deadline:
-                state = info["status"] if info else "not visible yet"
-                raise TimedOut(f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {state}).",
-                               "Retry the same command later.")
-            time.sleep(poll_s)
+            return version if info is not None and info["status"] == "ready" and version >= min_version else None
+
+        return poll(ready, timeout_s, poll_s, lambda: TimedOut(
+            f"Dataset {ref.ref} not READY after {timeout_s:.0f} s (status {last['status']}).",
+            "Retry the same command later."))
 
     def latest_manifest(self, ref: DatasetRef) -> Manifest | None:
         """The ``kops-manifest.json`` of the dataset's latest version, or None when it has none (or none kops reads)."""
@@ -469,19 +470,20 @@ class Kaggle:
     def wait_kernel(self, ref: KernelRef, timeout_s: float = 3 * 3600, poll_s: float = DEFAULT_POLL_S,
                     on_status: Callable[[str], None] | None = None) -> str:
         """Poll until the kernel version is COMPLETE/ERROR (or cancelled); return the final status."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        last = {"status": ""}
+
+        def finished() -> str | None:
             status, failure = self.kernel_status(ref)
+            last["status"] = status
             if on_status:
                 on_status(status)
-            if status == "COMPLETE":
-                return status
             if status in ("ERROR", "CANCEL_ACKNOWLEDGED"):
                 raise KernelError(f"Kernel {ref} ended with {status}: {failure.strip() or 'no message'}",
                                   f"See its log with: kaggle kernels output {ref.ref} -p OUT")
-            if time.monotonic() > deadline:
-                raise TimedOut(f"Kernel {ref} still {status} after {timeout_s:.0f} s.")
-            time.sleep(poll_s)
+            return status if status == "COMPLETE" else None
+
+        return poll(finished, timeout_s, poll_s,
+                    lambda: TimedOut(f"Kernel {ref} still {last['status']} after {timeout_s:.0f} s."))
 
     def kernel_log(self, ref: KernelRef) -> list[str]:
         """The lines a kernel version printed (stdout and stderr, in order); empty when it has no log yet."""

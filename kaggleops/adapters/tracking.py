@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
 from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.refs import RunRef
 from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
 # tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
@@ -260,7 +260,7 @@ class Tracker:
             return self.client.get_run(run_id).info.run_id
         except MlflowException:
             pass
-        if re.fullmatch(r"[0-9a-f]{32}", run_id):
+        if _is_run_id(run_id):
             with translate(f"Looking up run {run_id}", self.uri):
                 ids = [e.experiment_id for e in self.client.search_experiments()]
                 query = f"tags.`{TAG_ORIGIN_RUN}` = '{run_id}'"
@@ -300,6 +300,14 @@ class Tracker:
             path.write_text(json.dumps(obj, indent=2))
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def _is_run_id(text: str) -> bool:
+    try:
+        RunRef.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _artifact_repo(uri: str) -> Any:

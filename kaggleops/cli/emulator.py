@@ -10,6 +10,9 @@ import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.tasks import DEFAULT_COMPETITION
+
+COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
 emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")
@@ -44,9 +47,9 @@ def start(
                                                     "where unshare works, else guard) or guard (socket guard)."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the Tweet Sentiment Extraction sample competition on 127.0.0.1 until Ctrl-C."""
+    """Serve the built-in task's sample competition on 127.0.0.1 until Ctrl-C."""
     from kaggleops.emulator import Emulator
-    from kaggleops.stages.demo import COMPETITION, seed_competition
+    from kaggleops.emulator.seeding import seed_competition
     from kaggleops.tasks import get_task
 
     faults = parse_faults(fault or [])
@@ -54,7 +57,7 @@ def start(
     emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
                         daily_submission_limit=daily_limit, persist=root is not None, input_layout=input_layout,
                         isolation=isolation)
-    seed_competition(emulator, get_task(COMPETITION))
+    seed_competition(emulator, get_task(COMPETITION), COMPETITION)
     for method, status in faults:
         emulator.inject_fault(method, status)
     url = emulator.start(host="127.0.0.1", port=port)

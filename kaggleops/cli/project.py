@@ -12,7 +12,7 @@ from kaggleops.errors import ConfigError
 
 @app.command()
 def init(
-    competition: str = typer.Option("tweet-sentiment-extraction", help="Kaggle competition slug."),
+    competition: str = typer.Option(None, help="Kaggle competition slug (default: the built-in demo task's)."),
     owner: str = typer.Option(None, help="Kaggle user owning datasets/kernels (default: $KAGGLE_USERNAME)."),
     force: bool = typer.Option(False, help="Overwrite an existing kops.yaml."),
     mlproject: bool = typer.Option(False, help="Also write MLproject + python_env.yaml for `mlflow run`."),
@@ -20,15 +20,32 @@ def init(
 ) -> None:
     """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder."""
     from kaggleops.config import CONFIG_FILE, render_template
-    from kaggleops.stages.gitsource import write_mlproject
+    from kaggleops.stages.mlproject import write_mlproject
+    from kaggleops.tasks import DEFAULT_COMPETITION, task_spec
+    from kaggleops.tasks.skeleton import module_name, render_skeleton
 
+    competition = competition or DEFAULT_COMPETITION
     path = Path.cwd() / CONFIG_FILE
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists.", "Edit it, or pass --force to overwrite it.")
-    path.write_text(render_template(competition=competition, owner=owner))
-    written = [path, *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
-    emit({"config": str(path), "files": [str(p) for p in written]}, as_json,
-         "\n".join(f"Wrote {p}" for p in written))
+    task, skeleton = None, None
+    if task_spec(competition) is None:
+        rel = f"tasks/{module_name(competition)}.py"
+        source, cls = render_skeleton(competition, rel)
+        skeleton = Path.cwd() / rel
+        if skeleton.exists() and not force:
+            raise ConfigError(f"{skeleton} already exists.", "Edit it, or pass --force to overwrite it.")
+        skeleton.parent.mkdir(parents=True, exist_ok=True)
+        skeleton.write_text(source)
+        task = f"{rel}:{cls}"
+    path.write_text(render_template(competition=competition, owner=owner, task=task))
+    written = [path, *([skeleton] if skeleton else []),
+               *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
+    lines = [f"Wrote {p}" for p in written]
+    if skeleton:
+        lines.append(f"No built-in task serves {competition}: {skeleton.name} is a skeleton of your task (every "
+                     f"method raises NotImplementedError); fill it in, then: kops train")
+    emit({"config": str(path), "files": [str(p) for p in written], "task": task}, as_json, "\n".join(lines))
 
 
 @app.command()

@@ -69,10 +69,7 @@ def train(
                            sample=sample)
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
-    lines = [f"fold {r.fold}: run {r.run_id}  val_jaccard {r.val_jaccard:.4f}" for r in result.runs]
-    if result.parent_run_id:
-        lines.append(f"k-fold parent run {result.parent_run_id}  cv_jaccard {result.cv_jaccard:.4f}")
-    emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, result.summary())
 
 
 @app.command()

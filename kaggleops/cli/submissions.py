@@ -1,4 +1,4 @@
-"""Submissions and their scores: submit, scores, leaderboard, ui."""
+"""Submissions and their scores: submit, scores, leaderboard."""
 
 from __future__ import annotations
 
@@ -107,25 +107,3 @@ def leaderboard(
 
     # a pipe or file gets the whole table, not one squeezed into rich's 80-column default
     Console(width=None if sys.stdout.isatty() else WIDE_OUTPUT).print(_table(rows))
-
-
-@app.command()
-def ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
-    config: str = CONFIG_OPT,
-) -> None:
-    """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
-    from kaggleops.stages.sync import pull_if_configured
-    from kaggleops.stages.ui import start_ui
-
-    cfg = load(config)
-    pulled = pull_if_configured(cfg)
-    if pulled is not None:
-        hint(f"Pulled from {pulled.bucket}: {len(pulled.created)} new, {len(pulled.updated)} updated run(s).")
-    server = start_ui(cfg, port=port)
-    typer.echo(server.url)
-    if server.process is None:
-        hint("The tracking store is a server already: open the URL above.")
-        return
-    hint(f"MLflow UI on {server.base} (log: {server.log}); Ctrl-C stops it.")
-    raise typer.Exit(server.wait())

@@ -6,6 +6,7 @@ Layout, under ``DIR/.run-local/`` (made fresh each time)::
     input/<dataset slug>/     each planned run's `model/` artifact (ensemble and reranker folds) + a
                               kops-manifest.json naming the run
     input/kops-runtime/       the runtime wheel built from the installed kops (as push-kernel would publish it)
+    input/<experiment>-code/  the task's own code wheel (+ kernel.wheels), when the plan has a code dataset
     working/                  the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
 
 Network: the kernel always runs with a socket guard (a ``sitecustomize`` on PYTHONPATH, so the kernel and
@@ -42,7 +43,7 @@ from kaggleops.schema import (
     KernelPlan,
     Manifest,
 )
-from kaggleops.tasks import get_task
+from kaggleops.tasks import task_for
 
 RUN_DIR = ".run-local"
 BLOCKED_MARK = "kops run-local: network blocked"
@@ -142,7 +143,8 @@ def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
 
 def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: Path | None) -> list[str]:
     """Populate ``input/``; returns problems (a run whose model artifact cannot be read)."""
-    source = data_dir or cfg.resolved_data_dir() or get_task(plan.competition).sample_dir()
+    task = task_for(cfg)
+    source = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else ".")
     comp = input_dir / plan.competition
     comp.mkdir(parents=True)
     for name in COMPETITION_FILES:
@@ -160,6 +162,10 @@ def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: P
         shutil.copytree(downloaded, target, dirs_exist_ok=True)
         Manifest(model.run_id, extra={"staged_by": "kops run-local"}).write(target / MANIFEST)
     stage_runtime(input_dir / RUNTIME_SLUG)
+    if plan.code:  # the task's own code, built from the working tree as push-kernel would publish it
+        from kaggleops.kernel.code import stage_code, task_kernel_spec
+
+        stage_code(cfg, task_kernel_spec(cfg), input_dir / str(plan.code["dataset"]).split("/", 1)[1])
     shutil.rmtree(input_dir.parent / "download", ignore_errors=True)
     return problems
 

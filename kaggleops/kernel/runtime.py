@@ -1,21 +1,19 @@
 """What runs inside the generated offline inference kernel (installed there from the kops-runtime wheel).
 
-SELF-CONTAINED: the standard library, :mod:`kaggleops.schema` / :mod:`kaggleops.errors` (standard library
-only), torch, transformers and kaggleops.tasks only (no MLflow, Kaggle client, pydantic or pandas), because
-this module runs in a Kaggle image with internet off (the layer contract in pyproject.toml checks it).
+SELF-CONTAINED: the standard library, :mod:`kaggleops.schema` / :mod:`kaggleops.errors` /
+:mod:`kaggleops.task` (standard library only), kaggleops.tasks and what the task imports (no MLflow, Kaggle
+client or pydantic), because this module runs in a Kaggle image with internet off.
 
 ``main(plan, input_dir, working_dir)``:
-  1. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
+  1. imports the task named by the plan (``task.spec``, installed from the code dataset or built in) and the
+     packages it declares (``task.requires``): a missing module fails with its name;
+  2. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
      restores a dataset's zipped sub-folders (``archives`` in the manifest; ``/kaggle/input`` is read-only,
      so into a scratch view of links + unpacked folders, checked against the manifest's sha256s);
-  2. predicts with each planned model in turn (GPU in bf16 where supported, else fp16; CPU in fp32),
-     sequences sorted by length and padded per batch, under ``torch.inference_mode``; one model in memory
-     at a time; the ensemble is the weighted mean of per-character start/end probabilities;
-  3. with a reranker in the plan: the ensemble's top-``n`` character spans per row
-     (``rerank_infer.top_k_char_spans``) are rescored by the reranker's fold models
-     (``rerank_infer.rerank_candidates``, one model in memory at a time); else the best span;
-  4. writes ``submission.csv`` in ``sample_submission.csv``'s id order, checks it, and prints a timing table
-     (also written to ``kops-timing.json``).
+  3. reads test.csv through the task and asks it for the ensemble's predictions (``task.predict``, or
+     ``task.predict_second_stage`` with a second stage in the plan), then its optional ``post_process``;
+  4. writes ``submission.csv`` in ``sample_submission.csv``'s id order with its columns, checks it, and prints
+     a timing table (also written to ``kops-timing.json``).
 """
 
 from __future__ import annotations
@@ -48,7 +46,6 @@ from kaggleops.schema import (
 )
 
 SUBMISSION = SUBMISSION_FILE
-REQUIRED_PACKAGES = ("torch", "transformers", "tokenizers")
 PREFIX = "kops:"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
@@ -79,14 +76,38 @@ class Timings:
         return "\n".join(lines)
 
 
-def check_imports(names: tuple[str, ...] = REQUIRED_PACKAGES) -> None:
+def check_imports(names: tuple[str, ...] | list[str]) -> None:
     """Import each package now, so a missing one fails loudly by name rather than deep in a stack trace."""
     for name in names:
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise KernelFailure(f"the kernel needs the Python package {name!r}, which this image lacks ({e}). "
-                                "Pick a Kaggle image that ships it, or attach a dataset with its wheel.") from None
+                                "Pick a Kaggle image that ships it, or put its wheel in the folder named by "
+                                "kops.yaml `kernel.wheels`.") from None
+
+
+def import_task(plan: KernelPlan | dict[str, Any]) -> Any:
+    """The plan's task (``task.spec`` = module:Class; default: the registry's task of the competition)."""
+    from kaggleops.tasks import task_spec
+
+    if isinstance(plan, dict):
+        plan = KernelPlan.from_dict({"id_column": "", "target_column": "", "models": [], **plan})
+    spec = plan.task_spec or task_spec(plan.competition)
+    if not spec:
+        raise KernelFailure(f"the plan names no task and {plan.competition} has no built-in one")
+    module, _, cls = spec.rpartition(":")
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        raise KernelFailure(f"importing the task {spec} failed: no module named {e.name!r} in this kernel. "
+                            "Put its wheel in the folder named by kops.yaml `kernel.wheels` (or check that the "
+                            "task's code dataset is attached).") from None
+    except ImportError as e:
+        raise KernelFailure(f"importing the task {spec} failed: {e}") from None
+    except AttributeError:
+        raise KernelFailure(f"the task module {module} has no {cls!r}") from None
+    return factory()
 
 
 def find_model_dirs(specs: list[PlanModel], input_dir: Path) -> list[Path]:
@@ -170,120 +191,106 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def choose_device() -> tuple[Any, Any]:
-    """(device, dtype): CUDA with bf16 where supported else fp16; CPU with fp32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device("cpu"), torch.float32
+def _columns(columns: str | list[str] | tuple[str, ...]) -> list[str]:
+    return [columns] if isinstance(columns, str) else list(columns)
 
 
-def predict_ensemble(plan: KernelPlan, model_dirs: list[Path], rows: list[dict[str, str]],
-                     timings: Timings, batch_size: int = 64) -> list[tuple[list[float], list[float]]]:
-    """Weighted mean of each model's per-character start/end probabilities, one model in memory at a time."""
-    import torch
-
-    infer = importlib.import_module(plan.runtime_module)
-    device, dtype = choose_device()
-    max_len = plan.max_len
-    totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
-    weight_sum = sum(m.weight for m in plan.models) or 1.0
-    for i, (spec, folder) in enumerate(zip(plan.models, model_dirs, strict=True)):
-        name, w = f"m{i}:{spec.run_id[:8]}", spec.weight / weight_sum
-        with timings.stage(f"load {name}"):
-            model, tokenizer = infer.load_model(folder, device)
-            model.to(dtype=dtype)
-        with timings.stage(f"tokenize {name}"):
-            features = infer.encode_rows(tokenizer, rows, max_len)
-        with timings.stage(f"forward {name}"):
-            logits = infer.predict_logits(model, features, tokenizer.pad_token_id, batch_size)
-        with timings.stage(f"ensemble {name}"):
-            for total, row, feature, (s, e) in zip(totals, rows, features, logits, strict=True):
-                ps, pe = infer.char_scores(row["text"], feature, s, e)
-                for k in range(len(ps)):
-                    total[0][k] += w * ps[k]
-                    total[1][k] += w * pe[k]
-        del model, logits, features
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print(f"{PREFIX} {len(model_dirs)} model(s) on {device.type} ({str(dtype).replace('torch.', '')})")
-    return totals
+def _cell(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return "" if value is None else str(value)
 
 
-def rerank(plan: KernelPlan, rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
-           reranker_dirs: list[Path], timings: Timings) -> list[str]:
-    """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
-    spec = plan.reranker
-    assert spec is not None
-    rr = importlib.import_module(spec.module)
-    n = spec.n
-    with timings.stage("candidates"):
-        cands = [rr.top_k_char_spans(row["text"], ps, pe, k=n) for row, (ps, pe) in zip(rows, totals, strict=True)]
-    with timings.stage("rerank"):
-        answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=spec.w, n=n,
-                                       batch_size=plan.rerank_batch_size)
-    print(f"{PREFIX} reranked {len(rows)} row(s) with {len(reranker_dirs)} reranker model(s), "
-          f"w {spec.w:g}, n {n}")
-    return [a if a.strip() else row["text"] for row, a in zip(rows, answers, strict=True)]
-
-
-def decode(plan: KernelPlan, rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]],
-           timings: Timings) -> list[str]:
-    """Best character span per row (neutral → whole tweet when the plan says so), without a reranker."""
-    infer = importlib.import_module(plan.runtime_module)
-    neutral_full = plan.neutral_full_text
-    out = []
-    for row, (ps, pe) in zip(rows, totals, strict=True):
-        text = row["text"]
-        if (neutral_full and row["sentiment"] == "neutral") or not any(ps):
-            out.append(text)
-            continue
-        start, stop = infer.best_char_span(ps, pe)
-        out.append(text[start:stop] if text[start:stop].strip() else text)
-    return out
-
-
-def write_submission(path: Path, id_column: str, target_column: str, ids: list[str],
-                     predictions: dict[str, str]) -> None:
-    """submission.csv in ``ids`` order, every cell quoted."""
+def write_submission(path: Path, id_column: str, columns: str | list[str], ids: list[str],
+                     predictions: dict[str, Any]) -> None:
+    """submission.csv in ``ids`` order, every cell quoted; ``predictions``: id → value (one column) or row tuple."""
+    columns = _columns(columns)
     missing = [i for i in ids if i not in predictions]
     if missing:
         raise KernelFailure(f"no prediction for {len(missing)} id(s) of sample_submission.csv, e.g. {missing[:3]}")
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_ALL)
-        writer.writerow([id_column, target_column])
-        writer.writerows([i, predictions[i]] for i in ids)
+        writer.writerow([id_column, *columns])
+        for i in ids:
+            value = predictions[i]
+            cells = list(value) if isinstance(value, (list, tuple)) else [value]
+            writer.writerow([i, *(_cell(v) for v in cells)])
 
 
-def check_submission(path: Path, id_column: str, target_column: str, ids: list[str]) -> list[str]:
+def check_submission(path: Path, id_column: str, columns: str | list[str], ids: list[str]) -> list[str]:
     """Problems of a written submission: columns, id order, every id once, empty (NaN) cells."""
+    columns = _columns(columns)
     if not path.is_file():
         return [f"no {path.name} in the working folder"]
     rows = read_rows(path)
     problems = []
     header = list(rows[0].keys()) if rows else []
-    if header != [id_column, target_column]:
-        problems.append(f"columns are {header}, expected {[id_column, target_column]}")
+    if header != [id_column, *columns]:
+        problems.append(f"columns are {header}, expected {[id_column, *columns]}")
     got = [r.get(id_column) for r in rows]
     if len(got) != len(set(got)):
         problems.append("some ids appear more than once")
     if got != ids:
         problems.append(f"ids differ from sample_submission.csv's order ({len(got)} rows vs {len(ids)})")
-    empty = sum(1 for r in rows if not (r.get(target_column) or "").strip())
-    if empty:
-        problems.append(f"{empty} empty {target_column} cell(s) (read as NaN)")
+    for column in columns:
+        empty = sum(1 for r in rows if not (r.get(column) or "").strip())
+        if empty:
+            problems.append(f"{empty} empty {column} cell(s) (read as NaN)")
     return problems
+
+
+def _by_id(preds: Any, id_column: str, columns: list[str]) -> dict[str, Any]:
+    missing = [c for c in [id_column, *columns] if c not in preds.columns]
+    if missing:
+        raise KernelFailure(f"the task's predictions lack column(s) {missing}; they have {list(preds.columns)}")
+    ids = [_cell(v) for v in preds[id_column].tolist()]
+    if len(columns) == 1:
+        return dict(zip(ids, preds[columns[0]].tolist(), strict=True))
+    return dict(zip(ids, preds[columns].itertuples(index=False, name=None), strict=True))
+
+
+def predict(task: Any, plan: KernelPlan, test: Any, model_dirs: list[Path], reranker_dirs: list[Path],
+            timings: Timings) -> Any:
+    """The task's predictions table for ``test`` (its second stage when the plan has one), post-processed."""
+    from kaggleops.task import PostProcessing, PredictContext
+
+    weights = [m.weight for m in plan.models]
+    total = sum(weights) or 1.0
+    options = plan.task_options
+    if plan.reranker:
+        options.update({"w": plan.reranker.w, "n": plan.reranker.n})
+    scratch = Path(tempfile.gettempdir()) / f"kops-predict-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    ctx = PredictContext([w / total for w in weights], scratch, lambda line: print(line, flush=True), options,
+                         [f"m{i}:{m.run_id[:8]}" for i, m in enumerate(plan.models)], timings.stage)
+    if plan.reranker:
+        preds = task.predict_second_stage(model_dirs, reranker_dirs, test, ctx)
+        print(f"{PREFIX} second stage of {len(reranker_dirs)} model(s) applied", flush=True)
+    else:
+        preds = task.predict(model_dirs, test, ctx)
+        timings.add("rerank (none attached)", 0.0)
+    if isinstance(task, PostProcessing):
+        with timings.stage("post-process"):
+            preds = task.post_process(test, preds)
+    return preds
 
 
 def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) -> int:
     """The kernel's work; returns the number of rows written."""
     with timings.stage("check imports"):
-        check_imports()
+        task = import_task(plan)
+        check_imports(tuple(plan.task.get("requires") or getattr(task, "kernel_requires", ()) or ()))
+    id_column = task.submission.id_column
+    columns = list(task.submission.columns)
     with timings.stage("read inputs"):
         comp = find_competition_dir(plan, input_dir)
-        test = read_rows(comp / TEST_FILE)
-        ids = [r[plan.id_column] for r in read_rows(comp / SAMPLE_SUBMISSION_FILE)]
+        test = task.load_test(comp / TEST_FILE)
+        sample = read_rows(comp / SAMPLE_SUBMISSION_FILE)
+        header = list(sample[0].keys()) if sample else []
+        if header and header != [id_column, *columns]:
+            raise KernelFailure(f"{SAMPLE_SUBMISSION_FILE} has columns {header}; the task {task.name} writes "
+                                f"{[id_column, *columns]}")
+        ids = [r[id_column] for r in sample]
         model_dirs = find_model_dirs(plan.models, input_dir)
         reranker_dirs = find_model_dirs(plan.reranker_models, input_dir) if plan.reranker_models else []
     with timings.stage("restore datasets"):
@@ -291,18 +298,11 @@ def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) 
         reranker_dirs = restore_model_dirs(reranker_dirs)
     if len(ids) != len(set(ids)):
         raise KernelFailure("sample_submission.csv has duplicate ids")
-    totals = predict_ensemble(plan, model_dirs, test, timings, plan.batch_size)
-    if plan.reranker:
-        preds = rerank(plan, test, totals, reranker_dirs, timings)
-    else:
-        timings.add("rerank (none attached)", 0.0)
-        with timings.stage("decode"):
-            preds = decode(plan, test, totals, timings)
+    preds = predict(task, plan, test, model_dirs, reranker_dirs, timings)
     with timings.stage("write + check"):
-        by_id = {row[plan.id_column]: p for row, p in zip(test, preds, strict=True)}
         path = working_dir / SUBMISSION
-        write_submission(path, plan.id_column, plan.target_column, ids, by_id)
-        problems = check_submission(path, plan.id_column, plan.target_column, ids)
+        write_submission(path, id_column, columns, ids, _by_id(preds, id_column, columns))
+        problems = check_submission(path, id_column, columns, ids)
     if problems:
         raise KernelFailure(f"{SUBMISSION} failed its checks: {'; '.join(problems)}")
     return len(ids)
@@ -321,6 +321,6 @@ def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, 
         raise SystemExit(f"{PREFIX} error: {e}") from None
     rr = plan.reranker
     print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan.models)} model(s)"
-          + (f" + a reranker of {len(rr.models)} model(s)" if rr else ""))
+          + (f" + a second stage of {len(rr.models)} model(s)" if rr else ""))
     print(timings.table(), flush=True)
     (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))

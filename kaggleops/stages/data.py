@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import KopsConfig
-from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted, UnknownCompetition
+from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef
 
 ENV_FALLBACK = "KOPS_DATA_FALLBACK"
@@ -145,8 +145,13 @@ def _header(path: Path) -> list[str]:
 
 
 def check_columns(folder: Path, task: Any, need_train: bool = True) -> None:
-    """train.csv (and test.csv, when present) carry the task's columns; else a DataError naming the file."""
-    wanted = [(TRAIN_FILE, tuple(task.train_columns), need_train), (TEST_FILE, tuple(task.test_columns), False)]
+    """train.csv (and test.csv, when present) carry the task's columns; else a DataError naming the file.
+
+    The columns are the task's optional ``train_columns`` / ``test_columns``; a task without them is checked by
+    its own ``load_train`` when a run reads the file.
+    """
+    wanted = [(TRAIN_FILE, tuple(getattr(task, "train_columns", ())), need_train),
+              (TEST_FILE, tuple(getattr(task, "test_columns", ())), False)]
     for name, columns, required in wanted:
         path = folder / name
         if not path.is_file():
@@ -222,6 +227,8 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
 # ---- the data step of a run -------------------------------------------------------------------
 
 def _sample(cfg: KopsConfig, task: Any) -> DataSource:
+    if not hasattr(task, "sample_dir"):
+        raise DataError(f"Task {task.name} bundles no sample data.", "Fetch the competition's files with: kops data")
     folder = Path(task.sample_dir())
     return DataSource(folder, SAMPLE, cfg.competition, file_hashes(folder))
 
@@ -278,12 +285,9 @@ def fetch(cfg: KopsConfig, force: bool = False, kaggle: Any = None) -> DataSourc
     An attached Kaggle input (inside a notebook) or ``data_dir`` is reported, not downloaded; ``force`` downloads
     into the cache again.
     """
-    from kaggleops.tasks import get_task
+    from kaggleops.tasks import task_for
 
-    try:
-        task = get_task(cfg.competition)
-    except ValueError as e:
-        raise UnknownCompetition(str(e), "Set `competition:` in kops.yaml to a supported one.") from None
+    task = task_for(cfg)
     if force:
         return download(cfg, task, kaggle=kaggle, force=True)
     return resolve(cfg, task, kaggle=kaggle)

@@ -1,6 +1,6 @@
 """`kops demo`: the whole loop, offline, in a fresh work folder.
 
-Starts the loopback Kaggle emulator seeded with the bundled Tweet Sentiment Extraction sample, then runs the
+Starts the loopback Kaggle emulator seeded with the built-in task's bundled competition sample, then runs the
 same library functions the commands run: train → publish → push-kernel (the emulator executes the kernel) →
 submit → scores.
 """
@@ -18,22 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.emulator.seeding import seed_competition
 from kaggleops.errors import KopsError
+from kaggleops.tasks import DEFAULT_COMPETITION
 
-COMPETITION = "tweet-sentiment-extraction"
+COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
-
-
-def seed_competition(emulator: Any, task: Any) -> int:
-    """Register the task's bundled sample as a code competition with a hidden solution; returns test rows."""
-    import csv
-
-    sample = task.sample_dir()
-    with (sample / "solution.csv").open(newline="", encoding="utf-8") as f:
-        solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in ("train.csv", "test.csv", "sample_submission.csv")}
-    emulator.add_competition(COMPETITION, files, solution, task.id_column, task.target_column, task.metric)
-    return len(solution)
 
 
 @contextlib.contextmanager
@@ -108,7 +98,7 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
         init_workdir(workdir, epochs, folds or [0])
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
-            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg)))
+            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg), COMPETITION))
     finally:
         emulator.stop()
 
@@ -129,8 +119,8 @@ def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | No
         summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
         trained = train(cfg, progress=False, sample=True)
-        summary.update(run_id=trained.runs[0].run_id, cv_jaccard=trained.cv_jaccard)
-        echo("train", f"run {trained.runs[0].run_id}, validation Jaccard {trained.cv_jaccard:.4f}")
+        summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
+        echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)
         summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
         echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")

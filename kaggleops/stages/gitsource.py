@@ -13,33 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kaggleops.adapters.git import strip_credentials
+from kaggleops.adapters.git import run_git, strip_credentials
 from kaggleops.config import CONFIG_FILE, KopsConfig, load_config
 from kaggleops.errors import GitSourceError
 
 CLONE_TIMEOUT_S = 600
-MLPROJECT = """\
-# MLflow Project written by `kops init --mlproject`: `mlflow run . -P fold=0` (or a git URL) trains with kops.
-name: {name}
-
-python_env: python_env.yaml
-
-entry_points:
-  main:
-    parameters:
-      fold: {{type: string, default: "0"}}
-    command: "kops train --fold {{fold}}"
-"""
-PYTHON_ENV = """\
-python: "3.11"
-build_dependencies:
-  - pip
-dependencies:
-  - torch==2.13.0
-  - kaggleops
-"""
-
-
 @dataclass(frozen=True)
 class GitSpec:
     """``URL[@REV]``: an ``@`` after the last ``/`` or ``:`` separates the revision (``git@host:a/b`` has none)."""
@@ -60,8 +38,7 @@ class GitSpec:
 
 def _git(args: list[str], cwd: Path | None, secret: str) -> str:
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=CLONE_TIMEOUT_S,
-                             check=False)
+        out = run_git(args, cwd, CLONE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise GitSourceError(f"git {args[0]} timed out after {CLONE_TIMEOUT_S} s.") from None
     if out.returncode != 0:
@@ -120,12 +97,3 @@ def try_load(config: str | None) -> KopsConfig | None:
     path = Path(config) if config else Path.cwd() / CONFIG_FILE
     return load_config(path) if path.is_file() else None
 
-
-def write_mlproject(folder: Path, name: str) -> list[Path]:
-    """Write MLproject + python_env.yaml so `mlflow run` (also on a git URL) trains with kops."""
-    written = []
-    for filename, text in (("MLproject", MLPROJECT.format(name=name)), ("python_env.yaml", PYTHON_ENV)):
-        path = folder / filename
-        path.write_text(text)
-        written.append(path)
-    return written

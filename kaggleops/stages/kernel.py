@@ -1,14 +1,15 @@
 """Inference kernel generation and push: runs → published datasets → offline kernel → kernel version.
 
-The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``templates/
+The generated kernel (``.kops/kernels/<slug>/``) is a script: a small bootstrap (``kernels/
 inference_kernel.py.tmpl``) that installs the kops runtime wheel from the attached ``kops-runtime`` dataset
-(:mod:`kaggleops.kernel.wheel`) and runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
-``kops-kernel.json`` (models: dataset ref + version + run id + weight; reranker; competition; post-processing).
+(:mod:`kaggleops.kernel.wheel`) and the task's own code from the ``<experiment>-code`` dataset
+(:mod:`kaggleops.kernel.code`), then runs :func:`kaggleops.kernel.runtime.main` on the embedded plan
+``kops-kernel.json`` (task: import spec + inference options; submission format; models: dataset ref + version +
+run id + weight; second stage; competition).
 
 With ``--reranker RUN`` (a ``kops train --stage rerank`` parent, which expands to its ``rerank-fold`` runs, or
-one fold run) the plan's ``reranker`` names each reranker fold's dataset and the tuned ``w``/``n``; inside the
-kernel the ensemble's top-``n`` candidate spans are rescored by those models
-(:func:`kaggleops.tasks.tse.rerank_infer.rerank_candidates`).
+one fold run) the plan's ``reranker`` names each second-stage fold's dataset and the tuned ``w``/``n``; inside
+the kernel the task's ``predict_second_stage`` rescores the ensemble's candidates with those models.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
+from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
 from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
 from kaggleops.refs import CompetitionRef, KernelRef, slugify
 from kaggleops.resources import kernel_template
@@ -31,7 +33,6 @@ from kaggleops.schema import (
     KERNEL_METADATA,
     PLAN_FILE,
     RERANK_CONFIG,
-    RUNTIME_MODULE,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -49,11 +50,8 @@ from kaggleops.schema import (
     PlanReranker,
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
-from kaggleops.tasks import get_task
 
 TEMPLATE = "inference_kernel.py.tmpl"
-INFER_MAX_LEN = 128
-INFER_BATCH = 64
 LOG_TAIL_LINES = 30
 
 
@@ -85,13 +83,14 @@ class KernelResult:
     runtime: dict[str, object] = field(default_factory=dict)
     submission: dict[str, object] | None = None  # filled by `push-kernel --submit` (the CLI composes submit)
     reranker: dict[str, object] | None = None
+    code: dict[str, object] | None = None
     plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
                 "published": self.published, "runtime": self.runtime, "submission": self.submission,
-                "reranker": self.reranker}
+                "reranker": self.reranker, "code": self.code}
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -201,27 +200,37 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None) -> KernelPlan:
-    """The kernel's embedded plan (kops-kernel.json)."""
-    task = get_task(cfg.competition)
+               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> KernelPlan:
+    """The kernel's embedded plan (kops-kernel.json).
+
+    ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
+    ``ctx.options``); ``task.requires`` its optional ``kernel_requires`` (imported first, so a missing package
+    fails by name).
+    """
+    from kaggleops.stages.train import get_task_for
+
+    task = get_task_for(cfg)
+    columns = list(task.submission.columns)
     return KernelPlan(
         kops_version=__version__,
         competition=cfg.competition,
-        id_column=task.id_column,
-        target_column=task.target_column,
+        task={"name": task.name, "spec": task_kernel_spec(cfg, code),
+              "requires": list(getattr(task, "kernel_requires", ()) or ()),
+              "options": dict(getattr(task, "kernel_options", {}) or {})},
+        metric={"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
+        id_column=task.submission.id_column,
+        target_column=columns[0],
+        columns=columns,
         models=list(models),
         reranker=reranker,
         runtime={"dataset": runtime.dataset, "version": runtime.version,
                  "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
-        runtime_module=RUNTIME_MODULE,
-        max_len=INFER_MAX_LEN,
-        batch_size=INFER_BATCH,
-        post_processing={"neutral_full_text": True},
+        code=code.as_plan() if code else None,
     )
 
 
 def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], runtime: RuntimeDataset,
-                    options: KernelOptions = KernelOptions()) -> dict[str, object]:
+                    options: KernelOptions = KernelOptions(), code: CodeDataset | None = None) -> dict[str, object]:
     """kernel-metadata.json as the official client reads it (internet off, GPU per kops.yaml).
 
     ``models``: every attached model dataset (the ensemble's and the reranker's).
@@ -236,7 +245,8 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "enable_gpu": cfg.kernel.enable_gpu,
         "enable_tpu": False,
         "enable_internet": False,
-        "dataset_sources": sorted({m.dataset for m in models if m.kind == "dataset"} | {runtime.dataset}),
+        "dataset_sources": sorted({m.dataset for m in models if m.kind == "dataset"} | {runtime.dataset}
+                                  | ({code.dataset} if code else set())),
         "competition_sources": [cfg.competition],
         "kernel_sources": [],
         "model_sources": sorted({f"{m.dataset}/{m.dataset_version}" for m in models if m.kind == "model"}),
@@ -247,10 +257,10 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
 
 def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
                   runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
-                  reranker: RerankerSource | None = None) -> Path:
+                  reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    plan = build_plan(cfg, models, runtime, reranker)
+    plan = build_plan(cfg, models, runtime, reranker, code)
     template = kernel_template(TEMPLATE)
     source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
                              plan_json=plan.to_json())
@@ -258,7 +268,8 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
     (folder / KERNEL_FILE).write_text(source)
     plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
-    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options), indent=2))
+    (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options, code),
+                                                     indent=2))
     return folder
 
 
@@ -305,9 +316,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
         published += more
     runtime = ensure_runtime_dataset(cfg, kaggle)
+    code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
-                           rerank_source)
+                           rerank_source, code)
     if options.wait and cfg.kernel.enable_gpu and notify is not None:
         show_quota(kaggle, shape.kind, notify)
     version = kaggle.push_kernel(folder)
@@ -318,7 +330,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
                           runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
-                          plan=KernelPlan.read(folder / PLAN_FILE))
+                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
     if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     return result
@@ -358,6 +370,9 @@ def describe(result: KernelResult) -> str:
              f"{f' ({result.status})' if result.status else ''}", result.url,
              f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
              f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
+    if result.code:
+        lines.append(f"task code: {result.code['dataset']} v{result.code['version']}"
+                     f"{' (new)' if result.code.get('created') else ' (reused)'}")
     if result.reranker:
         rr = result.reranker
         lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")

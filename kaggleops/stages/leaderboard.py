@@ -1,7 +1,9 @@
 """The team's own leaderboard, read from MLflow only: one row per submission run, CV beside LB.
 
-CV of a submission is the mean over its source runs of their CV metric: ``cv_jaccard`` (a k-fold parent),
-else ``best_val_jaccard`` (the fold's saved weights), else ``val_jaccard``.
+CV of a submission is the mean over its source runs of their CV metric, named by the task's metric (tag
+``kops.metric``, e.g. ``accuracy``): ``cv_<metric>`` (a k-fold parent), else ``best_val_<metric>`` (the fold's
+saved weights), else ``val_<metric>``. Sorting follows ``kops.metric.higher_is_better`` (the source runs' tag,
+else the configured task's metric): for a lower-is-better metric (RMSE, log loss) the lowest LB/CV comes first.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from kaggleops.schema import (
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-CV_METRICS = ("cv_jaccard", "best_val_jaccard", "val_jaccard")
+CV_PREFIXES = ("cv_", "best_val_", "val_")
 SORT_KEYS = ("lb_public", "lb_private", "cv", "date", "ref")
 SHORT_COMMIT = 8
 
@@ -56,14 +58,46 @@ class LeaderboardRow:
     commits: list[str] = field(default_factory=list)
     origin: str = Origin.KOPS
     error: str = ""
+    metric: str = ""
+    higher_is_better: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+def cv_metrics(metric: str) -> tuple[str, ...]:
+    """``cv_<metric>``, ``best_val_<metric>``, ``val_<metric>``: the names a run's CV is read from, in order."""
+    return tuple(f"{p}{metric}" for p in CV_PREFIXES)
+
+
 def cv_of(run: Run) -> float | None:
-    """The run's cross-validation score (first of CV_METRICS it has)."""
-    return next((run.data.metrics[m] for m in CV_METRICS if m in run.data.metrics), None)
+    """The run's cross-validation score: the first of :func:`cv_metrics` of its ``kops.metric`` it has."""
+    from kaggleops.schema import TAG_METRIC
+
+    metric = run.data.tags.get(TAG_METRIC)
+    if metric:
+        return next((run.data.metrics[m] for m in cv_metrics(metric) if m in run.data.metrics), None)
+    for prefix in CV_PREFIXES:  # a run of an older kops without the tag: any cv_* / best_val_* / val_* metric
+        names = sorted(m for m in run.data.metrics if m.startswith(prefix) and m.count("_") == prefix.count("_"))
+        if names:
+            return run.data.metrics[names[0]]
+    return None
+
+
+def metric_direction(cfg: KopsConfig, sources: list[Run]) -> tuple[str, bool]:
+    """(metric name, higher is better) from the source runs' tags, else the configured task; else ("", True)."""
+    from kaggleops.schema import TAG_METRIC, TAG_METRIC_HIGHER
+
+    for run in sources:
+        if TAG_METRIC_HIGHER in run.data.tags:
+            return run.data.tags.get(TAG_METRIC, ""), run.data.tags[TAG_METRIC_HIGHER] == "true"
+    try:
+        from kaggleops.stages.train import get_task_for
+
+        metric = get_task_for(cfg).metric
+        return metric.name, bool(metric.higher_is_better)
+    except KopsError:
+        return "", True
 
 
 def _date(run: Run) -> str:
@@ -91,13 +125,15 @@ def _row(run: Run, sources: list[Run]) -> LeaderboardRow:
     )
 
 
-def _sort(rows: list[LeaderboardRow], key: str) -> list[LeaderboardRow]:
+def _sort(rows: list[LeaderboardRow], key: str, higher_is_better: bool = True) -> list[LeaderboardRow]:
+    """Best first for scores (by the metric's direction), newest first for date/ref; missing values last."""
     if key not in SORT_KEYS:
         raise UnknownSortKey(f"Cannot sort the leaderboard by {key!r}.", f"Use --sort one of: {', '.join(SORT_KEYS)}.")
     attr = {"cv": "cv", "date": "date", "ref": "submission_ref"}.get(key, key)
     present = [r for r in rows if getattr(r, attr) is not None]
     missing = [r for r in rows if getattr(r, attr) is None]
-    return sorted(present, key=lambda r: getattr(r, attr), reverse=True) + missing
+    descending = higher_is_better if key in ("lb_public", "lb_private", "cv") else True
+    return sorted(present, key=lambda r: getattr(r, attr), reverse=descending) + missing
 
 
 def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow]:
@@ -122,8 +158,13 @@ def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow
                 cache[run_id] = None  # deleted since; the row still shows the rest
         return cache[run_id]
 
-    rows = []
+    rows, all_sources = [], []
     for run in subs:
         ids = [r for r in run.data.tags.get(TAG_SOURCE_RUNS, "").split(",") if r]
-        rows.append(_row(run, [s for s in map(source, ids) if s is not None]))
-    return _sort(rows, sort)
+        sources = [s for s in map(source, ids) if s is not None]
+        all_sources += sources
+        rows.append(_row(run, sources))
+    metric, higher = metric_direction(cfg, all_sources)
+    for row in rows:
+        row.metric, row.higher_is_better = metric, higher
+    return _sort(rows, sort, higher)

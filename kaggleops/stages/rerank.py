@@ -1,8 +1,9 @@
-"""`kops train --stage rerank`: the candidate reranker over base k-fold runs' OOF, as linked MLflow runs.
+"""`kops train --stage rerank`: a task's second stage (:class:`kaggleops.task.SecondStage`) over base k-fold
+runs' OOF, as linked MLflow runs.
 
-Reads each base fold run's ``oof/oof.csv`` (its fold is the run's ``kops.fold`` tag), trains one reranker run
-per base fold (children of a reranker parent run, ``mlflow.parentRunId``), tunes ``w``/``n`` on the OOF and
-logs base-only vs reranked OOF Jaccard (overall and per sentiment) on the parent. Links: the parent's
+Reads each base fold run's ``oof/oof.csv`` (its fold is the run's ``kops.fold`` tag), asks the task for the
+candidate rows, trains one second-stage run per base fold (children of a parent run, ``mlflow.parentRunId``),
+lets the task tune its combination on the OOF and logs the task's OOF metrics on the parent. Links: the parent's
 ``kops.rerank.base_runs`` lists every base fold run used and ``kops.rerank.from`` the runs named on the
 command line; each fold run's ``kops.rerank.base_runs`` lists the base runs of its own fold. Each fold run
 logs ``model/`` (publishable like a base fold) and ``rerank/train_ids.json`` (the rows it trained on); the
@@ -34,15 +35,12 @@ from kaggleops.schema import (
     TAG_TASK,
     Kind,
 )
-from kaggleops.stages.train import OOF_ARTIFACT, get_task_for
+from kaggleops.stages.train import OOF_ARTIFACT, OOF_FILE, get_task_for
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
 
-OOF_FILE = "oof.csv"
-SCORED_COLUMNS = ["textID", "fold", "scored_by", "sentiment", "rank", "start", "end", "score", "rerank_pred",
-                  "target", "cand"]
 
 
 @dataclass
@@ -60,6 +58,7 @@ class RerankResult:
     w: float
     n: int
     metrics: dict[str, float]
+    summary_line: str = ""
 
     @property
     def run_id(self) -> str:
@@ -73,9 +72,7 @@ class RerankResult:
         m = self.metrics
         lines = [f"rerank fold {r.fold}: run {r.run_id}  (base runs {', '.join(r.base_run_ids)})" for r in self.runs]
         lines.append(f"reranker parent run {self.parent_run_id}  w {self.w:g}  n {self.n}")
-        lines.append(f"OOF Jaccard base {m['oof_jaccard_base']:.4f} → reranked {m['oof_jaccard_reranked']:.4f} "
-                     f"(lift {m['oof_jaccard_lift']:+.4f}; w/n tuned per held-out fold: "
-                     f"{m['oof_jaccard_reranked_nested']:.4f})")
+        lines.append(self.summary_line or "  ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())))
         return "\n".join(lines)
 
 
@@ -109,7 +106,7 @@ def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[in
     return models
 
 
-def _download_oof(tracker: Tracker, run: Run, dst: Path) -> pd.DataFrame:
+def _download_oof(tracker: Tracker, run: Run, dst: Path, id_column: str) -> pd.DataFrame:
     import pandas as pd
 
     run_id = run.info.run_id
@@ -117,42 +114,40 @@ def _download_oof(tracker: Tracker, run: Run, dst: Path) -> pd.DataFrame:
         raise MissingArtifact(f"Run {run_id} has no `{OOF_ARTIFACT}/{OOF_FILE}` artifact to rerank.",
                               "Retrain the base with a kops version that logs OOF candidates: kops train")
     path = tracker.download(run_id, f"{OOF_ARTIFACT}/{OOF_FILE}", dst / run_id)
-    df = pd.read_csv(path, dtype={"textID": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False)
     df["fold"] = _fold_of(run)
     return df
 
 
-def load_base_oof(tracker: Tracker, models: dict[str, dict[int, Run]], dst: Path) -> pd.DataFrame:
-    """The merged OOF of the base model(s): every fold's rows, candidates averaged across models."""
-    import pandas as pd
-
-    from kaggleops.tasks.tse import rerank
-
+def load_base_oof(tracker: Tracker, models: dict[str, dict[int, Run]], dst: Path,
+                  id_column: str) -> list[list[pd.DataFrame]]:
+    """Each base model's OOF tables, one per fold in fold order (each with its ``fold`` column)."""
     fold_sets = {key: sorted(folds) for key, folds in models.items()}
     if len({tuple(f) for f in fold_sets.values()}) > 1:
         raise DataError(f"Base models cover different folds: {fold_sets}.", "Rerank models trained on the same folds.")
-    frames = [pd.concat([_download_oof(tracker, run, dst) for _, run in sorted(folds.items())], ignore_index=True)
-              for folds in models.values()]
-    try:
-        return rerank.merge_oof(frames)
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    return [[_download_oof(tracker, run, dst, id_column) for _, run in sorted(folds.items())]
+            for folds in models.values()]
 
 
-def _rerank_settings(cfg: KopsConfig, overrides: dict[str, Any] | None) -> Any:
-    import dataclasses
+def second_stage_task(cfg: KopsConfig) -> Any:
+    """The configured task, which must implement :class:`kaggleops.task.SecondStage`."""
+    from kaggleops.task import SecondStage
 
-    from kaggleops.tasks.tse.rerank import RerankSettings
+    task = get_task_for(cfg)
+    if not isinstance(task, SecondStage):
+        raise ConfigError(f"Task {task.name} has no second stage (kaggleops.task.SecondStage).",
+                          "Train the base only: kops train")
+    return task
+
+
+def _rerank_settings(cfg: KopsConfig, overrides: dict[str, Any] | None, task: Any) -> Any:
+    from kaggleops.task import SettingsError
 
     values = {**(getattr(cfg, "rerank", None) or {}), **(overrides or {})}
-    known = {f.name for f in dataclasses.fields(RerankSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"Unknown rerank setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    for key in ("n_grid", "w_grid"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return RerankSettings(**values)
+    try:
+        return task.second_stage_settings(values)
+    except (SettingsError, ValueError, TypeError) as e:
+        raise ConfigError(f"kops.yaml `rerank:`: {e}.") from None
 
 
 def train_stage(cfg: KopsConfig, stage: str, from_runs: list[str], progress: bool = True) -> RerankResult:
@@ -169,17 +164,15 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
 
     Example:
         >>> train_reranker(load_config(), ["<k-fold parent run id>"], {"model": "tiny", "top_n": 5})  # doctest: +SKIP
-        RerankResult(parent_run_id='…', w=0.5, n=5, metrics={'oof_jaccard_base': 0.70, ...})
+        RerankResult(parent_run_id='…', w=0.5, n=5, metrics={...})
     """
-    from kaggleops.tasks.tse import rerank
-
-    task = get_task_for(cfg)
-    settings = _rerank_settings(cfg, overrides)
+    task = second_stage_task(cfg)
+    settings = _rerank_settings(cfg, overrides, task)
     tracker = open_tracker(cfg)
     models = resolve_base_runs(tracker, from_runs)
     with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
-        oof = load_base_oof(tracker, models, Path(tmp) / "oof")
-        rows, cands = rerank.build_candidates(oof, settings.top_n, settings.neutral_full_text)
+        oofs = load_base_oof(tracker, models, Path(tmp) / "oof", task.submission.id_column)
+        rows, cands = task.candidates(oofs, settings)
         folds = sorted(rows["fold"].unique().tolist())
         if len(folds) < 2 or cands.empty:
             raise DataError(f"Reranking needs OOF candidates of at least 2 base folds; got folds {folds}.",
@@ -189,10 +182,10 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
         tags = {TAG_TASK: task.name, TAG_KIND: Kind.RERANK, TAG_STAGE: Kind.RERANK,
                 TAG_RERANK_FROM: ",".join(from_runs),
                 TAG_RERANK_BASE_RUNS: ",".join(i for f in folds for i in base_ids[f])}
-        parent = tracker.start_run(f"rerank-{Path(settings.model).name}", params, tags)
+        parent = tracker.start_run(f"rerank-{Path(str(getattr(settings, 'model', task.name))).name}", params, tags)
         started: list[str] = [parent]
         try:
-            result = _train_all(tracker, settings, parent, rows, cands, base_ids, Path(tmp), started, progress)
+            result = _train_all(task, tracker, settings, parent, rows, cands, base_ids, Path(tmp), started, progress)
         except KeyboardInterrupt:
             for run_id in started:
                 tracker.end_run(run_id, "KILLED")
@@ -204,11 +197,9 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
     return result
 
 
-def _train_all(tracker: Tracker, settings: Any, parent: str, rows: pd.DataFrame, cands: pd.DataFrame,
+def _train_all(task: Any, tracker: Tracker, settings: Any, parent: str, rows: pd.DataFrame, cands: pd.DataFrame,
                base_ids: dict[int, list[str]], tmp: Path, started: list[str], progress: bool) -> RerankResult:
     import pandas as pd
-
-    from kaggleops.tasks.tse import rerank
 
     fold_runs, results = [], []
     for fold, ids in base_ids.items():
@@ -219,27 +210,27 @@ def _train_all(tracker: Tracker, settings: Any, parent: str, rows: pd.DataFrame,
         if progress:
             print(f"kops: rerank fold {fold}: training on {int((cands['fold'] != fold).sum())} candidates", flush=True)
         with tracker.metric_logger(run_id) as log:
-            res = rerank.train_rerank_fold(cands, settings, fold, tmp / f"fold{fold}", log)
+            res = task.train_second_stage_fold(cands, settings, fold, tmp / f"fold{fold}", log)
         tracker.log_json(run_id, {"fold": fold, "train_ids": res.train_ids}, f"{ARTIFACT_RERANK}/train_ids.json")
         fold_runs.append(RerankFoldRun(run_id, fold, ids))
         results.append(res)
     scored = pd.concat([r.scored for r in results], ignore_index=True)
-    tuned = rerank.tune(rows, scored, settings)
+    tuned = task.tune_second_stage(rows, scored, settings)
     for fold_run, res in zip(fold_runs, results, strict=True):
-        rerank.write_rerank_config(res.model_dir, settings, tuned.w, tuned.n)
+        fold_run.metrics = task.finish_second_stage_fold(res.model_dir, settings, tuned, rows, scored, fold_run.fold)
         tracker.log_artifacts(fold_run.run_id, res.model_dir, ARTIFACT_MODEL)
-        fold_run.metrics = rerank.fold_metrics(rows, scored, tuned.w, tuned.n, fold_run.fold)
         tracker.log_metrics(fold_run.run_id, {**fold_run.metrics, "seconds": res.seconds}, res.steps)
         tracker.end_run(fold_run.run_id)
-    _log_parent(tracker, parent, scored, tuned)
-    return RerankResult(parent, fold_runs, tuned.w, tuned.n, tuned.metrics)
+    _log_parent(tracker, parent, scored, tuned, list(getattr(task, "scored_columns", scored.columns)))
+    summary = task.second_stage_summary(tuned.metrics) if hasattr(task, "second_stage_summary") else ""
+    return RerankResult(parent, fold_runs, tuned.w, tuned.n, tuned.metrics, summary)
 
 
-def _log_parent(tracker: Tracker, parent: str, scored: pd.DataFrame, tuned: Any) -> None:
+def _log_parent(tracker: Tracker, parent: str, scored: pd.DataFrame, tuned: Any, columns: list[str]) -> None:
     tracker.log_metrics(parent, tuned.metrics)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "oof_scored.csv"
-        scored[SCORED_COLUMNS].to_csv(path, index=False)
+        scored[columns].to_csv(path, index=False)
         tracker.log_artifact(parent, path, ARTIFACT_RERANK)
     tracker.log_json(parent, {"w": tuned.w, "n": tuned.n, "grid": tuned.grid}, f"{ARTIFACT_RERANK}/tuning.json")
     tracker.set_tags(parent, {TAG_RERANK_W: json.dumps(tuned.w), TAG_RERANK_N: str(tuned.n)})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KopsError, QuotaExceeded, SubmissionError, TimedOut
 from kaggleops.files import sha256_file
+from kaggleops.polling import poll
 from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
     ARTIFACT_SUBMISSION,
@@ -262,14 +262,13 @@ def scores(cfg: KopsConfig, wait: bool = False, timeout_s: float = 1800, poll_s:
     """
     tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle.from_config(cfg)
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def settled() -> list[ScoreRow] | None:
         rows = _pull_once(cfg, tracker, kaggle, adopt)
-        if not wait or all(r.status != SubmissionStatus.PENDING for r in rows):
-            return rows
-        if time.monotonic() > deadline:
-            raise TimedOut(f"Submissions still PENDING after {timeout_s:.0f} s.", "Run `kops scores` later.")
-        time.sleep(poll_s)
+        return rows if not wait or all(r.status != SubmissionStatus.PENDING for r in rows) else None
+
+    return poll(settled, timeout_s, poll_s,
+                lambda: TimedOut(f"Submissions still PENDING after {timeout_s:.0f} s.", "Run `kops scores` later."))
 
 
 def _pull_once(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, adopt: bool) -> list[ScoreRow]:

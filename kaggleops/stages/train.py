@@ -15,19 +15,21 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import DataError, UnknownCompetition
+from kaggleops.errors import ConfigError, DataError
 from kaggleops.schema import (
     ARTIFACT_MODEL,
     TAG_FOLD,
     TAG_GPU,
     TAG_KIND,
+    TAG_METRIC,
+    TAG_METRIC_HIGHER,
     TAG_PARENT,
     TAG_RESUMES,
     TAG_TASK,
@@ -37,8 +39,10 @@ from kaggleops.schema import (
 )
 from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.stages.sync import background_sync
+from kaggleops.task import FoldContext
 
 OOF_ARTIFACT = "oof"
+OOF_FILE = "oof.csv"
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
 
@@ -49,14 +53,18 @@ log = logging.getLogger("kaggleops")
 class FoldRun:
     run_id: str
     fold: int
-    val_jaccard: float
+    score: float
 
 
 @dataclass
 class TrainResult:
+    """The fold runs, the k-fold parent (if any) and the CV: the mean fold score of the task's ``metric``."""
+
     runs: list[FoldRun]
     parent_run_id: str | None = None
-    cv_jaccard: float | None = None
+    cv: float | None = None
+    metric: str = "score"
+    higher_is_better: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,17 +73,52 @@ class TrainResult:
         return self.parent_run_id or self.runs[0].run_id
 
     def as_dict(self) -> dict[str, object]:
-        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "cv_jaccard": self.cv_jaccard,
+        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "metric": self.metric,
+                "higher_is_better": self.higher_is_better, "cv": self.cv, f"cv_{self.metric}": self.cv,
                 "runs": [asdict(r) for r in self.runs]}
+
+    def summary(self) -> str:
+        lines = [f"fold {r.fold}: run {r.run_id}  val_{self.metric} {r.score:.4f}" for r in self.runs]
+        if self.parent_run_id:
+            lines.append(f"k-fold parent run {self.parent_run_id}  cv_{self.metric} {self.cv:.4f}")
+        return "\n".join(lines)
 
 
 def get_task_for(cfg: KopsConfig) -> Any:
-    from kaggleops.tasks import get_task
+    """The task of kops.yaml (see :func:`kaggleops.tasks.task_for`)."""
+    from kaggleops.tasks import task_for
+
+    return task_for(cfg)
+
+
+def metric_tags(task: Any) -> dict[str, str]:
+    """``kops.metric`` (the task's metric name) and ``kops.metric.higher_is_better`` (true/false)."""
+    return {TAG_METRIC: task.metric.name, TAG_METRIC_HIGHER: str(bool(task.metric.higher_is_better)).lower()}
+
+
+def task_settings(cfg: KopsConfig, task: Any) -> Any:
+    """The task's settings from kops.yaml's ``train:`` keys; a bad key is a ConfigError naming it."""
+    from kaggleops.task import SettingsError
 
     try:
-        return get_task(cfg.competition)
-    except ValueError as e:
-        raise UnknownCompetition(str(e), "Set `competition:` in kops.yaml to a supported one.") from None
+        return task.settings(cfg.train.task_settings())
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
+    except (SettingsError, ValueError, TypeError) as e:
+        raise ConfigError(f"kops.yaml `train:`: {e}.", "Fix the key, or see the task's settings().") from None
+
+
+def settings_params(settings: Any) -> dict[str, Any]:
+    """The settings as flat MLflow params (a dataclass's fields, a mapping's items)."""
+    if is_dataclass(settings) and not isinstance(settings, type):
+        params = asdict(settings)
+    elif isinstance(settings, dict):
+        params = dict(settings)
+    else:
+        params = {k: v for k, v in vars(settings).items() if not k.startswith("_")} if hasattr(settings, "__dict__") \
+            else {"settings": repr(settings)}
+    params.pop("progress", None)
+    return params
 
 
 def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample: bool = False) -> tuple[Any, Any]:
@@ -85,6 +128,8 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample
     source = resolve(cfg, task, data_dir, sample=sample, fetch=dist.is_main())
     try:
         return task.load_train(source.train_file), source
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
     except ValueError as e:
         raise DataError(str(e)) from None
 
@@ -106,7 +151,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
-        TrainResult(runs=[FoldRun(run_id='…', fold=0, val_jaccard=0.61)], ...)
+        TrainResult(runs=[FoldRun(run_id='…', fold=0, score=0.61)], cv=0.61, metric='accuracy', ...)
     """
     joined = dist.init()
     try:
@@ -124,17 +169,17 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
            resume: bool, sample: bool = False) -> TrainResult:
     task = get_task_for(cfg)
     df, source = load_training_data(cfg, task, data_dir, sample)
-    overrides = cfg.train.model_dump(exclude={"folds"})
-    if overrides.get("tiny") is None:
-        overrides.pop("tiny", None)
-    settings = task.settings(**overrides)
+    settings = task_settings(cfg, task)
     chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
     bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
     if bad:
         raise DataError(f"Fold(s) {bad} out of range for n_folds={cfg.train.n_folds}.", "Use --fold 0..n_folds-1.")
-    df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
+    try:
+        df = task.make_folds(df, cfg.train.n_folds, cfg.train.seed)
+    except NotImplementedError as e:
+        raise ConfigError(f"Task {task.name}: {e}") from None
     if not dist.is_main():
-        return _follow(task, df, settings, chosen)
+        return _follow(task, df, settings, chosen, cfg.train.seed)
     result = _lead(cfg, task, df, settings, chosen, source, progress, resume)
     return dist.broadcast(result)
 
@@ -142,9 +187,9 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
           resume: bool) -> TrainResult:
     tracker = open_tracker(cfg)
-    params = {**asdict(settings), "data": source.name, "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
-    params.pop("progress", None)
-    job = _Job(tracker, task, df, settings, params, progress, resume, source.as_input())
+    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
+              "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
+    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, source.as_input())
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -152,30 +197,36 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
         # `kops sync push` every storage.sync_minutes and once at the end (no-op without a bucket); the parent is
         # closed inside, so that last push carries its final status and CV.
         with background_sync(cfg):
-            return _close_parent(tracker, [job.fold(fold, parent) for fold in chosen], parent)
+            return _close_parent(tracker, task, [job.fold(fold, parent) for fold in chosen], parent)
     except BaseException:
         if parent:
             tracker.end_run(parent, "FAILED")
         raise
 
 
-def _close_parent(tracker: Tracker, runs: list[FoldRun], parent: str | None) -> TrainResult:
-    result = TrainResult(runs, parent, cv_jaccard=sum(r.val_jaccard for r in runs) / len(runs))
+def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str | None) -> TrainResult:
+    result = TrainResult(runs, parent, cv=sum(r.score for r in runs) / len(runs), metric=task.metric.name,
+                         higher_is_better=bool(task.metric.higher_is_better))
     if parent:
-        tracker.log_metrics(parent, {"cv_jaccard": result.cv_jaccard})
+        tracker.log_metrics(parent, {f"cv_{task.metric.name}": result.cv})
         tracker.end_run(parent)
     return result
 
 
-def _follow(task: Any, df: Any, settings: Any, chosen: list[int]) -> TrainResult:
+def _follow(task: Any, df: Any, settings: Any, chosen: list[int], seed: int) -> TrainResult:
     """A rank other than 0: train each fold as rank 0 says (no tracking store touched); rank 0's result."""
+    from kaggleops.task import FoldContext
+
     for fold in chosen:
         plan = dist.broadcast()
         if plan["done"]:
             continue
         with tempfile.TemporaryDirectory(prefix=f"kops-train-rank{dist.rank()}-") as tmp:
-            task.train_fold(df, settings, fold, Path(tmp) / "out", None, progress=False, on_checkpoint=None,
-                            resume_from=Path(plan["resume_from"]) if plan["resume_from"] else None)
+            out = Path(tmp) / "out"
+            out.mkdir()
+            task.train_fold(df, settings, FoldContext(fold, out, seed, progress=False,
+                                                      resume_from=Path(plan["resume_from"]) if plan["resume_from"]
+                                                      else None))
     return dist.broadcast()
 
 
@@ -202,7 +253,12 @@ class _Job:
     params: dict[str, Any]
     progress: bool
     resume: bool
+    seed: int = 42
     data_input: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_metric(self) -> str:
+        return f"best_val_{self.task.metric.name}"
 
     def log_data(self, run_id: str) -> None:
         """Record the training data on the run as an MLflow dataset input (once per run)."""
@@ -226,9 +282,10 @@ class _Job:
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
-        run_id = self.tracker.start_run(f"kfold-{self.settings.model}", params,
+        name = getattr(self.settings, "model", None) or self.task.name
+        run_id = self.tracker.start_run(f"kfold-{name}", params,
                                         {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
-                                         **machine_tags()})
+                                         **metric_tags(self.task), **machine_tags()})
         self.log_data(run_id)
         return run_id
 
@@ -237,17 +294,18 @@ class _Job:
         key = _train_key(params)
         same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
         if self.resume and parent:
-            done = [r for r in same if r.info.status == "FINISHED" and "best_val_jaccard" in r.data.metrics]
+            done = [r for r in same if r.info.status == "FINISHED" and self.best_metric in r.data.metrics]
             if done:
                 dist.broadcast({"done": True})
-                return FoldRun(done[0].info.run_id, fold, done[0].data.metrics["best_val_jaccard"])
+                return FoldRun(done[0].info.run_id, fold, done[0].data.metrics[self.best_metric])
         found = self._unfinished(same, f"fold {fold}")
         return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
 
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
-    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key, **machine_tags()}
+    tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
+            **metric_tags(job.task), **machine_tags()}
     if resume_run is None:
         run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
         job.log_data(run_id)
@@ -266,16 +324,21 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
     run_id, skip = _start_or_reopen(job, fold, params, parent, key, resume_run)
     try:
         with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
-            resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume") if resume_run else None
+            resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume", job.task) if resume_run else None
             dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
+            out = Path(tmp) / "out"
+            out.mkdir()
             with tracker.metric_logger(run_id, skip=skip) as log_fn:
                 slots = _CheckpointSlots(log_fn)
-                result = job.task.train_fold(job.df, job.settings, fold, Path(tmp) / "out", log_fn,
-                                             progress=job.progress, on_checkpoint=slots,
-                                             resume_from=resume_from)
-                log_fn({"best_val_jaccard": result.val_jaccard, "best_step": result.best_step}, result.steps)
+                ctx = FoldContext(fold, out, job.seed, log_fn, job.progress, resume_from, slots)
+                try:
+                    result = job.task.train_fold(job.df, job.settings, ctx)
+                except NotImplementedError as e:
+                    raise ConfigError(f"Task {job.task.name}: {e}") from None
+                log_fn({job.best_metric: float(result.score), **(result.metrics or {}),
+                        **({"best_step": result.best_step} if result.best_step is not None else {})}, result.steps)
             tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
-            tracker.log_artifact(run_id, result.oof_path, OOF_ARTIFACT)
+            tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
         raise
@@ -283,7 +346,24 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
         tracker.end_run(run_id, "FAILED")
         raise
     tracker.end_run(run_id)
-    return FoldRun(run_id, fold, result.val_jaccard)
+    return FoldRun(run_id, fold, float(result.score))
+
+
+def oof_file(oof: Any, task: Any, folder: Path) -> Path:
+    """The OOF predictions as ``oof.csv`` (a path the task wrote, or a table written here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / OOF_FILE
+    if isinstance(oof, (str, Path)):
+        if Path(oof).name == OOF_FILE:
+            return Path(oof)
+        shutil.copyfile(oof, target)
+        return target
+    missing = [c for c in task.submission.header if c not in oof.columns]
+    if missing:
+        raise DataError(f"Task {task.name}: the OOF table of train_fold lacks column(s) {', '.join(missing)}.",
+                        "Return the id column and the submission columns (see kaggleops.task.FoldResult).")
+    oof.to_csv(target, index=False)
+    return target
 
 
 class _CheckpointSlots:
@@ -309,9 +389,14 @@ def _remove(*paths: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def download_checkpoint(tracker: Tracker, run_id: str, dst: Path) -> Path | None:
-    """The run's last complete checkpoint folder, downloaded under ``dst``; None when it has none."""
-    from kaggleops.tasks.tse.checkpoint import is_checkpoint
+def download_checkpoint(tracker: Tracker, run_id: str, dst: Path, task: Any = None) -> Path | None:
+    """The run's last complete checkpoint folder, downloaded under ``dst``; None when it has none.
+
+    A slot counts as complete when the task's optional ``is_checkpoint(folder)`` says so (default: non-empty).
+    """
+    def is_checkpoint(folder: Path) -> bool:
+        check = getattr(task, "is_checkpoint", None)
+        return bool(check(folder)) if check else folder.is_dir() and any(folder.iterdir())
 
     names = set(tracker.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
     if f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}" not in names:

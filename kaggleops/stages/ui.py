@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +28,22 @@ from urllib.parse import quote
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError, PortInUse, TimedOut
+from kaggleops.polling import poll
 from kaggleops.schema import TAG_DATASET_VERSION, TAG_KERNEL_VERSION, TAG_SHARED_VIEW, TAG_SUBMISSION_STATUS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0
+HEALTH_POLL_S = 0.3
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
 SHARED_VIEW_TAG = TAG_SHARED_VIEW
-VIEW_METRICS = ("lb_public", "lb_private", "cv_jaccard", "best_val_jaccard", "val_jaccard")
+VIEW_METRICS = ("lb_public", "lb_private")
 VIEW_TAGS = (TAG_SUBMISSION_STATUS, TAG_KERNEL_VERSION, TAG_DATASET_VERSION)
 
 
-def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", share_key: str | None = None) -> str:
+def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", share_key: str | None = None,
+             ascending: bool = False) -> str:
     """The runs table of an experiment, sorted by a metric (best first), in the machine-learning view.
 
     Example:
@@ -51,13 +53,18 @@ def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", shar
     page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if share_key:  # the shared view carries columns and sort; URL facets would override (and drop) it
         return f"{page}&viewStateShareKey={share_key}"
-    return f"{page}&orderByKey={quote(f'metrics.`{sort_metric}`', safe='.')}&orderByAsc=false"
+    return f"{page}&orderByKey={quote(f'metrics.`{sort_metric}`', safe='.')}&orderByAsc={str(ascending).lower()}"
 
 
-def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public") -> str:
-    """Store the runs-table view (LB/CV metric columns, sorted by ``sort_metric``); return its share key."""
-    state = {"orderByKey": f"metrics.`{sort_metric}`", "orderByAsc": False, "searchFilter": "",
-             "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in VIEW_METRICS),
+def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public", metric: str | None = None,
+                          higher_is_better: bool = True) -> str:
+    """Store the runs-table view (LB and the task metric's CV columns, sorted by ``sort_metric`` best first:
+    ascending for a lower-is-better metric); return its share key."""
+    from kaggleops.stages.leaderboard import cv_metrics
+
+    columns = [*VIEW_METRICS, *(cv_metrics(metric) if metric else ())]
+    state = {"orderByKey": f"metrics.`{sort_metric}`", "orderByAsc": not higher_is_better, "searchFilter": "",
+             "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in columns),
                                  *(f"tags.`{t}`" for t in VIEW_TAGS)],
              "runsPinned": [], "runsHidden": [], "runsExpanded": {}}
     tracker.set_experiment_tag(SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
@@ -110,20 +117,33 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def healthy() -> bool | None:
         if process.poll() is not None:
             raise KopsError(f"mlflow server exited with code {process.returncode} before serving {base}.",
                             f"See its log: {log}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                return True if resp.status == 200 else None
         except OSError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise TimedOut(f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui")
+            return None
+
+    try:
+        poll(healthy, timeout_s, HEALTH_POLL_S, lambda: TimedOut(
+            f"mlflow server did not answer on {base} within {timeout_s:.0f} s.", "Retry: kops ui"))
+    except TimedOut:
+        process.terminate()
+        raise
+
+
+def _task_metric(cfg: KopsConfig) -> tuple[str | None, bool]:
+    """(metric name, higher is better) of the configured task; (None, True) when it cannot be loaded."""
+    try:
+        from kaggleops.stages.train import get_task_for
+
+        metric = get_task_for(cfg).metric
+        return metric.name, bool(metric.higher_is_better)
+    except KopsError:
+        return None, True
 
 
 def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
@@ -135,7 +155,8 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
     """
     tracker = open_tracker(cfg)
     experiment_id = tracker.experiment_id
-    share_key = save_leaderboard_view(tracker)
+    metric, higher = _task_metric(cfg)
+    share_key = save_leaderboard_view(tracker, metric=metric, higher_is_better=higher)
     if tracker.uri.startswith(("http://", "https://")):
         return UiServer(runs_url(tracker.uri, experiment_id, share_key=share_key), tracker.uri)
     if not _port_free(host, port):

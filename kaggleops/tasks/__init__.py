@@ -1,94 +1,145 @@
-"""Competition tasks: a small ``Task`` protocol and the registry of built-in tasks.
+"""Finding a competition's task: built-in tasks by slug, installed ones by entry point, the user's own by spec.
 
-Task code receives paths and a ``log(metrics, step)`` callback; it never imports MLflow or Kaggle
-code. Importing this package imports no torch/transformers/pandas.
+The interface a task implements is :mod:`kaggleops.task`. A task is named, in kops.yaml, by
+
+- ``task: my_package.module:MyTask`` — an importable module: an installed package, or one in the folder of
+  kops.yaml (appended to ``sys.path``, so an installed package of the same name wins);
+- ``task: tasks/my_task.py:MyTask`` — a file in the user's repository, relative to kops.yaml. Its folder goes
+  on ``sys.path`` first, so the file and its sibling modules import each other as top-level modules
+  (``my_task``, ``helpers``), the same way they are installed inside the offline kernel;
+- nothing: the competition slug picks a built-in task (:data:`BUILTIN`) or one an installed package registers
+  under the ``kops.tasks`` entry-point group (``my-competition = my_package.module:MyTask``).
+
+Importing this package imports no torch/transformers/pandas; a task's module is imported when it is loaded.
 
 Example:
     >>> task = get_task("tweet-sentiment-extraction")
-    >>> task.id_column
+    >>> task.submission.id_column
     'textID'
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from kaggleops.tasks.errors import DataError
+from kaggleops.schema import TASK_ENTRY_POINTS
+from kaggleops.tasks.errors import DataError, TaskLoadError
 
-__all__ = ["DataError", "LogFn", "Task", "get_task", "task_names"]
+__all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
+           "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
-LogFn = Callable[[dict[str, float], int], None]
+ENTRY_POINT_GROUP = TASK_ENTRY_POINTS
+DEFAULT_COMPETITION = "tweet-sentiment-extraction"
+"""The competition `kops init` and the demo use when none is named."""
 
-
-class Task(Protocol):
-    """What kops needs from a competition task."""
-
-    name: str
-    id_column: str
-    target_column: str
-    train_columns: tuple[str, ...]
-    test_columns: tuple[str, ...]
-
-    def metric(self, truths: Sequence[str], preds: Sequence[str]) -> float:
-        """The competition score of aligned truths and predictions."""
-        ...
-
-    def sample_dir(self) -> Path:
-        """Folder holding the bundled sample (train.csv, test.csv, sample_submission.csv, solution.csv)."""
-        ...
-
-    def load_train(self, path: str | Path) -> Any:
-        """Read and check a train file (a pandas DataFrame)."""
-        ...
-
-    def load_test(self, path: str | Path) -> Any:
-        """Read and check a test file (a pandas DataFrame)."""
-        ...
-
-    def make_folds(self, df: Any, n_folds: int, seed: int) -> Any:
-        """``df`` with a ``fold`` column (stratified where the task has classes)."""
-        ...
-
-    def settings(self, **overrides: Any) -> Any:
-        """The task's training settings (a dataclass) with ``overrides``; unknown keys raise ValueError."""
-        ...
-
-    def train_fold(self, train_df: Any, settings: Any, fold: int, out_dir: Path,
-                   log: LogFn | None = None, progress: bool | None = None) -> Any:
-        """Train one fold into ``out_dir``; the result has model_dir, oof_path, val_jaccard, best_step, steps."""
-        ...
-
-    def predict(self, model_dir: Path, rows: list[dict[str, Any]], batch_size: int = 64,
-                device: str | None = None) -> list[str]:
-        """Predictions of the model saved in ``model_dir`` for ``rows``, in order."""
-        ...
-
-    def kernel_runtime_source(self) -> str:
-        """Source of the self-contained inference module (defines ``predict_file_rows``) for kernels."""
-        ...
+BUILTIN: dict[str, str] = {
+    "tweet-sentiment-extraction": "kaggleops.tasks.tse:TweetSentimentExtraction",
+}
+"""Competition slug → ``module:Class`` of the tasks shipped with kops (add a line to add one)."""
 
 
-def _builtin() -> dict[str, Callable[[], Task]]:
-    from kaggleops.tasks.tse import TweetSentimentExtraction
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
 
-    return {TweetSentimentExtraction.name: TweetSentimentExtraction}
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def task_names() -> list[str]:
-    """Names of the known tasks."""
-    return sorted(_builtin())
+    """Competition slugs with a known task (built in or registered by an installed package)."""
+    return sorted({**_entry_points(), **BUILTIN})
 
 
-def get_task(name: str) -> Task:
-    """The task registered as ``name``; raises ValueError listing the known tasks otherwise.
+def task_spec(competition: str) -> str | None:
+    """The ``module:Class`` registered for ``competition`` (built-in first), or None."""
+    return BUILTIN.get(competition) or _entry_points().get(competition)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(module or file, class name)`` of ``module:Class`` / ``path/file.py:Class``; TaskLoadError if malformed."""
+    target, sep, cls = spec.rpartition(":")
+    if not sep or not target or not cls.isidentifier():
+        raise TaskLoadError(f"task {spec!r} is not of the form `package.module:Class` or `path/file.py:Class`")
+    return target, cls
+
+
+def is_file_spec(spec: str) -> bool:
+    return split_spec(spec)[0].endswith(".py")
+
+
+def import_task_module(spec: str, root: Path | None = None) -> tuple[Any, str]:
+    """(module, class name) of ``spec``; a file spec puts its folder first on ``sys.path`` and imports its stem."""
+    target, cls = split_spec(spec)
+    if target.endswith(".py"):
+        path = (Path(root or Path.cwd()) / target).resolve()
+        if not path.is_file():
+            raise TaskLoadError(f"task file {path} does not exist (task: {spec} in kops.yaml)")
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        module_name = path.stem
+        loaded = sys.modules.get(module_name)
+        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() != path:
+            raise TaskLoadError(f"task file {path} is shadowed by an already imported module {module_name!r}; "
+                                "rename the file")
+    else:
+        module_name = target
+        folder = str(Path(root or Path.cwd()).resolve())
+        if folder not in sys.path:  # a package in the project folder, not installed (installed ones win)
+            sys.path.append(folder)
+    try:
+        return importlib.import_module(module_name), cls
+    except ImportError as e:
+        raise TaskLoadError(f"cannot import task {spec}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # an error while executing the user's module: still one line naming it
+        raise TaskLoadError(f"importing task {spec} failed: {type(e).__name__}: {e}") from None
+
+
+def load_task(spec: str, root: Path | None = None) -> Any:
+    """An instance of the task class named by ``spec`` (``root``: the folder of kops.yaml for file specs)."""
+    module, cls = import_task_module(spec, root)
+    factory = getattr(module, cls, None)
+    if factory is None:
+        raise TaskLoadError(f"task module {module.__name__} has no {cls!r} (task: {spec})")
+    try:
+        task = factory()
+    except NotImplementedError as e:
+        raise TaskLoadError(f"task {spec}: {e}") from None
+    missing = [a for a in ("name", "submission", "metric", "load_train", "load_test", "make_folds", "settings",
+                           "train_fold", "predict") if not hasattr(task, a)]
+    if missing:
+        raise TaskLoadError(f"task {spec} lacks {', '.join(missing)} (see kaggleops.task.Task)")
+    return task
+
+
+def get_task(name: str, root: Path | None = None) -> Any:
+    """The task for a competition slug, or for a ``module:Class`` / ``file.py:Class`` spec.
+
+    Raises TaskLoadError naming the known slugs when ``name`` is neither.
 
     Example:
-        >>> get_task("tweet-sentiment-extraction").target_column
-        'selected_text'
+        >>> get_task("tweet-sentiment-extraction").metric.name
+        'jaccard'
     """
-    tasks = _builtin()
-    if name not in tasks:
-        raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(sorted(tasks))}")
-    return tasks[name]()
+    if ":" in name:
+        return load_task(name, root)
+    spec = task_spec(name)
+    if spec is None:
+        raise TaskLoadError(f"Unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    return load_task(spec, root)
+
+
+def task_for(cfg: Any) -> Any:
+    """The task of a loaded kops.yaml: ``task:`` (module:Class or file.py:Class, relative to kops.yaml), else the
+    competition's; a ConfigError / UnknownCompetition (one line) when it cannot be loaded."""
+    from kaggleops.errors import ConfigError, UnknownCompetition
+
+    try:
+        return get_task(cfg.task or cfg.competition, cfg.root)
+    except TaskLoadError as e:
+        if cfg.task:
+            raise ConfigError(f"{e}.", "Fix `task:` in kops.yaml (module:Class or path/file.py:Class).") from None
+        raise UnknownCompetition(f"{e}.", "Set `task:` in kops.yaml to your own task (kops init --competition "
+                                 "SLUG writes a skeleton), or `competition:` to one with a built-in task.") from None

@@ -1,7 +1,8 @@
-"""The error task code raises: kops' one DataError (kaggleops.errors, standard library only), re-exported."""
+"""The errors task code raises and task loading reports: kops' one DataError (kaggleops.errors, standard library
+only), re-exported, and TaskLoadError."""
 
 from __future__ import annotations
 
-from kaggleops.errors import DataError
+from kaggleops.errors import DataError, TaskLoadError
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "TaskLoadError"]

@@ -1,0 +1,261 @@
+"""Bring your own competition: a task written in a temporary folder outside kaggleops/ (importable only once kops
+loads it from kops.yaml) goes train → publish → push-kernel --wait → submit → scores against the emulator, with
+the installed `kops` as a subprocess. The emulator really executes the kernel, which installs the task's code
+from the code dataset with `pip install --no-index` under a socket guard that refuses every non-loopback
+connection; the score on the run equals RMSE recomputed here from the hidden solution and the kernel's file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SLUG = "kops-byo-regression"
+OWNER, KEY = "alice", "alice-key"
+TASK_MODULE = "byo_reg_task_k12"
+FEATURES_MODULE = "byo_features_k12"
+
+FEATURES = '''import numpy as np
+
+
+def design(df):
+    """Intercept, x1, x2 and their product."""
+    x1, x2 = df["x1"].to_numpy(float), df["x2"].to_numpy(float)
+    return np.column_stack([np.ones(len(df)), x1, x2, x1 * x2])
+'''
+
+TASK = f'''"""A least-squares regression task, written only against kaggleops.task."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from {FEATURES_MODULE} import design
+from kaggleops.task import FoldResult, Metric, Submission, check_columns, check_settings
+
+
+def rmse(truth, prediction):
+    pred = dict(zip(prediction["id"].astype(str), pd.to_numeric(prediction["target"])))
+    ids = truth["id"].astype(str)
+    diff = pd.to_numeric(truth["target"]).to_numpy(float) - np.array([pred[i] for i in ids], float)
+    return float(np.sqrt(np.mean(diff ** 2)))
+
+
+class RegressionTask:
+    name = "{SLUG}"
+    submission = Submission("id", ("target",))
+    metric = Metric("rmse", higher_is_better=False, fn=rmse)
+
+    def load_train(self, path):
+        return check_columns(pd.read_csv(path), ("id", "x1", "x2", "target"), path)
+
+    def load_test(self, path):
+        return check_columns(pd.read_csv(path), ("id", "x1", "x2"), path)
+
+    def make_folds(self, df, n_folds, seed):
+        order = np.random.default_rng(seed).permutation(len(df))
+        return df.assign(fold=order % n_folds)
+
+    def settings(self, mapping):
+        return check_settings(mapping, {{"ridge": 0.0}})
+
+    def train_fold(self, train, settings, ctx):
+        fit, valid = train[train.fold != ctx.fold], train[train.fold == ctx.fold]
+        x = design(fit)
+        coef = np.linalg.solve(x.T @ x + settings["ridge"] * np.eye(x.shape[1]), x.T @ fit["target"].to_numpy(float))
+        model = ctx.out_dir / "model"
+        model.mkdir()
+        (model / "coef.json").write_text(json.dumps(coef.tolist()))
+        oof = pd.DataFrame({{"id": valid["id"], "target": design(valid) @ coef}})
+        score = rmse(valid, oof)
+        ctx.log({{"val_rmse": score}}, 1)
+        return FoldResult(model, oof, score, steps=1)
+
+    def predict(self, model_dirs, test, ctx):
+        x, total = design(test), np.zeros(len(test))
+        for folder, weight in zip(model_dirs, ctx.weights):
+            total += weight * (x @ np.array(json.loads((Path(folder) / "coef.json").read_text())))
+        ctx.log(f"{TASK_MODULE}: {{len(model_dirs)}} model(s) averaged")
+        return pd.DataFrame({{"id": test["id"], "target": total}})
+'''
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def make_competition(folder: Path) -> None:
+    rng = random.Random(7)
+    rows = []
+    for i in range(260):
+        x1, x2 = rng.uniform(-2, 2), rng.uniform(-2, 2)
+        rows.append([i, round(x1, 4), round(x2, 4), round(1 + 2 * x1 - 3 * x2 + 0.5 * x1 * x2 + rng.gauss(0, 0.3), 4)])
+    train, test = rows[:200], rows[200:]
+    folder.mkdir(parents=True)
+    write_csv(folder / "train.csv", ["id", "x1", "x2", "target"], train)
+    write_csv(folder / "test.csv", ["id", "x1", "x2"], [r[:3] for r in test])
+    write_csv(folder / "sample_submission.csv", ["id", "target"], [[r[0], 0.0] for r in test])
+    write_csv(folder / "solution.csv", ["id", "target"], [[r[0], r[3]] for r in test])
+
+
+def list_rmse(truths: list[str], preds: list[str]) -> float:
+    return math.sqrt(sum((float(t) - float(p)) ** 2 for t, p in zip(truths, preds, strict=True)) / len(truths))
+
+
+def kops(work: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "kaggleops", *args, "--json"], cwd=work, capture_output=True,
+                         text=True, env=env, timeout=900)
+    assert out.returncode == 0, f"kops {' '.join(args)}: {out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from kaggleops.emulator import Emulator
+    from kaggleops.kernel.local import BLOCKED_MARK, GUARD
+
+    base = tmp_path_factory.mktemp("byo")
+    work = base / "project"
+    (work / "tasks").mkdir(parents=True)
+    (work / "tasks" / f"{TASK_MODULE}.py").write_text(TASK)
+    (work / "tasks" / f"{FEATURES_MODULE}.py").write_text(FEATURES)
+    make_competition(work / "data")
+    (work / "kops.yaml").write_text(
+        f"competition: {SLUG}\ntask: tasks/{TASK_MODULE}.py:RegressionTask\nowner: {OWNER}\ndata_dir: data\n"
+        "train:\n  n_folds: 2\n  ridge: 0.01\nkernel:\n  enable_gpu: false\n")
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "task"], cwd=work,
+                   check=True)
+    guard = base / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD.replace("@MARK@", BLOCKED_MARK))
+    emulator = Emulator(base / "emu", username=OWNER, key=KEY, score_delay_polls=1)
+    url = emulator.start()
+    solution = read_csv(work / "data" / "solution.csv")
+    files = {n: work / "data" / n for n in ("train.csv", "test.csv", "sample_submission.csv")}
+    emulator.add_competition(SLUG, files, solution, "id", "target", list_rmse)
+    saved = dict(os.environ)
+    # The emulator runs kernels as children of this process: they (and the pip they start) get the guard.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(guard), saved.get("PYTHONPATH", "")) if p)
+    env = {**saved, "KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": KEY,
+           "KAGGLE_CONFIG_DIR": str(base / ".kaggle")}
+    try:
+        yield {"work": work, "env": env, "emu": base / "emu", "emulator": emulator, "solution": solution}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def loop(project: dict[str, Any]) -> dict[str, Any]:
+    work, env = project["work"], project["env"]
+    before = subprocess.run([sys.executable, "-c", f"import {TASK_MODULE}"], cwd=work.parent, env=env,
+                            capture_output=True, text=True)
+    trained = kops(work, env, "train")
+    published = [kops(work, env, "publish", r["run_id"]) for r in trained["runs"]]
+    pushed = kops(work, env, "push-kernel", "--run", trained["run_id"], "--wait")
+    submitted = kops(work, env, "submit", "--kernel", pushed["kernel"], "--version", str(pushed["kernel_version"]))
+    scored = kops(work, env, "scores", "--wait")
+    pushed_again = kops(work, env, "push-kernel", "--run", trained["run_id"])
+    return {"before": before, "trained": trained, "published": published, "pushed": pushed,
+            "submitted": submitted, "scored": scored, "pushed_again": pushed_again}
+
+
+def test_the_task_is_not_importable_before_kops_loads_it(loop: dict[str, Any]) -> None:
+    assert loop["before"].returncode != 0 and f"No module named '{TASK_MODULE}'" in loop["before"].stderr
+
+
+def test_train_logs_the_task_metric_lower_is_better(project: dict[str, Any], loop: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    trained = loop["trained"]
+    assert trained["metric"] == "rmse" and trained["higher_is_better"] is False and len(trained["runs"]) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{project['work'] / 'mlflow.db'}")
+    parent = client.get_run(trained["run_id"])
+    assert parent.data.metrics["cv_rmse"] == pytest.approx(trained["cv"]) and trained["cv"] < 0.5
+    assert parent.data.tags["kops.metric"] == "rmse" and parent.data.tags["kops.metric.higher_is_better"] == "false"
+    assert parent.data.params["ridge"] == "0.01"
+    fold = client.get_run(trained["runs"][0]["run_id"])
+    assert {"val_rmse", "best_val_rmse"} <= set(fold.data.metrics)
+    oof = client.download_artifacts(fold.info.run_id, "oof/oof.csv", str(project["work"].parent / "oof"))
+    assert list(read_csv(Path(oof))[0]) == ["id", "target"]
+
+
+def test_the_kernel_installs_the_task_code_offline_and_scores_match(project: dict[str, Any],
+                                                                    loop: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.refs import KernelRef
+
+    pushed = loop["pushed"]
+    assert pushed["status"] == "COMPLETE" and pushed["code"]["module"] == f"{TASK_MODULE}:RegressionTask"
+    assert pushed["code"]["created"] is True and pushed["code"]["dataset"] == f"{OWNER}/{SLUG}-code"
+    version_dir = project["emu"] / "kernels" / OWNER / f"{SLUG}-inference" / str(pushed["kernel_version"])
+    saved = dict(os.environ)
+    os.environ.update(project["env"])  # the adapter reads the credentials from the environment
+    try:
+        lines = Kaggle(project["env"]["KOPS_KAGGLE_ENDPOINT"]).kernel_log(
+            KernelRef(OWNER, f"{SLUG}-inference", pushed["kernel_version"]))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    log = "\n".join(lines)
+    assert "task code" in log and "pip --no-index" in log and f"{TASK_MODULE}: 2 model(s) averaged" in log, log[-3000:]
+    meta = json.loads((Path(pushed["folder"]) / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and f"{OWNER}/{SLUG}-code" in meta["dataset_sources"]
+    plan = json.loads((Path(pushed["folder"]) / "kops-kernel.json").read_text())
+    assert plan["task"]["spec"] == f"{TASK_MODULE}:RegressionTask" and plan["metric"]["name"] == "rmse"
+    submission = read_csv(version_dir / "working" / "submission.csv")
+    preds = {r["id"]: float(r["target"]) for r in submission}
+    solution = project["solution"]
+    assert [r["id"] for r in submission] == [r["id"] for r in solution]
+    public, private = solution[0::2], solution[1::2]  # the emulator's documented split
+    expected = {name: math.sqrt(sum((float(r["target"]) - preds[r["id"]]) ** 2 for r in rows) / len(rows))
+                for name, rows in (("lb_public", public), ("lb_private", private))}
+    client = MlflowClient(tracking_uri=f"sqlite:///{project['work'] / 'mlflow.db'}")
+    for run in [loop["submitted"]["submission_run_id"], *(r["run_id"] for r in loop["trained"]["runs"])]:
+        metrics = client.get_run(run).data.metrics
+        assert metrics["lb_public"] == pytest.approx(expected["lb_public"], abs=1e-5)
+        assert metrics["lb_private"] == pytest.approx(expected["lb_private"], abs=1e-5)
+    assert expected["lb_public"] < 0.5  # a real fit, not a constant
+
+
+def test_unchanged_code_reuses_the_code_dataset_version(loop: dict[str, Any]) -> None:
+    first, again = loop["pushed"]["code"], loop["pushed_again"]["code"]
+    assert again["created"] is False and again["version"] == first["version"]
+    assert again["content_sha256"] == first["content_sha256"]
+
+
+def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(project: dict[str, Any],
+                                                                                loop: dict[str, Any]) -> None:
+    env = {k: v for k, v in project["env"].items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "kernel", "run-local", loop["pushed"]["folder"],
+                          "--json"], cwd=project["work"], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["rows"] == 60 and "submission.csv" in report["outputs"]
+    staged = project["work"] / ".kops" / "kernels" / f"{SLUG}-inference" / ".run-local" / "input" / f"{SLUG}-code"
+    assert list(staged.glob("kops-code-*.json")) and list(staged.glob("kops_task_code-*.whl"))
