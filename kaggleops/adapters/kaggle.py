@@ -287,6 +287,14 @@ class Kaggle:
             if not token:
                 return names
 
+    def download_dataset(self, ref: DatasetRef, dst: Path) -> Path:
+        """Version ``ref.version`` (None: the latest) of the dataset, as the client downloads it: the whole
+        version's zip unpacked into ``dst`` (files the uploader zipped, e.g. ``tokenizer.zip``, stay zipped)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download dataset {ref}", self.api.dataset_download_files, str(ref), path=str(dst),
+                   force=True, quiet=True, unzip=True, resource=ref)
+        return dst
+
     def create_dataset(self, folder: Path, public: bool, ref: DatasetRef | None = None, quiet: bool = True) -> None:
         """Create the dataset (version 1) from ``folder`` (with its dataset-metadata.json); sub-folders as zips."""
         ref = ref or _metadata_ref(folder)
@@ -502,15 +510,16 @@ class Kaggle:
         return [Path(f) for f in files]
 
     # ---- competitions ---------------------------------------------------------------------------------
-    def download_competition(self, competition: CompetitionRef, dst: Path) -> list[Path]:
-        """Download every file of the competition into ``dst`` and unzip it; return the files (403: rules)."""
+    def download_competition(self, competition: CompetitionRef, dst: Path) -> Path:
+        """The competition's public data files (as a kernel attaching it sees them), unpacked into ``dst``
+        (members that would land outside it are refused); returns ``dst``. A 403 is RulesNotAccepted."""
         dst.mkdir(parents=True, exist_ok=True)
         self._call(f"Download the files of {competition}", self.api.competition_download_files, competition.slug,
                    path=str(dst), force=True, quiet=True, resource=competition)
         for archive in sorted(dst.glob("*.zip")):
             _safe_unzip(archive, dst)
             archive.unlink()
-        return sorted(p for p in dst.rglob("*") if p.is_file())
+        return dst
 
     def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
         """Create a code-competition submission from a kernel version; return the submission ref.

@@ -53,7 +53,8 @@ def scores(
     """Pull leaderboard scores; write status and lb_public / lb_private onto submission and source runs."""
     from kaggleops.stages.submit import scores as run_scores
 
-    rows = run_scores(load(config), wait=wait, timeout_s=timeout, adopt=adopt)
+    cfg = load(config)
+    rows = run_scores(cfg, wait=wait, timeout_s=timeout, adopt=adopt)
     lines = []
     for r in rows:
         where = f"run {r.submission_run_id}" if r.submission_run_id else f"not recorded ({r.kernel or 'outside kops'})"
@@ -62,6 +63,12 @@ def scores(
         lines.append(f"{r.submission_ref or '-'}  {r.status:<10} public {_score(r.lb_public)}  "
                      f"private {_score(r.lb_private)}  {where}{note}{error}")
     emit([r.as_dict() for r in rows], as_json, "\n".join(lines) or "No submissions yet.")
+    if not as_json and rows:
+        from kaggleops.stages.leaderboard import metric_direction
+
+        metric, higher = metric_direction(cfg, [])
+        if metric:
+            hint(f"Scores are the competition's {metric} ({'higher' if higher else 'lower'} is better).")
     if not as_json and any(r.origin == "unrecorded" for r in rows):
         hint("Submissions made outside kops are listed but not recorded; record them with: kops scores --all")
 
