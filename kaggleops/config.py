@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -51,6 +51,12 @@ class DatasetConfig(_Strict):
     license: str = "CC0-1.0"
 
 
+class PublishConfig(_Strict):
+    """Where `kops publish` (and push-kernel, for runs not yet published) puts a run's weights."""
+
+    to: Literal["dataset", "model"] = "dataset"
+
+
 class KernelConfig(_Strict):
     slug: str | None = None
     wheels: str | None = Field(None, description="folder of wheels the task needs that the Kaggle image lacks")
@@ -80,6 +86,7 @@ class KopsConfig(_Strict):
     train: TrainConfig = TrainConfig()
     rerank: dict[str, Any] = Field(default_factory=dict, description="second-stage settings, validated by the task")
     dataset: DatasetConfig = DatasetConfig()
+    publish: PublishConfig = PublishConfig()
     kernel: KernelConfig = KernelConfig()
     storage: StorageConfig = StorageConfig()
     root: Path = Field(default_factory=Path.cwd, exclude=True)

@@ -127,6 +127,10 @@ class DatasetNotFound(KaggleError):
         self.ref = ref
 
 
+class ModelNotFound(KaggleError):
+    """A Kaggle Model (or model instance) that does not exist."""
+
+
 class PublishError(KaggleError):
     """Creating a dataset or dataset version failed; the run was left untagged."""
 

@@ -17,7 +17,7 @@ from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
-            ["sync", "status"]]
+            ["sync", "status"], ["data"], ["quota"]]
 HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
 
 

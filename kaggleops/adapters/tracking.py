@@ -27,7 +27,7 @@ from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
 from kaggleops.errors import RunIdAmbiguous, RunNotFound, TrackingUnavailable
 from kaggleops.refs import RunRef
-from kaggleops.schema import ARTIFACT_GIT_DIFF, TAG_LIB_PREFIX, TAG_VERSION
+from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
 # tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
 from kaggleops.schema import (
@@ -234,6 +234,15 @@ class Tracker:
 
         self._call(f"Tagging run {run_id}", self.client.log_batch, run_id,
                    tags=[RunTag(k, str(v)) for k, v in tags.items()], run_id=run_id)
+
+    def log_data_input(self, run_id: str, name: str, digest: str, source: str, source_type: str = "local",
+                       profile: str | None = None, context: str = "training") -> None:
+        """Record the data a run used as an MLflow dataset input (``mlflow.log_input``; the UI's Datasets)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type=source_type,
+                          source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])])
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),

@@ -54,7 +54,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from kaggleops.cli import emulator, kernel, project, runs, submissions, sync, ui  # noqa: F401  (commands register on import)
+    from kaggleops.cli import (  # noqa: F401  (commands register on import)
+        data,
+        emulator,
+        kernel,
+        project,
+        runs,
+        submissions,
+        sync,
+        ui,
+    )
 
 
 QUIET_LIBRARIES = {

@@ -26,7 +26,6 @@ from kaggleops import interrupts
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, Interrupted
-from kaggleops.files import sha256_file
 from kaggleops.schema import (
     ARTIFACT_MODEL,
     TAG_FOLD,
@@ -41,6 +40,7 @@ from kaggleops.schema import (
     TAG_WORLD_SIZE,
     Kind,
 )
+from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.stages.sync import background_sync
 from kaggleops.task import FoldContext
 
@@ -125,17 +125,13 @@ def settings_params(settings: Any) -> dict[str, Any]:
     return params
 
 
-def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
-    folder = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else None)
-    if folder is None:
-        raise DataError(f"No data folder for task {task.name}.", "Set `data_dir:` in kops.yaml (or pass --data) to "
-                        "the competition's files, e.g. from `kaggle competitions download`.")
-    path = Path(folder) / "train.csv"
-    if not path.is_file():
-        raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
-                        "competition's files, e.g. from `kaggle competitions download`.")
+def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample: bool = False) -> tuple[Any, Any]:
+    """(train rows, :class:`~kaggleops.stages.data.DataSource`): the data step (see :mod:`kaggleops.stages.data`)."""
+    from kaggleops.stages.data import resolve
+
+    source = resolve(cfg, task, data_dir, sample=sample, fetch=dist.is_main())
     try:
-        return task.load_train(path), path
+        return task.load_train(source.train_file), source
     except NotImplementedError as e:
         raise ConfigError(f"Task {task.name}: {e}") from None
     except ValueError as e:
@@ -148,13 +144,14 @@ def _train_key(params: dict[str, Any]) -> str:
 
 
 def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
-          progress: bool = True, resume: bool = False) -> TrainResult:
+          progress: bool = True, resume: bool = False, sample: bool = False) -> TrainResult:
     """Train the configured task on the chosen folds; one MLflow run per fold.
 
     With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
     of the same settings and data, from its last checkpoint, in the SAME MLflow run; finished folds of a
     resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
-    unfinished one).
+    unfinished one). Data: ``data_dir``, else kops.yaml / an attached Kaggle input / the download cache
+    (downloaded when absent); the bundled sample only with ``sample`` (see :mod:`kaggleops.stages.data`).
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
@@ -166,7 +163,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     stopper = interrupts.graceful() if dist.world_size() == 1 else contextlib.nullcontext()
     try:
         with stopper:
-            result = _train(cfg, folds, data_dir, progress, resume)
+            result = _train(cfg, folds, data_dir, progress, resume, sample)
     except BaseException:
         if joined:
             dist.destroy()
@@ -177,9 +174,9 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
 
 
 def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
-           resume: bool) -> TrainResult:
+           resume: bool, sample: bool = False) -> TrainResult:
     task = get_task_for(cfg)
-    df, path = load_training_data(cfg, task, data_dir)
+    df, source = load_training_data(cfg, task, data_dir, sample)
     settings = task_settings(cfg, task)
     chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
     bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
@@ -191,16 +188,16 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
         raise ConfigError(f"Task {task.name}: {e}") from None
     if not dist.is_main():
         return _follow(task, df, settings, chosen, cfg.train.seed)
-    result = _lead(cfg, task, df, settings, chosen, path, progress, resume)
+    result = _lead(cfg, task, df, settings, chosen, source, progress, resume)
     return dist.broadcast(result)
 
 
-def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
+def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
           resume: bool) -> TrainResult:
     tracker = open_tracker(cfg)
-    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": str(path),
-              "data_sha256": sha256_file(path)[:16], "rows": len(df)}
-    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen)
+    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
+              "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
+    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen, source.as_input())
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -271,6 +268,7 @@ class _Job:
     resume: bool
     seed: int = 42
     chosen: list[int] = field(default_factory=list)
+    data_input: dict[str, str] = field(default_factory=dict)
 
     @property
     def best_metric(self) -> str:
@@ -280,6 +278,11 @@ class _Job:
         """``fold 3 (2/5)``: the fold and its place among this job's folds."""
         return f"fold {fold} ({self.chosen.index(fold) + 1}/{len(self.chosen)})" if fold in self.chosen else \
             f"fold {fold}"
+
+    def log_data(self, run_id: str) -> None:
+        """Record the training data on the run as an MLflow dataset input (once per run)."""
+        if self.data_input:
+            self.tracker.log_data_input(run_id, **self.data_input)
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
         return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
@@ -299,9 +302,11 @@ class _Job:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
         name = getattr(self.settings, "model", None) or self.task.name
-        return self.tracker.start_run(f"kfold-{name}", params,
-                                      {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
-                                       **metric_tags(self.task), **machine_tags()})
+        run_id = self.tracker.start_run(f"kfold-{name}", params,
+                                        {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
+                                         **metric_tags(self.task), **machine_tags()})
+        self.log_data(run_id)
+        return run_id
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         if interrupts.requested():
@@ -336,7 +341,9 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
     tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
             **metric_tags(job.task), **machine_tags()}
     if resume_run is None:
-        return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
+        run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
+        job.log_data(run_id)
+        return run_id, {}
     run = job.tracker.get_run(resume_run)
     resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
     job.tracker.reopen_run(resume_run)
