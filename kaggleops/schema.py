@@ -63,6 +63,7 @@ TAG_ORIGIN_RUN = "kops.origin_run_id"
 TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 TAG_ORIGIN_MACHINE = "kops.origin_machine"
 TAG_ORIGIN_MD5 = "kops.origin_md5"
+TAG_ORIGIN_CHUNKS = "kops.origin_chunks"  # "<count>:<last chunk name>" of a pulled run's imported chunks
 
 
 class Kind:

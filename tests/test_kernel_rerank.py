@@ -75,19 +75,16 @@ def local_reranked_answers(env: dict[str, Any], tmp: Path, rows: list[dict[str, 
 
     tracker = Tracker(env["cfg"])
     folds = [r.run_id for r in env["trained"].runs]
-    totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
+    totals = None
     for run_id in folds:
         model, tokenizer = infer.load_model(tracker.download(run_id, "model", tmp / run_id), "cpu")
         features = infer.encode_rows(tokenizer, rows, 128)
-        logits = infer.predict_logits(model, features, tokenizer.pad_token_id, 64)
-        for total, row, feature, (s, e) in zip(totals, rows, features, logits, strict=True):
-            ps, pe = infer.char_scores(row["text"], feature, s, e)
-            for k in range(len(ps)):
-                total[0][k] += ps[k] / len(folds)
-                total[1][k] += pe[k] / len(folds)
+        totals = infer.predict_char_probs(model, features, [r["text"] for r in rows], tokenizer.pad_token_id, 64,
+                                          into=totals, weight=1 / len(folds))
     rr_dirs = [tracker.download(r.run_id, "model", tmp / r.run_id) for r in env["reranker"].runs]
     n = rerank_infer.read_rerank_config(rr_dirs[0])["n"]
-    cands = [rerank_infer.top_k_char_spans(r["text"], ps, pe, k=n) for r, (ps, pe) in zip(rows, totals, strict=True)]
+    ps, pe = totals
+    cands = [rerank_infer.top_k_char_spans(r["text"], ps[i], pe[i], k=n) for i, r in enumerate(rows)]
     answers = rerank_infer.rerank_candidates(rr_dirs, rows, cands, device="cpu")  # w, n from kops_rerank.json
     return [a if a.strip() else r["text"] for r, a in zip(rows, answers, strict=True)], [c[0]["text"] for c in cands]
 
@@ -256,3 +253,27 @@ def test_restore_uses_an_unpacked_folder_and_rejects_a_tampered_archive(tmp_path
     with pytest.raises(KernelFailure, match=r"tokenizer.zip of .*tampered holds tokenizer_config.json with another "
                                             r"sha256 than kops-manifest.json lists"):
         restore_model_dir(tampered, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("damage", ["weights", "missing", "zip"])
+def test_restore_checks_every_manifest_file_and_names_the_damage(tmp_path: Path, damage: str) -> None:
+    """Top-level files are checked too (not only archive members), and a broken zip is one kernel error."""
+    src = tiny_model_with_tokenizer_subfolder(tmp_path)
+    folder = stage_like_publish(src, tmp_path / "ds", "run3")
+    weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    expected = {
+        "weights": rf"{folder} holds {weights.name} with another sha256 than kops-manifest.json lists "
+                   r"\(\w{12}…\): the dataset is corrupt",
+        "missing": rf"{folder} lacks config.json, which kops-manifest.json lists: the dataset is incomplete",
+        "zip": rf"tokenizer.zip of {folder} cannot be unpacked \(.*\): the dataset is corrupt",
+    }[damage]
+    if damage == "weights":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "missing":
+        (folder / "config.json").unlink()
+    else:
+        (folder / "tokenizer.zip").write_bytes(b"not a zip")
+    with pytest.raises(KernelFailure, match=f"^{expected}$"):
+        restore_model_dir(folder, tmp_path / "scratch")

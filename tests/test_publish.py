@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracke
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError, PublishError
-from kaggleops.refs import KAGGLE_WEB
-from kaggleops.stages.publish import publish, restore_dataset_folder
+from kaggleops.kernel.runtime import restore_model_dir
+from kaggleops.refs import KAGGLE_WEB, DatasetRef
+from kaggleops.stages.publish import publish
 
 USER, KEY = "testuser", "testkey"
 
@@ -93,13 +93,11 @@ def rpc_log(emulator: Emulator, suffix: str) -> list[int]:
     return [e["status"] for e in map(json.loads, lines) if str(e.get("rpc", "")).endswith(suffix)]
 
 
-def download_version(kaggle: Kaggle, ref: str, version: int, dst: Path) -> Path:
-    """The whole version through the real client (zip download), unpacked into ``dst``."""
-    kaggle.api.dataset_download_files(f"{ref}/{version}", path=str(dst), quiet=True, force=True)
-    archive = next(dst.glob("*.zip"))
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(dst / "v")
-    return dst / "v"
+def restored_version(kaggle: Kaggle, ref: str, version: int, dst: Path) -> Path:
+    """The whole version through the real client (the adapter's download), restored as the kernel restores it."""
+    folder = kaggle.download_dataset(DatasetRef.parse(f"{ref}/{version}"), dst / "v")
+    assert (folder / "tokenizer.zip").is_file() and not (folder / "tokenizer").exists()  # as uploaded: zipped
+    return restore_model_dir(folder, dst / "scratch")
 
 
 def test_round_trip_keeps_subfolders_and_bytes(project: Path, emulator: Emulator, tmp_path: Path) -> None:
@@ -109,7 +107,7 @@ def test_round_trip_keeps_subfolders_and_bytes(project: Path, emulator: Emulator
     assert (result.dataset_version, result.created, result.uploaded) == (1, True, True)
     assert run_tags(project, run_id)[TAG_DATASET] == result.dataset
     assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "1"
-    folder = restore_dataset_folder(download_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl"))
+    folder = restored_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl")
     for rel, data in files.items():
         assert (folder / rel).read_bytes() == data, rel
     manifest = json.loads((folder / "kops-manifest.json").read_text())
@@ -197,7 +195,7 @@ def test_upload_cut_mid_file_resumes_byte_identical(project: Path, emulator: Emu
     # 503: the client asks where to resume (308 + Range) and sends the rest; a dropped connection is
     # re-sent by the client's urllib3 retry (it rewinds the file). Either way the file completes once.
     assert same[-1] == 200 and (308 in same if fault == 503 else len(same) == 2)
-    folder = restore_dataset_folder(download_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl"))
+    folder = restored_version(fast_kaggle(), result.dataset, 1, tmp_path / "dl")
     for rel, data in files.items():
         assert (folder / rel).read_bytes() == data, rel
 

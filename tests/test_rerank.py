@@ -211,8 +211,9 @@ def test_merge_oof_averages_models_and_rejects_different_folds() -> None:
         rerank.merge_oof([a, b2])
 
 
-def test_top_k_char_spans_matches_token_candidates() -> None:
-    """The ensemble's char-level candidates equal the token-level OOF candidates for a single model."""
+def test_top_k_char_spans_are_the_best_token_spans() -> None:
+    """The one candidate generator (character level, used for the OOF and in the kernel) lists exactly the best
+    token spans of a real tokenization: softmaxed start × end over the tweet's tokens, start <= end."""
     import torch
 
     from kaggleops.tasks.tse import infer
@@ -224,11 +225,14 @@ def test_top_k_char_spans_matches_token_candidates() -> None:
     for row, feat in zip(rows, infer.encode_rows(tok, rows, 64), strict=True):
         torch.manual_seed(len(row["text"]))
         s, e = torch.randn(len(feat)), torch.randn(len(feat))
-        tokens = infer.top_k_spans(row["text"], feat, s, e, k=6)
-        ps, pe = infer.char_scores(row["text"], feat, s, e)
-        chars = rerank_infer.top_k_char_spans(row["text"], ps, pe, k=6)
-        assert [(c["start"], c["end"], c["text"]) for c in chars] == [(c["start"], c["end"], c["text"]) for c in tokens]
-        assert [c["score"] for c in chars] == pytest.approx([c["score"] for c in tokens], rel=1e-5)
+        tokens = feat.span_tokens()
+        sp, ep = torch.softmax(s[tokens], 0), torch.softmax(e[tokens], 0)
+        pairs = sorted(((float(sp[i] * ep[j]), feat.offsets[tokens[i]][0], feat.offsets[tokens[j]][1])
+                        for i in range(len(tokens)) for j in range(i, len(tokens))), reverse=True)[:6]
+        ps, pe = infer.batch_char_probs([feat], s[None, :], e[None, :], len(row["text"]))
+        chars = rerank_infer.top_k_char_spans(row["text"], ps[0], pe[0], k=6)
+        assert [(c["start"], c["end"], c["text"]) for c in chars] == [(a, b, row["text"][a:b]) for _, a, b in pairs]
+        assert [c["score"] for c in chars] == pytest.approx([p for p, _, _ in pairs], rel=1e-5)
 
 
 @pytest.mark.slow

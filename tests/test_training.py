@@ -241,7 +241,11 @@ def test_rerun_without_resume_starts_a_new_run_and_says_so(kfold_cfg: Any, tmp_p
 # ---- top-k spans -------------------------------------------------------------------------------------------
 
 
-def test_top_k_spans_sorted_unique_char_offsets_best_first() -> None:
+def _char_probs(text: str, feature: Any, start: Any, end: Any) -> tuple[Any, Any]:
+    return infer.batch_char_probs([feature], start[None, :], end[None, :], infer.char_width([text]))
+
+
+def test_top_k_char_spans_sorted_unique_best_first() -> None:
     import torch
 
     text = "  so  happy today"
@@ -250,19 +254,51 @@ def test_top_k_spans_sorted_unique_char_offsets_best_first() -> None:
     feature = infer.Encoded({"input_ids": [0] * 9}, offsets, [4, 5, 6, 7])
     start = torch.tensor([0, 0, 0, 0, 1.0, 3.0, 0.5, 9.0, 0])
     end = torch.tensor([0, 0, 0, 0, 0.2, 2.5, 1.0, 9.0, 0])
-    cands = infer.top_k_spans(text, feature, start, end, k=10)
+    ps, pe = _char_probs(text, feature, start, end)
+    assert ps[0].nonzero()[:, 0].tolist() == [2, 6, 12] and pe[0].nonzero()[:, 0].tolist() == [3, 10, 16]
+    assert float(ps.sum()) == pytest.approx(1.0) and float(pe.sum()) == pytest.approx(1.0)
+    cands = infer.top_k_char_spans(text, ps[0], pe[0], k=10)
     assert len(cands) == 6  # 3 scorable tokens: 3 + 2 + 1 spans, the zero-width one left out
     assert cands[0] == {"start": 6, "end": 11, "text": "happy", "score": pytest.approx(cands[0]["score"])}
-    assert (cands[0]["start"], cands[0]["end"]) == tuple(
-        feature.offsets[j][i] for i, j in zip((0, 1), infer.best_span(start, end, feature.span_tokens()), strict=True))
+    starts, stops = infer.best_char_spans(ps, pe)
+    assert (cands[0]["start"], cands[0]["end"]) == (starts[0], stops[0])
     assert [c["score"] for c in cands] == sorted((c["score"] for c in cands), reverse=True)
     assert sum(c["score"] for c in cands) <= 1.0 + 1e-6
     assert all(text[c["start"]:c["end"]] == c["text"] for c in cands)
-    assert len({(c["start"], c["end"]) for c in cands}) == 6
-    assert [c["text"] for c in infer.top_k_spans(text, feature, start, end, k=2)] == [c["text"] for c in cands[:2]]
+    assert [c["text"] for c in infer.top_k_char_spans(text, ps[0], pe[0], k=2)] == [c["text"] for c in cands[:2]]
     empty = infer.Encoded({"input_ids": [0, 2]}, [(0, 0), (0, 0)], [])
-    assert infer.top_k_spans("", empty, torch.zeros(2), torch.zeros(2)) == [
-        {"start": 0, "end": 0, "text": "", "score": 1.0}]
+    eps, epe = _char_probs("", empty, torch.zeros(2), torch.zeros(2))
+    assert infer.top_k_char_spans("", eps[0], epe[0]) == [{"start": 0, "end": 0, "text": "", "score": 1.0}]
+    assert infer.best_char_spans(eps, epe) == ([-1], [-1])
+
+
+def test_best_char_spans_match_brute_force() -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ps, pe = torch.rand(50, 12, generator=gen), torch.rand(50, 12, generator=gen)
+    ps[ps < 0.5], pe[pe < 0.5] = 0.0, 0.0
+    starts, stops = infer.best_char_spans(ps, pe)
+    for r in range(50):
+        pairs = [(float(ps[r, a] * pe[r, b]), a, b + 1) for a in range(12) for b in range(a, 12)]
+        best = max(p[0] for p in pairs)
+        if best == 0:
+            assert (starts[r], stops[r]) == (-1, -1)
+        else:
+            assert float(ps[r, starts[r]] * pe[r, stops[r] - 1]) == best and starts[r] < stops[r]
+
+
+def test_post_processing_rules() -> None:
+    post = infer.PostProcessing(start_shift=True, shift_min_spaces=2)
+    text = "  hello  world today"  # 2 leading spaces + 1 doubled: 3 extra spaces before "world"
+    assert infer.extra_spaces(text[:9]) == 3 and infer.extra_spaces("a b") == 0 and infer.extra_spaces(" a") == 1
+    assert post.answer(text, "negative", 9, 14) == text[6:14]  # "o  world": the labels' offset noise
+    assert infer.PostProcessing().answer(text, "negative", 9, 14) == "world"
+    assert post.answer(" a b", "positive", 3, 4) == "b"  # 1 extra space: below shift_min_spaces
+    assert post.answer(text, "neutral", 9, 14) == text and post.answer(text, "positive", -1, -1) == text
+    assert post.answer(text, "positive", 0, 2) == text  # a blank span
+    assert infer.PostProcessing.from_dict(post.as_dict()) == post
+    assert infer.PostProcessing.from_dict(None) == infer.PostProcessing()
 
 
 # ---- metric logging never blocks ---------------------------------------------------------------------------

@@ -36,7 +36,8 @@ def tokenizer(sample_train: pd.DataFrame, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def trained(sample_train: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[FoldResult, list]:
-    settings = TrainSettings(epochs=1, max_steps=8, eval_every=4, n_folds=5, device="cpu")
+    settings = TrainSettings(epochs=1, max_steps=8, eval_every=4, n_folds=5, device="cpu", start_shift=True,
+                             shift_min_spaces=1)
     calls: list[tuple[dict[str, float], int]] = []
     result = train_fold(sample_train, settings, 0, tmp_path_factory.mktemp("fold0"), lambda m, s: calls.append((m, s)))
     return result, calls
@@ -150,9 +151,30 @@ def test_predict_spans_returns_substrings(trained: tuple[FoldResult, list]) -> N
     assert all(p in r["text"] for p, r in zip(preds, rows, strict=True))
     assert [p for p, r in zip(preds, rows, strict=True) if r["sentiment"] == "neutral"] == ODD_TEXTS
     assert TASK.predict(trained[0].model_dir, rows, device="cpu") == preds
-    model_dir = trained[0].model_dir
-    assert infer.predict_file_rows([model_dir], rows, {}, device="cpu") == preds  # char-level decode agrees
-    assert infer.predict_file_rows([model_dir, model_dir], rows, None, device="cpu") == preds
+    features = infer.encode_rows(tok, rows)
+    texts = [r["text"] for r in rows]
+    twice = infer.predict_char_probs(model, features, texts, tok.pad_token_id, 4)
+    infer.predict_char_probs(model, features, texts, tok.pad_token_id, 4, into=twice)  # an ensemble of 2 copies
+    assert infer.decode_spans(rows, *twice) == preds
+
+
+def test_validation_and_kernel_decode_the_same_spans(trained: tuple[FoldResult, list], tmp_path: Path) -> None:
+    """The OOF predictions (validation's decoding) equal the kernel's for the same model and rows: the task's
+    ``predict`` + ``post_process`` as ``kaggleops.kernel.runtime.predict`` calls them, with the model folder's
+    post-processing (start shift on) applied as in validation."""
+    from kaggleops.task import PredictContext
+    from kaggleops.tasks.tse import ensemble
+
+    result = trained[0]
+    oof = pd.read_csv(result.oof_path, keep_default_na=False, dtype=str)
+    test = oof[["textID", "text", "sentiment"]]
+    ctx = PredictContext([1.0], tmp_path, options={"max_len": 96, "batch_size": 64})
+    kernel = TASK.post_process(test, TASK.predict([result.model_dir], test, ctx))["selected_text"].tolist()
+    assert ensemble.post_processing([result.model_dir]) == infer.PostProcessing(start_shift=True, shift_min_spaces=1)
+    assert kernel == oof["pred"].tolist()
+    rows = ensemble.rows_of(test)
+    unshifted = infer.decode_spans(rows, *ensemble.char_totals([result.model_dir], rows, ctx), infer.PostProcessing())
+    assert sum(a != b for a, b in zip(kernel, unshifted, strict=True)) > 0  # the shift did fire on these rows
 
 
 def test_settings_reject_unknown_keys() -> None:
@@ -169,7 +191,7 @@ def test_infer_module_is_self_contained() -> None:
     assert roots <= allowed, roots - allowed
     namespace: dict[str, Any] = {}
     exec(compile("import os\n" + TASK.kernel_runtime_source(), "kernel.py", "exec"), namespace)  # embedded mid-file
-    assert callable(namespace["predict_file_rows"]) and callable(namespace["predict_spans"])
+    assert callable(namespace["predict_char_probs"]) and callable(namespace["decode_spans"])
 
 
 def test_real_data_gold_spans_with_roberta_tokenizer(shared_data: Path) -> None:

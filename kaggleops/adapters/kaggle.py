@@ -284,6 +284,14 @@ class Kaggle:
             if not token:
                 return names
 
+    def download_dataset(self, ref: DatasetRef, dst: Path) -> Path:
+        """Version ``ref.version`` (None: the latest) of the dataset, as the client downloads it: the whole
+        version's zip unpacked into ``dst`` (files the uploader zipped, e.g. ``tokenizer.zip``, stay zipped)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download dataset {ref}", self.api.dataset_download_files, str(ref), path=str(dst),
+                   force=True, quiet=True, unzip=True, resource=ref)
+        return dst
+
     def create_dataset(self, folder: Path, public: bool, ref: DatasetRef | None = None, quiet: bool = True) -> None:
         """Create the dataset (version 1) from ``folder`` (with its dataset-metadata.json); sub-folders as zips."""
         ref = ref or _metadata_ref(folder)
@@ -423,6 +431,13 @@ class Kaggle:
             idempotent=False, verify=took_effect,
         )
         return resp if isinstance(resp, int) else int(resp.ref)
+
+    def download_competition(self, competition: CompetitionRef, dst: Path) -> Path:
+        """The competition's public data files (as a kernel attaching it sees them), unpacked into ``dst``."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download the data of {competition}", self.api.competition_download_files, competition.slug,
+                   path=str(dst), force=True, quiet=True, unzip=True, resource=competition)
+        return dst
 
     def get_submission(self, ref: int) -> Submission:
         """One submission by ref."""

@@ -81,6 +81,8 @@ if TYPE_CHECKING:
     from kaggleops.config import KopsConfig
 
 METRIC_BATCH = 500
+BATCH_ENTITIES, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+SEARCH_PAGE = 50_000
 FLUSH_INTERVAL_S = 5.0
 CLOSE_RETRIES = 3
 
@@ -139,12 +141,23 @@ class Tracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            name = self.cfg.experiment_name
-            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
-            self._experiment_id = exp.experiment_id if exp else self._call(
-                f"Creating experiment {name}", self.client.create_experiment, name,
-                artifact_location=self.cfg.resolved_artifact_location)
+            self._experiment_id = self._get_or_create(self.cfg.experiment_name)
         return self._experiment_id
+
+    def _get_or_create(self, name: str) -> str:
+        """The experiment's id; created when missing (another process creating it first is fine: many trainers
+        start at once against one server)."""
+        exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+        if exp:
+            return str(exp.experiment_id)
+        try:
+            return str(self._call(f"Creating experiment {name}", self.client.create_experiment, name,
+                                  artifact_location=self.cfg.resolved_artifact_location))
+        except TrackingUnavailable:
+            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def set_experiment_tag(self, key: str, value: str) -> None:
         self._call(f"Tagging experiment {self.cfg.experiment_name}", self.client.set_experiment_tag,
@@ -299,6 +312,86 @@ def _is_run_id(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): cheap listings, histories, bulk import ----------
+
+    def experiment_ids(self, all_experiments: bool = False) -> list[str]:
+        """This experiment's id, or every experiment's with ``all_experiments``."""
+        if not all_experiments:
+            return [self.experiment_id]
+        return [e.experiment_id for e in self.client.search_experiments()]
+
+    def all_runs(self, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+        """Every run of the experiments (paged): info, params, tags and latest metrics, no metric history."""
+        runs: list[Run] = []
+        token = None
+        while experiment_ids:
+            page = self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return str(self.client.get_experiment(experiment_id).name)
+
+    def experiment_for(self, name: str) -> str:
+        """The id of experiment ``name`` (created with the configured artifact location when missing)."""
+        return self.experiment_id if name == self.cfg.experiment_name else self._get_or_create(name)
+
+    def exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    @staticmethod
+    def latest_points(run: Run) -> dict[str, tuple[int, int, float]]:
+        """Each metric's latest point (step, timestamp, value), as the store keeps it beside the run (no history)."""
+        return {m.key: (m.step, m.timestamp, m.value) for m in run.data._metric_objs}
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
+        """Every stored point of one metric: (step, timestamp, value)."""
+        return [(m.step, m.timestamp, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def create_imported_run(self, experiment_id: str, name: str | None, start_time: int | None,
+                            tags: dict[str, str]) -> str:
+        """A run with the given start time and tags (what `kops sync pull` creates for another machine's run)."""
+        return str(self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name).info.run_id)
+
+    def log_bulk(self, run_id: str, points: Iterable[tuple[str, int, int, float]] = (),
+                 params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> int:
+        """Metric points (key, step, timestamp, value), params and tags in as few ``log_batch`` calls as MLflow
+        allows (1,000 entities a call, of them at most 100 params and 100 tags). ``on_batch(n)`` after each call
+        with the number of metric points it stored. Returns the number of metric points sent."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(k, v, ts, step) for k, step, ts, v in points]
+        param_items = [Param(k, str(v)) for k, v in (params or {}).items()]
+        tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        total = len(metrics)
+        while metrics or param_items or tag_items:
+            p, param_items = param_items[:BATCH_PARAMS], param_items[BATCH_PARAMS:]
+            t, tag_items = tag_items[:BATCH_TAGS], tag_items[BATCH_TAGS:]
+            room = BATCH_ENTITIES - len(p) - len(t)
+            m, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+            if on_batch is not None:
+                on_batch(len(m))
+        return total
+
+    def set_status(self, run_id: str, status: str, end_time: int | None) -> None:
+        """Set a run's status (and end time for a finished/failed/killed one), e.g. to mirror an imported run."""
+        if status in ("FINISHED", "FAILED", "KILLED"):
+            self.client.set_terminated(run_id, status, end_time)
+        else:
+            self.client.update_run(run_id, status=status)
 
 
 def _artifact_repo(uri: str) -> Any:

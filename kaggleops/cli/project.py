@@ -51,14 +51,17 @@ def init(
 @app.command()
 def demo(
     workdir: Path = typer.Option(None, help="Fresh folder to work in (default: a new temporary folder)."),
-    epochs: int = typer.Option(6, min=1, help="Training epochs."),
+    epochs: int = typer.Option(None, min=1, help="Training epochs (default: the task's own)."),
     fold: list[int] = typer.Option([0], help="Fold(s) to train (of 5)."),
+    competition: str = typer.Option(None, help="A bundled competition, e.g. digit-recognizer (default: the "
+                                               "default competition)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop offline: emulator → train → publish → push-kernel → submit → scores."""
-    from kaggleops.stages.demo import run_demo
+    from kaggleops.stages.demo import COMPETITION, run_demo
 
-    summary = run_demo(workdir, epochs=epochs, folds=fold, echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
+    summary = run_demo(workdir, epochs=epochs, folds=fold, competition=competition or COMPETITION,
+                       echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
     emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && "
                            f"mlflow ui --backend-store-uri {summary['tracking_uri']}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from kaggleops.cli import app, emit, hint, load
+from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -96,22 +97,29 @@ def push_kernel(
     public: bool = typer.Option(None, "--public/--private", help="Kernel visibility (default: kops.yaml)."),
     publish_missing: bool = typer.Option(True, "--publish/--no-publish",
                                          help="Publish runs that have no dataset yet (--no-publish: refuse)."),
+    push: bool = typer.Option(True, "--push/--no-push",
+                              help="--no-push: write the kernel folder (kernel.py, kernel-metadata.json, "
+                                   "kops-kernel.json) for `kops kernel run-local` and stop; the model and runtime "
+                                   "datasets are still published, so the plan names exact versions."),
     wait: bool = typer.Option(False, help="Wait until the kernel run is COMPLETE; on ERROR show its log's tail."),
     submit: bool = typer.Option(False, help="Submit the finished version to the competition (implies --wait)."),
     message: str = typer.Option("", "--message", "-m", help="Submission description with --submit."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs."""
+    """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs (--no-push: render only)."""
     from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.stages.kernel import push_kernel as run_push
     from kaggleops.stages.submit import submit as run_submit
 
+    if not push and (wait or submit):
+        raise ConfigError("--no-push renders the kernel without pushing it: there is nothing to --wait for or to "
+                          "--submit.", "Drop --no-push, or drop --wait/--submit.")
     cfg = load(config)
     kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, wait=wait or submit)
+                            publish=publish_missing, push=push, wait=wait or submit)
     try:
         result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker)
     except KernelRunFailed as e:

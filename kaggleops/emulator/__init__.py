@@ -3,7 +3,8 @@
 Usage (in-process, what the tests do)::
 
     emu = Emulator(tmp_path / "emu")
-    emu.add_competition("tiny", {"test.csv": path}, solution, "id", "label", accuracy)
+    emu.add_competition("tiny", {"test.csv": path}, solution, "id", "label", "accuracy")
+    emu.seed_folder(bundled_competition("digit-recognizer"))   # a folder with competition.json (seed.py)
     url = emu.start()                      # "http://127.0.0.1:PORT"
     # KAGGLE_API_ENVIRONMENT=LOCALHOST before `import kaggle`, then:
     import kagglesdk.kaggle_env as ke
@@ -18,20 +19,24 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig
+from .metrics import METRICS, get_metric
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
 from .runner import KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
+from .seed import KINDS, CompetitionSeed, SeedError, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server
 from .state import Competition, Store, load_state, save_state
 
-__all__ = ["ApiError", "Emulator", "Metric", "SubmissionInvalid", "format_score", "split_solution"]
+__all__ = ["METRICS", "ApiError", "CompetitionSeed", "Emulator", "Metric", "SeedError", "SubmissionInvalid",
+           "format_score", "read_seed", "split_solution"]
+SEEDS = "seeds"
 
 
 class Emulator:
@@ -53,7 +58,8 @@ class Emulator:
             tokens: bearer access tokens accepted, mapped to the username they authenticate.
             users: extra ``{username: key}`` pairs accepted besides ``username``/``key``.
             persist: keep datasets, kernels, submissions and uploads in ``root/state.pickle`` across restarts
-                (so a user can dry-run a competition week); competitions are seeded again on each start.
+                (so a user can dry-run a competition week); competitions seeded with a named metric come back
+                from ``root/seeds/``.
         """
         self.root = Path(root)
         self.username = username
@@ -74,6 +80,7 @@ class Emulator:
         self.persist = persist
         if persist:
             load_state(self.store)
+            self._restore_seeds()
             self.api.on_change = lambda: save_state(self.store)
         self.url = ""
         self._server: Any = None
@@ -82,29 +89,66 @@ class Emulator:
     # ---- seeding -------------------------------------------------------------------------------
 
     def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
-                        target_column: str, metric: Callable[[list[str], list[str]], float],
-                        output_file: str = "submission.csv") -> None:
+                        target_column: str | Sequence[str], metric: Metric | str,
+                        output_file: str = "submission.csv", kind: str = "file") -> None:
         """Seed a competition.
 
         Args:
             slug: competition slug (the kernel input folder is ``input/<slug>/``).
             files: public data files, ``{name in the competition: local path}``; copied into the root.
-            solution: rows with at least ``id_column`` and ``target_column``; even positions are public.
-            id_column, target_column: the submission columns that are matched and scored.
-            metric: ``metric(truths, preds) -> float`` over string lists aligned by id.
+            solution: rows with at least ``id_column`` and the target column(s); even positions are public.
+            id_column, target_column: the submission columns that are matched and scored (one name or several).
+            metric: a name from ``metrics.METRICS`` ("accuracy", "rmse", ...) or ``metric(truths, preds) -> float``
+                over values aligned by id (strings; tuples of strings with several target columns).
             output_file: default file name for code submissions (and uploads without a name).
+            kind: "file" (CSV uploads and notebook outputs) or "code" (notebook outputs only).
         """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        info = get_metric(metric) if isinstance(metric, str) else None
+        targets = (target_column,) if isinstance(target_column, str) else tuple(target_column)
         base = self.store.dir("competitions", slug)
         copied = {}
         for name, src in files.items():
             target = base / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
+            if Path(src).resolve() != target.resolve():
+                shutil.copyfile(src, target)
             copied[name] = target
         rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in solution]
-        spec = CompetitionSpec(solution=rows, id_column=id_column, target_column=target_column, metric=metric)
+        spec = CompetitionSpec(solution=rows, id_column=id_column, target_columns=targets,
+                               metric=info.fn if info else metric,  # type: ignore[arg-type]
+                               higher_is_better=info.higher_is_better if info else True)
         with self.store.lock:
-            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file)
+            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file,
+                                                        kind=kind)
+
+    def seed_folder(self, folder: Path, slug: str | None = None) -> CompetitionSeed:
+        """Seed the competition in ``folder`` (Kaggle's files + ``competition.json``, see ``seed.py``).
+
+        A copy of the seed is kept under ``root/seeds/<slug>/`` so a persistent emulator restarts with it.
+        Raises ``SeedError`` naming the file and key when the folder is unusable.
+        """
+        folder = Path(folder)
+        seed = read_seed(folder, slug)
+        solution = read_solution(folder, seed)
+        self.add_competition(seed.slug, {name: folder / name for name in seed.files}, solution, seed.id_column,
+                             seed.target_columns, seed.metric, seed.output_file, seed.kind)
+        kept = self.root / SEEDS / seed.slug
+        if kept.resolve() != folder.resolve():
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in (*seed.files, seed.solution):
+                shutil.copyfile(folder / name, kept / name)
+            write_seed(kept, seed)
+        return seed
+
+    def _restore_seeds(self) -> None:
+        for kept in sorted((self.root / SEEDS).glob("*/competition.json")):
+            self.seed_folder(kept.parent)
+
+    def competition_rows(self, slug: str) -> int:
+        """How many hidden solution rows competition ``slug`` has."""
+        return len(self.store.competition(slug).spec.solution)
 
     def expected_scores(self, slug: str, submission_rows: list[dict]) -> tuple[str, str]:
         """The (publicScore, privateScore) strings the emulator would give these submission rows.

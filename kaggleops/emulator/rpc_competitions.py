@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,11 +12,23 @@ from .state import Competition, Store, Submission
 
 Body = dict[str, Any]
 
-_SORT_KEYS = {
-    "SUBMISSION_SORT_BY_NAME": (lambda s: s.file_name, False),
-    "SUBMISSION_SORT_BY_PUBLIC_SCORE": (lambda s: float(s.public_score or "-inf"), True),
-    "SUBMISSION_SORT_BY_PRIVATE_SCORE": (lambda s: float(s.private_score or "-inf"), True),
-}
+_SCORE_SORTS = {"SUBMISSION_SORT_BY_PUBLIC_SCORE": "public_score", "SUBMISSION_SORT_BY_PRIVATE_SCORE": "private_score"}
+
+
+def _sort_key(sort_by: str, higher_is_better: bool) -> Callable[[Submission], tuple] | None:
+    """Best score first (highest, or lowest for a lower-is-better metric), unscored last; or by file name."""
+    if sort_by == "SUBMISSION_SORT_BY_NAME":
+        return lambda s: (s.file_name,)
+    attr = _SCORE_SORTS.get(sort_by)
+    if attr is None:
+        return None
+    sign = -1.0 if higher_is_better else 1.0
+
+    def key(sub: Submission) -> tuple:
+        value = getattr(sub, attr)
+        return (1, 0.0) if not value else (0, sign * float(value))
+
+    return key
 
 
 class CompetitionService:
@@ -83,6 +96,9 @@ class CompetitionService:
     def create_submission(self, ctx: RpcContext, body: Body) -> Body:
         """Score an uploaded CSV (``blobFileTokens`` is one token string)."""
         comp = self.store.competition(str(body.get("competitionName", "")))
+        if comp.kind == "code":
+            raise ApiError(400, f"{comp.slug} is a code competition: submissions must come from a notebook's "
+                                "output (CreateCodeSubmission), not an uploaded file")
         self._check_limit(comp, ctx.user)
         blob = self.store.complete_blob(str(body.get("blobFileTokens", "")))
         sub = self._submit(comp, ctx.user, blob.name, blob.path.read_bytes(), body.get("submissionDescription"))
@@ -156,9 +172,9 @@ class CompetitionService:
         comp = self.store.competition(str(body.get("competitionName", "")))
         subs = [s for s in self.store.submissions.values() if s.competition == comp.slug and s.user == ctx.user]
         subs.sort(key=lambda s: -s.ref)
-        key = _SORT_KEYS.get(str(body.get("sortBy") or ""))
+        key = _sort_key(str(body.get("sortBy") or ""), comp.spec.higher_is_better)
         if key is not None:
-            subs.sort(key=key[0], reverse=key[1])
+            subs.sort(key=key)
         if body.get("group") == "SUBMISSION_GROUP_SUCCESSFUL":
             subs = [s for s in subs if s.status == "COMPLETE"]
         size = int(body.get("pageSize") or 20)

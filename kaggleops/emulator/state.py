@@ -178,6 +178,7 @@ class Competition:
     files: dict[str, Path]
     spec: CompetitionSpec
     output_file: str
+    kind: str = "file"  # "code": only notebook outputs can be submitted
     created: datetime = field(default_factory=utc_now)
 
 

@@ -54,18 +54,23 @@ RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How to push: machine shape and visibility (None = kops.yaml), publishing, waiting."""
+    """How to push: machine shape and visibility (None = kops.yaml), publishing, pushing, waiting.
+
+    ``push=False`` (``kops push-kernel --no-push``) renders the kernel folder and stops: the model, runtime and
+    code datasets are still published (the plan names their exact versions), nothing is pushed or tagged.
+    """
 
     machine_shape: str | None = None
     private: bool | None = None
     publish: bool = True
+    push: bool = True
     wait: bool = False
 
 
 @dataclass
 class KernelResult:
     kernel: str
-    kernel_version: int
+    kernel_version: int | None  # None: rendered, not pushed
     url: str
     folder: Path
     run_ids: list[str]
@@ -261,6 +266,9 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                 options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
     """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
+    With ``options.push`` False the rendered folder is the result (``kernel_version`` None): datasets are
+    published as for a push, so ``kops kernel run-local`` can download the exact versions the plan names.
+
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
@@ -284,6 +292,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
                            rerank_source, code)
+    if not options.push:
+        return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
+                            runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None,
+                            code=code.as_dict() if code else None)
     version = kaggle.push_kernel(folder)
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
@@ -312,9 +324,14 @@ def status_printer(echo: Callable[[str], None], clock: Callable[[], float] | Non
 
 
 def describe(result: KernelResult) -> str:
-    """The human summary of a push."""
-    lines = [f"Pushed {result.kernel} version {result.kernel_version}"
-             f"{f' ({result.status})' if result.status else ''}", result.url,
+    """The human summary of a push (or of a render: ``--no-push``)."""
+    if result.kernel_version is None:
+        head = [f"Rendered {result.kernel} into {result.folder} (NOT pushed: no kernel version, no run tagged)",
+                f"next: kops kernel run-local {result.folder}   then: kops push-kernel with the same --run options"]
+    else:
+        head = [f"Pushed {result.kernel} version {result.kernel_version}"
+                f"{f' ({result.status})' if result.status else ''}", result.url]
+    lines = [*head,
              f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
              f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
     if result.code:
@@ -324,7 +341,7 @@ def describe(result: KernelResult) -> str:
         rr = result.reranker
         lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")
     if result.published:
-        lines.append(f"published first: {', '.join(result.published)}")
+        lines.append(f"published first (datasets on Kaggle even without a push): {', '.join(result.published)}")
     if result.submission:
         lines.append(f"submitted: submission {result.submission['submission_ref']}, "
                      f"submission run {result.submission['submission_run_id']}")

@@ -4,8 +4,8 @@
 - Identical weights (the same sha256 per file as the ``kops-manifest.json`` of the latest version) make no
   upload and no version: the run is tagged with the existing version.
 - Sub-folders (``tokenizer/``, ``checkpoints/``) travel as deterministic ``<folder>.zip`` files listed under
-  ``archives`` in the manifest; :func:`restore_dataset_folder` turns a downloaded version back into the tree
-  (and does nothing where Kaggle already unpacked them).
+  ``archives`` in the manifest; :func:`kaggleops.kernel.runtime.restore_model_dir` (the one restore, used by
+  the kernel and by ``kops kernel run-local``) turns a downloaded version back into the model folder.
 - Files are staged under ``.kops/publish/<run id>/`` with fixed modification times, so re-running a publish
   whose upload was cut resumes it (the client keys its resume state on path, size and mtime).
 - The run is tagged ``kops.dataset`` / ``kops.dataset.version`` only after the version is READY and its
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,7 @@ from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
+from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, MissingArtifact, PublishError
 from kaggleops.files import sha256_file, zip_folder
 from kaggleops.refs import DatasetRef, slugify
 from kaggleops.schema import (
@@ -143,25 +142,6 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
     for path in upload.iterdir():
         os.utime(path, (mtime, mtime))
     return model, upload, archives
-
-
-def restore_dataset_folder(folder: Path) -> Path:
-    """Turn a downloaded dataset version back into the model folder: unpack ``archives``, check sha256s.
-
-    Works whether the ``<folder>.zip`` files are still zipped (the client's upload) or were unpacked.
-    Raises DataError naming the first file whose sha256 differs from the manifest.
-    """
-    manifest = Manifest.read(folder / MANIFEST)
-    for archive, name in manifest.archives.items():
-        if (folder / archive).is_file() and not (folder / name).is_dir():
-            with zipfile.ZipFile(folder / archive) as zf:
-                zf.extractall(folder / name)
-    for rel, entry in manifest.files.items():
-        path = folder / rel
-        if not path.is_file() or sha256_file(path) != entry.sha256:
-            raise DataError(f"{path} is missing or differs from {MANIFEST} (sha256 {entry.sha256[:12]}…).",
-                            "Download the dataset version again.")
-    return folder
 
 
 def _reuse_latest(kaggle: Kaggle, ref: DatasetRef, info: dict[str, Any] | None,

@@ -156,7 +156,7 @@ class TweetSentimentExtraction:
         rows = ensemble.rows_of(test)
         totals = ensemble.char_totals(model_dirs, rows, ctx)
         with ctx.stage("decode") if ctx.stage else _null():
-            preds = ensemble.decode(rows, totals)
+            preds = ensemble.decode(rows, totals, model_dirs)
         return pd.DataFrame({ID: [r[ID] for r in rows], TARGET: preds})
 
     def post_process(self, test: Any, predictions: Any, neutral_full_text: bool = True) -> Any:

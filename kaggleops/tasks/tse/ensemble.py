@@ -31,16 +31,19 @@ def _stage(ctx: PredictContext, name: str) -> Any:
     return ctx.stage(name) if ctx.stage is not None else contextlib.nullcontext()
 
 
-def char_totals(model_dirs: Sequence[Path], rows: list[dict[str, str]],
-                ctx: PredictContext) -> list[tuple[list[float], list[float]]]:
-    """Weighted mean of each model's per-character start/end probabilities, one model in memory at a time."""
+def char_totals(model_dirs: Sequence[Path], rows: list[dict[str, str]], ctx: PredictContext) -> tuple[Any, Any]:
+    """Weighted mean of each model's per-character start/end probabilities (``[rows, chars]`` tensors), one model
+    in memory at a time; the character tables are built batch by batch on the model's device
+    (``infer.predict_char_probs``)."""
     import torch
 
     infer = importlib.import_module(ctx.options.get("runtime_module", INFER_MODULE))
     device, dtype = choose_device()
     max_len = int(ctx.options.get("max_len", 128))
     batch_size = int(ctx.options.get("batch_size", 64))
-    totals = [([0.0] * len(r["text"]), [0.0] * len(r["text"])) for r in rows]
+    texts = [r["text"] for r in rows]
+    width = infer.char_width(texts)
+    totals = (torch.zeros(len(rows), width), torch.zeros(len(rows), width))
     labels = ctx.labels or [f"m{i}" for i in range(len(model_dirs))]
     for folder, w, name in zip(model_dirs, ctx.weights, labels, strict=True):
         with _stage(ctx, f"load {name}"):
@@ -48,42 +51,38 @@ def char_totals(model_dirs: Sequence[Path], rows: list[dict[str, str]],
             model.to(dtype=dtype)
         with _stage(ctx, f"tokenize {name}"):
             features = infer.encode_rows(tokenizer, rows, max_len)
-        with _stage(ctx, f"forward {name}"):
-            logits = infer.predict_logits(model, features, tokenizer.pad_token_id, batch_size)
-        with _stage(ctx, f"ensemble {name}"):
-            for total, row, feature, (s, e) in zip(totals, rows, features, logits, strict=True):
-                ps, pe = infer.char_scores(row["text"], feature, s, e)
-                for k in range(len(ps)):
-                    total[0][k] += w * ps[k]
-                    total[1][k] += w * pe[k]
-        del model, logits, features
+        with _stage(ctx, f"forward + char probabilities {name}"):
+            infer.predict_char_probs(model, features, texts, tokenizer.pad_token_id, batch_size, totals, w)
+        del model, features
         if device.type == "cuda":
             torch.cuda.empty_cache()
     ctx.log(f"kops: {len(model_dirs)} model(s) on {device.type} ({str(dtype).replace('torch.', '')})")
     return totals
 
 
-def decode(rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]]) -> list[str]:
-    """Best character span per row (empty when the ensemble gave no probability)."""
+def post_processing(model_dirs: Sequence[Path]) -> Any:
+    """The post-processing the (first) model was validated with (its ``kops_infer.json``; defaults without one)."""
     infer = importlib.import_module(INFER_MODULE)
-    out = []
-    for row, (ps, pe) in zip(rows, totals, strict=True):
-        if not any(ps):
-            out.append("")
-            continue
-        start, stop = infer.best_char_span(ps, pe)
-        out.append(row["text"][start:stop])
-    return out
+    trained = infer.read_infer_config(model_dirs[0]).get("post_processing") if model_dirs else None
+    return infer.PostProcessing.from_dict(trained)
 
 
-def rerank(rows: list[dict[str, str]], totals: list[tuple[list[float], list[float]]], reranker_dirs: Sequence[Path],
+def decode(rows: list[dict[str, str]], totals: tuple[Any, Any], model_dirs: Sequence[Path] = ()) -> list[str]:
+    """Best character span per row with the models' post-processing: ``infer.decode_spans``, the decoder
+    training's validation uses, so the kernel answers as validation scored."""
+    infer = importlib.import_module(INFER_MODULE)
+    return infer.decode_spans(rows, totals[0], totals[1], post_processing(model_dirs))
+
+
+def rerank(rows: list[dict[str, str]], totals: tuple[Any, Any], reranker_dirs: Sequence[Path],
            ctx: PredictContext) -> list[str]:
     """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
     rr = importlib.import_module(ctx.options.get("rerank_module", RERANK_MODULE))
     cfg = rr.read_rerank_config(reranker_dirs[0])
     w, n = float(ctx.options.get("w", cfg["w"])), int(ctx.options.get("n", cfg["n"]))
+    ps, pe = totals
     with _stage(ctx, "candidates"):
-        cands = [rr.top_k_char_spans(row["text"], ps, pe, k=n) for row, (ps, pe) in zip(rows, totals, strict=True)]
+        cands = [rr.top_k_char_spans(row["text"], ps[i], pe[i], k=n) for i, row in enumerate(rows)]
     with _stage(ctx, "rerank"):
         answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=w, n=n,
                                        batch_size=int(ctx.options.get("rerank_batch_size", 128)))

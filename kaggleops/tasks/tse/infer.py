@@ -1,16 +1,16 @@
-"""Span-extraction inference for Tweet Sentiment Extraction.
+"""Span-extraction inference for Tweet Sentiment Extraction: one decoder for validation and the kernel.
 
 SELF-CONTAINED: imports only the standard library, torch and transformers, because it runs inside the
 offline inference kernel (installed there with the kops runtime wheel). Do not import pandas here.
 
 Input is the pair ``tokenizer(sentiment, text)`` (roberta: ``<s> sentiment </s></s> text </s>``).
 The tweet's tokens are found with ``sequence_ids() == 1`` (never by ``(0, 0)`` offsets: double
-spaces make zero-width tokens); the best span ``start <= end`` over those tokens maximises
-``start_logit + end_logit`` and is cut out of the raw tweet with the character offsets, so
-leading and odd whitespace inside the span stay as the tweet has them.
-
-Post-processing rule (switchable with ``neutral_full_text``): a neutral tweet's answer is the
-whole tweet, which is what the competition's labels almost always say.
+spaces make zero-width tokens). Each model's softmaxed start/end probabilities over those tokens are moved
+onto the tweet's characters (:func:`predict_char_probs`, batched tensor ops), so models with different
+tokenizers average per character; :func:`decode_spans` takes the best character span (``start <= end``,
+maximising start × end probability, the same ranking as the logit sum) out of the raw tweet, so leading and odd
+whitespace inside the span stay as the tweet has them, and applies :class:`PostProcessing` (neutral → whole
+tweet; optionally the extra-spaces start shift). Training's validation and the kernel both call these.
 
 Example::
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TWEET_SEQUENCE = 1
+INFER_CONFIG = "kops_infer.json"
 
 
 @dataclass
@@ -59,6 +60,27 @@ def load_model(model_dir: Any, device: Any = None) -> tuple[Any, Any]:
     model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
     model.to(resolve_device(device)).eval()
     return model, tokenizer
+
+
+def write_infer_config(model_dir: Any, post: "PostProcessing", max_len: int) -> None:
+    """Record in a trained model folder how its answers are decoded (``kops_infer.json``; the kernel reads it)."""
+    import json
+    import os
+
+    with open(os.path.join(str(model_dir), INFER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"post_processing": post.as_dict(), "max_len": max_len}, f, indent=2)
+
+
+def read_infer_config(model_dir: Any) -> dict[str, Any]:
+    """A model folder's ``kops_infer.json`` (``{}`` for folders trained before it existed)."""
+    import json
+    import os
+
+    path = os.path.join(str(model_dir), INFER_CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _max_len(tokenizer: Any, max_len: int) -> int:
@@ -103,98 +125,194 @@ def collate(features: list[Encoded], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-def best_span(start_logits: Any, end_logits: Any, tweet: list[int]) -> tuple[int, int]:
-    """Token positions ``(start, end)``, ``start <= end``, both in ``tweet``, maximising the logit sum."""
-    import torch
-
-    idx = torch.tensor(tweet, dtype=torch.long)
-    s = start_logits.float().cpu()[idx]
-    e = end_logits.float().cpu()[idx]
-    scores = s[:, None] + e[None, :]
-    scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).tril(-1), float("-inf"))
-    flat = int(torch.argmax(scores))
-    return tweet[flat // len(tweet)], tweet[flat % len(tweet)]
-
-
-def top_k_spans(text: str, feature: Encoded, start_logits: Any, end_logits: Any, k: int = 10) -> list[dict[str, Any]]:
-    """The ``k`` best candidate spans of one row, best first (the reranker's input; also the OOF ``candidates``).
-
-    Each candidate is ``{"start": int, "end": int, "text": str, "score": float}``: ``start``/``end`` are character
-    offsets into the raw ``text`` (``text[start:end]`` is the span) and ``score`` = softmaxed start probability ×
-    softmaxed end probability over the tweet's tokens (zero-width tokens left out, ``start <= end``). The first
-    candidate is always the best span (the one :func:`best_span` picks: the product of softmaxes ranks spans like
-    the logit sum). Character spans are unique: token spans sharing characters keep their best score. A tweet
-    with no scorable token yields the whole text with score 1.0.
-
-    Example:
-        >>> top_k_spans("so happy", feature, s, e, k=2)  # doctest: +SKIP
-        [{'start': 3, 'end': 8, 'text': 'happy', 'score': 0.61}, {'start': 0, 'end': 8, ...}]
-    """
-    import torch
-
-    tokens = feature.span_tokens()
-    if not tokens or k < 1:
-        return [{"start": 0, "end": len(text), "text": text, "score": 1.0}] if k >= 1 else []
-    idx = torch.tensor(tokens, dtype=torch.long)
-    ps = torch.softmax(start_logits.float().cpu()[idx], 0)
-    pe = torch.softmax(end_logits.float().cpu()[idx], 0)
-    scores = (ps[:, None] * pe[None, :]).triu()
-    n = len(tokens)
-    order = torch.argsort(scores.flatten(), descending=True, stable=True)
-    out: list[dict[str, Any]] = []
-    seen: set[tuple[int, int]] = set()
-    for flat in order.tolist():
-        i, j = divmod(flat, n)
-        a, b = feature.offsets[tokens[i]][0], feature.offsets[tokens[j]][1]
-        if i > j or (a, b) in seen:
-            continue
-        seen.add((a, b))
-        out.append({"start": a, "end": b, "text": text[a:b], "score": float(scores[i, j])})
-        if len(out) == k:
-            break
-    return out
-
-
 def span_text(text: str, feature: Encoded, start: int, end: int) -> str:
     """Cut the tokens ``start..end`` out of the raw tweet through their character offsets."""
     return text[feature.offsets[start][0] : feature.offsets[end][1]]
 
 
-def decode_span(row: dict[str, Any], feature: Encoded, start_logits: Any, end_logits: Any,
-                neutral_full_text: bool = True) -> str:
-    """The predicted selected_text of one row from its start/end logits."""
-    text = str(row["text"])
-    if neutral_full_text and str(row["sentiment"]) == "neutral":
-        return text
-    candidates = feature.span_tokens()
-    if not candidates:
-        return text
-    start, end = best_span(start_logits, end_logits, candidates)
-    return span_text(text, feature, start, end)
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """How a best character span becomes the answer (the same in validation and in the kernel).
+
+    ``neutral_full_text``: a neutral tweet's answer is the whole tweet. ``start_shift``: the competition's
+    labels were cut at offsets that ignore a tweet's leading and doubled spaces, so when the tweet has at least
+    ``shift_min_spaces`` such extra spaces before the predicted start, the gold span starts that many characters
+    further left (often mid-word); the start is moved left by that number. An empty or blank span → whole tweet.
+    """
+
+    neutral_full_text: bool = True
+    start_shift: bool = False
+    shift_min_spaces: int = 2
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "PostProcessing":
+        """From a plan's / settings' ``post_processing`` mapping; unknown keys are ignored, absent ones default."""
+        raw = raw or {}
+        return cls(bool(raw.get("neutral_full_text", True)), bool(raw.get("start_shift", False)),
+                   int(raw.get("shift_min_spaces", 2)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"neutral_full_text": self.neutral_full_text, "start_shift": self.start_shift,
+                "shift_min_spaces": self.shift_min_spaces}
+
+    def answer(self, text: str, sentiment: str, start: int, stop: int) -> str:
+        """The answer for the character slice ``text[start:stop]`` (``start < 0``: no span found)."""
+        if start < 0 or (self.neutral_full_text and sentiment == "neutral"):
+            return text
+        if self.start_shift:
+            extra = extra_spaces(text[:start])
+            if extra >= self.shift_min_spaces:
+                start = max(0, start - extra)
+        span = text[start:stop]
+        return span if span.strip() else text
 
 
-def predict_logits(model: Any, features: list[Encoded], pad_id: int,
-                   batch_size: int = 64) -> list[tuple[Any, Any]]:
-    """Per-row ``(start_logits, end_logits)`` CPU tensors, trimmed to each row's own length.
+def extra_spaces(prefix: str) -> int:
+    """Spaces of ``prefix`` that lead it or follow another space (what collapsing whitespace removes)."""
+    import re
 
-    Runs on the model's device, in length-sorted batches under ``torch.inference_mode()``.
+    return len(prefix) - len(re.sub("  +", " ", prefix).lstrip(" "))
+
+
+def batch_char_probs(features: list[Encoded], start_logits: Any, end_logits: Any,
+                     width: int) -> tuple[Any, Any]:
+    """Softmaxed start/end probabilities of a batch's tweet tokens, moved onto the tweets' characters.
+
+    ``start_logits``/``end_logits``: the model's ``[B, T]`` output for ``features`` (any device). Returns two
+    ``[B, width]`` float tensors on the same device: a token's start probability lands on its first character,
+    its end probability on its last; zero-width tokens are left out; a row without such tokens is all zeros.
+    Models with different tokenizers can then be averaged per character. One pass of tensor ops per batch.
+    """
+    import torch
+
+    device = start_logits.device
+    idx = [(r, j, f.offsets[j][0], f.offsets[j][1] - 1) for r, f in enumerate(features) for j in f.span_tokens()]
+    n = len(features)
+    ps = torch.zeros(n, width, device=device)
+    pe = torch.zeros(n, width, device=device)
+    if not idx:
+        return ps, pe
+    t = torch.tensor(idx, dtype=torch.long, device=device)
+    rows, pos = t[:, 0], t[:, 1]
+    for logits, out, chars in ((start_logits, ps, t[:, 2]), (end_logits, pe, t[:, 3])):
+        masked = torch.full(logits.shape, float("-inf"), device=device)
+        masked[rows, pos] = logits.float()[rows, pos]
+        out[rows, chars] = torch.softmax(masked, 1)[rows, pos]  # tokens never share a first / last character
+    return ps, pe
+
+
+def char_width(texts: list[str]) -> int:
+    """Columns of a per-character probability table for ``texts`` (at least 1)."""
+    return max([1] + [len(t) for t in texts])
+
+
+def in_input_order(parts: list[Any], order: list[int]) -> Any:
+    """Per-batch ``[B, width]`` tables (batches in ``length_batches`` order) as one CPU table in input order:
+    one concatenation, one device→host copy and one scatter for the whole set, not one per batch."""
+    import torch
+
+    done = torch.cat(parts).cpu()
+    out = torch.empty_like(done)
+    out[torch.tensor(order, dtype=torch.long)] = done
+    return out
+
+
+def predict_char_probs(model: Any, features: list[Encoded], texts: list[str], pad_id: int, batch_size: int = 64,
+                       into: tuple[Any, Any] | None = None, weight: float = 1.0) -> tuple[Any, Any]:
+    """Per-character start/end probabilities ``[len(texts), char_width(texts)]`` (CPU) of one model.
+
+    Runs on the model's device in length-sorted, dynamically padded batches under ``torch.inference_mode()``;
+    the character tables are made on that device, batch by batch, and put back in input order once. ``into``:
+    tables to add ``weight ×`` these probabilities to (an ensemble's running sum), returned.
     """
     import torch
 
     device = next(model.parameters()).device
-    out: list[Any] = [None] * len(features)
+    width = char_width(texts)
+    starts, ends, order = [], [], []
     with torch.inference_mode():
         for idx in length_batches(features, batch_size):
-            batch = {k: v.to(device) for k, v in collate([features[i] for i in idx], pad_id).items()}
-            res = model(**batch)
-            for j, i in enumerate(idx):
-                n = len(features[i])
-                out[i] = (res.start_logits[j, :n].float().cpu(), res.end_logits[j, :n].float().cpu())
-    return out
+            batch = [features[i] for i in idx]
+            res = model(**{k: v.to(device) for k, v in collate(batch, pad_id).items()})
+            bs, be = batch_char_probs(batch, res.start_logits, res.end_logits, width)
+            starts.append(bs)
+            ends.append(be)
+            order += idx
+    if not order:
+        return into if into is not None else (torch.zeros(0, width), torch.zeros(0, width))
+    ps, pe = in_input_order(starts, order), in_input_order(ends, order)
+    if into is None:
+        return (ps * weight, pe * weight) if weight != 1.0 else (ps, pe)
+    into[0].add_(ps, alpha=weight)
+    into[1].add_(pe, alpha=weight)
+    return into
+
+
+def best_char_spans(ps: Any, pe: Any) -> tuple[list[int], list[int]]:
+    """Per row, the character slice ``(start, stop)`` maximising ``ps[start] × pe[stop - 1]``, start < stop.
+
+    Vectorised over rows (a running maximum of ``ps``); a row with no positive score gets ``(-1, -1)``.
+    """
+    import torch
+
+    run_max, arg = torch.cummax(ps, dim=1)
+    score = run_max * pe
+    stop = torch.argmax(score, dim=1, keepdim=True)
+    found = score.gather(1, stop)[:, 0] > 0
+    start = arg.gather(1, stop)[:, 0]
+    stop = stop[:, 0] + 1
+    start = torch.where(found, start, -1)
+    stop = torch.where(found, stop, -1)
+    return start.tolist(), stop.tolist()
+
+
+def decode_spans(rows: list[dict[str, Any]], ps: Any, pe: Any, post: PostProcessing = PostProcessing()) -> list[str]:
+    """THE span decoder (validation and kernel): best character span per row, then ``post``'s rules.
+
+    ``rows``: dicts with ``text`` and ``sentiment``; ``ps``/``pe``: ``[len(rows), width]`` per-character
+    probabilities (one model's or an ensemble's mean, see :func:`predict_char_probs`).
+    """
+    starts, stops = best_char_spans(ps, pe)
+    return [post.answer(str(r["text"]), str(r["sentiment"]), a, b)
+            for r, a, b in zip(rows, starts, stops, strict=True)]
+
+
+def top_k_char_spans(text: str, ps: Any, pe: Any, k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` best character spans from one row's per-character start/end probabilities, best first.
+
+    The reranker's candidates (the OOF ``candidates`` and the kernel's). ``ps[i]``/``pe[i]``: probability that
+    the span starts at / ends on character ``i`` (a tensor or list; pass an ensemble's MEAN so scores are on the
+    scale ``w`` was tuned on). Span ``text[a:b + 1]`` scores ``ps[a] × pe[b]`` with ``a <= b``; characters with
+    zero probability are never span ends, so the first candidate is :func:`best_char_spans`' span. Returns
+    ``[{"start", "end", "text", "score"}]`` with ``end`` exclusive; a text without any scorable character gives
+    the whole text with score 1.0.
+
+    Example:
+        >>> top_k_char_spans("so happy", ps, pe, k=2)  # doctest: +SKIP
+        [{'start': 3, 'end': 8, 'text': 'happy', 'score': 0.61}, {'start': 0, 'end': 8, ...}]
+    """
+    import torch
+
+    whole = [{"start": 0, "end": len(text), "text": text, "score": 1.0}] if k >= 1 else []
+    ps, pe = torch.as_tensor(ps, dtype=torch.float32), torch.as_tensor(pe, dtype=torch.float32)
+    starts, ends = torch.nonzero(ps > 0)[:, 0], torch.nonzero(pe > 0)[:, 0]
+    if not len(starts) or not len(ends) or k < 1:
+        return whole
+    scores = ps[starts][:, None] * pe[ends][None, :]
+    scores = scores.masked_fill(starts[:, None] > ends[None, :], -1.0).flatten()
+    top = torch.topk(scores, min(k, scores.numel()))
+    out = []
+    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if value < 0:
+            break
+        a, b = int(starts[flat // len(ends)]), int(ends[flat % len(ends)]) + 1
+        out.append({"start": a, "end": b, "text": text[a:b], "score": float(value)})
+    return out or whole
 
 
 def predict_spans(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 64,
-                  max_len: int = 128, device: Any = None, neutral_full_text: bool = True) -> list[str]:
+                  max_len: int = 128, device: Any = None, post: PostProcessing = PostProcessing()) -> list[str]:
     """Predicted selected_text for each row (dicts with ``text`` and ``sentiment``), in input order.
 
     Example:
@@ -204,71 +322,6 @@ def predict_spans(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_
     if device is not None:
         model.to(resolve_device(device))
     features = encode_rows(tokenizer, rows, max_len)
-    logits = predict_logits(model, features, tokenizer.pad_token_id, batch_size)
-    return [decode_span(r, f, s, e, neutral_full_text) for r, f, (s, e) in zip(rows, features, logits, strict=True)]
-
-
-def char_scores(text: str, feature: Encoded, start_logits: Any,
-                end_logits: Any) -> tuple[list[float], list[float]]:
-    """Softmaxed start/end probabilities of the tweet's tokens, moved onto the tweet's characters.
-
-    A token's start probability lands on its first character, its end probability on its last one;
-    zero-width tokens are left out (as in :func:`decode_span`). Models with different tokenizers can
-    then be averaged per character.
-    """
-    import torch
-
-    ps, pe = [0.0] * len(text), [0.0] * len(text)
-    idx = feature.span_tokens()
-    if not idx:
-        return ps, pe
-    pos = torch.tensor(idx, dtype=torch.long)
-    sp = torch.softmax(start_logits.float()[pos], 0).tolist()
-    ep = torch.softmax(end_logits.float()[pos], 0).tolist()
-    for j, a, b in zip(idx, sp, ep, strict=True):
-        ps[feature.offsets[j][0]] += a
-        pe[feature.offsets[j][1] - 1] += b
-    return ps, pe
-
-
-def best_char_span(ps: list[float], pe: list[float]) -> tuple[int, int]:
-    """Character slice ``(start, stop)`` maximising ``ps[start] * pe[stop - 1]`` with start < stop."""
-    best, best_start, span = -1.0, 0, (0, len(ps))
-    for k in range(len(ps)):
-        if ps[k] > ps[best_start]:
-            best_start = k
-        if ps[best_start] * pe[k] > best:
-            best, span = ps[best_start] * pe[k], (best_start, k + 1)
-    return span
-
-
-def predict_file_rows(model_dirs: list[Any], rows: list[dict[str, Any]], plan: dict[str, Any] | None = None,
-                      batch_size: int = 64, max_len: int = 128, device: Any = None) -> list[str]:
-    """Ensemble prediction of several saved models (e.g. the folds), one model in memory at a time.
-
-    Each model's start/end probabilities are averaged per character (:func:`char_scores`), so the
-    models may use different tokenizers. ``plan`` may set ``neutral_full_text`` (default True).
-
-    Example:
-        >>> predict_file_rows(["/kaggle/input/f0", "/kaggle/input/f1"], rows)  # doctest: +SKIP
-    """
-    neutral_full_text = bool((plan or {}).get("neutral_full_text", True))
-    totals: list[tuple[list[float], list[float]]] = [([0.0] * len(str(r["text"])),) * 2 for r in rows]
-    for model_dir in model_dirs:
-        model, tokenizer = load_model(model_dir, device)
-        features = encode_rows(tokenizer, rows, max_len)
-        logits = predict_logits(model, features, tokenizer.pad_token_id, batch_size)
-        for i, (row, feature, (s, e)) in enumerate(zip(rows, features, logits, strict=True)):
-            ps, pe = char_scores(str(row["text"]), feature, s, e)
-            totals[i] = ([a + b for a, b in zip(totals[i][0], ps, strict=True)],
-                         [a + b for a, b in zip(totals[i][1], pe, strict=True)])
-        del model
-    out = []
-    for row, (ps, pe) in zip(rows, totals, strict=True):
-        text = str(row["text"])
-        if (neutral_full_text and str(row["sentiment"]) == "neutral") or not any(ps):
-            out.append(text)
-        else:
-            start, stop = best_char_span(ps, pe)
-            out.append(text[start:stop])
-    return out
+    texts = [str(r["text"]) for r in rows]
+    ps, pe = predict_char_probs(model, features, texts, tokenizer.pad_token_id, batch_size)
+    return decode_spans(rows, ps, pe, post)

@@ -100,20 +100,22 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 
 def build_tiny_model(tokenizer: Any, hidden: int = 128, layers: int = 2, heads: int = 2,
-                     intermediate: int = 256, dropout: float = 0.1, seed: int = 42) -> Any:
-    """A small ``RobertaForQuestionAnswering`` from a config, sized to ``tokenizer``'s vocabulary."""
+                     intermediate: int = 256, dropout: float = 0.1, seed: int = 42, head: str = "span") -> Any:
+    """A small RoBERTa from a config, sized to ``tokenizer``'s vocabulary: ``head="span"`` a
+    ``RobertaForQuestionAnswering`` (the span model), ``"score"`` a one-output ``RobertaForSequenceClassification``
+    (the reranker)."""
     import torch
-    from transformers import RobertaConfig, RobertaForQuestionAnswering
+    from transformers import RobertaConfig, RobertaForQuestionAnswering, RobertaForSequenceClassification
 
     config = RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, max_position_embeddings=TINY_MAX_POSITIONS, type_vocab_size=1,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=2,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=2 if head == "span" else 1,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    return RobertaForQuestionAnswering(config)
+    return RobertaForQuestionAnswering(config) if head == "span" else RobertaForSequenceClassification(config)
 
 
 def char_span(text: str, selected: str) -> tuple[int, int]:

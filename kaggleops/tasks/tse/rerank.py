@@ -60,6 +60,7 @@ class RerankSettings:
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
+    schedule: str = "linear"  # as the span model's (kaggleops.tasks.tse.train.SCHEDULES)
     warmup_ratio: float = 0.1
     seed: int = 42
     vocab_size: int = 2000
@@ -171,8 +172,7 @@ def build_candidates(oof: pd.DataFrame, top_n: int = 5,
 
 def _tokenizer_and_model(settings: RerankSettings, texts: list[str], work_dir: Path) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, RobertaConfig
-    from transformers import RobertaForSequenceClassification as Tiny
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from kaggleops.tasks.tse import modeling
 
@@ -182,18 +182,10 @@ def _tokenizer_and_model(settings: RerankSettings, texts: list[str], work_dir: P
         tokenizer = modeling.build_tokenizer(texts, work_dir / "tokenizer", settings.vocab_size)
     else:
         tokenizer = modeling.load_pretrained_tokenizer(settings.model)
+    if settings.model == TINY:
+        return tokenizer, modeling.build_tiny_model(tokenizer, seed=settings.seed, head="score", **settings.tiny)
     torch.manual_seed(settings.seed)
-    if settings.model != TINY:
-        return tokenizer, AutoModelForSequenceClassification.from_pretrained(settings.model, num_labels=1)
-    t = settings.tiny
-    config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=t["hidden"], num_hidden_layers=t["layers"],
-        num_attention_heads=t["heads"], intermediate_size=t["intermediate"],
-        max_position_embeddings=modeling.TINY_MAX_POSITIONS, type_vocab_size=1, hidden_dropout_prob=t["dropout"],
-        attention_probs_dropout_prob=t["dropout"], num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return tokenizer, Tiny(config)
+    return tokenizer, AutoModelForSequenceClassification.from_pretrained(settings.model, num_labels=1)
 
 
 def effective_max_len(settings: RerankSettings) -> int:
@@ -205,51 +197,26 @@ def _triples(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     return list(zip(df["sentiment"].astype(str), df["text"].astype(str), df["cand"].astype(str), strict=True))
 
 
-def _epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of similar length: shuffle, sort windows of 50 batches by length, shuffle batches."""
-    rng = random.Random(seed * 1000 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * 50
-    batches = []
-    for w in range(0, len(order), window):
-        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def _optimizer_and_schedule(model: Any, settings: RerankSettings, total: int) -> tuple[Any, Any]:
-    import torch
-
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=settings.lr)
-    warmup = max(1, int(total * settings.warmup_ratio))
-
-    def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def _fit(model: Any, feats: list[dict], targets: list[float], settings: RerankSettings, pad_id: int,
          log: LogFn) -> int:
     import torch
 
+    from kaggleops.tasks.tse import train
+    from kaggleops.tasks.tse.sampler import epoch_batches
+
     device = next(model.parameters()).device
-    lengths = [len(f["input_ids"]) for f in feats]
+    ids = [f["input_ids"] for f in feats]  # the sampler buckets by len()
     per_epoch = (len(feats) + settings.batch_size - 1) // settings.batch_size
     total = per_epoch * settings.epochs
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
-    opt, sched = _optimizer_and_schedule(model, settings, total)
+    opt = train.optimizer(model, settings.lr, settings.weight_decay)
+    sched = train.scheduler(opt, total, settings.schedule, settings.warmup_ratio)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     step, t0 = 0, time.perf_counter()
     model.train()
     for epoch in range(settings.epochs):
-        for idx in _epoch_batches(lengths, settings.batch_size, settings.seed, epoch):
+        for idx in epoch_batches(ids, settings.batch_size, settings.seed, epoch):
             if step >= total:
                 return step
             batch = {k: v.to(device) for k, v in rerank_infer.collate_pairs([feats[i] for i in idx], pad_id).items()}

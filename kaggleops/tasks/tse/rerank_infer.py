@@ -1,8 +1,8 @@
 """Scoring candidate spans with the second-stage reranker (Tweet Sentiment Extraction).
 
-SELF-CONTAINED: imports only the standard library, torch, transformers and kaggleops.schema (standard
-library only), so that the offline kernel can run it (installed with the kops runtime wheel). Do not import
-pandas here.
+Imports only the standard library, torch, transformers, kaggleops.schema (standard library only) and
+:mod:`kaggleops.tasks.tse.infer` (the candidates), so that the offline kernel can run it (installed with the kops
+runtime wheel). Do not import pandas here.
 
 The reranker is an ``AutoModelForSequenceClassification`` with one output. Its input is the tokenizer's
 pair template of the sentiment and ``tweet SEP candidate`` (SEP = the tokenizer's ``sep_token``), so a
@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from kaggleops.schema import RERANK_CONFIG
+from kaggleops.tasks.tse.infer import top_k_char_spans  # noqa: F401  (the candidates; the kernel calls it here)
 
 DEFAULT_MAX_LEN = 192
 
@@ -117,9 +118,9 @@ def rerank_candidates(model_dirs: list[Any], rows: list[dict], candidates: list[
     """The answer of each row: its best candidate by ``reranker prediction + w × base score``.
 
     ``rows``: dicts with ``text`` and ``sentiment``; ``candidates[i]``: row i's candidate spans, best base
-    score first, each ``{"start", "end", "text", "score"}`` (as ``infer.top_k_spans`` or
-    :func:`top_k_char_spans` make them). ``model_dirs``: the reranker's fold folders; their predictions are
-    averaged, one model in memory at a time. ``w``/``n`` default to the tuned values in the first folder's
+    score first, each ``{"start", "end", "text", "score"}`` (as :func:`top_k_char_spans` makes them).
+    ``model_dirs``: the reranker's fold folders; their predictions are averaged, one model in memory at a time.
+    ``w``/``n`` default to the tuned values in the first folder's
     ``kops_rerank.json``. A neutral row (when the config's ``neutral_full_text`` is on) or a row without
     candidates gets the whole tweet.
 
@@ -152,31 +153,3 @@ def rerank_candidates(model_dirs: list[Any], rows: list[dict], candidates: list[
     for i, preds in per_row.items():
         answers[i] = str(candidates[i][choose(candidates[i], preds, w, n)]["text"])
     return answers
-
-
-def top_k_char_spans(text: str, ps: list[float], pe: list[float], k: int = 10) -> list[dict]:
-    """The ``k`` best character spans from per-character start/end probabilities (an ensemble's), best first.
-
-    ``ps[i]``/``pe[i]``: probability that the span starts at / ends on character ``i`` (as
-    ``infer.char_scores`` makes them; pass the models' MEAN so scores are on the scale ``w`` was tuned on).
-    Span ``text[a:b + 1]`` scores ``ps[a] × pe[b]`` with ``a <= b``; characters with zero probability are
-    never span ends. Returns ``[{"start", "end", "text", "score"}]`` with ``end`` exclusive; a text without
-    any scorable character gives the whole text with score 1.0.
-    """
-    import torch
-
-    starts = [i for i, p in enumerate(ps) if p > 0]
-    ends = [i for i, p in enumerate(pe) if p > 0]
-    if not starts or not ends or k < 1:
-        return [{"start": 0, "end": len(text), "text": text, "score": 1.0}] if k >= 1 else []
-    s_pos, e_pos = torch.tensor(starts), torch.tensor(ends)
-    scores = torch.tensor([ps[i] for i in starts])[:, None] * torch.tensor([pe[i] for i in ends])[None, :]
-    scores = scores.masked_fill(s_pos[:, None] > e_pos[None, :], -1.0).flatten()
-    top = torch.topk(scores, min(k, scores.numel()))
-    out = []
-    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        if value < 0:
-            break
-        a, b = starts[flat // len(ends)], ends[flat % len(ends)] + 1
-        out.append({"start": a, "end": b, "text": text[a:b], "score": float(value)})
-    return out or [{"start": 0, "end": len(text), "text": text, "score": 1.0}]

@@ -40,7 +40,8 @@ class TrainSettings:
     model name / local folder for ``AutoModelForQuestionAnswering.from_pretrained``. The defaults
     (lr 5e-4, 6 epochs) suit the tiny model trained from scratch: on the bundled sample they reach
     ~0.82 mean val Jaccard over 5 folds (whole tweet: ~0.58) in ~5 s per fold on 2 CPU threads.
-    For a pretrained encoder use about lr 3e-5 and 2-3 epochs.
+    For a small pretrained encoder (all-MiniLM-L6-v2) on CPU use README's MiniLM preset (2 epochs, lr 3e-4,
+    ``train_neutral=False``, ``start_shift=True``): lr 3e-5 undertrains it (BENCHMARKS.md, "Training quality").
 
     A step is one optimizer step over ``batch_size × grad_accum`` rows; ``max_steps``, ``eval_every`` and
     ``checkpoint_every`` count those.
@@ -53,7 +54,9 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    schedule: str = "linear"  # lr after warm-up: "linear" (decay to 0), "cosine" or "constant" (SCHEDULES)
+    warmup_ratio: float = 0.1  # share of the optimizer steps spent warming the lr up from 0
+    train_neutral: bool = True  # False: neutral rows are left out of training (answered by the whole-tweet rule)
     grad_clip: float = 1.0
     n_folds: int = 5
     seed: int = 42
@@ -63,6 +66,8 @@ class TrainSettings:
     max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
     device: str = "auto"
     neutral_full_text: bool = True  # post-processing: a neutral tweet's answer is the whole tweet
+    start_shift: bool = False  # post-processing: move the start left over extra spaces (infer.PostProcessing)
+    shift_min_spaces: int = 2  # ... only when the tweet has at least this many extra spaces before the span
     progress: bool = False
     grad_accum: int = 1  # micro-batches of ``batch_size`` per optimizer step
     length_bucketing: bool = True  # training batches of similar length (less padding), shuffled
@@ -168,28 +173,29 @@ def _autocast(device: Any) -> Any:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _scheduler(optimizer: Any, total: int, warmup_ratio: float) -> Any:
-    import torch
-
-    warmup = max(1, int(total * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-def _optimizer(model: Any, settings: TrainSettings) -> Any:
+def scheduler(optimizer: Any, total: int, schedule: str, warmup_ratio: float) -> Any:
+    """``transformers.get_scheduler`` for ``schedule`` (a key of SCHEDULES), warming up over ``warmup_ratio``
+    of ``total`` steps. Shared with the reranker (:mod:`kaggleops.tasks.tse.rerank`)."""
+    from transformers import get_scheduler
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    warmup = int(total * warmup_ratio)
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def optimizer(model: Any, lr: float, weight_decay: float) -> Any:
+    """AdamW without weight decay on biases and LayerNorm weights. Shared with the reranker."""
     import torch
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=settings.lr)
-
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 @dataclass
@@ -197,28 +203,35 @@ class _Eval:
     loss: float
     preds: list[str]
     metrics: dict[str, float]
-    logits: list[tuple[Any, Any]]
+    char_probs: tuple[Any, Any]  # [rows, chars] start/end probabilities (infer.predict_char_probs' tables)
+
+
+def post_processing(settings: TrainSettings) -> infer.PostProcessing:
+    """The settings' post-processing rules (what validation applies and the kernel is told to apply)."""
+    return infer.PostProcessing(settings.neutral_full_text, settings.start_shift, settings.shift_min_spaces)
 
 
 def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) -> _Eval:
-    """Validation loss, predicted spans, Jaccard (overall and per sentiment) and per-row logits on one split."""
+    """Validation loss, predicted spans (the kernel's decoder), Jaccard (overall, per sentiment) on one split."""
     import torch
 
     device = next(model.parameters()).device
     model.eval()
     total, n = 0.0, 0
-    logits: list[Any] = [None] * len(split.rows)
+    width = infer.char_width([str(r["text"]) for r in split.rows])
+    starts, ends, order = [], [], []
     with torch.inference_mode(), _autocast(device):
         for idx in infer.length_batches(split.features, settings.eval_batch_size):
             out = model(**_batch(split, idx, pad_id, device))
             total, n = total + float(out.loss) * len(idx), n + len(idx)
-            for j, i in enumerate(idx):
-                k = len(split.features[i])
-                logits[i] = (out.start_logits[j, :k].float().cpu(), out.end_logits[j, :k].float().cpu())
+            bs, be = infer.batch_char_probs([split.features[i] for i in idx], out.start_logits, out.end_logits, width)
+            starts.append(bs)
+            ends.append(be)
+            order += idx
     model.train()
-    preds = [infer.decode_span(r, f, s, e, settings.neutral_full_text)
-             for r, f, (s, e) in zip(split.rows, split.features, logits, strict=True)]
-    return _Eval(total / max(1, n), preds, _jaccard_metrics(split.rows, preds), logits)
+    ps, pe = infer.in_input_order(starts, order), infer.in_input_order(ends, order)
+    preds = infer.decode_spans(split.rows, ps, pe, post_processing(settings))
+    return _Eval(total / max(1, n), preds, _jaccard_metrics(split.rows, preds), (ps, pe))
 
 
 def _jaccard_metrics(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, float]:
@@ -296,8 +309,9 @@ def _validate(loop: _Loop, valid: _Split, step: int) -> None:
     loop.log({**result.metrics, "val_loss": result.loss}, step)
     if result.metrics["val_jaccard"] > loop.best.score:
         state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
-        candidates = [infer.top_k_spans(str(r["text"]), f, s, e, loop.settings.oof_top_k)
-                      for r, f, (s, e) in zip(valid.rows, valid.features, result.logits, strict=True)]
+        ps, pe = result.char_probs
+        candidates = [infer.top_k_char_spans(str(r["text"]), ps[i], pe[i], loop.settings.oof_top_k)
+                      for i, r in enumerate(valid.rows)]
         loop.best = _Best(result.metrics["val_jaccard"], step, state, result.preds, candidates)
 
 
@@ -306,8 +320,8 @@ def _new_loop(model: Any, settings: TrainSettings, pad_id: int, total: int, log:
 
     device = next(model.parameters()).device
     fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    optimizer = _optimizer(model, settings)
-    return _Loop(model, optimizer, _scheduler(optimizer, total, settings.warmup_ratio),
+    opt = optimizer(model, settings.lr, settings.weight_decay)
+    return _Loop(model, opt, scheduler(opt, total, settings.schedule, settings.warmup_ratio),
                  torch.amp.GradScaler("cuda", enabled=fp16), settings, pad_id, log, total)
 
 
@@ -476,6 +490,8 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     df = train_df if "fold" in train_df.columns else make_folds(train_df, settings.n_folds, settings.seed)
     tr_df, va_df = df[df["fold"] != fold], df[df["fold"] == fold]
+    if not settings.train_neutral:
+        tr_df = tr_df[tr_df["sentiment"] != "neutral"]
     if va_df.empty or tr_df.empty:
         raise ValueError(f"fold {fold}: {len(tr_df)} training and {len(va_df)} validation rows; need both")
     resume = checkpoint.load(Path(resume_from)) if resume_from is not None else None
@@ -492,6 +508,7 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
         model.load_state_dict(best.state)
         model.save_pretrained(str(model_dir))
         save_tokenizer(tokenizer, model_dir)
+        infer.write_infer_config(model_dir, post_processing(settings), settings.max_len)
         _write_oof(valid, best, oof_path)
     score, best_step = dist.broadcast((best.score, best.step))
     return FoldResult(model_dir, oof_path, score, best_step, loop.step, len(train.rows), len(valid.rows),
