@@ -71,8 +71,9 @@ def _run(stage: str, cmd: list[str], work: Path, env: dict[str, str], walls: dic
 
 def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
     from kaggleops.demo import DEMO_KEY, DEMO_USER
-    from kaggleops.emulator import Emulator
     from kaggleops.kernel_local import RUN_DIR
+
+    from kaggleops.emulator import Emulator
     from kaggleops.tasks import get_task
     from kaggleops.tasks.tse.metric import jaccard
 

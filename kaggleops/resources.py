@@ -40,6 +40,11 @@ def bundled_competition(slug: str) -> Path:
     return datasets_dir() / slug
 
 
+def bundled_competitions() -> list[str]:
+    """Slugs of the bundled competitions (folders with a ``competition.json`` seed)."""
+    return sorted(p.parent.name for p in datasets_dir().glob("*/competition.json"))
+
+
 def kernel_template(name: str) -> str:
     """The text of the kernel template ``name`` (e.g. ``inference_kernel.py.tmpl``)."""
     return (kernels_dir() / name).read_text(encoding="utf-8")

@@ -259,3 +259,12 @@ def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(p
     assert report["ok"] and report["rows"] == 60 and "submission.csv" in report["outputs"]
     staged = project["work"] / ".kops" / "kernels" / f"{SLUG}-inference" / ".run-local" / "input" / f"{SLUG}-code"
     assert list(staged.glob("kops-code-*.json")) and list(staged.glob("kops_task_code-*.whl"))
+
+
+def test_scores_and_leaderboard_use_the_task_metric(project: dict[str, Any], loop: dict[str, Any]) -> None:
+    out = subprocess.run([sys.executable, "-m", "kaggleops", "scores"], cwd=project["work"], capture_output=True,
+                         text=True, env=project["env"], timeout=600)
+    assert out.returncode == 0 and "Scores are the competition's rmse (lower is better)." in out.stderr, out.stderr
+    rows = kops(project["work"], project["env"], "leaderboard")
+    assert rows[0]["metric"] == "rmse" and rows[0]["higher_is_better"] is False
+    assert rows[0]["cv"] == pytest.approx(loop["trained"]["cv"])

@@ -253,3 +253,27 @@ def test_restore_uses_an_unpacked_folder_and_rejects_a_tampered_archive(tmp_path
     with pytest.raises(KernelFailure, match=r"tokenizer.zip of .*tampered holds tokenizer_config.json with another "
                                             r"sha256 than kops-manifest.json lists"):
         restore_model_dir(tampered, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("damage", ["weights", "missing", "zip"])
+def test_restore_checks_every_manifest_file_and_names_the_damage(tmp_path: Path, damage: str) -> None:
+    """Top-level files are checked too (not only archive members), and a broken zip is one kernel error."""
+    src = tiny_model_with_tokenizer_subfolder(tmp_path)
+    folder = stage_like_publish(src, tmp_path / "ds", "run3")
+    weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    expected = {
+        "weights": rf"{folder} holds {weights.name} with another sha256 than kops-manifest.json lists "
+                   r"\(\w{12}…\): the dataset is corrupt",
+        "missing": rf"{folder} lacks config.json, which kops-manifest.json lists: the dataset is incomplete",
+        "zip": rf"tokenizer.zip of {folder} cannot be unpacked \(.*\): the dataset is corrupt",
+    }[damage]
+    if damage == "weights":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "missing":
+        (folder / "config.json").unlink()
+    else:
+        (folder / "tokenizer.zip").write_bytes(b"not a zip")
+    with pytest.raises(KernelFailure, match=f"^{expected}$"):
+        restore_model_dir(folder, tmp_path / "scratch")

@@ -188,7 +188,183 @@ def test_run_local_names_a_kernel_folder_it_cannot_use(env: dict[str, Any], tmp_
                          cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == (f"kops: error: No kernel.py in {tmp_path}: not a kernel folder rendered by kops. "
-                                  "Render one with: kops push-kernel --run RUN_ID (it writes .kops/kernels/<slug>/).")
+                                  "Render one with: kops push-kernel --run RUN_ID --no-push "
+                                  "(it writes .kops/kernels/<slug>/).")
+
+
+# ---- render (--no-push) → run-local on the downloaded dataset versions ---------------------------------------
+
+RENDER_SLUG = "tse-render-only"
+DOWNLOAD_RPC = "datasets.DatasetApiService/DownloadDataset"
+
+
+def kops_cmd() -> list[str]:
+    """The installed `kops` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("kops")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "kaggleops"]
+
+
+def downloads_since(emulator_root: Path, mark: int) -> list[tuple[str, int | None]]:
+    """(owner/slug, version) of each whole-dataset download the emulator answered after line ``mark``."""
+    lines = (emulator_root / "requests.log").read_text().splitlines()[mark:]
+    out = []
+    for entry in map(json.loads, lines):
+        if entry.get("rpc") == DOWNLOAD_RPC and entry.get("status") == 302 and not entry["body"].get("fileName"):
+            body = entry["body"]
+            out.append((f"{body['ownerSlug']}/{body['datasetSlug']}", body.get("datasetVersionNumber")))
+    return out
+
+
+def log_mark(emulator_root: Path) -> int:
+    return len((emulator_root / "requests.log").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A never-pushed kernel: `kops push-kernel --no-push` (under its own kernel slug) for a run whose model keeps
+    its tokenizer in a `tokenizer/` sub-folder, which `kops publish` uploads as tokenizer.zip."""
+    import yaml
+
+    from kaggleops.adapters.tracking import Tracker
+
+    tmp = tmp_path_factory.mktemp("subdir-run")
+    env = {**os.environ, **loop["env"]}
+    saved = dict(os.environ)
+    os.environ.update(loop["env"])
+    try:
+        tracker = Tracker(loop["cfg"])
+        src = tracker.download(loop["trained"].runs[0].run_id, "model", tmp / "download")
+        model = tmp / "model"
+        (model / "tokenizer").mkdir(parents=True)
+        for path in sorted(src.iterdir()):
+            weights = path.name == "config.json" or path.suffix in (".safetensors", ".bin")
+            shutil.copyfile(path, model / path.name if weights else model / "tokenizer" / path.name)
+        run_id = tracker.start_run("fold-0-subdir", {"epochs": 1})
+        tracker.log_artifacts(run_id, model, "model")
+        tracker.end_run(run_id)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    workdir = loop["workdir"]
+    settings = yaml.safe_load((workdir / "kops.yaml").read_text())
+    settings.setdefault("kernel", {})["slug"] = RENDER_SLUG
+    (workdir / "kops-render.yaml").write_text(yaml.safe_dump(settings))
+    out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml",
+                          "--json"], cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {"result": json.loads(out.stdout), "run_id": run_id, "model": model, "env": env}
+
+
+def run_local_cli(loop: dict[str, Any], env: dict[str, str], folder: str, *extra: str) -> Any:
+    return subprocess.run([*kops_cmd(), "kernel", "run-local", folder, "--config", "kops-render.yaml", *extra],
+                          cwd=loop["workdir"], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
+        loop: dict[str, Any], rendered: dict[str, Any]) -> None:
+    result, run_id = rendered["result"], rendered["run_id"]
+    folder = Path(result["folder"])
+    assert folder == loop["workdir"] / ".kops" / "kernels" / RENDER_SLUG
+    assert result["kernel_version"] is None and result["status"] is None and result["published"] == [run_id]
+    assert {p.name for p in folder.iterdir()} == {"kernel.py", "kernel-metadata.json", "kops-kernel.json"}
+    plan = json.loads((folder / "kops-kernel.json").read_text())
+    dataset = plan["models"][0]["dataset"]
+    assert plan["models"] == [{"run_id": run_id, "dataset": dataset, "dataset_version": 1, "weight": 1.0}]
+    summary = loop["emulator"].state_summary()
+    assert f"kopsdemo/{RENDER_SLUG}" not in summary["kernels"]  # never pushed
+    assert [v["files"] for v in summary["datasets"][dataset]["versions"]] == [
+        ["config.json", "kops-manifest.json", "model.safetensors", "tokenizer.zip"]]
+    from kaggleops.adapters.tracking import Tracker
+
+    tags = Tracker(loop["cfg"]).get_run(run_id).data.tags
+    assert tags["kops.dataset"] == dataset and "kops.kernel" not in tags
+    again = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml"],
+                           cwd=loop["workdir"], capture_output=True, text=True, env=rendered["env"], timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[:2] == [
+        f"Rendered kopsdemo/{RENDER_SLUG} into {folder} (NOT pushed: no kernel version, no run tagged)",
+        f"next: kops kernel run-local {folder}   then: kops push-kernel with the same --run options"]
+    assert f"kopsdemo/{RENDER_SLUG}" not in loop["emulator"].state_summary()["kernels"]
+    out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--wait", "--config",
+                          "kops-render.yaml"], cwd=loop["workdir"], capture_output=True, text=True,
+                         env=rendered["env"], timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("kops: error: --no-push renders the kernel without pushing it: there is nothing to "
+                                  "--wait for or to --submit. Drop --no-push, or drop --wait/--submit.")
+
+
+def test_run_local_downloads_the_planned_versions_and_runs_the_kernels_own_unpacking(
+        loop: dict[str, Any], rendered: dict[str, Any], tmp_path: Path) -> None:
+    from kaggleops.kernel.runtime import main
+
+    folder = rendered["result"]["folder"]
+    plan = json.loads((Path(folder) / "kops-kernel.json").read_text())
+    emu_root = loop["workdir"].parent / "emu"
+    planned = {(plan["models"][0]["dataset"], 1), (plan["runtime"]["dataset"], plan["runtime"]["version"])}
+    shutil.rmtree(loop["workdir"] / ".kops" / "cache", ignore_errors=True)  # earlier run-locals cached the runtime
+    mark = log_mark(emu_root)
+    out = run_local_cli(loop, rendered["env"], folder, "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["rows"] == 200
+    assert report["read_only"] == ("bind mount + permissions" if report["isolation"] == "namespace+guard"
+                                   else "permissions")
+    assert set(downloads_since(emu_root, mark)) == planned  # exactly the plan's versions, through the client
+    slug = plan["models"][0]["dataset"].split("/")[1]
+    assert f"dataset {plan['models'][0]['dataset']}/1 → input/{slug} (downloaded)" in report["inputs"]
+    staged = Path(folder) / ".run-local" / "input" / slug
+    assert (staged / "tokenizer.zip").is_file() and not (staged / "tokenizer").exists()  # unpacked by the kernel
+    assert "restore datasets" in report["timings"]
+    # The submission equals the runtime's on the MLflow artifact as logged (tokenizer/ a plain folder).
+    inp = tmp_path / "input"
+    shutil.copytree(Path(folder) / ".run-local" / "input" / plan["competition"], inp / plan["competition"])
+    shutil.copytree(rendered["model"], inp / "raw")
+    (inp / "raw" / "kops-manifest.json").write_text(json.dumps({"run_id": rendered["run_id"]}))
+    (tmp_path / "working").mkdir()
+    main(plan, inp, tmp_path / "working")
+    assert (Path(folder) / ".run-local" / "working" / "submission.csv").read_bytes() == \
+        (tmp_path / "working" / "submission.csv").read_bytes()
+    again = run_local_cli(loop, rendered["env"], folder, "--json")  # versions are immutable: served from the cache
+    assert again.returncode == 0 and len(downloads_since(emu_root, mark)) == len(planned)  # no new download
+    assert f"dataset {plan['models'][0]['dataset']}/1 → input/{slug} (cached)" in json.loads(again.stdout)["inputs"]
+
+
+def test_run_local_fails_with_the_kernels_own_error_on_a_corrupt_published_file(
+        loop: dict[str, Any], rendered: dict[str, Any]) -> None:
+    import zipfile
+
+    folder = rendered["result"]["folder"]
+    dataset = json.loads((Path(folder) / "kops-kernel.json").read_text())["models"][0]["dataset"]
+    owner, slug = dataset.split("/")
+    emu_root = loop["workdir"].parent / "emu"
+    stored = emu_root / "datasets" / owner / slug / "1" / "tokenizer.zip"
+    original = stored.read_bytes()
+
+    def forget_downloads() -> None:
+        shutil.rmtree(emu_root / "zips" / "datasets" / owner / slug, ignore_errors=True)  # the emulator's zip
+        shutil.rmtree(loop["workdir"] / ".kops" / "cache", ignore_errors=True)
+
+    with zipfile.ZipFile(stored) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    members["tokenizer_config.json"] = members["tokenizer_config.json"].replace(b"}", b', "x": 1}', 1)
+    stored.unlink()  # it may be a hard link to the uploaded blob
+    with zipfile.ZipFile(stored, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    forget_downloads()
+    try:
+        out = run_local_cli(loop, rendered["env"], folder)
+    finally:
+        stored.unlink()
+        stored.write_bytes(original)
+        forget_downloads()
+    assert out.returncode == 1
+    error = out.stderr.strip().splitlines()[-1]
+    staged = Path(folder).resolve() / ".run-local" / "input" / slug
+    assert error.startswith(f"kops: error: run-local: the kernel in {folder} would fail on Kaggle: tokenizer.zip of "
+                            f"{staged} holds tokenizer_config.json with another sha256 than kops-manifest.json lists")
+    assert error.endswith(f"the dataset is corrupt Fix it, then run: kops kernel run-local {folder}")
+    assert f"  input: dataset {dataset}/1 → input/{slug} (downloaded)" in out.stdout
 
 
 @pytest.mark.slow
@@ -235,3 +411,36 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     assert "--- kernel log (last lines) ---" in out.stderr
     assert f"missing input: no attached dataset carries the weights of run {f1}" in out.stderr
     assert "kops: error: Kernel kopsdemo/tse-demo-inference/" in out.stderr and "ended with ERROR" in out.stderr
+
+
+def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_push_uses(
+        env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path) -> None:
+    """A run's weights replaced after publishing: corrupt → push-kernel refuses before any upload; fixed (other
+    bytes, same tensors) → push-kernel publishes them as version 2 of the run's dataset and the kernel uses it."""
+    from safetensors.torch import load_file, save_file
+
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.errors import DataError
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
+
+    tracker = Tracker(env["cfg"])
+    run_id = pushed["result"].run_ids[0]
+    before = tracker.get_run(run_id).data.tags
+    model = tracker.download(run_id, "model", tmp_path / "dl")
+    good = load_file(str(model / "model.safetensors"))
+    fix = tmp_path / "fix"
+    fix.mkdir()
+    (fix / "model.safetensors").write_bytes(b"not a safetensors file" * 50)
+    tracker.log_artifact(run_id, fix / "model.safetensors", "model")
+    with pytest.raises(DataError, match=rf"^Run {run_id}: model/model.safetensors does not load \("):
+        push_kernel(env["cfg"], [run_id], options=KernelOptions())
+    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == before["kops.dataset.version"] == "1"
+
+    save_file(good, str(fix / "model.safetensors"), metadata={"format": "pt", "fixed": "yes"})
+    tracker.log_artifact(run_id, fix / "model.safetensors", "model")
+    result = push_kernel(env["cfg"], [run_id], options=KernelOptions())
+    assert result.published == [run_id]
+    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == "2"
+    plan = json.loads((result.folder / "kops-kernel.json").read_text())
+    assert [(m["run_id"], m["dataset"], m["dataset_version"]) for m in plan["models"]] == [
+        (run_id, before["kops.dataset"], 2)]

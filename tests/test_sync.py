@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,30 +38,16 @@ EXPERIMENT = "tse-sync"
 POINTS = 150
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def emulator_host() -> Iterator[str]:
     """A real gcp-storage-emulator process on 127.0.0.1 (in memory), shared by this module."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from kaggleops.emulator.stack import start_gcs
+
+    gcs = start_gcs()
     try:
-        for _ in range(300):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, "gcp-storage-emulator exited at start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield gcs.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        gcs.stop()
 
 
 @pytest.fixture
@@ -110,6 +94,18 @@ def history(tracker: Tracker, run_id: str) -> dict[str, list[tuple[int, int, flo
 def imported(tracker: Tracker) -> dict[str, Any]:
     runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
     return {r.data.tags[TAG_ORIGIN_RUN]: r for r in runs if TAG_ORIGIN_RUN in r.data.tags}
+
+
+def stored_run(store: ObjectStore, machine_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, set[tuple]]]:
+    """A pushed run as the bucket holds it: its meta.json, and the union of its metric chunks."""
+    import json
+
+    meta = json.loads(store.get_bytes(f"runs/{machine_id}/{run_id}/meta.json"))
+    metrics: dict[str, set[tuple]] = {}
+    for name in meta["chunks"]:
+        for key, points in json.loads(store.get_bytes(f"runs/{machine_id}/{run_id}/{name}"))["metrics"].items():
+            metrics.setdefault(key, set()).update(tuple(p) for p in points)
+    return meta, metrics
 
 
 class CountingStore:
@@ -196,7 +192,10 @@ def test_unchanged_push_uploads_zero_bytes_and_a_grown_run_is_updated(tmp_path: 
     ta.set_tags(growing, {"kops.note": "resumed"})
     ta.end_run(growing)
     third = push(a, store=store)
-    assert third.uploaded == [growing] and store.uploads == 1
+    # only the run that changed is read, and it uploads only its 2 x 10 new points (one chunk) and its meta.json
+    assert third.uploaded == [growing] and third.points_uploaded == 2 * 10 and store.uploads == 2
+    keys = sorted(o.key for o in open_store(bucket).list(f"runs/{third.machine}/{growing}/"))
+    assert [k.rsplit("/", 1)[1][:8] for k in keys] == ["m-000001", "m-000002", "meta.jso"]
 
     grown = pull(c)
     local_id = imported(tc)[growing].info.run_id
@@ -317,7 +316,6 @@ def test_cli_push_and_status(tmp_path: Path, bucket: str) -> None:
 @pytest.mark.slow
 def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) -> None:
     """`kops train` with `storage.sync_minutes`: the hook pushes during training and once more at the end."""
-    import json
 
     from kaggleops.stages.train import train
 
@@ -330,12 +328,12 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
     assert set(rows) == {result.parent_run_id, *(r.run_id for r in result.runs)}
     machine_id = rows[run_id]["machine"]
     assert machine_id in (tmp_path / "a" / ".kops" / "machine-id").read_text()
-    bundle = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(f"runs/{machine_id}/{run_id}.json"))
+    store = open_store(str(tmp_path / "bucket"))
+    bundle, metrics = stored_run(store, machine_id, run_id)
     assert bundle["run"]["status"] == "FINISHED" and bundle["params"]["epochs"] == "1"
-    assert len(bundle["metrics"]["train_loss"]) > 1
-    parent = json.loads(open_store(str(tmp_path / "bucket")).get_bytes(
-        f"runs/{machine_id}/{result.parent_run_id}.json"))
-    assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent["metrics"]  # the end is in the bucket
+    assert len(metrics["train_loss"]) > 1 and len(bundle["chunks"]) == rows[run_id]["chunks"] >= 1
+    parent, parent_metrics = stored_run(store, machine_id, result.parent_run_id)
+    assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent_metrics  # the end is in the bucket
 
 
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
@@ -370,7 +368,9 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pyte
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "roberta"}')
-    (model / "model.safetensors").write_bytes(b"\x00" * 512)
+    from safetensors.numpy import save
+
+    (model / "model.safetensors").write_bytes(save({"w": __import__("numpy").zeros(512, "uint8")}))
     ta.log_artifacts(origin, model, "model")
     push(a)
     local_id = pull(c).created[0]
@@ -391,3 +391,79 @@ def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
     push(a)
     assert len(pull_if_configured(c).created) == 1          # what `kops ui` does before starting the server
     assert pull_if_configured(machine(tmp_path, None, "nobucket")) is None
+
+
+def test_push_reads_only_changed_runs_and_pull_imports_in_bulk(tmp_path: Path, bucket: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unchanged re-push reads no metric history; a grown run's history alone is read. A pull stores a new run's
+    points, params and tags in ceil(entities / 1000) log_batch calls and reports progress per run."""
+    from mlflow.tracking import MlflowClient
+
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    ta = Tracker(a)
+    runs = [log_run(ta, f"r{i}", points=600) for i in range(3)]  # 2 keys x 600 points each
+    reads: list[str] = []
+    real_history = Tracker.metric_history
+    monkeypatch.setattr(Tracker, "metric_history", lambda self, run_id, key: (
+        reads.append(run_id), real_history(self, run_id, key))[1])
+    push(a)
+    assert sorted(set(reads)) == sorted(runs)
+    reads.clear()
+    assert push(a).unchanged == 3 and reads == []
+    ta.set_tags(runs[1], {"kops.note": "looked at"})  # a tag alone: its meta is re-sent, no new points
+    second = push(a)
+    assert second.uploaded == [runs[1]] and second.points_uploaded == 0 and set(reads) == {runs[1]}
+
+    calls: list[int] = []
+    real_batch = MlflowClient.log_batch
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, run_id, metrics=(), params=(), tags=(), **kw: (
+        calls.append(len(metrics) + len(params) + len(tags)), real_batch(self, run_id, metrics, params, tags, **kw))[1])
+    seen: list[tuple[int, int]] = []
+    pulled = pull(c, progress=lambda done, total: seen.append((done, total)))
+    assert len(pulled.created) == 3 and pulled.points_added == 3 * 1200
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # per run: 1,200 points + 2 params in 2 calls (1,000 + 202), then one call for the origin tags
+    assert len(calls) == 3 * 3 and max(calls) == 1000
+    tc = Tracker(c)
+    assert history(tc, imported(tc)[runs[0]].info.run_id) == history(ta, runs[0])
+
+
+def test_lost_push_state_and_first_format_bundles(tmp_path: Path, bucket: str) -> None:
+    """Without .kops/sync-state.json a push sends a run's history again as one more chunk and the pull adds no
+    duplicate point; a first-format bundle (runs/<machine>/<run>.json) is still pulled, and once the same run also
+    has a meta.json, pulls neither duplicate nor flip-flop."""
+    import json
+
+    from kaggleops.stages.sync import STATE_FILE, encode
+
+    a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
+    ta, tc = Tracker(a), Tracker(c)
+    run_id = log_run(ta, "fold-0", points=30, finish=False)
+    me = push(a).machine
+    # the same run as the previous kops version pushed it: one bundle with the whole history
+    run = ta.client.get_run(run_id)
+    old = {"format": "kops.run-bundle/1", "origin": {"machine": me, "run_id": run_id, "experiment": EXPERIMENT},
+           "run": {"name": run.info.run_name, "status": run.info.status, "start_time": run.info.start_time,
+                   "end_time": run.info.end_time, "artifact_uri": run.info.artifact_uri},
+           "params": run.data.params, "tags": run.data.tags,
+           "metrics": {k: [list(p) for p in v] for k, v in history(ta, run_id).items()}}
+    other = log_run(Tracker(machine(tmp_path, bucket, "b")), "only-old", points=5)
+    store = open_store(bucket)
+    store.put_bytes(f"runs/{me}/{run_id}.json", encode(old))
+    store.put_bytes(f"runs/old-machine/{other}.json", encode({**old, "origin": {**old["origin"], "run_id": other},
+                                                                 "tags": {}, "metrics": {"m": [[0, 1, 0.5]]}}))
+    first = pull(c)
+    assert len(first.created) == 2 and imported(tc)[other].data.metrics == {"m": 0.5}
+    assert history(tc, imported(tc)[run_id].info.run_id) == history(ta, run_id)
+
+    (tmp_path / "a" / STATE_FILE).unlink()
+    add_points(ta, run_id, 30, 5)
+    again = push(a)
+    assert again.uploaded == [run_id] and again.points_uploaded == 2 * 35  # the whole history once more
+    meta = json.loads(store.get_bytes(f"runs/{me}/{run_id}/meta.json"))
+    assert [n[:8] for n in meta["chunks"]] == ["m-000002"]  # m-000001 is kept, unlisted: a subset of m-000002
+    grown = pull(c)
+    assert grown.updated == [imported(tc)[run_id].info.run_id] and grown.points_added == 2 * 5
+    assert history(tc, imported(tc)[run_id].info.run_id) == history(ta, run_id)
+    assert (pull(c).updated, pull(c).created) == ([], [])
+    assert len(tc.client.search_runs([tc.experiment_id], max_results=100)) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -24,9 +25,9 @@ from kaggleops import __version__
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.errors import RunIdAmbiguous, RunNotFound, TrackingUnavailable
 from kaggleops.refs import RunRef
-from kaggleops.schema import ARTIFACT_GIT_DIFF, TAG_LIB_PREFIX, TAG_VERSION
+from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
 # tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
 from kaggleops.schema import (
@@ -80,7 +81,10 @@ if TYPE_CHECKING:
 
     from kaggleops.config import KopsConfig
 
+MIN_PREFIX = 6  # the shortest run-id prefix a command accepts
 METRIC_BATCH = 500
+BATCH_ENTITIES, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+SEARCH_PAGE = 50_000
 FLUSH_INTERVAL_S = 5.0
 CLOSE_RETRIES = 3
 
@@ -139,12 +143,23 @@ class Tracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            name = self.cfg.experiment_name
-            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
-            self._experiment_id = exp.experiment_id if exp else self._call(
-                f"Creating experiment {name}", self.client.create_experiment, name,
-                artifact_location=self.cfg.resolved_artifact_location)
+            self._experiment_id = self._get_or_create(self.cfg.experiment_name)
         return self._experiment_id
+
+    def _get_or_create(self, name: str) -> str:
+        """The experiment's id; created when missing (another process creating it first is fine: many trainers
+        start at once against one server)."""
+        exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+        if exp:
+            return str(exp.experiment_id)
+        try:
+            return str(self._call(f"Creating experiment {name}", self.client.create_experiment, name,
+                                  artifact_location=self.cfg.resolved_artifact_location))
+        except TrackingUnavailable:
+            exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def set_experiment_tag(self, key: str, value: str) -> None:
         self._call(f"Tagging experiment {self.cfg.experiment_name}", self.client.set_experiment_tag,
@@ -220,6 +235,15 @@ class Tracker:
         self._call(f"Tagging run {run_id}", self.client.log_batch, run_id,
                    tags=[RunTag(k, str(v)) for k, v in tags.items()], run_id=run_id)
 
+    def log_data_input(self, run_id: str, name: str, digest: str, source: str, source_type: str = "local",
+                       profile: str | None = None, context: str = "training") -> None:
+        """Record the data a run used as an MLflow dataset input (``mlflow.log_input``; the UI's Datasets)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type=source_type,
+                          source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])])
+
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
                    artifact_path, run_id=run_id)
@@ -258,7 +282,28 @@ class Tracker:
                 hits = self.client.search_runs(ids, query, max_results=1) if ids else []
             if hits:
                 return hits[0].info.run_id
+        elif re.fullmatch(rf"[0-9a-f]{{{MIN_PREFIX},31}}", run_id):
+            return self._by_prefix(run_id)
         raise RunNotFound(run_id, self.uri)
+
+    def _by_prefix(self, prefix: str) -> str:
+        """The one run whose id starts with ``prefix``; RunNotFound for none, ConfigError listing them for several."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        found, token = [], None
+        while ids:
+            page = self.client.search_runs(ids, "", run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+            token = page.token
+            if not token:
+                break
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise RunNotFound(prefix, self.uri)
+        raise RunIdAmbiguous(f"Run id prefix {prefix} matches {len(found)} runs: {', '.join(sorted(found)[:5])}"
+                             f"{' …' if len(found) > 5 else ''}.", "Give more characters of the id.")
 
     def _origin_artifacts(self, run_id: str) -> str | None:
         """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""
@@ -299,6 +344,86 @@ def _is_run_id(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): cheap listings, histories, bulk import ----------
+
+    def experiment_ids(self, all_experiments: bool = False) -> list[str]:
+        """This experiment's id, or every experiment's with ``all_experiments``."""
+        if not all_experiments:
+            return [self.experiment_id]
+        return [e.experiment_id for e in self.client.search_experiments()]
+
+    def all_runs(self, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+        """Every run of the experiments (paged): info, params, tags and latest metrics, no metric history."""
+        runs: list[Run] = []
+        token = None
+        while experiment_ids:
+            page = self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return str(self.client.get_experiment(experiment_id).name)
+
+    def experiment_for(self, name: str) -> str:
+        """The id of experiment ``name`` (created with the configured artifact location when missing)."""
+        return self.experiment_id if name == self.cfg.experiment_name else self._get_or_create(name)
+
+    def exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    @staticmethod
+    def latest_points(run: Run) -> dict[str, tuple[int, int, float]]:
+        """Each metric's latest point (step, timestamp, value), as the store keeps it beside the run (no history)."""
+        return {m.key: (m.step, m.timestamp, m.value) for m in run.data._metric_objs}
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
+        """Every stored point of one metric: (step, timestamp, value)."""
+        return [(m.step, m.timestamp, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def create_imported_run(self, experiment_id: str, name: str | None, start_time: int | None,
+                            tags: dict[str, str]) -> str:
+        """A run with the given start time and tags (what `kops sync pull` creates for another machine's run)."""
+        return str(self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name).info.run_id)
+
+    def log_bulk(self, run_id: str, points: Iterable[tuple[str, int, int, float]] = (),
+                 params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> int:
+        """Metric points (key, step, timestamp, value), params and tags in as few ``log_batch`` calls as MLflow
+        allows (1,000 entities a call, of them at most 100 params and 100 tags). ``on_batch(n)`` after each call
+        with the number of metric points it stored. Returns the number of metric points sent."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(k, v, ts, step) for k, step, ts, v in points]
+        param_items = [Param(k, str(v)) for k, v in (params or {}).items()]
+        tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        total = len(metrics)
+        while metrics or param_items or tag_items:
+            p, param_items = param_items[:BATCH_PARAMS], param_items[BATCH_PARAMS:]
+            t, tag_items = tag_items[:BATCH_TAGS], tag_items[BATCH_TAGS:]
+            room = BATCH_ENTITIES - len(p) - len(t)
+            m, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+            if on_batch is not None:
+                on_batch(len(m))
+        return total
+
+    def set_status(self, run_id: str, status: str, end_time: int | None) -> None:
+        """Set a run's status (and end time for a finished/failed/killed one), e.g. to mirror an imported run."""
+        if status in ("FINISHED", "FAILED", "KILLED"):
+            self.client.set_terminated(run_id, status, end_time)
+        else:
+            self.client.update_run(run_id, status=status)
 
 
 def _artifact_repo(uri: str) -> Any:

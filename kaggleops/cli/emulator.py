@@ -14,7 +14,7 @@ from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
-emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
+emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=False)
 app.add_typer(emulator_app, name="emulator")
 
 
@@ -40,23 +40,33 @@ def start(
     processing_s: float = typer.Option(3.0, "--dataset-processing-s",
                                        help="Seconds a new dataset version stays processing before READY."),
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
+    input_layout: str = typer.Option("current", "--input-layout", help="Kernel inputs as Kaggle mounts them now "
+                                     "(current: competitions/, datasets/<owner>/, models/<owner>/) or legacy "
+                                     "(<slug>/)."),
+    isolation: str = typer.Option("namespace", help="Kernel sessions: namespace (read-only inputs, no network; "
+                                                    "where unshare works, else guard) or guard (socket guard)."),
+    competition: list[str] = typer.Option(None, "--competition", help="A bundled competition to serve, e.g. "
+                                          "digit-recognizer, or a folder with a competition.json (repeatable; "
+                                          "default: the ones kept in --root, else the default competition)."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
-    """Serve the built-in task's sample competition on 127.0.0.1 until Ctrl-C."""
+    """Serve bundled sample competitions on 127.0.0.1 until Ctrl-C (a --root keeps them across restarts)."""
     from kaggleops.emulator import Emulator
     from kaggleops.emulator.seeding import seed_competition
-    from kaggleops.tasks import get_task
 
     faults = parse_faults(fault or [])
     folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))
     emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
-                        daily_submission_limit=daily_limit, persist=root is not None)
-    seed_competition(emulator, get_task(COMPETITION), COMPETITION)
+                        daily_submission_limit=daily_limit, persist=root is not None, input_layout=input_layout,
+                        isolation=isolation)
+    for slug in competition or ([] if emulator.store.competitions else [COMPETITION]):
+        seed_competition(emulator, slug)
+    served = sorted(emulator.store.competitions)
     for method, status in faults:
         emulator.inject_fault(method, status)
     url = emulator.start(host="127.0.0.1", port=port)
     env = {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}
-    data = {"url": url, "competition": COMPETITION, "root": str(folder), "env": env,
+    data = {"url": url, "competition": served[0], "competitions": served, "root": str(folder), "env": env,
             "faults": [f"{m}={s}" for m, s in faults]}
     if as_json:
         import json
@@ -64,7 +74,7 @@ def start(
         typer.echo(json.dumps(data), nl=True)
     else:
         emit(data, False, "\n".join(f"export {k}={v}" for k, v in env.items()))
-    hint(f"Kaggle emulator on {url} (competition {COMPETITION}, state in {folder}); Ctrl-C stops it.")
+    hint(f"Kaggle emulator on {url} (competitions {', '.join(served)}, state in {folder}); Ctrl-C stops it.")
     try:
         while True:
             time.sleep(3600)

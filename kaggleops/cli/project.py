@@ -39,7 +39,7 @@ def init(
         skeleton.write_text(source)
         task = f"{rel}:{cls}"
     path.write_text(render_template(competition=competition, owner=owner, task=task))
-    written = [path, *([skeleton] if skeleton else []),
+    written = [path, *_gitignore(Path.cwd()), *([skeleton] if skeleton else []),
                *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
     lines = [f"Wrote {p}" for p in written]
     if skeleton:
@@ -48,17 +48,34 @@ def init(
     emit({"config": str(path), "files": [str(p) for p in written], "task": task}, as_json, "\n".join(lines))
 
 
+GITIGNORED = ("mlflow.db", "mlartifacts/", ".kops/")  # what kops writes into the project folder
+
+
+def _gitignore(folder: Path) -> list[Path]:
+    """Add what kops writes (tracking store, artifacts, staging) to ``folder/.gitignore``; [] when all are there."""
+    path = folder / ".gitignore"
+    text = path.read_text() if path.is_file() else ""
+    missing = [p for p in GITIGNORED if p not in text.splitlines()]
+    if not missing:
+        return []
+    head = text if not text or text.endswith("\n") else text + "\n"
+    path.write_text(head + "# kops: tracking store, artifacts, staging\n" + "\n".join(missing) + "\n")
+    return [path]
+
+
 @app.command()
 def demo(
     workdir: Path = typer.Option(None, help="Fresh folder to work in (default: a new temporary folder)."),
-    epochs: int = typer.Option(6, min=1, help="Training epochs."),
+    epochs: int = typer.Option(None, min=1, help="Training epochs (default: the task's own)."),
     fold: list[int] = typer.Option([0], help="Fold(s) to train (of 5)."),
+    competition: str = typer.Option(None, help="A bundled competition, e.g. digit-recognizer (default: the "
+                                               "default competition)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop offline: emulator → train → publish → push-kernel → submit → scores."""
-    from kaggleops.stages.demo import run_demo
+    from kaggleops.stages.demo import COMPETITION, run_demo
 
-    summary = run_demo(workdir, epochs=epochs, folds=fold, echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
+    summary = run_demo(workdir, epochs=epochs, folds=fold, competition=competition or COMPETITION,
+                       echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
-    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && "
-                           f"mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && kops ui")

@@ -3,7 +3,8 @@
 Usage (in-process, what the tests do)::
 
     emu = Emulator(tmp_path / "emu")
-    emu.add_competition("tiny", {"test.csv": path}, solution, "id", "label", accuracy)
+    emu.add_competition("tiny", {"test.csv": path}, solution, "id", "label", "accuracy")
+    emu.seed_folder(bundled_competition("digit-recognizer"))   # a folder with competition.json (seed.py)
     url = emu.start()                      # "http://127.0.0.1:PORT"
     # KAGGLE_API_ENVIRONMENT=LOCALHOST before `import kaggle`, then:
     import kagglesdk.kaggle_env as ke
@@ -18,20 +19,25 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig
+from .metrics import METRICS, get_metric
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
-from .runner import KernelRunner
+from .rpc_models import ModelService
+from .runner import KAGGLE_ROOT, MAX_OUTPUT_BYTES, KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
+from .seed import KINDS, CompetitionSeed, SeedError, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server
 from .state import Competition, Store, load_state, save_state
 
-__all__ = ["ApiError", "Emulator", "Metric", "SubmissionInvalid", "format_score", "split_solution"]
+__all__ = ["METRICS", "ApiError", "CompetitionSeed", "Emulator", "Metric", "SeedError", "SubmissionInvalid",
+           "format_score", "read_seed", "split_solution"]
+SEEDS = "seeds"
 
 
 class Emulator:
@@ -40,7 +46,9 @@ class Emulator:
     def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
                  kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
-                 users: dict[str, str] | None = None, persist: bool = False) -> None:
+                 users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current",
+                 isolation: str = "namespace", kaggle_root: Path | None = KAGGLE_ROOT,
+                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -53,19 +61,33 @@ class Emulator:
             tokens: bearer access tokens accepted, mapped to the username they authenticate.
             users: extra ``{username: key}`` pairs accepted besides ``username``/``key``.
             persist: keep datasets, kernels, submissions and uploads in ``root/state.pickle`` across restarts
-                (so a user can dry-run a competition week); competitions are seeded again on each start.
+                (so a user can dry-run a competition week); competitions seeded with a named metric come back
+                from ``root/seeds/``.
+            input_layout: how kernels see their inputs under ``/kaggle/input``: ``current`` (Kaggle today:
+                ``competitions/<slug>/``, ``datasets/<owner>/<slug>/``, ``models/<owner>/<model>/<framework>/
+                <variation>/<version>/``) or ``legacy`` (``<slug>/`` for each).
+            isolation: ``namespace`` (default; a user + mount + network namespace where ``unshare`` works, else
+                ``guard``) or ``guard`` (socket guard, permission bits): see ``runner.py``.
+            kaggle_root: where sessions see ``input/`` and ``working/`` when namespaces work and the folder
+                exists (default ``/kaggle``); elsewhere they are found through ``KOPS_KAGGLE_INPUT``/``_WORKING``.
+            max_output_bytes: a session leaving more than this in ``working/`` ends as ERROR (Kaggle: 20 GiB).
         """
+        if input_layout not in ("current", "legacy"):
+            raise ValueError(f"input_layout must be 'current' or 'legacy', not {input_layout!r}")
+        if isolation not in ("namespace", "guard"):
+            raise ValueError(f"isolation must be 'namespace' or 'guard', not {isolation!r}")
         self.root = Path(root)
         self.username = username
         self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
                                      score_delay_polls=int(score_delay_polls),
                                      daily_submission_limit=int(daily_submission_limit),
-                                     dataset_processing_s=float(dataset_processing_s))
+                                     dataset_processing_s=float(dataset_processing_s), input_layout=input_layout)
         self.store = Store(self.root)
-        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s)
+        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s, isolation=isolation,
+                                   kaggle_root=kaggle_root, max_output_bytes=max_output_bytes)
         services = (DatasetService(self.store, self.config),
                     KernelService(self.store, self.config, self.runner),
-                    CompetitionService(self.store, self.config))
+                    CompetitionService(self.store, self.config), ModelService(self.store, self.config))
         routes: dict[str, Handler] = {}
         for service in services:
             routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})
@@ -74,6 +96,7 @@ class Emulator:
         self.persist = persist
         if persist:
             load_state(self.store)
+            self._restore_seeds()
             self.api.on_change = lambda: save_state(self.store)
         self.url = ""
         self._server: Any = None
@@ -82,29 +105,75 @@ class Emulator:
     # ---- seeding -------------------------------------------------------------------------------
 
     def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
-                        target_column: str, metric: Callable[[list[str], list[str]], float],
-                        output_file: str = "submission.csv") -> None:
+                        target_column: str | Sequence[str], metric: Metric | str,
+                        output_file: str = "submission.csv", kind: str = "file",
+                        rules_accepted_by: tuple[str, ...] | None = None) -> None:
         """Seed a competition.
 
         Args:
             slug: competition slug (the kernel input folder is ``input/<slug>/``).
             files: public data files, ``{name in the competition: local path}``; copied into the root.
-            solution: rows with at least ``id_column`` and ``target_column``; even positions are public.
-            id_column, target_column: the submission columns that are matched and scored.
-            metric: ``metric(truths, preds) -> float`` over string lists aligned by id.
+            solution: rows with at least ``id_column`` and the target column(s); even positions are public.
+            id_column, target_column: the submission columns that are matched and scored (one name or several).
+            metric: a name from ``metrics.METRICS`` ("accuracy", "rmse", ...) or ``metric(truths, preds) -> float``
+                over values aligned by id (strings; tuples of strings with several target columns).
             output_file: default file name for code submissions (and uploads without a name).
+            rules_accepted_by: users who have accepted the competition's rules (default: the emulator's user);
+                anyone else gets 403 on downloading its files or submitting, as on Kaggle.
+            kind: "file" (CSV uploads and notebook outputs) or "code" (notebook outputs only).
         """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        info = get_metric(metric) if isinstance(metric, str) else None
+        targets = (target_column,) if isinstance(target_column, str) else tuple(target_column)
         base = self.store.dir("competitions", slug)
         copied = {}
         for name, src in files.items():
             target = base / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
+            if Path(src).resolve() != target.resolve():
+                shutil.copyfile(src, target)
             copied[name] = target
         rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in solution]
-        spec = CompetitionSpec(solution=rows, id_column=id_column, target_column=target_column, metric=metric)
+        spec = CompetitionSpec(solution=rows, id_column=id_column, target_columns=targets,
+                               metric=info.fn if info else metric,  # type: ignore[arg-type]
+                               higher_is_better=info.higher_is_better if info else True)
         with self.store.lock:
-            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file)
+            accepted = {self.username} if rules_accepted_by is None else set(rules_accepted_by)
+            self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file,
+                                                        kind=kind, rules_accepted=accepted)
+
+    def accept_rules(self, slug: str, user: str | None = None) -> None:
+        """Record that ``user`` (default: the emulator's user) accepted the competition's rules."""
+        with self.store.lock:
+            self.store.competition(slug).rules_accepted.add(user or self.username)
+
+    def seed_folder(self, folder: Path, slug: str | None = None) -> CompetitionSeed:
+        """Seed the competition in ``folder`` (Kaggle's files + ``competition.json``, see ``seed.py``).
+
+        A copy of the seed is kept under ``root/seeds/<slug>/`` so a persistent emulator restarts with it.
+        Raises ``SeedError`` naming the file and key when the folder is unusable.
+        """
+        folder = Path(folder)
+        seed = read_seed(folder, slug)
+        solution = read_solution(folder, seed)
+        self.add_competition(seed.slug, {name: folder / name for name in seed.files}, solution, seed.id_column,
+                             seed.target_columns, seed.metric, seed.output_file, seed.kind)
+        kept = self.root / SEEDS / seed.slug
+        if kept.resolve() != folder.resolve():
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in (*seed.files, seed.solution):
+                shutil.copyfile(folder / name, kept / name)
+            write_seed(kept, seed)
+        return seed
+
+    def _restore_seeds(self) -> None:
+        for kept in sorted((self.root / SEEDS).glob("*/competition.json")):
+            self.seed_folder(kept.parent)
+
+    def competition_rows(self, slug: str) -> int:
+        """How many hidden solution rows competition ``slug`` has."""
+        return len(self.store.competition(slug).spec.solution)
 
     def expected_scores(self, slug: str, submission_rows: list[dict]) -> tuple[str, str]:
         """The (publicScore, privateScore) strings the emulator would give these submission rows.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,11 +12,23 @@ from .state import Competition, Store, Submission
 
 Body = dict[str, Any]
 
-_SORT_KEYS = {
-    "SUBMISSION_SORT_BY_NAME": (lambda s: s.file_name, False),
-    "SUBMISSION_SORT_BY_PUBLIC_SCORE": (lambda s: float(s.public_score or "-inf"), True),
-    "SUBMISSION_SORT_BY_PRIVATE_SCORE": (lambda s: float(s.private_score or "-inf"), True),
-}
+_SCORE_SORTS = {"SUBMISSION_SORT_BY_PUBLIC_SCORE": "public_score", "SUBMISSION_SORT_BY_PRIVATE_SCORE": "private_score"}
+
+
+def _sort_key(sort_by: str, higher_is_better: bool) -> Callable[[Submission], tuple] | None:
+    """Best score first (highest, or lowest for a lower-is-better metric), unscored last; or by file name."""
+    if sort_by == "SUBMISSION_SORT_BY_NAME":
+        return lambda s: (s.file_name,)
+    attr = _SCORE_SORTS.get(sort_by)
+    if attr is None:
+        return None
+    sign = -1.0 if higher_is_better else 1.0
+
+    def key(sub: Submission) -> tuple:
+        value = getattr(sub, attr)
+        return (1, 0.0) if not value else (0, sign * float(value))
+
+    return key
 
 
 class CompetitionService:
@@ -50,18 +63,26 @@ class CompetitionService:
         return {"files": page, "nextPageToken": nxt}
 
     def download_data_file(self, ctx: RpcContext, body: Body) -> Redirect:
-        """302 to one competition file."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        """302 to one competition file (403 until the caller accepted the rules)."""
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         name = str(body.get("fileName", ""))
         if name not in comp.files:
             raise ApiError(404, f"File {name!r} not found in competition {comp.slug}")
         return Redirect(f"{ctx.base_url}/files/competitions/{comp.slug}/{name}")
 
     def download_data_files(self, ctx: RpcContext, body: Body) -> Redirect:
-        """302 to a zip of all competition files (the client saves it as ``<slug>.zip``)."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        """302 to a zip of all competition files (the client saves it as ``<slug>.zip``); 403 without the rules."""
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         self.store.zip_of(dict(comp.files), "competitions", comp.slug, f"{comp.slug}.zip")
         return Redirect(f"{ctx.base_url}/files/zips/competitions/{comp.slug}/{comp.slug}.zip")
+
+    def _accepted(self, ctx: RpcContext, slug: str) -> Competition:
+        """The competition, or 403 as Kaggle answers a user who has not accepted its rules."""
+        comp = self.store.competition(slug)
+        if ctx.user not in comp.rules_accepted:
+            raise ApiError(403, f"You must accept this competition's rules before you can use its data or submit: "
+                                f"{ctx.base_url}/competitions/{comp.slug}/rules")
+        return comp
 
     def list_competitions(self, ctx: RpcContext, body: Body) -> Body:
         """Every seeded competition."""
@@ -82,7 +103,10 @@ class CompetitionService:
 
     def create_submission(self, ctx: RpcContext, body: Body) -> Body:
         """Score an uploaded CSV (``blobFileTokens`` is one token string)."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
+        if comp.kind == "code":
+            raise ApiError(400, f"{comp.slug} is a code competition: submissions must come from a notebook's "
+                                "output (CreateCodeSubmission), not an uploaded file")
         self._check_limit(comp, ctx.user)
         blob = self.store.complete_blob(str(body.get("blobFileTokens", "")))
         sub = self._submit(comp, ctx.user, blob.name, blob.path.read_bytes(), body.get("submissionDescription"))
@@ -90,7 +114,7 @@ class CompetitionService:
 
     def create_code_submission(self, ctx: RpcContext, body: Body) -> Body:
         """Submit an output file of a COMPLETE, internet-off kernel version attached to the competition."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         owner, slug = str(body.get("kernelOwner") or ctx.user), str(body.get("kernelSlug", ""))
         kernel = self.store.kernel(owner, slug)
         kv = kernel.version(int(body["kernelVersion"]) if body.get("kernelVersion") else None)
@@ -156,9 +180,9 @@ class CompetitionService:
         comp = self.store.competition(str(body.get("competitionName", "")))
         subs = [s for s in self.store.submissions.values() if s.competition == comp.slug and s.user == ctx.user]
         subs.sort(key=lambda s: -s.ref)
-        key = _SORT_KEYS.get(str(body.get("sortBy") or ""))
+        key = _sort_key(str(body.get("sortBy") or ""), comp.spec.higher_is_better)
         if key is not None:
-            subs.sort(key=key[0], reverse=key[1])
+            subs.sort(key=key)
         if body.get("group") == "SUBMISSION_GROUP_SUCCESSFUL":
             subs = [s for s in subs if s.status == "COMPLETE"]
         size = int(body.get("pageSize") or 20)

@@ -3,21 +3,22 @@
 Public/private split (deterministic, documented): rows of the solution are taken in the order they
 were given to ``Emulator.add_competition``; rows at **even** positions (0, 2, 4, ...) form the public
 leaderboard subset, rows at **odd** positions the private one. The metric receives
-``(truths, preds)`` as two lists of strings aligned row by row in that order.
+``(truths, preds)`` aligned row by row in that order: strings when the competition has one target column, tuples
+of strings (one per target column) when it has several. Named metrics: ``metrics.py``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-Metric = Callable[[list[str], list[str]], float]
+from .metrics import Metric, SubmissionInvalid
 
-
-class SubmissionInvalid(Exception):
-    """The submission cannot be scored; the message becomes ``errorDescription``."""
+__all__ = ["CompetitionSpec", "Metric", "SubmissionInvalid", "format_score", "score_bytes", "score_rows",
+           "split_solution"]
 
 
 @dataclass
@@ -26,8 +27,14 @@ class CompetitionSpec:
 
     solution: list[dict[str, str]]
     id_column: str
-    target_column: str
+    target_columns: tuple[str, ...]
     metric: Metric
+    higher_is_better: bool = True
+
+    def target(self, row: dict[str, str]) -> Any:
+        """The row's target value: a string for one target column, a tuple of strings for several."""
+        values = tuple("" if row[c] is None else str(row[c]) for c in self.target_columns)
+        return values[0] if len(values) == 1 else values
 
 
 def format_score(value: float) -> str:
@@ -57,21 +64,21 @@ def parse_csv_bytes(data: bytes) -> list[dict[str, str]]:
     return rows
 
 
-def _predictions(spec: CompetitionSpec, rows: Iterable[dict[str, str]]) -> dict[str, str]:
+def _predictions(spec: CompetitionSpec, rows: Iterable[dict[str, str]]) -> dict[str, Any]:
     """Map id -> prediction, checking columns and duplicate/missing/unexpected ids."""
     rows = list(rows)
     if not rows:
         raise SubmissionInvalid("Submission has no data rows")
     header = set(rows[0].keys())
-    missing_cols = [c for c in (spec.id_column, spec.target_column) if c not in header]
+    missing_cols = [c for c in (spec.id_column, *spec.target_columns) if c not in header]
     if missing_cols:
         raise SubmissionInvalid(f"Submission is missing required column(s): {', '.join(missing_cols)}")
-    preds: dict[str, str] = {}
+    preds: dict[str, Any] = {}
     for row in rows:
         key = str(row[spec.id_column])
         if key in preds:
             raise SubmissionInvalid(f"Submission has duplicate id {key!r} in column {spec.id_column!r}")
-        preds[key] = "" if row[spec.target_column] is None else str(row[spec.target_column])
+        preds[key] = spec.target(row)
     expected = [str(r[spec.id_column]) for r in spec.solution]
     missing = [k for k in expected if k not in preds]
     if missing:
@@ -82,11 +89,13 @@ def _predictions(spec: CompetitionSpec, rows: Iterable[dict[str, str]]) -> dict[
     return preds
 
 
-def _subset_score(spec: CompetitionSpec, subset: list[dict[str, str]], preds: dict[str, str]) -> float:
-    truths = [str(r[spec.target_column]) for r in subset]
+def _subset_score(spec: CompetitionSpec, subset: list[dict[str, str]], preds: dict[str, Any]) -> float:
+    truths = [spec.target(r) for r in subset]
     guesses = [preds[str(r[spec.id_column])] for r in subset]
     try:
         return float(spec.metric(truths, guesses))
+    except SubmissionInvalid:
+        raise
     except Exception as e:  # noqa: BLE001 - any metric failure is a scoring error
         raise SubmissionInvalid(f"Metric failed: {type(e).__name__}: {e}") from None
 

@@ -1,4 +1,9 @@
-"""Seed the emulator with a task's bundled competition (sample files + hidden solution), as Kaggle hosts it."""
+"""Seed the emulator with a competition as Kaggle hosts it: public files, a hidden solution, a metric.
+
+A folder with a ``competition.json`` (every bundled competition under ``datasets/``, or a user's own folder) is
+served as that file says: metric by name, id/target columns, file or code competition (:mod:`.seed`). A task's
+sample folder without one becomes a code competition scored by the task's own table metric.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,11 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from kaggleops.errors import KopsError
+from kaggleops.resources import bundled_competition, bundled_competitions
+
+from .seed import SEED_FILE
 
 COMPETITION_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 SOLUTION_FILE = "solution.csv"
@@ -25,13 +35,35 @@ def list_metric(task: Any) -> Callable[[list[str], list[str]], float]:
     return metric
 
 
+def competition_folder(task: Any, sample: Path | None = None) -> Path:
+    """The folder to seed: ``sample``; else ``task`` itself when it is a bundled slug or a folder path; else the
+    task's ``sample_dir()``. An unknown slug raises KopsError listing the bundled ones."""
+    if sample is not None:
+        return Path(sample)
+    if isinstance(task, (str, Path)):
+        if (Path(task) / SEED_FILE).is_file():
+            return Path(task)
+        if str(task) not in bundled_competitions():
+            raise KopsError(f"No bundled competition {str(task)!r} (and no folder with a {SEED_FILE} there).",
+                            f"Bundled competitions: {', '.join(bundled_competitions())}.")
+        return bundled_competition(str(task))
+    return Path(task.sample_dir())
+
+
 def seed_competition(emulator: Any, task: Any, slug: str | None = None, sample: Path | None = None) -> int:
-    """Register a competition folder (default: ``task``'s bundled sample) as a code competition (``slug``, default
-    the task's name) with a hidden solution, scored by the task's metric; returns the number of test rows."""
-    sample = Path(sample) if sample else task.sample_dir()
-    with (sample / SOLUTION_FILE).open(newline="", encoding="utf-8") as f:
+    """Seed one competition; returns the number of hidden test rows.
+
+    ``task``: a bundled competition's slug, a folder holding a ``competition.json``, or a task (its
+    ``sample_dir()``, scored by its metric when the folder has no ``competition.json``). ``slug``: the
+    competition's slug (default: the seed's, else the task's name).
+    """
+    folder = competition_folder(task, sample)
+    if (folder / SEED_FILE).is_file():
+        seed = emulator.seed_folder(folder, slug)
+        return emulator.competition_rows(seed.slug)
+    with (folder / SOLUTION_FILE).open(newline="", encoding="utf-8") as f:
         solution = list(csv.DictReader(f))
-    files = {name: sample / name for name in COMPETITION_FILES}
+    files = {name: folder / name for name in COMPETITION_FILES}
     emulator.add_competition(slug or task.name, files, solution, task.submission.id_column,
                              task.submission.columns[0], list_metric(task))
     return len(solution)

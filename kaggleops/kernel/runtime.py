@@ -8,8 +8,9 @@ client or pydantic), because this module runs in a Kaggle image with internet of
   1. imports the task named by the plan (``task.spec``, installed from the code dataset or built in) and the
      packages it declares (``task.requires``): a missing module fails with its name;
   2. finds every input by manifest (``kops-manifest.json`` names a run id), never by a guessed path, and
-     restores a dataset's zipped sub-folders (``archives`` in the manifest; ``/kaggle/input`` is read-only,
-     so into a scratch view of links + unpacked folders, checked against the manifest's sha256s);
+     restores each model folder with :func:`restore_model_dir` (zipped sub-folders, ``archives`` in the
+     manifest, unpacked into a scratch view of links, as ``/kaggle/input`` is read-only; every file listed in
+     the manifest checked against its sha256);
   3. reads test.csv through the task and asks it for the ensemble's predictions (``task.predict``, or
      ``task.predict_second_stage`` with a second stage in the plan), then its optional ``post_process``;
   4. writes ``submission.csv`` in ``sample_submission.csv``'s id order with its columns, checks it, and prints
@@ -127,15 +128,30 @@ def find_model_dirs(specs: list[PlanModel], input_dir: Path) -> list[Path]:
     return [found[m.run_id] for m in specs]
 
 
-def unpack_archive(archive: Path, target: Path, manifest: Manifest, prefix: str) -> None:
-    """Unzip ``archive`` into ``target``; each member listed in ``files`` as ``prefix/member`` must match its sha256."""
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(target)
-    for path in sorted(p for p in target.rglob("*") if p.is_file()):
-        entry = manifest.files.get(f"{prefix}/{path.relative_to(target).as_posix()}")
-        if entry and sha256_file(path) != entry.sha256:
-            raise KernelFailure(f"{archive.name} of {archive.parent} holds {path.relative_to(target)} with another "
-                                f"sha256 than {MANIFEST} lists ({entry.sha256[:12]}…): the dataset is corrupt")
+def unpack_archive(archive: Path, target: Path) -> None:
+    """Unzip ``archive`` into ``target``; an unreadable zip is a KernelFailure naming the dataset."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise KernelFailure(f"{archive.name} of {archive.parent} cannot be unpacked ({e}): "
+                            "the dataset is corrupt") from None
+
+
+def check_files(view: Path, folder: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists must be in ``view`` with its sha256 (names say where it came from)."""
+    archives = {name: archive for archive, name in manifest.archives.items()}
+    for rel, entry in sorted(manifest.files.items()):
+        top, _, inner = rel.partition("/")
+        where = (f"{archives[top]} of {folder} holds {inner}" if inner and top in archives and
+                 not (folder / top).is_dir() else f"{folder} holds {rel}")
+        path = view / rel
+        if not path.is_file():
+            raise KernelFailure(f"{where.replace(' holds ', ' lacks ')}, which {MANIFEST} lists: "
+                                "the dataset is incomplete")
+        if sha256_file(path) != entry.sha256:
+            raise KernelFailure(f"{where} with another sha256 than {MANIFEST} lists ({entry.sha256[:12]}…): "
+                                "the dataset is corrupt")
 
 
 def _needs_tokenizer_links(folder: Path) -> bool:
@@ -143,26 +159,30 @@ def _needs_tokenizer_links(folder: Path) -> bool:
 
 
 def restore_model_dir(folder: Path, scratch: Path) -> Path:
-    """The model folder as it was logged, from a (read-only) dataset folder.
+    """The model folder as it was logged, from a (read-only) published dataset folder: THE one restore.
 
-    Sub-folders travel as ``<name>.zip`` listed under ``archives`` in the manifest (Kaggle may or may not
-    have unpacked them). When one still needs unpacking, or a tokenizer sits only in ``tokenizer/``, a view
-    is built under ``scratch``: links to the dataset's files, the archives unpacked (sha256-checked), and the
-    tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder`` itself.
+    The kernel, ``kops kernel run-local`` (which runs the kernel on the downloaded versions) and the publish
+    round-trip tests all restore through here. Sub-folders travel as ``<name>.zip`` listed under ``archives``
+    in the manifest (Kaggle may or may not have unpacked them). When one still needs unpacking, or a tokenizer
+    sits only in ``tokenizer/``, a view is built under ``scratch``: links to the dataset's files, the archives
+    unpacked, and the tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder``
+    itself. Either way every file the manifest lists is checked against its sha256 (KernelFailure naming the
+    first missing or differing one); ``folder`` is never written to.
     """
-    manifest = Manifest.read(folder / MANIFEST)
+    manifest = Manifest.read(folder / MANIFEST)  # SchemaError: unreadable or from a newer kops
     archives = {a: n for a, n in manifest.archives.items() if (folder / a).is_file() and not (folder / n).is_dir()}
-    if not archives and not _needs_tokenizer_links(folder):
-        return folder
-    view = scratch / (manifest.run_id or folder.name)
-    shutil.rmtree(view, ignore_errors=True)
-    view.mkdir(parents=True)
-    for entry in sorted(folder.iterdir()):
-        if entry.name not in archives:
-            (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-    for archive, name in archives.items():
-        unpack_archive(folder / archive, view / name, manifest, name)
-    if _needs_tokenizer_links(view):
+    view = folder
+    if archives or _needs_tokenizer_links(folder):
+        view = scratch / (manifest.run_id or folder.name)
+        shutil.rmtree(view, ignore_errors=True)
+        view.mkdir(parents=True)
+        for entry in sorted(folder.iterdir()):
+            if entry.name not in archives:
+                (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+        for archive, name in archives.items():
+            unpack_archive(folder / archive, view / name)
+    check_files(view, folder, manifest)
+    if view is not folder and _needs_tokenizer_links(view):
         for entry in sorted((view / TOKENIZER_DIR).iterdir()):
             if not (view / entry.name).exists():
                 (view / entry.name).symlink_to(entry.resolve())

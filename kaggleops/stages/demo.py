@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
-from kaggleops.emulator.seeding import seed_competition
+from kaggleops.emulator.seeding import competition_folder, seed_competition
 from kaggleops.errors import KopsError
 from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION
 DEMO_USER, DEMO_KEY = "kopsdemo", "kops-demo-key"
+STAGES = ("emulator", "train", "publish", "push-kernel", "submit", "scores")
 
 
 @contextlib.contextmanager
@@ -53,10 +54,16 @@ def _chdir(path: Path) -> Iterator[None]:  # contextlib.chdir is 3.11+; Colab/Ka
         os.chdir(before)
 
 
-def init_workdir(workdir: Path, epochs: int, folds: list[int]) -> None:
-    """A git repository holding a kops.yaml, so runs carry real provenance."""
-    (workdir / CONFIG_FILE).write_text(render_template(competition=COMPETITION, owner=DEMO_USER,
-                                                       experiment="tse-demo", folds=folds, epochs=epochs))
+def demo_experiment(competition: str) -> str:
+    """The demo's experiment: the slug's initials + ``-demo`` (kernel ``<experiment>-inference``)."""
+    return "".join(word[0] for word in competition.split("-") if word) + "-demo"
+
+
+def init_workdir(workdir: Path, epochs: int | None, folds: list[int], competition: str = COMPETITION) -> None:
+    """A git repository holding a kops.yaml, so runs carry real provenance (``epochs`` None: the task's default)."""
+    (workdir / CONFIG_FILE).write_text(render_template(competition=competition, owner=DEMO_USER,
+                                                       experiment=demo_experiment(competition), folds=folds,
+                                                       epochs=epochs))
     (workdir / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.emulator/\n.kaggle/\n.kops/\n")
     git = ["git", "-c", "user.name=kops demo", "-c", "user.email=demo@kops.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "kops demo"]):
@@ -83,8 +90,8 @@ class Workspace:
 
 
 @contextlib.contextmanager
-def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
-                   folds: list[int] | None = None) -> Iterator[Workspace]:
+def demo_workspace(workdir: Path, emulator_root: Path, epochs: int | None = 6,
+                   folds: list[int] | None = None, competition: str = COMPETITION) -> Iterator[Workspace]:
     """An existing, empty ``workdir`` made a git repo with a kops.yaml, aimed at a loopback emulator seeded with the
     bundled competition; environment and current folder are restored and the emulator stopped afterwards.
     `kops demo` and the end-to-end tests start from here."""
@@ -95,30 +102,37 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int = 6,
     emulator = Emulator(emulator_root, username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)
     url = emulator.start()
     try:
-        init_workdir(workdir, epochs, folds or [0])
+        init_workdir(workdir, epochs, folds or [0], competition)
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
-            yield Workspace(cfg, emulator, url, seed_competition(emulator, get_task_for(cfg), COMPETITION))
+            task = get_task_for(cfg)
+            sample = task.sample_dir() if hasattr(task, "sample_dir") else None
+            yield Workspace(cfg, emulator, url, seed_competition(emulator, task, competition, sample))
     finally:
         emulator.stop()
 
 
-def run_demo(workdir: Path | None = None, epochs: int = 6, folds: list[int] | None = None,
-             echo: Callable[[str, str], None] = lambda stage, line: None) -> dict[str, Any]:
-    """Run the whole loop offline; returns the summary (ids and scores). ``echo(stage, line)`` reports progress."""
+def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list[int] | None = None,
+             echo: Callable[[str, str], None] = lambda stage, line: None,
+             competition: str = COMPETITION) -> dict[str, Any]:
+    """Run the whole loop offline on a bundled competition; returns the summary (ids and scores).
+
+    ``epochs`` None: the task's default. ``echo(stage, line)`` reports progress.
+    """
     from kaggleops.stages.kernel import push_kernel
     from kaggleops.stages.publish import publish
     from kaggleops.stages.submit import scores, submit
     from kaggleops.stages.train import train
 
+    competition_folder(competition)  # an unknown competition fails here, before any folder is made
     workdir = new_workdir(workdir)
     summary: dict[str, Any] = {"workdir": str(workdir)}
     started = time.perf_counter()
-    with demo_workspace(workdir, workdir / ".emulator", epochs, folds) as ws:
+    with demo_workspace(workdir, workdir / ".emulator", epochs, folds, competition) as ws:
         cfg, url = ws.cfg, ws.url
-        summary.update(emulator=url, competition=COMPETITION, tracking_uri=cfg.resolved_tracking_uri)
-        echo("emulator", f"{url}, competition {COMPETITION} ({ws.test_rows} hidden test rows)")
-        trained = train(cfg, progress=False)
+        summary.update(emulator=url, competition=competition, tracking_uri=cfg.resolved_tracking_uri)
+        echo("emulator", f"{url}, competition {competition} ({ws.test_rows} hidden test rows)")
+        trained = train(cfg, progress=False, sample=True)
         summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
         echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)

@@ -175,7 +175,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def serve_mlflow(backend_uri: str, artifact_args: list[str], cwd: Path, log: Path, port: int = 0,
-                 host: str = DEFAULT_HOST, timeout_s: float = START_TIMEOUT_S) -> UiServer:
+                 host: str = DEFAULT_HOST, timeout_s: float = START_TIMEOUT_S, workers: int = 1) -> UiServer:
     """``mlflow server`` with the lean settings (one worker, no job execution), started and answering /health.
 
     ``artifact_args``: e.g. ``["--default-artifact-root", uri]`` or ``["--artifacts-destination", path]``.
@@ -184,7 +184,7 @@ def serve_mlflow(backend_uri: str, artifact_args: list[str], cwd: Path, log: Pat
     port = port or free_port(host)
     base = f"http://{host}:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, *artifact_args,
-           "--host", host, "--port", str(port), "--workers", "1"]
+           "--host", host, "--port", str(port), "--workers", str(workers)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, env={**os.environ, **LEAN_ENV}, cwd=cwd, stdout=out,

@@ -37,6 +37,7 @@ DEFAULT_COMPETITION = "tweet-sentiment-extraction"
 
 BUILTIN: dict[str, str] = {
     "tweet-sentiment-extraction": "kaggleops.tasks.tse:TweetSentimentExtraction",
+    "digit-recognizer": "kaggleops.tasks.digits:DigitRecognizer",
 }
 """Competition slug → ``module:Class`` of the tasks shipped with kops (add a line to add one)."""
 
