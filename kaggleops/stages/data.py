@@ -196,8 +196,8 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
     """Download the competition's files into the cache (unzipped, checked); reuse the cache unless ``force``.
 
     Example:
-        >>> download(load_config(), get_task("tweet-sentiment-extraction"))  # doctest: +SKIP
-        DataSource(folder=PosixPath('/home/alice/.cache/kops/competitions/tweet-sentiment-extraction'), ...)
+        >>> download(load_config(), get_task("digit-recognizer"))  # doctest: +SKIP
+        DataSource(folder=PosixPath('/home/alice/.cache/kops/competitions/digit-recognizer'), ...)
     """
     from kaggleops.adapters.kaggle import Kaggle
 
