@@ -101,7 +101,11 @@ def logged_run(root: Path) -> str:
     model = root / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    (model / "model.safetensors").write_bytes(random.Random(0).randbytes(10_000))
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.frombuffer(random.Random(0).randbytes(10_000), dtype=np.uint8)},
+              str(model / "model.safetensors"))  # loadable: publish load-checks weights before uploading
     run_id = tracker.start_run("fold-0", {"lr": 1e-3})
     tracker.log_artifacts(run_id, model, "model")
     tracker.end_run(run_id)
@@ -124,8 +128,11 @@ def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_sessio
     # the fake weights make the kernel fail; what matters here is what happened before and around the push
     assert out.returncode == 1, out.stderr
     lines = out.stderr.splitlines()
-    assert lines[0] == (f"GPU quota: 0.00 h used, 0.00 h reserved of 30.00 h this week (30.00 h left; refreshes "
-                        f"{next_saturday()})")
+    quota = (f"GPU quota: 0.00 h used, 0.00 h reserved of 30.00 h this week (30.00 h left; refreshes "
+             f"{next_saturday()})")
+    assert quota in lines, out.stderr
+    pushing = next(i for i, line in enumerate(lines) if line.startswith("pushing kernel "))
+    assert lines.index(quota) < pushing  # shown before the GPU session starts
     meta = json.loads((root / ".kops" / "kernels" / "acc-inference" / "kernel-metadata.json").read_text())
     assert (meta["machine_shape"], meta["docker_image_pinning_type"]) == ("NvidiaTeslaT4", "latest")
     tags = Tracker(load_config(root / "kops.yaml")).get_run(run_id).data.tags
