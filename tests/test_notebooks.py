@@ -310,3 +310,29 @@ def test_kaggle_notebook_installs_the_wheel_trains_and_pushes_the_kernel(bench: 
     assert run.data.tags.get("kops.kernel", "").startswith(f"{OWNER}/")  # the optional cell pushed its kernel
     assert run.data.tags.get("kops.dataset", "").startswith(f"{OWNER}/")
     assert "complete" in _cell_text(executed, "-push").lower()
+
+
+def test_use_secrets_exports_names_only_and_keeps_the_environment_first(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import types
+
+    from kaggleops.adapters.credentials import clear_cache
+    from kaggleops.errors import ConfigError
+    from kaggleops.notebook import last_training_run, use_secrets
+
+    store = {"TEAM_URI": f"sqlite:///{tmp_path / 'team.db'}", "KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": KEY}
+    userdata = types.ModuleType("google.colab.userdata")
+    userdata.get = store.__getitem__  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    monkeypatch.setenv("KAGGLE_USERNAME", "from-env")
+    for name in ("MLFLOW_TRACKING_URI", "KAGGLE_KEY"):
+        monkeypatch.setenv(name, "")  # removed again after the test
+    try:
+        assert use_secrets("TEAM_URI") == ["KAGGLE_KEY", "MLFLOW_TRACKING_URI (from TEAM_URI)"]
+    finally:
+        clear_cache()  # the fake store's answers must not outlive this test
+    assert os.environ["KAGGLE_USERNAME"] == "from-env" and os.environ["KAGGLE_KEY"] == KEY
+    assert os.environ["MLFLOW_TRACKING_URI"] == store["TEAM_URI"]
+    (tmp_path / "kops.yaml").write_text(f"competition: {TSE}\n")
+    with pytest.raises(ConfigError, match="No finished training run in the tracking store of .*kops.yaml"):
+        last_training_run(tmp_path)
