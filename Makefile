@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/kops demo
 
 test: setup
-	$(BIN)/ruff check kaggleops tests bench
+	$(BIN)/ruff check kaggleops tests bench examples datasets
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

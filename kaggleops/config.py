@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -51,6 +51,12 @@ class DatasetConfig(_Strict):
     license: str = "CC0-1.0"
 
 
+class PublishConfig(_Strict):
+    """Where `kops publish` (and push-kernel, for runs not yet published) puts a run's weights."""
+
+    to: Literal["dataset", "model"] = "dataset"
+
+
 class KernelConfig(_Strict):
     slug: str | None = None
     wheels: str | None = Field(None, description="folder of wheels the task needs that the Kaggle image lacks")
@@ -80,6 +86,7 @@ class KopsConfig(_Strict):
     train: TrainConfig = TrainConfig()
     rerank: dict[str, Any] = Field(default_factory=dict, description="second-stage settings, validated by the task")
     dataset: DatasetConfig = DatasetConfig()
+    publish: PublishConfig = PublishConfig()
     kernel: KernelConfig = KernelConfig()
     storage: StorageConfig = StorageConfig()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -123,19 +130,60 @@ class KopsConfig(_Strict):
         return None if self.data_dir is None else (self.root / self.data_dir).resolve()
 
 
+def _fields(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (a pydantic error location) of kops.yaml; empty where free-form."""
+    model: Any = KopsConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = getattr(field, "annotation", None) if field is not None else None
+        if model is None:
+            return []
+    return [k for k in getattr(model, "model_fields", {}) if k != "root"]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
 def _describe(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    kind = first["type"]
-    if kind == "missing":
-        return f"{path}: required key `{where}` is missing. Add it (see `kops init` for a commented example)."
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key `{where}`. Remove it or fix its spelling (see `kops init`)."
-    return f"{path}: `{where}`: {first['msg']}."
+    """Every problem of the file in one line; an unknown key close to a known one says "did you mean", and a
+    required key that is missing because of such a typo is reported as the typo alone."""
+    import difflib
+
+    errors = err.errors()
+    problems: list[str] = []
+    typo_for: set[str] = set()
+    for e in errors:
+        if e["type"] != "extra_forbidden":
+            continue
+        loc = tuple(e["loc"])
+        close = difflib.get_close_matches(str(loc[-1]), _fields(loc), n=1, cutoff=0.7)
+        if close:
+            typo_for.add(_dotted((*loc[:-1], close[0])))
+            problems.append(f"unknown key `{_dotted(loc)}` (did you mean `{close[0]}`?)")
+        else:
+            problems.append(f"unknown key `{_dotted(loc)}`")
+    for e in errors:
+        where = _dotted(tuple(e["loc"]))
+        if e["type"] == "missing" and where not in typo_for:
+            problems.append(f"required key `{where}` is missing")
+        elif e["type"] not in ("missing", "extra_forbidden"):
+            problems.append(f"`{where}`: {e['msg']}")
+    what = problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems)
+    return f"{path}: {what}. Fix it (see `kops init` for a commented example)."
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest kops.yaml in ``start`` (default: the current folder) or a parent folder, as git finds .git."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate / CONFIG_FILE
+    return None
 
 
 def load_config(path: Path | str | None = None) -> KopsConfig:
-    """Read and validate kops.yaml (default: ./kops.yaml).
+    """Read and validate kops.yaml (default: the nearest one in this folder or a parent folder).
 
     Example:
         >>> cfg = load_config()            # doctest: +SKIP
@@ -144,7 +192,12 @@ def load_config(path: Path | str | None = None) -> KopsConfig:
     """
     import yaml
 
-    path = Path(path) if path else Path.cwd() / CONFIG_FILE
+    if not path:
+        found = find_config()
+        if found is None:
+            raise ConfigError(f"No {CONFIG_FILE} in {Path.cwd()} or its parent folders.", "Create one with: kops init")
+        path = found
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"No {CONFIG_FILE} at {path}.", "Create one with: kops init")
     try:

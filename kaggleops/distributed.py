@@ -150,9 +150,34 @@ def shard(rows: list[int]) -> tuple[list[int], float]:
 
 
 def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m kaggleops ARGS``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    """``python -m kaggleops.distributed --standalone --nproc_per_node N -m kaggleops ARGS``: torchrun (see
+    :func:`torchrun`)."""
+    return [sys.executable, "-m", "kaggleops.distributed", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "kaggleops", *args]
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun on ``argv`` (``torch.distributed.run``'s own arguments); returns the exit code.
+
+    A failed worker has printed its own one-line error: instead of torchrun's traceback and failure table this
+    adds one line naming the rank and its exit code, and returns that code (1 for a worker killed by a signal,
+    130 when the launcher itself was interrupted), never 0.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as e:
+        failed_rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        print(f"kops: error: training process rank {failed_rank} exited with code {code} (its messages are above).",
+              file=sys.stderr)
+        return code if 0 < code < 256 else 1
+    except (KeyboardInterrupt, SignalException):
+        return 130
+    return 0
 
 
 def without_nproc(args: list[str]) -> list[str]:
@@ -178,4 +203,13 @@ def launch(nproc: int, args: list[str]) -> int:
     args = without_nproc(args)
     env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(launch_command(nproc, args), env=env)
+    proc = subprocess.Popen(launch_command(nproc, args), env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the launcher and its workers got the same Ctrl-C: their exit code tells
+            continue
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))

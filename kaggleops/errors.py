@@ -2,8 +2,8 @@
 task code import it).
 
 Every error a user can cause or fix says what failed, where, and what to type next. The CLI prints
-``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a KopsError is a bug and
-propagates with its traceback.
+``str(error)`` as one line and exits with ``error.exit_code``; anything that is not a KopsError is a bug: one
+line too, its traceback only with ``KOPS_DEBUG=1``.
 
     KopsError
     ├── ConfigError
@@ -11,7 +11,8 @@ propagates with its traceback.
     ├── DataError (also a ValueError: task code raises it for malformed competition files)
     ├── SchemaError (a kops-manifest.json / kops-kernel.json that does not read)
     ├── UnknownCompetition, UnknownSortKey, PortInUse, GitSourceError
-    ├── RunNotFound, MissingArtifact, TrackingUnavailable
+    ├── RunNotFound, RunIdAmbiguous, MissingArtifact, TrackingUnavailable
+    ├── Interrupted (exit code 130)
     ├── StorageError ── StorageCredentialsMissing
     ├── KernelFailure (raised inside the offline kernel; printed as ``kops: error: …``)
     ├── TimedOut
@@ -98,10 +99,14 @@ class RunNotFound(KopsError):
     def __init__(self, run_id: str, tracking_uri: str) -> None:
         super().__init__(
             f"Run {run_id} not found in the tracking store {tracking_uri}.",
-            "Check the id in the MLflow UI (mlflow ui --backend-store-uri URI) and that MLFLOW_TRACKING_URI / "
+            "Check the id with `kops ui` and that MLFLOW_TRACKING_URI / "
             "kops.yaml `tracking_uri` name the store it was logged to.",
         )
         self.run_id = run_id
+
+
+class RunIdAmbiguous(KopsError):
+    """A run-id prefix that matches more than one run."""
 
 
 class MissingArtifact(KopsError):
@@ -120,6 +125,10 @@ class DatasetNotFound(KaggleError):
     def __init__(self, ref: str, hint: str | None = None) -> None:
         super().__init__(f"Dataset {ref} not found.", hint or "Create it with: kops publish RUN_ID")
         self.ref = ref
+
+
+class ModelNotFound(KaggleError):
+    """A Kaggle Model (or model instance) that does not exist."""
 
 
 class PublishError(KaggleError):
@@ -156,3 +165,9 @@ class RulesNotAccepted(KaggleError):
 
 class TimedOut(KopsError):
     """Waiting for a remote state took longer than allowed."""
+
+
+class Interrupted(KopsError):
+    """SIGINT/SIGTERM stopped a command; the message says where and how to continue. Exit code 130."""
+
+    exit_code = 130

@@ -125,6 +125,45 @@ class CompetitionRef:
         return f"{self.url(base)}/rules"
 
 
+_FRAMEWORK = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A Kaggle Model instance (framework + variation), optionally a version:
+    ``ModelRef.parse("alice/tse/transformers/fold-0/2")``."""
+
+    owner: str
+    slug: str
+    framework: str
+    variation: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        parts = text.strip().strip("/").split("/")
+        version = int(parts.pop()) if len(parts) == 5 and parts[4].isdigit() else None
+        if (len(parts) != 4 or not _OWNER.match(parts[0]) or not _SLUG.match(parts[1])
+                or not _FRAMEWORK.match(parts[2]) or not _SLUG.match(parts[3])):
+            raise ValueError(f"Not a model reference: {text!r}. Expected owner/model/framework/variation "
+                             "(e.g. alice/tse-roberta/transformers/fold-0).")
+        return cls(parts[0], parts[1], parts[2], parts[3], version)
+
+    @property
+    def model(self) -> str:
+        return f"{self.owner}/{self.slug}"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.slug}/{self.framework}/{self.variation}"
+
+    def __str__(self) -> str:
+        return self.ref if self.version is None else f"{self.ref}/{self.version}"
+
+    def url(self, base: str = KAGGLE_WEB) -> str:
+        return f"{base}/models/{self}"
+
+
 def slugify(text: str, max_len: int = 50) -> str:
     """Kaggle-style slug: lowercase, [a-z0-9-], collapsed dashes, at most ``max_len`` chars."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

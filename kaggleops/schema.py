@@ -22,6 +22,7 @@ TAG_GIT_BRANCH = "mlflow.source.git.branch"
 TAG_GIT_REPO = "mlflow.source.git.repoURL"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+INPUT_TAG_CONTEXT = "mlflow.data.context"  # a dataset input's role on a run (training, evaluation)
 TAG_SHARED_VIEW = "mlflow.sharedViewState."  # prefix: the MLflow UI's saved views
 
 TAG_VERSION = "kops.version"
@@ -43,6 +44,10 @@ TAG_DATASET = "kops.dataset"
 TAG_DATASET_VERSION = "kops.dataset.version"
 TAG_KERNEL = "kops.kernel"
 TAG_KERNEL_VERSION = "kops.kernel.version"
+TAG_KERNEL_MACHINE_SHAPE = "kops.kernel.machine_shape"  # the accelerator the kernel was pushed with
+TAG_KERNEL_DOCKER_IMAGE = "kops.kernel.docker_image"  # original | latest | default
+TAG_MODEL = "kops.model"  # owner/model/framework/variation on Kaggle Models
+TAG_MODEL_VERSION = "kops.model.version"
 TAG_COMPETITION = "kops.competition"
 TAG_SOURCE_RUNS = "kops.source_runs"
 TAG_DATASETS = "kops.datasets"
@@ -242,26 +247,34 @@ class Manifest(_Record):
 
 @dataclass(frozen=True)
 class PlanModel:
-    """A model the kernel loads: its run, the dataset version carrying it, its ensemble weight."""
+    """A model the kernel loads: its run, the dataset version carrying it, its ensemble weight.
+
+    ``kind="model"``: a Kaggle Model instance version instead (``dataset`` then holds
+    ``owner/model/framework/variation``), attached as a model source.
+    """
 
     run_id: str
     dataset: str
     dataset_version: int
     weight: float = 1.0
+    kind: str = "dataset"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str) -> PlanModel:
         if not isinstance(data, dict):
             raise SchemaError(f"{what}: a model entry is {data!r}, not an object.")
         return cls(_need(data, "run_id", str, what), _need(data, "dataset", str, what),
-                   int(_need(data, "dataset_version", (int, str), what)), float(data.get("weight", 1.0)))
+                   int(_need(data, "dataset_version", (int, str), what)), float(data.get("weight", 1.0)),
+                   str(data.get("kind") or "dataset"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "dataset": self.dataset, "dataset_version": self.dataset_version,
-                "weight": self.weight}
+        out = {"run_id": self.run_id, "dataset": self.dataset, "dataset_version": self.dataset_version,
+               "weight": self.weight}
+        return out if self.kind == "dataset" else {**out, "kind": self.kind}
 
     def label(self) -> str:
-        return f"run {self.run_id} (dataset {self.dataset} v{self.dataset_version})"
+        what = "Kaggle Model" if self.kind == "model" else "dataset"
+        return f"run {self.run_id} ({what} {self.dataset} v{self.dataset_version})"
 
 
 @dataclass(frozen=True)

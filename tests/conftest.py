@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ ISOLATED_VARS = (
     "KOPS_KAGGLE_ENDPOINT", "KAGGLE_KERNEL_RUN_TYPE", "COLAB_RELEASE_TAG", "COLAB_GPU",
 )
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Runs with no data_dir and nothing cached train on the bundled sample instead of downloading (set for the whole
+# session: module-scoped fixtures train before the per-test isolation below). tests/test_data.py removes it.
+os.environ["KOPS_DATA_FALLBACK"] = "sample"
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,9 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, monkeypatch: pytest.
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    (model / "model.safetensors").write_bytes(os.urandom(2048))
+    from safetensors.numpy import save
+
+    (model / "model.safetensors").write_bytes(save({"w": __import__("numpy").frombuffer(os.urandom(2048), "uint8")}))
     run_id = tracker.start_run("fold-0", {"lr": 1e-3})
     tracker.log_artifacts(run_id, model, "model")
     tracker.end_run(run_id)

@@ -17,7 +17,7 @@ from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
-            ["sync", "status"]]
+            ["sync", "status"], ["data"], ["quota"]]
 HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
 
 
@@ -103,7 +103,31 @@ def test_help_imports_no_heavy_library() -> None:
 def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
     out = kops("train", cwd=tmp_path)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"kops: error: No kops.yaml at {tmp_path / 'kops.yaml'}. Create one with: kops init"
+    assert out.stderr.strip() == (f"kops: error: No kops.yaml in {tmp_path} or its parent folders. "
+                                  "Create one with: kops init")
+
+
+def test_config_is_found_in_a_parent_folder_like_git(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n")
+    deep = tmp_path / "notebooks" / "eda"
+    deep.mkdir(parents=True)
+    from kaggleops.config import find_config
+
+    assert find_config(deep) == tmp_path / "kops.yaml"
+    cfg_in_sub = subprocess.run([sys.executable, "-c", "from kaggleops.config import load_config; "
+                                 "c = load_config(); print(c.root, c.resolved_tracking_uri)"],
+                                cwd=deep, capture_output=True, text=True)
+    assert cfg_in_sub.stdout.split() == [str(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"]
+
+
+def test_config_errors_all_at_once_with_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competiton: tweet-sentiment-extraction\nownr: alice\n"
+                                        "tracking_uri: [1]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "kops.yaml")
+    assert str(info.value) == (f"{tmp_path / 'kops.yaml'}: 3 problems: unknown key `competiton` (did you mean "
+                               "`competition`?); unknown key `ownr` (did you mean `owner`?); `tracking_uri`: Input "
+                               "should be a valid string. Fix it (see `kops init` for a commented example).")
 
 
 def test_init_writes_config_once(tmp_path: Path) -> None:
@@ -111,3 +135,35 @@ def test_init_writes_config_once(tmp_path: Path) -> None:
     assert first.returncode == 0 and json.loads(first.stdout)["config"] == str(tmp_path / "kops.yaml")
     again = kops("init", cwd=tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
+
+
+def test_run_id_prefix_of_6_or_more_characters_resolves(tmp_path: Path) -> None:
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.errors import RunNotFound
+
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n")
+    tracker = Tracker(load_config(tmp_path / "kops.yaml"))
+    run_id = tracker.start_run("fold-0", {})
+    tracker.end_run(run_id)
+    assert tracker.resolve(run_id[:8]) == tracker.resolve(run_id[:6]) == run_id
+    with pytest.raises(RunNotFound):
+        tracker.resolve(run_id[:5])  # too short to be taken as a prefix
+    other = "0" * 8 if not run_id.startswith("0") else "f" * 8
+    with pytest.raises(RunNotFound):
+        tracker.resolve(other)
+    second = tracker.start_run("fold-1", {})
+    from kaggleops.errors import RunIdAmbiguous
+
+    with pytest.raises(RunIdAmbiguous) as err:  # the empty prefix matches both: how an ambiguous one is reported
+        tracker._by_prefix("")
+    assert str(err.value) == (f"Run id prefix  matches 2 runs: {', '.join(sorted([run_id, second]))}. "
+                              "Give more characters of the id.")
+
+
+def test_init_writes_a_gitignore_for_what_kops_writes(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("*.pyc")
+    out = kops("init", "--owner", "alice", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / ".gitignore").read_text() == "*.pyc\n# kops: tracking store, artifacts, staging\nmlflow.db\n" \
+                                                    "mlartifacts/\n.kops/\n"
+    assert f"Wrote {tmp_path / '.gitignore'}" in out.stdout

@@ -52,7 +52,7 @@ sys.argv = ["kops", *sys.argv[1:]]
 main()
 """
 TRAIN_ARGS = ["train", "--fold", "0", "--json"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TORCHRUN = [sys.executable, "-m", "kaggleops.distributed", "--standalone", "--nproc_per_node", "2"]
 
 
 def _workdir(path: Path) -> Path:
@@ -179,4 +179,4 @@ def test_without_torchrun_every_helper_answers_as_the_only_process(monkeypatch: 
     assert distributed.init() is False and not distributed.active()
     assert distributed.broadcast({"x": 1}) == {"x": 1} and distributed.shard([1, 2, 3]) == ([1, 2, 3], 1.0)
     assert distributed.launch_command(2, ["train"])[1:] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kaggleops", "train"]
+        "-m", "kaggleops.distributed", "--standalone", "--nproc_per_node=2", "-m", "kaggleops", "train"]

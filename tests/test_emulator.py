@@ -31,7 +31,7 @@ KERNEL_SCRIPT = """
 import csv, os
 inp = os.environ["KOPS_KAGGLE_INPUT"]
 print("inputs:", sorted(os.listdir(inp)))
-with open(os.path.join(inp, "tiny-comp", "test.csv")) as f:
+with open(os.path.join(inp, "competitions", "tiny-comp", "test.csv")) as f:  # Kaggle's current input layout
     rows = list(csv.DictReader(f))
 with open("submission.csv", "w", newline="") as f:
     w = csv.writer(f)
@@ -231,7 +231,7 @@ def test_bearer_token_and_log_has_no_secrets(emulator: Emulator, monkeypatch: py
 def test_kernel_push_runs_and_outputs_download(api: Any, emulator: Emulator, tmp_path: Path) -> None:
     ds = write_dataset(tmp_path / "ds", "kops-ds-in", {"params.json": b"{}"})
     api.dataset_create_new(str(ds), quiet=True)
-    check = "\nassert os.path.exists(os.path.join(inp, 'kops-ds-in', 'params.json'))\n"
+    check = f"\nassert os.path.exists(os.path.join(inp, 'datasets', '{USER}', 'kops-ds-in', 'params.json'))\n"
     folder = write_kernel(tmp_path / "k", "kops-kernel-ok", KERNEL_SCRIPT + check,
                           dataset_sources=[f"{USER}/kops-ds-in"])
     pushed = api.kernels_push(str(folder))
@@ -245,7 +245,7 @@ def test_kernel_push_runs_and_outputs_download(api: Any, emulator: Emulator, tmp
     assert (out / "extra" / "note.txt").read_text() == "run type Batch"
     log = json.loads((out / "kops-kernel-ok.log").read_text())
     assert any("done writing 6 rows" in e["data"] and e["stream_name"] == "stdout" for e in log)
-    assert any("['kops-ds-in', 'tiny-comp']" in e["data"] for e in log)
+    assert any("['competitions', 'datasets']" in e["data"] for e in log)
 
 
 def test_kernel_that_raises_is_error_with_message(api: Any, tmp_path: Path) -> None:

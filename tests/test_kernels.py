@@ -411,3 +411,36 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     assert "--- kernel log (last lines) ---" in out.stderr
     assert f"missing input: no attached dataset carries the weights of run {f1}" in out.stderr
     assert "kops: error: Kernel kopsdemo/tse-demo-inference/" in out.stderr and "ended with ERROR" in out.stderr
+
+
+def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_push_uses(
+        env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path) -> None:
+    """A run's weights replaced after publishing: corrupt → push-kernel refuses before any upload; fixed (other
+    bytes, same tensors) → push-kernel publishes them as version 2 of the run's dataset and the kernel uses it."""
+    from safetensors.torch import load_file, save_file
+
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.errors import DataError
+    from kaggleops.stages.kernel import KernelOptions, push_kernel
+
+    tracker = Tracker(env["cfg"])
+    run_id = pushed["result"].run_ids[0]
+    before = tracker.get_run(run_id).data.tags
+    model = tracker.download(run_id, "model", tmp_path / "dl")
+    good = load_file(str(model / "model.safetensors"))
+    fix = tmp_path / "fix"
+    fix.mkdir()
+    (fix / "model.safetensors").write_bytes(b"not a safetensors file" * 50)
+    tracker.log_artifact(run_id, fix / "model.safetensors", "model")
+    with pytest.raises(DataError, match=rf"^Run {run_id}: model/model.safetensors does not load \("):
+        push_kernel(env["cfg"], [run_id], options=KernelOptions())
+    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == before["kops.dataset.version"] == "1"
+
+    save_file(good, str(fix / "model.safetensors"), metadata={"format": "pt", "fixed": "yes"})
+    tracker.log_artifact(run_id, fix / "model.safetensors", "model")
+    result = push_kernel(env["cfg"], [run_id], options=KernelOptions())
+    assert result.published == [run_id]
+    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == "2"
+    plan = json.loads((result.folder / "kops-kernel.json").read_text())
+    assert [(m["run_id"], m["dataset"], m["dataset_version"]) for m in plan["models"]] == [
+        (run_id, before["kops.dataset"], 2)]

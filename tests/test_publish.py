@@ -51,11 +51,19 @@ def project(project_root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPa
     return project_root
 
 
+def weights(data: bytes) -> bytes:
+    """A real (loadable) safetensors file holding ``data`` as one uint8 tensor."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({"w": np.frombuffer(data, dtype=np.uint8)})
+
+
 def model_files(seed: int = 0) -> dict[str, bytes]:
     rnd = __import__("random").Random(seed)
     return {
         "config.json": json.dumps({"hidden": 8, "seed": seed}).encode(),
-        "model.safetensors": rnd.randbytes(300_000),
+        "model.safetensors": weights(rnd.randbytes(300_000)),
         "tokenizer/vocab.json": b'{"a": 0, "b": 1}',
         "tokenizer/merges.txt": b"#version 0.2\na b\n",
         "tokenizer/special/tokens.json": b'{"pad": "<pad>"}',
@@ -89,7 +97,8 @@ def versions(emulator: Emulator, ref: str) -> list[dict[str, Any]]:
 
 
 def rpc_log(emulator: Emulator, suffix: str) -> list[int]:
-    lines = (emulator.root / "requests.log").read_text().splitlines()
+    log = emulator.root / "requests.log"
+    lines = log.read_text().splitlines() if log.is_file() else []  # no request made: no log yet
     return [e["status"] for e in map(json.loads, lines) if str(e.get("rpc", "")).endswith(suffix)]
 
 
@@ -295,3 +304,101 @@ def test_cli_publish_twice_says_nothing_uploaded(project: Path, emulator: Emulat
     assert code == 0, err
     assert out.splitlines()[0] == (f"Weights of run {run_id} equal {ref} version 1: nothing uploaded, "
                                    "no new version; run tagged with it")
+
+
+def test_corrupt_weights_are_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
+    files = {**model_files(seed=11), "model.safetensors": b"\x00garbage, not safetensors" * 100}
+    run_id = make_run(project, files)
+    from kaggleops.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+    assert str(err.value).startswith(f"Run {run_id}: model/model.safetensors does not load (")
+    assert str(err.value).endswith("; nothing uploaded. Fix or re-log the run's model folder, then publish again.")
+    assert rpc_log(emulator, "/StartBlobUpload") == [] and rpc_log(emulator, "/CreateDataset") == []
+    assert TAG_DATASET not in run_tags(project, run_id)
+
+
+def test_changed_artifact_is_published_as_a_new_version(project: Path, emulator: Emulator) -> None:
+    """The run's weights were replaced after publishing: the next publish to its dataset makes version 2."""
+    cfg = load_config(project / "kops.yaml")
+    run_id = make_run(project, model_files(seed=12))
+    first = publish(cfg, run_id, kaggle=fast_kaggle())
+    fixed = project / "fixed"
+    fixed.mkdir()
+    (fixed / "model.safetensors").write_bytes(weights(b"fixed" * 1000))
+    Tracker(cfg).log_artifact(run_id, fixed / "model.safetensors", "model")
+    second = publish(cfg, run_id, dataset=first.dataset, kaggle=fast_kaggle())
+    assert (first.dataset_version, second.dataset_version, second.uploaded) == (1, 2, True)
+    assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "2"
+
+
+def test_another_users_namespace_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
+    run_id = make_run(project, model_files(seed=13))
+    with pytest.raises(ConfigError) as err:
+        publish(load_config(project / "kops.yaml"), run_id, dataset="someoneelse/weights-abc", kaggle=fast_kaggle())
+    assert str(err.value) == (f"Dataset someoneelse/weights-abc is in someoneelse's namespace, but the Kaggle "
+                              f"credentials are {USER}'s; nothing uploaded. Publish into your own: --dataset "
+                              f"{USER}/weights-abc (or set `owner: {USER}` in kops.yaml).")
+    assert rpc_log(emulator, "/StartBlobUpload") == []
+
+
+def test_lost_create_answer_leaves_no_spent_tokens_for_the_next_publish(project: Path, emulator: Emulator) -> None:
+    """CreateDataset took effect but its answer was lost: the client kept its upload records (token, "complete").
+    The emulator treats tokens as single-use, so resending them fails; the next publish of the same run (here to
+    a second dataset) must upload afresh."""
+    cfg = load_config(project / "kops.yaml")
+    run_id = make_run(project, model_files(seed=14))
+    emulator.inject_fault("CreateDataset", 503, after=True)
+    first = publish(cfg, run_id, kaggle=fast_kaggle(), poll_s=0.05)
+    second = publish(cfg, run_id, dataset=f"{USER}/second-copy-{run_id[:8]}", kaggle=fast_kaggle(), poll_s=0.05)
+    assert (first.dataset_version, second.dataset_version, second.uploaded) == (1, 1, True)
+    assert rpc_log(emulator, "/CreateDataset") == [503, 200]
+
+
+def test_spent_upload_token_is_refused_by_the_emulator(project: Path, emulator: Emulator) -> None:
+    """The strictness the test above relies on: a token a dataset version holds cannot make another one."""
+    import requests
+
+    cfg = load_config(project / "kops.yaml")
+    publish(cfg, make_run(project, model_files(seed=15)), kaggle=fast_kaggle())
+    token = next(t for t, b in emulator.store.blobs.items() if b.used)
+    body = {"ownerSlug": USER, "slug": "reuse-the-token", "title": "Reuse The Token", "licenseName": "CC0-1.0",
+            "files": [{"token": token}]}
+    answer = requests.post(f"{emulator.url}/api/v1/datasets.DatasetApiService/CreateDataset", json=body,
+                           auth=(USER, KEY), timeout=10)
+    assert answer.status_code == 200 and "was already used" in answer.json()["error"]  # Kaggle: error in the body
+    assert f"{USER}/reuse-the-token" not in emulator.state_summary()["datasets"]
+
+
+def test_upload_lines_name_each_file_and_its_size_within_80_columns(tmp_path: Path) -> None:
+    from kaggleops.refs import DatasetRef
+    from kaggleops.stages.publish import upload_lines
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 5_000_000)
+    (tmp_path / "tokenizer.zip").write_bytes(b"y" * 1234)
+    (tmp_path / ("a" * 100 + ".json")).write_bytes(b"{}")
+    lines = upload_lines(DatasetRef("alice", "fold-0-3f2a9c1e"), tmp_path)
+    assert lines == ["uploading 3 file(s), 4.8 MB, to alice/fold-0-3f2a9c1e", "  " + "a" * 72 + "…  2 B",
+                     "  model.safetensors  4.8 MB", "  tokenizer.zip  1.2 KB"]
+    assert max(map(len, lines)) <= 80
+
+
+def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emulator: Emulator) -> None:
+    from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
+
+    cfg = load_config(project / "kops.yaml")
+    tracker = Tracker(cfg)
+    parent = tracker.start_run("kfold-tiny", {}, {"kops.kind": "kfold"})
+    folds = []
+    for k in (0, 1):
+        run_id = make_run(project, model_files(seed=20 + k), name=f"fold-{k}")
+        tracker.set_tags(run_id, {"mlflow.parentRunId": parent, "kops.kind": "fold", "kops.fold": str(k)})
+        folds.append(run_id)
+    tracker.end_run(parent)
+    result = publish_run_or_folds(cfg, parent)
+    assert isinstance(result, PublishedFolds) and result.parent_run_id == parent
+    assert [(r.run_id, r.dataset, r.dataset_version) for r in result.folds] == [
+        (f, f"{USER}/fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
+    with pytest.raises(ConfigError, match="is a k-fold parent: each fold gets its own dataset"):
+        publish_run_or_folds(cfg, parent, dataset=f"{USER}/all-folds")

@@ -111,7 +111,8 @@ def test_kind_values_and_tag_names_are_written_once() -> None:
         if path.name == "schema.py" or "emulator" in path.parts:
             continue
         text = path.read_text()
-        found += [f"{path.name}: {m.group(0)}" for m in tag.finditer(text) if m.group(1) not in ("kops.yaml",)]
+        found += [f"{path.name}: {m.group(0)}" for m in tag.finditer(text)
+                  if m.group(1) not in ("kops.yaml", "mlflow.db")]  # file names, not tags
         found += [f"{path.name}: {m.group(0)}" for m in kinds.finditer(text)]
     assert found == []
 

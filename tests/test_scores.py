@@ -306,8 +306,9 @@ def test_identify_kernel(description: str, known: set[str], found: str | None) -
 
 
 def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # env given explicitly: something in the test process sets COLUMNS in the C environment a bare child inherits
     return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=dict(os.environ))
 
 
 def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
@@ -322,10 +323,120 @@ def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, t
     assert [(r["status"], r["lb_public"]) for r in json.loads(out.stdout)] == [("COMPLETE", 1.0)]
     out = kops("leaderboard", cwd=cfg.root)
     assert out.returncode == 0, out.stderr
-    assert "kops leaderboard" in out.stdout and "1.00000" in out.stdout and "0.61000" in out.stdout
+    assert out.stdout.split()[0] == "ref" and "1.00000" in out.stdout and "0.61000" in out.stdout
     [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root).stdout)
     assert (row["lb_public"], row["cv"], row["models"], row["kernel"]) == (1.0, 0.61, ["fold-0"], "good.csv")
     out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root)
     assert out.returncode == 1
     assert out.stderr == ("kops: error: Cannot sort the leaderboard by 'jaccard'. "
                           "Use --sort one of: lb_public, lb_private, cv, date, ref.\n")
+
+
+def test_kfold_parent_gets_the_lb_scores_of_its_folds(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    tracker = Tracker(cfg)
+    parent = tracker.start_run("kfold-tiny", {}, {"kops.kind": "kfold"})
+    folds = [tracker.start_run(f"fold-{k}", {}, {"kops.kind": "fold", TAG_DATASET: f"{USER}/ds-a",
+                                                 TAG_DATASET_VERSION: "1"}, parent_run_id=parent) for k in (0, 1)]
+    for run_id in (*folds, parent):
+        tracker.end_run(run_id)
+    version = push_tiny_kernel(tmp_path, folds)
+    submit(cfg, KERNEL, version, "kernel")
+    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    assert tracker.get_run(parent).data.metrics["lb_public"] == row.lb_public == expected(emulator, HINTS)[0]
+
+
+def test_ref_fallback_never_takes_a_submission_of_another_kops_run(cfg: Any, emulator: Emulator,
+                                                                  tmp_path: Path) -> None:
+    """A submission run whose key is not found matches by its recorded ref only when the submission listed under
+    that ref carries no other kops key (refs can name another submission, e.g. on another server)."""
+    run_a = source_run(cfg, "fold-0", 0.60)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    mine = submit(cfg, file=good, runs=[run_a], message="mine")
+    stray = Tracker(cfg).start_run("submission-stray", {}, {"kops.kind": "submission",
+                                                            TAG_SUBMISSION_KEY: "0123456789ab",
+                                                            TAG_SUBMISSION_REF: str(mine.submission_ref)})
+    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    assert [(r.submission_run_id, r.submission_ref) for r in rows] == [(mine.submission_run_id, mine.submission_ref)]
+    assert "lb_public" not in Tracker(cfg).get_run(stray).data.metrics
+
+
+LEADERBOARD_ROWS = [  # (ref, status, public, private, cv, models, datasets, kernel, commits)
+    (50003, "COMPLETE", 0.71234, 0.70001, 0.70555, ["kfold-tse-roberta-base"], ["alice/kfold-tse-rob-1/2"],
+     "alice/tse-roberta-base-inference/12", ["c0ffee1234567890"]),
+    (50002, "ERROR", None, None, 0.61, ["fold-0"], ["alice/fold-0-3f2a9c1e/1"], "alice/tse-demo-inference/3",
+     ["deadbeef00000000"]),
+    (50001, "COMPLETE", 0.5, 0.45, None, [], [], "submission.csv", []),
+]
+
+
+def _board_rows() -> list[Any]:
+    from kaggleops.stages.leaderboard import LeaderboardRow
+
+    return [LeaderboardRow(ref, f"run{ref}", f"2026-12-0{ref - 50000}T10:1{ref - 50000}:00", status, pub, priv, cv,
+                           models=models, datasets=datasets, kernel=kernel, commits=commits,
+                           error="kernel ended with ERROR: CUDA out of memory" if status == "ERROR" else "")
+            for ref, status, pub, priv, cv, models, datasets, kernel, commits in LEADERBOARD_ROWS]
+
+
+def test_leaderboard_fits_80_columns_keeping_the_columns_that_matter() -> None:
+    from kaggleops.cli.submissions import render_leaderboard
+
+    out = render_leaderboard(_board_rows(), 80)
+    assert out == (
+        "  ref  status        LB public  LB private       CV  models        kernel / file\n"
+        "-----  ------------  ---------  ----------  -------  ------------  -------------\n"
+        "50003  COMPLETE        0.71234     0.70001  0.70555  kfold-tse-r…  alice/tse-ro…\n"
+        "50002  ERROR: kern…          -           -  0.61000  fold-0        alice/tse-de…\n"
+        "50001  COMPLETE        0.50000     0.45000        -  -             submission.c…\n"
+        "(not shown at 80 columns: date, datasets, commit; see --json)")
+    assert max(len(line) for line in out.splitlines()) == 80
+
+
+def test_leaderboard_at_120_columns_adds_date_and_commit() -> None:
+    from kaggleops.cli.submissions import render_leaderboard
+
+    out = render_leaderboard(_board_rows(), 120)
+    assert out == (
+        "  ref  date              status            LB public  LB private       CV  models            kernel / file"
+        "      commit\n"
+        "-----  ----------------  ----------------  ---------  ----------  -------  ----------------  -----------------"
+        "  --------\n"
+        "50003  2026-12-03 10:13  COMPLETE            0.71234     0.70001  0.70555  kfold-tse-rober…  alice/tse-robert…"
+        "  c0ffee12\n"
+        "50002  2026-12-02 10:12  ERROR: kernel e…          -           -  0.61000  fold-0            alice/tse-demo-i…"
+        "  deadbeef\n"
+        "50001  2026-12-01 10:11  COMPLETE            0.50000     0.45000        -  -                 submission.csv"
+        "     -\n"
+        "(not shown at 120 columns: datasets; see --json)")
+    assert max(len(line) for line in out.splitlines()) == 120
+
+
+def test_cli_leaderboard_uses_the_terminal_width(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    """The installed command at COLUMNS=80: every line fits; without COLUMNS (a pipe) every column is shown."""
+    run_a = source_run(cfg, "fold-0", 0.61)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    submit(cfg, file=good, runs=[run_a], message="mine")
+    scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    narrow = subprocess.run([sys.executable, "-m", "kaggleops", "leaderboard"], cwd=cfg.root, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    wide = kops("leaderboard", cwd=cfg.root)
+    assert wide.stdout.splitlines()[0].split() == ["ref", "date", "status", "LB", "public", "LB", "private", "CV",
+                                                   "models", "datasets", "kernel", "/", "file", "commit"]
+
+
+def test_submit_with_a_wrong_kaggle_key_is_one_line(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    """The installed `kops submit` with a key the server refuses: exit 1, one line (+ at most a hint), no traceback."""
+    kops_script = Path(sys.executable).parent / "kops"
+    if not kops_script.is_file():
+        pytest.skip("no installed kops script")
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    out = subprocess.run([str(kops_script), "submit", "--file", str(good)], cwd=cfg.root, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "KAGGLE_KEY": "wrong-key"})
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert "Traceback" not in out.stderr and "benchmark_task_slug" not in out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kops: error: "), out.stderr

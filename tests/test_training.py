@@ -203,8 +203,8 @@ def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
 
     original = TweetSentimentExtraction.train_fold
 
-    def crash_on_fold_1(self: Any, df: Any, settings: Any, fold: int, *args: Any, **kw: Any) -> Any:
-        if fold == 1:
+    def crash_on_fold_1(self: Any, df: Any, settings: Any, fold: Any, *args: Any, **kw: Any) -> Any:
+        if getattr(fold, "fold", fold) == 1:  # kops passes a FoldContext (kaggleops.task)
             raise RuntimeError("simulated disconnect")
         return original(self, df, settings, fold, *args, **kw)
 

@@ -180,7 +180,7 @@ def write_sample(out_dir: Path = SAMPLE_DIR, seed: int = SEED) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python datasets/tweet-sentiment-extraction/make_sample.py [--out DIR] [--seed N]``."""
+    """Command-line entry point: ``python datasets/tweet-sentiment-extraction/make_sample.py [--out DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SAMPLE_DIR)
     parser.add_argument("--seed", type=int, default=SEED)

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,12 +44,13 @@ from kaggleops.errors import (
     DatasetNotFound,
     KaggleError,
     KernelError,
+    ModelNotFound,
     PublishError,
     SchemaError,
     TimedOut,
 )
 from kaggleops.polling import poll
-from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, ModelRef
 from kaggleops.schema import MANIFEST, Manifest
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a daily quota) is reported, n
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 DEFAULT_POLL_S = 2.0
+_ZERO = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,8 @@ class Kaggle:
         )
         if resp != "exists":
             _check_status(resp, f"Create dataset {ref.ref}")
+        else:
+            clear_upload_records(folder)  # the answer was lost: the client kept its records of spent tokens
 
     def create_dataset_version(self, folder: Path, notes: str, ref: DatasetRef | None = None,
                                previous: int | None = None, quiet: bool = True, wait_s: float = 600,
@@ -332,6 +337,101 @@ class Kaggle:
                                         poll_s=poll_s)
         if resp != "created":
             _check_status(resp, f"Create version of dataset {ref.ref}")
+        else:
+            clear_upload_records(folder)
+
+    # ---- accelerator quota ----------------------------------------------------------------------------
+    def quota(self) -> dict[str, Any]:
+        """The calling user's weekly accelerator quota (the client's ``quota_view``), in hours.
+
+        ``{"refresh_time": ISO-8601 UTC or None, "gpu": {"used_h", "reserved_h", "allowed_h", "remaining_h"},
+        "tpu": {...}}``; a kind Kaggle does not report is left out.
+        """
+        resp = self._call("Accelerator quota", self.api.quota_view)
+        out: dict[str, Any] = {"refresh_time": None}
+        when = getattr(resp, "quota_refresh_time", None)
+        if when is not None:
+            out["refresh_time"] = when.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+        for kind in ("gpu", "tpu"):
+            q = getattr(resp, f"{kind}_quota", None)
+            if q is None:
+                continue
+            hours = {name: round(((getattr(q, attr, None) or _ZERO).total_seconds()) / 3600, 2)
+                     for name, attr in (("used_h", "time_used"), ("reserved_h", "time_reserved"),
+                                        ("allowed_h", "total_time_allowed"))}
+            hours["remaining_h"] = round(max(0.0, hours["allowed_h"] - hours["used_h"] - hours["reserved_h"]), 2)
+            out[kind] = hours
+        return out
+
+    # ---- Kaggle Models --------------------------------------------------------------------------------
+    def model_exists(self, ref: ModelRef) -> bool:
+        """Whether the model ``owner/slug`` exists (any instance)."""
+        try:
+            self._call(f"Model {ref.model}", self.api.model_get, ref.model, resource=ref)
+        except ModelNotFound:
+            return False
+        return True
+
+    def create_model(self, folder: Path, ref: ModelRef) -> None:
+        """Create the model from ``folder``'s model-metadata.json (an existing one is left as it is)."""
+        resp = self._call(f"Create model {ref.model}", self.api.model_create_new, str(folder), resource=ref,
+                          idempotent=False, verify=lambda: "exists" if self.model_exists(ref) else None)
+        if resp != "exists" and getattr(resp, "error", None) and getattr(resp, "error_code", 0) != 409:
+            raise PublishError(f"Create model {ref.model} refused by Kaggle: {resp.error}")
+
+    def model_instance_version(self, ref: ModelRef) -> int | None:
+        """The instance's current version number, or None when the instance does not exist."""
+        try:
+            inst = self._call(f"Model instance {ref.ref}", self.api.model_instance_get, ref.ref, resource=ref)
+        except ModelNotFound:
+            return None
+        return int(inst.version_number or 0) or None
+
+    def create_model_instance(self, folder: Path, ref: ModelRef, quiet: bool = True) -> int:
+        """Create the instance (version 1) from ``folder`` (model-instance-metadata.json + files; sub-folders
+        as zips); return its version number read back."""
+        resp = self._call(f"Create model instance {ref.ref}", self.api.model_instance_create, str(folder),
+                          quiet=quiet, dir_mode="zip", resource=ref, idempotent=False,
+                          verify=lambda: self.model_instance_version(ref))
+        _check_model_response(resp, f"Create model instance {ref.ref}")
+        return self.model_instance_version(ref) or 1
+
+    def create_model_instance_version(self, folder: Path, ref: ModelRef, notes: str, previous: int,
+                                      quiet: bool = True) -> int:
+        """Add a version to the instance (current version ``previous``); return the new number read back.
+
+        A retry after a failure first checks whether the version count went up, so no duplicate is made.
+        """
+        def took_effect() -> int | None:
+            now = self.model_instance_version(ref) or 0
+            return now if now > previous else None
+
+        resp = self._call(f"Create version of model instance {ref.ref}", self.api.model_instance_version_create,
+                          ref.ref, str(folder), notes, quiet=quiet, dir_mode="zip", resource=ref, idempotent=False,
+                          verify=took_effect)
+        _check_model_response(resp, f"Create version of model instance {ref.ref}")
+        return self.model_instance_version(ref) or previous + 1
+
+    def model_manifest(self, ref: ModelRef, version: int) -> Manifest | None:
+        """The ``kops-manifest.json`` of one instance version, or None when it has none."""
+        from kagglesdk.models.types.model_api_service import ApiDownloadModelInstanceVersionRequest
+
+        def fetch() -> Any:
+            with self.api.build_kaggle_client() as client:
+                request = ApiDownloadModelInstanceVersionRequest()
+                request.owner_slug, request.model_slug, request.instance_slug = ref.owner, ref.slug, ref.variation
+                request.framework = self.api.lookup_enum(type(request.framework), request.framework, ref.framework)
+                request.version_number, request.path = version, MANIFEST
+                return client.models.model_api_client.download_model_instance_version(request).content
+
+        try:
+            data = self._call(f"Download {MANIFEST} of {ref}/{version}", fetch, resource=ref)
+        except (ModelNotFound, KaggleError):
+            return None
+        try:
+            return Manifest.from_dict(json.loads(data))
+        except (ValueError, SchemaError):
+            return None
 
     # ---- kernels --------------------------------------------------------------------------------------
     def kernel_version(self, ref: KernelRef) -> int | None:
@@ -368,6 +468,7 @@ class Kaggle:
         problems = [
             *(f"unknown dataset source {s}" for s in (resp.invalid_dataset_sources or [])),
             *(f"unknown competition source {s}" for s in (resp.invalid_competition_sources or [])),
+            *(f"unknown model source {s}" for s in (resp.invalid_model_sources or [])),
         ]
         if resp.error or problems:
             raise KernelError(f"Kernel push of {ref.ref} failed: {resp.error or '; '.join(problems)}")
@@ -389,7 +490,7 @@ class Kaggle:
             if on_status:
                 on_status(status)
             if status in ("ERROR", "CANCEL_ACKNOWLEDGED"):
-                raise KernelError(f"Kernel {ref} ended with {status}: {failure.strip() or 'no message'}",
+                raise KernelError(f"Kernel {ref} ended with {status}: {failure_line(failure)}",
                                   f"See its log with: kaggle kernels output {ref.ref} -p OUT")
             return status if status == "COMPLETE" else None
 
@@ -413,6 +514,17 @@ class Kaggle:
         return [Path(f) for f in files]
 
     # ---- competitions ---------------------------------------------------------------------------------
+    def download_competition(self, competition: CompetitionRef, dst: Path) -> Path:
+        """The competition's public data files (as a kernel attaching it sees them), unpacked into ``dst``
+        (members that would land outside it are refused); returns ``dst``. A 403 is RulesNotAccepted."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download the files of {competition}", self.api.competition_download_files, competition.slug,
+                   path=str(dst), force=True, quiet=True, resource=competition)
+        for archive in sorted(dst.glob("*.zip")):
+            _safe_unzip(archive, dst)
+            archive.unlink()
+        return dst
+
     def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
         """Create a code-competition submission from a kernel version; return the submission ref.
 
@@ -431,13 +543,6 @@ class Kaggle:
             idempotent=False, verify=took_effect,
         )
         return resp if isinstance(resp, int) else int(resp.ref)
-
-    def download_competition(self, competition: CompetitionRef, dst: Path) -> Path:
-        """The competition's public data files (as a kernel attaching it sees them), unpacked into ``dst``."""
-        dst.mkdir(parents=True, exist_ok=True)
-        self._call(f"Download the data of {competition}", self.api.competition_download_files, competition.slug,
-                   path=str(dst), force=True, quiet=True, unzip=True, resource=competition)
-        return dst
 
     def get_submission(self, ref: int) -> Submission:
         """One submission by ref."""
@@ -485,9 +590,58 @@ class Kaggle:
         return int(resp.ref)
 
 
+def clear_upload_records(folder: Path) -> int:
+    """Delete the official client's resumable-upload records of ``folder``'s files (and of files that no longer
+    exist, e.g. its temporary zips); returns how many were deleted.
+
+    The client keeps a record (upload URL, token, "complete") per file for 6 days whenever a call raised, and on
+    the next upload of the same path, size and mtime sends that token again instead of uploading. After a create
+    whose answer was lost but which took effect, those tokens are spent: a server treating them as single-use
+    would refuse every later upload of the files.
+    """
+    from kaggle.api.kaggle_api_extended import ResumableUploadContext
+
+    context = ResumableUploadContext()
+    records = Path(context.get_upload_info_file_path("x")).parent
+    if not records.is_dir():
+        return 0
+    ours = {Path(context.get_upload_info_file_path(str(p))).name for p in Path(folder).iterdir() if p.is_file()}
+    removed = 0
+    for record in records.glob("*.json"):
+        try:
+            recorded = json.loads(record.read_text()).get("path") or ""
+        except (OSError, ValueError):
+            continue
+        if record.name in ours or (recorded and not Path(recorded).exists()):
+            record.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def failure_line(failure: str) -> str:
+    """The line of a kernel's failure message that says what went wrong: the last one that is not a traceback
+    marker (``^^^^``, ``~~~``); ``no message`` when there is none."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip().strip("^~ ")]
+    return lines[-1] if lines else "no message"
+
+
 @dataclass(frozen=True)
 class _Pushed:
     version_number: int
+
+
+def _safe_unzip(archive: Path, dst: Path) -> None:
+    """Extract ``archive`` into ``dst``, refusing members that would land outside it."""
+    import zipfile
+
+    root = dst.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            target = (dst / member).resolve()
+            if root != target and root not in target.parents:
+                raise KaggleError(f"{archive.name} holds {member!r}, outside the download folder.",
+                                  "Refusing to unpack it; report it to the competition hosts.")
+        zf.extractall(dst)
 
 
 def _metadata_ref(folder: Path) -> DatasetRef:
@@ -508,6 +662,14 @@ def _submission(s: Any) -> Submission:
         public_score=_score(s.public_score), private_score=_score(s.private_score),
         error=s.error_description or "", date=str(s.date or ""),
     )
+
+
+def _check_model_response(resp: Any, what: str) -> None:
+    if isinstance(resp, int):
+        return  # a verified retry: the version exists
+    error = getattr(resp, "error", None)
+    if error:
+        raise PublishError(f"{what} refused by Kaggle: {error}")
 
 
 def _check_status(resp: Any, what: str) -> None:

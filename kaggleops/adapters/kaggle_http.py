@@ -17,12 +17,13 @@ from kaggleops.errors import (
     DatasetProcessing,
     KaggleError,
     KernelError,
+    ModelNotFound,
     QuotaExceeded,
     RulesNotAccepted,
 )
-from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef
+from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef, ModelRef
 
-Resource = DatasetRef | KernelRef | CompetitionRef | None
+Resource = DatasetRef | KernelRef | CompetitionRef | ModelRef | None
 CREDENTIAL_VARS = "KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY"
 
 
@@ -63,6 +64,8 @@ def http_error(what: str, status: int, message: str, response: Any, resource: Re
                                  "Retry once it is ready.")
     if status == 404 and isinstance(resource, DatasetRef):
         return DatasetNotFound(resource.ref)
+    if status == 404 and isinstance(resource, ModelRef):
+        return ModelNotFound(f"{what}: not found on Kaggle Models.", "Publish it with: kops publish RUN_ID --to model")
     if status == 404 and isinstance(resource, KernelRef):
         return KernelError(f"Kernel {resource.ref} not found.", "Push one with: kops push-kernel --run RUN_ID")
     if status == 404 and isinstance(resource, CompetitionRef):

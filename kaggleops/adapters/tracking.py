@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -24,9 +25,9 @@ from kaggleops import __version__
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import RunNotFound, TrackingUnavailable
+from kaggleops.errors import RunIdAmbiguous, RunNotFound, TrackingUnavailable
 from kaggleops.refs import RunRef
-from kaggleops.schema import ARTIFACT_GIT_DIFF, TAG_LIB_PREFIX, TAG_VERSION
+from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
 # tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
 from kaggleops.schema import (
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 
     from kaggleops.config import KopsConfig
 
+MIN_PREFIX = 6  # the shortest run-id prefix a command accepts
 METRIC_BATCH = 500
 BATCH_ENTITIES, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 SEARCH_PAGE = 50_000
@@ -233,6 +235,15 @@ class Tracker:
         self._call(f"Tagging run {run_id}", self.client.log_batch, run_id,
                    tags=[RunTag(k, str(v)) for k, v in tags.items()], run_id=run_id)
 
+    def log_data_input(self, run_id: str, name: str, digest: str, source: str, source_type: str = "local",
+                       profile: str | None = None, context: str = "training") -> None:
+        """Record the data a run used as an MLflow dataset input (``mlflow.log_input``; the UI's Datasets)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type=source_type,
+                          source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])])
+
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
                    artifact_path, run_id=run_id)
@@ -271,7 +282,28 @@ class Tracker:
                 hits = self.client.search_runs(ids, query, max_results=1) if ids else []
             if hits:
                 return hits[0].info.run_id
+        elif re.fullmatch(rf"[0-9a-f]{{{MIN_PREFIX},31}}", run_id):
+            return self._by_prefix(run_id)
         raise RunNotFound(run_id, self.uri)
+
+    def _by_prefix(self, prefix: str) -> str:
+        """The one run whose id starts with ``prefix``; RunNotFound for none, ConfigError listing them for several."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        found, token = [], None
+        while ids:
+            page = self.client.search_runs(ids, "", run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+            token = page.token
+            if not token:
+                break
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise RunNotFound(prefix, self.uri)
+        raise RunIdAmbiguous(f"Run id prefix {prefix} matches {len(found)} runs: {', '.join(sorted(found)[:5])}"
+                             f"{' …' if len(found) > 5 else ''}.", "Give more characters of the id.")
 
     def _origin_artifacts(self, run_id: str) -> str | None:
         """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""

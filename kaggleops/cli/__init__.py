@@ -19,7 +19,7 @@ from kaggleops.errors import KopsError
 app = typer.Typer(
     name="kops",
     help="Traceable Kaggle work: train → publish → push-kernel → submit → scores, every hop linked in MLflow.",
-    no_args_is_help=True,
+    no_args_is_help=False,  # `kops` alone: a usage error (exit 2), see run()
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -54,7 +54,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from kaggleops.cli import emulator, kernel, project, runs, submissions, sync, ui  # noqa: F401  (commands register on import)
+    from kaggleops.cli import (  # noqa: F401  (commands register on import)
+        data,
+        emulator,
+        kernel,
+        project,
+        runs,
+        submissions,
+        sync,
+        ui,
+    )
 
 
 QUIET_LIBRARIES = {
@@ -64,25 +73,66 @@ QUIET_LIBRARIES = {
 }
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ENV_DEBUG = "KOPS_DEBUG"  # =1: an unexpected error shows its traceback
+
+
+def _click_class(name: str) -> type[BaseException]:
+    """typer's own click exception class ``name`` (0.29+ bundles click as ``typer._click``; older typer uses the
+    installed click): found through typer's public exceptions, so both work."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: its non-empty lines joined."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _usage_error(e: Any) -> int:
+    """A click usage error as ``kops CMD: error: MESSAGE`` plus one hint line naming the help to read."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "kops"
+    message = one_line(e.format_message())
+    typer.echo(f"{where}: error: {message}", err=True)
+    typer.echo(f"Try '{where} --help' for help.", err=True)
+    return int(getattr(e, "exit_code", EXIT_USAGE) or EXIT_USAGE)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the app on ``args`` (default: ``sys.argv[1:]``); the exit code, every error printed as one line.
+
+    0 success, 1 a kops error (or an unexpected one: its traceback only with ``KOPS_DEBUG=1``), 2 a usage
+    mistake, 130 interrupted; a command that ran a child process (``--nproc``) exits with the child's code.
+    """
+    click_error, abort = _click_class("ClickException"), typer.Abort
+    try:
+        rv = app(args=args, prog_name="kops", standalone_mode=False)
+    except KopsError as e:
+        prefix = "kops: " if e.exit_code == EXIT_INTERRUPTED else "kops: error: "
+        typer.echo(prefix + one_line(str(e)), err=True)
+        return e.exit_code
+    except click_error as e:
+        if _click_class("UsageError") in type(e).__mro__:
+            return _usage_error(e)
+        typer.echo(f"kops: error: {one_line(e.format_message())}", err=True)  # type: ignore[attr-defined]
+        return int(getattr(e, "exit_code", EXIT_ERROR))
+    except (abort, KeyboardInterrupt):
+        rv = EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get(ENV_DEBUG) == "1":
+            raise
+        typer.echo(f"kops: internal error: {type(e).__name__}: {one_line(str(e))[:300]}", err=True)
+        typer.echo(f"Run again with {ENV_DEBUG}=1 to see the traceback, and please report it.", err=True)
+        return EXIT_ERROR
+    code = rv if isinstance(rv, int) and not isinstance(rv, bool) else EXIT_OK
+    if code == EXIT_INTERRUPTED:
+        typer.echo("kops: interrupted.", err=True)
+    return code
+
+
 def main() -> None:
-    """Entry point: run the app; a KopsError becomes one line on stderr and exit code 1."""
+    """Entry point of the ``kops`` script: :func:`run`, then exit with its code."""
     for var, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(var, value)
     _register()
-    try:
-        app(prog_name="kops", standalone_mode=False)
-    except KopsError as e:
-        typer.echo(f"kops: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("Aborted.", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    sys.exit(run())

@@ -14,7 +14,7 @@ from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
 
-emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=True)
+emulator_app = typer.Typer(help="The loopback Kaggle API emulator.", no_args_is_help=False)
 app.add_typer(emulator_app, name="emulator")
 
 
@@ -40,6 +40,11 @@ def start(
     processing_s: float = typer.Option(3.0, "--dataset-processing-s",
                                        help="Seconds a new dataset version stays processing before READY."),
     daily_limit: int = typer.Option(5, "--daily-submission-limit", help="Submissions per day before 429."),
+    input_layout: str = typer.Option("current", "--input-layout", help="Kernel inputs as Kaggle mounts them now "
+                                     "(current: competitions/, datasets/<owner>/, models/<owner>/) or legacy "
+                                     "(<slug>/)."),
+    isolation: str = typer.Option("namespace", help="Kernel sessions: namespace (read-only inputs, no network; "
+                                                    "where unshare works, else guard) or guard (socket guard)."),
     competition: list[str] = typer.Option(None, "--competition", help="A bundled competition to serve, e.g. "
                                           "digit-recognizer, or a folder with a competition.json (repeatable; "
                                           "default: the ones kept in --root, else the default competition)."),
@@ -52,7 +57,8 @@ def start(
     faults = parse_faults(fault or [])
     folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))
     emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
-                        daily_submission_limit=daily_limit, persist=root is not None)
+                        daily_submission_limit=daily_limit, persist=root is not None, input_layout=input_layout,
+                        isolation=isolation)
     for slug in competition or ([] if emulator.store.competitions else [COMPETITION]):
         seed_competition(emulator, slug)
     served = sorted(emulator.store.competitions)

@@ -10,7 +10,7 @@ from kaggleops.cli import app, emit, load
 from kaggleops.errors import KernelError
 
 kernel_app = typer.Typer(help="Generated inference kernels: run them locally before spending a submission.",
-                         no_args_is_help=True)
+                         no_args_is_help=False)
 app.add_typer(kernel_app, name="kernel")
 
 

@@ -39,13 +39,28 @@ def init(
         skeleton.write_text(source)
         task = f"{rel}:{cls}"
     path.write_text(render_template(competition=competition, owner=owner, task=task))
-    written = [path, *([skeleton] if skeleton else []),
+    written = [path, *_gitignore(Path.cwd()), *([skeleton] if skeleton else []),
                *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
     lines = [f"Wrote {p}" for p in written]
     if skeleton:
         lines.append(f"No built-in task serves {competition}: {skeleton.name} is a skeleton of your task (every "
                      f"method raises NotImplementedError); fill it in, then: kops train")
     emit({"config": str(path), "files": [str(p) for p in written], "task": task}, as_json, "\n".join(lines))
+
+
+GITIGNORED = ("mlflow.db", "mlartifacts/", ".kops/")  # what kops writes into the project folder
+
+
+def _gitignore(folder: Path) -> list[Path]:
+    """Add what kops writes (tracking store, artifacts, staging) to ``folder/.gitignore``; [] when all are there."""
+    path = folder / ".gitignore"
+    text = path.read_text() if path.is_file() else ""
+    missing = [p for p in GITIGNORED if p not in text.splitlines()]
+    if not missing:
+        return []
+    head = text if not text or text.endswith("\n") else text + "\n"
+    path.write_text(head + "# kops: tracking store, artifacts, staging\n" + "\n".join(missing) + "\n")
+    return [path]
 
 
 @app.command()
@@ -63,5 +78,4 @@ def demo(
     summary = run_demo(workdir, epochs=epochs, folds=fold, competition=competition or COMPETITION,
                        echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
-    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && "
-                           f"mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && kops ui")

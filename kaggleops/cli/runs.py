@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,14 +17,19 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 @app.command()
 def train(
     fold: list[int] = typer.Option(None, help="Fold(s) to train; default: `train.folds` in kops.yaml, else all."),
-    data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, else the bundled sample)."),
+    data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, the attached Kaggle input, "
+                                         "else the `kops data` cache, downloaded when absent)."),
+    sample: bool = typer.Option(False, "--sample", help="Train on the bundled synthetic sample (kops demo does)."),
     stage: str = typer.Option("base", help="base: the span model; rerank: the candidate reranker (needs --from)."),
     from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
                                             "data) from its last checkpoint, in the same MLflow run."),
     git: str = typer.Option(None, "--git", help="Train exactly this commit: URL[@REV], cloned into a temp folder."),
     on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
-    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator (NvidiaTeslaT4, NvidiaL4, ...)."),
+    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator as Kaggle names it (NvidiaTeslaT4, "
+                                                 "NvidiaL4, TpuV5E8)."),
+    allow_retired: bool = typer.Option(False, "--allow-retired", help="--on kaggle: push a retired accelerator."),
+    docker_image: str = typer.Option(None, "--docker-image", help="--on kaggle: image pinning, original | latest."),
     wait: bool = typer.Option(False, help="--on kaggle: follow the kernel and print the run ids it produced."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
                                                         "re-runs this command under torchrun. `batch_size` stays "
@@ -50,7 +56,8 @@ def train(
 
         if on != "kaggle":
             raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
-        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait)
+        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait,
+                                 allow_retired=allow_retired, docker_image=docker_image, notify=hint)
         return emit(remote.as_dict(), as_json, f"Pushed training kernel {remote.kernel} v{remote.kernel_version} "
                                                f"({remote.status or 'running'}) for {remote.git}\n{remote.url}"
                                                + (f"\nruns: {', '.join(remote.run_ids)}" if remote.run_ids else ""))
@@ -58,9 +65,10 @@ def train(
         from kaggleops.stages.gitsource import GitSpec, train_from_git, try_load
 
         result = train_from_git(try_load(config), GitSpec.parse(git), folds=fold or None, progress=not as_json,
-                                data_dir=data, resume=resume)
+                                data_dir=data, resume=resume, sample=sample)
     else:
-        result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume)
+        result = run_train(load(config), folds=fold or None, data_dir=data, progress=not as_json, resume=resume,
+                           sample=sample)
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
     emit(result.as_dict(), as_json, result.summary())
@@ -70,20 +78,48 @@ def train(
 def publish(
     run_id: str = typer.Argument(..., help="MLflow run id whose model to publish."),
     dataset: str = typer.Option(None, help="owner/slug of the dataset (default: owner/<run name>-<run id>)."),
+    to: str = typer.Option(None, "--to", help="dataset | model (Kaggle Models); default: kops.yaml `publish.to`."),
+    model: str = typer.Option(None, "--model", help="--to model: owner/model/framework/variation (default: "
+                                                    "owner/<experiment>/transformers/<run name>-<run id>)."),
     public: bool = typer.Option(None, "--public/--private", help="Visibility of a new dataset (default: kops.yaml)."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run."""
-    from kaggleops.stages.publish import publish as run_publish
+    """Publish a run's weights as a new Kaggle dataset version with a kops-manifest.json; tag the run.
 
-    result = run_publish(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    A k-fold parent publishes each of its folds as its own dataset (what push-kernel attaches).
+    With `--to model` (or `publish.to: model` in kops.yaml) the target is a Kaggle Model instead."""
+    if (to or load(config).publish.to) != "dataset":
+        return _publish_model(config, run_id, to, model, public, as_json)
+    from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
+
+    result = publish_run_or_folds(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    if isinstance(result, PublishedFolds):
+        lines = [f"k-fold parent {result.parent_run_id}: {len(result.folds)} fold(s)"]
+        lines += [_published_line(r) for r in result.folds]
+        return emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, f"{_published_line(result)}\n{result.url}")
+
+
+def _published_line(result: Any) -> str:
     if result.uploaded:
-        line = f"Published run {run_id} as {result.dataset} version {result.dataset_version}"
-    else:
-        line = (f"Weights of run {run_id} equal {result.dataset} version {result.dataset_version}: nothing uploaded, "
-                "no new version; run tagged with it")
-    emit(result.as_dict(), as_json, f"{line}\n{result.url}")
+        return f"Published run {result.run_id} as {result.dataset} version {result.dataset_version}"
+    return (f"Weights of run {result.run_id} equal {result.dataset} version {result.dataset_version}: nothing "
+            "uploaded, no new version; run tagged with it")
+
+
+def _publish_model(config: str | None, run_id: str, to: str | None, model: str | None, public: bool | None,
+                   as_json: bool) -> None:
+    """`kops publish --to model`: the Kaggle Models target (stages/publish_model.py)."""
+    from kaggleops.stages.publish_model import publish_model
+
+    if to not in (None, "model"):
+        raise typer.BadParameter(f"--to {to}: use dataset or model.")
+    res = publish_model(load(config), run_id, model=model, public=public, progress=not as_json)
+    what = f"{res.model} version {res.model_version}"
+    line = (f"Published run {run_id} as model {what}" if res.uploaded else
+            f"Weights of run {run_id} equal model {what}: nothing uploaded, no new version; run tagged with it")
+    emit(res.as_dict(), as_json, f"{line}\n{res.url}")
 
 
 @app.command("push-kernel")
@@ -92,8 +128,11 @@ def push_kernel(
                                                      "parent run expands to its folds."),
     reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
                                                           "models rescore the ensemble's candidate spans."),
-    machine_shape: str = typer.Option(None, help="Accelerator, e.g. NvidiaTeslaT4, NvidiaL4, NvidiaTeslaP100 "
-                                                 "(default: kops.yaml `kernel.machine_shape`)."),
+    machine_shape: str = typer.Option(None, help="Accelerator as Kaggle names it: NvidiaTeslaT4 (T4 x2), NvidiaL4, "
+                                                 "TpuV5E8 (default: kops.yaml `kernel.machine_shape`)."),
+    allow_retired: bool = typer.Option(False, "--allow-retired", help="Push a retired accelerator (P100, TPU v3-8) "
+                                                                      "anyway; Kaggle runs its substitute."),
+    docker_image: str = typer.Option(None, "--docker-image", help="Docker image pinning: original | latest."),
     public: bool = typer.Option(None, "--public/--private", help="Kernel visibility (default: kops.yaml)."),
     publish_missing: bool = typer.Option(True, "--publish/--no-publish",
                                          help="Publish runs that have no dataset yet (--no-publish: refuse)."),
@@ -119,9 +158,11 @@ def push_kernel(
     cfg = load(config)
     kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
-                            publish=publish_missing, push=push, wait=wait or submit)
+                            publish=publish_missing, push=push, wait=wait or submit, allow_retired=allow_retired,
+                            docker_image=docker_image)
     try:
-        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker)
+        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker,
+                          notify=hint)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise

@@ -73,23 +73,54 @@ def scores(
         hint("Submissions made outside kops are listed but not recorded; record them with: kops scores --all")
 
 
-WIDE_OUTPUT = 220
+WIDE_OUTPUT = 220  # a pipe or file without $COLUMNS gets every column, unshortened
+GAP = "  "
+FLEX_MIN = 12  # a shortened column keeps at least this many characters, else it is left out
+# (header, right-aligned, shortened to fit?) in display order; PRIORITY: which columns a narrow terminal keeps
+LB_COLUMNS = {"ref": True, "date": False, "status": False, "LB public": True, "LB private": True, "CV": True,
+              "models": False, "datasets": False, "kernel / file": False, "commit": False}
+LB_FLEX = ("status", "models", "datasets", "kernel / file")
+LB_PRIORITY = ("ref", "LB public", "LB private", "CV", "status", "models", "date", "kernel / file", "commit",
+               "datasets")
 
 
-def _table(rows: list[Any]) -> Any:
-    from rich.table import Table
+def _cells(r: Any) -> dict[str, str]:
+    return {"ref": str(r.submission_ref or "-"), "date": r.date[:16].replace("T", " "),
+            "status": r.status + (f": {r.error}" if r.error else ""), "LB public": _score(r.lb_public),
+            "LB private": _score(r.lb_private), "CV": _score(r.cv), "models": ", ".join(r.models) or "-",
+            "datasets": ", ".join(r.datasets) or "-", "kernel / file": r.kernel or "-",
+            "commit": " ".join(c[:8] for c in r.commits) or "-"}
 
-    table = Table(title="kops leaderboard", show_lines=False)
-    numbers = ("ref", "LB public", "LB private", "CV")
-    for name in (*numbers[:1], "date", "status", *numbers[1:], "models", "datasets", "kernel / file", "commit"):
-        table.add_column(name, justify="right" if name in numbers else "left",
-                         no_wrap=name in (*numbers, "date", "status", "commit"))
-    for r in rows:
-        status = r.status + (f": {r.error[:60]}" if r.error else "")
-        table.add_row(str(r.submission_ref or "-"), r.date[:16].replace("T", " "), status, _score(r.lb_public),
-                      _score(r.lb_private), _score(r.cv), "\n".join(r.models) or "-", "\n".join(r.datasets) or "-",
-                      r.kernel or "-", " ".join(r.commits) or "-")
-    return table
+
+def _fit(text: str, width: int, right: bool) -> str:
+    text = text if len(text) <= width else text[:width - 1] + "…"
+    return text.rjust(width) if right else text.ljust(width)
+
+
+def render_leaderboard(rows: list[Any], width: int) -> str:
+    """The leaderboard as a plain table at most ``width`` columns wide: columns are kept in LB_PRIORITY order
+    while they fit (a shortened one keeps FLEX_MIN characters, else it is left out), never squeezed to nothing."""
+    cells = [_cells(r) for r in rows]
+    natural = {c: max(len(c), *(len(row[c]) for row in cells)) for c in LB_COLUMNS}
+    chosen: dict[str, int] = {}
+    for c in LB_PRIORITY:
+        need = min(natural[c], max(FLEX_MIN, len(c))) if c in LB_FLEX else natural[c]
+        if sum(chosen.values()) + len(GAP) * len(chosen) + need <= width:
+            chosen[c] = need
+    spare = width - sum(chosen.values()) - len(GAP) * (len(chosen) - 1)
+    growing = [c for c in LB_PRIORITY if c in chosen and c in LB_FLEX]
+    while spare > 0 and (growing := [c for c in growing if chosen[c] < natural[c]]):
+        for c in growing[:spare]:  # the spare width shared evenly, one character at a time
+            chosen[c] += 1
+            spare -= 1
+    shown = [c for c in LB_COLUMNS if c in chosen]
+    lines = [GAP.join(_fit(c, chosen[c], LB_COLUMNS[c]) for c in shown).rstrip()]
+    lines.append(GAP.join("-" * chosen[c] for c in shown))
+    lines += [GAP.join(_fit(row[c], chosen[c], LB_COLUMNS[c]) for c in shown).rstrip() for row in cells]
+    left_out = [c for c in LB_COLUMNS if c not in chosen]
+    if left_out:
+        lines.append(_fit(f"(not shown at {width} columns: {', '.join(left_out)}; see --json)", width, False).rstrip())
+    return "\n".join(lines)
 
 
 @app.command()
@@ -108,9 +139,6 @@ def leaderboard(
     if not rows:
         typer.echo("No submissions recorded yet. Submit with: kops submit")
         return
-    import sys
+    import shutil
 
-    from rich.console import Console
-
-    # a pipe or file gets the whole table, not one squeezed into rich's 80-column default
-    Console(width=None if sys.stdout.isatty() else WIDE_OUTPUT).print(_table(rows))
+    typer.echo(render_leaderboard(rows, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns))

@@ -7,7 +7,7 @@ import typer
 from kaggleops.cli import app, emit, load
 
 sync_app = typer.Typer(help="Share runs through a bucket: push local runs, pull everyone else's.",
-                       no_args_is_help=True)
+                       no_args_is_help=False)
 app.add_typer(sync_app, name="sync")
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")

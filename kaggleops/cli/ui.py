@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from kaggleops.cli import app, hint, load
+from kaggleops.cli import app, emit, hint, load
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
 
@@ -13,6 +15,7 @@ CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (defau
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
     config: str = CONFIG_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print url, base, log and pid as JSON (then serve)."),
 ) -> None:
     """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
     from kaggleops.stages.sync import pull_if_configured
@@ -23,7 +26,9 @@ def ui(
     if pulled is not None:
         hint(f"Pulled from {pulled.bucket}: {len(pulled.created)} new, {len(pulled.updated)} updated run(s).")
     server = start_ui(cfg, port=port)
-    typer.echo(server.url)
+    emit({"url": server.url, "base": server.base, "log": server.log or None,
+          "pid": server.process.pid if server.process is not None else None}, as_json, server.url)
+    sys.stdout.flush()  # the URL is there for a script to read while the server runs
     if server.process is None:
         hint("The tracking store is a server already: open the URL above.")
         return

@@ -28,7 +28,8 @@ from .metrics import METRICS, get_metric
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
-from .runner import KernelRunner
+from .rpc_models import ModelService
+from .runner import KAGGLE_ROOT, MAX_OUTPUT_BYTES, KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
 from .seed import KINDS, CompetitionSeed, SeedError, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server
@@ -45,7 +46,9 @@ class Emulator:
     def __init__(self, root: Path, username: str = "testuser", key: str = "testkey",
                  kernel_timeout_s: float = 600, score_delay_polls: int = 1, daily_submission_limit: int = 5,
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
-                 users: dict[str, str] | None = None, persist: bool = False) -> None:
+                 users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current",
+                 isolation: str = "namespace", kaggle_root: Path | None = KAGGLE_ROOT,
+                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -60,18 +63,31 @@ class Emulator:
             persist: keep datasets, kernels, submissions and uploads in ``root/state.pickle`` across restarts
                 (so a user can dry-run a competition week); competitions seeded with a named metric come back
                 from ``root/seeds/``.
+            input_layout: how kernels see their inputs under ``/kaggle/input``: ``current`` (Kaggle today:
+                ``competitions/<slug>/``, ``datasets/<owner>/<slug>/``, ``models/<owner>/<model>/<framework>/
+                <variation>/<version>/``) or ``legacy`` (``<slug>/`` for each).
+            isolation: ``namespace`` (default; a user + mount + network namespace where ``unshare`` works, else
+                ``guard``) or ``guard`` (socket guard, permission bits): see ``runner.py``.
+            kaggle_root: where sessions see ``input/`` and ``working/`` when namespaces work and the folder
+                exists (default ``/kaggle``); elsewhere they are found through ``KOPS_KAGGLE_INPUT``/``_WORKING``.
+            max_output_bytes: a session leaving more than this in ``working/`` ends as ERROR (Kaggle: 20 GiB).
         """
+        if input_layout not in ("current", "legacy"):
+            raise ValueError(f"input_layout must be 'current' or 'legacy', not {input_layout!r}")
+        if isolation not in ("namespace", "guard"):
+            raise ValueError(f"isolation must be 'namespace' or 'guard', not {isolation!r}")
         self.root = Path(root)
         self.username = username
         self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
                                      score_delay_polls=int(score_delay_polls),
                                      daily_submission_limit=int(daily_submission_limit),
-                                     dataset_processing_s=float(dataset_processing_s))
+                                     dataset_processing_s=float(dataset_processing_s), input_layout=input_layout)
         self.store = Store(self.root)
-        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s)
+        self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s, isolation=isolation,
+                                   kaggle_root=kaggle_root, max_output_bytes=max_output_bytes)
         services = (DatasetService(self.store, self.config),
                     KernelService(self.store, self.config, self.runner),
-                    CompetitionService(self.store, self.config))
+                    CompetitionService(self.store, self.config), ModelService(self.store, self.config))
         routes: dict[str, Handler] = {}
         for service in services:
             routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})
@@ -90,7 +106,8 @@ class Emulator:
 
     def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
                         target_column: str | Sequence[str], metric: Metric | str,
-                        output_file: str = "submission.csv", kind: str = "file") -> None:
+                        output_file: str = "submission.csv", kind: str = "file",
+                        rules_accepted_by: tuple[str, ...] | None = None) -> None:
         """Seed a competition.
 
         Args:
@@ -101,6 +118,8 @@ class Emulator:
             metric: a name from ``metrics.METRICS`` ("accuracy", "rmse", ...) or ``metric(truths, preds) -> float``
                 over values aligned by id (strings; tuples of strings with several target columns).
             output_file: default file name for code submissions (and uploads without a name).
+            rules_accepted_by: users who have accepted the competition's rules (default: the emulator's user);
+                anyone else gets 403 on downloading its files or submitting, as on Kaggle.
             kind: "file" (CSV uploads and notebook outputs) or "code" (notebook outputs only).
         """
         if kind not in KINDS:
@@ -120,8 +139,14 @@ class Emulator:
                                metric=info.fn if info else metric,  # type: ignore[arg-type]
                                higher_is_better=info.higher_is_better if info else True)
         with self.store.lock:
+            accepted = {self.username} if rules_accepted_by is None else set(rules_accepted_by)
             self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file,
-                                                        kind=kind)
+                                                        kind=kind, rules_accepted=accepted)
+
+    def accept_rules(self, slug: str, user: str | None = None) -> None:
+        """Record that ``user`` (default: the emulator's user) accepted the competition's rules."""
+        with self.store.lock:
+            self.store.competition(slug).rules_accepted.add(user or self.username)
 
     def seed_folder(self, folder: Path, slug: str | None = None) -> CompetitionSeed:
         """Seed the competition in ``folder`` (Kaggle's files + ``competition.json``, see ``seed.py``).

@@ -98,6 +98,10 @@ class EmulatorConfig:
     score_delay_polls: int = 1
     daily_submission_limit: int = 5
     dataset_processing_s: float = 0.0
+    input_layout: str = "current"  # "current" (competitions/, datasets/, models/) or "legacy" (<slug>/)
+    gpu_quota_hours: float = 30.0  # weekly accelerator quota answered by GetAcceleratorQuotaStatistics
+    tpu_quota_hours: float = 20.0
+    quota_time_scale: float = 1.0  # seconds of quota one second of an emulated session costs
 
 
 def page_of(items: list, page_size: object, page_token: object, default_size: int = 20) -> tuple[list, str]:

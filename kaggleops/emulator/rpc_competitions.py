@@ -63,18 +63,26 @@ class CompetitionService:
         return {"files": page, "nextPageToken": nxt}
 
     def download_data_file(self, ctx: RpcContext, body: Body) -> Redirect:
-        """302 to one competition file."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        """302 to one competition file (403 until the caller accepted the rules)."""
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         name = str(body.get("fileName", ""))
         if name not in comp.files:
             raise ApiError(404, f"File {name!r} not found in competition {comp.slug}")
         return Redirect(f"{ctx.base_url}/files/competitions/{comp.slug}/{name}")
 
     def download_data_files(self, ctx: RpcContext, body: Body) -> Redirect:
-        """302 to a zip of all competition files (the client saves it as ``<slug>.zip``)."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        """302 to a zip of all competition files (the client saves it as ``<slug>.zip``); 403 without the rules."""
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         self.store.zip_of(dict(comp.files), "competitions", comp.slug, f"{comp.slug}.zip")
         return Redirect(f"{ctx.base_url}/files/zips/competitions/{comp.slug}/{comp.slug}.zip")
+
+    def _accepted(self, ctx: RpcContext, slug: str) -> Competition:
+        """The competition, or 403 as Kaggle answers a user who has not accepted its rules."""
+        comp = self.store.competition(slug)
+        if ctx.user not in comp.rules_accepted:
+            raise ApiError(403, f"You must accept this competition's rules before you can use its data or submit: "
+                                f"{ctx.base_url}/competitions/{comp.slug}/rules")
+        return comp
 
     def list_competitions(self, ctx: RpcContext, body: Body) -> Body:
         """Every seeded competition."""
@@ -95,7 +103,7 @@ class CompetitionService:
 
     def create_submission(self, ctx: RpcContext, body: Body) -> Body:
         """Score an uploaded CSV (``blobFileTokens`` is one token string)."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         if comp.kind == "code":
             raise ApiError(400, f"{comp.slug} is a code competition: submissions must come from a notebook's "
                                 "output (CreateCodeSubmission), not an uploaded file")
@@ -106,7 +114,7 @@ class CompetitionService:
 
     def create_code_submission(self, ctx: RpcContext, body: Body) -> Body:
         """Submit an output file of a COMPLETE, internet-off kernel version attached to the competition."""
-        comp = self.store.competition(str(body.get("competitionName", "")))
+        comp = self._accepted(ctx, str(body.get("competitionName", "")))
         owner, slug = str(body.get("kernelOwner") or ctx.user), str(body.get("kernelSlug", ""))
         kernel = self.store.kernel(owner, slug)
         kv = kernel.version(int(body["kernelVersion"]) if body.get("kernelVersion") else None)

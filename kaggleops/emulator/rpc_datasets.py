@@ -126,6 +126,8 @@ class DatasetService:
                      creator: str) -> DatasetVersion:
         number = len(ds.versions) + 1
         files = self.store.store_dataset_files(ds, number, entries)
+        for _, blob, _ in entries:
+            blob.used = True
         version = DatasetVersion(number=number, files=files, notes=notes, creator=creator,
                                  ready_at=time.monotonic() + self.config.dataset_processing_s)
         ds.versions.append(version)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .common import ApiError, EmulatorConfig, RpcContext, iso, page_of, parse_version_label, split_ref
+from .common import ApiError, EmulatorConfig, RpcContext, iso, page_of, parse_version_label, split_ref, utc_now
+from .rpc_models import version_files
 from .runner import KernelRunner
 from .state import Kernel, KernelVersion, Store
 
@@ -30,6 +32,7 @@ class KernelService:
         "kernels.KernelsApiService/GetKernel": "get_kernel",
         "kernels.KernelsApiService/ListKernelSessionOutput": "list_kernel_session_output",
         "kernels.KernelsApiService/ListKernels": "list_kernels",
+        "kernels.KernelsApiService/GetAcceleratorQuotaStatistics": "get_accelerator_quota_statistics",
     }
 
     def __init__(self, store: Store, config: EmulatorConfig, runner: KernelRunner) -> None:
@@ -92,10 +95,15 @@ class KernelService:
         return Kernel(id=self.store.next_id(), owner=owner, slug=slug, title=title)
 
     def _resolve_sources(self, ctx: RpcContext, body: Body) -> tuple[Sources, dict[str, list[str]]]:
-        """Map attached sources to input folders; unknown ones are reported as invalid."""
+        """Map attached sources to input folders (``input_layout``); unknown ones are reported as invalid.
+
+        current: ``competitions/<slug>``, ``datasets/<owner>/<slug>``, ``models/<owner>/<model>/<framework>/
+        <variation>/<version>``, ``notebooks/<owner>/<slug>``; legacy: ``<slug>`` for each (models:
+        ``<model>/<framework>/<variation>/<version>``).
+        """
+        legacy = self.config.input_layout == "legacy"
         sources: Sources = {}
-        invalid: dict[str, list[str]] = {"dataset": [], "competition": [], "kernel": [],
-                                         "model": list(body.get("modelDataSources") or [])}
+        invalid: dict[str, list[str]] = {"dataset": [], "competition": [], "kernel": [], "model": []}
         for ref in body.get("datasetDataSources") or []:
             owner, slug = split_ref(str(ref), ctx.user)
             ds = self.store.datasets.get((owner, slug))
@@ -103,13 +111,13 @@ class KernelService:
             if ready is None:
                 invalid["dataset"].append(ref)
             else:
-                sources[slug] = {f.name: f.path for f in ready.files}
+                sources[slug if legacy else f"datasets/{owner}/{slug}"] = {f.name: f.path for f in ready.files}
         for slug in body.get("competitionDataSources") or []:
             comp = self.store.competitions.get(str(slug))
             if comp is None:
                 invalid["competition"].append(slug)
             else:
-                sources[comp.slug] = dict(comp.files)
+                sources[comp.slug if legacy else f"competitions/{comp.slug}"] = dict(comp.files)
         for ref in body.get("kernelDataSources") or []:
             owner, slug = split_ref(str(ref), ctx.user)
             k = self.store.kernels.get((owner, slug))
@@ -117,7 +125,16 @@ class KernelService:
             if not done:
                 invalid["kernel"].append(ref)
             else:
-                sources[slug] = {name: done[-1].working / name for name in done[-1].outputs}
+                sources[slug if legacy else f"notebooks/{owner}/{slug}"] = {
+                    name: done[-1].working / name for name in done[-1].outputs}
+        for ref in body.get("modelDataSources") or []:
+            found = version_files(self.store, str(ref))
+            if found is None or (self.store.models[found[0][:2]].is_private and found[0][0] != ctx.user):
+                invalid["model"].append(ref)
+                continue
+            (owner, model, framework, variation, number), files = found
+            folder = f"{model}/{framework}/{variation}/{number}"
+            sources[folder if legacy else f"models/{owner}/{folder}"] = files
         return sources, invalid
 
     # ---- reads ---------------------------------------------------------------------------------
@@ -180,3 +197,46 @@ class KernelService:
                               "language": latest.setting("language"), "kernelType": latest.setting("kernelType"),
                               "isPrivate": latest.setting("isPrivate", True)})
         return {"kernels": items}
+
+    # ---- quota ---------------------------------------------------------------------------------
+
+    def get_accelerator_quota_statistics(self, ctx: RpcContext, body: Body) -> Body:
+        """The caller's weekly GPU/TPU hours: used (finished sessions' run time, scaled by ``quota_time_scale``),
+        reserved (running sessions' time limits) and allowed; refreshed each Saturday 00:00 UTC."""
+        out: Body = {"quotaRefreshTime": iso(next_quota_refresh(utc_now()))}
+        for kind, allowed_h in (("gpu", self.config.gpu_quota_hours), ("tpu", self.config.tpu_quota_hours)):
+            used = reserved = 0.0
+            for kernel in self.store.kernels.values():
+                if kernel.owner != ctx.user:
+                    continue
+                for kv in kernel.versions:
+                    if accelerator_kind(kv) != kind:
+                        continue
+                    if kv.status in ("QUEUED", "RUNNING"):
+                        reserved += float(kv.setting("sessionTimeoutSeconds") or 12 * 3600)
+                    elif kv.finished is not None:
+                        used += (kv.finished - kv.created).total_seconds() * self.config.quota_time_scale
+            out[f"{kind}Quota"] = {"timeUsed": _duration(used), "timeReserved": _duration(reserved),
+                                   "totalTimeAllowed": _duration(allowed_h * 3600),
+                                   "minimumTimeAllowed": _duration(allowed_h * 3600), "hasEverRun": used > 0}
+        return out
+
+
+def accelerator_kind(kv: KernelVersion) -> str | None:
+    """``gpu`` / ``tpu`` / None for a kernel version, from its machine shape or enableGpu/enableTpu."""
+    shape = str(kv.setting("machineShape") or "").lower()
+    if shape.startswith("tpu") or kv.setting("enableTpu", False):
+        return "tpu"
+    if shape.startswith("nvidia") or kv.setting("enableGpu", False):
+        return "gpu"
+    return None
+
+
+def next_quota_refresh(now: datetime) -> datetime:
+    """The next Saturday 00:00 UTC after ``now``."""
+    days = (5 - now.weekday()) % 7 or 7
+    return datetime(now.year, now.month, now.day) + timedelta(days=days)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"

@@ -1,13 +1,27 @@
-"""Real execution of pushed Python kernels in a background thread.
+"""Real execution of pushed Python kernels in a background thread, as strict as a Kaggle session.
 
 Layout of one run, ``<root>/kernels/<owner>/<slug>/<version>/``:
 
 * ``source/<slug>.py``     the pushed script (notebooks: their code cells joined into a script)
-* ``input/<source-slug>/``  one folder per attached dataset, competition or kernel source
+* ``input/…``               the attached sources (``competitions/<slug>/``, ``datasets/<owner>/<slug>/``,
+                            ``models/<owner>/<model>/<framework>/<variation>/<version>/``; see ``input_layout``)
 * ``working/``              the process's cwd; every file left here (minus ``__pycache__``) is an output
+* ``tmp/``                  the session's own, fresh ``TMPDIR``
 
-The process gets ``KOPS_KAGGLE_INPUT``/``KOPS_KAGGLE_WORKING`` pointing at those folders,
-``KAGGLE_KERNEL_RUN_TYPE=Batch`` and the parent environment (PATH, PYTHONPATH, HOME, ...).
+Where the machine can make namespaces (``unshare -rmn``: a user, mount and network namespace, no root needed),
+the session runs inside one, as on Kaggle:
+
+* ``input/`` is bind-mounted **read-only** (a write fails with EROFS, also for root);
+* with ``kaggle_root`` (``/kaggle`` when that folder exists; a stand-in folder in tests) a tmpfs is mounted
+  there with ``input/`` (read-only) and ``working/`` bound under it, and the session's cwd is
+  ``<kaggle_root>/working``; otherwise the folders stay where they are and the kernel is told where by
+  ``KOPS_KAGGLE_INPUT`` / ``KOPS_KAGGLE_WORKING`` (set in both cases; kops' own code reads them);
+* with internet off (``enableInternet`` false) the network namespace has no interfaces: every connection fails.
+
+Without namespaces (``isolation="guard"``, or ``unshare`` refused) the input folders are made read-only by
+permission bits (root ignores them), and a ``sitecustomize`` socket guard refuses non-loopback connections.
+Either way only ``working/`` becomes output, and a session whose output exceeds ``max_output_bytes`` (Kaggle:
+20 GiB) ends as ERROR. The process gets ``KAGGLE_KERNEL_RUN_TYPE=Batch`` and the parent environment.
 """
 
 from __future__ import annotations
@@ -27,6 +41,26 @@ from .common import utc_now
 from .state import KernelVersion
 
 FAILURE_TAIL_LINES = 20
+MAX_OUTPUT_BYTES = 20 * 1024 ** 3  # Kaggle keeps up to 20 GiB of /kaggle/working
+KAGGLE_ROOT = Path("/kaggle")
+SOCKET_GUARD = '''"""kops emulator socket guard: this kernel session has internet off."""
+import socket
+
+_ALLOWED = ("127.0.0.1", "::1", "localhost")
+
+
+def _guard(orig):
+    def connect(self, address, *rest):
+        host = address[0] if isinstance(address, tuple) and address else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in _ALLOWED:
+            raise OSError(101, f"Network is unreachable (internet is off in this session): {{address}}")
+        return orig(self, address, *rest)
+    return connect
+
+
+socket.socket.connect = _guard(socket.socket.connect)
+socket.socket.connect_ex = _guard(socket.socket.connect_ex)
+'''.replace("{{", "{").replace("}}", "}")
 # Variables that would make the child talk to the emulator as the parent does, or leak credentials.
 _DROPPED_ENV = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME")
 
@@ -58,9 +92,13 @@ def collect_outputs(working: Path) -> list[str]:
 class KernelRunner:
     """Runs kernel versions as subprocesses and records status, log and outputs."""
 
-    def __init__(self, lock: threading.RLock, timeout_s: float) -> None:
+    def __init__(self, lock: threading.RLock, timeout_s: float, isolation: str = "namespace",
+                 kaggle_root: Path | None = KAGGLE_ROOT, max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
         self.lock = lock
         self.timeout_s = timeout_s
+        self.isolation = isolation  # "namespace" (where unshare works, else guard) | "guard"
+        self.kaggle_root = kaggle_root
+        self.max_output_bytes = max_output_bytes
         self._procs: dict[int, subprocess.Popen[str]] = {}
         self._stopping = False
 
@@ -110,15 +148,48 @@ class KernelRunner:
         script.write_text(text, encoding="utf-8")
         return script
 
-    def _env(self, kv: KernelVersion) -> dict[str, str]:
+    def _env(self, kv: KernelVersion, input_dir: Path, working: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+        tmp = kv.run_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
         env.update({
-            "KOPS_KAGGLE_INPUT": str(kv.input),
-            "KOPS_KAGGLE_WORKING": str(kv.working),
+            "KOPS_KAGGLE_INPUT": str(input_dir),
+            "KOPS_KAGGLE_WORKING": str(working),
             "KAGGLE_KERNEL_RUN_TYPE": "Batch",
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(tmp),
         })
         return env
+
+    def _command(self, kv: KernelVersion, script: Path) -> tuple[list[str], Path, dict[str, str]]:
+        """(argv, cwd, env) of a session: in namespaces where possible (see the module docstring)."""
+        internet = bool(kv.setting("enableInternet", False))
+        if self.isolation == "namespace" and namespaces_available():
+            root = self.kaggle_root if self.kaggle_root is not None and self.kaggle_root.is_dir() else None
+            inp, work = (root / "input", root / "working") if root else (kv.input, kv.working)
+            steps = ['mount --bind "$IN" "$IN"', 'mount -o remount,bind,ro "$IN"']
+            if root:
+                steps += ['mount -t tmpfs kops-kaggle "$ROOT"', 'mkdir "$ROOT/input" "$ROOT/working"',
+                          'mount --bind "$IN" "$ROOT/input"', 'mount -o remount,bind,ro "$ROOT/input"',
+                          'mount --bind "$WORK" "$ROOT/working"']
+            shell = " && ".join([*steps, 'cd "$CWD"', 'exec "$PY" "$SCRIPT"'])
+            env = self._env(kv, inp, work)
+            env.update({"IN": str(kv.input), "WORK": str(kv.working), "ROOT": str(root or ""), "CWD": str(work),
+                        "PY": sys.executable, "SCRIPT": str(script)})
+            flags = "-rm" if internet else "-rmn"
+            with self.lock:
+                kv.isolation = f"namespace ({'kaggle root ' + str(root) if root else 'mapped by env'})"
+            return ["unshare", flags, "--", "sh", "-c", shell], kv.working, env
+        _read_only(kv.input)
+        env = self._env(kv, kv.input, kv.working)
+        if not internet:
+            guard = kv.run_dir / "guard"
+            guard.mkdir(exist_ok=True)
+            (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(guard), env.get("PYTHONPATH", "")) if p)
+        with self.lock:
+            kv.isolation = "guard (mapped by env)"
+        return [sys.executable, str(script)], kv.working, env
 
     def _timeout(self, kv: KernelVersion) -> float:
         requested = kv.setting("sessionTimeoutSeconds")
@@ -129,7 +200,8 @@ class KernelRunner:
     def _execute(self, kv: KernelVersion, script: Path) -> tuple[int, list[str]]:
         """Run the script, streaming stdout/stderr into the log; returns (exit code, stderr tail)."""
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=kv.working, env=self._env(kv),
+        argv, cwd, env = self._command(kv, script)
+        proc = subprocess.Popen(argv, cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 text=True, encoding="utf-8", errors="replace")
         self._procs[id(kv)] = proc
@@ -169,6 +241,12 @@ class KernelRunner:
 
     def _finish(self, kv: KernelVersion, code: int, stderr_tail: list[str]) -> None:
         outputs = collect_outputs(kv.working) if kv.working.is_dir() else []
+        size = sum((kv.working / name).stat().st_size for name in outputs)
+        if code == 0 and size > self.max_output_bytes:
+            code = 1
+            stderr_tail = [*stderr_tail, f"Your notebook tried to allocate more disk than is available: its output "
+                                         f"in /kaggle/working is {size} bytes, over the {self.max_output_bytes} "
+                                         "allowed."]
         with self.lock:
             kv.outputs = outputs
             kv.finished = utc_now()
@@ -179,6 +257,34 @@ class KernelRunner:
                 kv.status = "ERROR"
                 tail = "\n".join(line for line in stderr_tail if line.strip())
                 kv.failure_message = tail or f"Kernel process exited with status {code}"
+
+
+_namespaces: list[bool] = []
+
+
+def namespaces_available() -> bool:
+    """Whether ``unshare -rmn`` can make a user + mount + network namespace with a read-only bind mount here."""
+    if not _namespaces:
+        ok = False
+        if shutil.which("unshare") and shutil.which("mount"):
+            try:
+                probe = subprocess.run(["unshare", "-rmn", "--", "sh", "-c", "mount --bind / / 2>/dev/null; "
+                                        "mount -t tmpfs t /mnt 2>/dev/null; true"], capture_output=True, timeout=10)
+                ok = probe.returncode == 0 and subprocess.run(
+                    ["unshare", "-rmn", "--", "sh", "-c", 'd=$(mktemp -d) && mount --bind "$d" "$d" && '
+                     'mount -o remount,bind,ro "$d" && ! touch "$d/x" 2>/dev/null'], capture_output=True,
+                    timeout=10).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+        _namespaces.append(ok)
+    return _namespaces[0]
+
+
+def _read_only(folder: Path) -> None:
+    """Drop write permission on every file and folder under ``folder`` (the fallback without namespaces)."""
+    for path in [*folder.rglob("*"), folder]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
 
 
 def _populate(folder: Path, files: Path | dict[str, Path]) -> None:

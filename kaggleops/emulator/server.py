@@ -334,7 +334,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if parts[0] == "kernels" and len(parts) >= 5:
             base = root / "kernels" / parts[1] / parts[2] / parts[3] / "working"
             return within(base, "/".join(parts[4:]))
-        if parts[0] in ("datasets", "competitions", "zips"):
+        if parts[0] in ("datasets", "competitions", "zips", "models"):
             return within(root / parts[0], "/".join(parts[1:]))
         raise ApiError(404, "file not found")
 

@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .common import ApiError, utc_now
 from .scoring import CompetitionSpec
@@ -38,6 +39,7 @@ class Blob:
     kind: str
     path: Path
     received: int = 0
+    used: bool = False  # a token is single-use: once a dataset version holds its bytes, it is spent
 
     @property
     def complete(self) -> bool:
@@ -126,6 +128,7 @@ class KernelVersion:
     outputs: list[str] = field(default_factory=list)
     created: datetime = field(default_factory=utc_now)
     finished: datetime | None = None
+    isolation: str = ""  # how the session was isolated (runner.py): namespace (...) | guard (...)
 
     @property
     def working(self) -> Path:
@@ -180,6 +183,7 @@ class Competition:
     output_file: str
     kind: str = "file"  # "code": only notebook outputs can be submitted
     created: datetime = field(default_factory=utc_now)
+    rules_accepted: set[str] = field(default_factory=set)  # users who accepted the rules (downloads, submits)
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Store:
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self.competitions: dict[str, Competition] = {}
         self.submissions: dict[int, Submission] = {}
+        self.models: dict[tuple[str, str], Any] = {}  # rpc_models.Model by (owner, slug)
         self._ids = itertools.count(1001)
         self._refs = itertools.count(50001)
         self._tokens = itertools.count(1)
@@ -255,6 +260,8 @@ class Store:
         blob = self.blobs.get(str(token))
         if blob is None:
             raise ApiError(400, f"Unknown upload token {token!r}")
+        if blob.used:
+            raise ApiError(400, f"Upload token {token!r} ({blob.name}) was already used; start a new upload")
         if not blob.complete:
             raise ApiError(400, f"Upload {token!r} ({blob.name}) is incomplete: "
                                 f"{blob.received}/{blob.content_length} bytes")
@@ -332,7 +339,8 @@ class Store:
                     for v in ds.versions]} for ds in self.datasets.values()},
                 "kernels": {k.ref: {"id": k.id, "versions": [
                     {"number": v.number, "status": v.status, "failure": v.failure_message,
-                     "outputs": v.outputs} for v in k.versions]} for k in self.kernels.values()},
+                     "outputs": v.outputs, "isolation": v.isolation} for v in k.versions]}
+                    for k in self.kernels.values()},
                 "competitions": sorted(self.competitions),
                 "submissions": [
                     {"ref": s.ref, "competition": s.competition, "user": s.user, "status": s.status,
@@ -344,7 +352,7 @@ class Store:
 
 
 STATE_FILE = "state.pickle"
-_PERSISTED = ("blobs", "datasets", "kernels", "submissions")
+_PERSISTED = ("blobs", "datasets", "kernels", "submissions", "models")
 
 
 def save_state(store: Store) -> None:
@@ -371,7 +379,7 @@ def load_state(store: Store) -> bool:
     data = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, in the folder the user named
     with store.lock:
         for name in _PERSISTED:
-            setattr(store, name, data[name])
+            setattr(store, name, data.get(name, {}))
         for ds in store.datasets.values():
             for v in ds.versions:
                 v.ready_at = 0.0

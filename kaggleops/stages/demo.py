@@ -132,7 +132,7 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
         cfg, url = ws.cfg, ws.url
         summary.update(emulator=url, competition=competition, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {competition} ({ws.test_rows} hidden test rows)")
-        trained = train(cfg, progress=False)
+        trained = train(cfg, progress=False, sample=True)
         summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
         echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
         pub = publish(cfg, trained.runs[0].run_id)

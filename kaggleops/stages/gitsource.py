@@ -76,7 +76,8 @@ def config_for_clone(caller: KopsConfig | None, clone_dir: Path, data_dir: Path 
 
 
 def train_from_git(caller: KopsConfig | None, spec: GitSpec, folds: list[int] | None = None,
-                   progress: bool = True, data_dir: Path | None = None, resume: bool = False) -> Any:
+                   progress: bool = True, data_dir: Path | None = None, resume: bool = False,
+                   sample: bool = False) -> Any:
     """Train the commit ``spec`` names; runs land in the caller's tracking store with that commit as provenance.
 
     Example:
@@ -87,7 +88,8 @@ def train_from_git(caller: KopsConfig | None, spec: GitSpec, folds: list[int] | 
     with tempfile.TemporaryDirectory(prefix="kops-git-") as tmp:
         clone_dir = Path(tmp) / "src"
         clone(spec, clone_dir)
-        return train(config_for_clone(caller, clone_dir, data_dir), folds=folds, progress=progress, resume=resume)
+        return train(config_for_clone(caller, clone_dir, data_dir), folds=folds, progress=progress, resume=resume,
+                     sample=sample)
 
 
 def try_load(config: str | None) -> KopsConfig | None:

@@ -15,8 +15,9 @@ the kernel the task's ``predict_second_stage`` rescores the ensemble's candidate
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaggleops import __version__
@@ -37,18 +38,25 @@ from kaggleops.schema import (
     TAG_DATASET_VERSION,
     TAG_FOLD,
     TAG_KERNEL,
+    TAG_KERNEL_DOCKER_IMAGE,
+    TAG_KERNEL_MACHINE_SHAPE,
     TAG_KERNEL_VERSION,
     TAG_KIND,
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
     TAG_PARENT,
     KernelPlan,
     Kind,
     PlanModel,
     PlanReranker,
 )
+from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 
 TEMPLATE = "inference_kernel.py.tmpl"
 LOG_TAIL_LINES = 30
-ModelSource = PlanModel  # a planned model: run, dataset version, weight
+
+
+ModelSource = PlanModel  # a planned model: run, dataset (or Kaggle Model) version, weight, kind
 RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
 
 
@@ -65,6 +73,8 @@ class KernelOptions:
     publish: bool = True
     push: bool = True
     wait: bool = False
+    allow_retired: bool = False  # push a retired accelerator (Kaggle substitutes it) with a warning
+    docker_image: str | None = None  # docker_image_pinning_type: original | latest (None: Kaggle's default)
 
 
 @dataclass
@@ -114,21 +124,50 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
 
 
 def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
-                   publish_missing: bool = True) -> tuple[list[ModelSource], list[str]]:
-    """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids)."""
+                   publish_missing: bool = True, progress: bool = False) -> tuple[list[ModelSource], list[str]]:
+    """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids).
+
+    With ``publish_missing`` a run already tagged with a dataset is published again to that dataset: identical
+    weights (sha256) keep the tagged version and upload nothing, changed weights become a new version (and the
+    run's tag follows), so a kernel never ships weights that are not the run's current ones. A dataset in
+    another owner's namespace (a teammate's run pulled by `kops sync pull`) is used as tagged.
+    """
     from kaggleops.stages.publish import publish
+
+    if cfg.publish.to == "model":
+        return _resolve_model_sources(cfg, tracker, run_ids, kaggle, publish_missing)
+    models, published = [], []
+    for run_id in run_ids:
+        tags = tracker.get_run(run_id).data.tags
+        if TAG_DATASET not in tags and not publish_missing:
+            raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
+                            f"Publish it with: kops publish {run_id}")
+        theirs = TAG_DATASET in tags and tags[TAG_DATASET].split("/")[0] != cfg.kaggle_owner  # e.g. a pulled run
+        if publish_missing and not theirs:
+            result = publish(cfg, run_id, dataset=tags.get(TAG_DATASET), kaggle=kaggle, progress=progress)
+            if result.uploaded:
+                published.append(run_id)
+            tags = tracker.get_run(run_id).data.tags
+        models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
+    return models, published
+
+
+def _resolve_model_sources(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
+                           publish_missing: bool) -> tuple[list[ModelSource], list[str]]:
+    """``publish.to: model``: each run's Kaggle Model instance version, publishing runs that have none yet."""
+    from kaggleops.stages.publish_model import publish_model
 
     models, published = [], []
     for run_id in run_ids:
         tags = tracker.get_run(run_id).data.tags
-        if TAG_DATASET not in tags:
+        if TAG_MODEL not in tags:
             if not publish_missing:
-                raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
-                                f"Publish it with: kops publish {run_id}")
-            publish(cfg, run_id, kaggle=kaggle)
+                raise KopsError(f"Run {run_id} has no published Kaggle Model (and --no-publish was given).",
+                                f"Publish it with: kops publish {run_id} --to model")
+            publish_model(cfg, run_id, kaggle=kaggle)
             published.append(run_id)
             tags = tracker.get_run(run_id).data.tags
-        models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
+        models.append(ModelSource(run_id, tags[TAG_MODEL], int(tags[TAG_MODEL_VERSION]), kind="model"))
     return models, published
 
 
@@ -220,12 +259,13 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "enable_gpu": cfg.kernel.enable_gpu,
         "enable_tpu": False,
         "enable_internet": False,
-        "dataset_sources": sorted({m.dataset for m in models} | {runtime.dataset}
+        "dataset_sources": sorted({m.dataset for m in models if m.kind == "dataset"} | {runtime.dataset}
                                   | ({code.dataset} if code else set())),
         "competition_sources": [cfg.competition],
         "kernel_sources": [],
-        "model_sources": [],
+        "model_sources": sorted({f"{m.dataset}/{m.dataset_version}" for m in models if m.kind == "model"}),
         "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
+        **({"docker_image_pinning_type": options.docker_image} if options.docker_image else {}),
     }
 
 
@@ -263,7 +303,8 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
 
 def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
                 on_status: Callable[[str], None] | None = None,
-                options: KernelOptions | None = None, reranker: str | None = None) -> KernelResult:
+                options: KernelOptions | None = None, reranker: str | None = None,
+                notify: Callable[[str], None] | None = None) -> KernelResult:
     """Generate the offline inference kernel for ``run_ids``, push it, tag the runs; optionally wait.
 
     With ``options.push`` False the rendered folder is the result (``kernel_version`` None): datasets are
@@ -273,16 +314,21 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
     ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
     To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
+    The accelerator is checked before anything is published or pushed (a retired one is refused unless
+    ``options.allow_retired``); with ``wait`` on a GPU, ``notify`` first gets the weekly quota.
 
     Example:
         >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
     """
     options = options or KernelOptions(wait=wait)
+    shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
+    options = replace(options, machine_shape=shape.name, docker_image=docker_pinning(options.docker_image))
     tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
-    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish)
+    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
+                                       progress=on_status is not None)
     rerank_source, rerank_runs = None, []
     if reranker:
         rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
@@ -296,9 +342,17 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
                             runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None,
                             code=code.as_dict() if code else None)
+    if options.wait and cfg.kernel.enable_gpu and notify is not None:
+        show_quota(kaggle, shape.kind, notify)
+    if on_status is not None:  # the CLI: say what the next seconds of upload are
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        print(f"pushing kernel {ref.ref}: {len(files)} file(s), {sum(p.stat().st_size for p in files) // 1024} KB",
+              file=sys.stderr, flush=True)
     version = kaggle.push_kernel(folder)
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: shape.name,
+                   TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
-        tracker.set_tags(run_id, {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version)})
+        tracker.set_tags(run_id, kernel_tags)
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
                           runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
@@ -306,6 +360,19 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     if options.wait:
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     return result
+
+
+def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:
+    """Tell ``notify`` how many accelerator hours are left before a session starts (skipped if unavailable)."""
+    try:
+        q = kaggle.quota()
+    except KopsError as e:
+        notify(f"kops: quota unavailable ({e.message})")
+        return
+    h = q.get(kind)
+    if h:
+        notify(f"{kind.upper()} quota: {h['used_h']:.2f} h used, {h['reserved_h']:.2f} h reserved of "
+               f"{h['allowed_h']:.2f} h this week ({h['remaining_h']:.2f} h left; refreshes {q['refresh_time']})")
 
 
 def status_printer(echo: Callable[[str], None], clock: Callable[[], float] | None = None) -> Callable[[str], None]:

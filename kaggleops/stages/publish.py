@@ -6,8 +6,9 @@
 - Sub-folders (``tokenizer/``, ``checkpoints/``) travel as deterministic ``<folder>.zip`` files listed under
   ``archives`` in the manifest; :func:`kaggleops.kernel.runtime.restore_model_dir` (the one restore, used by
   the kernel and by ``kops kernel run-local``) turns a downloaded version back into the model folder.
-- Files are staged under ``.kops/publish/<run id>/`` with fixed modification times, so re-running a publish
-  whose upload was cut resumes it (the client keys its resume state on path, size and mtime).
+- Files are staged in a fresh folder under ``.kops/publish/`` each time, with their own modification times: the
+  official client keys its saved upload state (upload URL and token, kept 6 days) on path, size and mtime, and
+  reusing that state would resend upload tokens a finished create already spent.
 - The run is tagged ``kops.dataset`` / ``kops.dataset.version`` only after the version is READY and its
   number has been read back; any failure before that leaves the run untagged and names the command to retry.
 """
@@ -15,8 +16,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,9 +26,9 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker, open_tracker
+from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, MissingArtifact, PublishError
+from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.files import sha256_file, zip_folder
 from kaggleops.refs import DatasetRef, slugify
 from kaggleops.schema import (
@@ -35,9 +37,13 @@ from kaggleops.schema import (
     MANIFEST,
     TAG_DATASET,
     TAG_DATASET_VERSION,
+    TAG_FOLD,
     TAG_GIT_COMMIT,
     TAG_GIT_REPO,
+    TAG_KIND,
+    TAG_PARENT,
     FileEntry,
+    Kind,
     Manifest,
 )
 
@@ -119,7 +125,7 @@ def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str
     }
 
 
-def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tuple[Path, Path, dict[str, str]]:
+def stage_run(tracker: Tracker, run_id: str, staging: Path) -> tuple[Path, Path, dict[str, str]]:
     """Download the run's model folder; build the upload folder (files + one zip per sub-folder).
 
     Returns (model folder as logged, upload folder, archives ``{"tokenizer.zip": "tokenizer"}``).
@@ -139,8 +145,6 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path, mtime: float) -> tup
             zip_folder(entry, upload / f"{entry.name}.zip")
         else:
             shutil.copyfile(entry, upload / entry.name)
-    for path in upload.iterdir():
-        os.utime(path, (mtime, mtime))
     return model, upload, archives
 
 
@@ -159,6 +163,9 @@ def _upload(kaggle: Kaggle, ref: DatasetRef, folder: Path, info: dict[str, Any] 
             notes: str, progress: bool, poll_s: float) -> int:
     """Create the dataset or a new version; wait until READY and return the version number read back."""
     previous = int(info.get("current_version_number") or 0) if info else 0
+    if progress:
+        for line in upload_lines(ref, folder):
+            print(line, file=sys.stderr, flush=True)
     if info is None:
         kaggle.create_dataset(folder, public=public, ref=ref, quiet=not progress)
     else:
@@ -167,6 +174,112 @@ def _upload(kaggle: Kaggle, ref: DatasetRef, folder: Path, info: dict[str, Any] 
         kaggle.create_dataset_version(folder, notes, ref=ref, previous=previous, quiet=not progress,
                                       poll_s=poll_s)
     return kaggle.wait_dataset_ready(ref, min_version=previous + 1, poll_s=poll_s)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def upload_lines(ref: DatasetRef, folder: Path, width: int = 80) -> list[str]:
+    """What is about to be uploaded, one line per file (name and size, at most ``width`` characters)."""
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name)
+    total = sum(p.stat().st_size for p in files)
+    lines = [f"uploading {len(files)} file(s), {_size(total)}, to {ref.ref}"[:width]]
+    for p in files:
+        size = _size(p.stat().st_size)
+        name = p.name if len(p.name) <= width - len(size) - 4 else p.name[:width - len(size) - 5] + "…"
+        lines.append(f"  {name}  {size}")
+    return lines
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def check_weights(model: Path, run_id: str) -> None:
+    """Load every weights file of a model folder (and parse its JSON files) before anything is uploaded;
+    a DataError names the first one that does not load."""
+    for path in sorted(p for p in model.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                load_file(str(path), device="cpu")
+            elif path.suffix in WEIGHT_SUFFIXES:
+                import torch
+
+                torch.load(path, map_location="cpu", weights_only=True)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except Exception as e:  # noqa: BLE001 - whatever the loader says, the file is unusable
+            rel = path.relative_to(model).as_posix()
+            raise DataError(f"Run {run_id}: model/{rel} does not load ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else 'no message'}); nothing uploaded.",
+                            "Fix or re-log the run's model folder, then publish again.") from None
+
+
+def check_namespace(ref: DatasetRef) -> None:
+    """Refuse a dataset in another user's namespace before uploading (Kaggle would answer 403 after the upload)."""
+    from kaggleops.adapters.credentials import kaggle_credentials
+
+    found = kaggle_credentials()
+    user = found[0].value if found else None
+    if user and ref.owner.lower() != user.lower():
+        raise ConfigError(f"Dataset {ref.ref} is in {ref.owner}'s namespace, but the Kaggle credentials are "
+                          f"{user}'s; nothing uploaded.",
+                          f"Publish into your own: --dataset {user}/{ref.slug} (or set `owner: {user}` in kops.yaml).")
+
+
+@dataclass(frozen=True)
+class PublishedFolds:
+    """``kops publish PARENT`` of a k-fold parent: one dataset per fold run (see :func:`publish`)."""
+
+    parent_run_id: str
+    folds: list[PublishResult]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"parent_run_id": self.parent_run_id, "folds": [f.as_dict() for f in self.folds]}
+
+
+def publish_folds(cfg: KopsConfig, parent_run_id: str, public: bool | None = None, kaggle: Kaggle | None = None,
+                  progress: bool = False, poll_s: float = DEFAULT_POLL_S) -> PublishedFolds:
+    """Publish every fold of a k-fold parent run, each as its own dataset (what push-kernel attaches).
+
+    One dataset per fold, not one for all: a fold that is retrained or fixed gets a new version of its own
+    dataset without re-uploading the others, a cut publish redoes only the folds not yet tagged, and the kernel
+    of any subset of folds (``--run FOLD_RUN``) attaches exactly the weights it uses.
+    """
+    tracker = open_tracker(cfg)
+    parent = tracker.get_run(tracker.resolve(parent_run_id))
+    if parent.data.tags.get(TAG_KIND) != Kind.KFOLD:
+        raise ConfigError(f"Run {parent_run_id} is not a k-fold parent run.",
+                          f"Publish it with: kops publish {parent_run_id}")
+    children = sorted(runs_tagged(tracker, {TAG_PARENT: parent.info.run_id}),
+                      key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+    if not children:
+        raise MissingArtifact(f"K-fold run {parent.info.run_id} has no fold runs (no run has mlflow.parentRunId = "
+                              "it).", "Train them with: kops train")
+    folds, parents = [r.info.run_id for r in children], [parent.info.run_id]
+    kaggle = kaggle or Kaggle.from_config(cfg)
+    return PublishedFolds(parents[0], [publish(cfg, run, public=public, kaggle=kaggle, progress=progress,
+                                               poll_s=poll_s) for run in folds])
+
+
+def publish_run_or_folds(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bool | None = None,
+                         progress: bool = False) -> PublishResult | PublishedFolds:
+    """`kops publish RUN`: :func:`publish` for a model run, :func:`publish_folds` for a k-fold parent."""
+    tracker = open_tracker(cfg)
+    resolved = tracker.resolve(run_id)
+    if tracker.get_run(resolved).data.tags.get(TAG_KIND) != Kind.KFOLD:
+        return publish(cfg, resolved, dataset=dataset, public=public, progress=progress)
+    if dataset:
+        raise ConfigError(f"Run {resolved} is a k-fold parent: each fold gets its own dataset, so --dataset "
+                          "cannot name one.", f"Drop --dataset, or publish one fold: kops publish FOLD_RUN "
+                          f"--dataset {dataset}")
+    return publish_folds(cfg, resolved, public=public, progress=progress)
 
 
 def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bool | None = None,
@@ -181,11 +294,23 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
     ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)
+    check_namespace(ref)
     kaggle = kaggle or Kaggle.from_config(cfg)
+    (cfg.root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=cfg.root / STAGING_DIR))
+    try:
+        return _publish_staged(cfg, tracker, run, ref, title, kaggle, public, progress, poll_s, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_staged(cfg: KopsConfig, tracker: Tracker, run: Any, ref: DatasetRef, title: str, kaggle: Kaggle,
+                    public: bool | None, progress: bool, poll_s: float, staging: Path) -> PublishResult:
+    run_id = run.info.run_id
     tags = dict(run.data.tags)
     is_public = (not cfg.dataset.private) if public is None else public
-    staging = cfg.root / STAGING_DIR / run_id
-    model, folder, archives = stage_run(tracker, run_id, staging, mtime=run.info.start_time / 1000)
+    model, folder, archives = stage_run(tracker, run_id, staging)
+    check_weights(model, run_id)
     manifest = build_manifest(model, run_id, cfg.experiment_name, tags, archives)
     manifest.write(folder / MANIFEST)
     (folder / DATASET_METADATA).write_text(json.dumps(
@@ -204,6 +329,5 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
                            f"The run is left untagged; retry with: kops publish {run_id} --dataset {ref.ref}") from e
     tracker.set_tags(run_id, {TAG_DATASET: ref.ref, TAG_DATASET_VERSION: str(version)})
     sent = sum(p.stat().st_size for p in folder.iterdir() if p.name != DATASET_METADATA) if uploaded else 0
-    shutil.rmtree(staging, ignore_errors=True)
     return PublishResult(run_id, ref.ref, version, ref.url(kaggle.web_base), created=uploaded and info is None,
                          uploaded=uploaded, bytes_uploaded=sent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
 from kaggleops.refs import KernelRef, slugify
 from kaggleops.resources import kernel_template
+from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.stages.gitsource import GitSpec
 
 SECRET_NAMES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
@@ -34,6 +36,8 @@ class RemoteTrainResult:
     git: str
     status: str | None = None
     run_ids: list[str] = field(default_factory=list)
+    machine_shape: str | None = None
+    docker_image: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,7 +53,7 @@ def pushed_commit(cfg: KopsConfig) -> GitSpec:
 
 
 def render_training_kernel(cfg: KopsConfig, ref: KernelRef, spec: GitSpec, folds: list[int] | None,
-                           machine_shape: str, folder: Path) -> Path:
+                           machine_shape: str, folder: Path, docker_image: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     plan = {"kops_version": __version__, "kops_requirement": f"kaggleops=={__version__}", "git": str(spec),
             "competition": cfg.competition, "folds": folds, "secret_names": list(SECRET_NAMES)}
@@ -63,25 +67,34 @@ def render_training_kernel(cfg: KopsConfig, ref: KernelRef, spec: GitSpec, folds
                 "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,
                 "enable_tpu": False, "enable_internet": True, "dataset_sources": [],
                 "competition_sources": [cfg.competition], "kernel_sources": [], "model_sources": [],
-                "machine_shape": machine_shape}
+                "machine_shape": machine_shape,
+                **({"docker_image_pinning_type": docker_image} if docker_image else {})}
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2))
     return folder
 
 
 def train_on_kaggle(cfg: KopsConfig, folds: list[int] | None = None, machine_shape: str | None = None,
-                    wait: bool = False, kaggle: Kaggle | None = None) -> RemoteTrainResult:
+                    wait: bool = False, kaggle: Kaggle | None = None, allow_retired: bool = False,
+                    docker_image: str | None = None, notify: Callable[[str], None] | None = None) -> RemoteTrainResult:
     """Push the training kernel for this folder's HEAD commit; with ``wait``, follow it and read its run ids.
 
     Example:
         >>> train_on_kaggle(load_config(), folds=[0], wait=True)  # doctest: +SKIP
     """
+    shape = resolve_accelerator(cfg, machine_shape, allow_retired, notify)
+    docker_image = docker_pinning(docker_image)
     kaggle = kaggle or Kaggle.from_config(cfg)
     spec = pushed_commit(cfg)
     ref = KernelRef(cfg.kaggle_owner, f"{slugify(cfg.experiment_name, 40)}-train")
-    folder = render_training_kernel(cfg, ref, spec, folds, machine_shape or cfg.kernel.machine_shape,
-                                    cfg.root / ".kops" / "kernels" / ref.slug)
+    folder = render_training_kernel(cfg, ref, spec, folds, shape.name, cfg.root / ".kops" / "kernels" / ref.slug,
+                                    docker_image)
+    if wait and notify is not None:
+        from kaggleops.stages.kernel import show_quota
+
+        show_quota(kaggle, shape.kind, notify)
     version = kaggle.push_kernel(folder)
-    result = RemoteTrainResult(ref.ref, version, ref.url(kaggle.web_base), str(spec))
+    result = RemoteTrainResult(ref.ref, version, ref.url(kaggle.web_base), str(spec), machine_shape=shape.name,
+                               docker_image=docker_image)
     if wait:
         pinned = KernelRef(ref.owner, ref.slug, version)
         result.status = kaggle.wait_kernel(pinned)

@@ -35,6 +35,7 @@ from kaggleops.schema import (
     TAG_KERNEL,
     TAG_KERNEL_VERSION,
     TAG_KIND,
+    TAG_PARENT,
     TAG_SOURCE_RUNS,
     TAG_SUBMISSION_DATE,
     TAG_SUBMISSION_DESCRIPTION,
@@ -312,7 +313,11 @@ def _match(run: Run, by_key: dict[str, Submission], by_ref: dict[int, Submission
     if tags.get(TAG_SUBMISSION_KEY) in by_key:
         return by_key[tags[TAG_SUBMISSION_KEY]]
     ref = tags.get(TAG_SUBMISSION_REF)
-    return by_ref.get(int(ref)) if ref and ref.isdigit() else None
+    sub = by_ref.get(int(ref)) if ref and ref.isdigit() else None
+    other = KEY_PATTERN.search(sub.description) if sub is not None else None
+    if other is not None and other.group(1) != tags.get(TAG_SUBMISSION_KEY):
+        return None  # the ref now names a submission of another kops run (e.g. refs reused by another server)
+    return sub
 
 
 def _plan_sources(tracker: Tracker, kaggle: Kaggle, kernel: KernelRef) -> tuple[list[str], list[str]]:
@@ -353,13 +358,26 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
         tracker.set_tags(run_id, changed_tags)
     scores = {m: getattr(sub, attr) for m, attr in SCORE_METRICS.items() if getattr(sub, attr) is not None}
     changed_scores = {m: v for m, v in scores.items() if run.data.metrics.get(m) != v}
-    for target in [run_id, *sources] if changed_scores else []:
+    for target in [run_id, *sources, *_kfold_parents(tracker, sources)] if changed_scores else []:
         tracker.log_metrics(target, changed_scores, step=sub.ref)
     finished = run.info.status == "RUNNING"  # the submitting process died before recording the ref
     if finished:
         tracker.end_run(run_id)
     row.changed = bool(changed_tags or changed_scores or finished)
     return row
+
+
+def _kfold_parents(tracker: Tracker, sources: list[str]) -> list[str]:
+    """The k-fold parents (holding the CV) of the source fold runs: they get the LB scores too."""
+    parents: dict[str, None] = {}
+    for run_id in sources:
+        try:
+            parent = tracker.get_run(run_id).data.tags.get(TAG_PARENT)
+        except KopsError:
+            continue  # a source run that is not in this store (e.g. named by an outside plan)
+        if parent and parent not in parents and tracker.get_run(parent).data.tags.get(TAG_KIND) == Kind.KFOLD:
+            parents[parent] = None
+    return list(parents)
 
 
 def _kernel_text(tags: dict[str, str]) -> str:

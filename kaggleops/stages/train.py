@@ -10,20 +10,22 @@ The resume key leaves the process count out: a run started on 2 GPUs resumes on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from kaggleops import distributed as dist
+from kaggleops import interrupts
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, DataError
-from kaggleops.files import sha256_file
+from kaggleops.errors import ConfigError, DataError, Interrupted
 from kaggleops.schema import (
     ARTIFACT_MODEL,
     TAG_FOLD,
@@ -38,6 +40,7 @@ from kaggleops.schema import (
     TAG_WORLD_SIZE,
     Kind,
 )
+from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.stages.sync import background_sync
 from kaggleops.task import FoldContext
 
@@ -45,6 +48,7 @@ OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
+CHECKPOINT_PROGRESS = "progress.json"  # optional in a task's checkpoint folder: {"step": N, "total": M}
 
 log = logging.getLogger("kaggleops")
 
@@ -121,17 +125,13 @@ def settings_params(settings: Any) -> dict[str, Any]:
     return params
 
 
-def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None) -> tuple[Any, Path]:
-    folder = data_dir or cfg.resolved_data_dir() or (task.sample_dir() if hasattr(task, "sample_dir") else None)
-    if folder is None:
-        raise DataError(f"No data folder for task {task.name}.", "Set `data_dir:` in kops.yaml (or pass --data) to "
-                        "the competition's files, e.g. from `kaggle competitions download`.")
-    path = Path(folder) / "train.csv"
-    if not path.is_file():
-        raise DataError(f"No train.csv in {folder}.", "Point `data_dir:` in kops.yaml (or --data) at the "
-                        "competition's files, e.g. from `kaggle competitions download`.")
+def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample: bool = False) -> tuple[Any, Any]:
+    """(train rows, :class:`~kaggleops.stages.data.DataSource`): the data step (see :mod:`kaggleops.stages.data`)."""
+    from kaggleops.stages.data import resolve
+
+    source = resolve(cfg, task, data_dir, sample=sample, fetch=dist.is_main())
     try:
-        return task.load_train(path), path
+        return task.load_train(source.train_file), source
     except NotImplementedError as e:
         raise ConfigError(f"Task {task.name}: {e}") from None
     except ValueError as e:
@@ -144,21 +144,26 @@ def _train_key(params: dict[str, Any]) -> str:
 
 
 def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
-          progress: bool = True, resume: bool = False) -> TrainResult:
+          progress: bool = True, resume: bool = False, sample: bool = False) -> TrainResult:
     """Train the configured task on the chosen folds; one MLflow run per fold.
 
     With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
     of the same settings and data, from its last checkpoint, in the SAME MLflow run; finished folds of a
     resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
-    unfinished one).
+    unfinished one). Data: ``data_dir``, else kops.yaml / an attached Kaggle input / the download cache
+    (downloaded when absent); the bundled sample only with ``sample`` (see :mod:`kaggleops.stages.data`).
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
         TrainResult(runs=[FoldRun(run_id='…', fold=0, score=0.61)], cv=0.61, metric='accuracy', ...)
     """
     joined = dist.init()
+    # One process: the first Ctrl-C/SIGTERM stops training at the next step, after a checkpoint (a second one stops
+    # at once). Under torchrun every rank would stop at a different step, so there a signal stops at once.
+    stopper = interrupts.graceful() if dist.world_size() == 1 else contextlib.nullcontext()
     try:
-        result = _train(cfg, folds, data_dir, progress, resume)
+        with stopper:
+            result = _train(cfg, folds, data_dir, progress, resume, sample)
     except BaseException:
         if joined:
             dist.destroy()
@@ -169,9 +174,9 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
 
 
 def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
-           resume: bool) -> TrainResult:
+           resume: bool, sample: bool = False) -> TrainResult:
     task = get_task_for(cfg)
-    df, path = load_training_data(cfg, task, data_dir)
+    df, source = load_training_data(cfg, task, data_dir, sample)
     settings = task_settings(cfg, task)
     chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
     bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
@@ -183,16 +188,16 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
         raise ConfigError(f"Task {task.name}: {e}") from None
     if not dist.is_main():
         return _follow(task, df, settings, chosen, cfg.train.seed)
-    result = _lead(cfg, task, df, settings, chosen, path, progress, resume)
+    result = _lead(cfg, task, df, settings, chosen, source, progress, resume)
     return dist.broadcast(result)
 
 
-def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], path: Path, progress: bool,
+def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
           resume: bool) -> TrainResult:
     tracker = open_tracker(cfg)
-    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": str(path),
-              "data_sha256": sha256_file(path)[:16], "rows": len(df)}
-    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed)
+    params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
+              "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
+    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen, source.as_input())
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -201,10 +206,15 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
         # closed inside, so that last push carries its final status and CV.
         with background_sync(cfg):
             return _close_parent(tracker, task, [job.fold(fold, parent) for fold in chosen], parent)
-    except BaseException:
+    except BaseException as e:
         if parent:
-            tracker.end_run(parent, "FAILED")
+            tracker.end_run(parent, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
         raise
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (stdout stays for the result)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str | None) -> TrainResult:
@@ -257,10 +267,22 @@ class _Job:
     progress: bool
     resume: bool
     seed: int = 42
+    chosen: list[int] = field(default_factory=list)
+    data_input: dict[str, str] = field(default_factory=dict)
 
     @property
     def best_metric(self) -> str:
         return f"best_val_{self.task.metric.name}"
+
+    def label(self, fold: int) -> str:
+        """``fold 3 (2/5)``: the fold and its place among this job's folds."""
+        return f"fold {fold} ({self.chosen.index(fold) + 1}/{len(self.chosen)})" if fold in self.chosen else \
+            f"fold {fold}"
+
+    def log_data(self, run_id: str) -> None:
+        """Record the training data on the run as an MLflow dataset input (once per run)."""
+        if self.data_input:
+            self.tracker.log_data_input(run_id, **self.data_input)
 
     def _find(self, kind: str, key: str, extra: dict[str, str]) -> list[Any]:
         return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
@@ -280,11 +302,15 @@ class _Job:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
         name = getattr(self.settings, "model", None) or self.task.name
-        return self.tracker.start_run(f"kfold-{name}", params,
-                                      {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
-                                       **metric_tags(self.task), **machine_tags()})
+        run_id = self.tracker.start_run(f"kfold-{name}", params,
+                                        {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
+                                         **metric_tags(self.task), **machine_tags()})
+        self.log_data(run_id)
+        return run_id
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
+        if interrupts.requested():
+            raise KeyboardInterrupt  # asked to stop between folds: the next fold does not start
         params = {**self.params, "fold": fold}
         key = _train_key(params)
         same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
@@ -292,9 +318,22 @@ class _Job:
             done = [r for r in same if r.info.status == "FINISHED" and self.best_metric in r.data.metrics]
             if done:
                 dist.broadcast({"done": True})
+                say(f"{self.label(fold)}: run {done[0].info.run_id} already finished; kept")
                 return FoldRun(done[0].info.run_id, fold, done[0].data.metrics[self.best_metric])
         found = self._unfinished(same, f"fold {fold}")
+        if self.resume and found is None:
+            say(f"{self.label(fold)}: nothing to resume ({self._why_not(fold, params)}); starting a new run")
         return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
+
+    def _why_not(self, fold: int, params: dict[str, Any]) -> str:
+        """Why no run of ``fold`` can be resumed: none unfinished, or the unfinished one differs (which params)."""
+        others = [r for r in runs_tagged(self.tracker, {TAG_KIND: Kind.FOLD, TAG_FOLD: str(fold)})
+                  if r.info.status in UNFINISHED]
+        if not others:
+            return "no unfinished run of this fold"
+        changed = sorted(k for k, v in params.items() if others[0].data.params.get(k) != str(v))
+        what = f"changed: {', '.join(changed[:4])}" if changed else "other k-fold job"
+        return f"unfinished run {others[0].info.run_id} has other settings or data ({what})"
 
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
@@ -302,7 +341,9 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
     tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
             **metric_tags(job.task), **machine_tags()}
     if resume_run is None:
-        return job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent), {}
+        run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
+        job.log_data(run_id)
+        return run_id, {}
     run = job.tracker.get_run(resume_run)
     resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
     job.tracker.reopen_run(resume_run)
@@ -315,15 +356,18 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                 resume_run: str | None = None) -> FoldRun:
     tracker = job.tracker
     run_id, skip = _start_or_reopen(job, fold, params, parent, key, resume_run)
+    slots: _CheckpointSlots | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="kops-train-") as tmp:
             resume_from = download_checkpoint(tracker, run_id, Path(tmp) / "resume", job.task) if resume_run else None
+            say(_start_line(job.label(fold), run_id, resume_run, resume_from))
             dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
             out = Path(tmp) / "out"
             out.mkdir()
             with tracker.metric_logger(run_id, skip=skip) as log_fn:
-                slots = _CheckpointSlots(log_fn)
-                ctx = FoldContext(fold, out, job.seed, log_fn, job.progress, resume_from, slots)
+                slots = _CheckpointSlots(log_fn, _progress(resume_from).get("step"))
+                label = job.label(fold) if job.progress else False  # a task's bar may show it (e.g. "fold 0 (1/5)")
+                ctx = FoldContext(fold, out, job.seed, log_fn, label, resume_from, slots)  # type: ignore[arg-type]
                 try:
                     result = job.task.train_fold(job.df, job.settings, ctx)
                 except NotImplementedError as e:
@@ -334,7 +378,11 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
             tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
-        raise
+        step = slots.step if slots is not None else None
+        if step is None:
+            raise Interrupted(f"interrupted before the first checkpoint of run {run_id} — `kops train --resume` "
+                              "trains it again from step 0") from None
+        raise Interrupted(f"interrupted at step {step} of run {run_id} — resume with `kops train --resume`") from None
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
@@ -359,16 +407,39 @@ def oof_file(oof: Any, task: Any, folder: Path) -> Path:
     return target
 
 
+def _progress(checkpoint: Path | None) -> dict[str, int]:
+    """``{"step", "total"}`` from a checkpoint's ``progress.json``, where the task wrote one (empty otherwise)."""
+    path = Path(checkpoint) / CHECKPOINT_PROGRESS if checkpoint is not None else None
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _start_line(label: str, run_id: str, resume_run: str | None, resume_from: Path | None) -> str:
+    """``fold 0 (1/5): run ID`` and, on --resume, from which step of how many it continues (or why from 0)."""
+    if resume_run is None:
+        return f"{label}: run {run_id}"
+    if resume_from is None:
+        return f"{label}: resuming run {run_id}: it has no checkpoint yet, so training starts over from step 0"
+    at = _progress(resume_from)
+    of = f" of {at['total']}" if "total" in at else ""
+    return f"{label}: resuming run {run_id} from step {at.get('step', '?')}{of}"
+
+
 class _CheckpointSlots:
     """``on_checkpoint``: upload each checkpoint into slot ``a`` or ``b`` (alternating) of ``checkpoint/``, then
     ``checkpoint/latest.json`` naming it, behind the metrics logged before it. A kill mid-upload leaves the
-    other slot whole, so a checkpoint in the store always has its metrics stored too."""
+    other slot whole, so a checkpoint in the store always has its metrics stored too. ``step``: the step of the
+    last checkpoint handed over (or resumed from)."""
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, step: int | None = None) -> None:
         self.logger = logger
         self.slot = "b"
+        self.step = step
 
     def __call__(self, folder: Path, step: int) -> None:
+        self.step = step
         self.slot = "a" if self.slot == "b" else "b"
         pointer = folder.parent / f"latest-{step}"
         pointer.mkdir(exist_ok=True)

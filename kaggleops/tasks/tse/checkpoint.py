@@ -10,12 +10,14 @@ No MLflow here: the caller decides where a finished checkpoint folder goes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.pt"
+PROGRESS_FILE = "progress.json"  # step/total/epoch, readable without torch
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 
@@ -60,8 +62,15 @@ def save(folder: Path, state: dict[str, Any], tokenizer: Any) -> Path:
     save_tokenizer(tokenizer, folder / TOKENIZER_DIR)
     tmp = folder / (STATE_FILE + ".tmp")
     torch.save({**state, "rng": rng_state(), "format": FORMAT_VERSION}, tmp)
+    (folder / PROGRESS_FILE).write_text(json.dumps({k: state[k] for k in ("step", "total", "epoch") if k in state}))
     os.replace(tmp, folder / STATE_FILE)
     return folder
+
+
+def progress(folder: Path) -> dict[str, int]:
+    """``{"step", "total", "epoch"}`` of a checkpoint folder, read without loading its state (empty if unknown)."""
+    path = Path(folder) / PROGRESS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load(folder: Path) -> dict[str, Any]:

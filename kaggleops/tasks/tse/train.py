@@ -388,9 +388,13 @@ def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any) -> 
 
 
 def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: int, bar: Any) -> None:
-    """Rank 0 validates and checkpoints when due; the other ranks wait for it."""
+    """Rank 0 validates and checkpoints when due (every ``checkpoint_every`` steps, at each epoch's end, and when
+    a stop was requested: see :mod:`kaggleops.interrupts`); the other ranks wait for it."""
+    from kaggleops import interrupts
+
     evaluate_now = loop.step % eval_every == 0 or loop.step == loop.total
-    save_now = bool(loop.settings.checkpoint_every) and loop.step % (loop.settings.checkpoint_every or 1) == 0
+    save_now = bool(loop.settings.checkpoint_every) and (loop.step % (loop.settings.checkpoint_every or 1) == 0 or (
+        loop.step < loop.total and (loop.group == 0 or bool(interrupts.requested()))))
     if dist.is_main():
         if evaluate_now:
             _validate(loop, valid, loop.step)
@@ -407,6 +411,7 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
     checkpoint every ``checkpoint_every`` steps. With ``resume`` (a loaded checkpoint) continue from it."""
     from tqdm.auto import tqdm
 
+    from kaggleops import interrupts
     from kaggleops.tasks.tse.checkpoint import set_rng_state
 
     total, per_epoch = _total_steps(train, settings)
@@ -416,10 +421,12 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
     if resume is not None:
         set_rng_state(_restore(loop, resume))
     loop.ddp = dist.wrap(model, device, settings.seed, loop.step)
-    bar = tqdm(total=total, initial=loop.step, desc="train", disable=not settings.progress or not dist.is_main())
+    label = settings.progress if isinstance(settings.progress, str) else "train"  # e.g. "fold 0 (1/5)"
+    bar = tqdm(total=total, initial=loop.step, desc=label, disable=not settings.progress or not dist.is_main())
     model.train()
     while loop.step < total:
         groups = step_groups(train.features, settings, loop.epoch)
+        bar.set_description(f"{label} epoch {min(loop.epoch + 1, settings.epochs)}/{settings.epochs}", refresh=False)
         for g in range(loop.group, len(groups)):
             started = time.perf_counter()
             lr = loop.scheduler.get_last_lr()[0]
@@ -432,6 +439,9 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
             log({"train_loss": loss, "lr": lr, "samples_per_s": rows / (time.perf_counter() - started),
                  "epoch": loop.epoch + loop.group / len(groups)}, loop.step)
             _after_step(loop, valid, ckpt, eval_every, bar)
+            if interrupts.requested() and loop.step < total:
+                bar.close()
+                raise KeyboardInterrupt  # stopped at a safe point, checkpoint saved (when checkpointing is on)
             if loop.step >= total or loop.group == 0:
                 break
     bar.close()
