@@ -169,8 +169,9 @@ class Session:
                "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "KOPS_KAGGLE_ENDPOINT": bench["url"],
                "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "OMP_NUM_THREADS": "1", "JUPYTER_PLATFORM_DIRS": "1"}
-        for var in ("MLFLOW_TRACKING_URI", "KAGGLE_USERNAME", "KAGGLE_KEY", "VIRTUAL_ENV"):
-            env.pop(var, None)  # credentials come from the secret store only
+        # credentials come from the secret store only; data as a user gets it (downloaded, not conftest's sample)
+        for var in ("MLFLOW_TRACKING_URI", "KAGGLE_USERNAME", "KAGGLE_KEY", "VIRTUAL_ENV", "KOPS_DATA_FALLBACK"):
+            env.pop(var, None)
         self.proc = subprocess.Popen(
             [sys.executable, str(runner), str(NOTEBOOKS[name]), str(params_file), str(self.out), "nbenv",
              str(workdir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -229,6 +230,12 @@ def _fold_runs(store: Path) -> list[Any]:
     return client.search_runs([e.experiment_id for e in experiments], "tags.`kops.kind` = 'fold'")
 
 
+def _data_origin(run: Any) -> str:
+    """Where the run's training data came from, as kops recorded it (its MLflow dataset input)."""
+    (data,) = run.inputs.dataset_inputs
+    return json.loads(data.dataset.profile)["origin"]
+
+
 def _has_checkpoint(store: Path) -> bool:
     from mlflow.tracking import MlflowClient
 
@@ -280,6 +287,7 @@ def test_colab_notebook_killed_mid_training_resumes_the_same_run(bench: dict[str
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags["kops.resumes"] == "1"
     assert run.data.tags["mlflow.source.git.commit"] == project["rev"]  # PROJECT_REV, not the repo's HEAD
+    assert run.data.params["data"] == TSE and _data_origin(run) == "download"  # fetched by kops from the emulator
     assert f"fold 0: run {run.info.run_id}" in _cell_text(executed, "-train")
     secrets_line = _cell_text(executed, "-secrets")
     assert "MLFLOW_TRACKING_URI (from TEAM_MLFLOW)" in secrets_line and "KAGGLE_KEY" in secrets_line
@@ -307,6 +315,7 @@ def test_kaggle_notebook_installs_the_wheel_trains_and_pushes_the_kernel(bench: 
     (run,) = _fold_runs(store)
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.source.git.commit"] == project["rev"]
     assert "kops.resumes" not in run.data.tags
+    assert run.data.params["data"] == TSE and _data_origin(run) == "download"
     assert run.data.tags.get("kops.kernel", "").startswith(f"{OWNER}/")  # the optional cell pushed its kernel
     assert run.data.tags.get("kops.dataset", "").startswith(f"{OWNER}/")
     assert "complete" in _cell_text(executed, "-push").lower()
