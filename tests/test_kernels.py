@@ -87,7 +87,7 @@ def test_kfold_parent_pushes_a_two_model_ensemble_that_writes_a_valid_submission
     assert [m["run_id"] for m in plan["models"]] == folds and plan["reranker"] is None
     assert plan["runtime"]["dataset"] == "kopsdemo/kops-runtime"
     timing = json.loads((working / "kops-timing.json").read_text())
-    assert {f"forward m{i}:{f[:8]}" for i, f in enumerate(folds)} <= set(timing)
+    assert {f"forward + char probabilities m{i}:{f[:8]}" for i, f in enumerate(folds)} <= set(timing)
     meta = json.loads((result.folder / "kernel-metadata.json").read_text())
     assert meta["machine_shape"] == "NvidiaL4" and meta["enable_internet"] is False
     assert "kopsdemo/kops-runtime" in meta["dataset_sources"]
@@ -112,7 +112,7 @@ def test_kernel_imports_the_installed_runtime_wheel(env: dict[str, Any], pushed:
                                                                           result.kernel_version))
     installed = [ln for ln in log if ln.startswith("kops: runtime ")]
     assert installed and "installed at" in installed[0]
-    assert any(ln.startswith("kops: timing forward m1:") for ln in log)
+    assert any(ln.startswith("kops: timing forward + char probabilities m1:") for ln in log)
     assert "RUNNING" in pushed["statuses"] or "QUEUED" in pushed["statuses"]
 
 
@@ -164,7 +164,7 @@ def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, An
     report = run_local(env["cfg"], pushed["result"].folder, full_rows=3534)
     assert report.ok, render_report(report)
     assert report.rows == 200 and report.estimate_s is not None
-    assert any(k.startswith("forward m1:") for k in report.timings)
+    assert any(k.startswith("forward + char probabilities m1:") for k in report.timings)
     assert "submission.csv" in report.outputs
 
 

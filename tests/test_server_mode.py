@@ -142,7 +142,8 @@ def _trainer_dir(root: Path, i: int, server: str) -> Path:
     text = render_template(competition=COMPETITION, owner=DEMO_USER, experiment="team", tracking_uri=server,
                            folds=[0], epochs=1)
     text = re.sub(r"  seed: 42\n", f"  seed: {100 + i}\n  max_steps: {steps}\n  checkpoint_every: 2\n"
-                  f"  eval_every: {steps // 2}\n  oof_top_k: 2\n", text).replace("batch_size: 32", "batch_size: 16")
+                  f"  eval_every: {steps // 2}\n  oof_top_k: 2\n  batch_size: 16\n", text)
+    assert f"max_steps: {steps}" in text and "batch_size: 16" in text, "kops.yaml template changed"
     (folder / CONFIG_FILE).write_text(text)
     return folder
 
@@ -197,7 +198,8 @@ def test_team_server_on_postgres_and_bucket_many_trainers(tmp_path: Path, team_s
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
-    from kaggleops.stages.demo import COMPETITION, DEMO_KEY, DEMO_USER, init_workdir, seed_competition
+    from kaggleops.emulator.seeding import seed_competition
+    from kaggleops.stages.demo import COMPETITION, DEMO_KEY, DEMO_USER, init_workdir
     from kaggleops.stages.sync import TAG_ORIGIN_RUN, push
     from kaggleops.stages.train import get_task_for
 

@@ -337,15 +337,7 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
-
-def _is_run_id(text: str) -> bool:
-    try:
-        RunRef.parse(text)
-    except ValueError:
-        return False
-    return True
-
-    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): cheap listings, histories, bulk import ----------
+    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): listings, histories, bulk import ------------
 
     def experiment_ids(self, all_experiments: bool = False) -> list[str]:
         """This experiment's id, or every experiment's with ``all_experiments``."""
@@ -424,6 +416,14 @@ def _is_run_id(text: str) -> bool:
             self.client.set_terminated(run_id, status, end_time)
         else:
             self.client.update_run(run_id, status=status)
+
+
+def _is_run_id(text: str) -> bool:
+    try:
+        RunRef.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _artifact_repo(uri: str) -> Any:
