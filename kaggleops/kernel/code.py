@@ -35,7 +35,7 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError
 from kaggleops.files import write_zip
-from kaggleops.kernel.wheel import HASH_CHARS, SKIPPED_PARTS, SKIPPED_SUFFIXES, _record_hash
+from kaggleops.kernel.wheel import HASH_CHARS, _record_hash, tree_files
 from kaggleops.refs import DatasetRef, slugify
 
 CODE_MARKER_PREFIX = "kops-code-"
@@ -81,15 +81,6 @@ def kernel_spec(spec: str) -> str:
     return f"{Path(target).stem}:{cls}" if target.endswith(".py") else spec
 
 
-def _tree(folder: Path, prefix: str) -> list[tuple[str, Path]]:
-    out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_file() and not SKIPPED_PARTS & set(rel.parts) and path.suffix not in SKIPPED_SUFFIXES:
-            out.append((f"{prefix}{rel.as_posix()}", path))
-    return out
-
-
 def code_files(spec: str, root: Path) -> list[tuple[str, Path]]:
     """(name in the wheel, path) of the task's code (see the module docstring); empty for a built-in task."""
     target = spec.rpartition(":")[0]
@@ -97,7 +88,7 @@ def code_files(spec: str, root: Path) -> list[tuple[str, Path]]:
         folder = (root / target).resolve().parent
         files = [(p.name, p) for p in sorted(folder.glob("*.py"))]
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()):
-            files += _tree(sub, f"{sub.name}/")
+            files += tree_files(sub, f"{sub.name}/")
         return files
     top = target.split(".")[0]
     if top == "kaggleops":
@@ -110,7 +101,7 @@ def code_files(spec: str, root: Path) -> list[tuple[str, Path]]:
                           "Install it (pip install -e .) or run kops from the folder that holds it.")
     origin = Path(found.origin)
     if found.submodule_search_locations:
-        return _tree(origin.parent, f"{top}/")
+        return tree_files(origin.parent, f"{top}/")
     return [(origin.name, origin)]
 
 

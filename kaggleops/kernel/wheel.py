@@ -65,15 +65,20 @@ class RuntimeDataset:
         return asdict(self)
 
 
+def tree_files(folder: Path, prefix: str) -> list[tuple[str, Path]]:
+    """(``prefix`` + path relative to ``folder``, path) of every file below ``folder``, sorted; no caches or
+    bytecode. Used for the kops runtime wheel and for the task's code wheel alike."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not SKIPPED_PARTS & set(rel.parts) and path.suffix not in SKIPPED_SUFFIXES:
+            out.append((f"{prefix}{rel.as_posix()}", path))
+    return out
+
+
 def package_files(root: Path | None = None) -> list[tuple[str, Path]]:
     """(archive name, path) of every file of the kaggleops package, sorted; no caches or bytecode."""
-    root = root or Path(kaggleops.__file__).resolve().parent
-    out = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_file() and not SKIPPED_PARTS & set(rel.parts) and path.suffix not in SKIPPED_SUFFIXES:
-            out.append((f"{PACKAGE}/{rel.as_posix()}", path))
-    return out
+    return tree_files(root or Path(kaggleops.__file__).resolve().parent, f"{PACKAGE}/")
 
 
 def content_hash(files: list[tuple[str, Path]]) -> str:
