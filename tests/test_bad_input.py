@@ -33,7 +33,7 @@ def test_unknown_competition(tmp_path: Path) -> None:
     out = kops("train", cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip() == ("kops: error: Unknown task 'no-such-competition'; known tasks: "
-                                  "tweet-sentiment-extraction. Set `task:` in kops.yaml to your own task (kops init "
+                                  "digit-recognizer, tweet-sentiment-extraction. Set `task:` in kops.yaml to your own task (kops init "
                                   "--competition SLUG writes a skeleton), or `competition:` to one with a built-in "
                                   "task.")
 
