@@ -45,7 +45,11 @@ def logged_run(root: Path, seed: int) -> str:
     model = root / f"model-{seed}"
     (model / "tokenizer").mkdir(parents=True)
     (model / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    (model / "model.safetensors").write_bytes(random.Random(seed).randbytes(50_000))
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.frombuffer(random.Random(seed).randbytes(50_000), dtype=np.uint8)},
+              str(model / "model.safetensors"))  # loadable: publish load-checks weights before uploading
     (model / "tokenizer" / "vocab.json").write_text('{"a": 0}')
     run_id = tracker.start_run("fold-0", {"lr": 1e-3})
     tracker.log_artifacts(run_id, model, "model")

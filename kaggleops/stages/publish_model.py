@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.adapters.tracking import open_tracker
@@ -27,7 +29,7 @@ from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, PublishError
 from kaggleops.refs import ModelRef, slugify
 from kaggleops.schema import MANIFEST, TAG_GIT_COMMIT, TAG_MODEL, TAG_MODEL_VERSION, Manifest
-from kaggleops.stages.publish import STAGING_DIR, build_manifest, stage_run
+from kaggleops.stages.publish import STAGING_DIR, build_manifest, check_weights, stage_run
 
 MODEL_METADATA = "model-metadata.json"
 INSTANCE_METADATA = "model-instance-metadata.json"
@@ -98,10 +100,22 @@ def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public
     run = tracker.get_run(run_id)
     ref = resolve_model_target(cfg, run.info.run_name, run_id, model)
     kaggle = kaggle or Kaggle.from_config(cfg)
-    tags = dict(run.data.tags)
     private = cfg.dataset.private if public is None else not public
-    staging = cfg.root / STAGING_DIR / f"{run_id}-model"
-    weights, folder, archives = stage_run(tracker, run_id, staging, mtime=run.info.start_time / 1000)
+    # a fresh folder per publish, like datasets: no upload record of an earlier attempt matches it
+    (cfg.root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{run_id}-model-", dir=cfg.root / STAGING_DIR))
+    try:
+        return _publish_staged(cfg, tracker, run, ref, kaggle, private, progress, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_staged(cfg: KopsConfig, tracker: Any, run: Any, ref: ModelRef, kaggle: Kaggle, private: bool,
+                    progress: bool, staging: Path) -> ModelPublishResult:
+    run_id = run.info.run_id
+    tags = dict(run.data.tags)
+    weights, folder, archives = stage_run(tracker, run_id, staging)
+    check_weights(weights, run_id)
     manifest = build_manifest(weights, run_id, cfg.experiment_name, tags, archives)
     manifest.write(folder / MANIFEST)
     commit = tags.get(TAG_GIT_COMMIT)
@@ -122,7 +136,6 @@ def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public
                            f"--model {ref.ref}") from e
     tracker.set_tags(run_id, {TAG_MODEL: ref.ref, TAG_MODEL_VERSION: str(version)})
     sent = sum(p.stat().st_size for p in folder.iterdir() if p.name != INSTANCE_METADATA) if uploaded else 0
-    shutil.rmtree(staging, ignore_errors=True)
     pinned = ModelRef(ref.owner, ref.slug, ref.framework, ref.variation, version)
     return ModelPublishResult(run_id, ref.ref, version, pinned.url(kaggle.web_base), created=uploaded and not current,
                               uploaded=uploaded, bytes_uploaded=sent)
