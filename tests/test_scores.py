@@ -41,7 +41,8 @@ HINTS = ["a", "b", "a", "b", "a", "a"]  # public (even rows) 2/3 right, private 
 KERNEL_SCRIPT = """
 import csv, json, os
 inp = os.environ["KOPS_KAGGLE_INPUT"]
-with open(os.path.join(inp, "tiny-comp", "test.csv")) as f:
+folder = os.path.join(inp, "competitions", "tiny-comp")  # Kaggle's current layout (older: input/tiny-comp)
+with open(os.path.join(folder if os.path.isdir(folder) else os.path.join(inp, "tiny-comp"), "test.csv")) as f:
     rows = list(csv.DictReader(f))
 with open("submission.csv", "w", newline="") as f:
     w = csv.writer(f)
