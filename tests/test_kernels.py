@@ -402,7 +402,9 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     tags = tracker.get_run(f1).data.tags
     tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).data.tags["kops.dataset"]})
     try:
-        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", f0, "--run", f1, "--wait"],
+        # --no-publish: use the tags as they are (publishing would put fold 1's weights into that dataset)
+        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", f0, "--run", f1, "--wait",
+                              "--no-publish"],
                              cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=300)
     finally:
         tracker.set_tags(f1, {"kops.dataset": tags["kops.dataset"]})
