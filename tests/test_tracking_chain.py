@@ -90,7 +90,9 @@ def server_run(server: str, cfg: Any, monkeypatch: pytest.MonkeyPatch) -> str:
         model = cfg.root / "model-src"
         model.mkdir()
         (model / "config.json").write_text('{"hidden": 8}')
-        (model / "weights.bin").write_bytes(os.urandom(2048))
+        import torch
+
+        torch.save({"w": torch.randn(512)}, model / "weights.bin")  # loadable: publish load-checks weights
         tracker.log_artifacts(run_id, model, "model")
         tracker.end_run(run_id)
         return run_id
@@ -134,7 +136,7 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
     bucket = tmp_path / "bucket"
     out = kops(work, store, "sync", "push", "--bucket", str(bucket), "--json")
     assert out.returncode == 0, out.stderr
-    pushed = {p.stem for p in bucket.rglob("*.json")}
+    pushed = {p.parent.name for p in bucket.rglob("meta.json")}  # runs/<machine>/<run id>/meta.json
     assert {run_id, sub_run} <= pushed, (pushed, out.stdout)
 
     assert not (work / "mlflow.db").exists()  # no command fell back to the local SQLite file
