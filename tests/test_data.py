@@ -14,6 +14,7 @@ import pytest
 
 from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
+from kaggleops.refs import KAGGLE_WEB
 from kaggleops.tasks import get_task
 
 TSE = "tweet-sentiment-extraction"
@@ -138,7 +139,7 @@ def test_found_attached_in_a_kaggle_notebook_under_both_layouts(project: Path, t
     monkeypatch.setenv("KOPS_KAGGLE_INPUT", str(root))
     source = resolve(load_config(project / "kops.yaml"), get_task(TSE))  # no credentials: found, not fetched
     assert (source.folder, source.origin, source.name) == (attached, "kaggle-input", TSE)
-    assert source.source_url() == f"https://www.kaggle.com/competitions/{TSE}/data"
+    assert source.source_url() == f"{KAGGLE_WEB}/competitions/{TSE}/data"
 
 
 def test_dataset_found_under_both_layouts(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_train_in_a_simulated_notebook_records_the_competition_data(project: Pat
     run_id = json.loads(out.stdout)["runs"][0]["run_id"]
     [dataset] = dataset_inputs(project, run_id)
     assert (dataset.name, dataset.source_type) == (TSE, "http")
-    assert json.loads(dataset.source) == {"url": f"https://www.kaggle.com/competitions/{TSE}/data"}
+    assert json.loads(dataset.source) == {"url": f"{KAGGLE_WEB}/competitions/{TSE}/data"}
     assert json.loads(dataset.profile) == {"origin": "kaggle-input", "files": file_hashes(attached)}
 
     sample = kops("train", "--sample", "--json", cwd=project)

@@ -123,7 +123,7 @@ def test_data_error_keeps_its_value_error_behaviour() -> None:
 
 
 def test_run_ref_beside_dataset_and_kernel_refs() -> None:
-    from kaggleops.refs import DatasetRef, KernelRef, RunRef
+    from kaggleops.refs import KAGGLE_WEB, DatasetRef, KernelRef, RunRef
 
     run = RunRef.parse("0123456789abcdef0123456789abcdef", "http://127.0.0.1:5000/")
     assert str(run) == run.run_id and run.short == "01234567"
@@ -131,6 +131,6 @@ def test_run_ref_beside_dataset_and_kernel_refs() -> None:
     assert RunRef("0123456789abcdef0123456789abcdef", "sqlite:///mlflow.db").url() is None
     with pytest.raises(ValueError, match="Not an MLflow run id: .*Expected 32 hex characters"):
         RunRef.parse("x' or 1=1")
-    assert DatasetRef.parse("alice/tse-f0/3").url() == "https://www.kaggle.com/datasets/alice/tse-f0"
+    assert DatasetRef.parse("alice/tse-f0/3").url() == f"{KAGGLE_WEB}/datasets/alice/tse-f0"
     assert str(KernelRef.parse("alice/tse-infer/versions/2")) == "alice/tse-infer/2"
     assert DatasetRef("a", "bb-cc") != KernelRef("a", "bb-cc")
