@@ -402,3 +402,18 @@ def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emul
         (f, f"{USER}/fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
     with pytest.raises(ConfigError, match="is a k-fold parent: each fold gets its own dataset"):
         publish_run_or_folds(cfg, parent, dataset=f"{USER}/all-folds")
+
+
+def test_weight_check_judges_torch_files_and_leaves_other_formats_to_their_task(tmp_path: Path) -> None:
+    """A raw ``.bin`` of another library (a user's task) publishes; a truncated torch file is refused."""
+    import torch
+
+    from kaggleops.errors import DataError
+    from kaggleops.stages.publish import check_weights
+
+    (tmp_path / "booster.bin").write_bytes(b"tree\x00" * 100)  # e.g. a LightGBM/numpy dump: not torch's format
+    torch.save({"w": torch.zeros(64)}, tmp_path / "head.pt")
+    check_weights(tmp_path, "r1")
+    (tmp_path / "head.pt").write_bytes((tmp_path / "head.pt").read_bytes()[:200])  # cut mid-archive
+    with pytest.raises(DataError, match=r"^Run r1: model/head.pt does not load \("):
+        check_weights(tmp_path, "r1")

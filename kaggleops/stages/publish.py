@@ -208,7 +208,7 @@ def check_weights(model: Path, run_id: str) -> None:
                 from safetensors.torch import load_file
 
                 load_file(str(path), device="cpu")
-            elif path.suffix in WEIGHT_SUFFIXES:
+            elif path.suffix in WEIGHT_SUFFIXES and _claims_torch(path):
                 import torch
 
                 torch.load(path, map_location="cpu", weights_only=True)
@@ -219,6 +219,14 @@ def check_weights(model: Path, run_id: str) -> None:
             raise DataError(f"Run {run_id}: model/{rel} does not load ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:120] if str(e) else 'no message'}); nothing uploaded.",
                             "Fix or re-log the run's model folder, then publish again.") from None
+
+
+def _claims_torch(path: Path) -> bool:
+    """A ``.bin``/``.pt`` file written by ``torch.save`` (a zip archive, or a pickle in the legacy format). Other
+    formats under those suffixes (a LightGBM or raw numpy ``.bin`` of a user's task) are not torch's to judge."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def check_namespace(ref: DatasetRef) -> None:
