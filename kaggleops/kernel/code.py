@@ -35,7 +35,7 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError
 from kaggleops.files import write_zip
-from kaggleops.kernel.wheel import HASH_CHARS, _record_hash, tree_files
+from kaggleops.kernel.wheel import HASH_CHARS, _record_hash, tree_files, upload_private_dataset
 from kaggleops.refs import DatasetRef, slugify
 
 CODE_MARKER_PREFIX = "kops-code-"
@@ -183,10 +183,5 @@ def ensure_code_dataset(cfg: KopsConfig, kaggle: Kaggle, spec: str) -> CodeDatas
             "id": ref.ref, "title": f"{cfg.experiment_name} code"[:50], "licenses": [{"name": cfg.dataset.license}],
             "description": "A kops task's code (and dependency wheels) for offline kernels, installed with "
                            "`pip install --no-index --no-deps`. Versioned by content."}))
-        if info is None:
-            kaggle.create_dataset(folder, public=False)
-        else:
-            kaggle.create_dataset_version(folder, f"kops task code {content[:12]}")
-    previous = int(info.get("current_version_number") or 0) if info else 0
-    version = kaggle.wait_dataset_ready(ref, min_version=previous + 1)
+        version = upload_private_dataset(kaggle, ref, folder, info, f"kops task code {content[:12]}")
     return CodeDataset(ref.ref, version, content, wheel.name, names, kernel_spec(spec), created=True)

@@ -145,10 +145,17 @@ def ensure_runtime_dataset(cfg: KopsConfig, kaggle: Kaggle) -> RuntimeDataset:
             version = int(info["current_version_number"])
             return RuntimeDataset(ref.ref, version, wheel.content_sha256, wheel.path.name, created=False)
         (folder / "dataset-metadata.json").write_text(json.dumps(_dataset_metadata(ref, cfg.dataset.license)))
-        if info is None:
-            kaggle.create_dataset(folder, public=False)
-        else:
-            kaggle.create_dataset_version(folder, f"kops runtime {__version__} content {wheel.content_sha256[:12]}")
-    previous = int(info.get("current_version_number") or 0) if info else 0
-    version = kaggle.wait_dataset_ready(ref, min_version=previous + 1)
+        version = upload_private_dataset(kaggle, ref, folder, info,
+                                         f"kops runtime {__version__} content {wheel.content_sha256[:12]}")
     return RuntimeDataset(ref.ref, version, wheel.content_sha256, wheel.path.name, created=True)
+
+
+def upload_private_dataset(kaggle: Kaggle, ref: DatasetRef, folder: Path, info: dict | None, notes: str) -> int:
+    """Create the private dataset ``ref`` from ``folder`` (or a new version of it) and wait until that version is
+    ready; returns its number. Shared by the kops-runtime and the task-code datasets."""
+    if info is None:
+        kaggle.create_dataset(folder, public=False)
+    else:
+        kaggle.create_dataset_version(folder, notes)
+    previous = int(info.get("current_version_number") or 0) if info else 0
+    return kaggle.wait_dataset_ready(ref, min_version=previous + 1)
