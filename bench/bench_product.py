@@ -49,7 +49,10 @@ def _kops_yaml(work: Path, args: Any, model: str, user: str) -> None:
 
     train = {"model": model, "n_folds": 5, "folds": [0], "epochs": args.epochs, "batch_size": args.batch_size,
              "lr": args.lr, "schedule": args.schedule, "warmup_ratio": args.warmup, "train_neutral": args.train_neutral,
-             "start_shift": args.start_shift, "max_len": args.max_len, "seed": args.seed, "checkpoint_every": None}
+             "start_shift": args.start_shift, "label_smoothing": args.label_smoothing,
+             "dropout_samples": args.dropout_samples, "sample_dropout": args.sample_dropout,
+             "head_layers": args.head_layers, "max_len": args.max_len,
+             "seed": args.seed, "checkpoint_every": None}
     cfg = {"competition": COMPETITION, "owner": user, "experiment": "tse-product-bench", "data_dir": "data",
            "train": train, "kernel": {"enable_gpu": False}}
     (work / "kops.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -69,12 +72,31 @@ def _run(stage: str, cmd: list[str], work: Path, env: dict[str, str], walls: dic
     return json.loads(proc.stdout)
 
 
-def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
-    from kaggleops.demo import DEMO_KEY, DEMO_USER
-    from kaggleops.kernel_local import RUN_DIR
+def _submission(path: Path) -> dict[str, str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return {r["textID"]: r["selected_text"] for r in csv.DictReader(f)}
 
+
+def _validation_files(work: Path) -> list[dict[str, str]]:
+    """``data-val/``: the trained run's validation rows (its oof.csv artifact) as a test.csv without labels."""
+    oof = next(p for p in work.rglob("oof.csv") if "data" not in p.parts)
+    with oof.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    _write_csv_rows(work / "data-val", rows)
+    return rows
+
+
+def _write_csv_rows(folder: Path, rows: list[dict[str, str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(folder / "test.csv", rows, ["textID", "text", "sentiment"])
+    _write_csv(folder / "sample_submission.csv", [{"textID": r["textID"], "selected_text": ""} for r in rows],
+               ["textID", "selected_text"])
+
+
+def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
     from kaggleops.emulator import Emulator
-    from kaggleops.tasks import get_task
+    from kaggleops.kernel.local import RUN_DIR
+    from kaggleops.stages.demo import DEMO_KEY, DEMO_USER
     from kaggleops.tasks.tse.metric import jaccard
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="kops-product-")).resolve()
@@ -86,7 +108,7 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
     walls: dict[str, float] = {}
     try:
         files = {n: work / "data" / n for n in ("train.csv", "test.csv", "sample_submission.csv")}
-        emulator.add_competition(COMPETITION, files, solution, "textID", "selected_text", get_task(COMPETITION).metric)
+        emulator.add_competition(COMPETITION, files, solution, "textID", "selected_text", "jaccard")
         _kops_yaml(work, args, model, DEMO_USER)
         env = {**os.environ, "KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": DEMO_USER, "KAGGLE_KEY": DEMO_KEY,
                "KAGGLE_CONFIG_DIR": str(work / ".kaggle")}
@@ -100,16 +122,21 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
         folder = pushed["folder"]
         local = _run("kops kernel run-local", [*kops, "kernel", "run-local", folder, "--data", str(work / "data"),
                                                "--json"], work, env, walls)
+        preds = _submission(Path(folder) / RUN_DIR / "working" / "submission.csv")
+        val_rows = _validation_files(work)
+        _run("kops kernel run-local (validation fold rows)", [*kops, "kernel", "run-local", folder, "--data",
+                                                             str(work / "data-val"), "--json"], work, env, walls)
+        val_preds = _submission(Path(folder) / RUN_DIR / "working" / "submission.csv")
     finally:
         emulator.stop()
-    sub = Path(folder) / RUN_DIR / "working" / "submission.csv"
-    with sub.open(newline="", encoding="utf-8") as f:
-        preds = {r["textID"]: r["selected_text"] for r in csv.DictReader(f)}
     truth = dict(zip(held["textID"], held["selected_text"], strict=True))
     score = sum(jaccard(truth[t], preds[t]) for t in truth) / len(truth)
+    val_score = sum(jaccard(r["selected_text"], val_preds[r["textID"]]) for r in val_rows) / len(val_rows)
+    print(f"validation fold 0 ({len(val_rows)} rows) through the kernel: Jaccard {val_score:.4f}; "
+          f"at training time: {trained['runs'][0]['score']:.4f} (must be equal)")
     whole = sum(jaccard(s, t) for s, t in zip(held["selected_text"], held["text"], strict=True)) / len(held)
     print(f"{len(train_part)} rows in train.csv, fold 0 of 5 trained "
-          f"(val Jaccard {trained['runs'][0]['val_jaccard']:.4f}), kernel on {len(held)} held-out rows")
+          f"(val Jaccard {trained['runs'][0]['score']:.4f}), kernel on {len(held)} held-out rows")
     print(f"  {'total':<45} {sum(walls.values()):8.1f} s")
     print(f"  run-local kernel stages: {json.dumps(local.get('timings', {}))}")
     print(f"held-out rows {len(held)}: Jaccard {score:.4f} vs whole tweet {whole:.4f}")

@@ -79,7 +79,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--product", action="store_true", help="the user's path: kops.yaml, kops train (fold 0 of 5), "
                    "publish, push-kernel --wait (emulator), kops kernel run-local on the held-out test file")
     p.add_argument("--keep", default=None, help="folder to keep the trained fold in (model/, oof.csv)")
-    p.add_argument("--evaluate", default=None, help="with --kfold: no training; score the fold kept in this folder")
+    p.add_argument("--evaluate", default=None, help="with --kfold: no training; score the fold kept in this folder "
+                   "(several, comma-separated: each alone, then their mean character probabilities as an ensemble)")
     p.add_argument("--epochs", type=int, default=MINILM_PRESET["epochs"])
     p.add_argument("--lr", type=float, default=MINILM_PRESET["lr"])
     p.add_argument("--batch-size", type=int, default=MINILM_PRESET["batch_size"])
@@ -88,6 +89,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=MINILM_PRESET["warmup_ratio"])
     p.add_argument("--train-neutral", action=argparse.BooleanOptionalAction, default=MINILM_PRESET["train_neutral"])
     p.add_argument("--start-shift", action=argparse.BooleanOptionalAction, default=MINILM_PRESET["start_shift"])
+    p.add_argument("--label-smoothing", type=float, default=MINILM_PRESET.get("label_smoothing", 0.0))
+    p.add_argument("--dropout-samples", type=int, default=MINILM_PRESET.get("dropout_samples", 1))
+    p.add_argument("--sample-dropout", type=float, default=MINILM_PRESET.get("sample_dropout", 0.1))
+    p.add_argument("--head-layers", type=int, default=MINILM_PRESET.get("head_layers", 1))
     p.add_argument("--eval-every", type=int, default=None, help="steps between validations (default: each epoch)")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args()
@@ -120,10 +125,15 @@ def main() -> None:
     settings = TrainSettings(model=model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_len=args.max_len, schedule=args.schedule, warmup_ratio=args.warmup,
                              train_neutral=args.train_neutral, start_shift=args.start_shift, seed=args.seed,
+                             label_smoothing=args.label_smoothing, dropout_samples=args.dropout_samples,
+                             sample_dropout=args.sample_dropout, head_layers=args.head_layers,
                              eval_every=args.eval_every, checkpoint_every=None, eval_batch_size=128,
                              device="auto", progress=False)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
+    if args.evaluate and "," in args.evaluate:
+        _ensemble(args.evaluate.split(","), data, held, settings)
+        return
     with tempfile.TemporaryDirectory(prefix="kops-quality-") as tmp:
         out = Path(args.keep or tmp)
         if args.evaluate:
@@ -137,7 +147,8 @@ def main() -> None:
                                  if k.startswith("val_jaccard_")}, 0.0)
     wall = time.perf_counter() - started
     knobs = {k: getattr(settings, k) for k in ("epochs", "lr", "batch_size", "max_len", "schedule", "warmup_ratio",
-                                                "train_neutral", "start_shift")}
+                                                "train_neutral", "start_shift", "label_smoothing",
+                                                "dropout_samples", "sample_dropout", "head_layers")}
     print(f"MiniLM (all-MiniLM-L6-v2) span model, {result.n_train} training rows, {result.steps} steps, "
           f"{json.dumps(knobs)}; train {train_s:.0f} s, wall {wall:.0f} s")
     for h in history:
@@ -204,6 +215,40 @@ def _score_held_out(model_dir: Path, held: Any, settings: Any,
     return mean_jaccard(scored["selected_text"], scored["pred"]), by, seconds
 
 
+def _ensemble(folders: list[str], data: Any, held: Any, settings: Any) -> None:
+    """Each kept fold alone, then the mean of their character probabilities (what the kernel ensembles), on kops'
+    validation fold 0 and on the held-out rows."""
+    from kaggleops.tasks.tse import infer
+    from kaggleops.tasks.tse.train import post_processing
+
+    post = post_processing(settings)
+    for name, frame in (("validation fold 0", data[data["fold"] == 0]), ("held-out", held)):
+        rows = frame[["text", "sentiment"]].to_dict("records")
+        texts = [str(r["text"]) for r in rows]
+        total: Any = None
+        for folder in folders:
+            model, tokenizer = infer.load_model(Path(folder) / "model", settings.device)
+            features = infer.encode_rows(tokenizer, rows, settings.max_len)
+            ps, pe = infer.predict_char_probs(model, features, texts, tokenizer.pad_token_id, 128)
+            alone = mean_jaccard(frame["selected_text"], infer.decode_spans(rows, ps, pe, post))
+            print(f"{name} ({len(rows)} rows), {folder}: Jaccard {alone:.4f}")
+            total = (ps, pe) if total is None else (total[0] + ps, total[1] + pe)
+        preds = infer.decode_spans(rows, total[0] / len(folders), total[1] / len(folders), post)
+        print(f"{name} ({len(rows)} rows), ensemble of {len(folders)}: Jaccard "
+              f"{mean_jaccard(frame['selected_text'], preds):.4f}")
+        if name == "held-out":
+            print(f"held-out rows {len(rows)}: Jaccard {mean_jaccard(frame['selected_text'], preds):.4f}")
+
+
+#: span length limits tried on the validation fold (characters; the best candidate of the top 10 within the limit)
+LENGTH_LIMITS = (20, 40, 60, 80)
+
+
+def _limited(post: Any, text: str, sentiment: str, candidates: list[dict[str, Any]], limit: int) -> str:
+    best = next((c for c in candidates if int(c["end"]) - int(c["start"]) <= limit), candidates[0])
+    return post.answer(text, sentiment, int(best["start"]), int(best["end"]))
+
+
 def _post_grid(oof_path: Path, rows: list[dict[str, Any]], held: Any, ps: Any, pe: Any) -> None:
     import pandas as pd
 
@@ -219,6 +264,15 @@ def _post_grid(oof_path: Path, rows: list[dict[str, Any]], held: Any, ps: Any, p
         out = infer.decode_spans(rows, ps, pe, post)
         print(f"  {name:<32} {mean_jaccard(oof['selected_text'], val):.4f} | "
               f"{mean_jaccard(held['selected_text'], out):.4f}")
+    cands = [json.loads(c) for c in oof["candidates"]]
+    held_cands = [infer.top_k_char_spans(str(r["text"]), ps[i], pe[i], 10) for i, r in enumerate(rows)]
+    post = infer.PostProcessing(start_shift=True)
+    for limit in LENGTH_LIMITS:
+        val = [_limited(post, t, s, c, limit) for t, s, c in zip(oof["text"], oof["sentiment"], cands, strict=True)]
+        out = [_limited(post, str(r["text"]), str(r["sentiment"]), c, limit) for r, c in zip(rows, held_cands,
+                                                                                              strict=True)]
+        print(f"  {'start shift + span <= ' + str(limit) + ' chars':<32} "
+              f"{mean_jaccard(oof['selected_text'], val):.4f} | {mean_jaccard(held['selected_text'], out):.4f}")
 
 
 if __name__ == "__main__":

@@ -230,3 +230,40 @@ def test_real_data_offsets_reproduce_selected_text(shared_data: Path) -> None:
         ok += infer.span_text(text, f, *token_span(f.offsets, f.tweet, (a, b))).strip() == r["selected_text"].strip()
     assert aligned >= 0.85 * len(rows)
     assert ok >= 0.99 * aligned
+
+
+def test_span_loss_levers_stay_inside_the_tweet_and_train_a_standard_model(
+        sample_train: pd.DataFrame, tmp_path: Path) -> None:
+    """Label smoothing spreads only over the tweet's tokens (logits elsewhere, padding included, change nothing);
+    multi-sample dropout is training-only: the saved model is a plain AutoModelForQuestionAnswering."""
+    import torch
+
+    from kaggleops.tasks.tse.train import _smoothed_nll
+
+    logits = torch.randn(2, 9)
+    target = torch.tensor([3, 5])
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[:, 2:7] = True
+    moved = logits.clone()
+    moved[:, 7:] += 50.0  # padding / second-segment positions
+    plain = torch.nn.functional.cross_entropy(logits[:, 2:7], target - 2)
+    assert float(_smoothed_nll(logits, target, mask, 0.0)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(_smoothed_nll(moved, target, mask, 0.2)) == pytest.approx(
+        float(_smoothed_nll(logits, target, mask, 0.2)), rel=1e-6)
+    uniform = torch.zeros(2, 9)
+    assert float(_smoothed_nll(uniform, target, mask, 0.3)) == pytest.approx(float(torch.log(torch.tensor(5.0))))
+
+    settings = TrainSettings(epochs=1, max_steps=4, device="cpu", label_smoothing=0.1, dropout_samples=3,
+                             head_layers=2, checkpoint_every=None)
+    result = train_fold(sample_train, settings, 0, tmp_path / "f0")
+    model, tok = infer.load_model(result.model_dir, "cpu")
+    assert type(model).__name__ == "RobertaForQuestionAnswering" and model.kops_head_layers == 2
+    # the kernel's decoding (head on the mean of the last 2 layers, as trained) reproduces validation's answers
+    oof = pd.read_csv(result.oof_path, keep_default_na=False, dtype=str)
+    rows = oof[["text", "sentiment"]].to_dict("records")
+    ps, pe = infer.predict_char_probs(model, infer.encode_rows(tok, rows, 96), oof["text"].tolist(), tok.pad_token_id)
+    assert infer.decode_spans(rows, ps, pe) == oof["pred"].tolist()
+    model.kops_head_layers = 1  # the last layer alone is another model: its answers differ
+    ps1, pe1 = infer.predict_char_probs(model, infer.encode_rows(tok, rows, 96), oof["text"].tolist(), tok.pad_token_id)
+    assert not torch.equal(ps, ps1)
+    assert TASK.settings({"label_smoothing": 0.1, "dropout_samples": 5}).dropout_samples == 5

@@ -53,22 +53,42 @@ def resolve_device(device: Any = None) -> Any:
 
 
 def load_model(model_dir: Any, device: Any = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a ``save_pretrained`` folder, in eval mode on ``device``."""
+    """Load ``(model, tokenizer)`` from a ``save_pretrained`` folder, in eval mode on ``device`` (with the
+    ``head_layers`` its ``kops_infer.json`` records, see :func:`span_logits`)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
+    model.kops_head_layers = int(read_infer_config(model_dir).get("head_layers", 1))
     model.to(resolve_device(device)).eval()
     return model, tokenizer
 
 
-def write_infer_config(model_dir: Any, post: "PostProcessing", max_len: int) -> None:
+def span_logits(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """``(start_logits, end_logits)`` ``[B, T]`` of a question-answering model. With ``model.kops_head_layers``
+    k > 1 the model's own ``qa_outputs`` head reads the mean of the encoder's last k hidden layers (so the saved
+    weights stay a standard ``AutoModelForQuestionAnswering``; training and the kernel both go through here)."""
+    k = int(getattr(model, "kops_head_layers", 1))
+    if k <= 1:
+        out = model(**inputs)
+        return out.start_logits, out.end_logits
+    import torch
+
+    hidden = model(**inputs, output_hidden_states=True).hidden_states
+    start, end = model.qa_outputs(torch.stack(hidden[-k:]).mean(0)).split(1, dim=-1)
+    return start[..., 0], end[..., 0]
+
+
+def write_infer_config(model_dir: Any, post: "PostProcessing", max_len: int, head_layers: int = 1) -> None:
     """Record in a trained model folder how its answers are decoded (``kops_infer.json``; the kernel reads it)."""
     import json
     import os
 
+    config: dict[str, Any] = {"post_processing": post.as_dict(), "max_len": max_len}
+    if head_layers > 1:
+        config["head_layers"] = head_layers
     with open(os.path.join(str(model_dir), INFER_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"post_processing": post.as_dict(), "max_len": max_len}, f, indent=2)
+        json.dump(config, f, indent=2)
 
 
 def read_infer_config(model_dir: Any) -> dict[str, Any]:
@@ -234,8 +254,8 @@ def predict_char_probs(model: Any, features: list[Encoded], texts: list[str], pa
     with torch.inference_mode():
         for idx in length_batches(features, batch_size):
             batch = [features[i] for i in idx]
-            res = model(**{k: v.to(device) for k, v in collate(batch, pad_id).items()})
-            bs, be = batch_char_probs(batch, res.start_logits, res.end_logits, width)
+            start, end = span_logits(model, {k: v.to(device) for k, v in collate(batch, pad_id).items()})
+            bs, be = batch_char_probs(batch, start, end, width)
             starts.append(bs)
             ends.append(be)
             order += idx

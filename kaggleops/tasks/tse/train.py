@@ -58,6 +58,10 @@ class TrainSettings:
     warmup_ratio: float = 0.1  # share of the optimizer steps spent warming the lr up from 0
     train_neutral: bool = True  # False: neutral rows are left out of training (answered by the whole-tweet rule)
     grad_clip: float = 1.0
+    label_smoothing: float = 0.0  # share of the start/end target spread evenly over the tweet's tokens
+    dropout_samples: int = 1  # multi-sample dropout: > 1 averages the span loss over this many dropout masks
+    sample_dropout: float = 0.1  # ... the dropout rate of each sample (on the encoder's last hidden states)
+    head_layers: int = 1  # the span head reads the mean of the encoder's last this-many hidden layers
     n_folds: int = 5
     seed: int = 42
     vocab_size: int = 2000
@@ -147,9 +151,14 @@ def _split(tokenizer: Any, df: pd.DataFrame, max_len: int) -> _Split:
     return _Split(rows, features, labels)
 
 
-def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int | None = None) -> dict[str, Any]:
+SPAN_MASK = "span_mask"  # a training batch's extra key: the positions the own span loss spreads over
+
+
+def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int | None = None,
+           span_mask: bool = False) -> dict[str, Any]:
     """Rows ``idx`` as tensors with labels; ``width``: pad to it (a DDP shard is padded as its whole batch would
-    be: the span loss's softmax runs over the padded positions too, so padding changes the loss)."""
+    be: the span loss's softmax runs over the padded positions too, so padding changes the loss).
+    ``span_mask``: add ``SPAN_MASK`` (the tweet's tokens and the labels) for :func:`span_loss`."""
     import torch
 
     batch = infer.collate([split.features[i] for i in idx], pad_id)
@@ -159,7 +168,53 @@ def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int |
                  for k, v in batch.items()}
     batch["start_positions"] = torch.tensor([split.labels[i][0] for i in idx])
     batch["end_positions"] = torch.tensor([split.labels[i][1] for i in idx])
+    if span_mask:
+        mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        for row, i in enumerate(idx):
+            mask[row, split.features[i].tweet] = True
+            mask[row, list(split.labels[i])] = True
+        batch[SPAN_MASK] = mask
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def own_span_loss(settings: TrainSettings) -> bool:
+    """Whether the settings need :func:`span_loss` rather than the model's own (HF's cross-entropy)."""
+    return settings.label_smoothing > 0 or settings.dropout_samples > 1 or settings.head_layers > 1
+
+
+def _smoothed_nll(logits: Any, target: Any, mask: Any, smoothing: float) -> Any:
+    import torch
+
+    logp = torch.log_softmax(logits.float().masked_fill(~mask, -1e4), dim=-1)
+    nll = -logp.gather(1, target[:, None])[:, 0]
+    if smoothing <= 0:
+        return nll.mean()
+    spread = -(logp * mask).sum(-1) / mask.sum(-1)
+    return ((1 - smoothing) * nll + smoothing * spread).mean()
+
+
+def span_loss(forward: Any, head: Any, batch: dict[str, Any], settings: TrainSettings) -> Any:
+    """The span loss with the settings' levers: cross-entropy over the tweet's tokens only, label smoothing
+    (``label_smoothing`` of each target spread over the tweet) and multi-sample dropout (``dropout_samples``
+    dropout masks on the encoder's last hidden states through the model's own ``qa_outputs`` head, losses
+    averaged), the head reading the mean of the last ``head_layers`` hidden layers (as :func:`infer.span_logits`
+    does at inference). Without dropout the samples are the model's own logits, so the saved model is a standard
+    ``AutoModelForQuestionAnswering``. ``forward`` is the (possibly DDP-wrapped) model, ``head``
+    the unwrapped model's ``qa_outputs``."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions", SPAN_MASK)}
+    layers = forward(**inputs, output_hidden_states=True).hidden_states
+    hidden = torch.stack(layers[-settings.head_layers:]).mean(0) if settings.head_layers > 1 else layers[-1]
+    mask = batch[SPAN_MASK]
+    samples = []
+    for _ in range(max(1, settings.dropout_samples)):
+        h = torch.nn.functional.dropout(hidden, settings.sample_dropout, training=True) \
+            if settings.dropout_samples > 1 else hidden
+        start, end = head(h).split(1, dim=-1)
+        samples.append((_smoothed_nll(start[..., 0], batch["start_positions"], mask, settings.label_smoothing)
+                        + _smoothed_nll(end[..., 0], batch["end_positions"], mask, settings.label_smoothing)) / 2)
+    return torch.stack(samples).mean()
 
 
 def _autocast(device: Any) -> Any:
@@ -222,9 +277,13 @@ def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) ->
     starts, ends, order = [], [], []
     with torch.inference_mode(), _autocast(device):
         for idx in infer.length_batches(split.features, settings.eval_batch_size):
-            out = model(**_batch(split, idx, pad_id, device))
-            total, n = total + float(out.loss) * len(idx), n + len(idx)
-            bs, be = infer.batch_char_probs([split.features[i] for i in idx], out.start_logits, out.end_logits, width)
+            batch = _batch(split, idx, pad_id, device)
+            labels = batch.pop("start_positions"), batch.pop("end_positions")
+            start, end = infer.span_logits(model, batch)
+            loss = (torch.nn.functional.cross_entropy(start.float(), labels[0])
+                    + torch.nn.functional.cross_entropy(end.float(), labels[1])) / 2
+            total, n = total + float(loss) * len(idx), n + len(idx)
+            bs, be = infer.batch_char_probs([split.features[i] for i in idx], start, end, width)
             starts.append(bs)
             ends.append(be)
             order += idx
@@ -292,7 +351,8 @@ def _train_step(loop: _Loop, batches: list[tuple[dict[str, Any], float, int]]) -
         share = n / rows
         with sync:  # no all-reduce before the last micro-batch of the step
             with _autocast(batch["input_ids"].device):
-                loss = loop.forward(**batch).loss
+                loss = span_loss(loop.forward, loop.model.qa_outputs, batch, loop.settings) \
+                    if SPAN_MASK in batch else loop.forward(**batch).loss
             loop.scaler.scale(loss * weight * share).backward()
         total += float(loss.detach()) * weight / dist.world_size() * share
     total = dist.all_sum(total, batch["input_ids"].device)
@@ -377,13 +437,14 @@ def _total_steps(train: _Split, settings: TrainSettings) -> tuple[int, int]:
     return (min(total, settings.max_steps) if settings.max_steps else total), per_epoch
 
 
-def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any) -> list[tuple[dict[str, Any], float, int]]:
+def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any,
+            settings: TrainSettings) -> list[tuple[dict[str, Any], float, int]]:
     """This rank's ``(batch, weight, global rows)`` of each global micro-batch of one step."""
     out = []
     for idx in group:
         mine, weight = dist.shard(idx)
         width = max(len(train.features[i]) for i in idx) if dist.world_size() > 1 else None
-        out.append((_batch(train, mine, pad_id, device, width), weight, len(idx)))
+        out.append((_batch(train, mine, pad_id, device, width, span_mask=own_span_loss(settings)), weight, len(idx)))
     return out
 
 
@@ -430,7 +491,7 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
         for g in range(loop.group, len(groups)):
             started = time.perf_counter()
             lr = loop.scheduler.get_last_lr()[0]
-            loss = _train_step(loop, _shards(train, groups[g], pad_id, device))
+            loss = _train_step(loop, _shards(train, groups[g], pad_id, device, settings))
             rows = sum(len(idx) for idx in groups[g])
             loop.step, loop.group = loop.step + 1, g + 1
             if loop.group == len(groups):
@@ -508,6 +569,7 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, model = _tokenizer_and_model(settings, tr_df["text"].tolist(), Path(tmp),
                                                 Path(resume_from) if resume_from is not None else None)
+    model.kops_head_layers = settings.head_layers
     model.to(dist.device(settings.device))
     train, valid = _split(tokenizer, tr_df, settings.max_len), _split(tokenizer, va_df, settings.max_len)
     ckpt = _Checkpointing(out_dir, tokenizer, on_checkpoint)
@@ -518,7 +580,7 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
         model.load_state_dict(best.state)
         model.save_pretrained(str(model_dir))
         save_tokenizer(tokenizer, model_dir)
-        infer.write_infer_config(model_dir, post_processing(settings), settings.max_len)
+        infer.write_infer_config(model_dir, post_processing(settings), settings.max_len, settings.head_layers)
         _write_oof(valid, best, oof_path)
     score, best_step = dist.broadcast((best.score, best.step))
     return FoldResult(model_dir, oof_path, score, best_step, loop.step, len(train.rows), len(valid.rows),
