@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check kaggleops tests bench examples datasets
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: setup
 	$(BIN)/python -m bench
