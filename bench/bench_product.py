@@ -47,9 +47,11 @@ def _competition_files(data: Path, train_part: Any, held: Any) -> list[dict[str,
 def _kops_yaml(work: Path, args: Any, model: str, user: str) -> None:
     import yaml
 
-    train = {"model": model, "n_folds": 5, "folds": [0], "epochs": args.epochs, "batch_size": args.batch_size,
+    train = {"model": model, "n_folds": 5, "folds": [int(f) for f in args.folds.split(",")], "epochs": args.epochs,
+             "batch_size": args.batch_size,
              "lr": args.lr, "schedule": args.schedule, "warmup_ratio": args.warmup, "train_neutral": args.train_neutral,
-             "start_shift": args.start_shift, "label_smoothing": args.label_smoothing,
+             "start_shift": args.start_shift, "shift_min_spaces": args.shift_min_spaces,
+             "label_smoothing": args.label_smoothing,
              "dropout_samples": args.dropout_samples, "sample_dropout": args.sample_dropout,
              "head_layers": args.head_layers, "max_len": args.max_len,
              "seed": args.seed, "checkpoint_every": None}
@@ -77,9 +79,9 @@ def _submission(path: Path) -> dict[str, str]:
         return {r["textID"]: r["selected_text"] for r in csv.DictReader(f)}
 
 
-def _validation_files(work: Path) -> list[dict[str, str]]:
-    """``data-val/``: the trained run's validation rows (its oof.csv artifact) as a test.csv without labels."""
-    oof = next(p for p in work.rglob("oof.csv") if "data" not in p.parts)
+def _validation_files(work: Path, run_id: str) -> list[dict[str, str]]:
+    """``data-val/``: a fold run's validation rows (its oof.csv artifact) as a test.csv without labels."""
+    oof = next(p for p in (work / "mlartifacts").rglob("oof.csv") if run_id in p.parts)
     with oof.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     _write_csv_rows(work / "data-val", rows)
@@ -115,7 +117,7 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
         env.pop("MLFLOW_TRACKING_URI", None)
         kops = _kops()
         trained = _run("kops train", [*kops, "train", "--json"], work, env, walls)
-        run_id = trained["runs"][0]["run_id"]
+        run_id, first = trained["run_id"], trained["runs"][0]
         _run("kops publish", [*kops, "publish", run_id, "--json"], work, env, walls)
         pushed = _run("kops push-kernel --wait (emulator runs it)", [*kops, "push-kernel", "--run", run_id, "--wait",
                                                                       "--json"], work, env, walls)
@@ -123,20 +125,26 @@ def product_path(args: Any, model: str, train_part: Any, held: Any) -> None:
         local = _run("kops kernel run-local", [*kops, "kernel", "run-local", folder, "--data", str(work / "data"),
                                                "--json"], work, env, walls)
         preds = _submission(Path(folder) / RUN_DIR / "working" / "submission.csv")
-        val_rows = _validation_files(work)
-        _run("kops kernel run-local (validation fold rows)", [*kops, "kernel", "run-local", folder, "--data",
-                                                             str(work / "data-val"), "--json"], work, env, walls)
-        val_preds = _submission(Path(folder) / RUN_DIR / "working" / "submission.csv")
+        user_path = sum(walls.values())
+        # the check: fold 0's model alone, through the kernel, on fold 0's validation rows = its training-time figure
+        one = folder if len(trained["runs"]) == 1 else _run(
+            "  check: kops push-kernel --no-push (fold 0 alone)", [*kops, "push-kernel", "--run", first["run_id"],
+                                                                  "--no-push", "--json"], work, env, walls)["folder"]
+        val_rows = _validation_files(work, first["run_id"])
+        _run("  check: kops kernel run-local (fold 0 val rows)", [*kops, "kernel", "run-local", one, "--data",
+                                                                 str(work / "data-val"), "--json"], work, env, walls)
+        val_preds = _submission(Path(one) / RUN_DIR / "working" / "submission.csv")
     finally:
         emulator.stop()
     truth = dict(zip(held["textID"], held["selected_text"], strict=True))
     score = sum(jaccard(truth[t], preds[t]) for t in truth) / len(truth)
     val_score = sum(jaccard(r["selected_text"], val_preds[r["textID"]]) for r in val_rows) / len(val_rows)
-    print(f"validation fold 0 ({len(val_rows)} rows) through the kernel: Jaccard {val_score:.4f}; "
-          f"at training time: {trained['runs'][0]['score']:.4f} (must be equal)")
+    print(f"  {'total of the user path (without the checks)':<45} {user_path:8.1f} s")
+    print(f"validation fold {first['fold']} ({len(val_rows)} rows), its model through the kernel: Jaccard "
+          f"{val_score:.4f}; at training time: {first['score']:.4f} (must be equal)")
     whole = sum(jaccard(s, t) for s, t in zip(held["selected_text"], held["text"], strict=True)) / len(held)
-    print(f"{len(train_part)} rows in train.csv, fold 0 of 5 trained "
-          f"(val Jaccard {trained['runs'][0]['score']:.4f}), kernel on {len(held)} held-out rows")
-    print(f"  {'total':<45} {sum(walls.values()):8.1f} s")
+    folds = ", ".join(f"fold {r['fold']} val {r['score']:.4f}" for r in trained["runs"])
+    print(f"{len(train_part)} rows in train.csv; trained {folds}; the kernel ensembles {len(trained['runs'])} "
+          f"model(s) on {len(held)} held-out rows")
     print(f"  run-local kernel stages: {json.dumps(local.get('timings', {}))}")
     print(f"held-out rows {len(held)}: Jaccard {score:.4f} vs whole tweet {whole:.4f}")

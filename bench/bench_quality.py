@@ -89,6 +89,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=MINILM_PRESET["warmup_ratio"])
     p.add_argument("--train-neutral", action=argparse.BooleanOptionalAction, default=MINILM_PRESET["train_neutral"])
     p.add_argument("--start-shift", action=argparse.BooleanOptionalAction, default=MINILM_PRESET["start_shift"])
+    p.add_argument("--shift-min-spaces", type=int, default=MINILM_PRESET.get("shift_min_spaces", 2))
+    p.add_argument("--folds", default="0", help="with --product: kops' folds to train (e.g. 0,1: an ensemble of 2)")
     p.add_argument("--label-smoothing", type=float, default=MINILM_PRESET.get("label_smoothing", 0.0))
     p.add_argument("--dropout-samples", type=int, default=MINILM_PRESET.get("dropout_samples", 1))
     p.add_argument("--sample-dropout", type=float, default=MINILM_PRESET.get("sample_dropout", 0.1))
@@ -125,7 +127,8 @@ def main() -> None:
     settings = TrainSettings(model=model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_len=args.max_len, schedule=args.schedule, warmup_ratio=args.warmup,
                              train_neutral=args.train_neutral, start_shift=args.start_shift, seed=args.seed,
-                             label_smoothing=args.label_smoothing, dropout_samples=args.dropout_samples,
+                             shift_min_spaces=args.shift_min_spaces, label_smoothing=args.label_smoothing,
+                             dropout_samples=args.dropout_samples,
                              sample_dropout=args.sample_dropout, head_layers=args.head_layers,
                              eval_every=args.eval_every, checkpoint_every=None, eval_batch_size=128,
                              device="auto", progress=False)
@@ -147,7 +150,7 @@ def main() -> None:
                                  if k.startswith("val_jaccard_")}, 0.0)
     wall = time.perf_counter() - started
     knobs = {k: getattr(settings, k) for k in ("epochs", "lr", "batch_size", "max_len", "schedule", "warmup_ratio",
-                                                "train_neutral", "start_shift", "label_smoothing",
+                                                "train_neutral", "start_shift", "shift_min_spaces", "label_smoothing",
                                                 "dropout_samples", "sample_dropout", "head_layers")}
     print(f"MiniLM (all-MiniLM-L6-v2) span model, {result.n_train} training rows, {result.steps} steps, "
           f"{json.dumps(knobs)}; train {train_s:.0f} s, wall {wall:.0f} s")
