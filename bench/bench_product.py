@@ -51,7 +51,7 @@ def _kops_yaml(work: Path, args: Any, model: str, user: str) -> None:
              "batch_size": args.batch_size,
              "lr": args.lr, "schedule": args.schedule, "warmup_ratio": args.warmup, "train_neutral": args.train_neutral,
              "start_shift": args.start_shift, "shift_min_spaces": args.shift_min_spaces,
-             "label_smoothing": args.label_smoothing,
+             "label_smoothing": args.label_smoothing, "jaccard_targets": args.jaccard_targets,
              "dropout_samples": args.dropout_samples, "sample_dropout": args.sample_dropout,
              "head_layers": args.head_layers, "max_len": args.max_len,
              "seed": args.seed, "checkpoint_every": None}

@@ -41,7 +41,12 @@ def shared_data() -> Path:
 TRAIN_CSV = shared_data() / "tweet-sentiment-extraction" / "train.csv"
 #: The MiniLM CPU preset (README "A pretrained encoder on CPU"), chosen on kops' validation fold 0 (BENCHMARKS.md).
 MINILM_PRESET: dict[str, Any] = {"epochs": 2, "lr": 3e-4, "batch_size": 32, "max_len": 96, "schedule": "linear",
-                                 "warmup_ratio": 0.1, "train_neutral": False, "start_shift": True}
+                                 "warmup_ratio": 0.1, "train_neutral": False, "jaccard_targets": 0.3,
+                                 "start_shift": True, "shift_min_spaces": 1}
+
+
+KNOBS = ("epochs", "lr", "batch_size", "max_len", "schedule", "warmup_ratio", "train_neutral", "start_shift",
+         "shift_min_spaces", "label_smoothing", "jaccard_targets", "dropout_samples", "sample_dropout", "head_layers")
 
 
 def mle_bench_split(n: int, test_size: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -91,6 +96,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--start-shift", action=argparse.BooleanOptionalAction, default=MINILM_PRESET["start_shift"])
     p.add_argument("--shift-min-spaces", type=int, default=MINILM_PRESET.get("shift_min_spaces", 2))
     p.add_argument("--folds", default="0", help="with --product: kops' folds to train (e.g. 0,1: an ensemble of 2)")
+    p.add_argument("--jaccard-targets", type=float, default=MINILM_PRESET.get("jaccard_targets", 0.0))
     p.add_argument("--label-smoothing", type=float, default=MINILM_PRESET.get("label_smoothing", 0.0))
     p.add_argument("--dropout-samples", type=int, default=MINILM_PRESET.get("dropout_samples", 1))
     p.add_argument("--sample-dropout", type=float, default=MINILM_PRESET.get("sample_dropout", 0.1))
@@ -128,7 +134,7 @@ def main() -> None:
                              max_len=args.max_len, schedule=args.schedule, warmup_ratio=args.warmup,
                              train_neutral=args.train_neutral, start_shift=args.start_shift, seed=args.seed,
                              shift_min_spaces=args.shift_min_spaces, label_smoothing=args.label_smoothing,
-                             dropout_samples=args.dropout_samples,
+                             dropout_samples=args.dropout_samples, jaccard_targets=args.jaccard_targets,
                              sample_dropout=args.sample_dropout, head_layers=args.head_layers,
                              eval_every=args.eval_every, checkpoint_every=None, eval_batch_size=128,
                              device="auto", progress=False)
@@ -149,9 +155,7 @@ def main() -> None:
             result.val_jaccard, {k[len("val_jaccard_"):]: v for k, v in _best(history, result.best_step).items()
                                  if k.startswith("val_jaccard_")}, 0.0)
     wall = time.perf_counter() - started
-    knobs = {k: getattr(settings, k) for k in ("epochs", "lr", "batch_size", "max_len", "schedule", "warmup_ratio",
-                                                "train_neutral", "start_shift", "shift_min_spaces", "label_smoothing",
-                                                "dropout_samples", "sample_dropout", "head_layers")}
+    knobs = {k: getattr(settings, k) for k in KNOBS}
     print(f"MiniLM (all-MiniLM-L6-v2) span model, {result.n_train} training rows, {result.steps} steps, "
           f"{json.dumps(knobs)}; train {train_s:.0f} s, wall {wall:.0f} s")
     for h in history:

@@ -59,6 +59,7 @@ class TrainSettings:
     train_neutral: bool = True  # False: neutral rows are left out of training (answered by the whole-tweet rule)
     grad_clip: float = 1.0
     label_smoothing: float = 0.0  # share of the start/end target spread evenly over the tweet's tokens
+    jaccard_targets: float = 0.0  # share of the start/end target spread by the Jaccard of the span each token gives
     dropout_samples: int = 1  # multi-sample dropout: > 1 averages the span loss over this many dropout masks
     sample_dropout: float = 0.1  # ... the dropout rate of each sample (on the encoder's last hidden states)
     head_layers: int = 1  # the span head reads the mean of the encoder's last this-many hidden layers
@@ -100,6 +101,22 @@ class _Split:
     rows: list[dict[str, Any]]
     features: list[infer.Encoded]
     labels: list[tuple[int, int]]
+    spread: list[tuple[list[tuple[int, float]], list[tuple[int, float]]]] | None = None  # (starts, ends) per row
+
+
+def jaccard_spread(text: str, selected: str, feature: infer.Encoded,
+                   label: tuple[int, int]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """Per tweet token, the word-level Jaccard (against ``selected``) of the span it gives as the start with the
+    gold end, and as the end with the gold start: ``([(token, jaccard)], [(token, jaccard)])``. The metric-aware
+    part of the span target (``TrainSettings.jaccard_targets``): a start one word off the gold one still scores."""
+    a, b = label
+    tokens = feature.span_tokens()
+    if not tokens:
+        return [], []
+    first, last = feature.offsets[a][0], feature.offsets[b][1]
+    starts = [(j, jaccard(selected, text[feature.offsets[j][0]:last])) for j in tokens if j <= b]
+    ends = [(k, jaccard(selected, text[first:feature.offsets[k][1]])) for k in tokens if k >= a]
+    return starts, ends
 
 
 def _seed_everything(seed: int) -> None:
@@ -141,17 +158,20 @@ def _tokenizer_and_model(settings: TrainSettings, texts: list[str], work_dir: Pa
     return tokenizer, model
 
 
-def _split(tokenizer: Any, df: pd.DataFrame, max_len: int) -> _Split:
+def _split(tokenizer: Any, df: pd.DataFrame, max_len: int, spread: bool = False) -> _Split:
     from kaggleops.tasks.tse.modeling import char_span, token_span
 
     rows = df[["textID", "text", "selected_text", "sentiment"]].to_dict("records")
     features = infer.encode_rows(tokenizer, rows, max_len)
     labels = [token_span(f.offsets, f.tweet, char_span(r["text"], r["selected_text"]))
               for r, f in zip(rows, features, strict=True)]
-    return _Split(rows, features, labels)
+    spreads = [jaccard_spread(str(r["text"]), str(r["selected_text"]), f, lab)
+               for r, f, lab in zip(rows, features, labels, strict=True)] if spread else None
+    return _Split(rows, features, labels, spreads)
 
 
 SPAN_MASK = "span_mask"  # a training batch's extra key: the positions the own span loss spreads over
+SPREAD_KEYS = ("spread_start", "spread_end")  # ... and the Jaccard spread of the start / end target
 
 
 def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int | None = None,
@@ -174,23 +194,39 @@ def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int |
             mask[row, split.features[i].tweet] = True
             mask[row, list(split.labels[i])] = True
         batch[SPAN_MASK] = mask
+        if split.spread is not None:
+            for key, which in zip(SPREAD_KEYS, (0, 1), strict=True):
+                spread = torch.zeros(mask.shape)
+                for row, i in enumerate(idx):
+                    pairs = split.spread[i][which]
+                    total = sum(w for _, w in pairs)
+                    if total > 0:
+                        spread[row, [j for j, _ in pairs]] = torch.tensor([w / total for _, w in pairs])
+                batch[key] = spread
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def own_span_loss(settings: TrainSettings) -> bool:
     """Whether the settings need :func:`span_loss` rather than the model's own (HF's cross-entropy)."""
-    return settings.label_smoothing > 0 or settings.dropout_samples > 1 or settings.head_layers > 1
+    return (settings.label_smoothing > 0 or settings.jaccard_targets > 0 or settings.dropout_samples > 1
+            or settings.head_layers > 1)
 
 
-def _smoothed_nll(logits: Any, target: Any, mask: Any, smoothing: float) -> Any:
+def _smoothed_nll(logits: Any, target: Any, mask: Any, smoothing: float, spread: Any = None,
+                  spread_share: float = 0.0) -> Any:
+    """Cross-entropy over the ``mask``ed positions against the gold position, with ``smoothing`` of the target
+    spread evenly over them and ``spread_share`` spread as ``spread`` says (rows with an empty ``spread`` keep
+    that share on the gold position)."""
     import torch
 
     logp = torch.log_softmax(logits.float().masked_fill(~mask, -1e4), dim=-1)
     nll = -logp.gather(1, target[:, None])[:, 0]
-    if smoothing <= 0:
-        return nll.mean()
-    spread = -(logp * mask).sum(-1) / mask.sum(-1)
-    return ((1 - smoothing) * nll + smoothing * spread).mean()
+    loss = (1 - smoothing - spread_share) * nll
+    if smoothing > 0:
+        loss = loss + smoothing * (-(logp * mask).sum(-1) / mask.sum(-1))
+    if spread_share > 0 and spread is not None:
+        loss = loss + spread_share * torch.where(spread.sum(-1) > 0, -(spread * logp).sum(-1), nll)
+    return loss.mean()
 
 
 def span_loss(forward: Any, head: Any, batch: dict[str, Any], settings: TrainSettings) -> Any:
@@ -203,7 +239,8 @@ def span_loss(forward: Any, head: Any, batch: dict[str, Any], settings: TrainSet
     the unwrapped model's ``qa_outputs``."""
     import torch
 
-    inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions", SPAN_MASK)}
+    inputs = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions", SPAN_MASK,
+                                                          *SPREAD_KEYS)}
     layers = forward(**inputs, output_hidden_states=True).hidden_states
     hidden = torch.stack(layers[-settings.head_layers:]).mean(0) if settings.head_layers > 1 else layers[-1]
     mask = batch[SPAN_MASK]
@@ -212,8 +249,11 @@ def span_loss(forward: Any, head: Any, batch: dict[str, Any], settings: TrainSet
         h = torch.nn.functional.dropout(hidden, settings.sample_dropout, training=True) \
             if settings.dropout_samples > 1 else hidden
         start, end = head(h).split(1, dim=-1)
-        samples.append((_smoothed_nll(start[..., 0], batch["start_positions"], mask, settings.label_smoothing)
-                        + _smoothed_nll(end[..., 0], batch["end_positions"], mask, settings.label_smoothing)) / 2)
+        ls, share = settings.label_smoothing, settings.jaccard_targets
+        samples.append((_smoothed_nll(start[..., 0], batch["start_positions"], mask, ls, batch.get(SPREAD_KEYS[0]),
+                                      share)
+                        + _smoothed_nll(end[..., 0], batch["end_positions"], mask, ls, batch.get(SPREAD_KEYS[1]),
+                                        share)) / 2)
     return torch.stack(samples).mean()
 
 
@@ -571,7 +611,8 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
                                                 Path(resume_from) if resume_from is not None else None)
     model.kops_head_layers = settings.head_layers
     model.to(dist.device(settings.device))
-    train, valid = _split(tokenizer, tr_df, settings.max_len), _split(tokenizer, va_df, settings.max_len)
+    train = _split(tokenizer, tr_df, settings.max_len, spread=settings.jaccard_targets > 0)
+    valid = _split(tokenizer, va_df, settings.max_len)
     ckpt = _Checkpointing(out_dir, tokenizer, on_checkpoint)
     loop = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log, ckpt, resume)
     best = loop.best
