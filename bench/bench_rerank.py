@@ -41,6 +41,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here too")
     p.add_argument("--oof", type=Path, default=None, help="rerank this base OOF file (sub-folds) instead")
     p.add_argument("--tiny", action="store_true", help="with --oof: the tiny reranker instead of MiniLM")
+    p.add_argument("--start-shift", type=int, default=0, metavar="N",
+                   help="with --oof from a run trained before candidates carried the post-processing: rewrite each "
+                        "candidate's text with the start shift from N extra spaces, as kops' validation now writes "
+                        "them (0: leave the texts)")
     return p.parse_args()
 
 
@@ -63,6 +67,12 @@ def rerank_oof(args: argparse.Namespace, model: str) -> dict:
     from kaggleops.tasks.tse.data import make_folds
 
     oof = make_folds(pd.read_csv(args.oof, dtype=str, keep_default_na=False), args.folds, 42)
+    if args.start_shift:
+        from kaggleops.tasks.tse import infer
+
+        post = infer.PostProcessing(start_shift=True, shift_min_spaces=args.start_shift)
+        oof["candidates"] = [json.dumps(infer.answer_candidates(t, s, json.loads(c), post))
+                             for t, s, c in zip(oof["text"], oof["sentiment"], oof["candidates"], strict=True)]
     settings = rerank.RerankSettings(model="tiny" if args.tiny else model, top_n=args.top_n,
                                      n_grid=tuple(range(2, args.top_n + 1)), epochs=args.rerank_epochs,
                                      lr=args.rerank_lr, max_len=160, device="auto")

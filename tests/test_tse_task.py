@@ -267,3 +267,35 @@ def test_span_loss_levers_stay_inside_the_tweet_and_train_a_standard_model(
     ps1, pe1 = infer.predict_char_probs(model, infer.encode_rows(tok, rows, 96), oof["text"].tolist(), tok.pad_token_id)
     assert not torch.equal(ps, ps1)
     assert TASK.settings({"label_smoothing": 0.1, "dropout_samples": 5}).dropout_samples == 5
+
+
+def test_jaccard_targets_weigh_each_token_by_the_span_it_gives(tokenizer: Any) -> None:
+    """The metric-aware target: a start one word before the gold one still gives Jaccard 3/4, two words after 1/3;
+    tokens after the gold end get no start weight (and before the gold start no end weight)."""
+    from kaggleops.tasks.tse.train import jaccard_spread
+
+    text, selected = " I love this day so much", "love this day"
+    feature = infer.encode_rows(tokenizer, [{"text": text, "sentiment": "positive"}])[0]
+    label = token_span(feature.offsets, feature.tweet, char_span(text, selected))
+    starts, ends = jaccard_spread(text, selected, feature, label)
+    first_word = {text[feature.offsets[j][0]:].split()[0]: w for j, w in starts
+                  if feature.offsets[j][0] == 0 or text[feature.offsets[j][0] - 1] == " "}
+    assert first_word == {"I": pytest.approx(0.75), "love": 1.0, "this": pytest.approx(2 / 3),
+                          "day": pytest.approx(1 / 3)}
+    assert max(j for j, _ in starts) == label[1] and min(k for k, _ in ends) == label[0]
+    assert dict(ends)[label[1]] == 1.0 and dict(ends)[max(k for k, _ in ends)] == pytest.approx(3 / 5)
+
+
+def test_oof_candidates_carry_the_post_processed_answer(trained: tuple[FoldResult, list]) -> None:
+    """The reranker learns from (and the kernel reranks) candidate texts as the base model answers them: with the
+    start shift on, an OOF row's best candidate text is its prediction (neutral rows aside: whole tweet)."""
+    import json
+
+    oof = pd.read_csv(trained[0].oof_path, keep_default_na=False, dtype=str)
+    rows = oof[oof["sentiment"] != "neutral"]
+    best = [json.loads(c)[0] for c in rows["candidates"]]
+    assert [b["text"] for b in best] == rows["pred"].tolist()
+    shifted = [(t, b) for t, b in zip(rows["text"], best, strict=True) if b["text"] != t[b["start"]:b["end"]]]
+    assert shifted  # the shift did fire: the answer starts further left and ends where the span ends
+    assert all(b["text"].endswith(t[b["start"]:b["end"]]) and len(b["text"]) > b["end"] - b["start"]
+               for t, b in shifted)

@@ -239,7 +239,7 @@ class TweetSentimentExtraction:
 
         rows = ensemble.rows_of(test)
         totals = ensemble.char_totals(model_dirs, rows, ctx)
-        preds = ensemble.rerank(rows, totals, reranker_dirs, ctx)
+        preds = ensemble.rerank(rows, totals, reranker_dirs, ctx, ensemble.post_processing(model_dirs))
         return pd.DataFrame({ID: [r[ID] for r in rows], TARGET: preds})
 
 

@@ -75,14 +75,20 @@ def decode(rows: list[dict[str, str]], totals: tuple[Any, Any], model_dirs: Sequ
 
 
 def rerank(rows: list[dict[str, str]], totals: tuple[Any, Any], reranker_dirs: Sequence[Path],
-           ctx: PredictContext) -> list[str]:
-    """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models."""
+           ctx: PredictContext, post: Any = None) -> list[str]:
+    """The reranker's answer per row: the ensemble's top-``n`` character spans rescored by its fold models.
+    ``post``: the base models' post-processing (:func:`post_processing`), applied to every candidate's text as
+    training's validation applied it to the OOF candidates the reranker learned from."""
     rr = importlib.import_module(ctx.options.get("rerank_module", RERANK_MODULE))
+    infer = importlib.import_module(INFER_MODULE)
     cfg = rr.read_rerank_config(reranker_dirs[0])
     w, n = float(ctx.options.get("w", cfg["w"])), int(ctx.options.get("n", cfg["n"]))
     ps, pe = totals
+    post = post if post is not None else infer.PostProcessing()
     with _stage(ctx, "candidates"):
-        cands = [rr.top_k_char_spans(row["text"], ps[i], pe[i], k=n) for i, row in enumerate(rows)]
+        cands = [infer.answer_candidates(row["text"], row["sentiment"], rr.top_k_char_spans(row["text"], ps[i], pe[i],
+                                                                                         k=n), post)
+                 for i, row in enumerate(rows)]
     with _stage(ctx, "rerank"):
         answers = rr.rerank_candidates([str(d) for d in reranker_dirs], rows, cands, w=w, n=n,
                                        batch_size=int(ctx.options.get("rerank_batch_size", 128)))

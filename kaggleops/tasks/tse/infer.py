@@ -20,7 +20,7 @@ Example::
 
 # No `from __future__ import annotations` here: kernels embed this source after other code, where a
 # __future__ import is a SyntaxError. Annotations below are valid at runtime on Python >= 3.10.
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 TWEET_SEQUENCE = 1
@@ -186,6 +186,14 @@ class PostProcessing:
                 start = max(0, start - extra)
         span = text[start:stop]
         return span if span.strip() else text
+
+
+def answer_candidates(text: str, sentiment: str, candidates: list[dict[str, Any]],
+                      post: PostProcessing) -> list[dict[str, Any]]:
+    """``candidates`` (``top_k_char_spans``) with each ``text`` as ``post`` answers that span (its neutral rule
+    aside): the reranker scores, trains on and answers with the same text the base model would answer with."""
+    rules = replace(post, neutral_full_text=False)
+    return [{**c, "text": rules.answer(text, sentiment, int(c["start"]), int(c["end"]))} for c in candidates]
 
 
 def extra_spaces(prefix: str) -> int:

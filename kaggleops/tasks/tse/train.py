@@ -410,8 +410,9 @@ def _validate(loop: _Loop, valid: _Split, step: int) -> None:
     if result.metrics["val_jaccard"] > loop.best.score:
         state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
         ps, pe = result.char_probs
-        candidates = [infer.top_k_char_spans(str(r["text"]), ps[i], pe[i], loop.settings.oof_top_k)
-                      for i, r in enumerate(valid.rows)]
+        post = post_processing(loop.settings)
+        candidates = [infer.answer_candidates(str(r["text"]), str(r["sentiment"]), infer.top_k_char_spans(
+            str(r["text"]), ps[i], pe[i], loop.settings.oof_top_k), post) for i, r in enumerate(valid.rows)]
         loop.best = _Best(result.metrics["val_jaccard"], step, state, result.preds, candidates)
 
 
