@@ -307,9 +307,10 @@ def test_identify_kernel(description: str, known: set[str], found: str | None) -
 
 
 def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # env given explicitly: something in the test process sets COLUMNS in the C environment a bare child inherits
+    # a pipe without COLUMNS/LINES, as a script sees it (pytest-xdist workers and terminals may set them)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ))
+                          timeout=120, env=env)
 
 
 def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ class TrainSettings:
     (lr 5e-4, 6 epochs) suit the tiny model trained from scratch: on the bundled sample they reach
     ~0.82 mean val Jaccard over 5 folds (whole tweet: ~0.58) in ~5 s per fold on 2 CPU threads.
     For a small pretrained encoder (all-MiniLM-L6-v2) on CPU use README's MiniLM preset (2 epochs, lr 3e-4,
-    ``train_neutral=False``, ``start_shift=True``): lr 3e-5 undertrains it (BENCHMARKS.md, "Training quality").
+    ``train_neutral=False``, ``jaccard_targets=0.3``, ``start_shift=True``, ``shift_min_spaces=1``): lr 3e-5
+    undertrains it (BENCHMARKS.md, "Training quality").
 
     A step is one optimizer step over ``batch_size × grad_accum`` rows; ``max_steps``, ``eval_every`` and
     ``checkpoint_every`` count those.
