@@ -238,7 +238,7 @@ def test_span_loss_levers_stay_inside_the_tweet_and_train_a_standard_model(
     multi-sample dropout is training-only: the saved model is a plain AutoModelForQuestionAnswering."""
     import torch
 
-    from kaggleops.tasks.tse.train import _smoothed_nll
+    from kaggleops.tasks.tse.loss import _smoothed_nll
 
     logits = torch.randn(2, 9)
     target = torch.tensor([3, 5])
@@ -272,7 +272,7 @@ def test_span_loss_levers_stay_inside_the_tweet_and_train_a_standard_model(
 def test_jaccard_targets_weigh_each_token_by_the_span_it_gives(tokenizer: Any) -> None:
     """The metric-aware target: a start one word before the gold one still gives Jaccard 3/4, two words after 1/3;
     tokens after the gold end get no start weight (and before the gold start no end weight)."""
-    from kaggleops.tasks.tse.train import jaccard_spread
+    from kaggleops.tasks.tse.loss import jaccard_spread
 
     text, selected = " I love this day so much", "love this day"
     feature = infer.encode_rows(tokenizer, [{"text": text, "sentiment": "positive"}])[0]
