@@ -167,3 +167,39 @@ def test_init_writes_a_gitignore_for_what_kops_writes(tmp_path: Path) -> None:
     assert (tmp_path / ".gitignore").read_text() == "*.pyc\n# kops: tracking store, artifacts, staging\nmlflow.db\n" \
                                                     "mlartifacts/\n.kops/\n"
     assert f"Wrote {tmp_path / '.gitignore'}" in out.stdout
+
+
+def test_a_data_record_survives_losing_the_create_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many trainers start at once with the same data: all but one lose the store's race to insert the dataset row
+    (PostgreSQL: UniqueViolation). kops tries again and the run gets its data record; another error is not retried
+    forever but reported as one kops error."""
+    from mlflow.exceptions import MlflowException
+
+    from kaggleops.adapters import tracking
+    from kaggleops.errors import KopsError
+
+    monkeypatch.setattr(tracking, "INPUT_RACE_PAUSES_S", (0.0, 0.0))
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n")
+    tracker = tracking.Tracker(load_config(tmp_path / "kops.yaml"))
+    run_id = tracker.start_run("fold-0", {})
+    real, calls = tracker.client.log_inputs, []
+
+    def racing(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
+                                  'constraint "dataset_pk"')
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", racing)
+    tracker.log_data_input(run_id, "sample", "ff0b1c0c", "/data/train.csv")
+    assert len(calls) == 2
+    inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("sample", "ff0b1c0c")]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise MlflowException("INTERNAL_ERROR: disk full")
+
+    monkeypatch.setattr(tracker.client, "log_inputs", broken)
+    with pytest.raises(KopsError, match="disk full"):
+        tracker.log_data_input(run_id, "sample", "ff0b1c0c", "/data/train.csv")

@@ -124,6 +124,19 @@ def translate(what: str, uri: str, run_id: str | None = None) -> Iterator[None]:
                                   "up.") from e
 
 
+#: Pauses between tries of ``log_inputs`` after losing the race to create the same dataset row (many trainers start
+#: at once with the same data against one server: the store's unique key on (experiment, name, digest) refuses all
+#: but the first insert; the row exists afterwards, so the next try only links it to the run).
+INPUT_RACE_PAUSES_S = (0.2, 0.5, 1.0, 2.0)
+_UNIQUE_VIOLATIONS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint failed", "Duplicate entry",
+                      "IntegrityError")
+
+
+def lost_create_race(error: BaseException) -> bool:
+    """Whether ``error`` is a store refusing a row another client inserted first (PostgreSQL, SQLite, MySQL)."""
+    return any(marker in str(error) for marker in _UNIQUE_VIOLATIONS)
+
+
 class Tracker:
     """One tracking store (``cfg.resolved_tracking_uri``) and the experiment ``cfg.experiment_name``."""
 
@@ -242,7 +255,16 @@ class Tracker:
 
         dataset = Dataset(name=name, digest=digest, source_type=source_type,
                           source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])])
+        inputs = [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])]
+        for pause in INPUT_RACE_PAUSES_S:
+            try:
+                self.client.log_inputs(run_id, inputs)
+                return
+            except Exception as e:  # noqa: BLE001 - only a lost create race is retried; the rest is translated below
+                if not lost_create_race(e):
+                    break
+                time.sleep(pause)  # another trainer inserted the same dataset row first: it exists now
+        self._call(f"Recording the data of run {run_id}", self.client.log_inputs, run_id, inputs, run_id=run_id)
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
