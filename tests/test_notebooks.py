@@ -236,10 +236,25 @@ def _data_origin(run: Any) -> str:
     return json.loads(data.dataset.profile)["origin"]
 
 
+def _has_fold_run(store: Path) -> bool:
+    """Whether the kernel's kops has created its fold run, read with sqlite3 (read-only): opening a store that
+    kops is still creating with an MlflowClient would run MLflow's migrations a second time, at once, and break
+    kops' own (SQLite: "table _alembic_tmp_… already exists")."""
+    import sqlite3
+
+    if not store.is_file():
+        return False
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            return bool(db.execute("SELECT 1 FROM tags WHERE key = 'kops.kind' AND value = 'fold'").fetchone())
+    except sqlite3.Error:  # the tables are not there yet
+        return False
+
+
 def _has_checkpoint(store: Path) -> bool:
     from mlflow.tracking import MlflowClient
 
-    if not store.is_file():
+    if not _has_fold_run(store):  # the store is complete once kops has created a run in it
         return False
     try:
         runs = _fold_runs(store)
