@@ -256,15 +256,14 @@ class Tracker:
         dataset = Dataset(name=name, digest=digest, source_type=source_type,
                           source=json.dumps({"url" if source_type == "http" else "uri": source}), profile=profile)
         inputs = [DatasetInput(dataset, [InputTag(INPUT_TAG_CONTEXT, context)])]
-        for pause in INPUT_RACE_PAUSES_S:
+        for pause in (*INPUT_RACE_PAUSES_S, None):
             try:
-                self.client.log_inputs(run_id, inputs)
+                self._call(f"Recording the data of run {run_id}", self.client.log_inputs, run_id, inputs, run_id=run_id)
                 return
-            except Exception as e:  # noqa: BLE001 - only a lost create race is retried; the rest is translated below
-                if not lost_create_race(e):
-                    break
+            except TrackingUnavailable as e:
+                if pause is None or not lost_create_race(e.__cause__ or e):
+                    raise
                 time.sleep(pause)  # another trainer inserted the same dataset row first: it exists now
-        self._call(f"Recording the data of run {run_id}", self.client.log_inputs, run_id, inputs, run_id=run_id)
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call(f"Uploading {local_dir} to run {run_id}", self.client.log_artifacts, run_id, str(local_dir),
