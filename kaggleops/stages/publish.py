@@ -19,6 +19,8 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,6 +201,24 @@ def upload_lines(ref: DatasetRef, folder: Path, width: int = 80) -> list[str]:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
+@contextmanager
+def publish_failures(run_id: str, target: str, retry: str) -> Iterator[None]:
+    """A Kaggle failure while publishing ``run_id`` to ``target`` as one PublishError (the run stays untagged);
+    credential and config errors pass through as they are. Shared by datasets and Kaggle Models."""
+    try:
+        yield
+    except (CredentialsMissing, ConfigError):
+        raise
+    except KaggleError as e:
+        raise PublishError(f"Publishing run {run_id} to {target} failed: {e.message}",
+                           f"The run is left untagged; retry with: {retry}") from e
+
+
+def uploaded_bytes(folder: Path, metadata_file: str) -> int:
+    """Bytes of a staged folder's files that went up (the metadata file is sent as request fields)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name != metadata_file)
+
+
 def check_weights(model: Path, run_id: str) -> None:
     """Load every weights file of a model folder (and parse its JSON files) before anything is uploaded;
     a DataError names the first one that does not load."""
@@ -324,18 +344,13 @@ def _publish_staged(cfg: KopsConfig, tracker: Tracker, run: Any, ref: DatasetRef
     (folder / DATASET_METADATA).write_text(json.dumps(
         dataset_metadata(ref, title, cfg.dataset.license, run_id, tags.get(TAG_GIT_COMMIT)), indent=2))
     notes = f"kops: run {run_id} commit {tags.get(TAG_GIT_COMMIT, 'unknown')}"
-    try:
+    with publish_failures(run_id, ref.ref, f"kops publish {run_id} --dataset {ref.ref}"):
         info = kaggle.dataset_info(ref)
         version = _reuse_latest(kaggle, ref, info, manifest, poll_s)
         uploaded = version is None
         if version is None:
             version = _upload(kaggle, ref, folder, info, is_public, notes, progress, poll_s)
-    except (CredentialsMissing, ConfigError):
-        raise
-    except KaggleError as e:
-        raise PublishError(f"Publishing run {run_id} to {ref.ref} failed: {e.message}",
-                           f"The run is left untagged; retry with: kops publish {run_id} --dataset {ref.ref}") from e
     tracker.set_tags(run_id, {TAG_DATASET: ref.ref, TAG_DATASET_VERSION: str(version)})
-    sent = sum(p.stat().st_size for p in folder.iterdir() if p.name != DATASET_METADATA) if uploaded else 0
+    sent = uploaded_bytes(folder, DATASET_METADATA) if uploaded else 0
     return PublishResult(run_id, ref.ref, version, ref.url(kaggle.web_base), created=uploaded and info is None,
                          uploaded=uploaded, bytes_uploaded=sent)

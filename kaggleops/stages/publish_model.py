@@ -26,10 +26,17 @@ from typing import Any
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.adapters.tracking import open_tracker
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, CredentialsMissing, KaggleError, PublishError
+from kaggleops.errors import ConfigError
 from kaggleops.refs import ModelRef, slugify
 from kaggleops.schema import MANIFEST, TAG_GIT_COMMIT, TAG_MODEL, TAG_MODEL_VERSION, Manifest
-from kaggleops.stages.publish import STAGING_DIR, build_manifest, check_weights, stage_run
+from kaggleops.stages.publish import (
+    STAGING_DIR,
+    build_manifest,
+    check_weights,
+    publish_failures,
+    stage_run,
+    uploaded_bytes,
+)
 
 MODEL_METADATA = "model-metadata.json"
 INSTANCE_METADATA = "model-instance-metadata.json"
@@ -122,20 +129,14 @@ def _publish_staged(cfg: KopsConfig, tracker: Any, run: Any, ref: ModelRef, kagg
     (folder / INSTANCE_METADATA).write_text(json.dumps(
         instance_metadata(ref, cfg.dataset.license, run_id, commit), indent=2))
     notes = f"kops: run {run_id} commit {commit or 'unknown'}"
-    try:
+    with publish_failures(run_id, f"model {ref.ref}", f"kops publish {run_id} --to model --model {ref.ref}"):
         current = kaggle.model_instance_version(ref) if kaggle.model_exists(ref) else None
         version = _reuse_latest(kaggle, ref, current, manifest)
         uploaded = version is None
         if version is None:
             version = _upload(kaggle, ref, folder, staging, current, private, notes, progress)
-    except (CredentialsMissing, ConfigError):
-        raise
-    except KaggleError as e:
-        raise PublishError(f"Publishing run {run_id} to model {ref.ref} failed: {e.message}",
-                           f"The run is left untagged; retry with: kops publish {run_id} --to model "
-                           f"--model {ref.ref}") from e
     tracker.set_tags(run_id, {TAG_MODEL: ref.ref, TAG_MODEL_VERSION: str(version)})
-    sent = sum(p.stat().st_size for p in folder.iterdir() if p.name != INSTANCE_METADATA) if uploaded else 0
+    sent = uploaded_bytes(folder, INSTANCE_METADATA) if uploaded else 0
     pinned = ModelRef(ref.owner, ref.slug, ref.framework, ref.variation, version)
     return ModelPublishResult(run_id, ref.ref, version, pinned.url(kaggle.web_base), created=uploaded and not current,
                               uploaded=uploaded, bytes_uploaded=sent)

@@ -33,6 +33,19 @@ def jaccard_spread(text: str, selected: str, feature: infer.Encoded,
     return starts, ends
 
 
+Spread = tuple[list[tuple[int, float]], list[tuple[int, float]]]
+
+
+def normalised(spread: Spread) -> Spread:
+    """Each side's weights divided by their sum (a target distribution); a side summing to 0 becomes empty, and
+    its row keeps that share of the target on the gold token."""
+    def one(pairs: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        total = sum(w for _, w in pairs)
+        return [(j, w / total) for j, w in pairs] if total > 0 else []
+
+    return one(spread[0]), one(spread[1])
+
+
 def own_span_loss(settings: TrainSettings) -> bool:
     """Whether the settings need :func:`span_loss` rather than the model's own (HF's cross-entropy)."""
     return (settings.label_smoothing > 0 or settings.jaccard_targets > 0 or settings.dropout_samples > 1

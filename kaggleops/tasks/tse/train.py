@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaggleops import distributed as dist
 from kaggleops.tasks.tse import infer
-from kaggleops.tasks.tse.loss import SPAN_MASK, SPREAD_KEYS, jaccard_spread, own_span_loss, span_loss
+from kaggleops.tasks.tse.loss import SPAN_MASK, SPREAD_KEYS, jaccard_spread, normalised, own_span_loss, span_loss
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import TINY
 from kaggleops.tasks.tse.sampler import BUCKET_WINDOW, epoch_batches, step_groups  # noqa: F401  (public here too)
@@ -103,7 +103,7 @@ class _Split:
     rows: list[dict[str, Any]]
     features: list[infer.Encoded]
     labels: list[tuple[int, int]]
-    spread: list[tuple[list[tuple[int, float]], list[tuple[int, float]]]] | None = None  # (starts, ends) per row
+    spread: list[tuple[list[tuple[int, float]], list[tuple[int, float]]]] | None = None  # normalised (starts, ends)
 
 
 def _seed_everything(seed: int) -> None:
@@ -152,7 +152,7 @@ def _split(tokenizer: Any, df: pd.DataFrame, max_len: int, spread: bool = False)
     features = infer.encode_rows(tokenizer, rows, max_len)
     labels = [token_span(f.offsets, f.tweet, char_span(r["text"], r["selected_text"]))
               for r, f in zip(rows, features, strict=True)]
-    spreads = [jaccard_spread(str(r["text"]), str(r["selected_text"]), f, lab)
+    spreads = [normalised(jaccard_spread(str(r["text"]), str(r["selected_text"]), f, lab))
                for r, f, lab in zip(rows, features, labels, strict=True)] if spread else None
     return _Split(rows, features, labels, spreads)
 
@@ -181,10 +181,8 @@ def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int |
             for key, which in zip(SPREAD_KEYS, (0, 1), strict=True):
                 spread = torch.zeros(mask.shape)
                 for row, i in enumerate(idx):
-                    pairs = split.spread[i][which]
-                    total = sum(w for _, w in pairs)
-                    if total > 0:
-                        spread[row, [j for j, _ in pairs]] = torch.tensor([w / total for _, w in pairs])
+                    if pairs := split.spread[i][which]:
+                        spread[row, [j for j, _ in pairs]] = torch.tensor([w for _, w in pairs])
                 batch[key] = spread
     return {k: v.to(device) for k, v in batch.items()}
 
