@@ -1,32 +1,63 @@
-# One command per job. `make demo` and `make test` set everything up on a fresh machine first.
+# One command per job. `make demo` and `make test` set everything up on a fresh machine first, from the lock.
+#
+#   make setup        .venv from requirements/lock.txt (exact versions + hashes the suite passed with), kops editable
+#   make test         every check (ruff, layer contracts, all tests) in that .venv; CI runs exactly this
+#   make test-fast    the developer's loop: every test not marked slow (no model trained, no server started)
+#   make lock         re-resolve requirements/lock.txt from pyproject's ranges (newest versions that fit)
+#   make test-latest  the whole suite in .venv-latest, installed from pyproject's ranges without the lock:
+#                     what a user who runs `pip install kaggleops` gets today (drift shows here first)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LATEST := .venv-latest
+LOCK   := requirements/lock.txt
+# torch is not in the lock: the CPU build on local disk is installed first, and only where no torch is importable
+# (Colab/Kaggle already have one; an unpinned torch would pull a multi-GB CUDA build here).
 TORCH_CPU ?= torch==2.13.0
+PYTEST := -m pytest -q -n auto --dist loadfile
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast test-latest lock lint bench clean
 
 setup: $(VENV)/.installed
 
-# torch first, pinned to the CPU build on local disk, and only where no torch is importable
-# (Colab/Kaggle already have one; an unpinned torch would pull a multi-GB CUDA build here).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_CPU)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 demo: setup
 	$(BIN)/kops demo
 
-test: setup
+lint: setup
 	$(BIN)/ruff check kaggleops tests bench examples datasets
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+
+test: lint
+	$(BIN)/python $(PYTEST)
+
+test-fast: lint
+	$(BIN)/python $(PYTEST) -m "not slow"
+
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	  --generate-hashes --no-emit-package torch --no-header --quiet -o $(LOCK)
+	@echo "$(LOCK) refreshed: run 'make test' before committing it"
+
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install -q "$(TORCH_CPU)"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,bench]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check kaggleops tests bench examples datasets
+	$(LATEST)/bin/lint-imports
+	$(LATEST)/bin/python $(PYTEST)
 
 bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache

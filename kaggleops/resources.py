@@ -1,9 +1,10 @@
-"""Where the files that ship beside the code live: kernel templates (``kernels/``) and bundled competitions
-(``datasets/``).
+"""Where the files that ship beside the code live: kernel templates and notebooks, and bundled competitions.
 
-In a checkout (or an editable install) they are the top-level folders of the repository; an installed wheel
-carries the same files as ``kaggleops/_kernels`` and ``kaggleops/_datasets`` (setuptools package-dir mapping in
-``setup.py``), so a checkout and an installed kops read identical bytes.
+They are read as package resources of kops' own package (``importlib.resources.files("kaggleops")``), never found
+by probing folder names: ``kaggleops/_kernels`` and ``kaggleops/_datasets``. In a checkout (and an editable install)
+those two are links to the repository's top-level ``kernels/`` and ``datasets/`` folders; a built wheel carries the
+files themselves there (package data in ``setup.py``). Neither top-level folder is an importable package, so neither
+shadows Hugging Face's ``kernels`` or ``datasets`` when Python starts from the repository root.
 
 Example:
     >>> (kernels_dir() / "inference_kernel.py.tmpl").is_file()
@@ -12,27 +13,29 @@ Example:
 
 from __future__ import annotations
 
+import os
+from importlib.resources import files
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
-_CHECKOUT = _PACKAGE.parent
+from kaggleops.errors import KopsError
+
+PACKAGE = "kaggleops"
+KERNELS = "_kernels"
+DATASETS = "_datasets"
 
 
-def _locate(top_level: str, packaged: str) -> Path:
-    checkout = _CHECKOUT / top_level
-    if (checkout / "__init__.py").is_file():
-        return checkout
-    return _PACKAGE / packaged
+def _resource_dir(name: str) -> Path:
+    return Path(os.fspath(files(PACKAGE).joinpath(name)))
 
 
 def kernels_dir() -> Path:
     """The folder of kernel templates and training notebooks."""
-    return _locate("kernels", "_kernels")
+    return _resource_dir(KERNELS)
 
 
 def datasets_dir() -> Path:
     """The folder of bundled competitions, one sub-folder per competition slug."""
-    return _locate("datasets", "_datasets")
+    return _resource_dir(DATASETS)
 
 
 def bundled_competition(slug: str) -> Path:
@@ -47,4 +50,9 @@ def bundled_competitions() -> list[str]:
 
 def kernel_template(name: str) -> str:
     """The text of the kernel template ``name`` (e.g. ``inference_kernel.py.tmpl``)."""
-    return (kernels_dir() / name).read_text(encoding="utf-8")
+    path = kernels_dir() / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KopsError(f"This kops installation lacks its kernel template {name} (looked in {path.parent}).",
+                        "Reinstall kops: pip install --force-reinstall --no-deps kaggleops") from None

@@ -8,8 +8,7 @@ Where a training run's data comes from, first match wins:
    Kaggle uses now) or ``/kaggle/input/<slug>/`` (the older one); ``KOPS_KAGGLE_INPUT`` moves the root;
 4. the download cache ``~/.cache/kops/competitions/<slug>/`` (``KOPS_CACHE_DIR`` moves it), filled by
    ``kops data`` (or by ``kops train`` itself) through the official client's ``competition_download_files``,
-   unzipped and checked against the task's columns; reused while its files match the sha256s recorded then;
-5. ``KOPS_DATA_FALLBACK=sample`` (test suites, dry runs): the bundled sample instead of downloading.
+   unzipped and checked against the task's columns; reused while its files match the sha256s recorded then.
 
 Nothing falls back to the sample silently: when no data is found and the download fails, the error names
 ``kops data``. Runs record what they trained on as an MLflow dataset input (:meth:`DataSource.as_input`).
@@ -30,7 +29,6 @@ from kaggleops.config import KopsConfig
 from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef
 
-ENV_FALLBACK = "KOPS_DATA_FALLBACK"
 ENV_CACHE_DIR = "KOPS_CACHE_DIR"
 ENV_KAGGLE_INPUT = "KOPS_KAGGLE_INPUT"
 KAGGLE_INPUT = Path("/kaggle/input")
@@ -261,8 +259,6 @@ def resolve(cfg: KopsConfig, task: Any, data_dir: Path | None = None, sample: bo
     hit = cached(cfg.competition)
     if hit is not None:
         return hit
-    if os.environ.get(ENV_FALLBACK) == SAMPLE:
-        return _sample(cfg, task)
     if not fetch:
         raise _missing(cfg, "")
     try:

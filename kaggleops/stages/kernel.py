@@ -273,18 +273,35 @@ def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], fo
                   runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
                   reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
     plan = build_plan(cfg, models, runtime, reranker, code)
-    template = kernel_template(TEMPLATE)
-    source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
-                             plan_json=plan.to_json())
-    compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
+    source = kernel_source(cfg, plan, runtime)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / KERNEL_FILE).write_text(source)
     plan.write(folder / PLAN_FILE)
     attached = [*models, *(reranker.models if reranker else [])]
     (folder / KERNEL_METADATA).write_text(json.dumps(kernel_metadata(cfg, ref, attached, runtime, options, code),
                                                      indent=2))
     return folder
+
+
+def kernel_source(cfg: KopsConfig, plan: KernelPlan, runtime: RuntimeDataset) -> str:
+    """kernel.py's text: the template filled with the plan, compiled so a broken template fails here."""
+    template = kernel_template(TEMPLATE)
+    source = template.format(kops_version=__version__, competition=cfg.competition, runtime_dataset=runtime.dataset,
+                             plan_json=plan.to_json())
+    compile(source, KERNEL_FILE, "exec")  # a broken template fails here, not on Kaggle
+    return source
+
+
+def check_renders(cfg: KopsConfig, run_ids: list[str]) -> None:
+    """Render the kernel in memory with placeholder versions before anything is published.
+
+    The template, the task's kernel spec and the plan are the same ones the real render uses, so a missing
+    template or a task that cannot be loaded fails here: no dataset uploaded, no run tagged.
+    """
+    placeholder = RuntimeDataset(f"{cfg.kaggle_owner}/kops-runtime", 1, "", "kops.whl", created=False)
+    models = [ModelSource(run_id, f"{cfg.kaggle_owner}/placeholder", 1) for run_id in run_ids]
+    kernel_source(cfg, build_plan(cfg, models, placeholder), placeholder)
 
 
 def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], None] | None = None) -> str:
@@ -327,6 +344,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
     model_runs, parents = expand_runs(tracker, run_ids)
+    check_renders(cfg, model_runs)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
                                        progress=on_status is not None)
     rerank_source, rerank_runs = None, []

@@ -1,1 +1,0 @@
-"""Kernel templates and training notebooks (shipped in the wheel as ``kaggleops._kernels``)."""

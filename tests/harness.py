@@ -1,0 +1,95 @@
+"""The test harness every test file shares: the installed ``kops`` as a subprocess, emulators, small readers.
+
+Fixtures built on these live in ``conftest.py`` (``emulator``, ``project``); test files import the plain helpers
+(``from harness import kops, read_csv``) — pytest puts ``tests/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER, KEY = "testuser", "testkey"
+KOPS_TIMEOUT_S = 900
+
+
+def kops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+         timeout: float = KOPS_TIMEOUT_S, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed kops (``python -m kaggleops``) as a user would: this process' environment plus ``env``."""
+    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, input=input)
+
+
+def kops_json(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              timeout: float = KOPS_TIMEOUT_S) -> dict:
+    """``kops … --json``, asserted to succeed; its stdout parsed."""
+    out = kops(*args, "--json", cwd=cwd, env=env, timeout=timeout)
+    assert out.returncode == 0, f"kops {' '.join(args)} exited {out.returncode}:\n{out.stderr[-3000:]}"
+    return json.loads(out.stdout)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def accuracy(truths: Sequence[str], preds: Sequence[str]) -> float:
+    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
+
+
+def git(cwd: Path, *args: str) -> str:
+    """``git`` with a fixed identity (tests make commits in throw-away repositories); stdout, stripped."""
+    out = subprocess.run(["git", "-c", "user.name=kops test", "-c", "user.email=test@kops.invalid", *args], cwd=cwd,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def write_config(folder: Path, text: str = "", competition: str = "tweet-sentiment-extraction",
+                 owner: str = USER, experiment: str = "tse-test") -> Path:
+    """A kops.yaml in ``folder`` (created): competition, owner, experiment, plus ``text`` (more YAML lines)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kops.yaml"
+    path.write_text(f"competition: {competition}\nowner: {owner}\nexperiment: {experiment}\n{text}")
+    return path
+
+
+@dataclass(frozen=True)
+class Emulated:
+    """A running emulator: its state folder, URL and the environment that aims kops and the kaggle client at it."""
+
+    root: Path
+    url: str
+    username: str = USER
+    key: str = KEY
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KOPS_KAGGLE_ENDPOINT": self.url, "KAGGLE_USERNAME": self.username, "KAGGLE_KEY": self.key}
+
+
+@contextlib.contextmanager
+def start_emulator_process(root: Path, username: str = USER, key: str = KEY, kops: Sequence[str] | None = None,
+                           env: dict[str, str] | None = None, args: Sequence[str] = ()) -> Iterator[Emulated]:
+    """``kops emulator start --json --root ROOT`` as its own process (as a user starts it); stopped afterwards."""
+    cmd = [*(kops or [sys.executable, "-m", "kaggleops"]), "emulator", "start", "--json", "--root", str(root),
+           "--username", username, "--key", key, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise AssertionError(f"emulator did not start: {proc.stderr.read() if proc.stderr else ''}")
+        data = json.loads(line)
+        yield Emulated(Path(data["root"]), data["url"], username, key)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
