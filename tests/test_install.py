@@ -26,10 +26,11 @@ IMPORT_EVERYTHING = textwrap.dedent("""
     import kernels, datasets
     for dist in (kernels, datasets):
         where = Path(dist.__file__).resolve()
-        assert repo not in where.parents, f"{dist.__name__} is the repository's own folder: {where}"
+        assert repo / dist.__name__ not in where.parents, f"{dist.__name__} is the repository's own folder: {where}"
     from transformers import AutoModel, BertModel, RobertaForQuestionAnswering, RobertaModel  # noqa: F401
     import kaggleops
-    names = [m.name for m in pkgutil.walk_packages(kaggleops.__path__, "kaggleops.")]
+    names = [m.name for m in pkgutil.walk_packages(kaggleops.__path__, "kaggleops.")
+             if not m.name.endswith(".__main__")]  # __main__ runs the CLI
     for name in names:
         importlib.import_module(name)
     print(len(names))
@@ -99,8 +100,8 @@ def test_wheel_uses_its_own_files_beside_hugging_face_packages(installed: dict[s
     assert Path(kops_file).resolve().parent == site / "kaggleops"  # the wheel's copy, not the checkout
     assert Path(kernels_dir).resolve() == site / "kaggleops" / "_kernels"
     assert "tweet-sentiment-extraction" in bundled and "digit-recognizer" in bundled
-    for other in (hf_kernels, hf_datasets):
-        assert REPO not in Path(other).resolve().parents and site / "kaggleops" not in Path(other).resolve().parents
+    for name, other in (("kernels", hf_kernels), ("datasets", hf_datasets)):
+        assert REPO / name not in Path(other).resolve().parents and site / "kaggleops" not in Path(other).parents
 
 
 @pytest.mark.slow
