@@ -1,22 +1,30 @@
-"""Every test runs with HOME, Kaggle config, TMPDIR and tracking settings pointed at its own temp folder."""
+"""Every test runs with HOME, Kaggle config, TMPDIR and tracking settings pointed at its own temp folder.
+
+The shared fixtures on top of ``harness.py``: ``start_emulator`` (in-process Kaggle emulators aimed at through the
+environment), ``emulator`` (one such, with harness.USER/KEY), ``project`` (a kops.yaml folder aimed at it), and
+``mlflow_server``. A test module changes what ``emulator`` or ``project`` hold by overriding ``emulator`` (built on
+``start_emulator``) or ``project_settings``.
+"""
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from harness import KEY, USER, write_config
+
+if TYPE_CHECKING:
+    from kaggleops.emulator import Emulator
 
 ISOLATED_VARS = (
     "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "MLFLOW_TRACKING_URI",
     "KOPS_KAGGLE_ENDPOINT", "KAGGLE_KERNEL_RUN_TYPE", "COLAB_RELEASE_TAG", "COLAB_GPU",
 )
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# Runs with no data_dir and nothing cached train on the bundled sample instead of downloading (set for the whole
-# session: module-scoped fixtures train before the per-test isolation below). tests/test_data.py removes it.
-os.environ["KOPS_DATA_FALLBACK"] = "sample"
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +40,56 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ISOLATED_VARS:
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+@pytest.fixture
+def start_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Emulator]]:
+    """Starts in-process Kaggle emulators for this test; all are stopped after it.
+
+    ``start_emulator(name="emu", aim=True, username=USER, key=KEY, **options)`` returns a running
+    ``Emulator(tmp_path / name, username, key, **options)``. With ``aim`` the test's environment points kops and the
+    official client at it (KOPS_KAGGLE_ENDPOINT, KAGGLE_USERNAME, KAGGLE_KEY; NO_PROXY for the loopback).
+    """
+    from kaggleops.emulator import Emulator
+
+    started: list[Emulator] = []
+
+    def start(name: str = "emu", aim: bool = True, username: str = USER, key: str = KEY,
+              **options: Any) -> Emulator:
+        emu = Emulator(tmp_path / name, username=username, key=key, **options)
+        started.append(emu)
+        emu.start()
+        if aim:
+            for var, value in {"KOPS_KAGGLE_ENDPOINT": emu.url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key,
+                               "NO_PROXY": "127.0.0.1,localhost"}.items():
+                monkeypatch.setenv(var, value)
+        return emu
+
+    try:
+        yield start
+    finally:
+        for emu in reversed(started):
+            emu.stop()
+
+
+@pytest.fixture
+def emulator(start_emulator: Callable[..., Emulator]) -> Emulator:
+    """A running in-process emulator (``tmp_path / "emu"``, harness.USER/KEY) the environment is aimed at."""
+    return start_emulator()
+
+
+@pytest.fixture
+def project_settings() -> dict[str, str]:
+    """``write_config`` keywords for the ``project`` fixture's kops.yaml; a module overrides this fixture to change
+    them (e.g. ``{"experiment": "acc"}``)."""
+    return {}
+
+
+@pytest.fixture
+def project(tmp_path: Path, emulator: Emulator, project_settings: dict[str, str]) -> Path:
+    """A project folder (``tmp_path / "proj"``) with a kops.yaml (``write_config``: tweet-sentiment-extraction, owner
+    harness.USER), aimed at ``emulator`` through the environment."""
+    return write_config(tmp_path / "proj", **project_settings).parent
 
 
 @pytest.fixture

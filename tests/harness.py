@@ -12,43 +12,64 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 USER, KEY = "testuser", "testkey"
 KOPS_TIMEOUT_S = 900
+KOPS_SCRIPT = Path(sys.executable).with_name("kops")  # the console script `pip install` made beside this Python
 
 
-def kops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-         timeout: float = KOPS_TIMEOUT_S, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed kops (``python -m kaggleops``) as a user would: this process' environment plus ``env``."""
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, input=input)
+def environment(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """This process' environment plus ``env``; a ``None`` value removes that variable."""
+    merged = {**os.environ, **(env or {})}
+    return {name: value for name, value in merged.items() if value is not None}
 
 
-def kops_json(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-              timeout: float = KOPS_TIMEOUT_S) -> dict:
+def kops(*args: str, cwd: Path | None = None, env: Mapping[str, str | None] | None = None,
+         timeout: float = KOPS_TIMEOUT_S, input: str | None = None,
+         script: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed kops as a user would, in this process' environment plus ``env`` (see :func:`environment`).
+
+    ``python -m kaggleops`` by default; ``script=True``: the ``kops`` console script itself (the test skips where
+    the environment has none).
+    """
+    if script and not KOPS_SCRIPT.is_file():
+        pytest.skip(f"no installed kops script at {KOPS_SCRIPT} (run `make setup`)")
+    command = [str(KOPS_SCRIPT)] if script else [sys.executable, "-m", "kaggleops"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, env=environment(env),
+                          timeout=timeout, input=input)
+
+
+def kops_json(*args: str, cwd: Path | None = None, env: Mapping[str, str | None] | None = None,
+              timeout: float = KOPS_TIMEOUT_S, script: bool = False) -> Any:
     """``kops … --json``, asserted to succeed; its stdout parsed."""
-    out = kops(*args, "--json", cwd=cwd, env=env, timeout=timeout)
+    out = kops(*args, "--json", cwd=cwd, env=env, timeout=timeout, script=script)
     assert out.returncode == 0, f"kops {' '.join(args)} exited {out.returncode}:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts (header → cell)."""
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
 def accuracy(truths: Sequence[str], preds: Sequence[str]) -> float:
+    """Exact-match accuracy (the metric the emulator's tiny test competitions score with)."""
     return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
 
 
 def git(cwd: Path, *args: str) -> str:
-    """``git`` with a fixed identity (tests make commits in throw-away repositories); stdout, stripped."""
-    out = subprocess.run(["git", "-c", "user.name=kops test", "-c", "user.email=test@kops.invalid", *args], cwd=cwd,
-                         capture_output=True, text=True, check=True)
+    """``git`` with a fixed identity and branch name (tests make commits in throw-away repositories); asserted to
+    succeed; its stdout, stripped."""
+    out = subprocess.run(["git", "-c", "user.name=kops test", "-c", "user.email=test@kops.invalid",
+                          "-c", "init.defaultBranch=main", *args], cwd=cwd, capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,24 +16,17 @@ from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError
 
-USER, KEY = "testuser", "testkey"
-
-
-def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+from harness import USER, kops
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "kops.yaml").write_text(f"competition: tweet-sentiment-extraction\nowner: {USER}\nexperiment: acc\n")
-    with Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=60) as emu:
-        monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
-        monkeypatch.setenv("KAGGLE_USERNAME", USER)
-        monkeypatch.setenv("KAGGLE_KEY", KEY)
-        yield root, emu
+def emulator(start_emulator: Callable[..., Emulator]) -> Emulator:
+    return start_emulator(kernel_timeout_s=60)
+
+
+@pytest.fixture
+def project_settings() -> dict[str, str]:
+    return {"experiment": "acc"}
 
 
 def test_the_installed_client_names_current_and_retired_shapes() -> None:
@@ -51,8 +41,8 @@ def test_the_installed_client_names_current_and_retired_shapes() -> None:
         check_accelerator("NvidiaA100")
 
 
-def test_a_retired_accelerator_is_refused_naming_the_substitute(project: Any) -> None:
-    root, emu = project
+def test_a_retired_accelerator_is_refused_naming_the_substitute(project: Path, emulator: Emulator) -> None:
+    root, emu = project, emulator
     out = kops("push-kernel", "--run", "0123456789abcdef", "--machine-shape", "NvidiaTeslaP100", cwd=root)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == ("kops: error: Accelerator NvidiaTeslaP100 is retired: Kaggle runs NvidiaTeslaT4 instead. "
@@ -68,10 +58,10 @@ def test_a_retired_accelerator_is_refused_naming_the_substitute(project: Any) ->
     assert emu.state_summary()["kernels"] == {}  # nothing pushed
 
 
-def test_retired_with_allow_retired_warns(project: Any) -> None:
+def test_retired_with_allow_retired_warns(project: Path) -> None:
     from kaggleops.stages.accelerators import resolve_accelerator
 
-    root, _ = project
+    root = project
     warnings: list[str] = []
     shape = resolve_accelerator(load_config(root / "kops.yaml"), "NvidiaTeslaP100", True, warnings.append)
     assert shape.name == "NvidiaTeslaP100"
@@ -84,8 +74,8 @@ def next_saturday() -> str:
     return (datetime(now.year, now.month, now.day) + timedelta(days=days)).isoformat(timespec="seconds") + "Z"
 
 
-def test_quota_output(project: Any) -> None:
-    root, emu = project
+def test_quota_output(project: Path, emulator: Emulator) -> None:
+    root, emu = project, emulator
     out = kops("quota", cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout == ("GPU: 0.00 h used, 0.00 h reserved, 30.00 h allowed (30.00 h left this week)\n"
@@ -113,13 +103,14 @@ def logged_run(root: Path) -> str:
 
 
 @pytest.mark.slow
-def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_session(project: Any) -> None:
+def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_session(project: Path,
+                                                                                  emulator: Emulator) -> None:
     """--wait on a GPU shows the weekly quota first; the run is tagged with the shape and image pinning; the quota
     counts the session (the emulator charges an hour per second here)."""
     from kaggleops.emulator.seeding import seed_competition
     from kaggleops.tasks import get_task
 
-    root, emu = project
+    root, emu = project, emulator
     seed_competition(emu, get_task("tweet-sentiment-extraction"))
     emu.config.quota_time_scale = 3600.0
     run_id = logged_run(root)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,7 @@ from kaggleops.emulator import Emulator
 from kaggleops.errors import KaggleError
 from kaggleops.stages.publish import publish
 
-
-def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
+from harness import kops
 
 
 def write_config(folder: Path, **kw: object) -> Path:
@@ -58,7 +54,7 @@ def test_publish_unknown_run(tmp_path: Path) -> None:
                                  f"sqlite:///{tmp_path / 'mlflow.db'}. Check the id")
 
 
-def test_failed_publish_leaves_run_untagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_publish_leaves_run_untagged(tmp_path: Path, start_emulator: Callable[..., Emulator]) -> None:
     """A 503 on CreateDataset (which the official client does not retry): error, and no kops.dataset tag."""
     cfg = load_config(write_config(tmp_path))
     tracker = Tracker(cfg)
@@ -71,14 +67,11 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, monkeypatch: pytest.
     run_id = tracker.start_run("fold-0", {"lr": 1e-3})
     tracker.log_artifacts(run_id, model, "model")
     tracker.end_run(run_id)
-    with Emulator(tmp_path / "emu", username="alice", key="k") as emu:
-        monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-        monkeypatch.setenv("KAGGLE_KEY", "k")
-        monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
-        emu.inject_fault("CreateDataset", 503, times=5)  # kops retries a 503 up to 5 attempts (kaggle.MAX_ATTEMPTS)
-        with pytest.raises(KaggleError, match=r"503"):
-            publish(cfg, run_id)
-        assert TAG_DATASET not in tracker.get_run(run_id).data.tags
-        published = publish(cfg, run_id)  # the fault is gone: the retry the error asked for works
+    emu = start_emulator(username="alice", key="k")
+    emu.inject_fault("CreateDataset", 503, times=5)  # kops retries a 503 up to 5 attempts (kaggle.MAX_ATTEMPTS)
+    with pytest.raises(KaggleError, match=r"503"):
+        publish(cfg, run_id)
+    assert TAG_DATASET not in tracker.get_run(run_id).data.tags
+    published = publish(cfg, run_id)  # the fault is gone: the retry the error asked for works
     assert published.dataset_version == 1
     assert tracker.get_run(run_id).data.tags[TAG_DATASET] == published.dataset

@@ -15,14 +15,12 @@ from kaggleops.errors import ConfigError
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, slugify
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
+from harness import kops
+
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
             ["sync", "status"], ["data"], ["quota"]]
 HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
-
-
-def kops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize(("truth", "pred", "score"), [
