@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from harness import git, kops, kops_json, read_csv
+
 pytestmark = pytest.mark.slow
 
 SLUG = "kops-byo-regression"
@@ -99,11 +101,6 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def make_competition(folder: Path) -> None:
     rng = random.Random(7)
     rows = []
@@ -122,13 +119,6 @@ def list_rmse(truths: list[str], preds: list[str]) -> float:
     return math.sqrt(sum((float(t) - float(p)) ** 2 for t, p in zip(truths, preds, strict=True)) / len(truths))
 
 
-def kops(work: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "kaggleops", *args, "--json"], cwd=work, capture_output=True,
-                         text=True, env=env, timeout=900)
-    assert out.returncode == 0, f"kops {' '.join(args)}: {out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    return json.loads(out.stdout)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from kaggleops.emulator import Emulator
@@ -143,10 +133,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     (work / "kops.yaml").write_text(
         f"competition: {SLUG}\ntask: tasks/{TASK_MODULE}.py:RegressionTask\nowner: {OWNER}\ndata_dir: data\n"
         "train:\n  n_folds: 2\n  ridge: 0.01\nkernel:\n  enable_gpu: false\n")
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", "-A"], cwd=work, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "task"], cwd=work,
-                   check=True)
+    git(work, "init", "-q")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "task")
     guard = base / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(GUARD.replace("@MARK@", BLOCKED_MARK))
@@ -160,8 +149,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(guard), saved.get("PYTHONPATH", "")) if p)
     env = {**saved, "KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": KEY,
            "KAGGLE_CONFIG_DIR": str(base / ".kaggle")}
+    # kops itself runs in exactly `env`: harness.kops adds it to this process' environment, whose PYTHONPATH now
+    # carries the guard and whose TMPDIR is (in a test) the test's own
+    kops_env = {**env, "PYTHONPATH": saved.get("PYTHONPATH"), "TMPDIR": saved.get("TMPDIR")}
     try:
-        yield {"work": work, "env": env, "emu": base / "emu", "emulator": emulator, "solution": solution}
+        yield {"work": work, "env": env, "kops_env": kops_env, "emu": base / "emu", "emulator": emulator,
+               "solution": solution}
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -170,15 +163,16 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 @pytest.fixture(scope="module")
 def loop(project: dict[str, Any]) -> dict[str, Any]:
-    work, env = project["work"], project["env"]
-    before = subprocess.run([sys.executable, "-c", f"import {TASK_MODULE}"], cwd=work.parent, env=env,
+    work, env = project["work"], project["kops_env"]
+    before = subprocess.run([sys.executable, "-c", f"import {TASK_MODULE}"], cwd=work.parent, env=project["env"],
                             capture_output=True, text=True)
-    trained = kops(work, env, "train")
-    published = [kops(work, env, "publish", r["run_id"]) for r in trained["runs"]]
-    pushed = kops(work, env, "push-kernel", "--run", trained["run_id"], "--wait")
-    submitted = kops(work, env, "submit", "--kernel", pushed["kernel"], "--version", str(pushed["kernel_version"]))
-    scored = kops(work, env, "scores", "--wait")
-    pushed_again = kops(work, env, "push-kernel", "--run", trained["run_id"])
+    trained = kops_json("train", cwd=work, env=env)
+    published = [kops_json("publish", r["run_id"], cwd=work, env=env) for r in trained["runs"]]
+    pushed = kops_json("push-kernel", "--run", trained["run_id"], "--wait", cwd=work, env=env)
+    submitted = kops_json("submit", "--kernel", pushed["kernel"], "--version", str(pushed["kernel_version"]),
+                          cwd=work, env=env)
+    scored = kops_json("scores", "--wait", cwd=work, env=env)
+    pushed_again = kops_json("push-kernel", "--run", trained["run_id"], cwd=work, env=env)
     return {"before": before, "trained": trained, "published": published, "pushed": pushed,
             "submitted": submitted, "scored": scored, "pushed_again": pushed_again}
 
@@ -251,9 +245,8 @@ def test_unchanged_code_reuses_the_code_dataset_version(loop: dict[str, Any]) ->
 
 def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(project: dict[str, Any],
                                                                                 loop: dict[str, Any]) -> None:
-    env = {k: v for k, v in project["env"].items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "kernel", "run-local", loop["pushed"]["folder"],
-                          "--json"], cwd=project["work"], capture_output=True, text=True, env=env, timeout=900)
+    out = kops("kernel", "run-local", loop["pushed"]["folder"], "--json", cwd=project["work"],
+               env={**project["kops_env"], "PYTHONPATH": None})
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["ok"] and report["rows"] == 60 and "submission.csv" in report["outputs"]
@@ -262,9 +255,8 @@ def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(p
 
 
 def test_scores_and_leaderboard_use_the_task_metric(project: dict[str, Any], loop: dict[str, Any]) -> None:
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "scores"], cwd=project["work"], capture_output=True,
-                         text=True, env=project["env"], timeout=600)
+    out = kops("scores", cwd=project["work"], env=project["kops_env"])
     assert out.returncode == 0 and "Scores are the competition's rmse (lower is better)." in out.stderr, out.stderr
-    rows = kops(project["work"], project["env"], "leaderboard")
+    rows = kops_json("leaderboard", cwd=project["work"], env=project["kops_env"])
     assert rows[0]["metric"] == "rmse" and rows[0]["higher_is_better"] is False
     assert rows[0]["cv"] == pytest.approx(loop["trained"]["cv"])

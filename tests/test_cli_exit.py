@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 
-KOPS = Path(sys.executable).parent / "kops"  # the console script `pip install` made, not `python -m`
-
-
-def kops(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    if not KOPS.is_file():
-        pytest.skip(f"no installed kops script at {KOPS} (run `make setup`)")
-    return subprocess.run([str(KOPS), *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+from harness import KOPS_SCRIPT, kops
 
 
 @pytest.mark.parametrize(("args", "first", "hint"), [
@@ -31,20 +24,20 @@ def kops(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
      "Try 'kops train --help' for help."),
 ])
 def test_usage_mistakes_exit_2_with_one_line(args: tuple[str, ...], first: str, hint: str, tmp_path: Path) -> None:
-    out = kops(*args, cwd=tmp_path)
+    out = kops(*args, cwd=tmp_path, script=True)
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr.splitlines() == [first, hint]
 
 
 def test_help_and_version_exit_0(tmp_path: Path) -> None:
-    out = kops("--help", cwd=tmp_path)
+    out = kops("--help", cwd=tmp_path, script=True)
     assert out.returncode == 0 and "push-kernel" in out.stdout and out.stderr == ""
-    out = kops("--version", cwd=tmp_path)
+    out = kops("--version", cwd=tmp_path, script=True)
     assert out.returncode == 0 and out.stdout.startswith("kops ")
 
 
 def test_kops_error_exits_1_with_one_line(tmp_path: Path) -> None:
-    out = kops("publish", "0123456789abcdef", cwd=tmp_path)
+    out = kops("publish", "0123456789abcdef", cwd=tmp_path, script=True)
     assert out.returncode == 1
     assert out.stderr.splitlines() == [f"kops: error: No kops.yaml in {tmp_path} or its parent folders. "
                                        "Create one with: kops init"]
@@ -86,11 +79,13 @@ train:
 """
 
 
+@pytest.mark.slow
 def test_failing_child_under_nproc_is_not_success(tmp_path: Path) -> None:
     """`--fold 7` of 5 folds fails in every worker: the launcher exits non-zero, without torchrun's traceback."""
     pytest.importorskip("torch")
     (tmp_path / "kops.yaml").write_text(FAILING_CHILD_YAML)
-    out = kops("train", "--nproc", "2", "--fold", "7", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = kops("train", "--nproc", "2", "--fold", "7", "--sample", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+               script=True)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert "kops: error: Fold(s) [7] out of range for n_folds=5. Use --fold 0..n_folds-1." in out.stderr
@@ -123,6 +118,7 @@ def _until(proc: subprocess.Popen[bytes], text: bytes, seen: bytearray, timeout_
             seen += os.read(proc.stderr.fileno(), 65536)
 
 
+@pytest.mark.slow
 def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_path: Path) -> None:
     """Ctrl-C mid-training: a checkpoint at the step it stopped, the run KILLED, exit 130 and the line saying
     how to resume; `kops train --resume` then says what it resumes and finishes the same run, every step once."""
@@ -131,11 +127,11 @@ def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_pat
     import time
 
     pytest.importorskip("torch")
-    if not KOPS.is_file():
-        pytest.skip(f"no installed kops script at {KOPS}")
+    if not KOPS_SCRIPT.is_file():
+        pytest.skip(f"no installed kops script at {KOPS_SCRIPT}")
     (tmp_path / "kops.yaml").write_text(INTERRUPT_YAML)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(KOPS), "train", "--fold", "0"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([str(KOPS_SCRIPT), "train", "--fold", "0", "--sample"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = bytearray()
     _until(proc, b"epoch 1/20", seen)  # the loop runs (the bar's label changes at each epoch)
@@ -159,7 +155,8 @@ def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"
 
-    resumed = kops("train", "--fold", "0", "--resume", "--json", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    resumed = kops("train", "--fold", "0", "--resume", "--sample", "--json", cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"}, script=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"fold 0 (1/1): resuming run {run_id} from step {step} of 120\n" in resumed.stderr
     run = client.get_run(run_id)
