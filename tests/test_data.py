@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,8 @@ from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
 from kaggleops.refs import KAGGLE_WEB
 from kaggleops.tasks import get_task
+
+from harness import kops
 
 TSE = "tweet-sentiment-extraction"
 USER, KEY = "alice", "alice-key"
@@ -32,11 +32,6 @@ train:
 """
 
 
-def kops(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
-
-
 def seed(emu: Emulator, folder: Path | None = None, accepted: tuple[str, ...] | None = None) -> None:
     sample = folder or get_task(TSE).sample_dir()
     emu.add_competition(TSE, {name: sample / name for name in FILES}, [{"textID": "x", "selected_text": "y"}],
@@ -48,19 +43,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     (root / "kops.yaml").write_text(render_template(owner=USER, folds=[0], epochs=1))
-    monkeypatch.delenv("KOPS_DATA_FALLBACK")  # the real order: nothing found → download
     monkeypatch.setenv("KOPS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("KOPS_KAGGLE_INPUT", str(tmp_path / "no-kaggle-input"))
     return root
 
 
 @pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    with Emulator(tmp_path / "emu", username=USER, key=KEY) as emu:
-        monkeypatch.setenv("KAGGLE_USERNAME", USER)
-        monkeypatch.setenv("KAGGLE_KEY", KEY)
-        monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
-        yield emu
+def emulator(start_emulator: Callable[..., Emulator]) -> Emulator:
+    return start_emulator(username=USER, key=KEY)
 
 
 def downloads(emu: Emulator) -> int:
@@ -160,6 +150,7 @@ def dataset_inputs(project: Path, run_id: str) -> list[Any]:
     return [d.dataset for d in Tracker(load_config(project / "kops.yaml")).get_run(run_id).inputs.dataset_inputs]
 
 
+@pytest.mark.slow
 def test_train_in_a_simulated_notebook_records_the_competition_data(project: Path, tmp_path: Path) -> None:
     """`kops train` inside a (simulated) Kaggle notebook: the attached competition, recorded with its sha256s."""
     from kaggleops.stages.data import file_hashes

@@ -51,7 +51,7 @@ from kaggleops.cli import main
 sys.argv = ["kops", *sys.argv[1:]]
 main()
 """
-TRAIN_ARGS = ["train", "--fold", "0", "--json"]
+TRAIN_ARGS = ["train", "--fold", "0", "--sample", "--json"]
 TORCHRUN = [sys.executable, "-m", "kaggleops.distributed", "--standalone", "--nproc_per_node", "2"]
 
 
