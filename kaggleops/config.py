@@ -80,7 +80,7 @@ class KopsConfig(_Strict):
     owner: str | None = None
     experiment: str | None = None
     tracking_uri: str = DEFAULT_TRACKING_URI
-    artifact_location: str = DEFAULT_ARTIFACTS
+    artifact_location: str | None = Field(DEFAULT_ARTIFACTS, description="null = the default (see below)")
     data_dir: str | None = None
     kaggle_endpoint: str | None = None
     train: TrainConfig = TrainConfig()
@@ -116,11 +116,18 @@ class KopsConfig(_Strict):
 
     @property
     def resolved_artifact_location(self) -> str | None:
-        if self.artifact_location == DEFAULT_ARTIFACTS and self.resolved_tracking_uri.startswith("http"):
-            return None  # server mode: the server's own artifact root (e.g. --artifacts-destination gs://…)
-        if "://" in self.artifact_location:
-            return self.artifact_location
-        return (self.root / self.artifact_location).resolve().as_uri()
+        """Where a new experiment's artifacts go: a URI, or None for the tracking server's own root.
+
+        The default (also ``null``, which a config copied for a ``--git`` clone carries in server mode) is the
+        server's own root with an http(s) tracking URI (e.g. its ``--artifacts-destination gs://…``), else
+        ``mlartifacts`` beside kops.yaml.
+        """
+        location = self.artifact_location or DEFAULT_ARTIFACTS
+        if location == DEFAULT_ARTIFACTS and self.resolved_tracking_uri.startswith("http"):
+            return None
+        if "://" in location:
+            return location
+        return (self.root / location).resolve().as_uri()
 
     @property
     def resolved_kaggle_endpoint(self) -> str | None:
