@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +16,11 @@ from kaggleops.resources import bundled_competition
 from kaggleops.task import DataError, FoldContext, PredictContext, SettingsError
 from kaggleops.tasks import get_task
 
+from harness import kops, read_csv
+
 SLUG = "digit-recognizer"
 FOLDER = bundled_competition(SLUG)
-KOPS = Path(sys.executable).parent / "kops"
 FAST = {"epochs": 3, "channels": 8}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +96,7 @@ def test_folds_are_stratified(train: Any) -> None:
     assert sorted(train["fold"].unique()) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_train_fold_logs_every_step_checkpoints_and_resumes(task: Any, train: Any, tmp_path: Path) -> None:
     import torch
 
@@ -131,6 +126,7 @@ def test_train_fold_logs_every_step_checkpoints_and_resumes(task: Any, train: An
     assert all(torch.equal(full[k], again[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_predict_averages_probabilities_over_model_folders(task: Any, train: Any, tmp_path: Path) -> None:
     import numpy as np
 
@@ -154,7 +150,7 @@ def test_demo_and_emulator_name_the_bundled_competitions(tmp_path: Path) -> None
                 "Bundled competitions: digit-recognizer, tweet-sentiment-extraction.\n")
     for args in (["demo", "--competition", "nope", "--workdir", str(tmp_path / "w")],
                  ["emulator", "start", "--competition", "nope"]):
-        out = subprocess.run([str(KOPS), *args], capture_output=True, text=True, timeout=300)
+        out = kops(*args, script=True)
         assert (out.returncode, out.stderr) == (1, expected)
     assert not (tmp_path / "w").exists()
 
@@ -164,11 +160,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One real `kops demo --competition digit-recognizer --json` (the task's default settings, fold 0)."""
     workdir = tmp_path_factory.mktemp("digits-demo") / "work"
     home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home)}
-    for var in ("MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        env.pop(var, None)
-    out = subprocess.run([str(KOPS), "demo", "--competition", SLUG, "--json", "--workdir", str(workdir)],
-                         capture_output=True, text=True, env=env, timeout=1200)
+    unset = dict.fromkeys(("MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY",
+                           "KAGGLE_API_TOKEN"))
+    out = kops("demo", "--competition", SLUG, "--json", "--workdir", str(workdir),
+               env={"HOME": str(home), "TMPDIR": str(home), **unset}, timeout=1200, script=True)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     summary["stderr"] = out.stderr

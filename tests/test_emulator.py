@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import requests
 
 from kaggleops.emulator import Emulator
 
-USER, KEY = "testuser", "testkey"
+from harness import KEY, USER, accuracy, kops
+
 COMP = "tiny-comp"
 # Solution in order: even positions (0, 2, 4) are public, odd positions (1, 3, 5) private.
 SOLUTION = [{"id": str(i), "label": lab} for i, lab in enumerate(["a", "b", "a", "b", "b", "a"])]
@@ -44,11 +46,6 @@ print("done writing", len(rows), "rows")
 """
 
 
-def accuracy(truths: list[str], preds: list[str]) -> float:
-    """Exact-match accuracy."""
-    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
-
-
 @pytest.fixture(autouse=True)
 def kaggle_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Isolate HOME, the kaggle config dir and TMPDIR (upload resume state) per test."""
@@ -70,16 +67,13 @@ def kaggle_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Any:
-    """A running emulator with the tiny competition seeded."""
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=30,
-                   tokens={"tok-abc": USER})
+def emulator(start_emulator: Callable[..., Emulator], tmp_path: Path) -> Emulator:
+    """A running emulator with the tiny competition seeded (the client is aimed at it by make_api, not the env)."""
+    emu = start_emulator(aim=False, kernel_timeout_s=30, tokens={"tok-abc": USER})
     test_csv = tmp_path / "test.csv"
     test_csv.write_text("id,hint\n" + "".join(f"{i},{h}\n" for i, h in enumerate(HINTS)))
     emu.add_competition(COMP, {"test.csv": test_csv}, SOLUTION, "id", "label", accuracy)
-    emu.start()
-    yield emu
-    emu.stop()
+    return emu
 
 
 def make_api(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -446,8 +440,7 @@ def test_cli_emulator_start_with_faults_and_state_folder(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert (root / "requests.log").is_file() and (root / "state.pickle").is_file()
-    bad = subprocess.run([sys.executable, "-m", "kaggleops", "emulator", "start", "--fault", "Upload=200"],
-                         capture_output=True, text=True, timeout=120)
+    bad = kops("emulator", "start", "--fault", "Upload=200")
     assert bad.returncode == 1
     assert bad.stderr == ("kops: error: Fault status '200' in 'Upload=200' must be an HTTP error status (400-599) "
                           "or drop.\n")

@@ -5,6 +5,7 @@ competition rules must be accepted before submitting. Run with the REAL kaggle c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from kaggleops.emulator.runner import namespaces_available
 from kaggleops.errors import RulesNotAccepted
 from kaggleops.refs import CompetitionRef, KernelRef
 
-USER, KEY = "testuser", "testkey"
+from harness import USER
+
 COMP = "tiny-comp"
 PROBE = """
 import errno, json, os, socket, tempfile
@@ -41,16 +43,18 @@ open("report.json", "w").write(json.dumps(report))
 """
 
 
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Emulator:
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=60, **kw)
-    test_csv = tmp_path / "test.csv"
-    test_csv.write_text("id,hint\n0,a\n1,b\n")
-    emu.add_competition(COMP, {"test.csv": test_csv}, [{"id": "0", "label": "a"}, {"id": "1", "label": "b"}],
-                        "id", "label", lambda t, p: 1.0)
-    emu.start()
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    return emu
+@pytest.fixture
+def emulator(start_emulator: Callable[..., Emulator], tmp_path: Path) -> Callable[..., Emulator]:
+    """``emulator(**options)``: a running emulator (Emulator options as keywords) with the tiny competition."""
+    def start(**kw: Any) -> Emulator:
+        emu = start_emulator(kernel_timeout_s=60, **kw)
+        test_csv = tmp_path / "test.csv"
+        test_csv.write_text("id,hint\n0,a\n1,b\n")
+        emu.add_competition(COMP, {"test.csv": test_csv}, [{"id": "0", "label": "a"}, {"id": "1", "label": "b"}],
+                            "id", "label", lambda t, p: 1.0)
+        return emu
+
+    return start
 
 
 def run_kernel(emu: Emulator, tmp_path: Path, slug: str, script: str, **meta: Any) -> tuple[str, Path]:
@@ -75,11 +79,11 @@ needs_namespaces = pytest.mark.skipif(not namespaces_available(), reason="unshar
 
 
 @needs_namespaces
-def test_session_under_a_kaggle_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_session_under_a_kaggle_root(tmp_path: Path, emulator: Callable[..., Emulator]) -> None:
     """Where /kaggle exists (a stand-in folder here): inputs at <root>/input read-only, cwd <root>/working."""
     root = tmp_path / "kaggle"
     root.mkdir()
-    with emulator(tmp_path, monkeypatch, kaggle_root=root) as emu:
+    with emulator(kaggle_root=root) as emu:
         status, run = run_kernel(emu, tmp_path, "probe-root", PROBE)
         assert status == "COMPLETE", emu.state_summary()
         report = json.loads((run / "working" / "report.json").read_text())
@@ -94,8 +98,8 @@ def test_session_under_a_kaggle_root(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @needs_namespaces
 def test_session_mapped_by_environment_when_there_is_no_kaggle_root(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    with emulator(tmp_path, monkeypatch, kaggle_root=tmp_path / "no-such-folder") as emu:
+                                                                     emulator: Callable[..., Emulator]) -> None:
+    with emulator(kaggle_root=tmp_path / "no-such-folder") as emu:
         first, run1 = run_kernel(emu, tmp_path, "probe-env", PROBE)
         second, run2 = run_kernel(emu, tmp_path, "probe-env2", PROBE)
         assert (first, second) == ("COMPLETE", "COMPLETE")
@@ -106,9 +110,9 @@ def test_session_mapped_by_environment_when_there_is_no_kaggle_root(tmp_path: Pa
         assert (run1 / "input" / "competitions" / COMP / "test.csv").read_text() == "id,hint\n0,a\n1,b\n"
 
 
-def test_session_with_the_socket_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_session_with_the_socket_guard(tmp_path: Path, emulator: Callable[..., Emulator]) -> None:
     """Without namespaces: the socket guard blocks the network, and the inputs lose their write bits."""
-    with emulator(tmp_path, monkeypatch, isolation="guard") as emu:
+    with emulator(isolation="guard") as emu:
         status, run = run_kernel(emu, tmp_path, "probe-guard", PROBE)
         assert status == "COMPLETE", emu.state_summary()
         report = json.loads((run / "working" / "report.json").read_text())
@@ -119,25 +123,25 @@ def test_session_with_the_socket_guard(tmp_path: Path, monkeypatch: pytest.Monke
         assert report["input_write"] == ("allowed" if __import__("os").geteuid() == 0 else "EACCES")
 
 
-def test_legacy_input_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_legacy_input_layout(tmp_path: Path, emulator: Callable[..., Emulator]) -> None:
     script = ("import json, os\nopen('listing.json', 'w').write(json.dumps(sorted(os.listdir("
               "os.environ['KOPS_KAGGLE_INPUT']))))\n")
-    with emulator(tmp_path, monkeypatch, input_layout="legacy") as emu:
+    with emulator(input_layout="legacy") as emu:
         status, run = run_kernel(emu, tmp_path, "probe-legacy", script)
         assert status == "COMPLETE"
         assert json.loads((run / "working" / "listing.json").read_text()) == [COMP]
 
 
-def test_output_is_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with emulator(tmp_path, monkeypatch, max_output_bytes=1000) as emu:
+def test_output_is_limited(tmp_path: Path, emulator: Callable[..., Emulator]) -> None:
+    with emulator(max_output_bytes=1000) as emu:
         status, _ = run_kernel(emu, tmp_path, "big-output", "open('big.bin', 'wb').write(b'0' * 2000)\n")
         assert status == "ERROR"
         _, failure = Kaggle(emu.url).kernel_status(KernelRef(USER, "big-output", 1))
         assert "over the 1000 allowed" in failure
 
 
-def test_submitting_needs_the_rules_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with emulator(tmp_path, monkeypatch) as emu:
+def test_submitting_needs_the_rules_accepted(tmp_path: Path, emulator: Callable[..., Emulator]) -> None:
+    with emulator() as emu:
         emu.store.competition(COMP).rules_accepted.clear()
         sub = tmp_path / "submission.csv"
         sub.write_text("id,label\n0,a\n1,b\n")
