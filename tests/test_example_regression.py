@@ -4,13 +4,10 @@ lower-is-better scores lowest first."""
 
 from __future__ import annotations
 
-import csv
-import json
+import functools
 import math
-import os
 import shutil
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +15,26 @@ import pytest
 
 from kaggleops.emulator import Emulator
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diabetes-regression"
-KOPS = Path(sys.executable).parent / "kops"
+from harness import REPO, git, kops_json, read_csv
+
+EXAMPLE = REPO / "examples" / "diabetes-regression"
 USER, KEY = "exampleuser", "examplekey"
 SLUG = "diabetes-progression"
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def git(work: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=work, check=True,
-                   capture_output=True)
-
-
 @pytest.fixture
-def project(tmp_path: Path) -> Any:
-    """The example copied into a fresh git repository, aimed at a running emulator seeded from its own folder."""
+def project(tmp_path: Path, start_emulator: Callable[..., Emulator]) -> Any:
+    """The example copied into a fresh git repository, aimed at a running emulator seeded from its own folder;
+    ``kops(*args)`` runs the installed `kops ARGS --json` there (asserted to succeed) and returns what it printed."""
     work = tmp_path / "diabetes"
     shutil.copytree(EXAMPLE, work)
     git(work, "init", "-q")
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", "example")
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, score_delay_polls=0)
+    emu = start_emulator(username=USER, key=KEY, score_delay_polls=0)
     emu.seed_folder(work / "competition")
-    url = emu.start()
-    env = {**os.environ, "KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY,
-           "NO_PROXY": "127.0.0.1,localhost", "PYTHONPATH": ""}
-    env.pop("MLFLOW_TRACKING_URI", None)
-
-    def kops(*args: str) -> Any:
-        out = subprocess.run([str(KOPS), *args, "--json"], cwd=work, env=env, capture_output=True, text=True,
-                             timeout=900)
-        assert out.returncode == 0, f"kops {' '.join(args)}: {out.stderr[-3000:]}"
-        return json.loads(out.stdout)
-
-    yield work, emu, kops
-    emu.stop()
+    return work, emu, functools.partial(kops_json, cwd=work, env={"PYTHONPATH": "", "MLFLOW_TRACKING_URI": None},
+                                        script=True)
 
 
 @pytest.mark.slow

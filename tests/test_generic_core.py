@@ -13,6 +13,8 @@ import kaggleops
 from kaggleops.task import Metric, SettingsError, Submission, check_settings
 from kaggleops.tasks import TaskLoadError, get_task, load_task, split_spec
 
+from harness import kops
+
 PACKAGE = Path(kaggleops.__file__).parent
 TASK_WORDS = re.compile(r"jaccard|sentiment|neutral|selected_text|tweet", re.IGNORECASE)
 TASK_SPECIFIC = ("tasks", "emulator")
@@ -81,13 +83,8 @@ def test_task_specs_load_files_and_modules_and_name_import_errors(tmp_path: Path
         get_task("titanic")
 
 
-def kops_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_init_for_an_unknown_competition_writes_a_skeleton_and_train_names_the_first_method(tmp_path: Path) -> None:
-    out = kops_cli(tmp_path, "init", "--competition", "titanic", "--owner", "alice")
+    out = kops("init", "--competition", "titanic", "--owner", "alice", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     skeleton = tmp_path / "tasks" / "titanic_task.py"
     assert skeleton.is_file() and "skeleton" in out.stdout
@@ -97,7 +94,7 @@ def test_init_for_an_unknown_competition_writes_a_skeleton_and_train_names_the_f
         assert f"def {method}(" in source
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.csv").write_text("PassengerId,Survived\n1,0\n")
-    out = kops_cli(tmp_path, "train", "--data", "data")
+    out = kops("train", "--data", "data", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "implement TitanicTask.load_train in tasks/titanic_task.py" in lines[0], out.stderr
@@ -107,7 +104,7 @@ def test_a_task_spec_that_cannot_import_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "kops.yaml").write_text("competition: titanic\ntask: no_such_pkg_k12.tasks:T\nowner: alice\n"
                                         "data_dir: .\n")
     (tmp_path / "train.csv").write_text("a\n1\n")
-    out = kops_cli(tmp_path, "train")
+    out = kops("train", cwd=tmp_path)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode != 0 and len(lines) == 1, out.stderr
     assert ("cannot import task no_such_pkg_k12.tasks:T: ModuleNotFoundError: No module named 'no_such_pkg_k12'"
@@ -117,7 +114,7 @@ def test_a_task_spec_that_cannot_import_is_one_line(tmp_path: Path) -> None:
 def test_a_bad_train_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\n"
                                         "train:\n  epochz: 3\n")
-    out = kops_cli(tmp_path, "train")
+    out = kops("train", "--sample", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "epochz" in out.stderr and "train:" in out.stderr
 
@@ -160,6 +157,7 @@ def test_leaderboard_sorts_lower_is_better_metrics_ascending(tmp_path: Path, mon
     assert leaderboard(cfg)[0].metric == "rmse" and leaderboard(cfg)[0].higher_is_better is False
 
 
+@pytest.mark.slow
 def test_the_readme_minimal_task_trains_and_predicts(tmp_path: Path) -> None:
     """The README's "Bring your own competition" task, run through the interface as kops calls it."""
     import numpy as np
