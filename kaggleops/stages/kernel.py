@@ -358,7 +358,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                            rerank_source, code)
     if not options.push:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
-                            runtime=runtime.as_dict(), reranker=rerank_source.as_plan() if rerank_source else None,
+                            runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
                             code=code.as_dict() if code else None)
     if options.wait and cfg.kernel.enable_gpu and notify is not None:
         show_quota(kaggle, shape.kind, notify)
