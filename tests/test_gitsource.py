@@ -13,11 +13,7 @@ from kaggleops.errors import GitSourceError
 from kaggleops.stages.gitsource import GitSpec, clone, train_from_git
 from kaggleops.stages.mlproject import write_mlproject
 
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-c", "init.defaultBranch=main"]
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+from harness import git, kops
 
 
 @pytest.mark.parametrize(("text", "url", "rev"), [
@@ -49,6 +45,7 @@ def bare_repo(tmp_path: Path) -> tuple[Path, str, str]:
     return bare, first, git(work, "rev-parse", "HEAD")
 
 
+@pytest.mark.slow
 def test_run_from_git_carries_that_commit_while_caller_is_dirty(tmp_path: Path,
                                                                 bare_repo: tuple[Path, str, str]) -> None:
     bare, first, latest = bare_repo
@@ -60,7 +57,7 @@ def test_run_from_git_carries_that_commit_while_caller_is_dirty(tmp_path: Path,
     git(caller, "commit", "-qm", "caller")
     (caller / "kops.yaml").write_text(render_template(owner="alice") + "\n# uncommitted edit\n")
     cfg = load_config(caller / "kops.yaml")
-    result = train_from_git(cfg, GitSpec(str(bare), first), progress=False)
+    result = train_from_git(cfg, GitSpec(str(bare), first), progress=False, sample=True)
     run = Tracker(cfg).get_run(result.runs[0].run_id)
     assert run.data.tags[TAG_GIT_COMMIT] == first != latest
     assert run.data.tags[TAG_GIT_REPO] == str(bare)
@@ -89,17 +86,15 @@ def test_mlproject_runs_kops_train(tmp_path: Path) -> None:
     assert spec["entry_points"]["main"]["command"] == "kops train --fold {fold}"
 
 
+@pytest.mark.slow
 def test_cli_train_git_from_an_empty_folder(tmp_path: Path, bare_repo: tuple[Path, str, str]) -> None:
     """As in a fresh training kernel: no kops.yaml here; the commit's own settings, a store in this folder."""
     import json
-    import os
-    import sys
 
     bare, first, _ = bare_repo
     here = tmp_path / "empty"
     here.mkdir()
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "train", "--git", f"{bare}@{first}", "--json"],
-                         cwd=here, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    out = kops("train", "--git", f"{bare}@{first}", "--sample", "--json", cwd=here)
     assert out.returncode == 0, out.stderr[-2000:]
     run_id = json.loads(out.stdout)["runs"][0]["run_id"]
     from mlflow.tracking import MlflowClient
@@ -114,8 +109,12 @@ def test_mlflow_run_trains_with_kops(tmp_path: Path) -> None:
     import os
     import sys
 
+    from kaggleops.resources import bundled_competition
+
     git(tmp_path, "init", "-q")
-    (tmp_path / "kops.yaml").write_text(render_template(owner="alice", folds=[0], epochs=1))
+    # the MLproject's command is a plain `kops train`: the project names its data (the bundled sample)
+    (tmp_path / "kops.yaml").write_text(render_template(
+        owner="alice", folds=[0], epochs=1, data_dir=str(bundled_competition("tweet-sentiment-extraction"))))
     write_mlproject(tmp_path, "tse")
     git(tmp_path, "add", "-A")
     git(tmp_path, "commit", "-qm", "project")
