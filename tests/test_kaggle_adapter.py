@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +20,21 @@ from kaggleops.emulator import Emulator
 from kaggleops.errors import CredentialsMissing, DatasetNotFound, QuotaExceeded, RulesNotAccepted, TimedOut
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef
 
-USER, KEY = "testuser", "testkey"
+from harness import KEY, USER, accuracy
+
 COMP = CompetitionRef("tiny-comp")
 KERNEL = KernelRef(USER, "tiny-kernel")
 SCRIPT = "open('submission.csv', 'w').write('id,label\\n0,a\\n1,b\\n')\n"
 
 
-def accuracy(truths: list[str], preds: list[str]) -> float:
-    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
-
-
 @pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=30, score_delay_polls=0)
+def emulator(start_emulator: Callable[..., Emulator], tmp_path: Path) -> Emulator:
+    emu = start_emulator(kernel_timeout_s=30, score_delay_polls=0)
     test_csv = tmp_path / "test.csv"
     test_csv.write_text("id\n0\n1\n")
     emu.add_competition(COMP.slug, {"test.csv": test_csv}, [{"id": "0", "label": "a"}, {"id": "1", "label": "b"}],
                         "id", "label", accuracy)
-    emu.start()
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    yield emu
-    emu.stop()
+    return emu
 
 
 class Sleeps(list):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,31 +13,27 @@ from kaggleops.emulator import Emulator
 from kaggleops.errors import KaggleError
 from kaggleops.refs import CompetitionRef
 
+from harness import accuracy
+
 USER, KEY = "twouser", "twokey"
 
 
-def accuracy(truths: list[str], preds: list[str]) -> float:
-    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
-
-
-def start(tmp_path: Path, name: str) -> Emulator:
-    emu = Emulator(tmp_path / name, username=USER, key=KEY, score_delay_polls=0)
+def start(start_emulator: Callable[..., Emulator], tmp_path: Path, name: str) -> Emulator:
+    """An emulator in ``tmp_path / name`` serving competition ``comp-<name>``; the environment is NOT aimed at it."""
+    emu = start_emulator(name, aim=False, username=USER, key=KEY, score_delay_polls=0)
     test_csv = tmp_path / f"{name}.csv"
     test_csv.write_text("id\n0\n")
     emu.add_competition(f"comp-{name}", {"test.csv": test_csv}, [{"id": "0", "label": "a"}], "id", "label", accuracy)
-    emu.start()
     return emu
 
 
 @pytest.fixture
-def two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Emulator, Emulator]]:
+def two(start_emulator: Callable[..., Emulator], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> tuple[Emulator, Emulator]:
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     monkeypatch.setenv("KAGGLE_KEY", KEY)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    a, b = start(tmp_path, "a"), start(tmp_path, "b")
-    yield a, b
-    a.stop()
-    b.stop()
+    return start(start_emulator, tmp_path, "a"), start(start_emulator, tmp_path, "b")
 
 
 def rpc_count(emu: Emulator) -> int:
