@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +18,13 @@ import pytest
 from kaggleops.kernel.runtime import KernelFailure, check_submission, main, restore_model_dir
 from kaggleops.tasks import get_task
 
+from harness import kops, read_csv
+
 TSE = get_task("tweet-sentiment-extraction")
 LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
 RERANK_OVERRIDES = {"top_n": 4, "n_grid": (2, 4), "epochs": 1, "batch_size": 16, "max_steps": 5, "max_len": 96,
                     "device": "cpu"}
 KERNEL = "kopsdemo/tse-demo-inference"
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +38,10 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir.mkdir()
     with demo_workspace(workdir, workdir.parent / "emu", epochs=1, folds=[0, 1]) as ws:
         cfg = ws.cfg
-        trained = train(cfg, progress=False)
+        trained = train(cfg, progress=False, sample=True)  # as `kops demo` trains in its workspace
         reranker = train_reranker(cfg, [trained.parent_run_id], RERANK_OVERRIDES, progress=False)
-        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", trained.parent_run_id,
-                              "--reranker", reranker.parent_run_id, "--wait", "--json"], cwd=workdir,
-                             capture_output=True, text=True, env=dict(os.environ), timeout=600)
+        out = kops("push-kernel", "--run", trained.parent_run_id, "--reranker", reranker.parent_run_id, "--wait",
+                   "--json", cwd=workdir)
         assert out.returncode == 0, out.stderr[-3000:]
         env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
         yield {"cfg": cfg, "workdir": workdir, "env": env, "trained": trained, "reranker": reranker,

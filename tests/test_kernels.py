@@ -3,7 +3,6 @@ wheel dataset, --wait failures, --no-publish, and `kops kernel run-local` with t
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ import pytest
 from kaggleops.kernel.runtime import check_submission
 from kaggleops.tasks import get_task
 
+from harness import kops, read_csv
+
 pytestmark = pytest.mark.slow
 LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
 
@@ -31,7 +32,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("kernels") / "work"
     workdir.mkdir()
     with demo_workspace(workdir, workdir.parent / "emu", epochs=1, folds=[0, 1]) as ws:
-        trained = train(ws.cfg, progress=False)
+        trained = train(ws.cfg, progress=False, sample=True)  # as `kops demo` trains in its workspace
         env = {k: os.environ[k] for k in LOOP_ENV_KEYS}
         yield {"cfg": ws.cfg, "workdir": workdir, "emulator": ws.emulator, "env": env, "trained": trained}
 
@@ -60,11 +61,6 @@ def pushed(loop: dict[str, Any]) -> dict[str, Any]:
         os.environ.clear()
         os.environ.update(saved)
     return {"result": result, "statuses": statuses}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def kernel_working(loop: dict[str, Any], version: int) -> Path:
@@ -184,8 +180,7 @@ def test_run_local_blocks_the_network(env: dict[str, Any], pushed: dict[str, Any
 
 
 def test_run_local_names_a_kernel_folder_it_cannot_use(env: dict[str, Any], tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "kernel", "run-local", str(tmp_path)],
-                         cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    out = kops("kernel", "run-local", str(tmp_path), cwd=env["workdir"])
     assert out.returncode == 1
     assert out.stderr.strip() == (f"kops: error: No kernel.py in {tmp_path}: not a kernel folder rendered by kops. "
                                   "Render one with: kops push-kernel --run RUN_ID --no-push "
@@ -196,12 +191,6 @@ def test_run_local_names_a_kernel_folder_it_cannot_use(env: dict[str, Any], tmp_
 
 RENDER_SLUG = "tse-render-only"
 DOWNLOAD_RPC = "datasets.DatasetApiService/DownloadDataset"
-
-
-def kops_cmd() -> list[str]:
-    """The installed `kops` console script of this interpreter's environment."""
-    script = Path(sys.executable).with_name("kops")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "kaggleops"]
 
 
 def downloads_since(emulator_root: Path, mark: int) -> list[tuple[str, int | None]]:
@@ -249,15 +238,15 @@ def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     settings = yaml.safe_load((workdir / "kops.yaml").read_text())
     settings.setdefault("kernel", {})["slug"] = RENDER_SLUG
     (workdir / "kops-render.yaml").write_text(yaml.safe_dump(settings))
-    out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml",
-                          "--json"], cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    out = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", "--json", cwd=workdir,
+               env=env, script=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return {"result": json.loads(out.stdout), "run_id": run_id, "model": model, "env": env}
 
 
 def run_local_cli(loop: dict[str, Any], env: dict[str, str], folder: str, *extra: str) -> Any:
-    return subprocess.run([*kops_cmd(), "kernel", "run-local", folder, "--config", "kops-render.yaml", *extra],
-                          cwd=loop["workdir"], capture_output=True, text=True, env=env, timeout=600)
+    return kops("kernel", "run-local", folder, "--config", "kops-render.yaml", *extra, cwd=loop["workdir"], env=env,
+                script=True)
 
 
 def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
@@ -278,16 +267,15 @@ def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
 
     tags = Tracker(loop["cfg"]).get_run(run_id).data.tags
     assert tags["kops.dataset"] == dataset and "kops.kernel" not in tags
-    again = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml"],
-                           cwd=loop["workdir"], capture_output=True, text=True, env=rendered["env"], timeout=300)
+    again = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", cwd=loop["workdir"],
+                 env=rendered["env"], script=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.splitlines()[:2] == [
         f"Rendered kopsdemo/{RENDER_SLUG} into {folder} (NOT pushed: no kernel version, no run tagged)",
         f"next: kops kernel run-local {folder}   then: kops push-kernel with the same --run options"]
     assert f"kopsdemo/{RENDER_SLUG}" not in loop["emulator"].state_summary()["kernels"]
-    out = subprocess.run([*kops_cmd(), "push-kernel", "--run", run_id, "--no-push", "--wait", "--config",
-                          "kops-render.yaml"], cwd=loop["workdir"], capture_output=True, text=True,
-                         env=rendered["env"], timeout=120)
+    out = kops("push-kernel", "--run", run_id, "--no-push", "--wait", "--config", "kops-render.yaml",
+               cwd=loop["workdir"], env=rendered["env"], script=True)
     assert out.returncode == 1
     assert out.stderr.strip() == ("kops: error: --no-push renders the kernel without pushing it: there is nothing to "
                                   "--wait for or to --submit. Drop --no-push, or drop --wait/--submit.")
@@ -372,16 +360,11 @@ def test_push_with_submit_waits_submits_and_records_the_submission(env: dict[str
                                                                    pushed: dict[str, Any]) -> None:
     """`kops push-kernel --run PARENT --submit`: a new version, waited for, submitted, and its submission run names
     the fold runs."""
-    import json
-    import subprocess
-    import sys
-
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.schema import TAG_SOURCE_RUNS
 
     parent = env["trained"].parent_run_id
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", parent, "--submit", "--json"],
-                         cwd=env["workdir"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    out = kops("push-kernel", "--run", parent, "--submit", "--json", cwd=env["workdir"])
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["kernel_version"] == pushed["result"].kernel_version + 1 and result["status"] == "COMPLETE"
@@ -403,9 +386,7 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).data.tags["kops.dataset"]})
     try:
         # --no-publish: use the tags as they are (publishing would put fold 1's weights into that dataset)
-        out = subprocess.run([sys.executable, "-m", "kaggleops", "push-kernel", "--run", f0, "--run", f1, "--wait",
-                              "--no-publish"],
-                             cwd=env["workdir"], capture_output=True, text=True, env={**os.environ}, timeout=300)
+        out = kops("push-kernel", "--run", f0, "--run", f1, "--wait", "--no-publish", cwd=env["workdir"])
     finally:
         tracker.set_tags(f1, {"kops.dataset": tags["kops.dataset"]})
     assert out.returncode == 1

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +11,9 @@ import pytest
 from kaggleops.tasks import get_task
 from kaggleops.tasks.tse.metric import mean_jaccard
 
+from harness import git, kops, read_csv
+
 TSE = "tweet-sentiment-extraction"
-
-
-def kops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +63,7 @@ def test_demo_runs_read_back_with_mlflow_client(demo: dict[str, Any]) -> None:
     workdir = Path(demo["workdir"])
     client = MlflowClient(tracking_uri=demo["tracking_uri"])
     run = client.get_run(demo["run_id"])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout.strip()
+    head = git(workdir, "rev-parse", "HEAD")
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"] == head
     assert tags["mlflow.source.git.repoURL"] == workdir.as_uri()
