@@ -4,12 +4,8 @@ attaches the published instance version as a model source and finds the weights 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,26 +13,14 @@ from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 
-USER, KEY = "testuser", "testkey"
+from harness import USER, kops
+
 MODEL = f"{USER}/tse-models/transformers/fold-0"
 
 
-def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
-
-
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "kops.yaml").write_text(f"competition: tweet-sentiment-extraction\nowner: {USER}\n"
-                                    "experiment: tse-models\n")
-    with Emulator(tmp_path / "emu", username=USER, key=KEY) as emu:
-        monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emu.url)
-        monkeypatch.setenv("KAGGLE_USERNAME", USER)
-        monkeypatch.setenv("KAGGLE_KEY", KEY)
-        yield root, emu
+def project_settings() -> dict[str, str]:
+    return {"experiment": "tse-models"}
 
 
 def logged_run(root: Path, seed: int) -> str:
@@ -63,8 +47,8 @@ def versions(emu: Emulator, ref: str) -> list[int]:
     return [v.number for v in instance.versions]
 
 
-def test_publish_to_models_dedupes_identical_weights_and_tags_the_run(project: Any) -> None:
-    root, emu = project
+def test_publish_to_models_dedupes_identical_weights_and_tags_the_run(project: Path, emulator: Emulator) -> None:
+    root, emu = project, emulator
     run_id = logged_run(root, 0)
     out = kops("publish", run_id, "--to", "model", "--model", MODEL, "--json", cwd=root)
     assert out.returncode == 0, out.stderr
@@ -93,8 +77,8 @@ def test_publish_to_models_dedupes_identical_weights_and_tags_the_run(project: A
     assert json.loads(out.stdout)["model_version"] == 2 and versions(emu, MODEL) == [1, 2]
 
 
-def test_default_model_target_and_a_bad_reference(project: Any) -> None:
-    root, emu = project
+def test_default_model_target_and_a_bad_reference(project: Path) -> None:
+    root = project
     run_id = logged_run(root, 3)
     out = kops("publish", run_id, "--to", "model", "--json", cwd=root)
     assert out.returncode == 0, out.stderr
@@ -107,9 +91,10 @@ def test_default_model_target_and_a_bad_reference(project: Any) -> None:
 
 
 @pytest.mark.parametrize("layout", ["current", "legacy"])
-def test_kernel_attaches_the_model_version_and_finds_it_by_manifest(project: Any, layout: str) -> None:
+def test_kernel_attaches_the_model_version_and_finds_it_by_manifest(project: Path, emulator: Emulator,
+                                                                     layout: str) -> None:
     """A kernel with the instance version as a model source sees its files (current and legacy mount paths)."""
-    root, emu = project
+    root, emu = project, emulator
     emu.config.input_layout = layout
     run_id = logged_run(root, 4)
     assert kops("publish", run_id, "--to", "model", "--model", MODEL, cwd=root).returncode == 0
@@ -137,8 +122,8 @@ def test_kernel_attaches_the_model_version_and_finds_it_by_manifest(project: Any
     assert out == {"found": [f"{where}/transformers/fold-0/1"], "run": run_id}
 
 
-def test_unknown_model_source_is_reported_invalid(project: Any) -> None:
-    root, emu = project
+def test_unknown_model_source_is_reported_invalid(project: Path, emulator: Emulator) -> None:
+    root, emu = project, emulator
     from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.errors import KernelError
 
