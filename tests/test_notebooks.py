@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from harness import git
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"colab": ROOT / "kernels" / "train_colab.ipynb", "kaggle": ROOT / "kernels" / "train_kaggle.ipynb"}
 TSE = "tweet-sentiment-extraction"
@@ -75,11 +77,6 @@ finally:
 """
 
 
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The emulator serving the bundled TSE competition, a kernel venv without kops, a project repo."""
@@ -120,13 +117,13 @@ def _project(base: Path) -> dict[str, str]:
     repo.mkdir()
     (repo / "kops.yaml").write_text(PROJECT_YAML)
     (repo / "requirements.txt").write_text("pyyaml\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "project")
-    rev = _git(repo, "rev-parse", "HEAD")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "project")
+    rev = git(repo, "rev-parse", "HEAD")
     (repo / "NOTES.md").write_text("a later commit, not trained\n")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "later")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "later")
     return {"repo": str(repo), "rev": rev}
 
 
@@ -169,8 +166,8 @@ class Session:
                "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "KOPS_KAGGLE_ENDPOINT": bench["url"],
                "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "OMP_NUM_THREADS": "1", "JUPYTER_PLATFORM_DIRS": "1"}
-        # credentials come from the secret store only; data as a user gets it (downloaded, not conftest's sample)
-        for var in ("MLFLOW_TRACKING_URI", "KAGGLE_USERNAME", "KAGGLE_KEY", "VIRTUAL_ENV", "KOPS_DATA_FALLBACK"):
+        # credentials come from the secret store only; data as a user gets it (downloaded from the emulator)
+        for var in ("MLFLOW_TRACKING_URI", "KAGGLE_USERNAME", "KAGGLE_KEY", "VIRTUAL_ENV"):
             env.pop(var, None)
         self.proc = subprocess.Popen(
             [sys.executable, str(runner), str(NOTEBOOKS[name]), str(params_file), str(self.out), "nbenv",
