@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,33 +20,18 @@ from kaggleops.kernel.runtime import restore_model_dir
 from kaggleops.refs import KAGGLE_WEB, DatasetRef
 from kaggleops.stages.publish import publish
 
-USER, KEY = "testuser", "testkey"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Any:
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY)
-    emu.start()
-    yield emu
-    emu.stop()
+from harness import KEY, USER, kops, write_config
 
 
 @pytest.fixture(scope="module")
 def project_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kops.yaml folder (and MLflow SQLite store) for the module: creating the store takes seconds."""
-    root = tmp_path_factory.mktemp("proj")
-    (root / "kops.yaml").write_text(f"competition: tweet-sentiment-extraction\nowner: {USER}\n"
-                                    "experiment: publish-tests\n")
-    return root
+    return write_config(tmp_path_factory.mktemp("proj"), experiment="publish-tests").parent
 
 
 @pytest.fixture
-def project(project_root: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The project aimed at this test's emulator, with credentials in the environment."""
-    monkeypatch.setenv("KOPS_KAGGLE_ENDPOINT", emulator.url)
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+def project(project_root: Path, emulator: Emulator) -> Path:
+    """The module's project, aimed at this test's emulator (the shared fixture: credentials in the environment)."""
     return project_root
 
 
@@ -266,9 +250,7 @@ def kops_in_process(root: Path, capsys: pytest.CaptureFixture[str], *args: str) 
 
 def test_cli_exit_code_and_exact_error_in_a_subprocess(project: Path) -> None:
     run_id = make_run(project, model_files())
-    out = subprocess.run([sys.executable, "-m", "kaggleops", "publish", run_id, "--dataset", "testuser/short",
-                          "--config", str(project / "kops.yaml")], cwd=project, capture_output=True, text=True,
-                         timeout=300)
+    out = kops("publish", run_id, "--dataset", "testuser/short", "--config", str(project / "kops.yaml"), cwd=project)
     assert out.returncode == 1
     assert out.stderr.splitlines()[-1] == ("kops: error: Dataset slug 'short' has 5 characters; Kaggle needs 6-50. "
                                            "Pass another one with --dataset owner/slug.")
