@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,18 +14,15 @@ from kaggleops.emulator.seeding import seed_competition
 from kaggleops.stages.remote_train import train_on_kaggle
 from kaggleops.tasks import get_task
 
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+from harness import git
+
 PASSWORD = "s3cr3t-tracking-pass"
 KEY = "k3y-0f-alice"
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.mark.slow
-def test_training_kernel_trains_pushed_commit_without_secrets(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_kernel_trains_pushed_commit_without_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              start_emulator: Callable[..., Emulator]) -> None:
     work, bare = tmp_path / "work", tmp_path / "remote.git"
     work.mkdir()
     git(work, "init", "-q")
@@ -36,13 +33,12 @@ def test_training_kernel_trains_pushed_commit_without_secrets(tmp_path: Path,
     git(work, "remote", "add", "origin", str(bare))
     head = git(work, "rev-parse", "HEAD")
     store = f"sqlite:///{tmp_path / 'central.db'}"
-    with Emulator(tmp_path / "emu", username="alice", key=KEY) as emu:
-        seed_competition(emu, get_task("tweet-sentiment-extraction"))
-        for var, value in {"KOPS_KAGGLE_ENDPOINT": emu.url, "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY,
-                           "MLFLOW_TRACKING_URI": store, "MLFLOW_TRACKING_PASSWORD": PASSWORD}.items():
-            monkeypatch.setenv(var, value)
-        cfg = load_config(work / "kops.yaml")
-        result = train_on_kaggle(cfg, wait=True)
+    emu = start_emulator(username="alice", key=KEY)
+    seed_competition(emu, get_task("tweet-sentiment-extraction"))
+    for var, value in {"MLFLOW_TRACKING_URI": store, "MLFLOW_TRACKING_PASSWORD": PASSWORD}.items():
+        monkeypatch.setenv(var, value)
+    cfg = load_config(work / "kops.yaml")
+    result = train_on_kaggle(cfg, wait=True)
     assert result.status == "COMPLETE" and len(result.run_ids) == 1
     assert result.git == f"{bare}@{head}"
     run = Tracker(cfg).get_run(result.run_ids[0])

@@ -11,8 +11,6 @@ import json
 import os
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ from kaggleops.tasks.tse import rerank, rerank_infer
 from kaggleops.tasks.tse.data import load_train, make_folds
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import char_span
+
+from harness import kops
 
 TSE = get_task("tweet-sentiment-extraction")
 N_ROWS, N_FOLDS = 150, 3
@@ -42,11 +42,6 @@ rerank:
   max_len: 96
   device: cpu
 """
-
-
-def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
 
 
 def _synthetic_candidates(text: str, truth: str, rng: random.Random) -> list[dict[str, Any]]:
