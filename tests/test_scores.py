@@ -61,7 +61,10 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=30, score_delay_polls=1)
     test_csv = tmp_path / "test.csv"
     test_csv.write_text("id,hint\n" + "".join(f"{i},{h}\n" for i, h in enumerate(HINTS)))
-    emu.add_competition(COMP, {"test.csv": test_csv}, SOLUTION, "id", "label", accuracy)
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,label\n" + "".join(f"{i},a\n" for i in range(len(HINTS))))
+    emu.add_competition(COMP, {"test.csv": test_csv, "sample_submission.csv": sample}, SOLUTION, "id", "label",
+                        accuracy)
     url = emu.start()
     for var, value in {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY,
                        "NO_PROXY": "127.0.0.1,localhost"}.items():
@@ -166,7 +169,7 @@ def test_error_submission_carries_its_description(cfg: Any, emulator: Emulator, 
     run_a = source_run(cfg, "fold-0", 0.61)
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label\n0,a\n1,b\n")  # 4 ids missing
-    result = submit(cfg, file=bad, runs=[run_a], message="partial file")
+    result = submit(cfg, file=bad, runs=[run_a], message="partial file", check=False)  # the server's own ERROR
     assert result.file == str(bad) and result.kernel == ""
     rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
     assert [(r.status, r.lb_public) for r in rows] == [("ERROR", None)]
@@ -187,7 +190,7 @@ def test_no_submissions_left_is_refused_with_reset_time(cfg: Any, emulator: Emul
     runs_before = len(Tracker(cfg).search())
     with pytest.raises(QuotaExceeded, match=r"No submissions left today for tiny-comp \(1 used\); the limit "
                                             r"resets at \d{4}-\d\d-\d\d 00:00 UTC \(in \d+h\d\dm\)"):
-        submit(cfg, file=good, runs=[run_a])
+        submit(cfg, file=good, runs=[run_a], again=True)
     assert len(Tracker(cfg).search()) == runs_before, "a refused submit must not leave a submission run"
 
 
@@ -442,3 +445,78 @@ def test_submit_with_a_wrong_kaggle_key_is_one_line(cfg: Any, emulator: Emulator
     assert "Traceback" not in out.stderr and "benchmark_task_slug" not in out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("kops: error: "), out.stderr
+
+
+# ---- a submission is never spent for nothing (issue 27) ---------------------------------------------------
+
+
+def submission_runs(cfg: Any) -> list[Any]:
+    return [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("id,label\n0,a\n1,b\n2,a\n", "bad.csv would be refused by Kaggle: it has 3 rows, sample_submission.csv has 6: "
+                                  "3 of the 6 ids of sample_submission.csv are missing (first: 3)."),
+    ("id,label\n0,a\n1,\n2,a\n3,b\n4,nan\n5,a\n", "bad.csv would be refused by Kaggle: 2 empty or NaN label cell(s) "
+                                                 "(Kaggle reads them as NaN; first id: 1)."),
+    ("id,target\n0,a\n1,b\n2,a\n3,b\n4,b\n5,a\n", "bad.csv would be refused by Kaggle: its columns are ['id', "
+                                                  "'target'], sample_submission.csv has ['id', 'label'] (missing "
+                                                  "['label']) (unexpected ['target'])."),
+    ("id,label\n0,a\n1,b\n1,a\n3,b\n4,b\n5,a\n", "bad.csv would be refused by Kaggle: id 1 appears more than once."),
+])
+def test_submit_file_refused_before_upload_when_kaggle_would_refuse_it(cfg: Any, emulator: Emulator,
+                                                                       tmp_path: Path, content: str,
+                                                                       problem: str) -> None:
+    """The installed `kops submit --file`: checked against the competition's sample_submission.csv (downloaded
+    alone: the project has no data_dir); one line naming the first problem; nothing uploaded, no run recorded."""
+    run_a = source_run(cfg, "fold-0", 0.61)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    out = kops("submit", "--file", str(bad), "--run", run_a, cwd=cfg.root)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == f"kops: error: {problem} Fix the file (nothing was uploaded), or skip this check with " \
+                         "--no-check\n"
+    assert emulator.store.submissions == {} and submission_runs(cfg) == []
+    forced = kops("submit", "--file", str(bad), "--run", run_a, "--no-check", cwd=cfg.root)
+    assert forced.returncode == 0, forced.stderr
+    assert len(emulator.store.submissions) == 1
+
+
+def test_numeric_column_must_hold_numbers(tmp_path: Path) -> None:
+    from kaggleops.stages.submission_file import first_problem
+
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,target\n1,0.5\n2,0.5\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,target\n2,0.3\n1,high\n")
+    assert first_problem(sub, sample) == ("column target is numeric in sample_submission.csv but holds 'high' (id 1; "
+                                          "1 such cell(s))")
+    sub.write_text("id,target\n2,0.3\n1,7e-3\n")  # any order of ids is fine for a file submission
+    assert first_problem(sub, sample) is None
+
+
+def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulator: Emulator,
+                                                                tmp_path: Path) -> None:
+    run_a = source_run(cfg, "fold-0", 0.61)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    assert kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root).returncode == 0
+    [first] = submission_runs(cfg)
+    again = kops("submit", "--file", str(good.rename(tmp_path / "same-bytes.csv")), cwd=cfg.root)
+    assert again.returncode == 1 and len(emulator.store.submissions) == 1 and len(submission_runs(cfg)) == 1
+    ref = first.data.tags[TAG_SUBMISSION_REF]
+    assert again.stderr.startswith("kops: error: same-bytes.csv (sha256 ") and (
+        f"was already submitted: submission {ref} (PENDING) on ") in again.stderr
+    assert again.stderr.rstrip().endswith(f"submission run {first.info.run_id}. A second copy spends one of the "
+                                          "day's submissions for the same score; to do it anyway: --again")
+    forced = kops("submit", "--file", str(tmp_path / "same-bytes.csv"), "--again", cwd=cfg.root)
+    assert forced.returncode == 0, forced.stderr
+    assert len(emulator.store.submissions) == 2
+
+    version = push_tiny_kernel(tmp_path, [run_a])
+    submit(cfg, KERNEL, version, "kernel")
+    scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    twice = kops("submit", "--kernel", KERNEL, "--version", str(version), cwd=cfg.root)
+    assert twice.returncode == 1 and len(emulator.store.submissions) == 3
+    assert f"Kernel {KERNEL}/{version} was already submitted: submission " in twice.stderr
+    assert "(COMPLETE, public " in twice.stderr

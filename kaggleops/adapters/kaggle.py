@@ -452,8 +452,9 @@ class Kaggle:
             raise
         return int(resp.metadata.current_version_number or 0) or None
 
-    def push_kernel(self, folder: Path) -> int:
-        """Push the kernel folder (kernel-metadata.json + code); return the new version number."""
+    def push_kernel(self, folder: Path, no_run: bool = False) -> int:
+        """Push the kernel folder (kernel-metadata.json + code); return the new version number. ``no_run``: save
+        the version without running it (Kaggle's Quick Save)."""
         ref = KernelRef.parse(json.loads((folder / "kernel-metadata.json").read_text())["id"])
         previous = self.kernel_version(ref) or 0
 
@@ -461,7 +462,7 @@ class Kaggle:
             now = self.kernel_version(ref) or 0
             return _Pushed(now) if now > previous else None
 
-        resp = self._call(f"Push kernel {ref.ref}", self.api.kernels_push, str(folder), resource=ref,
+        resp = self._call(f"Push kernel {ref.ref}", self.api.kernels_push, str(folder), no_run=no_run, resource=ref,
                           idempotent=False, verify=took_effect)
         if isinstance(resp, _Pushed):
             return resp.version_number
@@ -524,6 +525,16 @@ class Kaggle:
             _safe_unzip(archive, dst)
             archive.unlink()
         return dst
+
+    def download_competition_file(self, competition: CompetitionRef, name: str, dst: Path) -> Path:
+        """One data file of the competition (e.g. ``sample_submission.csv``) into ``dst``; returns its path."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download {name} of {competition}", self.api.competition_download_file, competition.slug, name,
+                   path=str(dst), force=True, quiet=True, resource=competition)
+        for archive in sorted(dst.glob("*.zip")):
+            _safe_unzip(archive, dst)
+            archive.unlink()
+        return dst / name
 
     def submit_code(self, competition: CompetitionRef, kernel: KernelRef, file_name: str, message: str) -> int:
         """Create a code-competition submission from a kernel version; return the submission ref.

@@ -24,16 +24,24 @@ def submit(
     file: Path = typer.Option(None, "--file", "-f", help="File competition: the CSV to upload instead of a kernel."),
     run: list[str] = typer.Option(None, "--run", help="With --file: run id(s) the CSV was made from."),
     message: str = typer.Option("", "--message", "-m", help="Submission description (a kops key is added)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="--file: check it against the competition's "
+                               "sample_submission.csv before uploading (columns, ids, rows, NaN cells, numbers)."),
+    again: bool = typer.Option(False, "--again", help="Submit a kernel version or file (same sha256) that was "
+                               "already submitted and taken by Kaggle."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Submit a kernel version (code competition) or --file (file competition), recorded first as a submission run.
 
-    Refuses when no submissions are left today, naming the reset time.
+    Refuses when no submissions are left today (naming the reset time), a --file Kaggle would refuse (naming the
+    first problem), and a second submission of what was already submitted (unless --again).
+
+    Example: kops submit --file submission.csv --run 3f2a9c1d
     """
     from kaggleops.stages.submit import submit as run_submit
 
-    result = run_submit(load(config), kernel=kernel, version=version, message=message, file=file, runs=run or [])
+    result = run_submit(load(config), kernel=kernel, version=version, message=message, file=file, runs=run or [],
+                        check=check, again=again)
     what = result.file or f"{result.kernel} v{result.kernel_version}"
     left = "" if result.remaining_today is None else f" ({result.remaining_today} left today)"
     emit(result.as_dict(), as_json, f"Submitted {what}: submission {result.submission_ref}{left}, "

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 KEY_PATTERN = re.compile(r"kops:([0-9a-f]{12})")
 SCORE_METRICS = {"lb_public": "public_score", "lb_private": "private_score"}
 MAX_DESCRIPTION = 250
+SAMPLE_SUBMISSION = "sample_submission.csv"
 
 
 @dataclass(frozen=True)
@@ -159,13 +160,60 @@ def _send(tracker: Tracker, run_id: str, send: Callable[[], int]) -> int:
     return sub_ref
 
 
+def _already_submitted(tracker: Tracker, what: str, tags: dict[str, str]) -> None:
+    """Refuse a second submission of the same thing (a kernel version, a file's sha256) that Kaggle took."""
+    for run in runs_tagged(tracker, {TAG_KIND: Kind.SUBMISSION, **tags}):
+        run_tags, metrics = run.data.tags, run.data.metrics
+        status = run_tags.get(TAG_SUBMISSION_STATUS, "")
+        if status in (SubmissionStatus.PENDING, SubmissionStatus.COMPLETE):
+            score = f", public {metrics['lb_public']:g}" if "lb_public" in metrics else ""
+            raise SubmissionError(
+                f"{what} was already submitted: submission {run_tags.get(TAG_SUBMISSION_REF, '?')} ({status}{score}) "
+                f"on {run_tags.get(TAG_SUBMISSION_DATE, '?')[:10]}, submission run {run.info.run_id}.",
+                "A second copy spends one of the day's submissions for the same score; to do it anyway: --again")
+
+
+def sample_submission(cfg: KopsConfig, kaggle: Kaggle, scratch: Path) -> Path:
+    """The competition's sample_submission.csv: from ``data_dir``, the attached Kaggle input or the download
+    cache when one holds it, else downloaded alone into ``scratch``."""
+    from kaggleops.stages.data import attached_competition_dir, cache_dir
+
+    for folder in (cfg.resolved_data_dir(), attached_competition_dir(cfg.competition), cache_dir(cfg.competition)):
+        if folder is not None and (folder / SAMPLE_SUBMISSION).is_file():
+            return folder / SAMPLE_SUBMISSION
+    try:
+        path = kaggle.download_competition_file(CompetitionRef.parse(cfg.competition), SAMPLE_SUBMISSION, scratch)
+    except KopsError as e:
+        raise SubmissionError(f"Cannot check the file against {cfg.competition}'s {SAMPLE_SUBMISSION}: {e.message}",
+                              "Fetch the competition's files with: kops data (or skip the check: --no-check)") from None
+    if not path.is_file():
+        raise SubmissionError(f"Competition {cfg.competition} has no {SAMPLE_SUBMISSION} to check the file against.",
+                              "Skip the check with --no-check")
+    return path
+
+
+def check_file(cfg: KopsConfig, kaggle: Kaggle, path: Path) -> None:
+    """Refuse ``path`` before upload when Kaggle would refuse it (see :mod:`kaggleops.stages.submission_file`)."""
+    from kaggleops.stages.submission_file import first_problem
+
+    if not path.is_file():
+        raise SubmissionError(f"Submission file {path} not found.", "Pass the CSV to submit: --file PATH")
+    with tempfile.TemporaryDirectory(prefix="kops-sample-") as scratch:
+        problem = first_problem(path, sample_submission(cfg, kaggle, Path(scratch)))
+    if problem:
+        raise SubmissionError(f"{path.name} would be refused by Kaggle: {problem}.",
+                              "Fix the file (nothing was uploaded), or skip this check with --no-check")
+
+
 def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = None, message: str = "",
            kaggle: Kaggle | None = None, file: Path | None = None, runs: list[str] | None = None,
-           plan: KernelPlan | None = None) -> SubmitResult:
+           plan: KernelPlan | None = None, check: bool = True, again: bool = False) -> SubmitResult:
     """Submit a kernel version (code competition) or ``file`` (file competition), recording a submission run first.
 
     The day's remaining submissions are checked first (QuotaExceeded names the reset time). ``plan``: the
     kernel version's plan when the caller has it (``push-kernel --submit``), else read from the kernel's output.
+    A file is checked against the competition's sample_submission.csv first (``check``); a kernel version or a
+    file (by sha256) that was already submitted and taken by Kaggle is refused unless ``again``.
 
     Example:
         >>> submit(load_config())  # the latest kernel version pushed by kops  # doctest: +SKIP
@@ -175,9 +223,13 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
     kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
-        return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message)
+        if check:
+            check_file(cfg, kaggle, Path(file))
+        return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message, again)
     base = KernelRef.parse(kernel) if kernel else default_kernel_ref(cfg)
     ref = KernelRef(base.owner, base.slug, version or base.version or latest_kernel_version(tracker, base))
+    if not again:
+        _already_submitted(tracker, f"Kernel {ref}", {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(ref.version)})
     plan = plan or kernel_plan(kaggle, ref)
     source_runs = plan.source_runs
     remaining = check_quota(kaggle, competition)
@@ -192,12 +244,14 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
 
 
 def _submit_file(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, competition: CompetitionRef, path: Path,
-                 runs: list[str], message: str) -> SubmitResult:
+                 runs: list[str], message: str, again: bool = False) -> SubmitResult:
     if not path.is_file():
         raise SubmissionError(f"Submission file {path} not found.", "Pass the CSV to submit: --file PATH")
+    sha = sha256_file(path)
+    if not again:
+        _already_submitted(tracker, f"{path.name} (sha256 {sha[:12]}…)", {TAG_SUBMISSION_SHA256: sha})
     datasets = _datasets_of(tracker, runs)  # also checks that every run exists
     remaining = check_quota(kaggle, competition)
-    sha = sha256_file(path)
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{path.stem}", message, {
         TAG_SUBMISSION_FILE: path.name, TAG_SUBMISSION_SHA256: sha, TAG_SOURCE_RUNS: ",".join(runs),
         TAG_DATASETS: ",".join(datasets),
