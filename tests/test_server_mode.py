@@ -59,7 +59,7 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
             cfg = load_config(workdir / CONFIG_FILE)
             assert cfg.resolved_tracking_uri == mlflow_server
             seed_competition(emulator, get_task_for(cfg))
-            run_id = train(cfg, progress=False).runs[0].run_id
+            run_id = train(cfg, progress=False, sample=True).runs[0].run_id
             pub = publish(cfg, run_id)
             kern = push_kernel(cfg, [run_id], wait=True)
             sub = submit(cfg, kern.kernel, kern.kernel_version, "server mode")
@@ -211,10 +211,10 @@ def test_team_server_on_postgres_and_bucket_many_trainers(tmp_path: Path, team_s
     try:
         # 8 trainers start at once against a fresh experiment; 3 are killed mid-training and resumed
         dirs = {i: _trainer_dir(tmp_path, i, server) for i in range(TRAINERS)}
-        procs = {i: _kops(["train", "--fold", "0", "--json"], d, env) for i, d in dirs.items()}
+        procs = {i: _kops(["train", "--fold", "0", "--sample", "--json"], d, env) for i, d in dirs.items()}
         client = MlflowClient(tracking_uri=server)
         _kill_after_first_checkpoint(client, procs)
-        resumed = {i: _kops(["train", "--fold", "0", "--resume", "--json"], dirs[i], env) for i in KILLED}
+        resumed = {i: _kops(["train", "--fold", "0", "--resume", "--sample", "--json"], dirs[i], env) for i in KILLED}
         results = {i: _finish(p) for i, p in procs.items() if i not in KILLED}
         results.update({i: _finish(p) for i, p in resumed.items()})
 

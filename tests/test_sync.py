@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,8 @@ from kaggleops.stages.sync import (
     pull,
     push,
 )
+
+from harness import kops
 
 EXPERIMENT = "tse-sync"
 POINTS = 150
@@ -125,6 +124,7 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
+@pytest.mark.slow
 def test_two_machines_push_concurrently_third_pulls_each_run_once(tmp_path: Path, bucket: str) -> None:
     a, b, c = (machine(tmp_path, bucket, n) for n in ("a", "b", "c"))
     ta, tb, tc = Tracker(a), Tracker(b), Tracker(c)
@@ -173,6 +173,7 @@ def test_two_machines_push_concurrently_third_pulls_each_run_once(tmp_path: Path
     assert len(tc.client.search_runs([tc.experiment_id], max_results=1000)) == 7
 
 
+@pytest.mark.slow
 def test_unchanged_push_uploads_zero_bytes_and_a_grown_run_is_updated(tmp_path: Path, bucket: str) -> None:
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     ta, tc = Tracker(a), Tracker(c)
@@ -210,6 +211,7 @@ def test_unchanged_push_uploads_zero_bytes_and_a_grown_run_is_updated(tmp_path: 
     assert pull(a).own == 2
 
 
+@pytest.mark.slow
 def test_run_killed_mid_training_is_visible_up_to_last_background_sync(tmp_path: Path, bucket: str) -> None:
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     ta = Tracker(a)
@@ -226,6 +228,7 @@ def test_run_killed_mid_training_is_visible_up_to_last_background_sync(tmp_path:
     assert steps == set(range(40))
 
 
+@pytest.mark.slow
 def test_tracker_resolve_accepts_origin_or_local_id(tmp_path: Path, bucket: str) -> None:
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     origin = log_run(Tracker(a), "fold-0", points=3)
@@ -255,6 +258,7 @@ def test_local_folder_store_round_trip(tmp_path: Path) -> None:
         store.get_bytes("runs/nope.json")
 
 
+@pytest.mark.slow
 def test_gcs_store_round_trip_and_missing_bucket(bucket: str, tmp_path: Path) -> None:
     store = open_store(bucket + "/")
     assert isinstance(store, GcsStore) and store.url == bucket
@@ -289,25 +293,20 @@ def test_sync_config_is_validated(tmp_path: Path) -> None:
         push(cfg)
 
 
+@pytest.mark.slow
 def test_cli_push_and_status(tmp_path: Path, bucket: str) -> None:
     import json
 
     a = machine(tmp_path, bucket, "a")
     run_id = log_run(Tracker(a), "fold-0", points=5)
-    env = {**os.environ}
 
-    def kops(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "kaggleops", "sync", *args], cwd=a.root, env=env,
-                              capture_output=True, text=True, timeout=300)
-
-    out = kops("push", "--json")
+    out = kops("sync", "push", "--json", cwd=a.root)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["uploaded"] == [run_id]
-    status = kops("status", "--json")
+    status = kops("sync", "status", "--json", cwd=a.root)
     assert [r["run_id"] for r in json.loads(status.stdout)] == [run_id]
-    env.pop("STORAGE_EMULATOR_HOST")
-    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "none.json")
-    bad = kops("push")
+    no_credentials = {"STORAGE_EMULATOR_HOST": None, "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "none.json")}
+    bad = kops("sync", "push", cwd=a.root, env=no_credentials)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("kops: error: No Google Cloud credentials for gs://. Tried: ")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -322,7 +321,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
     cfg = machine(tmp_path, str(tmp_path / "bucket"), "a")
     cfg.storage.sync_minutes = 0.01
     cfg.train.epochs, cfg.train.folds, cfg.train.max_steps = 1, [0, 1], 6
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, sample=True)
     run_id = result.runs[0].run_id
     rows = {row["run_id"]: row for row in bundles(cfg)}
     assert set(rows) == {result.parent_run_id, *(r.run_id for r in result.runs)}
@@ -336,6 +335,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
     assert parent["run"]["status"] == "FINISHED" and "cv_jaccard" in parent_metrics  # the end is in the bucket
 
 
+@pytest.mark.slow
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
     import mlflow.artifacts
 
@@ -356,9 +356,8 @@ def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_p
     assert (Path(got) / "weights.bin").read_bytes() == b"\x01" * 64
 
 
-def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, start_emulator: Callable[..., Any]) -> None:
     """On a viewer machine after `kops sync pull`: `kops publish ORIGIN_ID` finds the run and its origin artifacts."""
-    from kaggleops.emulator import Emulator
     from kaggleops.stages.publish import publish
 
     shared = str(tmp_path / "bucket")
@@ -374,10 +373,8 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, monkeypatch: pyte
     ta.log_artifacts(origin, model, "model")
     push(a)
     local_id = pull(c).created[0]
-    with Emulator(tmp_path / "emu", username="alice", key="k") as emu:
-        for var, value in {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "k", "KOPS_KAGGLE_ENDPOINT": emu.url}.items():
-            monkeypatch.setenv(var, value)
-        result = publish(c, origin)
+    start_emulator(username="alice", key="k")
+    result = publish(c, origin)
     assert result.run_id == local_id and result.dataset_version == 1
     assert Tracker(c).get_run(local_id).data.tags["kops.dataset"] == result.dataset
 
@@ -393,6 +390,7 @@ def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
     assert pull_if_configured(machine(tmp_path, None, "nobucket")) is None
 
 
+@pytest.mark.slow
 def test_push_reads_only_changed_runs_and_pull_imports_in_bulk(tmp_path: Path, bucket: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An unchanged re-push reads no metric history; a grown run's history alone is read. A pull stores a new run's
@@ -428,6 +426,7 @@ def test_push_reads_only_changed_runs_and_pull_imports_in_bulk(tmp_path: Path, b
     assert history(tc, imported(tc)[runs[0]].info.run_id) == history(ta, runs[0])
 
 
+@pytest.mark.slow
 def test_lost_push_state_and_first_format_bundles(tmp_path: Path, bucket: str) -> None:
     """Without .kops/sync-state.json a push sends a run's history again as one more chunk and the pull adds no
     duplicate point; a first-format bundle (runs/<machine>/<run>.json) is still pulled, and once the same run also
