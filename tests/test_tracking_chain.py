@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,10 @@ from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.schema import TAG_DATASET, TAG_KIND, TAG_SUBMISSION_STATUS, Kind
 
+from harness import kops, write_config
+
 USER, KEY = "chainuser", "chainkey"
 COMP = "chain-comp"
-KOPS = Path(sys.executable).parent / "kops"
 
 KAGGLE_SECRETS = '''
 import json, os
@@ -44,18 +43,13 @@ def get(name):
 
 
 @pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, score_delay_polls=1)
+def emulator(start_emulator: Callable[..., Emulator], tmp_path: Path) -> Emulator:
+    emu = start_emulator(username=USER, key=KEY, score_delay_polls=1)
     test_csv = tmp_path / "test.csv"
     test_csv.write_text("id,x\n0,a\n1,b\n")
     emu.add_competition(COMP, {"test.csv": test_csv}, [{"id": "0", "y": "a"}, {"id": "1", "y": "b"}], "id", "y",
                         lambda truth, pred: sum(t == p for t, p in zip(truth, pred, strict=True)) / len(truth))
-    url = emu.start()
-    for var, value in {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY,
-                       "NO_PROXY": "127.0.0.1,localhost"}.items():
-        monkeypatch.setenv(var, value)
-    yield emu
-    emu.stop()
+    return emu
 
 
 def fake_store(tmp_path: Path, kind: str, secrets: dict[str, str]) -> Path:
@@ -73,10 +67,10 @@ def fake_store(tmp_path: Path, kind: str, secrets: dict[str, str]) -> Path:
     return folder
 
 
-def kops(work: Path, store: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update({"PYTHONPATH": str(store), "FAKE_SECRETS_FILE": str(store / "secrets.json")})
-    return subprocess.run([str(KOPS), *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+def secret_env(store: Path) -> dict[str, str | None]:
+    """No MLFLOW_TRACKING_* variable; the fake secret store on the path."""
+    return {**dict.fromkeys(k for k in os.environ if k.startswith("MLFLOW_TRACKING")), "PYTHONPATH": str(store),
+            "FAKE_SECRETS_FILE": str(store / "secrets.json")}
 
 
 def server_run(server: str, cfg: Any, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -106,27 +100,26 @@ def server_client(server: str) -> Any:
     return MlflowClient(tracking_uri=server)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["kaggle", "colab"])
 def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_store(
         tmp_path: Path, kind: str, mlflow_server: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
-    work.mkdir()
-    (work / "kops.yaml").write_text(f"competition: {COMP}\nowner: {USER}\nexperiment: chain\n"
-                                    "tracking_uri: sqlite:///mlflow.db\n")
-    cfg = load_config(work / "kops.yaml")
+    cfg = load_config(write_config(work, "tracking_uri: sqlite:///mlflow.db\n", competition=COMP, owner=USER,
+                                   experiment="chain"))
     run_id = server_run(mlflow_server, cfg, monkeypatch)
     store = fake_store(tmp_path, kind, {"MLFLOW_TRACKING_URI": mlflow_server})
     client = server_client(mlflow_server)
 
-    out = kops(work, store, "publish", run_id, "--json")
+    out = kops("publish", run_id, "--json", cwd=work, env=secret_env(store), script=True)
     assert out.returncode == 0, out.stderr
     assert client.get_run(run_id).data.tags[TAG_DATASET] == json.loads(out.stdout)["dataset"]
 
     (work / "sub.csv").write_text("id,y\n0,a\n1,a\n")
-    out = kops(work, store, "submit", "--file", "sub.csv", "--run", run_id, "--json")
+    out = kops("submit", "--file", "sub.csv", "--run", run_id, "--json", cwd=work, env=secret_env(store), script=True)
     assert out.returncode == 0, out.stderr
     sub_run = json.loads(out.stdout)["submission_run_id"]
-    out = kops(work, store, "scores", "--wait", "--timeout", "120", "--json")
+    out = kops("scores", "--wait", "--timeout", "120", "--json", cwd=work, env=secret_env(store), script=True)
     assert out.returncode == 0, out.stderr
     sub = client.get_run(sub_run)
     assert sub.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
@@ -134,7 +127,7 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
     assert client.get_run(run_id).data.metrics["lb_public"] == 1.0
 
     bucket = tmp_path / "bucket"
-    out = kops(work, store, "sync", "push", "--bucket", str(bucket), "--json")
+    out = kops("sync", "push", "--bucket", str(bucket), "--json", cwd=work, env=secret_env(store), script=True)
     assert out.returncode == 0, out.stderr
     pushed = {p.parent.name for p in bucket.rglob("meta.json")}  # runs/<machine>/<run id>/meta.json
     assert {run_id, sub_run} <= pushed, (pushed, out.stdout)
@@ -146,12 +139,10 @@ def test_an_unreachable_tracking_server_is_one_line(tmp_path: Path) -> None:
     from kaggleops.stages.ui import free_port
 
     work = tmp_path / "work"
-    work.mkdir()
-    (work / "kops.yaml").write_text(f"competition: {COMP}\nowner: {USER}\nexperiment: chain\n"
-                                    f"tracking_uri: http://127.0.0.1:{free_port()}\n")
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    out = subprocess.run([str(KOPS), "leaderboard"], cwd=work, env=env, capture_output=True, text=True,
-                         timeout=120)
+    write_config(work, f"tracking_uri: http://127.0.0.1:{free_port()}\n", competition=COMP, owner=USER,
+                 experiment="chain")
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    out = kops("leaderboard", cwd=work, env=env, script=True)
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kops: error: ") and "tracking store http://127.0.0.1:" in lines[0]
