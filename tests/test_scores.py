@@ -520,3 +520,18 @@ def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulat
     assert twice.returncode == 1 and len(emulator.store.submissions) == 3
     assert f"Kernel {KERNEL}/{version} was already submitted: submission " in twice.stderr
     assert "(COMPLETE, public " in twice.stderr
+
+
+def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    """`kops kernel output` downloads a kernel version's files; its next: line is the command that submits them."""
+    run_a = source_run(cfg, "fold-0", 0.61)
+    version = push_tiny_kernel(tmp_path, [run_a])
+    out = kops("kernel", "output", KERNEL, "--version", str(version), cwd=cfg.root)
+    assert out.returncode == 0, out.stderr
+    csv_path = cfg.root / ".kops" / "output" / "tiny-infer" / f"v{version}" / "submission.csv"
+    assert out.stdout.splitlines()[-1] == f"next: kops submit --file {csv_path}"
+    assert csv_path.read_text().splitlines() == ["id,label", *(f"{i},{h}" for i, h in enumerate(HINTS))]
+    sent = kops("submit", "--file", str(csv_path), "--run", run_a, cwd=cfg.root)
+    assert sent.returncode == 0, sent.stderr
+    missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root)
+    assert missing.returncode == 1 and missing.stderr.startswith("kops: error: ") and "Traceback" not in missing.stderr

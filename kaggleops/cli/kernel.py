@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -35,3 +36,24 @@ def run_local(
     if not report.ok:
         raise KernelError(f"run-local: the kernel in {folder} would fail on Kaggle: {report.problems[0]}",
                           "Fix it, then run: kops kernel run-local " + str(folder))
+
+
+@kernel_app.command("output")
+def output(
+    kernel: str = typer.Argument(None, help="owner/slug of the kernel (default: the one push-kernel makes)."),
+    version: int = typer.Option(None, help="Kernel version (default: the latest pushed by kops)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the files (default: .kops/output/<slug>/v<N>/)."),
+    config: str = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Download a kernel version's output files (a file competition's submission.csv, logs' artifacts).
+
+    Example: kops kernel output --version 3   then: kops submit --file .kops/output/<slug>/v3/submission.csv
+    """
+    from kaggleops.stages.submit import kernel_output
+
+    ref, files = kernel_output(load(config), kernel, version, out)
+    csv = next((f for f in files if f.name == "submission.csv"), None)
+    text = "\n".join([f"Output of {ref}: {len(files)} file(s)", *(f"  {f}" for f in files)]
+                     + ([f"next: kops submit --file {shlex.quote(str(csv))}"] if csv else []))
+    emit({"kernel": str(ref), "files": [str(f) for f in files]}, as_json, text)

@@ -85,6 +85,22 @@ def latest_kernel_version(tracker: Tracker, kernel: KernelRef) -> int:
     return max(versions)
 
 
+def kernel_output(cfg: KopsConfig, kernel: str | None = None, version: int | None = None,
+                  out: Path | None = None, kaggle: Kaggle | None = None) -> tuple[KernelRef, list[Path]]:
+    """Download a kernel version's output files (e.g. the submission.csv a file competition needs) into ``out``
+    (default ``.kops/output/<slug>/v<N>/``). Default kernel and version: the ones ``kops push-kernel`` pushed last.
+
+    Example:
+        >>> kernel_output(load_config())  # then: kops submit --file .kops/output/<slug>/v3/submission.csv
+    """
+    kaggle = kaggle or Kaggle.from_config(cfg)
+    base = KernelRef.parse(kernel) if kernel else default_kernel_ref(cfg)
+    number = version or base.version or latest_kernel_version(open_tracker(cfg), base)
+    ref = KernelRef(base.owner, base.slug, number)
+    folder = out or cfg.root / ".kops" / "output" / ref.slug / f"v{number}"
+    return ref, kaggle.kernel_output(ref, folder)
+
+
 def kernel_plan(kaggle: Kaggle, kernel: KernelRef) -> KernelPlan:
     """The plan (kops-kernel.json) a kernel version wrote to its output: its models and dataset versions."""
     with tempfile.TemporaryDirectory(prefix="kops-kout-") as tmp:
