@@ -17,6 +17,8 @@ import pytest
 from kaggleops.config import load_config
 from kaggleops.tasks.tse import infer
 
+from harness import git
+
 TSE = "tweet-sentiment-extraction"
 # 640 training rows / batch 64 = 10 steps an epoch; the kill lands mid-epoch 2, after checkpoints at 4, 8, 12.
 TRAIN_YAML = """competition: tweet-sentiment-extraction
@@ -50,7 +52,7 @@ def step(loop, batches):
     return out
 t._train_step = step
 from kaggleops.cli import main
-sys.argv = ["kops", "train", "--fold", "0", "--json", *sys.argv[1:]]
+sys.argv = ["kops", "train", "--fold", "0", "--sample", "--json", *sys.argv[1:]]
 main()
 """
 
@@ -162,12 +164,13 @@ def kfold_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return load_config(tmp_path / "kops.yaml")
 
 
+@pytest.mark.slow
 def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_path: Path) -> None:
     import pandas as pd
 
     from kaggleops.stages.train import train
 
-    result = train(kfold_cfg, folds=[0, 1], progress=False)
+    result = train(kfold_cfg, folds=[0, 1], progress=False, sample=True)
     client = _client(tmp_path)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["kops.kind"] == "kfold" and parent.info.status == "FINISHED"
@@ -195,6 +198,7 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
                                                                   strict=True))
 
 
+@pytest.mark.slow
 def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
     kfold_cfg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,14 +214,14 @@ def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
 
     monkeypatch.setattr(TweetSentimentExtraction, "train_fold", crash_on_fold_1)
     with pytest.raises(RuntimeError, match="simulated"):
-        train(kfold_cfg, folds=[0, 1], progress=False)
+        train(kfold_cfg, folds=[0, 1], progress=False, sample=True)
     monkeypatch.setattr(TweetSentimentExtraction, "train_fold", original)
     client = _client(tmp_path)
     before = {r.data.tags.get("kops.fold", "parent"): r for r in
               client.search_runs([client.get_experiment_by_name(TSE).experiment_id])}
     assert {k: r.info.status for k, r in before.items()} == {"parent": "FAILED", "0": "FINISHED", "1": "FAILED"}
 
-    result = train(kfold_cfg, folds=[0, 1], progress=False, resume=True)
+    result = train(kfold_cfg, folds=[0, 1], progress=False, resume=True, sample=True)
     after = client.search_runs([client.get_experiment_by_name(TSE).experiment_id])
     assert len(after) == 3 and all(r.info.status == "FINISHED" for r in after)
     assert result.parent_run_id == before["parent"].info.run_id
@@ -225,15 +229,16 @@ def test_resume_kfold_job_keeps_finished_folds_and_reopens_the_rest(
     assert client.get_run(result.parent_run_id).data.metrics["cv_jaccard"] == pytest.approx(result.cv)
 
 
+@pytest.mark.slow
 def test_rerun_without_resume_starts_a_new_run_and_says_so(kfold_cfg: Any, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.stages.train import train
 
-    first = train(kfold_cfg, folds=[0], progress=False)
+    first = train(kfold_cfg, folds=[0], progress=False, sample=True)
     Tracker(kfold_cfg).reopen_run(first.run_id)  # as a SIGKILL leaves it
     with caplog.at_level(logging.WARNING, logger="kaggleops"):
-        second = train(kfold_cfg, folds=[0], progress=False)
+        second = train(kfold_cfg, folds=[0], progress=False, sample=True)
     assert second.run_id != first.run_id
     assert f"fold 0 has an unfinished run {first.run_id}; continue it with: kops train --resume" in caplog.text
 
@@ -359,23 +364,17 @@ def test_metric_logger_raises_when_store_stays_down_and_skips_stored_steps() -> 
 # ---- provenance ----------------------------------------------------------------------------------------------
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@e"})
-
-
 def test_provenance_of_a_dirty_tree_with_a_credentialed_remote(tmp_path: Path) -> None:
     from kaggleops.adapters.tracking import Tracker
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "exp/kfold")
+    git(repo, "init", "-q", "-b", "exp/kfold")
     (repo / "kops.yaml").write_text("competition: tweet-sentiment-extraction\ntracking_uri: sqlite:///mlflow.db\n")
     (repo / "train.py").write_text("lr = 1\n")
-    _git(repo, "add", "kops.yaml", "train.py")
-    _git(repo, "commit", "-q", "-m", "first")
-    _git(repo, "remote", "add", "origin", "https://alice:ghp_SeCrEt123@github.com/alice/tse.git")
+    git(repo, "add", "kops.yaml", "train.py")
+    git(repo, "commit", "-q", "-m", "first")
+    git(repo, "remote", "add", "origin", "https://alice:ghp_SeCrEt123@github.com/alice/tse.git")
     (repo / "train.py").write_text("lr = 2\n")
     tracker = Tracker(load_config(repo / "kops.yaml"))
     run_id = tracker.start_run("fold-0", {"lr": 2}, {"kops.kind": "fold"})
@@ -461,6 +460,7 @@ def test_credential_chain_order(secret_stores: dict[str, dict[str, str]], monkey
     assert "env-key" not in repr(secret) and "env-key" not in str(secret) and secret.value == "env-key"
 
 
+@pytest.mark.slow
 def test_tracking_token_from_colab_reaches_env_never_the_run(
     secret_stores: dict[str, dict[str, str]], kfold_cfg: Any, tmp_path: Path
 ) -> None:
@@ -469,7 +469,7 @@ def test_tracking_token_from_colab_reaches_env_never_the_run(
 
     secret_stores["colab"]["MLFLOW_TRACKING_TOKEN"] = "tok-DoNotLog-42"
     os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-    result = train(kfold_cfg, folds=[0], progress=False)
+    result = train(kfold_cfg, folds=[0], progress=False, sample=True)
     assert os.environ["MLFLOW_TRACKING_TOKEN"] == "tok-DoNotLog-42"
     assert apply_tracking_credentials() == []  # already in the env: nothing more to do
     run = _client(tmp_path).get_run(result.run_id)
