@@ -127,6 +127,7 @@ def test_gold_token_spans_score_high_on_sample(tokenizer: Any, sample_train: pd.
     assert mean_jaccard(sample_train["selected_text"], preds) >= 0.95
 
 
+@pytest.mark.slow
 def test_train_fold_writes_loadable_model_and_oof(trained: tuple[FoldResult, list]) -> None:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -143,6 +144,7 @@ def test_train_fold_writes_loadable_model_and_oof(trained: tuple[FoldResult, lis
     assert len(evals) == 2 and {"val_loss", "val_jaccard_neutral", "val_jaccard_positive"} <= set(evals[0])
 
 
+@pytest.mark.slow
 def test_predict_spans_returns_substrings(trained: tuple[FoldResult, list]) -> None:
     model, tok = infer.load_model(trained[0].model_dir, device="cpu")
     rows = [{"text": t, "sentiment": s} for t in ODD_TEXTS for s in ("positive", "negative", "neutral")]
@@ -158,6 +160,7 @@ def test_predict_spans_returns_substrings(trained: tuple[FoldResult, list]) -> N
     assert infer.decode_spans(rows, *twice) == preds
 
 
+@pytest.mark.slow
 def test_validation_and_kernel_decode_the_same_spans(trained: tuple[FoldResult, list], tmp_path: Path) -> None:
     """The OOF predictions (validation's decoding) equal the kernel's for the same model and rows: the task's
     ``predict`` + ``post_process`` as ``kaggleops.kernel.runtime.predict`` calls them, with the model folder's
@@ -232,6 +235,7 @@ def test_real_data_offsets_reproduce_selected_text(shared_data: Path) -> None:
     assert ok >= 0.99 * aligned
 
 
+@pytest.mark.slow
 def test_span_loss_levers_stay_inside_the_tweet_and_train_a_standard_model(
         sample_train: pd.DataFrame, tmp_path: Path) -> None:
     """Label smoothing spreads only over the tweet's tokens (logits elsewhere, padding included, change nothing);
@@ -286,6 +290,7 @@ def test_jaccard_targets_weigh_each_token_by_the_span_it_gives(tokenizer: Any) -
     assert dict(ends)[label[1]] == 1.0 and dict(ends)[max(k for k, _ in ends)] == pytest.approx(3 / 5)
 
 
+@pytest.mark.slow
 def test_oof_candidates_carry_the_post_processed_answer(trained: tuple[FoldResult, list]) -> None:
     """The reranker learns from (and the kernel reranks) candidate texts as the base model answers them: with the
     start shift on, an OOF row's best candidate text is its prediction (neutral rows aside: whole tweet)."""
