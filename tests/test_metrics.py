@@ -7,7 +7,9 @@ import json
 import math
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,18 +114,11 @@ def test_unreadable_predictions_are_submission_errors(name: str, bad: str, messa
 # ---- seeds ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kaggle_api_for(monkeypatch: pytest.MonkeyPatch):
-    """The official client (through kops' adapter) aimed at an emulator."""
+def kaggle_api(emu: Emulator) -> Any:
+    """The official client (through kops' adapter) aimed at ``emu``."""
     from kaggleops.adapters.kaggle import Kaggle
 
-    def make(emu: Emulator):
-        for var, value in {"KAGGLE_USERNAME": emu.username, "KAGGLE_KEY": "testkey",
-                           "NO_PROXY": "127.0.0.1,localhost"}.items():
-            monkeypatch.setenv(var, value)
-        return Kaggle(emu.url).api
-
-    return make
+    return Kaggle(emu.url).api
 
 
 def write_regression(folder: Path, kind: str = "file") -> Path:
@@ -176,33 +171,31 @@ def test_bad_seed_names_file_and_key(tmp_path: Path, change: dict, message: str)
     assert message in str(err.value) and "competition.json" in str(err.value)
 
 
-def test_code_competition_refuses_file_uploads(tmp_path: Path, kaggle_api_for) -> None:
-    emu = Emulator(tmp_path / "emu", score_delay_polls=0)
+def test_code_competition_refuses_file_uploads(tmp_path: Path, start_emulator: Callable[..., Emulator]) -> None:
+    emu = start_emulator(score_delay_polls=0)
     emu.seed_folder(write_regression(tmp_path / "code-reg", kind="code"))
     emu.seed_folder(write_regression(tmp_path / "file-reg", kind="file"))
     good = tmp_path / "sub.csv"
     good.write_text("id,y\n10,1\n11,2\n12,3\n13,4\n")
-    with emu:
-        api = kaggle_api_for(emu)
-        with pytest.raises(Exception, match="code competition"):
-            api.competition_submit(str(good), "file", "code-reg", quiet=True)
-        api.competition_submit(str(good), "file", "file-reg", quiet=True)
-        subs = api.competition_submissions("file-reg")
+    api = kaggle_api(emu)
+    with pytest.raises(Exception, match="code competition"):
+        api.competition_submit(str(good), "file", "code-reg", quiet=True)
+    api.competition_submit(str(good), "file", "file-reg", quiet=True)
+    subs = api.competition_submissions("file-reg")
     assert [(s.public_score, s.private_score) for s in subs] == [("0.00000", "0.00000")]
 
 
-def test_lower_is_better_sorts_best_first(tmp_path: Path, kaggle_api_for) -> None:
-    emu = Emulator(tmp_path / "emu", score_delay_polls=0)
+def test_lower_is_better_sorts_best_first(tmp_path: Path, start_emulator: Callable[..., Emulator]) -> None:
+    emu = start_emulator(score_delay_polls=0)
     emu.seed_folder(write_regression(tmp_path / "reg"))
-    with emu:
-        api = kaggle_api_for(emu)
-        for i, offset in enumerate((3, 0, 1)):
-            sub = tmp_path / f"s{i}.csv"
-            sub.write_text("id,y\n" + "".join(f"{k},{k - 9 + offset}\n" for k in (10, 11, 12, 13)))
-            api.competition_submit(str(sub), f"offset {offset}", "reg", quiet=True)
-        from kagglesdk.competitions.types.competition_enums import SubmissionSortBy
+    api = kaggle_api(emu)
+    for i, offset in enumerate((3, 0, 1)):
+        sub = tmp_path / f"s{i}.csv"
+        sub.write_text("id,y\n" + "".join(f"{k},{k - 9 + offset}\n" for k in (10, 11, 12, 13)))
+        api.competition_submit(str(sub), f"offset {offset}", "reg", quiet=True)
+    from kagglesdk.competitions.types.competition_enums import SubmissionSortBy
 
-        ranked = api.competition_submissions("reg", sort=SubmissionSortBy.SUBMISSION_SORT_BY_PUBLIC_SCORE)
+    ranked = api.competition_submissions("reg", sort=SubmissionSortBy.SUBMISSION_SORT_BY_PUBLIC_SCORE)
     assert [s.public_score for s in ranked] == ["0.00000", "1.00000", "3.00000"]
 
 
