@@ -531,7 +531,13 @@ def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator:
     csv_path = cfg.root / ".kops" / "output" / "tiny-infer" / f"v{version}" / "submission.csv"
     assert out.stdout.splitlines()[-1] == f"next: kops submit --file {csv_path}"
     assert csv_path.read_text().splitlines() == ["id,label", *(f"{i},{h}" for i, h in enumerate(HINTS))]
-    sent = kops("submit", "--file", str(csv_path), "--run", run_a, cwd=cfg.root)
+    short = kops("submit", "--file", str(csv_path), "--run", run_a[:5], cwd=cfg.root)
+    assert short.returncode == 1 and short.stderr == (
+        f"kops: error: Run id prefix '{run_a[:5]}' is too short: a prefix needs 6+ characters. Copy more of the id "
+        "from `kops leaderboard --json` or `kops ui`.\n")
+    sent = kops("submit", "--file", str(csv_path), "--run", run_a[:8], "--json", cwd=cfg.root)  # a unique prefix
     assert sent.returncode == 0, sent.stderr
+    submission_run = Tracker(cfg).get_run(json.loads(sent.stdout)["submission_run_id"])
+    assert submission_run.data.tags["kops.source_runs"] == run_a
     missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root)
     assert missing.returncode == 1 and missing.stderr.startswith("kops: error: ") and "Traceback" not in missing.stderr

@@ -25,7 +25,7 @@ from kaggleops import __version__
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import RunIdAmbiguous, RunNotFound, TrackingUnavailable
+from kaggleops.errors import ConfigError, RunIdAmbiguous, RunNotFound, TrackingUnavailable
 from kaggleops.refs import RunRef
 from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
@@ -305,6 +305,9 @@ class Tracker:
                 return hits[0].info.run_id
         elif re.fullmatch(rf"[0-9a-f]{{{MIN_PREFIX},31}}", run_id):
             return self._by_prefix(run_id)
+        elif re.fullmatch(rf"[0-9a-f]{{1,{MIN_PREFIX - 1}}}", run_id):
+            raise ConfigError(f"Run id prefix {run_id!r} is too short: a prefix needs {MIN_PREFIX}+ characters.",
+                              "Copy more of the id from `kops leaderboard --json` or `kops ui`.")
         raise RunNotFound(run_id, self.uri)
 
     def _by_prefix(self, prefix: str) -> str:

@@ -169,6 +169,7 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
     task = second_stage_task(cfg)
     settings = _rerank_settings(cfg, overrides, task)
     tracker = open_tracker(cfg)
+    from_runs = [tracker.resolve(r) for r in from_runs]  # prefixes, or origin ids of pulled runs
     models = resolve_base_runs(tracker, from_runs)
     with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
         oofs = load_base_oof(tracker, models, Path(tmp) / "oof", task.submission.id_column)

@@ -239,6 +239,7 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
     kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
+        runs = [tracker.resolve(r) for r in runs or []]  # prefixes, or origin ids of pulled runs
         if check:
             check_file(cfg, kaggle, Path(file))
         return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message, again)
