@@ -541,3 +541,20 @@ def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator:
     assert submission_run.data.tags["kops.source_runs"] == run_a
     missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root)
     assert missing.returncode == 1 and missing.stderr.startswith("kops: error: ") and "Traceback" not in missing.stderr
+
+
+def test_file_submission_of_a_kfold_parent_scores_every_fold(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
+    """`kops submit --file F --run PARENT`: the fold runs get lb_* as in a kernel submission, and the parent too."""
+    tracker = Tracker(cfg)
+    parent = tracker.start_run("kfold-tiny", {}, {"kops.kind": "kfold"})
+    folds = [tracker.start_run(f"fold-{k}", {}, {"kops.kind": "fold"}, parent_run_id=parent) for k in (0, 1)]
+    for run_id in (*folds, parent):
+        tracker.end_run(run_id)
+    good = tmp_path / "good.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
+    out = kops("submit", "--file", str(good), "--run", parent[:8], cwd=cfg.root)
+    assert out.returncode == 0, out.stderr
+    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    assert sorted(row.source_runs) == sorted(folds)
+    for run_id in (*folds, parent, row.submission_run_id):
+        assert tracker.get_run(run_id).data.metrics["lb_public"] == 1.0, run_id

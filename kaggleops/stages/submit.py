@@ -51,7 +51,7 @@ from kaggleops.schema import (
     Origin,
     SubmissionStatus,
 )
-from kaggleops.stages.kernel import default_kernel_ref
+from kaggleops.stages.kernel import default_kernel_ref, expand_runs
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -239,7 +239,9 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
     kaggle = kaggle or Kaggle.from_config(cfg)
     competition = CompetitionRef.parse(cfg.competition)
     if file is not None:
-        runs = [tracker.resolve(r) for r in runs or []]  # prefixes, or origin ids of pulled runs
+        # prefixes or pulled origin ids resolved; a k-fold parent stands for its folds (each gets the LB scores,
+        # and the parent through them), as in a kernel submission
+        runs = expand_runs(tracker, runs or [])[0]
         if check:
             check_file(cfg, kaggle, Path(file))
         return _submit_file(cfg, tracker, kaggle, competition, Path(file), runs or [], message, again)
