@@ -383,6 +383,7 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     f0, f1 = pushed["result"].run_ids
     tracker = Tracker(env["cfg"])
     tags = tracker.get_run(f1).data.tags
+    good_versions = [tracker.get_run(r).data.tags["kops.kernel.version"] for r in (f0, f1)]
     tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).data.tags["kops.dataset"]})
     try:
         # --no-publish: use the tags as they are (publishing would put fold 1's weights into that dataset)
@@ -394,6 +395,8 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     assert "--- kernel log (last lines) ---" in out.stderr
     assert f"missing input: no attached dataset carries the weights of run {f1}" in out.stderr
     assert "kops: error: Kernel kopsdemo/tse-demo-inference/" in out.stderr and "ended with ERROR" in out.stderr
+    # the version that failed is not tagged on the runs: they still point at the version their scores came from
+    assert [tracker.get_run(r).data.tags["kops.kernel.version"] for r in (f0, f1)] == good_versions
 
 
 def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_push_uses(

@@ -367,16 +367,16 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         print(f"pushing kernel {ref.ref}: {len(files)} file(s), {sum(p.stat().st_size for p in files) // 1024} KB",
               file=sys.stderr, flush=True)
     version = kaggle.push_kernel(folder)
-    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: shape.name,
-                   TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
-    for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
-        tracker.set_tags(run_id, kernel_tags)
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
                           runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
                           plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
-    if options.wait:
+    if options.wait:  # a version that ends in ERROR is not tagged: the runs keep pointing at the last good one
         result.status = wait_for_kernel(kaggle, pinned, on_status)
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: shape.name,
+                   TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
+    for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
+        tracker.set_tags(run_id, kernel_tags)
     return result
 
 
