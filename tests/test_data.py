@@ -13,6 +13,7 @@ import pytest
 from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
 from kaggleops.refs import KAGGLE_WEB
+from kaggleops.stages.data import cache_dir
 from kaggleops.tasks import get_task
 
 from harness import kops
@@ -63,7 +64,8 @@ def test_data_downloads_once_then_reuses_the_cache(project: Path, emulator: Emul
     first = kops("data", "--json", cwd=project)
     assert first.returncode == 0, first.stderr
     got = json.loads(first.stdout)
-    cache = tmp_path / "cache" / "competitions" / TSE
+    cache = tmp_path / "cache" / "sites" / emulator.url.split("://")[1].replace(":", "_") / "competitions" / TSE
+    assert cache_dir(TSE, emulator.url) == cache
     assert got["origin"] == "download" and got["folder"] == str(cache)
     assert sorted(p.name for p in cache.glob("*.csv")) == sorted(FILES)  # unzipped, no zip left
     assert not list(cache.glob("*.zip"))
@@ -101,7 +103,7 @@ def test_downloaded_files_are_checked_against_the_task_columns(project: Path, em
     out = kops("data", cwd=project)
     assert out.returncode == 1
     assert out.stderr.startswith("kops: error: ") and "train.csv: missing column(s) selected_text;" in out.stderr
-    assert not (tmp_path / "cache" / "competitions" / TSE).exists()  # nothing half-written is reused
+    assert not cache_dir(TSE, emulator.url).exists()  # nothing half-written is reused
 
 
 def test_no_data_and_no_credentials_names_kops_data(project: Path, tmp_path: Path) -> None:
@@ -173,3 +175,22 @@ def test_train_in_a_simulated_notebook_records_the_competition_data(project: Pat
     assert sample.returncode == 0, sample.stderr
     [recorded] = dataset_inputs(project, json.loads(sample.stdout)["runs"][0]["run_id"])
     assert recorded.name == "sample" and json.loads(recorded.profile)["origin"] == "sample"
+
+
+def test_cache_is_kept_per_kaggle_site(project: Path, start_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
+    """Two endpoints serving the same slug never share the cache ('already cached' from another site), and a run
+    trained on the downloaded files records the site they came from, not kaggle.com."""
+    first = start_emulator("one", username=USER, key=KEY)
+    seed(first)
+    assert json.loads(kops("data", "--json", cwd=project).stdout)["origin"] == "download"
+    second = start_emulator("two", username=USER, key=KEY)  # the environment is aimed at it now
+    seed(second)
+    got = kops("data", "--json", cwd=project)
+    assert got.returncode == 0, got.stderr
+    assert (json.loads(got.stdout)["origin"], downloads(second)) == ("download", 1)
+    assert json.loads(got.stdout)["folder"] == str(cache_dir(TSE, second.url)) != str(cache_dir(TSE, first.url))
+
+    from kaggleops.stages.data import resolve
+
+    source = resolve(load_config(project / "kops.yaml"), get_task(TSE), fetch=False)
+    assert (source.origin, source.source_url()) == ("cache", f"{second.url}/competitions/{TSE}/data")

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class DataSource:
     origin: str
     competition: str
     files: dict[str, str] = field(default_factory=dict)
+    web: str = KAGGLE_WEB  # the Kaggle site the files came from (another one for an emulator or stand-in)
 
     @property
     def name(self) -> str:
@@ -69,7 +71,7 @@ class DataSource:
     def source_url(self) -> str:
         """Where the data lives: the competition's data page, or the local folder for the sample/own data."""
         if self.origin in ("kaggle-input", "cache", "download"):
-            return f"{CompetitionRef(self.competition).url(KAGGLE_WEB)}/data"
+            return f"{CompetitionRef(self.competition).url(self.web)}/data"
         return self.folder.resolve().as_uri()
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,9 +132,13 @@ def cache_root() -> Path:
     return Path(base) / "kops"
 
 
-def cache_dir(slug: str) -> Path:
-    """The download cache of one competition."""
-    return cache_root() / "competitions" / slug
+def cache_dir(slug: str, endpoint: str | None = None) -> Path:
+    """The download cache of one competition from one Kaggle site: ``competitions/<slug>/`` for kaggle.com,
+    ``sites/<host_port>/competitions/<slug>/`` for another endpoint (an emulator), so two never share files."""
+    if not endpoint or endpoint.rstrip("/") == KAGGLE_WEB:
+        return cache_root() / "competitions" / slug
+    site = re.sub(r"[^A-Za-z0-9.-]+", "_", endpoint.split("://", 1)[-1]).strip("_")
+    return cache_root() / "sites" / site / "competitions" / slug
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -163,9 +169,10 @@ def check_columns(folder: Path, task: Any, need_train: bool = True) -> None:
 
 # ---- the cache --------------------------------------------------------------------------------
 
-def cached(slug: str) -> DataSource | None:
-    """The cached download when it is complete and unchanged since it was checked, else None."""
-    folder = cache_dir(slug)
+def cached(slug: str, endpoint: str | None = None) -> DataSource | None:
+    """The cached download (from ``endpoint``: None = kaggle.com) when it is complete and unchanged since it was
+    checked, else None."""
+    folder = cache_dir(slug, endpoint)
     try:
         record = json.loads((folder / CACHE_RECORD).read_text())
     except (OSError, ValueError):
@@ -173,7 +180,7 @@ def cached(slug: str) -> DataSource | None:
     files = record.get("files") or {}
     if not files or any(not (folder / n).is_file() or sha256_of(folder / n) != h for n, h in files.items()):
         return None
-    return DataSource(folder, "cache", slug, dict(files))
+    return DataSource(folder, "cache", slug, dict(files), (endpoint or KAGGLE_WEB).rstrip("/"))
 
 
 def credential_used() -> str:
@@ -200,10 +207,11 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
     from kaggleops.adapters.kaggle import Kaggle
 
     ref = CompetitionRef.parse(cfg.competition)
-    if not force and (hit := cached(ref.slug)) is not None:
+    endpoint = cfg.resolved_kaggle_endpoint
+    if not force and (hit := cached(ref.slug, endpoint)) is not None:
         return hit
     kaggle = kaggle or Kaggle.from_config(cfg)
-    folder = cache_dir(ref.slug)
+    folder = cache_dir(ref.slug, endpoint)
     staging = folder.with_name(f".{ref.slug}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -219,7 +227,7 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
     (staging / CACHE_RECORD).write_text(json.dumps({"competition": ref.slug, "files": files}, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
-    return DataSource(folder, "download", ref.slug, files)
+    return DataSource(folder, "download", ref.slug, files, kaggle.web_base.rstrip("/"))
 
 
 # ---- the data step of a run -------------------------------------------------------------------
@@ -256,7 +264,7 @@ def resolve(cfg: KopsConfig, task: Any, data_dir: Path | None = None, sample: bo
     attached = attached_competition_dir(cfg.competition)
     if attached is not None:
         return _local(attached, "kaggle-input", cfg, task)
-    hit = cached(cfg.competition)
+    hit = cached(cfg.competition, cfg.resolved_kaggle_endpoint)
     if hit is not None:
         return hit
     if not fetch:
@@ -270,8 +278,9 @@ def resolve(cfg: KopsConfig, task: Any, data_dir: Path | None = None, sample: bo
 
 
 def _missing(cfg: KopsConfig, why: str) -> DataError:
+    cache = cache_dir(cfg.competition, cfg.resolved_kaggle_endpoint)
     return DataError(f"No data for competition {cfg.competition}: no data_dir, nothing attached under "
-                     f"{kaggle_input_root()}, nothing cached in {cache_dir(cfg.competition)}{why}.",
+                     f"{kaggle_input_root()}, nothing cached in {cache}{why}.",
                      "Fetch it with: kops data (or train on the bundled sample: kops train --sample)")
 
 

@@ -194,7 +194,8 @@ def sample_submission(cfg: KopsConfig, kaggle: Kaggle, scratch: Path) -> Path:
     cache when one holds it, else downloaded alone into ``scratch``."""
     from kaggleops.stages.data import attached_competition_dir, cache_dir
 
-    for folder in (cfg.resolved_data_dir(), attached_competition_dir(cfg.competition), cache_dir(cfg.competition)):
+    for folder in (cfg.resolved_data_dir(), attached_competition_dir(cfg.competition),
+                   cache_dir(cfg.competition, cfg.resolved_kaggle_endpoint)):
         if folder is not None and (folder / SAMPLE_SUBMISSION).is_file():
             return folder / SAMPLE_SUBMISSION
     try:
