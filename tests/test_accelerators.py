@@ -126,9 +126,33 @@ def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_sessio
     assert lines.index(quota) < pushing  # shown before the GPU session starts
     meta = json.loads((root / ".kops" / "kernels" / "acc-inference" / "kernel-metadata.json").read_text())
     assert (meta["machine_shape"], meta["docker_image_pinning_type"]) == ("NvidiaTeslaT4", "latest")
-    tags = Tracker(load_config(root / "kops.yaml")).get_run(run_id).data.tags
-    assert (tags["kops.kernel.machine_shape"], tags["kops.kernel.docker_image"]) == ("NvidiaTeslaT4", "latest")
+    tracker = Tracker(load_config(root / "kops.yaml"))
+    assert "kops.kernel.machine_shape" not in tracker.get_run(run_id).data.tags  # a version that failed: untagged
     kernel = emu.store.kernel(USER, "acc-inference").versions[-1]
     assert (kernel.setting("machineShape"), kernel.setting("dockerImagePinningType")) == ("NvidiaTeslaT4", "latest")
     used = json.loads(kops("quota", "--json", cwd=root).stdout)["gpu"]["used_h"]
     assert used > 0
+    pushed = kops("push-kernel", "--run", run_id, "--machine-shape", "nvidiateslat4", "--docker-image", "latest",
+                  cwd=root)  # without --wait the pushed version is tagged at once
+    assert pushed.returncode == 0, pushed.stderr
+    tags = tracker.get_run(run_id).data.tags
+    assert (tags["kops.kernel.machine_shape"], tags["kops.kernel.docker_image"]) == ("NvidiaTeslaT4", "latest")
+
+
+@pytest.mark.slow
+def test_a_cpu_kernel_sends_and_records_no_accelerator(project: Path, emulator: Emulator) -> None:
+    """`kernel: {enable_gpu: false}` and no --machine-shape: no machineShape in the metadata, none sent to Kaggle,
+    the run tagged `cpu`, no GPU quota shown."""
+    from kaggleops.emulator.seeding import seed_competition
+    from kaggleops.tasks import get_task
+
+    seed_competition(emulator, get_task("tweet-sentiment-extraction"))
+    with (project / "kops.yaml").open("a") as f:
+        f.write("kernel:\n  enable_gpu: false\n")
+    run_id = logged_run(project)
+    out = kops("push-kernel", "--run", run_id, cwd=project)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((project / ".kops" / "kernels" / "acc-inference" / "kernel-metadata.json").read_text())
+    assert meta["enable_gpu"] is False and "machine_shape" not in meta
+    assert emulator.store.kernel(USER, "acc-inference").versions[-1].setting("machineShape") in (None, "")
+    assert Tracker(load_config(project / "kops.yaml")).get_run(run_id).data.tags["kops.kernel.machine_shape"] == "cpu"

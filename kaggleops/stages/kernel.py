@@ -264,7 +264,7 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
         "competition_sources": [cfg.competition],
         "kernel_sources": [],
         "model_sources": sorted({f"{m.dataset}/{m.dataset_version}" for m in models if m.kind == "model"}),
-        "machine_shape": options.machine_shape or cfg.kernel.machine_shape,
+        **({"machine_shape": options.machine_shape} if options.machine_shape else {}),
         **({"docker_image_pinning_type": options.docker_image} if options.docker_image else {}),
     }
 
@@ -339,7 +339,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     """
     options = options or KernelOptions(wait=wait)
     shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
-    options = replace(options, machine_shape=shape.name, docker_image=docker_pinning(options.docker_image))
+    # a CPU kernel (enable_gpu: false, no --machine-shape) sends and records no accelerator
+    on_cpu = not cfg.kernel.enable_gpu and options.machine_shape is None
+    options = replace(options, machine_shape=None if on_cpu else shape.name,
+                      docker_image=docker_pinning(options.docker_image))
     tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
@@ -360,7 +363,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
                             runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
                             code=code.as_dict() if code else None)
-    if options.wait and cfg.kernel.enable_gpu and notify is not None:
+    if options.wait and not on_cpu and notify is not None:
         show_quota(kaggle, shape.kind, notify)
     if on_status is not None:  # the CLI: say what the next seconds of upload are
         files = [p for p in folder.rglob("*") if p.is_file()]
@@ -373,7 +376,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                           plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
     if options.wait:  # a version that ends in ERROR is not tagged: the runs keep pointing at the last good one
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: shape.name,
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: options.machine_shape or "cpu",
                    TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, kernel_tags)
