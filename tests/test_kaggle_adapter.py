@@ -148,7 +148,8 @@ def test_rules_not_accepted(emulator: Emulator, tmp_path: Path) -> None:
     with pytest.raises(RulesNotAccepted) as err:
         kaggle.submit_code(COMP, ref, "submission.csv", "kops:aaaaaaaaaaaa")
     assert str(err.value) == ("Submit to tiny-comp: Kaggle refused access to competition tiny-comp (403). "
-                              f"Accept the rules at {KAGGLE_WEB}/competitions/tiny-comp/rules and retry.")
+                              f"Accept the rules at {emulator.url}/competitions/tiny-comp/rules and retry.")
+    # the rules page of the site the client talks to (the emulator here), not kaggle.com
     assert emulator.state_summary()["submissions"] == []
 
 

@@ -228,7 +228,7 @@ class Kaggle:
         if not isinstance(err, requests.HTTPError):
             return err
         status = err.response.status_code if err.response is not None else 0
-        return http_error(what, status, error_message(err), err.response, resource)
+        return http_error(what, status, error_message(err), err.response, resource, self.web_base)
 
     # ---- datasets -------------------------------------------------------------------------------------
     def dataset_info(self, ref: DatasetRef) -> dict[str, Any] | None:

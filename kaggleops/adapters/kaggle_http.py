@@ -21,7 +21,7 @@ from kaggleops.errors import (
     QuotaExceeded,
     RulesNotAccepted,
 )
-from kaggleops.refs import CompetitionRef, DatasetRef, KernelRef, ModelRef
+from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, ModelRef
 
 Resource = DatasetRef | KernelRef | CompetitionRef | ModelRef | None
 CREDENTIAL_VARS = "KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY"
@@ -50,15 +50,17 @@ def timeout_adapter(timeout: tuple[float, float]) -> type:
     return TimeoutAdapter
 
 
-def http_error(what: str, status: int, message: str, response: Any, resource: Resource) -> KaggleError:
-    """Map an HTTP status (and the resource it concerned) to the KopsError a user can act on."""
+def http_error(what: str, status: int, message: str, response: Any, resource: Resource,
+               web: str = KAGGLE_WEB) -> KaggleError:
+    """Map an HTTP status (and the resource it concerned) to the KopsError a user can act on; URLs on ``web``
+    (the site the client talks to: kaggle.com, or an emulator)."""
     if status == 401:
         return CredentialsMissing(f"{what}: Kaggle rejected the credentials (401).",
                                   "Check KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json (a new key: "
                                   "https://www.kaggle.com/settings).")
     if status == 403 and isinstance(resource, CompetitionRef):
         return RulesNotAccepted(f"{what}: Kaggle refused access to competition {resource} (403).",
-                                f"Accept the rules at {resource.rules_url()} and retry.")
+                                f"Accept the rules at {resource.rules_url(web)} and retry.")
     if status == 403 and isinstance(resource, DatasetRef) and "processing" in message.lower():
         return DatasetProcessing(f"{what}: the previous version of {resource.ref} is still processing.",
                                  "Retry once it is ready.")
@@ -69,7 +71,7 @@ def http_error(what: str, status: int, message: str, response: Any, resource: Re
     if status == 404 and isinstance(resource, KernelRef):
         return KernelError(f"Kernel {resource.ref} not found.", "Push one with: kops push-kernel --run RUN_ID")
     if status == 404 and isinstance(resource, CompetitionRef):
-        return KaggleError(f"Competition {resource} not found.", f"Check the slug at {resource.url()}.")
+        return KaggleError(f"Competition {resource} not found.", f"Check the slug at {resource.url(web)}.")
     if status == 429:
         reset = _reset_time(response)
         return QuotaExceeded(f"{what}: Kaggle rate or quota limit reached (429){reset}.",

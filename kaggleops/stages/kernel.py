@@ -376,7 +376,8 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                           plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
     if options.wait:  # a version that ends in ERROR is not tagged: the runs keep pointing at the last good one
         result.status = wait_for_kernel(kaggle, pinned, on_status)
-    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version), TAG_KERNEL_MACHINE_SHAPE: options.machine_shape or "cpu",
+    kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version),
+                   TAG_KERNEL_MACHINE_SHAPE: options.machine_shape or "cpu",
                    TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, kernel_tags)
