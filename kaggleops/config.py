@@ -240,7 +240,8 @@ experiment: {experiment}
 tracking_uri: {tracking_uri}
 artifact_location: mlartifacts
 
-# Folder holding the competition's train.csv / test.csv. Default (null): kops' bundled sample.
+# Folder holding the competition's train.csv / test.csv. Default (null): the attached competition inside a Kaggle
+# notebook, else the files `kops data` downloads (cached). The bundled sample only when asked: kops train --sample.
 data_dir: {data_dir}
 
 # Base URL of a Kaggle API emulator (tests, dry runs). null = the real kaggle.com.
