@@ -144,8 +144,8 @@ def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_pat
     started = re.search(r"fold 0 \(1/1\): run ([0-9a-f]{32})\n", err)
     assert started, err[-2000:]
     run_id = started.group(1)
-    stopped = re.search(rf"\nkops: interrupted at step (\d+) of run {run_id} — resume with `kops train --resume`\n$",
-                        err)
+    stopped = re.search(rf"\nkops: interrupted at step (\d+) of run {run_id} — resume with `(kops train --resume "
+                        r"--fold 0 --sample)`\n$", err)  # the command that resumes THIS run: its fold, its data
     assert stopped, err[-2000:]
     step = int(stopped.group(1))
     assert 0 < step < 120
@@ -155,8 +155,8 @@ def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"
 
-    resumed = kops("train", "--fold", "0", "--resume", "--sample", "--json", cwd=tmp_path,
-                   env={"OMP_NUM_THREADS": "1"}, script=True)
+    printed = stopped.group(2).split()[1:]  # run exactly as printed
+    resumed = kops(*printed, "--json", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, script=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"fold 0 (1/1): resuming run {run_id} from step {step} of 120\n" in resumed.stderr
     run = client.get_run(run_id)

@@ -240,7 +240,17 @@ def test_rerun_without_resume_starts_a_new_run_and_says_so(kfold_cfg: Any, tmp_p
     with caplog.at_level(logging.WARNING, logger="kaggleops"):
         second = train(kfold_cfg, folds=[0], progress=False, sample=True)
     assert second.run_id != first.run_id
-    assert f"fold 0 has an unfinished run {first.run_id}; continue it with: kops train --resume" in caplog.text
+    assert (f"fold 0 has an unfinished run {first.run_id}; continue it with: kops train --resume --fold 0 "
+            "--sample") in caplog.text
+
+
+@pytest.mark.slow
+def test_a_fold_named_twice_is_trained_once(kfold_cfg: Any) -> None:
+    """`kops train --fold 0 --fold 0`: one run of fold 0 (no k-fold parent over two copies of it)."""
+    from kaggleops.stages.train import train
+
+    result = train(kfold_cfg, folds=[0, 0], progress=False, sample=True)
+    assert [r.fold for r in result.runs] == [0] and result.parent_run_id is None
 
 
 # ---- top-k spans -------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
     task = get_task_for(cfg)
     df, source = load_training_data(cfg, task, data_dir, sample)
     settings = task_settings(cfg, task)
-    chosen = folds if folds is not None else (cfg.train.folds or list(range(cfg.train.n_folds)))
+    chosen = list(dict.fromkeys(folds)) if folds else (cfg.train.folds or list(range(cfg.train.n_folds)))
     bad = [f for f in chosen if not 0 <= f < cfg.train.n_folds]
     if bad:
         raise DataError(f"Fold(s) {bad} out of range for n_folds={cfg.train.n_folds}.", "Use --fold 0..n_folds-1.")
@@ -188,16 +188,27 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
         raise ConfigError(f"Task {task.name}: {e}") from None
     if not dist.is_main():
         return _follow(task, df, settings, chosen, cfg.train.seed)
-    result = _lead(cfg, task, df, settings, chosen, source, progress, resume)
+    result = _lead(cfg, task, df, settings, chosen, source, progress, resume,
+                   resume_command(folds, sample, data_dir))
     return dist.broadcast(result)
 
 
+def resume_command(folds: list[int] | None, sample: bool, data_dir: Path | None) -> str:
+    """The command that continues the runs of this `kops train` (the same folds and data), quoted for a shell."""
+    import shlex
+
+    args = ["kops", "train", "--resume", *(a for f in dict.fromkeys(folds or []) for a in ("--fold", str(f)))]
+    args += ["--sample"] if sample else (["--data", str(data_dir)] if data_dir is not None else [])
+    return shlex.join(args)
+
+
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
-          resume: bool) -> TrainResult:
+          resume: bool, resume_cmd: str = "kops train --resume") -> TrainResult:
     tracker = open_tracker(cfg)
     params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
               "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
-    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen, source.as_input())
+    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen, source.as_input(),
+               resume_cmd)
     parent = None
     if len(chosen) > 1:
         parent = job.open_parent(chosen)
@@ -269,6 +280,7 @@ class _Job:
     seed: int = 42
     chosen: list[int] = field(default_factory=list)
     data_input: dict[str, str] = field(default_factory=dict)
+    resume_command: str = "kops train --resume"  # what continues this job's runs (its --fold/--sample/--data)
 
     @property
     def best_metric(self) -> str:
@@ -290,8 +302,8 @@ class _Job:
     def _unfinished(self, runs: list[Any], what: str) -> Any | None:
         open_runs = [r for r in runs if r.info.status in UNFINISHED]
         if open_runs and not self.resume:
-            log.warning("kops: %s has an unfinished run %s; continue it with: kops train --resume",
-                        what, open_runs[0].info.run_id)
+            log.warning("kops: %s has an unfinished run %s; continue it with: %s",
+                        what, open_runs[0].info.run_id, self.resume_command)
         return open_runs[0] if open_runs and self.resume else None
 
     def open_parent(self, chosen: list[int]) -> str:
@@ -380,9 +392,9 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
         tracker.end_run(run_id, "KILLED")
         step = slots.step if slots is not None else None
         if step is None:
-            raise Interrupted(f"interrupted before the first checkpoint of run {run_id} — `kops train --resume` "
+            raise Interrupted(f"interrupted before the first checkpoint of run {run_id} — `{job.resume_command}` "
                               "trains it again from step 0") from None
-        raise Interrupted(f"interrupted at step {step} of run {run_id} — resume with `kops train --resume`") from None
+        raise Interrupted(f"interrupted at step {step} of run {run_id} — resume with `{job.resume_command}`") from None
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
