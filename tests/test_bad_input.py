@@ -75,3 +75,21 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, start_emulator: Call
     published = publish(cfg, run_id)  # the fault is gone: the retry the error asked for works
     assert published.dataset_version == 1
     assert tracker.get_run(run_id).data.tags[TAG_DATASET] == published.dataset
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("train", "--stage", "foo"), "kops train: error: Invalid value for '--stage': 'foo' is not one of base, rerank."),
+    (("leaderboard", "--sort", "foo"), "kops leaderboard: error: Invalid value for '--sort': 'foo' is not one of "
+                                       "lb_public, lb_private, cv, date, ref."),
+    (("ui", "--port", "99999"), "kops ui: error: Invalid value for '--port': Input should be less than or equal "
+                                "to 65535"),
+])
+def test_a_bad_option_value_is_a_usage_error_before_anything_runs(tmp_path: Path, args: tuple[str, ...],
+                                                                  line: str) -> None:
+    """Exit 2 (a usage mistake, as the README promises), the one line and the help to read; nothing created."""
+    write_config(tmp_path)
+    out = kops(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    command = " ".join(["kops", args[0]])
+    assert out.stderr == f"{line}\nTry '{command} --help' for help.\n"
+    assert not (tmp_path / "mlflow.db").exists()

@@ -332,9 +332,9 @@ def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, t
     [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root).stdout)
     assert (row["lb_public"], row["cv"], row["models"], row["kernel"]) == (1.0, 0.61, ["fold-0"], "good.csv")
     out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root)
-    assert out.returncode == 1
-    assert out.stderr == ("kops: error: Cannot sort the leaderboard by 'jaccard'. "
-                          "Use --sort one of: lb_public, lb_private, cv, date, ref.\n")
+    assert out.returncode == 2  # a usage mistake, refused while parsing
+    assert out.stderr == ("kops leaderboard: error: Invalid value for '--sort': 'jaccard' is not one of lb_public, "
+                          "lb_private, cv, date, ref.\nTry 'kops leaderboard --help' for help.\n")
 
 
 def test_kfold_parent_gets_the_lb_scores_of_its_folds(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -45,6 +46,17 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"kops {__version__}")
         raise typer.Exit()
+
+
+def one_of(*values: str) -> Callable[[str | None], str | None]:
+    """A typer option callback: the value must be one of ``values`` (else a usage error, exit 2, at parse time)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}.")
+        return value
+
+    return check
 
 
 @app.callback()

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load
+from kaggleops.cli import app, emit, hint, load, one_of
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -133,7 +133,8 @@ def render_leaderboard(rows: list[Any], width: int) -> str:
 
 @app.command()
 def leaderboard(
-    sort: str = typer.Option("lb_public", help="Sort by lb_public, lb_private, cv, date or ref (best/newest first)."),
+    sort: str = typer.Option("lb_public", callback=one_of("lb_public", "lb_private", "cv", "date", "ref"),
+                             help="Sort by lb_public, lb_private, cv, date or ref (best/newest first)."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:

@@ -13,7 +13,7 @@ CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (defau
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    port: int = typer.Option(5000, min=1, max=65535, help="Port on 127.0.0.1."),
     config: str = CONFIG_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print url, base, log and pid as JSON (then serve)."),
 ) -> None:
