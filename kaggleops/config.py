@@ -210,7 +210,11 @@ def load_config(path: Path | str | None = None) -> KopsConfig:
     try:
         raw: Any = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}.", "Fix the file.") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}.",
+                          "Fix that line of the file.") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values.", "See `kops init`.")
     try:

@@ -93,3 +93,11 @@ def test_a_bad_option_value_is_a_usage_error_before_anything_runs(tmp_path: Path
     command = " ".join(["kops", args[0]])
     assert out.stderr == f"{line}\nTry '{command} --help' for help.\n"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\ntrain:\n  epochs: [1, 2\n  lr: 3\n")
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr == (f"kops: error: {tmp_path / 'kops.yaml'} is not valid YAML at line 4, column 5: expected ',' "
+                          "or ']', but got ':'. Fix that line of the file.\n")
