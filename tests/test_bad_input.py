@@ -101,3 +101,25 @@ def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr == (f"kops: error: {tmp_path / 'kops.yaml'} is not valid YAML at line 4, column 5: expected ',' "
                           "or ']', but got ':'. Fix that line of the file.\n")
+
+
+def test_a_header_only_train_csv_is_one_line_and_leaves_no_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("textID,text,selected_text,sentiment\n")
+    write_config(tmp_path, data_dir="data")
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr == (f"kops: error: {data / 'train.csv'} has 0 row(s): too few for 5 folds. Point --data / "
+                          "data_dir at the competition's full train.csv (or lower train.n_folds).\n")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_task_whose_constructor_raises_is_named(tmp_path: Path) -> None:
+    (tmp_path / "my_task.py").write_text("class MyTask:\n    def __init__(self):\n        raise RuntimeError('no GPU "
+                                         "config found')\n")
+    write_config(tmp_path, task="my_task.py:MyTask", competition="my-comp")
+    out = kops("train", "--sample", cwd=tmp_path)
+    assert out.returncode == 1 and "internal error" not in out.stderr
+    assert out.stderr.startswith("kops: error: task my_task.py:MyTask: its constructor raised RuntimeError: no GPU "
+                                 "config found.")

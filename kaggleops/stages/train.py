@@ -131,11 +131,15 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample
 
     source = resolve(cfg, task, data_dir, sample=sample, fetch=dist.is_main())
     try:
-        return task.load_train(source.train_file), source
+        df = task.load_train(source.train_file)
     except NotImplementedError as e:
         raise ConfigError(f"Task {task.name}: {e}") from None
     except ValueError as e:
         raise DataError(str(e)) from None
+    if hasattr(df, "__len__") and len(df) < cfg.train.n_folds:
+        raise DataError(f"{source.train_file} has {len(df)} row(s): too few for {cfg.train.n_folds} folds.",
+                        "Point --data / data_dir at the competition's full train.csv (or lower train.n_folds).")
+    return df, source
 
 
 def _train_key(params: dict[str, Any]) -> str:

@@ -108,6 +108,8 @@ def load_task(spec: str, root: Path | None = None) -> Any:
         task = factory()
     except NotImplementedError as e:
         raise TaskLoadError(f"task {spec}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor failed: name it, not kops
+        raise TaskLoadError(f"task {spec}: its constructor raised {type(e).__name__}: {e}") from None
     missing = [a for a in ("name", "submission", "metric", "load_train", "load_test", "make_folds", "settings",
                            "train_fold", "predict") if not hasattr(task, a)]
     if missing:
