@@ -539,8 +539,13 @@ def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator:
     assert sent.returncode == 0, sent.stderr
     submission_run = Tracker(cfg).get_run(json.loads(sent.stdout)["submission_run_id"])
     assert submission_run.data.tags["kops.source_runs"] == run_a
+    no_version = (f"kops: error: Kernel {KERNEL} has no version 99 (not found on {emulator.url}). Pass a version "
+                  "it has: --version N (the runs' kops.kernel.version tags name the ones kops pushed)\n")
     missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root)
-    assert missing.returncode == 1 and missing.stderr.startswith("kops: error: ") and "Traceback" not in missing.stderr
+    assert (missing.returncode, missing.stderr) == (1, no_version)
+    submitted = kops("submit", "--kernel", KERNEL, "--version", "99", cwd=cfg.root)
+    assert (submitted.returncode, submitted.stderr) == (1, no_version)
+    assert len(emulator.store.submissions) == 1  # only the file above
 
 
 def test_file_submission_of_a_kfold_parent_scores_every_fold(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:

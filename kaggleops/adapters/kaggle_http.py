@@ -68,6 +68,10 @@ def http_error(what: str, status: int, message: str, response: Any, resource: Re
         return DatasetNotFound(resource.ref)
     if status == 404 and isinstance(resource, ModelRef):
         return ModelNotFound(f"{what}: not found on Kaggle Models.", "Publish it with: kops publish RUN_ID --to model")
+    if status == 404 and isinstance(resource, KernelRef) and resource.version is not None:
+        return KernelError(f"Kernel {resource.ref} has no version {resource.version} (not found on {web}).",
+                           "Pass a version it has: --version N (the runs' kops.kernel.version tags name the ones "
+                           "kops pushed)")
     if status == 404 and isinstance(resource, KernelRef):
         return KernelError(f"Kernel {resource.ref} not found.", "Push one with: kops push-kernel --run RUN_ID")
     if status == 404 and isinstance(resource, CompetitionRef):
