@@ -123,3 +123,15 @@ def test_a_task_whose_constructor_raises_is_named(tmp_path: Path) -> None:
     assert out.returncode == 1 and "internal error" not in out.stderr
     assert out.stderr.startswith("kops: error: task my_task.py:MyTask: its constructor raised RuntimeError: no GPU "
                                  "config found.")
+
+
+def test_publishing_an_interrupted_run_says_how_to_finish_it(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    tracker = Tracker(load_config(tmp_path / "kops.yaml"))
+    run_id = tracker.start_run("fold-1", {"data": "sample"}, {"kops.fold": "1", "kops.kind": "fold"})
+    tracker.end_run(run_id, "KILLED")  # Ctrl-C before the fold ended: no model/ artifact
+    out = kops("publish", run_id[:8], cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr == (f"kops: error: Run {run_id} has no model to publish: it is KILLED, stopped before it "
+                          "finished (the model is logged when a fold ends). Finish it with: kops train --resume "
+                          "--fold 1 --sample\n")

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -133,6 +134,15 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path) -> tuple[Path, Path,
     Returns (model folder as logged, upload folder, archives ``{"tokenizer.zip": "tokenizer"}``).
     """
     if ARTIFACT_MODEL not in tracker.list_artifacts(run_id):
+        run = tracker.get_run(run_id)
+        status = run.info.status
+        if status in ("KILLED", "FAILED", "RUNNING"):
+            fold = run.data.tags.get(TAG_FOLD)
+            sample = run.data.params.get("data") == "sample"
+            again = shlex.join(["kops", "train", "--resume", *(["--fold", fold] if fold else []),
+                                *(["--sample"] if sample else [])])
+            raise MissingArtifact(f"Run {run_id} has no model to publish: it is {status}, stopped before it finished "
+                                  "(the model is logged when a fold ends).", f"Finish it with: {again}")
         raise MissingArtifact(f"Run {run_id} has no `{ARTIFACT_MODEL}/` artifact to publish.",
                               "Publish a run made by `kops train` (it logs the model folder).")
     shutil.rmtree(staging / "download", ignore_errors=True)
