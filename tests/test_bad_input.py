@@ -135,3 +135,15 @@ def test_publishing_an_interrupted_run_says_how_to_finish_it(tmp_path: Path) -> 
     assert out.stderr == (f"kops: error: Run {run_id} has no model to publish: it is KILLED, stopped before it "
                           "finished (the model is logged when a fold ends). Finish it with: kops train --resume "
                           "--fold 1 --sample\n")
+
+
+def test_next_commands_quote_paths_so_they_paste(tmp_path: Path) -> None:
+    """A project under `prøjekt 名前 ü`: the printed next: command runs as pasted."""
+    import shlex
+
+    from kaggleops.stages.kernel import KernelResult, describe
+
+    folder = tmp_path / "prøjekt 名前 ü" / ".kops" / "kernels" / "x-inference"
+    text = describe(KernelResult("alice/x-inference", None, "http://k/x", folder, ["r1"]))
+    line = next(ln for ln in text.splitlines() if ln.startswith("next: "))
+    assert shlex.split(line.split("   then:")[0])[1:] == ["kops", "kernel", "run-local", str(folder)]

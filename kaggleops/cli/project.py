@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -78,4 +79,5 @@ def demo(
     summary = run_demo(workdir, epochs=epochs, folds=fold, competition=competition or COMPETITION,
                        echo=lambda stage, line: hint(f"✓ {stage:<12} {line}"))
     human = "\n".join(f"{k:>18}: {v}" for k, v in summary.items())
-    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {summary['workdir']} && kops ui")
+    workdir = shlex.quote(str(summary["workdir"]))
+    emit(summary, as_json, f"kops demo finished\n{human}\nLook at the runs: cd {workdir} && kops ui")

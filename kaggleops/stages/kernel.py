@@ -15,6 +15,7 @@ the kernel the task's ``predict_second_stage`` rescores the ensemble's candidate
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -416,7 +417,8 @@ def describe(result: KernelResult) -> str:
     """The human summary of a push (or of a render: ``--no-push``)."""
     if result.kernel_version is None:
         head = [f"Rendered {result.kernel} into {result.folder} (NOT pushed: no kernel version, no run tagged)",
-                f"next: kops kernel run-local {result.folder}   then: kops push-kernel with the same --run options"]
+                f"next: kops kernel run-local {shlex.quote(str(result.folder))}   "
+                "then: kops push-kernel with the same --run options"]
     else:
         head = [f"Pushed {result.kernel} version {result.kernel_version}"
                 f"{f' ({result.status})' if result.status else ''}", result.url]
