@@ -23,14 +23,16 @@ def train(
     stage: str = typer.Option("base", help="base: the span model; rerank: the candidate reranker (needs --from)."),
     from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
-                                            "data) from its last checkpoint, in the same MLflow run."),
+                                            "data) from its last checkpoint, in the same MLflow run (also with "
+                                            "--on kaggle: the kernel resumes it)."),
     git: str = typer.Option(None, "--git", help="Train exactly this commit: URL[@REV], cloned into a temp folder."),
     on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
     machine_shape: str = typer.Option(None, help="--on kaggle: accelerator as Kaggle names it (NvidiaTeslaT4, "
                                                  "NvidiaL4, TpuV5E8)."),
     allow_retired: bool = typer.Option(False, "--allow-retired", help="--on kaggle: push a retired accelerator."),
     docker_image: str = typer.Option(None, "--docker-image", help="--on kaggle: image pinning, original | latest."),
-    wait: bool = typer.Option(False, help="--on kaggle: follow the kernel and print the run ids it produced."),
+    wait: bool = typer.Option(False, help="--on kaggle: follow the kernel (status, elapsed time) and print the run "
+                                          "ids it produced; a failed session's runs are marked FAILED."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
                                                         "re-runs this command under torchrun. `batch_size` stays "
                                                         "the global batch."),
@@ -52,15 +54,7 @@ def train(
         res = train_stage(load(config), stage, from_runs or [], progress=not as_json)
         return emit(res.as_dict(), as_json, res.summary())
     if on:
-        from kaggleops.stages.remote_train import train_on_kaggle
-
-        if on != "kaggle":
-            raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
-        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait,
-                                 allow_retired=allow_retired, docker_image=docker_image, notify=hint)
-        return emit(remote.as_dict(), as_json, f"Pushed training kernel {remote.kernel} v{remote.kernel_version} "
-                                               f"({remote.status or 'running'}) for {remote.git}\n{remote.url}"
-                                               + (f"\nruns: {', '.join(remote.run_ids)}" if remote.run_ids else ""))
+        return _train_on(on, config, fold, machine_shape, wait, resume, allow_retired, docker_image, as_json)
     if git:
         from kaggleops.stages.gitsource import GitSpec, train_from_git, try_load
 
@@ -72,6 +66,24 @@ def train(
     if not distributed.is_main():
         return None  # torchrun shows every rank's stdout: rank 0 alone prints the result
     emit(result.as_dict(), as_json, result.summary())
+
+
+def _train_on(on: str, config: str | None, fold: list[int] | None, machine_shape: str | None, wait: bool,
+              resume: bool, allow_retired: bool, docker_image: str | None, as_json: bool) -> None:
+    """`kops train --on kaggle [--resume] [--wait]`: push the training kernel; with --wait follow it (status and
+    elapsed time on stderr; a failed session's log tail too)."""
+    from kaggleops.errors import KernelRunFailed
+    from kaggleops.stages.remote_train import train_on_kaggle
+
+    if on != "kaggle":
+        raise typer.BadParameter(f"--on {on}: only `kaggle` is supported (Colab: kernels/train_colab.ipynb).")
+    try:
+        remote = train_on_kaggle(load(config), folds=fold or None, machine_shape=machine_shape, wait=wait,
+                                 allow_retired=allow_retired, docker_image=docker_image, notify=hint, resume=resume)
+    except KernelRunFailed as e:
+        hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
+        raise
+    emit(remote.as_dict(), as_json, remote.summary())
 
 
 @app.command()

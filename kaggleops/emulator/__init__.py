@@ -194,6 +194,34 @@ class Emulator:
             sub = self.store.submission(ref)
             sub.public_score, sub.private_score, sub.error = public_score, private_score, error
 
+    # ---- notebook secrets and sessions (what a user does in a notebook's editor) -------------------
+
+    def add_secret(self, label: str, value: str, owner: str | None = None) -> None:
+        """Add (or replace) the secret ``label`` in ``owner``'s account (default: the emulator's user), as in
+        a notebook's Add-ons > Secrets. It reaches no kernel until attached to it (:meth:`attach_secrets`)."""
+        with self.store.lock:
+            self.store.secrets.setdefault(owner or self.username, {})[label] = value
+
+    def attach_secrets(self, kernel: str, labels: Sequence[str]) -> None:
+        """Attach the owner's secrets ``labels`` to ``kernel`` (``owner/slug``, which must exist: on Kaggle this
+        is done in the notebook's own editor). Sessions started from then on can read them."""
+        owner, _, slug = kernel.partition("/")
+        with self.store.lock:
+            self.store.kernel(owner, slug)  # 404 unless it exists
+            missing = [label for label in labels if label not in self.store.secrets.get(owner, {})]
+            if missing:
+                raise ValueError(f"{owner} has no secret named {', '.join(missing)} (add_secret first)")
+            self.store.secret_attachments.setdefault((owner, slug), set()).update(labels)
+
+    def stop_kernel(self, kernel: str, version: int | None = None, reason: str = "cancel") -> bool:
+        """End a running session of ``kernel`` (``owner/slug``; ``version`` default: the latest) with all its
+        processes: ``cancel`` (the editor's Cancel run: CANCEL_ACKNOWLEDGED) or ``error`` (its machine was lost:
+        ERROR). False when that version is not running."""
+        owner, _, slug = kernel.partition("/")
+        with self.store.lock:
+            kv = self.store.kernel(owner, slug).version(version)
+        return self.runner.stop_version(kv, reason)
+
     # ---- control -------------------------------------------------------------------------------
 
     def inject_fault(self, method_name: str, status: int, times: int = 1, message: str = "",

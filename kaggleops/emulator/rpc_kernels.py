@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig, RpcContext, iso, page_of, parse_version_label, split_ref, utc_now
+from .notebook_secrets import ENV_TOKEN, ENV_URL_BASE, new_session_token
 from .rpc_models import version_files
 from .runner import KernelRunner
 from .state import Kernel, KernelVersion, Store
@@ -65,7 +66,8 @@ class KernelService:
         if body.get("kernelExecutionType") == "QUICK_SAVE":
             kv.status = "COMPLETE"
         else:
-            self.runner.start(kv, kernel.slug, sources)
+            token = new_session_token(self.store, kernel.owner, kernel.slug)
+            self.runner.start(kv, kernel.slug, sources, {ENV_TOKEN: token, ENV_URL_BASE: ctx.base_url})
         return {
             "ref": kernel.ref, "url": f"{ctx.base_url}/code/{kernel.ref}", "versionNumber": number,
             "kernelId": kernel.id, "invalidTags": [],

@@ -7,6 +7,7 @@ Layout of one run, ``<root>/kernels/<owner>/<slug>/<version>/``:
                             ``models/<owner>/<model>/<framework>/<variation>/<version>/``; see ``input_layout``)
 * ``working/``              the process's cwd; every file left here (minus ``__pycache__``) is an output
 * ``tmp/``                  the session's own, fresh ``TMPDIR``
+* ``image/``                what the session's image adds on ``PYTHONPATH``: ``kaggle_secrets`` (notebook_secrets.py)
 
 Where the machine can make namespaces (``unshare -rmn``: a user, mount and network namespace, no root needed),
 the session runs inside one, as on Kaggle:
@@ -21,7 +22,11 @@ the session runs inside one, as on Kaggle:
 Without namespaces (``isolation="guard"``, or ``unshare`` refused) the input folders are made read-only by
 permission bits (root ignores them), and a ``sitecustomize`` socket guard refuses non-loopback connections.
 Either way only ``working/`` becomes output, and a session whose output exceeds ``max_output_bytes`` (Kaggle:
-20 GiB) ends as ERROR. The process gets ``KAGGLE_KERNEL_RUN_TYPE=Batch`` and the parent environment.
+20 GiB) ends as ERROR. The process gets ``KAGGLE_KERNEL_RUN_TYPE=Batch`` and the parent environment without
+credentials (Kaggle's, MLflow's, Google's): a session knows only what its notebook secrets give it. Git fetches
+only over http(s) and git:// (``GIT_ALLOW_PROTOCOL``): a local path or file:// URL cannot be cloned, as on Kaggle,
+where nothing on the pushing machine is reachable. A session runs in its own process group; a timeout or
+:meth:`KernelRunner.stop_version` ends all of it (children such as a training process too), as a lost VM would.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import IO
 
 from .common import utc_now
+from .notebook_secrets import SESSION_MODULE
 from .state import KernelVersion
 
 FAILURE_TAIL_LINES = 20
@@ -62,7 +69,12 @@ socket.socket.connect = _guard(socket.socket.connect)
 socket.socket.connect_ex = _guard(socket.socket.connect_ex)
 '''.replace("{{", "{").replace("}}", "}")
 # Variables that would make the child talk to the emulator as the parent does, or leak credentials.
-_DROPPED_ENV = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME")
+_DROPPED_ENV = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS",
+                "GOOGLE_APPLICATION_CREDENTIALS_JSON", "GIT_ALLOW_PROTOCOL")
+GIT_PROTOCOLS = "http:https:git"  # what a Kaggle session can fetch from: the internet, no local paths, no SSH keys
+STOP_MESSAGES = {"cancel": "Kernel run was cancelled by the user.",
+                 "error": "Kernel session was stopped: the machine running it was lost."}
 
 
 def notebook_to_script(text: str) -> str:
@@ -102,9 +114,11 @@ class KernelRunner:
         self._procs: dict[int, subprocess.Popen[str]] = {}
         self._stopping = False
 
-    def start(self, kv: KernelVersion, slug: str, sources: dict[str, Path | dict[str, Path]]) -> None:
-        """Start running ``kv`` in a daemon thread; ``sources`` maps input folder name to files."""
-        thread = threading.Thread(target=self._run, args=(kv, slug, sources), daemon=True,
+    def start(self, kv: KernelVersion, slug: str, sources: dict[str, Path | dict[str, Path]],
+              session_env: dict[str, str] | None = None) -> None:
+        """Start running ``kv`` in a daemon thread; ``sources`` maps input folder name to files; ``session_env``:
+        what Kaggle sets for this session (its user-secrets token and service URL)."""
+        thread = threading.Thread(target=self._run, args=(kv, slug, sources, dict(session_env or {})), daemon=True,
                                   name=f"kernel-{slug}-v{kv.number}")
         thread.start()
 
@@ -112,12 +126,27 @@ class KernelRunner:
         """Kill every kernel process still running."""
         self._stopping = True
         for proc in list(self._procs.values()):
-            if proc.poll() is None:
-                proc.kill()
+            _kill_group(proc)
+
+    def stop_version(self, kv: KernelVersion, reason: str = "cancel") -> bool:
+        """End a running session now, all its processes: ``cancel`` (the editor's Cancel run: the version ends
+        CANCEL_ACKNOWLEDGED) or ``error`` (the session's machine was lost: ERROR). False when it is not running."""
+        if reason not in STOP_MESSAGES:
+            raise ValueError(f"reason must be one of {', '.join(STOP_MESSAGES)}, not {reason!r}")
+        proc = self._procs.get(id(kv))
+        if proc is None or proc.poll() is not None:
+            return False
+        with self.lock:
+            kv.stop_reason = reason
+            if reason == "cancel":
+                kv.status = "CANCEL_REQUESTED"
+        _kill_group(proc)
+        return True
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _run(self, kv: KernelVersion, slug: str, sources: dict[str, Path | dict[str, Path]]) -> None:
+    def _run(self, kv: KernelVersion, slug: str, sources: dict[str, Path | dict[str, Path]],
+             session_env: dict[str, str]) -> None:
         try:
             script = self._prepare(kv, slug, sources)
         except Exception as e:  # noqa: BLE001 - any setup failure fails the run
@@ -127,7 +156,7 @@ class KernelRunner:
             return
         with self.lock:
             kv.status = "RUNNING"
-        code, stderr_tail = self._execute(kv, script)
+        code, stderr_tail = self._execute(kv, script, session_env)
         self._finish(kv, code, stderr_tail)
 
     def _prepare(self, kv: KernelVersion, slug: str, sources: dict[str, Path | dict[str, Path]]) -> Path | None:
@@ -148,20 +177,26 @@ class KernelRunner:
         script.write_text(text, encoding="utf-8")
         return script
 
-    def _env(self, kv: KernelVersion, input_dir: Path, working: Path) -> dict[str, str]:
+    def _env(self, kv: KernelVersion, input_dir: Path, working: Path, session_env: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-        tmp = kv.run_dir / "tmp"
+        tmp, image = kv.run_dir / "tmp", kv.run_dir / "image"
         tmp.mkdir(parents=True, exist_ok=True)
+        image.mkdir(parents=True, exist_ok=True)
+        (image / "kaggle_secrets.py").write_text(SESSION_MODULE)
         env.update({
             "KOPS_KAGGLE_INPUT": str(input_dir),
             "KOPS_KAGGLE_WORKING": str(working),
             "KAGGLE_KERNEL_RUN_TYPE": "Batch",
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": str(tmp),
+            "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(image), env.get("PYTHONPATH", "")) if p),
+            **session_env,
         })
         return env
 
-    def _command(self, kv: KernelVersion, script: Path) -> tuple[list[str], Path, dict[str, str]]:
+    def _command(self, kv: KernelVersion, script: Path,
+                 session_env: dict[str, str]) -> tuple[list[str], Path, dict[str, str]]:
         """(argv, cwd, env) of a session: in namespaces where possible (see the module docstring)."""
         internet = bool(kv.setting("enableInternet", False))
         if self.isolation == "namespace" and namespaces_available():
@@ -173,7 +208,7 @@ class KernelRunner:
                           'mount --bind "$IN" "$ROOT/input"', 'mount -o remount,bind,ro "$ROOT/input"',
                           'mount --bind "$WORK" "$ROOT/working"']
             shell = " && ".join([*steps, 'cd "$CWD"', 'exec "$PY" "$SCRIPT"'])
-            env = self._env(kv, inp, work)
+            env = self._env(kv, inp, work, session_env)
             env.update({"IN": str(kv.input), "WORK": str(kv.working), "ROOT": str(root or ""), "CWD": str(work),
                         "PY": sys.executable, "SCRIPT": str(script)})
             flags = "-rm" if internet else "-rmn"
@@ -181,7 +216,7 @@ class KernelRunner:
                 kv.isolation = f"namespace ({'kaggle root ' + str(root) if root else 'mapped by env'})"
             return ["unshare", flags, "--", "sh", "-c", shell], kv.working, env
         _read_only(kv.input)
-        env = self._env(kv, kv.input, kv.working)
+        env = self._env(kv, kv.input, kv.working, session_env)
         if not internet:
             guard = kv.run_dir / "guard"
             guard.mkdir(exist_ok=True)
@@ -197,13 +232,13 @@ class KernelRunner:
             return min(float(requested), self.timeout_s)
         return self.timeout_s
 
-    def _execute(self, kv: KernelVersion, script: Path) -> tuple[int, list[str]]:
+    def _execute(self, kv: KernelVersion, script: Path, session_env: dict[str, str]) -> tuple[int, list[str]]:
         """Run the script, streaming stdout/stderr into the log; returns (exit code, stderr tail)."""
         start = time.monotonic()
-        argv, cwd, env = self._command(kv, script)
+        argv, cwd, env = self._command(kv, script, session_env)
         proc = subprocess.Popen(argv, cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                text=True, encoding="utf-8", errors="replace")
+                                text=True, encoding="utf-8", errors="replace", start_new_session=True)
         self._procs[id(kv)] = proc
         stderr_lines: list[str] = []
         readers = [
@@ -217,14 +252,17 @@ class KernelRunner:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc)
             proc.wait()
             code = -9
             stderr_lines.append(f"Kernel exceeded its run time limit of {timeout:g} seconds and was stopped.")
+        _kill_group(proc)  # what the session left running dies with it
         for r in readers:
             r.join(timeout=5)
         self._procs.pop(id(kv), None)
-        if self._stopping and code != 0:
+        if kv.stop_reason:
+            stderr_lines.append(STOP_MESSAGES[kv.stop_reason])
+        elif self._stopping and code != 0:
             stderr_lines.append("Kernel was stopped because the emulator shut down.")
         return code, stderr_lines[-FAILURE_TAIL_LINES:]
 
@@ -250,7 +288,10 @@ class KernelRunner:
         with self.lock:
             kv.outputs = outputs
             kv.finished = utc_now()
-            if code == 0:
+            if kv.stop_reason == "cancel":
+                kv.status = "CANCEL_ACKNOWLEDGED"
+                kv.failure_message = STOP_MESSAGES["cancel"]
+            elif code == 0 and not kv.stop_reason:
                 kv.status = "COMPLETE"
                 kv.failure_message = None
             else:
@@ -278,6 +319,14 @@ def namespaces_available() -> bool:
                 ok = False
         _namespaces.append(ok)
     return _namespaces[0]
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the session's whole process group (it leads its own: ``start_new_session``)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _read_only(folder: Path) -> None:

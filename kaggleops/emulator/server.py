@@ -7,6 +7,8 @@ Requests the emulator understands:
 * ``PUT /upload/<token>``: blob bytes (GCS resumable subset), no auth.
 * ``GET /files/...``: downloads (datasets, competitions, kernel outputs, zips), no auth, Range-aware.
 * ``GET /state``: JSON dump of the emulator state.
+* ``POST /requests/GetUserSecretByLabelRequest``: a kernel session's ``kaggle_secrets`` (``notebook_secrets.py``),
+  authenticated with the session's own token; the value is never logged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .common import ApiError, Redirect, RpcContext, http_date, parse_version_label, within
 from .faults import Fault, Faults
+from .notebook_secrets import SECRET_BY_LABEL, TOKEN_HEADER, get_secret_by_label
 from .state import Store
 
 Handler = Callable[[RpcContext, dict[str, Any]], Any]
@@ -111,6 +114,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = self._path()
         match = _RPC_RE.match(path)
         body_bytes = self._read_body()
+        if path == SECRET_BY_LABEL:
+            self._user_secret(body_bytes)
+            return
         if not match:
             self._json(404, {"code": 404, "message": f"no such endpoint: {path}"}, log={"body": None})
             return
@@ -169,6 +175,17 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._json(501, {"code": 501, "message": f"{rpc} is not implemented by the emulator"}, log=logged)
             return
         self._call(handler, RpcContext(user=user, base_url=self.api.base_url), body, logged, fault)
+
+    def _user_secret(self, body_bytes: bytes) -> None:
+        """A session's ``UserSecretsClient().get_secret(label)``; the log names the label, never the value."""
+        try:
+            body = json.loads(body_bytes or b"{}")
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        status, answer = get_secret_by_label(self.api.store, self.headers.get(TOKEN_HEADER), body)
+        self._json(status, answer, log={"label": str(body.get("Label", ""))[:_MAX_LOGGED_STR],
+                                        "found": bool(answer.get("wasSuccessful"))})
 
     def _fault(self, fault: Fault, logged: dict[str, Any]) -> None:
         """Answer an injected fault: an error status (429 with ``Retry-After: 1``) or a dropped connection."""

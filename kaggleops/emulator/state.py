@@ -129,6 +129,7 @@ class KernelVersion:
     created: datetime = field(default_factory=utc_now)
     finished: datetime | None = None
     isolation: str = ""  # how the session was isolated (runner.py): namespace (...) | guard (...)
+    stop_reason: str | None = None  # "cancel" (the user's Cancel run) | "error" (the session was lost), when stopped
 
     @property
     def working(self) -> Path:
@@ -224,6 +225,11 @@ class Store:
         self.competitions: dict[str, Competition] = {}
         self.submissions: dict[int, Submission] = {}
         self.models: dict[tuple[str, str], Any] = {}  # rpc_models.Model by (owner, slug)
+        # notebook secrets (notebook_secrets.py), in memory only: by owner, label -> value; the labels attached to
+        # each kernel (owner, slug); each running session's token -> its kernel
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.secret_attachments: dict[tuple[str, str], set[str]] = {}
+        self.secret_sessions: dict[str, tuple[str, str]] = {}
         self._ids = itertools.count(1001)
         self._refs = itertools.count(50001)
         self._tokens = itertools.count(1)
