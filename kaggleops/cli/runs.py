@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load
+from kaggleops.cli import app, emit, hint, load, one_of
 from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
@@ -20,7 +20,8 @@ def train(
     data: Path = typer.Option(None, help="Folder with train.csv (default: `data_dir`, the attached Kaggle input, "
                                          "else the `kops data` cache, downloaded when absent)."),
     sample: bool = typer.Option(False, "--sample", help="Train on the bundled synthetic sample (kops demo does)."),
-    stage: str = typer.Option("base", help="base: the span model; rerank: the candidate reranker (needs --from)."),
+    stage: str = typer.Option("base", callback=one_of("base", "rerank"),
+                              help="base: the span model; rerank: the candidate reranker (needs --from)."),
     from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
                                             "data) from its last checkpoint, in the same MLflow run (also with "
