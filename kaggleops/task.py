@@ -68,6 +68,7 @@ __all__ = [
     "Task",
     "check_columns",
     "check_settings",
+    "dataclass_settings",
 ]
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -267,3 +268,60 @@ def check_settings(mapping: Mapping[str, Any], defaults: Mapping[str, Any]) -> d
     if unknown:
         raise SettingsError(f"unknown train setting `{unknown[0]}`; known: {', '.join(sorted(defaults))}")
     return {**defaults, **mapping}
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a kops.yaml value fits a settings field's annotation (scalars, optionals, tuples/lists of them)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        return isinstance(value, (tuple, list)) and all(_matches(v, item) for v in value)
+    return True  # a type kops does not know: the task's own code checks it
+
+
+def dataclass_settings(cls: type, mapping: Mapping[str, Any] | None, what: str = "train") -> Any:
+    """An instance of the settings dataclass ``cls`` from the ``what:`` section of kops.yaml: an unknown key or a
+    value of the wrong type (``epochs: "two"``) raises :class:`SettingsError` naming it, before any run starts.
+
+    Example:
+        >>> @dataclass
+        ... class S:
+        ...     epochs: int = 3
+        >>> dataclass_settings(S, {"epochs": "two"})
+        Traceback (most recent call last):
+        kaggleops.errors.SettingsError: train setting `epochs` must be int, not 'two' (str)
+    """
+    import dataclasses
+    import typing
+
+    values = dict(mapping or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(f"Unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise SettingsError(f"{what} setting `{key}` must be {_type_name(hints[key])}, not {value!r} "
+                                f"({type(value).__name__})")
+    return cls(**{k: tuple(v) if isinstance(v, list) and typing.get_origin(hints.get(k)) is tuple else v
+                  for k, v in values.items()})

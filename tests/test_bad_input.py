@@ -147,3 +147,12 @@ def test_next_commands_quote_paths_so_they_paste(tmp_path: Path) -> None:
     text = describe(KernelResult("alice/x-inference", None, "http://k/x", folder, ["r1"]))
     line = next(ln for ln in text.splitlines() if ln.startswith("next: "))
     assert shlex.split(line.split("   then:")[0])[1:] == ["kops", "kernel", "run-local", str(folder)]
+
+
+def test_a_setting_of_the_wrong_type_is_refused_before_any_run(tmp_path: Path) -> None:
+    (tmp_path / "kops.yaml").write_text(render_template(owner="alice", train={"epochs": "two"}))
+    out = kops("train", "--sample", cwd=tmp_path)
+    assert out.returncode == 1 and "internal error" not in out.stderr
+    assert out.stderr == ("kops: error: kops.yaml `train:`: task setting `epochs` must be int, not 'two' (str). Fix "
+                          "the key, or see the task's settings().\n")
+    assert not (tmp_path / "mlflow.db").exists()

@@ -18,7 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, SettingsError, Submission
+from kaggleops.task import (
+    FoldContext,
+    FoldResult,
+    Metric,
+    PredictContext,
+    SettingsError,
+    Submission,
+    dataclass_settings,
+)
 from kaggleops.tasks.errors import DataError
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
@@ -44,16 +52,8 @@ def table_jaccard(truth: Any, prediction: Any) -> float:
 
 
 def _settings_of(cls: type, mapping: Mapping[str, Any], what: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise SettingsError(f"Unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = dict(mapping)
-    for key in ("n_grid", "w_grid"):
-        if key in values and values[key] is not None:
-            values[key] = tuple(values[key])
     try:
-        return cls(**values)
+        return dataclass_settings(cls, mapping, what)
     except TypeError as e:
         raise SettingsError(f"bad {what} settings: {e}") from None
 
