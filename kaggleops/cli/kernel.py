@@ -7,8 +7,11 @@ from pathlib import Path
 
 import typer
 
-from kaggleops.cli import app, emit, load
+from kaggleops.cli import app, emit, hint, load, one_of
 from kaggleops.errors import KernelError
+
+LAYOUTS = ("current", "legacy")  # kaggleops.kernel.local.LAYOUTS (not imported: `kops --help` stays light)
+SESSION_LIMIT_S = 3 * 3600  # kaggleops.kernel.local.SESSION_LIMIT_S
 
 kernel_app = typer.Typer(help="Generated inference kernels: run them locally before spending a submission.",
                          no_args_is_help=False)
@@ -21,17 +24,30 @@ def run_local(
                                             "(.kops/kernels/<slug>/)."),
     data: Path = typer.Option(None, help="Folder with the competition's test.csv + sample_submission.csv "
                                          "(default: the competition's data, downloaded as Kaggle attaches it)."),
-    timeout: float = typer.Option(3 * 3600, help="Seconds the kernel may run (Kaggle's limit for the competition)."),
+    timeout: float = typer.Option(SESSION_LIMIT_S, help="The session's limit in seconds: the kernel and every "
+                                  "process it started are stopped after this long (default 3 h, the reference "
+                                  "competition's code-submission limit; Kaggle ends any session at 12 h)."),
+    python: str = typer.Option(None, "--python", help="Run the kernel with this interpreter instead of the Kaggle "
+                               "image environment (a cached venv holding only the Kaggle image's packages)."),
+    input_layout: str = typer.Option("current", "--input-layout", callback=one_of(*LAYOUTS),
+                                     help="current: input/competitions/<slug>, datasets/<owner>/<slug>, "
+                                          "models/<owner>/<model>/<framework>/<variation>/<version> (Kaggle today); "
+                                          "legacy: input/<slug>."),
     isolation: str = typer.Option("auto", help="auto | namespace+guard | guard: how the network is blocked."),
     full_rows: int = typer.Option(None, help="Rows of the real test set, to estimate its run time."),
     config: str = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Run a rendered kernel on the exact dataset versions its plan names (downloaded, read-only input/), offline."""
+    """Run a rendered kernel as Kaggle would: the exact planned versions (read-only input/), the Kaggle image's
+    packages only, offline, within the session's limit.
+
+    Example: kops kernel run-local .kops/kernels/tse-inference   (or --python .venv/bin/python to use another)
+    """
     from kaggleops.kernel.local import render_report
     from kaggleops.kernel.local import run_local as do_run
 
-    report = do_run(load(config), folder, data_dir=data, timeout_s=timeout, isolation=isolation, full_rows=full_rows)
+    report = do_run(load(config), folder, data_dir=data, timeout_s=timeout, isolation=isolation, full_rows=full_rows,
+                    python=python, input_layout=input_layout, progress=hint)
     emit(report.as_dict(), as_json, render_report(report))
     if not report.ok:
         raise KernelError(f"run-local: the kernel in {folder} would fail on Kaggle: {report.problems[0]}",

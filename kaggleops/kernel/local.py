@@ -1,26 +1,41 @@
-"""`kops kernel run-local DIR`: run a rendered kernel here, on the inputs Kaggle would attach, network blocked.
+"""`kops kernel run-local DIR`: run a rendered kernel here as Kaggle would, before it costs a submission.
 
 DIR is a folder ``kops push-kernel --no-push`` (or a push) rendered: kernel.py, kernel-metadata.json and the
-plan kops-kernel.json. Nothing needs to have been pushed. Layout, under ``DIR/.run-local/`` (made fresh)::
+plan kops-kernel.json. Nothing needs to have been pushed. The kernel runs with the Kaggle image's interpreter
+(:mod:`kaggleops.kernel.image`: a cached virtual environment holding only the packages the Kaggle Python image
+preinstalls, never kops' own interpreter; ``--python PATH`` names another), on the inputs Kaggle attaches, with
+the network blocked and the session's time limit. Layout, under ``DIR/.run-local/`` (made fresh)::
 
-    input/<dataset slug>/     each planned model dataset at the EXACT version the plan names (ensemble and
-                              reranker folds), downloaded through the Kaggle adapter (the official client's
-                              dataset download, from Kaggle or the emulator) as the client leaves it: the
-                              kernel's own restore unpacks the ``<dir>.zip`` sub-folders and checks sha256s
-    input/kops-runtime/       the runtime dataset version the plan names (the published wheel, not a fresh build)
-    input/<experiment>-code/  the task's code dataset version the plan names, when it has one
-    input/<competition>/      the competition's data as Kaggle attaches it (downloaded), or ``--data DIR``
-    working/                  the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
+    input/competitions/<competition>/   the competition's data as Kaggle attaches it (downloaded), or ``--data DIR``
+    input/datasets/<owner>/<slug>/      each planned dataset at the EXACT version the plan names: model datasets
+                                        (ensemble and reranker folds), the kops-runtime wheel, the task's code;
+                                        downloaded through the official client as it leaves them (the kernel's own
+                                        restore unpacks the ``<dir>.zip`` sub-folders and checks sha256s)
+    input/models/<owner>/<model>/<framework>/<variation>/<version>/
+                                        each planned Kaggle Model instance version (``publish: {to: model}``)
+    source/kernel.py                    the kernel, copied (its folder is the script's ``sys.path[0]``)
+    working/                            the kernel's cwd and KOPS_KAGGLE_WORKING; its outputs land here
+    home/, tmp/                         the session's own, empty HOME and TMPDIR
 
-Downloads are cached under ``.kops/cache/kaggle/<endpoint>/`` by dataset ref + version (versions never
-change; the competition by slug) and linked into ``input/``, which is then made read-only as on Kaggle:
-file permissions, plus a read-only bind mount inside the kernel's namespace where one can be made.
+``--input-layout legacy`` lays the inputs out the older way, ``input/<slug>/`` for each (models:
+``input/<model>/<framework>/<variation>/<version>/``); the kernel finds them by manifest either way.
+
+Downloads are cached under ``.kops/cache/kaggle/<endpoint>/`` by ref + version (versions never change; the
+competition by slug) and linked into ``input/``, which is then made read-only as on Kaggle: file permissions,
+plus a read-only bind mount inside the kernel's namespace where one can be made.
+
+Environment: the caller's, less credentials (Kaggle's, MLflow's), less every ``PYTHON*``/``PIP_*``/virtualenv
+variable and the model caches' (Hugging Face, torch), with kops' own ``bin/`` dropped from PATH and the image's put
+first: the kernel and every process it starts see only the image.
 
 Network: the kernel always runs with a socket guard (a ``sitecustomize`` on PYTHONPATH, so the kernel and
 every Python child such as pip get it) that refuses any connection or name lookup that is not loopback and
 prints ``kops run-local: network blocked: …``; where a network namespace can be made (``unshare -rnm``:
 root, or unprivileged user namespaces), the kernel also runs inside one with no interfaces up, which
 blocks non-Python programs too. The report says which was used.
+
+Time: ``timeout_s`` is the session's limit, counted from the kernel's start; the kernel and every process it
+started (its own process group) are stopped when it is reached, as Kaggle ends a session.
 """
 
 from __future__ import annotations
@@ -29,9 +44,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,8 +57,9 @@ from pathlib import Path
 from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
+from kaggleops.kernel.image import ImageEnv, kernel_python
 from kaggleops.kernel.runtime import check_submission, read_rows
-from kaggleops.refs import CompetitionRef, DatasetRef
+from kaggleops.refs import CompetitionRef, DatasetRef, ModelRef
 from kaggleops.schema import (
     KERNEL_FILE,
     KERNEL_METADATA,
@@ -55,11 +73,17 @@ RUN_DIR = ".run-local"
 CACHE_DIR = Path(".kops") / "cache" / "kaggle"
 BLOCKED_MARK = "kops run-local: network blocked"
 COMPETITION_FILES = ("train.csv", "test.csv", "sample_submission.csv")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(: .*)?$")  # a traceback's last line
 TIMING_LINE = re.compile(r"^kops: timing (.+?)\s+([0-9.]+)$")
 NET_ERRORS = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 # In the kernel's own mount namespace: /kaggle/input is read-only there, and so is input/ here ($1).
 READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-DROPPED_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT")
+DROPPED_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT",
+               "VIRTUAL_ENV", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "TORCH_HOME",
+               "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+DROPPED_PREFIXES = ("PYTHON", "PIP_", "CONDA", "MLFLOW_", "KOPS_")
+LAYOUTS = ("current", "legacy")
+SESSION_LIMIT_S = 3 * 3600  # the code-competition limit of the reference competition; Kaggle ends any session at 12 h
 
 GUARD = '''"""kops run-local socket guard: Kaggle runs this kernel with internet off; so does run-local."""
 import socket
@@ -112,6 +136,10 @@ class LocalRunReport:
     seconds: float
     isolation: str
     read_only: str = "permissions"
+    python: str = ""
+    image: str = ""
+    input_layout: str = "current"
+    timeout_s: float = SESSION_LIMIT_S
     inputs: list[str] = field(default_factory=list)
     rows: int = 0
     problems: list[str] = field(default_factory=list)
@@ -145,12 +173,18 @@ def static_checks(plan: KernelPlan, metadata: dict) -> list[str]:
     if metadata.get("enable_internet"):
         problems.append("internet needed: kernel-metadata.json enables internet (code competitions forbid it)")
     attached = set(metadata.get("dataset_sources") or [])
-    for ref in [m.dataset for m in plan.all_models] + [plan.runtime.get("dataset"), (plan.code or {}).get("dataset")]:
+    datasets = [m.dataset for m in plan.all_models if m.kind != "model"]
+    for ref in datasets + [plan.runtime.get("dataset"), (plan.code or {}).get("dataset")]:
         if ref and ref not in attached:
             problems.append(f"missing input: dataset {ref} is not in kernel-metadata.json dataset_sources")
+    models = set(metadata.get("model_sources") or [])
+    problems += [f"missing input: model {m.dataset}/{m.dataset_version} is not in kernel-metadata.json "
+                 "model_sources" for m in plan.all_models if m.kind == "model"
+                 and f"{m.dataset}/{m.dataset_version}" not in models]
     versions: dict[str, set[int]] = {}
     for m in plan.all_models:
-        versions.setdefault(m.dataset, set()).add(m.dataset_version)
+        if m.kind != "model":
+            versions.setdefault(m.dataset, set()).add(m.dataset_version)
     problems += [f"missing input: dataset {ref} is planned at versions {sorted(v)}; Kaggle attaches one version "
                  "per dataset" for ref, v in versions.items() if len(v) > 1]
     if plan.competition not in (metadata.get("competition_sources") or []):
@@ -162,15 +196,53 @@ def planned_datasets(plan: KernelPlan) -> list[DatasetRef]:
     """The exact dataset versions the plan attaches (models, reranker folds, runtime, task code), one per ref.
 
     Kaggle mounts one version per attached dataset; two runs planned at two versions of one dataset cannot
-    both be there, and :func:`static_checks` reports it. The newest planned version is staged.
+    both be there, and :func:`static_checks` reports it. The newest planned version is staged. Kaggle Model
+    sources are :func:`planned_models`.
     """
     pinned: dict[str, int] = {}
     for m in plan.all_models:
-        pinned[m.dataset] = max(m.dataset_version, pinned.get(m.dataset, 0))
+        if m.kind != "model":
+            pinned[m.dataset] = max(m.dataset_version, pinned.get(m.dataset, 0))
     for extra in (plan.runtime, plan.code or {}):
         if extra.get("dataset"):
             pinned[str(extra["dataset"])] = int(extra["version"])
     return [DatasetRef.parse(f"{ref}/{version}") for ref, version in pinned.items()]
+
+
+def planned_models(plan: KernelPlan) -> list[ModelRef]:
+    """The Kaggle Model instance versions the plan attaches (``kind: model``: ``owner/model/framework/variation``
+    at ``dataset_version``), each once."""
+    refs = [ModelRef.parse(f"{m.dataset}/{m.dataset_version}") for m in plan.all_models if m.kind == "model"]
+    return list(dict.fromkeys(refs))
+
+
+def input_path(source: DatasetRef | ModelRef | CompetitionRef, layout: str = "current") -> str:
+    """Where Kaggle mounts a source under ``/kaggle/input`` (``current``: today's layout; ``legacy``: the older one).
+
+    >>> input_path(DatasetRef("alice", "tse-f0", 3))
+    'datasets/alice/tse-f0'
+    >>> input_path(ModelRef("alice", "tse", "transformers", "fold-0", 2), "legacy")
+    'tse/transformers/fold-0/2'
+    """
+    if isinstance(source, CompetitionRef):
+        return source.slug if layout == "legacy" else f"competitions/{source.slug}"
+    if isinstance(source, ModelRef):
+        tail = f"{source.slug}/{source.framework}/{source.variation}/{source.version}"
+        return tail if layout == "legacy" else f"models/{source.owner}/{tail}"
+    return source.slug if layout == "legacy" else f"datasets/{source.owner}/{source.slug}"
+
+
+def download_model(kaggle: Kaggle, ref: ModelRef, dst: Path) -> Path:
+    """One Kaggle Model instance version as the official client downloads it (``model_instance_version_download``,
+    untarred into ``dst``; files the uploader zipped stay zipped).
+
+    Through the adapter's one call path (retries, error translation); it belongs in the adapter beside
+    ``download_dataset``.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    kaggle._call(f"Download model {ref}", kaggle.api.model_instance_version_download, str(ref), path=str(dst),
+                 force=True, quiet=True, untar=True, resource=ref)
+    return dst
 
 
 def cache_root(cfg: KopsConfig, kaggle: Kaggle) -> Path:
@@ -213,15 +285,18 @@ def set_read_only(folder: Path, read_only: bool = True) -> None:
         path.chmod(mode)
 
 
-def stage_competition(kaggle: Kaggle, cache: Path, slug: str, target: Path, data_dir: Path | None) -> str:
-    """``input/<competition>/``: ``data_dir``'s files, else the competition's data downloaded (cached)."""
+def stage_competition(kaggle: Kaggle, cache: Path, slug: str, input_dir: Path, data_dir: Path | None,
+                      layout: str = "current") -> str:
+    """``input/competitions/<slug>/``: ``data_dir``'s files, else the competition's data downloaded (cached)."""
+    ref = CompetitionRef.parse(slug)
+    where = input_path(ref, layout)
+    target = input_dir / where
     if data_dir is not None:
         target.mkdir(parents=True)
         for name in COMPETITION_FILES:
             if (Path(data_dir) / name).is_file():
                 shutil.copyfile(Path(data_dir) / name, target / name)
-        return f"competition {slug} ← {data_dir} (--data)"
-    ref = CompetitionRef.parse(slug)
+        return f"competition {slug} → input/{where} ← {data_dir} (--data)"
     try:
         hit = cached_download(cache / "competitions" / slug, lambda d: kaggle.download_competition(ref, d))
     except KopsError as e:
@@ -229,26 +304,31 @@ def stage_competition(kaggle: Kaggle, cache: Path, slug: str, target: Path, data
                         "Accept its rules on Kaggle, or pass the data with: kops kernel run-local DIR --data "
                         "FOLDER (test.csv + sample_submission.csv).") from None
     link_tree(cache / "competitions" / slug, target)
-    return f"competition {slug} → input/{slug} ({'cached' if hit else 'downloaded'})"
+    return f"competition {slug} → input/{where} ({'cached' if hit else 'downloaded'})"
 
 
 def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: Path | None,
-                 kaggle: Kaggle | None = None) -> tuple[list[str], list[str]]:
-    """Populate ``input/`` as Kaggle would; returns (what was staged, problems: a version that cannot be had)."""
+                 kaggle: Kaggle | None = None, layout: str = "current") -> tuple[list[str], list[str]]:
+    """Populate ``input/`` as Kaggle would (``layout``: current or legacy); returns (what was staged, problems: a
+    version that cannot be had)."""
     kaggle = kaggle or Kaggle.from_config(cfg)
     cache = cache_root(cfg, kaggle)
     input_dir.mkdir(parents=True)
-    staged = [stage_competition(kaggle, cache, plan.competition, input_dir / plan.competition, data_dir)]
+    staged = [stage_competition(kaggle, cache, plan.competition, input_dir, data_dir, layout)]
     problems = []
-    for ref in planned_datasets(plan):
-        where = cache / "datasets" / ref.owner / ref.slug / str(ref.version)
+    sources: list[tuple[str, DatasetRef | ModelRef, Path, Callable[[Path], Path]]] = [
+        ("dataset", ref, cache / "datasets" / ref.owner / ref.slug / str(ref.version),
+         lambda d, r=ref: kaggle.download_dataset(r, d)) for ref in planned_datasets(plan)]
+    sources += [("model", ref, cache / "models" / ref.owner / ref.slug / ref.framework / ref.variation /
+                 str(ref.version), lambda d, r=ref: download_model(kaggle, r, d)) for ref in planned_models(plan)]
+    for kind, ref, where, fetch in sources:
         try:
-            hit = cached_download(where, lambda d, r=ref: kaggle.download_dataset(r, d))
+            hit = cached_download(where, fetch)
         except KopsError as e:
-            problems.append(f"missing input: dataset {ref} cannot be downloaded ({e.message})")
+            problems.append(f"missing input: {kind} {ref} cannot be downloaded ({e.message})")
             continue
-        link_tree(where, input_dir / ref.slug)
-        staged.append(f"dataset {ref} → input/{ref.slug} ({'cached' if hit else 'downloaded'})")
+        link_tree(where, input_dir / input_path(ref, layout))
+        staged.append(f"{kind} {ref} → input/{input_path(ref, layout)} ({'cached' if hit else 'downloaded'})")
     set_read_only(input_dir)
     return staged, problems
 
@@ -265,33 +345,64 @@ def namespace_available() -> bool:
             return False
 
 
-def kernel_env(run_dir: Path, guard_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    (run_dir / "tmp").mkdir(exist_ok=True)
+def kernel_env(run_dir: Path, guard_dir: Path, python: Path) -> dict[str, str]:
+    """The kernel's environment: the caller's without credentials, Python/pip/virtualenv settings or model caches;
+    the image's ``bin/`` first on PATH and kops' own left out; a fresh HOME and TMPDIR; the guard on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV and not k.startswith(DROPPED_PREFIXES)}
+    own_bins = {str(Path(p).absolute()) for p in (Path(sys.executable).parent, Path(sys.prefix) / "bin")}
+    path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and str(Path(p).absolute()) not in own_bins]
+    for name in ("tmp", "home"):
+        (run_dir / name).mkdir(exist_ok=True)
     env.update({"KOPS_KAGGLE_INPUT": str(run_dir / "input"), "KOPS_KAGGLE_WORKING": str(run_dir / "working"),
                 "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONUNBUFFERED": "1", "TMPDIR": str(run_dir / "tmp"),
-                "PYTHONPATH": os.pathsep.join(p for p in (str(guard_dir), env.get("PYTHONPATH", "")) if p)})
+                "HOME": str(run_dir / "home"), "PYTHONPATH": str(guard_dir),
+                "PATH": os.pathsep.join([str(python.parent), *path])})
     return env
 
 
-def execute(folder: Path, run_dir: Path, timeout_s: float, isolation: str) -> tuple[int, list[str], float]:
-    """Run kernel.py; returns (exit code, output lines, seconds)."""
+def execute(folder: Path, run_dir: Path, timeout_s: float, isolation: str,
+            python: Path | None = None) -> tuple[int, list[str], float]:
+    """Run a copy of kernel.py with ``python`` (default: kops' own); returns (exit code, output lines, seconds).
+
+    ``timeout_s`` is the session's limit: reached, the kernel's whole process group is stopped.
+    """
+    python = python or Path(sys.executable)
     guard_dir = run_dir / "guard"
     guard_dir.mkdir()
     (guard_dir / "sitecustomize.py").write_text(GUARD)
-    cmd = [sys.executable, str(folder / KERNEL_FILE)]
+    script = run_dir / "source" / KERNEL_FILE
+    script.parent.mkdir()
+    shutil.copyfile(folder / KERNEL_FILE, script)
+    cmd = [str(python), str(script)]
     if isolation == "namespace+guard":
         cmd = ["unshare", "-rnm", "sh", "-c", READ_ONLY_MOUNT, "sh", str(run_dir / "input"), *cmd]
     start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=run_dir / "working", env=kernel_env(run_dir, guard_dir, python), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            errors="replace", start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(ln.rstrip("\n") for ln in proc.stdout or []), daemon=True)
+    reader.start()
+    timed_out = False
     try:
-        proc = subprocess.run(cmd, cwd=run_dir / "working", env=kernel_env(run_dir, guard_dir), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
-        code, out = proc.returncode, proc.stdout
-    except subprocess.TimeoutExpired as e:
-        code, out = -9, (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        out += f"\nkops run-local: the kernel ran past {timeout_s:g} s and was stopped"
-    return code, out.splitlines(), time.perf_counter() - start
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        code = proc.wait()
+    _kill_group(proc)  # what the session left running ends with it, as on Kaggle
+    reader.join(timeout=10)
+    if timed_out:
+        code = -9
+        lines.append(f"kops run-local: the kernel ran past its session limit of {timeout_s:g} s and was stopped")
+    return code, list(lines), time.perf_counter() - start
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Path, plan: KernelPlan) -> None:
@@ -312,7 +423,8 @@ def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Pa
             report.rows = len(ids)
             report.problems += check_submission(working / SUBMISSION_FILE, plan.id_column, plan.target_column, ids)
     elif not report.problems:
-        report.problems.append(f"the kernel exited with status {report.exit_code}")
+        error = next((ln.strip() for ln in reversed(lines) if EXCEPTION_LINE.match(ln.strip())), None)
+        report.problems.append(error or f"the kernel exited with status {report.exit_code}")
     report.log_tail = lines[-30:]
 
 
@@ -325,31 +437,41 @@ def estimate(report: LocalRunReport, full_rows: int | None) -> None:
     report.estimate_s = round(fixed + variable * full_rows / report.rows, 1)
 
 
-def run_local(cfg: KopsConfig, folder: Path, data_dir: Path | None = None, timeout_s: float = 3 * 3600,
-              isolation: str = "auto", full_rows: int | None = None, kaggle: Kaggle | None = None) -> LocalRunReport:
-    """Run the kernel in ``folder`` on the inputs Kaggle would attach, network blocked; report what would fail.
+def run_local(cfg: KopsConfig, folder: Path, data_dir: Path | None = None, timeout_s: float = SESSION_LIMIT_S,
+              isolation: str = "auto", full_rows: int | None = None, kaggle: Kaggle | None = None,
+              python: Path | str | None = None, input_layout: str = "current",
+              progress: Callable[[str], None] | None = None) -> LocalRunReport:
+    """Run the kernel in ``folder`` as Kaggle would; report what would fail there.
 
-    The planned dataset versions are downloaded through ``kaggle`` (default: the configured endpoint).
+    The planned dataset and model versions are downloaded through ``kaggle`` (default: the configured endpoint)
+    and laid out in ``input_layout`` (``current`` or ``legacy``); the kernel runs with the Kaggle image
+    environment's interpreter (built on first use; ``progress`` hears about it) or ``python``, network blocked,
+    stopped after ``timeout_s`` seconds (the session's limit).
 
     Example:
         >>> run_local(load_config(), Path(".kops/kernels/tse-inference")).problems  # doctest: +SKIP
         []
     """
+    if input_layout not in LAYOUTS:
+        raise KopsError(f"--input-layout {input_layout}: not a layout Kaggle mounts inputs in.",
+                        "Pass --input-layout current (competitions/, datasets/, models/) or legacy (<slug>/).")
     folder = folder.resolve()
     plan, metadata = load_kernel_folder(folder)
+    image: ImageEnv = kernel_python(python, progress)
     if isolation == "auto":
         isolation = "namespace+guard" if namespace_available() else "guard"
     run_dir = folder / RUN_DIR
     set_read_only(run_dir / "input", read_only=False)
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "working").mkdir(parents=True)
-    staged, missing = stage_inputs(cfg, plan, run_dir / "input", data_dir, kaggle)
-    code, lines, seconds = execute(folder, run_dir, timeout_s, isolation)
+    staged, missing = stage_inputs(cfg, plan, run_dir / "input", data_dir, kaggle, input_layout)
+    code, lines, seconds = execute(folder, run_dir, timeout_s, isolation, image.python)
     report = LocalRunReport(str(folder), code, round(seconds, 2), isolation, inputs=staged,
                             read_only="bind mount + permissions" if isolation == "namespace+guard" else "permissions",
-                            problems=static_checks(plan, metadata) + missing)
-    sample = run_dir / "input" / plan.competition / SAMPLE_SUBMISSION_FILE
-    diagnose(report, lines, run_dir / "working", sample, plan)
+                            python=str(image.python), image=image.describe(), input_layout=input_layout,
+                            timeout_s=timeout_s, problems=static_checks(plan, metadata) + missing)
+    comp = run_dir / "input" / input_path(CompetitionRef.parse(plan.competition), input_layout)
+    diagnose(report, lines, run_dir / "working", comp / SAMPLE_SUBMISSION_FILE, plan)
     report.warnings = [ln for ln in lines if "kops: warning:" in ln]
     estimate(report, full_rows)
     return report
@@ -358,7 +480,9 @@ def run_local(cfg: KopsConfig, folder: Path, data_dir: Path | None = None, timeo
 def render_report(report: LocalRunReport) -> str:
     """The human report."""
     lines = [f"run-local {'OK' if report.ok else 'FAILED'}: exit {report.exit_code}, {report.seconds:.1f} s, "
-             f"network blocked by {report.isolation}, input/ read-only by {report.read_only}"]
+             f"network blocked by {report.isolation}, input/ read-only by {report.read_only}",
+             f"  python: {report.image}", f"  input layout: {report.input_layout}, session limit "
+             f"{report.timeout_s:g} s"]
     lines += [f"  input: {line}" for line in report.inputs]
     lines += [f"  {stage:<30} {s:9.3f} s" for stage, s in report.timings.items()]
     if report.rows:
