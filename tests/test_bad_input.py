@@ -156,3 +156,23 @@ def test_a_setting_of_the_wrong_type_is_refused_before_any_run(tmp_path: Path) -
     assert out.stderr == ("kops: error: kops.yaml `train:`: task setting `epochs` must be int, not 'two' (str). Fix "
                           "the key, or see the task's settings().\n")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_with_a_countdown(tmp_path: Path) -> None:
+    import time
+
+    write_config(tmp_path)
+    start = time.monotonic()
+    out = kops("train", "--sample", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"})
+    assert time.monotonic() - start < 60 and out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert lines[:2] == [f"kops: tracking server http://127.0.0.1:1 does not answer ([Errno 111] Connection refused); "
+                         f"trying again in 2 s ({left} left)" for left in ("2 tries", "1 try")]
+    assert lines[2:] == ["kops: error: The tracking server http://127.0.0.1:1 does not answer ([Errno 111] Connection "
+                         "refused) after 3 tries. Start it, or: Point MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` "
+                         "at a reachable store (unset both for the local sqlite:///mlflow.db)."]
+    folder = kops("train", "--sample", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": str(tmp_path / "store")})
+    assert folder.returncode == 1 and folder.stderr == (
+        f"kops: error: The tracking store '{tmp_path / 'store'}' is a plain path: MLflow 3 no longer writes runs to a "
+        f"folder by default. Use a SQLite file, e.g. sqlite:///{tmp_path / 'store'}/mlflow.db\n")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "store").exists()

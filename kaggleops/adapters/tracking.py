@@ -101,7 +101,53 @@ def open_tracker(cfg: KopsConfig) -> Tracker:
         'https://mlflow.example.com'
     """
     apply_tracking_credentials()
+    check_store(cfg.resolved_tracking_uri)
     return Tracker(cfg)
+
+
+STORE_TRIES, STORE_WAIT_S, STORE_TIMEOUT_S = 3, 2.0, 4.0
+
+
+def check_store(uri: str, tries: int = STORE_TRIES, wait_s: float = STORE_WAIT_S,
+                timeout_s: float = STORE_TIMEOUT_S) -> None:
+    """Fail in seconds, in one line, on a store no command could use: a server that does not answer (a few tries,
+    each announced with its countdown), a SQLite file in a folder that is missing or read-only, a plain folder."""
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    fix = ("Point MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` at a reachable store (unset both for the local "
+           "sqlite:///mlflow.db)")
+    if uri.startswith(("http://", "https://")):
+        for attempt in range(1, tries + 1):
+            try:
+                urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()  # noqa: S310
+                return
+            except urllib.error.HTTPError:
+                return  # it answers (a proxy or an auth layer may refuse /health): MLflow's calls will tell more
+            except (OSError, ValueError) as e:
+                reason = getattr(e, "reason", e)
+            if attempt < tries:
+                print(f"kops: tracking server {uri} does not answer ({reason}); trying again in {wait_s:g} s "
+                      f"({tries - attempt} tr{'y' if tries - attempt == 1 else 'ies'} left)", file=sys.stderr,
+                      flush=True)
+                time.sleep(wait_s)
+        raise TrackingUnavailable(f"The tracking server {uri} does not answer ({reason}) after {tries} tries.",
+                                  f"Start it, or: {fix}.")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingUnavailable(f"The tracking store {uri} is in a folder that does not exist ({folder}).",
+                                      f"Create it, or: {fix}.")
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingUnavailable(f"The tracking store {uri} is read-only here (SQLite needs to write "
+                                      f"{db if db.exists() else folder}).", f"Make it writable, or: {fix}.")
+        return
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        raise TrackingUnavailable(f"The tracking store {uri!r} is a plain path: MLflow 3 no longer writes runs to a "
+                                  "folder by default.", f"Use a SQLite file, e.g. sqlite:///{uri.rstrip('/')}/mlflow.db")
 
 
 @contextmanager

@@ -201,6 +201,9 @@ def sample_submission(cfg: KopsConfig, kaggle: Kaggle, scratch: Path) -> Path:
     try:
         path = kaggle.download_competition_file(CompetitionRef.parse(cfg.competition), SAMPLE_SUBMISSION, scratch)
     except KopsError as e:
+        if "not found" in e.message:  # Kaggle answers 404 for a file the competition does not have
+            raise SubmissionError(f"Competition {cfg.competition} has no {SAMPLE_SUBMISSION} on {kaggle.web_base} to "
+                                  "check the file against.", "Skip the check with --no-check") from None
         raise SubmissionError(f"Cannot check the file against {cfg.competition}'s {SAMPLE_SUBMISSION}: {e.message}",
                               "Fetch the competition's files with: kops data (or skip the check: --no-check)") from None
     if not path.is_file():
