@@ -1,8 +1,12 @@
 """Bring your own competition: a task written in a temporary folder outside kaggleops/ (importable only once kops
-loads it from kops.yaml) goes train → publish → push-kernel --wait → submit → scores against the emulator, with
-the installed `kops` as a subprocess. The emulator really executes the kernel, which installs the task's code
-from the code dataset with `pip install --no-index` under a socket guard that refuses every non-loopback
-connection; the score on the run equals RMSE recomputed here from the hidden solution and the kernel's file."""
+loads it from kops.yaml) goes train → publish → push-kernel --no-push → kops kernel run-local → push-kernel --wait
+→ submit → scores against the emulator, with the installed `kops` as a subprocess. run-local runs the kernel in
+the Kaggle image environment (not kops' interpreter): the task imports sqlparse, which kops' environment has and
+the image lacks, so the first run-local fails with the kernel's own error and passes once its wheel is in
+`kernel.wheels`. The emulator then really executes the kernel, which installs the task's code from the code
+dataset with `pip install --no-index` under a socket guard that refuses every non-loopback connection; the score
+on the run equals RMSE recomputed here from the hidden solution and the kernel's file. The same plan with
+`publish: {to: model}` stages Kaggle Model sources under input/models/ and runs there too."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from image_harness import shared_cache, wheel_of_installed
 
 from harness import git, kops, kops_json, read_csv
 
@@ -27,6 +33,7 @@ SLUG = "kops-byo-regression"
 OWNER, KEY = "alice", "alice-key"
 TASK_MODULE = "byo_reg_task_k12"
 FEATURES_MODULE = "byo_features_k12"
+EXTRA = "sqlparse"  # in kops' environment (MLflow needs it), not in the Kaggle image
 
 FEATURES = '''import numpy as np
 
@@ -43,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import {EXTRA}
 
 from {FEATURES_MODULE} import design
 from kaggleops.task import FoldResult, Metric, Submission, check_columns, check_settings
@@ -89,7 +97,7 @@ class RegressionTask:
         x, total = design(test), np.zeros(len(test))
         for folder, weight in zip(model_dirs, ctx.weights):
             total += weight * (x @ np.array(json.loads((Path(folder) / "coef.json").read_text())))
-        ctx.log(f"{TASK_MODULE}: {{len(model_dirs)}} model(s) averaged")
+        ctx.log(f"{TASK_MODULE}: {{len(model_dirs)}} model(s) averaged ({EXTRA} {{{EXTRA}.__version__}})")
         return pd.DataFrame({{"id": test["id"], "target": total}})
 '''
 
@@ -151,7 +159,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
            "KAGGLE_CONFIG_DIR": str(base / ".kaggle")}
     # kops itself runs in exactly `env`: harness.kops adds it to this process' environment, whose PYTHONPATH now
     # carries the guard and whose TMPDIR is (in a test) the test's own
-    kops_env = {**env, "PYTHONPATH": saved.get("PYTHONPATH"), "TMPDIR": saved.get("TMPDIR")}
+    kops_env = {**env, "PYTHONPATH": saved.get("PYTHONPATH"), "TMPDIR": saved.get("TMPDIR"),
+                "KOPS_CACHE_DIR": str(shared_cache(tmp_path_factory))}  # the Kaggle image, built once per session
     try:
         yield {"work": work, "env": env, "kops_env": kops_env, "emu": base / "emu", "emulator": emulator,
                "solution": solution}
@@ -161,6 +170,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         emulator.stop()
 
 
+def run_local(work: Path, env: dict[str, str], folder: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return kops("kernel", "run-local", folder, *args, cwd=work, env={**env, "PYTHONPATH": None})
+
+
 @pytest.fixture(scope="module")
 def loop(project: dict[str, Any]) -> dict[str, Any]:
     work, env = project["work"], project["kops_env"]
@@ -168,13 +181,29 @@ def loop(project: dict[str, Any]) -> dict[str, Any]:
                             capture_output=True, text=True)
     trained = kops_json("train", cwd=work, env=env)
     published = [kops_json("publish", r["run_id"], cwd=work, env=env) for r in trained["runs"]]
+    # run-local before any push: without the wheel the image lacks the task's import; with it, the kernel passes
+    rendered = kops_json("push-kernel", "--run", trained["run_id"], "--no-push", cwd=work, env=env)
+    no_wheel = run_local(work, env, rendered["folder"])
+    own_python = run_local(work, env, rendered["folder"], "--python", sys.executable)
+    wheel = wheel_of_installed(EXTRA, work / "wheels")
+    with (work / "kops.yaml").open("a") as f:
+        f.write("  wheels: wheels\n")  # under `kernel:`, the file's last section
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", f"kernel.wheels: {wheel.name}")
+    rendered = kops_json("push-kernel", "--run", trained["run_id"], "--no-push", cwd=work, env=env)
+    local = run_local(work, env, rendered["folder"], "--json")
+    code_dir = Path(rendered["folder"]) / ".run-local" / "input" / "datasets" / rendered["code"]["dataset"]
+    staged_code = sorted(p.name for p in code_dir.iterdir()) if code_dir.is_dir() else []
+    legacy = run_local(work, env, rendered["folder"], "--json", "--input-layout", "legacy")
     pushed = kops_json("push-kernel", "--run", trained["run_id"], "--wait", cwd=work, env=env)
     submitted = kops_json("submit", "--kernel", pushed["kernel"], "--version", str(pushed["kernel_version"]),
                           cwd=work, env=env)
     scored = kops_json("scores", "--wait", cwd=work, env=env)
     pushed_again = kops_json("push-kernel", "--run", trained["run_id"], cwd=work, env=env)
-    return {"before": before, "trained": trained, "published": published, "pushed": pushed,
-            "submitted": submitted, "scored": scored, "pushed_again": pushed_again}
+    return {"before": before, "trained": trained, "published": published, "no_wheel": no_wheel,
+            "own_python": own_python, "wheel": wheel, "rendered": rendered, "local": local, "staged_code": staged_code,
+            "legacy": legacy,
+            "pushed": pushed, "submitted": submitted, "scored": scored, "pushed_again": pushed_again}
 
 
 def test_the_task_is_not_importable_before_kops_loads_it(loop: dict[str, Any]) -> None:
@@ -206,7 +235,9 @@ def test_the_kernel_installs_the_task_code_offline_and_scores_match(project: dic
 
     pushed = loop["pushed"]
     assert pushed["status"] == "COMPLETE" and pushed["code"]["module"] == f"{TASK_MODULE}:RegressionTask"
-    assert pushed["code"]["created"] is True and pushed["code"]["dataset"] == f"{OWNER}/{SLUG}-code"
+    rendered = loop["rendered"]["code"]  # run-local's render made the version (with the wheel); the push reuses it
+    assert rendered["created"] is True and rendered["version"] == 2 and pushed["code"]["created"] is False
+    assert pushed["code"]["version"] == 2 and pushed["code"]["dataset"] == f"{OWNER}/{SLUG}-code"
     version_dir = project["emu"] / "kernels" / OWNER / f"{SLUG}-inference" / str(pushed["kernel_version"])
     saved = dict(os.environ)
     os.environ.update(project["env"])  # the adapter reads the credentials from the environment
@@ -243,15 +274,81 @@ def test_unchanged_code_reuses_the_code_dataset_version(loop: dict[str, Any]) ->
     assert again["content_sha256"] == first["content_sha256"]
 
 
-def test_run_local_installs_the_task_code_and_runs_it_with_the_network_blocked(project: dict[str, Any],
-                                                                                loop: dict[str, Any]) -> None:
-    out = kops("kernel", "run-local", loop["pushed"]["folder"], "--json", cwd=project["work"],
-               env={**project["kops_env"], "PYTHONPATH": None})
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
+def test_run_local_fails_in_the_kaggle_image_without_the_wheel_of_a_task_import(loop: dict[str, Any]) -> None:
+    """kops' own interpreter has sqlparse, so the old run-local passed; the image lacks it, as Kaggle does."""
+    folder = loop["rendered"]["folder"]
+    out = loop["no_wheel"]
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (
+        f"kops: error: run-local: the kernel in {folder} would fail on Kaggle: importing the task "
+        f"{TASK_MODULE}:RegressionTask failed: no module named '{EXTRA}' in this kernel. Put its wheel in the folder "
+        "named by kops.yaml `kernel.wheels` (or check that the task's code dataset is attached). "
+        f"Fix it, then run: kops kernel run-local {folder}")
+    assert out.stdout.splitlines()[1].startswith("  python: Kaggle image ")
+    assert loop["own_python"].returncode == 0, loop["own_python"].stdout[-2000:]  # kops' interpreter: a false pass
+
+
+def test_run_local_installs_the_task_code_and_its_wheels_and_runs_it_with_the_network_blocked(
+        project: dict[str, Any], loop: dict[str, Any]) -> None:
+    local = loop["local"]
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-2000:]
+    report = json.loads(local.stdout)
     assert report["ok"] and report["rows"] == 60 and "submission.csv" in report["outputs"]
-    staged = project["work"] / ".kops" / "kernels" / f"{SLUG}-inference" / ".run-local" / "input" / f"{SLUG}-code"
-    assert list(staged.glob("kops-code-*.json")) and list(staged.glob("kops_task_code-*.whl"))
+    assert report["image"].startswith("Kaggle image ") and report["input_layout"] == "current"
+    assert f"{TASK_MODULE}: 2 model(s) averaged ({EXTRA} " in "\n".join(report["log_tail"])
+    code = loop["rendered"]["code"]
+    assert loop["wheel"].name in code["wheels"]
+    assert f"dataset {code['dataset']}/{code['version']} → input/datasets/{code['dataset']} (downloaded)" \
+        in report["inputs"]
+    staged = loop["staged_code"]  # input/datasets/<owner>/<slug>-code/ as the kernel saw it
+    assert [n for n in staged if n.startswith("kops-code-")] and [n for n in staged if n.startswith("kops_task_code-")]
+    assert loop["wheel"].name in staged
+    assert f"competition {SLUG} → input/competitions/{SLUG} (cached)" in report["inputs"]  # the no-wheel run got it
+
+
+def test_run_local_legacy_layout_runs_the_same_kernel(loop: dict[str, Any]) -> None:
+    legacy = loop["legacy"]
+    assert legacy.returncode == 0, legacy.stdout[-3000:]
+    report = json.loads(legacy.stdout)
+    assert report["ok"] and report["input_layout"] == "legacy" and report["rows"] == 60
+    input_dir = Path(loop["rendered"]["folder"]) / ".run-local" / "input"
+    assert sorted(p.name for p in input_dir.iterdir()) == sorted(
+        [SLUG, f"{SLUG}-code", "kops-runtime", *(p["dataset"].split("/")[1] for p in loop["published"])])
+
+
+def test_run_local_stages_kaggle_model_sources_and_the_push_runs_the_same_plan(project: dict[str, Any],
+                                                                               loop: dict[str, Any]) -> None:
+    """`publish: {to: model}`: the plan's models are Kaggle Model instance versions (kind "model"); run-local
+    downloads them into input/models/<owner>/<model>/<framework>/<variation>/<version>/ and the kernel finds them
+    by manifest, as the emulator's session does once the same plan is pushed."""
+    work, env = project["work"], project["kops_env"]
+    settings = yaml.safe_load((work / "kops.yaml").read_text())
+    settings["publish"] = {"to": "model"}
+    settings["kernel"]["slug"] = f"{SLUG}-models"
+    (work / "kops-models.yaml").write_text(yaml.safe_dump(settings))
+    parent = loop["trained"]["run_id"]
+    rendered = kops_json("push-kernel", "--run", parent, "--no-push", "--config", "kops-models.yaml", cwd=work,
+                         env=env)
+    plan = json.loads((Path(rendered["folder"]) / "kops-kernel.json").read_text())
+    refs = [f"{m['dataset']}/{m['dataset_version']}" for m in plan["models"]]
+    assert [m["kind"] for m in plan["models"]] == ["model", "model"] and len(set(refs)) == 2
+    out = run_local(work, env, rendered["folder"], "--config", "kops-models.yaml", "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["rows"] == 60
+    for ref in refs:
+        owner, model, framework, variation, version = ref.split("/")
+        where = f"models/{owner}/{model}/{framework}/{variation}/{version}"
+        assert f"model {ref} → input/{where} (downloaded)" in report["inputs"]
+        assert (Path(rendered["folder"]) / ".run-local" / "input" / where / "kops-manifest.json").is_file()
+    legacy = run_local(work, env, rendered["folder"], "--config", "kops-models.yaml", "--input-layout", "legacy")
+    assert legacy.returncode == 0, legacy.stdout[-3000:]
+    assert f"  input: model {refs[0]} → input/{'/'.join(refs[0].split('/')[1:])} (cached)" in legacy.stdout
+    pushed = kops_json("push-kernel", "--run", parent, "--wait", "--config", "kops-models.yaml", cwd=work, env=env)
+    assert pushed["status"] == "COMPLETE"
+    version_dir = project["emu"] / "kernels" / OWNER / f"{SLUG}-models" / str(pushed["kernel_version"])
+    assert (version_dir / "working" / "submission.csv").read_bytes() == \
+        (Path(rendered["folder"]) / ".run-local" / "working" / "submission.csv").read_bytes()
 
 
 def test_scores_and_leaderboard_use_the_task_metric(project: dict[str, Any], loop: dict[str, Any]) -> None:
