@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from kaggleops.schema import (
 from kaggleops.stages.leaderboard import leaderboard
 from kaggleops.stages.submit import identify_kernel, scores, submit
 
-USER, KEY = "testuser", "testkey"
+from harness import USER, accuracy, kops
+
 COMP = "tiny-comp"
 KERNEL = f"{USER}/tiny-infer"
 SOLUTION = [{"id": str(i), "label": lab} for i, lab in enumerate(["a", "b", "a", "b", "b", "a"])]
@@ -52,34 +54,26 @@ json.dump(PLAN, open("kops-kernel.json", "w"))
 """
 
 
-def accuracy(truths: list[str], preds: list[str]) -> float:
-    return sum(t == p for t, p in zip(truths, preds, strict=True)) / len(truths)
-
-
 @pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    emu = Emulator(tmp_path / "emu", username=USER, key=KEY, kernel_timeout_s=30, score_delay_polls=1)
+def emulator(start_emulator: Callable[..., Emulator], tmp_path: Path) -> Emulator:
+    emu = start_emulator(kernel_timeout_s=30, score_delay_polls=1)
     test_csv = tmp_path / "test.csv"
     test_csv.write_text("id,hint\n" + "".join(f"{i},{h}\n" for i, h in enumerate(HINTS)))
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("id,label\n" + "".join(f"{i},a\n" for i in range(len(HINTS))))
     emu.add_competition(COMP, {"test.csv": test_csv, "sample_submission.csv": sample}, SOLUTION, "id", "label",
                         accuracy)
-    url = emu.start()
-    for var, value in {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": USER, "KAGGLE_KEY": KEY,
-                       "NO_PROXY": "127.0.0.1,localhost"}.items():
-        monkeypatch.setenv(var, value)
-    yield emu
-    emu.stop()
+    return emu
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, emulator: Emulator) -> Any:
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "kops.yaml").write_text(f"competition: {COMP}\nowner: {USER}\nexperiment: scores-test\n"
-                                    "tracking_uri: sqlite:///mlflow.db\n")
-    return load_config(work / "kops.yaml")
+def project_settings() -> dict[str, str]:
+    return {"competition": COMP, "experiment": "scores-test", "text": "tracking_uri: sqlite:///mlflow.db\n"}
+
+
+@pytest.fixture
+def cfg(project: Path) -> Any:
+    return load_config(project / "kops.yaml")
 
 
 def source_run(cfg: Any, name: str, cv: float, dataset: str = f"{USER}/ds-a") -> str:
@@ -309,29 +303,27 @@ def test_identify_kernel(description: str, known: set[str], found: str | None) -
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 
-def kops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # a pipe without COLUMNS/LINES, as a script sees it (pytest-xdist workers and terminals may set them)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "kaggleops", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=env)
+# kops' environment: a pipe without COLUMNS/LINES, as a script sees it (pytest-xdist workers and terminals may set
+# them)
+AS_A_PIPE = {"COLUMNS": None, "LINES": None}
 
 
 def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    out = kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root)
+    out = kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"Submitted {good}: submission ") and "(4 left today)" in out.stdout
-    out = kops("scores", "--wait", "--json", cwd=cfg.root)
+    out = kops("scores", "--wait", "--json", cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     assert [(r["status"], r["lb_public"]) for r in json.loads(out.stdout)] == [("COMPLETE", 1.0)]
-    out = kops("leaderboard", cwd=cfg.root)
+    out = kops("leaderboard", cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "ref" and "1.00000" in out.stdout and "0.61000" in out.stdout
-    [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root).stdout)
+    [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root, env=AS_A_PIPE).stdout)
     assert (row["lb_public"], row["cv"], row["models"], row["kernel"]) == (1.0, 0.61, ["fold-0"], "good.csv")
-    out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root)
+    out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 2  # a usage mistake, refused while parsing
     assert out.stderr == ("kops leaderboard: error: Invalid value for '--sort': 'jaccard' is not one of lb_public, "
                           "lb_private, cv, date, ref.\nTry 'kops leaderboard --help' for help.\n")
@@ -424,23 +416,18 @@ def test_cli_leaderboard_uses_the_terminal_width(cfg: Any, emulator: Emulator, t
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
     submit(cfg, file=good, runs=[run_a], message="mine")
     scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
-    narrow = subprocess.run([sys.executable, "-m", "kaggleops", "leaderboard"], cwd=cfg.root, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    narrow = kops("leaderboard", cwd=cfg.root, env={"COLUMNS": "80"})
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
-    wide = kops("leaderboard", cwd=cfg.root)
+    wide = kops("leaderboard", cwd=cfg.root, env=AS_A_PIPE)
     assert wide.stdout.splitlines()[0].split() == ["ref", "date", "status", "LB", "public", "LB", "private", "CV",
                                                    "models", "datasets", "kernel", "/", "file", "commit"]
 
 
 def test_submit_with_a_wrong_kaggle_key_is_one_line(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     """The installed `kops submit` with a key the server refuses: exit 1, one line (+ at most a hint), no traceback."""
-    kops_script = Path(sys.executable).parent / "kops"
-    if not kops_script.is_file():
-        pytest.skip("no installed kops script")
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    out = subprocess.run([str(kops_script), "submit", "--file", str(good)], cwd=cfg.root, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "KAGGLE_KEY": "wrong-key"})
+    out = kops("submit", "--file", str(good), cwd=cfg.root, env={"KAGGLE_KEY": "wrong-key"}, script=True)
     assert out.returncode == 1 and out.stdout == "", out.stderr
     assert "Traceback" not in out.stderr and "benchmark_task_slug" not in out.stderr
     lines = out.stderr.splitlines()
@@ -472,12 +459,12 @@ def test_submit_file_refused_before_upload_when_kaggle_would_refuse_it(cfg: Any,
     run_a = source_run(cfg, "fold-0", 0.61)
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
-    out = kops("submit", "--file", str(bad), "--run", run_a, cwd=cfg.root)
+    out = kops("submit", "--file", str(bad), "--run", run_a, cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == f"kops: error: {problem} Fix the file (nothing was uploaded), or skip this check with " \
                          "--no-check\n"
     assert emulator.store.submissions == {} and submission_runs(cfg) == []
-    forced = kops("submit", "--file", str(bad), "--run", run_a, "--no-check", cwd=cfg.root)
+    forced = kops("submit", "--file", str(bad), "--run", run_a, "--no-check", cwd=cfg.root, env=AS_A_PIPE)
     assert forced.returncode == 0, forced.stderr
     assert len(emulator.store.submissions) == 1
 
@@ -500,23 +487,23 @@ def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulat
     run_a = source_run(cfg, "fold-0", 0.61)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    assert kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root).returncode == 0
+    assert kops("submit", "--file", str(good), "--run", run_a, cwd=cfg.root, env=AS_A_PIPE).returncode == 0
     [first] = submission_runs(cfg)
-    again = kops("submit", "--file", str(good.rename(tmp_path / "same-bytes.csv")), cwd=cfg.root)
+    again = kops("submit", "--file", str(good.rename(tmp_path / "same-bytes.csv")), cwd=cfg.root, env=AS_A_PIPE)
     assert again.returncode == 1 and len(emulator.store.submissions) == 1 and len(submission_runs(cfg)) == 1
     ref = first.data.tags[TAG_SUBMISSION_REF]
     assert again.stderr.startswith("kops: error: same-bytes.csv (sha256 ") and (
         f"was already submitted: submission {ref} (PENDING) on ") in again.stderr
     assert again.stderr.rstrip().endswith(f"submission run {first.info.run_id}. A second copy spends one of the "
                                           "day's submissions for the same score; to do it anyway: --again")
-    forced = kops("submit", "--file", str(tmp_path / "same-bytes.csv"), "--again", cwd=cfg.root)
+    forced = kops("submit", "--file", str(tmp_path / "same-bytes.csv"), "--again", cwd=cfg.root, env=AS_A_PIPE)
     assert forced.returncode == 0, forced.stderr
     assert len(emulator.store.submissions) == 2
 
     version = push_tiny_kernel(tmp_path, [run_a])
     submit(cfg, KERNEL, version, "kernel")
     scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
-    twice = kops("submit", "--kernel", KERNEL, "--version", str(version), cwd=cfg.root)
+    twice = kops("submit", "--kernel", KERNEL, "--version", str(version), cwd=cfg.root, env=AS_A_PIPE)
     assert twice.returncode == 1 and len(emulator.store.submissions) == 3
     assert f"Kernel {KERNEL}/{version} was already submitted: submission " in twice.stderr
     assert "(COMPLETE, public " in twice.stderr
@@ -526,24 +513,25 @@ def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator:
     """`kops kernel output` downloads a kernel version's files; its next: line is the command that submits them."""
     run_a = source_run(cfg, "fold-0", 0.61)
     version = push_tiny_kernel(tmp_path, [run_a])
-    out = kops("kernel", "output", KERNEL, "--version", str(version), cwd=cfg.root)
+    out = kops("kernel", "output", KERNEL, "--version", str(version), cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     csv_path = cfg.root / ".kops" / "output" / "tiny-infer" / f"v{version}" / "submission.csv"
     assert out.stdout.splitlines()[-1] == f"next: kops submit --file {csv_path}"
     assert csv_path.read_text().splitlines() == ["id,label", *(f"{i},{h}" for i, h in enumerate(HINTS))]
-    short = kops("submit", "--file", str(csv_path), "--run", run_a[:5], cwd=cfg.root)
+    short = kops("submit", "--file", str(csv_path), "--run", run_a[:5], cwd=cfg.root, env=AS_A_PIPE)
     assert short.returncode == 1 and short.stderr == (
         f"kops: error: Run id prefix '{run_a[:5]}' is too short: a prefix needs 6+ characters. Copy more of the id "
         "from `kops leaderboard --json` or `kops ui`.\n")
-    sent = kops("submit", "--file", str(csv_path), "--run", run_a[:8], "--json", cwd=cfg.root)  # a unique prefix
+    # a unique prefix
+    sent = kops("submit", "--file", str(csv_path), "--run", run_a[:8], "--json", cwd=cfg.root, env=AS_A_PIPE)
     assert sent.returncode == 0, sent.stderr
     submission_run = Tracker(cfg).get_run(json.loads(sent.stdout)["submission_run_id"])
     assert submission_run.data.tags["kops.source_runs"] == run_a
     no_version = (f"kops: error: Kernel {KERNEL} has no version 99 (not found on {emulator.url}). Pass a version "
                   "it has: --version N (the runs' kops.kernel.version tags name the ones kops pushed)\n")
-    missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root)
+    missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root, env=AS_A_PIPE)
     assert (missing.returncode, missing.stderr) == (1, no_version)
-    submitted = kops("submit", "--kernel", KERNEL, "--version", "99", cwd=cfg.root)
+    submitted = kops("submit", "--kernel", KERNEL, "--version", "99", cwd=cfg.root, env=AS_A_PIPE)
     assert (submitted.returncode, submitted.stderr) == (1, no_version)
     assert len(emulator.store.submissions) == 1  # only the file above
 
@@ -557,7 +545,7 @@ def test_file_submission_of_a_kfold_parent_scores_every_fold(cfg: Any, emulator:
         tracker.end_run(run_id)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    out = kops("submit", "--file", str(good), "--run", parent[:8], cwd=cfg.root)
+    out = kops("submit", "--file", str(good), "--run", parent[:8], cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
     assert sorted(row.source_runs) == sorted(folds)
