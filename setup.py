@@ -14,6 +14,7 @@ setup(
     package_data={
         "kaggleops._kernels": ["*.tmpl", "*.ipynb"],
         "kaggleops._datasets": ["*/*.csv", "*/*.py", "*/*.md", "*/*.json"],
+        "kaggleops.kernel": ["kaggle_image.txt"],  # the packages run-local's Kaggle image environment holds
         "": ["*.csv", "*.json", "*.tmpl", "*.yaml", "*.md"],
     },
 )
