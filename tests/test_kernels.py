@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from image_harness import shared_cache
 
 from kaggleops.kernel.runtime import check_submission
 from kaggleops.tasks import get_task
@@ -154,17 +155,33 @@ def test_no_publish_refuses_with_the_command_to_run(env: dict[str, Any], pushed:
                               f"Publish it with: kops publish {run_id}")
 
 
-def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's KOPS_CACHE_DIR, where run-local's Kaggle image environment is built once."""
+    return shared_cache(tmp_path_factory)
+
+
+@pytest.fixture
+def in_image(image_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KOPS_CACHE_DIR", str(image_cache))
+    return image_cache
+
+
+def test_run_local_runs_the_kernel_offline_and_reports_timings(env: dict[str, Any], pushed: dict[str, Any],
+                                                               in_image: Path) -> None:
+    """The TSE kernel (torch + transformers inference) in the Kaggle image environment, not kops' interpreter."""
     from kaggleops.kernel.local import render_report, run_local
 
     report = run_local(env["cfg"], pushed["result"].folder, full_rows=3534)
     assert report.ok, render_report(report)
+    assert report.image.startswith("Kaggle image ") and report.python.startswith(str(in_image))
     assert report.rows == 200 and report.estimate_s is not None
     assert any(k.startswith("forward + char probabilities m1:") for k in report.timings)
     assert "submission.csv" in report.outputs
 
 
-def test_run_local_blocks_the_network(env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path) -> None:
+def test_run_local_blocks_the_network(env: dict[str, Any], pushed: dict[str, Any], tmp_path: Path,
+                                      in_image: Path) -> None:
     """auto = a network namespace where one can be made (root here) + the socket guard, which names the host."""
     from kaggleops.kernel.local import run_local
 
@@ -209,7 +226,7 @@ def log_mark(emulator_root: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> dict[str, Any]:
     """A never-pushed kernel: `kops push-kernel --no-push` (under its own kernel slug) for a run whose model keeps
     its tokenizer in a `tokenizer/` sub-folder, which `kops publish` uploads as tokenizer.zip."""
     import yaml
@@ -241,10 +258,12 @@ def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     out = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", "--json", cwd=workdir,
                env=env, script=True)
     assert out.returncode == 0, out.stderr[-2000:]
+    loop["image_cache"] = image_cache
     return {"result": json.loads(out.stdout), "run_id": run_id, "model": model, "env": env}
 
 
 def run_local_cli(loop: dict[str, Any], env: dict[str, str], folder: str, *extra: str) -> Any:
+    env = {**env, "KOPS_CACHE_DIR": str(loop["image_cache"])}
     return kops("kernel", "run-local", folder, "--config", "kops-render.yaml", *extra, cwd=loop["workdir"], env=env,
                 script=True)
 
@@ -298,14 +317,16 @@ def test_run_local_downloads_the_planned_versions_and_runs_the_kernels_own_unpac
     assert report["read_only"] == ("bind mount + permissions" if report["isolation"] == "namespace+guard"
                                    else "permissions")
     assert set(downloads_since(emu_root, mark)) == planned  # exactly the plan's versions, through the client
-    slug = plan["models"][0]["dataset"].split("/")[1]
-    assert f"dataset {plan['models'][0]['dataset']}/1 → input/{slug} (downloaded)" in report["inputs"]
-    staged = Path(folder) / ".run-local" / "input" / slug
+    dataset = plan["models"][0]["dataset"]
+    assert f"dataset {dataset}/1 → input/datasets/{dataset} (downloaded)" in report["inputs"]
+    assert report["image"].startswith("Kaggle image ") and report["input_layout"] == "current"
+    staged = Path(folder) / ".run-local" / "input" / "datasets" / dataset
     assert (staged / "tokenizer.zip").is_file() and not (staged / "tokenizer").exists()  # unpacked by the kernel
     assert "restore datasets" in report["timings"]
     # The submission equals the runtime's on the MLflow artifact as logged (tokenizer/ a plain folder).
     inp = tmp_path / "input"
-    shutil.copytree(Path(folder) / ".run-local" / "input" / plan["competition"], inp / plan["competition"])
+    shutil.copytree(Path(folder) / ".run-local" / "input" / "competitions" / plan["competition"],
+                    inp / plan["competition"])
     shutil.copytree(rendered["model"], inp / "raw")
     (inp / "raw" / "kops-manifest.json").write_text(json.dumps({"run_id": rendered["run_id"]}))
     (tmp_path / "working").mkdir()
@@ -314,7 +335,7 @@ def test_run_local_downloads_the_planned_versions_and_runs_the_kernels_own_unpac
         (tmp_path / "working" / "submission.csv").read_bytes()
     again = run_local_cli(loop, rendered["env"], folder, "--json")  # versions are immutable: served from the cache
     assert again.returncode == 0 and len(downloads_since(emu_root, mark)) == len(planned)  # no new download
-    assert f"dataset {plan['models'][0]['dataset']}/1 → input/{slug} (cached)" in json.loads(again.stdout)["inputs"]
+    assert f"dataset {dataset}/1 → input/datasets/{dataset} (cached)" in json.loads(again.stdout)["inputs"]
 
 
 def test_run_local_fails_with_the_kernels_own_error_on_a_corrupt_published_file(
@@ -348,11 +369,11 @@ def test_run_local_fails_with_the_kernels_own_error_on_a_corrupt_published_file(
         forget_downloads()
     assert out.returncode == 1
     error = out.stderr.strip().splitlines()[-1]
-    staged = Path(folder).resolve() / ".run-local" / "input" / slug
+    staged = Path(folder).resolve() / ".run-local" / "input" / "datasets" / owner / slug
     assert error.startswith(f"kops: error: run-local: the kernel in {folder} would fail on Kaggle: tokenizer.zip of "
                             f"{staged} holds tokenizer_config.json with another sha256 than kops-manifest.json lists")
     assert error.endswith(f"the dataset is corrupt Fix it, then run: kops kernel run-local {folder}")
-    assert f"  input: dataset {dataset}/1 → input/{slug} (downloaded)" in out.stdout
+    assert f"  input: dataset {dataset}/1 → input/datasets/{dataset} (downloaded)" in out.stdout
 
 
 @pytest.mark.slow
