@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -60,3 +61,37 @@ def last_training_run(project_dir: str | Path = ".") -> str:
             return str(run.info.run_id)
     raise ConfigError(f"No finished training run in the tracking store of {folder / 'kops.yaml'}.",
                       f"Train first: cd {folder} && kops train --resume")
+
+
+def finished_training(project_dir: str | Path = ".") -> list[str]:
+    """The FINISHED fold runs (one id per configured fold) of the project's checked-out commit, when every fold
+    has one; [] otherwise, and for a tree with uncommitted changes. kops.yaml is part of the commit, so the same
+    commit means the same settings: a notebook run again after its training finished reports these runs instead
+    of training the commit again.
+
+    Example:
+        >>> finished_training("/content/project")  # doctest: +SKIP
+        ['3f2a9c1e…']
+    """
+    from kaggleops.adapters.git import git_info
+    from kaggleops.adapters.tracking import open_tracker
+    from kaggleops.config import load_config
+    from kaggleops.schema import TAG_DIRTY, TAG_FOLD, TAG_GIT_COMMIT, TAG_KIND, Kind
+
+    folder = Path(project_dir)
+    cfg = load_config(folder / "kops.yaml")
+    info = git_info(folder)
+    if info is None or info.dirty:
+        return []
+    found: dict[str, str] = {}
+    with warnings.catch_warnings():  # tqdm's "IProgress not found" when mlflow loads in a notebook without widgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        tracker = open_tracker(cfg)
+    runs = tracker.search(f"attributes.status = 'FINISHED' and tags.`{TAG_GIT_COMMIT}` = '{info.commit}' "
+                                    f"and tags.`{TAG_KIND}` = '{Kind.FOLD}'")
+    for run in runs:  # newest first
+        tags = run.data.tags
+        if tags.get(TAG_DIRTY) != "true" and TAG_FOLD in tags:
+            found.setdefault(tags[TAG_FOLD], str(run.info.run_id))
+    folds = [str(f) for f in (cfg.train.folds if cfg.train.folds is not None else range(cfg.train.n_folds))]
+    return [found[f] for f in folds] if all(f in found for f in folds) else []

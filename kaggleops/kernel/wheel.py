@@ -94,11 +94,25 @@ def _record_hash(data: bytes) -> str:
     return f"sha256={digest}"
 
 
+def runtime_requirements() -> list[str]:
+    """kops' declared dependencies (no extras), as the installed kaggleops lists them: the wheel's Requires-Dist,
+    so ``pip install`` of the runtime wheel (a Colab notebook) brings them; kernels install it ``--no-deps``."""
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires(PACKAGE) or []
+    except metadata.PackageNotFoundError:
+        return []
+    return sorted(r for r in declared if "extra" not in r.partition(";")[2])
+
+
 def _dist_info(content: str) -> dict[str, bytes]:
+    requires = "".join(f"Requires-Dist: {r}\n" for r in runtime_requirements())
     metadata = (f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: {__version__}\n"
-                f"Summary: kops runtime for offline Kaggle kernels (content {content[:HASH_CHARS]})\n")
+                f"Summary: kops runtime for offline Kaggle kernels (content {content[:HASH_CHARS]})\n{requires}")
     wheel = "Wheel-Version: 1.0\nGenerator: kops\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    return {"METADATA": metadata.encode(), "WHEEL": wheel.encode()}
+    entry_points = "[console_scripts]\nkops = kaggleops.cli:main\n"  # the `kops` command where pip installs it
+    return {"METADATA": metadata.encode(), "WHEEL": wheel.encode(), "entry_points.txt": entry_points.encode()}
 
 
 def build_wheel(dst: Path, root: Path | None = None) -> RuntimeWheel:

@@ -31,7 +31,7 @@ from kaggleops.adapters.git import run_git, strip_credentials
 from kaggleops.adapters.kaggle import Kaggle, failure_line
 from kaggleops.config import KopsConfig
 from kaggleops.errors import GitSourceError, KernelError, KernelRunFailed, KopsError, RunNotFound, TimedOut
-from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
+from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset, runtime_requirements
 from kaggleops.polling import poll
 from kaggleops.refs import KernelRef, slugify
 from kaggleops.resources import kernel_template
@@ -184,14 +184,8 @@ def kops_requirements() -> dict[str, str]:
     lacks at these versions (the image's own, e.g. torch/transformers, stay)."""
     from importlib import metadata
 
-    try:
-        declared = metadata.requires("kaggleops") or []
-    except metadata.PackageNotFoundError:
-        return {}
     out = {}
-    for requirement in declared:
-        if "extra ==" in requirement.replace("extra==", "extra =="):
-            continue
+    for requirement in runtime_requirements():
         name = re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0]
         try:
             out[name] = metadata.version(name)
