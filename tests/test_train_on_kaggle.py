@@ -19,7 +19,7 @@ from kaggleops import __version__
 from kaggleops.emulator import Emulator
 from kaggleops.emulator.seeding import seed_competition
 
-from harness import git, kops
+from harness import git, kops, start_emulator_process
 
 TSE = "tweet-sentiment-extraction"
 KEY = "k3y-0f-alice"
@@ -282,3 +282,127 @@ def emu_log(emu: Emulator, version: int) -> list[str]:
     """What kernel version ``version`` printed (its log, as Kaggle keeps it)."""
     kernel = emu.store.kernels[tuple(KERNEL.split("/"))]  # type: ignore[index]
     return [str(e["data"]).rstrip("\n") for e in kernel.version(version).log]
+
+
+# ---- the emulator's notebook secrets and sessions ----------------------------------------------------------------
+
+PEEK = '''import os, subprocess, time
+from kaggle_secrets import UserSecretsClient
+client = UserSecretsClient()
+for name in ("TEAM_URI", "OTHER"):
+    try:
+        print(name, "=", "right value" if client.get_secret(name) == "http://team.example" else "wrong value")
+    except Exception as e:
+        print(name, type(e).__name__, e)
+print("host credentials:", sorted(k for k in os.environ if k.startswith(("MLFLOW_", "KAGGLE_KEY"))))
+clone = subprocess.run(["git", "clone", "-q", os.environ["PEEK_REPO"], "clone"], capture_output=True, text=True)
+print("local clone:", clone.returncode, clone.stderr.strip().splitlines()[-1])
+if os.environ.get("PEEK_SLEEP"):
+    subprocess.Popen(["sleep", "300"])
+    time.sleep(300)
+'''
+
+
+def _push_peek(kaggle: Any, folder: Path, slug: str) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "peek.py").write_text(PEEK)
+    (folder / "kernel-metadata.json").write_text(json.dumps({
+        "id": f"alice/{slug}", "title": f"{slug} kernel", "code_file": "peek.py", "language": "python",
+        "kernel_type": "script",
+        "is_private": True, "enable_gpu": False, "enable_internet": True, "dataset_sources": [],
+        "competition_sources": [], "kernel_sources": [], "model_sources": []}))
+    return int(kaggle.push_kernel(folder))
+
+
+def _peek_log(kaggle: Any, slug: str, version: int) -> list[str]:
+    from kaggleops.refs import KernelRef
+
+    ref = KernelRef("alice", slug, version)
+    assert kaggle.wait_kernel(ref, timeout_s=120, poll_s=0.5) == "COMPLETE"
+    return [line for line in kaggle.kernel_log(ref) if line.strip()]
+
+
+def test_emulator_sessions_read_attached_secrets_only_and_clone_no_local_path(
+        tmp_path: Path, kaggle: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaggleops.adapters.kaggle import Kaggle
+
+    emu, env = kaggle
+    for var, value in {**env, "MLFLOW_TRACKING_URI": "http://host-only.example", "PEEK_REPO": str(tmp_path)}.items():
+        monkeypatch.setenv(var, value)  # the emulator runs in this process: its sessions must not see these
+    git(tmp_path, "init", "-q")
+    client = Kaggle(emu.url)
+    emu.add_secret("TEAM_URI", "http://team.example")
+    emu.add_secret("OTHER", "never attached")
+    first = _peek_log(client, "peek-secrets", _push_peek(client, tmp_path / "k", "peek-secrets"))
+    assert first[:2] == ["TEAM_URI BackendError Unexpected response from the service. Response: {'wasSuccessful': "
+                         f"False, 'errors': ['No user secrets exist for kernel id {_kernel_id(emu)} and label "
+                         "TEAM_URI']}.", first[1]]  # a new notebook: nothing attached
+    emu.attach_secrets("alice/peek-secrets", ["TEAM_URI"])
+    second = _peek_log(client, "peek-secrets", _push_peek(client, tmp_path / "k", "peek-secrets"))
+    assert second[0] == "TEAM_URI = right value" and second[1].startswith("OTHER BackendError")
+    assert second[2] == "host credentials: []"
+    assert second[3] == "local clone: 128 fatal: transport 'file' not allowed"
+    log = (emu.root / "requests.log").read_text()
+    assert "http://team.example" not in log and '"label": "TEAM_URI"' in log
+
+
+def _kernel_id(emu: Emulator) -> int:
+    return emu.store.kernels[("alice", "peek-secrets")].id
+
+
+def test_emulator_stop_kernel_ends_the_whole_session(tmp_path: Path, kaggle: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.refs import KernelRef
+
+    emu, env = kaggle
+    for var, value in {**env, "PEEK_REPO": str(tmp_path), "PEEK_SLEEP": "1"}.items():
+        monkeypatch.setenv(var, value)
+    git(tmp_path, "init", "-q")
+    client = Kaggle(emu.url)
+    version = _push_peek(client, tmp_path / "k", "sleeper")
+    ref = KernelRef("alice", "sleeper", version)
+    deadline = time.monotonic() + 60
+    while not any("local clone" in line for line in client.kernel_log(ref)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kv = emu.store.kernels[("alice", "sleeper")].version(version)
+    group = emu.runner._procs[id(kv)].pid
+    assert emu.stop_kernel("alice/sleeper")
+    deadline = time.monotonic() + 30
+    while client.kernel_status(ref)[0] != "CANCEL_ACKNOWLEDGED" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.kernel_status(ref) == ("CANCEL_ACKNOWLEDGED", "Kernel run was cancelled by the user.")
+    assert not _alive_in_group(group)  # the session's `sleep` child is gone too
+    assert not emu.stop_kernel("alice/sleeper")
+
+
+def _alive_in_group(group: int) -> list[int]:
+    """Processes of process group ``group`` that still run (zombies left to an init that does not reap excluded)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_emulator_start_secret_reaches_every_notebook_of_the_user(tmp_path: Path) -> None:
+    from kaggleops.adapters.kaggle import Kaggle
+
+    git(tmp_path, "init", "-q")
+    with start_emulator_process(tmp_path / "emu", username="alice", key=KEY, args=["--secret", "TEAM_URI"],
+                                env={"TEAM_URI": "http://team.example", "PEEK_REPO": str(tmp_path)}) as emulated:
+        os.environ.update(emulated.env)
+        try:
+            client = Kaggle(emulated.url)
+            lines = _peek_log(client, "peek-secrets", _push_peek(client, tmp_path / "k", "peek-secrets"))
+        finally:
+            for var in emulated.env:
+                os.environ.pop(var, None)
+    assert lines[0] == "TEAM_URI = right value" and lines[1].startswith("OTHER BackendError")
+    missing = kops("emulator", "start", "--root", str(tmp_path / "emu2"), "--secret", "NOT_SET_ANYWHERE")
+    assert _one_error_line(missing) == ("kops: error: --secret NOT_SET_ANYWHERE: the environment variable "
+                                        "NOT_SET_ANYWHERE is not set. Set it first: export NOT_SET_ANYWHERE=VALUE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,9 @@ def start(
     competition: list[str] = typer.Option(None, "--competition", help="A bundled competition to serve, e.g. "
                                           "digit-recognizer, or a folder with a competition.json (repeatable; "
                                           "default: the ones kept in --root, else the default competition)."),
+    secret: list[str] = typer.Option(None, "--secret", help="A notebook secret (Add-ons > Secrets) for every notebook "
+                                     "of --username, e.g. MLFLOW_TRACKING_URI; its value is read from this process' "
+                                     "environment variable of that name, never from the command line (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
     """Serve bundled sample competitions on 127.0.0.1 until Ctrl-C (a --root keeps them across restarts)."""
@@ -64,6 +68,11 @@ def start(
     served = sorted(emulator.store.competitions)
     for method, status in faults:
         emulator.inject_fault(method, status)
+    for name in secret or []:
+        if not os.environ.get(name):
+            raise ConfigError(f"--secret {name}: the environment variable {name} is not set.",
+                              f"Set it first: export {name}=VALUE")
+        emulator.add_secret(name, os.environ[name], every_notebook=True)
     url = emulator.start(host="127.0.0.1", port=port)
     env = {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}
     data = {"url": url, "competition": served[0], "competitions": served, "root": str(folder), "env": env,

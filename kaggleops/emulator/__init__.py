@@ -196,11 +196,17 @@ class Emulator:
 
     # ---- notebook secrets and sessions (what a user does in a notebook's editor) -------------------
 
-    def add_secret(self, label: str, value: str, owner: str | None = None) -> None:
+    def add_secret(self, label: str, value: str, owner: str | None = None, every_notebook: bool = False) -> None:
         """Add (or replace) the secret ``label`` in ``owner``'s account (default: the emulator's user), as in
-        a notebook's Add-ons > Secrets. It reaches no kernel until attached to it (:meth:`attach_secrets`)."""
+        a notebook's Add-ons > Secrets. It reaches no kernel until attached to it (:meth:`attach_secrets`), or, with
+        ``every_notebook``, to every notebook of the owner once it exists (``kops emulator start --secret``: a dry
+        run's stand-in for attaching it in each notebook's editor; a notebook's first, unrun version is unchanged).
+        """
+        owner = owner or self.username
         with self.store.lock:
-            self.store.secrets.setdefault(owner or self.username, {})[label] = value
+            self.store.secrets.setdefault(owner, {})[label] = value
+            if every_notebook:
+                self.store.secret_attachments.setdefault((owner, "*"), set()).add(label)
 
     def attach_secrets(self, kernel: str, labels: Sequence[str]) -> None:
         """Attach the owner's secrets ``labels`` to ``kernel`` (``owner/slug``, which must exist: on Kaggle this

@@ -105,7 +105,7 @@ def get_secret_by_label(store: Store, authorization: str | None, body: dict[str,
         owner, slug = session
         label = str(body.get("Label") or "")
         kernel = store.kernels.get(session)
-        attached = store.secret_attachments.get(session, set())
+        attached = store.secret_attachments.get(session, set()) | store.secret_attachments.get((owner, "*"), set())
         value = store.secrets.get(owner, {}).get(label)
     if not label:
         return 200, {"wasSuccessful": False, "errors": ["Label must be non-empty."]}

@@ -226,7 +226,7 @@ class Store:
         self.submissions: dict[int, Submission] = {}
         self.models: dict[tuple[str, str], Any] = {}  # rpc_models.Model by (owner, slug)
         # notebook secrets (notebook_secrets.py), in memory only: by owner, label -> value; the labels attached to
-        # each kernel (owner, slug); each running session's token -> its kernel
+        # each kernel (owner, slug), (owner, "*"): to all of the owner's; each running session's token -> its kernel
         self.secrets: dict[str, dict[str, str]] = {}
         self.secret_attachments: dict[tuple[str, str], set[str]] = {}
         self.secret_sessions: dict[str, tuple[str, str]] = {}
