@@ -144,8 +144,10 @@ def test_run_id_prefix_of_6_or_more_characters_resolves(tmp_path: Path) -> None:
     run_id = tracker.start_run("fold-0", {})
     tracker.end_run(run_id)
     assert tracker.resolve(run_id[:8]) == tracker.resolve(run_id[:6]) == run_id
-    with pytest.raises(RunNotFound):
-        tracker.resolve(run_id[:5])  # too short to be taken as a prefix
+    from kaggleops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is too short: a prefix needs 6\\+ characters"):
+        tracker.resolve(run_id[:5])  # too short to be taken as a prefix: says so (not "not found")
     other = "0" * 8 if not run_id.startswith("0") else "f" * 8
     with pytest.raises(RunNotFound):
         tracker.resolve(other)
