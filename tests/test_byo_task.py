@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-from image_harness import shared_cache, wheel_of_installed
 
-from harness import git, kops, kops_json, read_csv
+from harness import git, kops, kops_json, read_csv, shared_cache, wheel_of_installed
 
 pytestmark = pytest.mark.slow
 

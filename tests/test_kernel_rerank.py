@@ -18,7 +18,7 @@ import pytest
 from kaggleops.kernel.runtime import KernelFailure, check_submission, main, restore_model_dir
 from kaggleops.tasks import get_task
 
-from harness import kops, read_csv
+from harness import kops, read_csv, shared_cache
 
 TSE = get_task("tweet-sentiment-extraction")
 LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
@@ -49,10 +49,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def env(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Re-apply the loop's environment after conftest's per-test isolation."""
+def env(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Re-apply the loop's environment after conftest's per-test isolation; run-local's Kaggle image environment
+    comes from the session's shared cache (built once per session, as once per machine for a user)."""
     for key, value in loop["env"].items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KOPS_CACHE_DIR", str(shared_cache(tmp_path_factory)))
     monkeypatch.chdir(loop["workdir"])
     return loop
 

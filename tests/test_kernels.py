@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from image_harness import shared_cache
 
 from kaggleops.kernel.runtime import check_submission
 from kaggleops.tasks import get_task
 
-from harness import kops, read_csv
+from harness import kops, read_csv, shared_cache
 
 pytestmark = pytest.mark.slow
 LOOP_ENV_KEYS = ("KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")

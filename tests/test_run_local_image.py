@@ -3,7 +3,7 @@ environment (only the pinned packages; no kops, no MLflow, nothing of the task),
 legacy one on request), the session's time limit over the kernel's whole process group, and `--python PATH`.
 
 The kernels here are hand-written scripts on a tiny competition passed with `--data`, so nothing is downloaded; the
-image environment is built once per test session in a shared KOPS_CACHE_DIR (image_harness.shared_cache)."""
+image environment is built once per test session in a shared KOPS_CACHE_DIR (harness.shared_cache)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from image_harness import image_python, shared_cache
 
-from harness import kops, write_config
+from harness import image_python, kops, shared_cache, write_config
 
 COMPETITION = "tiny-image-check"
 IMAGE_MODULES = ("numpy", "pandas", "polars", "sklearn", "scipy", "torch", "transformers", "tokenizers", "lightgbm",
