@@ -295,6 +295,14 @@ class Kaggle:
                    force=True, quiet=True, unzip=True, resource=ref)
         return dst
 
+    def download_model(self, ref: ModelRef, dst: Path) -> Path:
+        """One Kaggle Model instance version as the official client downloads it (``model_instance_version_download``,
+        untarred into ``dst``; files the uploader zipped stay zipped)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        self._call(f"Download model {ref}", self.api.model_instance_version_download, str(ref), path=str(dst),
+                   force=True, quiet=True, untar=True, resource=ref)
+        return dst
+
     def create_dataset(self, folder: Path, public: bool, ref: DatasetRef | None = None, quiet: bool = True) -> None:
         """Create the dataset (version 1) from ``folder`` (with its dataset-metadata.json); sub-folders as zips."""
         ref = ref or _metadata_ref(folder)

@@ -232,19 +232,6 @@ def input_path(source: DatasetRef | ModelRef | CompetitionRef, layout: str = "cu
     return source.slug if layout == "legacy" else f"datasets/{source.owner}/{source.slug}"
 
 
-def download_model(kaggle: Kaggle, ref: ModelRef, dst: Path) -> Path:
-    """One Kaggle Model instance version as the official client downloads it (``model_instance_version_download``,
-    untarred into ``dst``; files the uploader zipped stay zipped).
-
-    Through the adapter's one call path (retries, error translation); it belongs in the adapter beside
-    ``download_dataset``.
-    """
-    dst.mkdir(parents=True, exist_ok=True)
-    kaggle._call(f"Download model {ref}", kaggle.api.model_instance_version_download, str(ref), path=str(dst),
-                 force=True, quiet=True, untar=True, resource=ref)
-    return dst
-
-
 def cache_root(cfg: KopsConfig, kaggle: Kaggle) -> Path:
     """``.kops/cache/kaggle/<endpoint>/``: kaggle.com, or the emulator's host and port (another server)."""
     where = re.sub(r"[^A-Za-z0-9.-]+", "_", (kaggle.endpoint or "kaggle.com").split("://", 1)[-1]).strip("_")
@@ -320,7 +307,7 @@ def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: P
         ("dataset", ref, cache / "datasets" / ref.owner / ref.slug / str(ref.version),
          lambda d, r=ref: kaggle.download_dataset(r, d)) for ref in planned_datasets(plan)]
     sources += [("model", ref, cache / "models" / ref.owner / ref.slug / ref.framework / ref.variation /
-                 str(ref.version), lambda d, r=ref: download_model(kaggle, r, d)) for ref in planned_models(plan)]
+                 str(ref.version), lambda d, r=ref: kaggle.download_model(r, d)) for ref in planned_models(plan)]
     for kind, ref, where, fetch in sources:
         try:
             hit = cached_download(where, fetch)
