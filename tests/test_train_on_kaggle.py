@@ -218,10 +218,10 @@ def test_train_on_kaggle_new_project_then_killed_and_resumed(tmp_path: Path, kag
         first = kops("train", "--on", "kaggle", "--wait", cwd=work, env=env)
         assert first.returncode == 1, first.stderr[-3000:]
         assert first.stderr.strip().splitlines()[-1] == (
-            f"kops: error: Training kernel {KERNEL} v1 was saved on Kaggle but not run: attach the secrets "
-            "MLFLOW_TRACKING_URI (your team server's URL); MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-            f"MLFLOW_TRACKING_TOKEN) if it asks for them at {emu.url}/code/{KERNEL}/edit (Add-ons > Secrets). Then: "
-            "kops train --on kaggle --wait")
+            f"kops: error: Training kernel {KERNEL} v1 was saved on Kaggle but not run: open {emu.url}/code/{KERNEL}/"
+            "edit, Add-ons > Secrets, and attach MLFLOW_TRACKING_URI (your team server's URL), and "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) if it asks for them. "
+            "Then: kops train --on kaggle --wait")
         assert f"kops: {KERNEL} is a new Kaggle notebook" in first.stderr
         assert [v["status"] for v in emu.state_summary()["kernels"][KERNEL]["versions"]] == ["COMPLETE"]
         assert not _runs(client, "kaggle-e2e")

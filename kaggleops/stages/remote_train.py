@@ -231,9 +231,9 @@ def training_kernel_ref(cfg: KopsConfig) -> KernelRef:
 
 def _secrets_line(cfg: KopsConfig, ref: KernelRef, web_base: str) -> str:
     required = required_secrets(cfg)
-    names = f"{' and '.join(required)} (your team server's URL); {AUTH_SECRETS} if it asks for them" if required \
-        else f"{AUTH_SECRETS} if your server asks for them"
-    return f"attach the secrets {names} at {ref.url(web_base)}/edit (Add-ons > Secrets)"
+    names = f"{' and '.join(required)} (your team server's URL), and {AUTH_SECRETS} if it asks for them" \
+        if required else f"{AUTH_SECRETS} if your server asks for them"
+    return f"open {ref.url(web_base)}/edit, Add-ons > Secrets, and attach {names}"
 
 
 def _check_not_running(kaggle: Kaggle, ref: KernelRef, latest: int) -> None:
