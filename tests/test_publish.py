@@ -199,7 +199,7 @@ def test_failure_leaves_run_untagged_and_names_the_retry(project: Path, emulator
     kaggle = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"], backoff_s=0.01, max_attempts=3)
     with pytest.raises(PublishError) as err:
         publish(load_config(project / "kops.yaml"), run_id, kaggle=kaggle)
-    ref = f"{USER}/fold-0-{run_id[:8]}"
+    ref = f"{USER}/publish-tests-fold-0-{run_id[:8]}"  # experiment-run name-id
     assert str(err.value) == (
         f"Publishing run {run_id} to {ref} failed: Create dataset {ref} failed (HTTP 500): injected fault 500 "
         f"The run is left untagged; retry with: kops publish {run_id} --dataset {ref}")
@@ -282,7 +282,7 @@ def test_cli_publish_twice_says_nothing_uploaded(project: Path, emulator: Emulat
     assert code == 0, err
     assert json.loads(out)["dataset_version"] == 1
     code, out, err = kops_in_process(project, capsys, "publish", run_id)
-    ref = f"{USER}/fold-0-{run_id[:8]}"
+    ref = f"{USER}/publish-tests-fold-0-{run_id[:8]}"  # experiment-run name-id
     assert code == 0, err
     assert out.splitlines()[0] == (f"Weights of run {run_id} equal {ref} version 1: nothing uploaded, "
                                    "no new version; run tagged with it")
@@ -381,7 +381,7 @@ def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emul
     result = publish_run_or_folds(cfg, parent)
     assert isinstance(result, PublishedFolds) and result.parent_run_id == parent
     assert [(r.run_id, r.dataset, r.dataset_version) for r in result.folds] == [
-        (f, f"{USER}/fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
+        (f, f"{USER}/publish-tests-fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
     with pytest.raises(ConfigError, match="is a k-fold parent: each fold gets its own dataset"):
         publish_run_or_folds(cfg, parent, dataset=f"{USER}/all-folds")
 

@@ -70,8 +70,11 @@ class PublishResult:
 
 
 def default_dataset_ref(cfg: KopsConfig, run_name: str, run_id: str) -> DatasetRef:
-    """``owner/<run name>-<run id prefix>``: one dataset per run, new versions when republished."""
-    stem = slugify(run_name or "run", SLUG_MAX - 9)
+    """``owner/<experiment>-<run name>-<run id prefix>``: one dataset per run, new versions when republished; the
+    experiment (the competition slug by default) in the name keeps two competitions' datasets apart."""
+    run = slugify(run_name or "run", SLUG_MAX - 9)
+    prefix = slugify(cfg.experiment_name, SLUG_MAX - 10 - len(run))  # the experiment is shortened, the run name kept
+    stem = f"{prefix}-{run}" if prefix else run
     return DatasetRef(cfg.kaggle_owner, f"{stem}-{run_id[:8]}")
 
 
@@ -326,7 +329,7 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
 
     Example:
         >>> publish(load_config(), "3f2a…")  # doctest: +SKIP
-        PublishResult(run_id='3f2a…', dataset='alice/fold-0-3f2a9c1e', dataset_version=1, ...)
+        PublishResult(run_id='3f2a…', dataset='alice/tse-fold-0-3f2a9c1e', dataset_version=1, ...)
     """
     tracker = open_tracker(cfg)
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
