@@ -484,3 +484,27 @@ def test_tracking_token_from_colab_reaches_env_never_the_run(
     assert apply_tracking_credentials() == []  # already in the env: nothing more to do
     run = _client(tmp_path).get_run(result.run_id)
     assert "DoNotLog" not in json.dumps([run.data.tags, run.data.params])
+
+
+def test_resume_line_names_the_step_of_a_checkpoint_without_progress_json(tmp_path: Path) -> None:
+    """A task whose checkpoint folder has no progress.json (e.g. a user's): the step comes from kops' latest.json."""
+    import json
+
+    from kaggleops.adapters.tracking import Tracker
+    from kaggleops.config import load_config
+    from kaggleops.stages.train import _start_line, download_checkpoint
+
+    (tmp_path / "kops.yaml").write_text("competition: digit-recognizer\nowner: alice\n")
+    tracker = Tracker(load_config(tmp_path / "kops.yaml"))
+    run_id = tracker.start_run("fold-0", {})
+    slot = tmp_path / "a"
+    slot.mkdir()
+    (slot / "state.pt").write_bytes(b"weights")
+    tracker.log_artifacts(run_id, slot, "checkpoint/a")
+    pointer = tmp_path / "pointer"
+    pointer.mkdir()
+    (pointer / "latest.json").write_text(json.dumps({"slot": "a", "step": 20}))
+    tracker.log_artifacts(run_id, pointer, "checkpoint")
+    folder = download_checkpoint(tracker, run_id, tmp_path / "dl")
+    assert folder is not None and (folder / "state.pt").read_bytes() == b"weights"
+    assert _start_line("fold 0 (1/1)", run_id, run_id, folder) == f"fold 0 (1/1): resuming run {run_id} from step 20"

@@ -424,12 +424,21 @@ def oof_file(oof: Any, task: Any, folder: Path) -> Path:
 
 
 def _progress(checkpoint: Path | None) -> dict[str, int]:
-    """``{"step", "total"}`` from a checkpoint's ``progress.json``, where the task wrote one (empty otherwise)."""
-    path = Path(checkpoint) / CHECKPOINT_PROGRESS if checkpoint is not None else None
-    try:
-        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    except (OSError, ValueError):
+    """``{"step", "total"}`` from a checkpoint's ``progress.json``, where the task wrote one; else ``{"step"}``
+    from the ``latest.json`` kops wrote beside the slot the checkpoint came from (empty when neither says)."""
+    if checkpoint is None:
         return {}
+    try:
+        path = Path(checkpoint) / CHECKPOINT_PROGRESS
+        if path.is_file():
+            return json.loads(path.read_text())
+        pointer = Path(checkpoint).parent / LATEST_FILE  # put there by download_checkpoint
+        latest = json.loads(pointer.read_text()) if pointer.is_file() else {}
+        if latest.get("slot") == Path(checkpoint).name and latest.get("step") is not None:
+            return {"step": int(latest["step"])}
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
 def _start_line(label: str, run_id: str, resume_run: str | None, resume_from: Path | None) -> str:
@@ -487,5 +496,7 @@ def download_checkpoint(tracker: Tracker, run_id: str, dst: Path, task: Any = No
         if f"{CHECKPOINT_ARTIFACT}/{slot}" in names:
             folder = tracker.download(run_id, f"{CHECKPOINT_ARTIFACT}/{slot}", dst / slot)
             if is_checkpoint(folder):
+                if slot == latest["slot"]:  # its step, for a task whose checkpoint has no progress.json
+                    (folder.parent / LATEST_FILE).write_text(json.dumps(latest))
                 return folder
     return None
