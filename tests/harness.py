@@ -1,7 +1,10 @@
 """The test harness every test file shares: the installed ``kops`` as a subprocess, emulators, small readers.
 
-Fixtures built on these live in ``conftest.py`` (``emulator``, ``project``); test files import the plain helpers
-(``from harness import kops, read_csv``) — pytest puts ``tests/`` on ``sys.path``.
+Fixtures built on these live in ``conftest.py`` (``start_emulator``, ``emulator``, ``project``, ``project_settings``,
+``mlflow_server``); test files import the plain helpers (``from harness import kops, read_csv``) — pytest puts
+``tests/`` on ``sys.path``. A test that trains a model or starts a server or a kops kernel is marked
+``@pytest.mark.slow`` (``make test-fast`` leaves it out); a test that trains says where its data comes from
+(``--sample``, ``sample=True`` or ``data_dir:``): kops has no test-only data fallback.
 """
 
 from __future__ import annotations
