@@ -143,6 +143,10 @@ class KernelError(KaggleError):
     """Pushing or running a kernel failed."""
 
 
+class ImageError(KopsError):
+    """run-local's Kaggle image environment could not be built or used."""
+
+
 class KernelRunFailed(KernelError):
     """A pushed kernel version ended in ERROR; ``log_tail`` holds the last lines it printed."""
 

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kaggleops.errors import KopsError
+from kaggleops.errors import ImageError
 
 ENV_CACHE_DIR = "KOPS_CACHE_DIR"
 IMAGE_LIST = Path(__file__).with_name("kaggle_image.txt")
@@ -73,10 +73,6 @@ for name, version in json.loads(sys.argv[1]).items():
 print(json.dumps({"missing": missing, "kaggleops": importlib.util.find_spec("kaggleops") is not None,
                   "purelib": sysconfig.get_paths()["purelib"]}))
 """
-
-
-class ImageError(KopsError):
-    """The Kaggle image environment could not be built or used."""
 
 
 def _normal(name: str) -> str:

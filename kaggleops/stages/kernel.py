@@ -300,7 +300,7 @@ def check_renders(cfg: KopsConfig, run_ids: list[str]) -> None:
     The template, the task's kernel spec and the plan are the same ones the real render uses, so a missing
     template or a task that cannot be loaded fails here: no dataset uploaded, no run tagged.
     """
-    placeholder = RuntimeDataset(f"{cfg.kaggle_owner}/kops-runtime", 1, "", "kops.whl", created=False)
+    placeholder = RuntimeDataset(f"{cfg.kaggle_owner}/kops-runtime", 1, "", wheel="", created=False)
     models = [ModelSource(run_id, f"{cfg.kaggle_owner}/placeholder", 1) for run_id in run_ids]
     kernel_source(cfg, build_plan(cfg, models, placeholder), placeholder)
 
