@@ -178,7 +178,8 @@ class KernelRunner:
         return script
 
     def _env(self, kv: KernelVersion, input_dir: Path, working: Path, session_env: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+        # a Kaggle session sees nothing of the host's tracking setup (MLflow reads every MLFLOW_* variable)
+        env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("MLFLOW_")}
         tmp, image = kv.run_dir / "tmp", kv.run_dir / "image"
         tmp.mkdir(parents=True, exist_ok=True)
         image.mkdir(parents=True, exist_ok=True)
