@@ -162,15 +162,15 @@ def test_a_loopback_origin_is_refused_when_kaggle_is_the_real_one(tmp_path: Path
 
 # ---- end to end ---------------------------------------------------------------------------------------------
 
-# One fold of the tiny model, slow enough to be stopped between two checkpoints: 400 steps of 8 rows, a checkpoint
-# (and a validation) every 20.
+# One fold of the tiny model, long enough to be stopped between two checkpoints: 400 steps of 8 rows, a checkpoint
+# (and a validation) every 100 (each checkpoint is an upload to the team server: more of them only cost time).
 TRAIN_ON_KAGGLE = """train:
   folds: [0]
   epochs: 5
   batch_size: 8
   max_steps: 400
-  eval_every: 20
-  checkpoint_every: 20
+  eval_every: 100
+  checkpoint_every: 100
 """
 KERNEL = "alice/kaggle-e2e-train"
 
