@@ -39,7 +39,7 @@ test: lint
 	$(BIN)/python $(PYTEST)
 
 test-fast: lint
-	$(BIN)/python $(PYTEST) -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist load -m "not slow"
 
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \

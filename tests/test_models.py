@@ -90,6 +90,7 @@ def test_default_model_target_and_a_bad_reference(project: Path) -> None:
                           "alice/tse-roberta/transformers/fold-0.\n")
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 @pytest.mark.parametrize("layout", ["current", "legacy"])
 def test_kernel_attaches_the_model_version_and_finds_it_by_manifest(project: Path, emulator: Emulator,
                                                                      layout: str) -> None:

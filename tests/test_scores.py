@@ -123,6 +123,7 @@ def history(cfg: Any, run_id: str, key: str) -> list[tuple[int, float]]:
 # ---- code submission: scored later, private LB after the deadline, idempotent ------------------------
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_code_submission_scored_later_then_private_lb_and_idempotent(cfg: Any, emulator: Emulator,
                                                                      tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
@@ -191,6 +192,7 @@ def test_no_submissions_left_is_refused_with_reset_time(cfg: Any, emulator: Emul
 # ---- two submissions of the same runs ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     run_a, run_b = source_run(cfg, "fold-0", 0.60), source_run(cfg, "fold-1", 0.70)
     version = push_tiny_kernel(tmp_path, [run_a, run_b])
@@ -238,6 +240,7 @@ submit(load_config(sys.argv[1]), sys.argv[2], int(sys.argv[3]), "killed")
 """
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_kill_between_submit_and_recording_is_completed_by_scores(cfg: Any, emulator: Emulator,
                                                                   tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
@@ -261,6 +264,7 @@ def test_kill_between_submit_and_recording_is_completed_by_scores(cfg: Any, emul
 # ---- submissions made outside kops --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_outside_submissions_are_reported_then_adopted_with_all(cfg: Any, emulator: Emulator,
                                                                 tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
@@ -329,6 +333,7 @@ def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, t
                           "lb_private, cv, date, ref.\nTry 'kops leaderboard --help' for help.\n")
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_kfold_parent_gets_the_lb_scores_of_its_folds(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     tracker = Tracker(cfg)
     parent = tracker.start_run("kfold-tiny", {}, {"kops.kind": "kfold"})
@@ -482,6 +487,7 @@ def test_numeric_column_must_hold_numbers(tmp_path: Path) -> None:
     assert first_problem(sub, sample) is None
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulator: Emulator,
                                                                 tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
@@ -509,6 +515,7 @@ def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulat
     assert "(COMPLETE, public " in twice.stderr
 
 
+@pytest.mark.slow  # the emulator runs a kernel
 def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     """`kops kernel output` downloads a kernel version's files; its next: line is the command that submits them."""
     run_a = source_run(cfg, "fold-0", 0.61)
