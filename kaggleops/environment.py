@@ -42,3 +42,23 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def imported_distributions() -> dict[str, str]:
+    """Every installed distribution (name → version) that a module imported in this process belongs to: what the
+    run actually used, the task's own libraries (scikit-learn, joblib, …) included. The standard library is not."""
+    top = {name.split(".")[0] for name in list(sys.modules)} - set(sys.stdlib_module_names)
+    owners = metadata.packages_distributions()
+    found: dict[str, str] = {}
+    for module in sorted(top):
+        for dist in owners.get(module, []):
+            try:
+                found.setdefault(dist, metadata.version(dist))
+            except metadata.PackageNotFoundError:
+                continue
+    return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+
+
+def requirements_text() -> str:
+    """``name==version`` lines of :func:`imported_distributions` (pip's requirements format, as MLflow models log)."""
+    return "".join(f"{name}=={version}\n" for name, version in imported_distributions().items())

@@ -237,3 +237,39 @@ def test_ui_view_shows_the_task_metric_and_sorts_lower_is_better_ascending(tmp_p
     state = json.loads(exp.tags[SHARED_VIEW_TAG + SHARE_KEY])
     assert state["orderByAsc"] is True and "metrics.`cv_rmse`" in state["selectedColumns"]
     assert "metrics.`best_val_rmse`" in state["selectedColumns"]
+
+
+@pytest.mark.slow
+def test_a_run_records_the_libraries_its_task_imported(tmp_path: Path) -> None:
+    """The README's task, importing a library kops itself never imports (joblib): the fold run's
+    environment/requirements.txt pins it, beside everything else the run imported."""
+    import json
+    from importlib import metadata
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    source = readme.split("```python\n# tasks/my_task.py", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    head, sep, rest = source.partition("    def train_fold(self, train, settings, ctx):")
+    assert sep, "the README task changed"
+    line_end = rest.index("\n") + 1
+    source = head + sep + rest[:line_end] + "        import joblib  # noqa: F401 - a library only the task uses\n" + \
+        rest[line_end:]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_task.py").write_text(source)
+    (tmp_path / "data").mkdir()
+    x = np.random.default_rng(0).uniform(-1, 1, 60)
+    (tmp_path / "data" / "train.csv").write_text("id,x,target\n" + "".join(f"{i},{v},{1 + 2 * v}\n"
+                                                                           for i, v in enumerate(x)))
+    (tmp_path / "kops.yaml").write_text("competition: my-competition\ntask: tasks/my_task.py:MyTask\nowner: alice\n"
+                                        "data_dir: data\ntrain:\n  n_folds: 3\n  degree: 1\n")
+    out = kops("train", "--fold", "0", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = json.loads(out.stdout)["runs"][0]["run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = client.download_artifacts(run_id, "environment/requirements.txt", str(tmp_path / "dl"))
+    lines = Path(path).read_text().splitlines()
+    assert f"joblib=={metadata.version('joblib')}" in lines
+    assert f"numpy=={metadata.version('numpy')}" in lines
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+==\S+", ln) for ln in lines)  # pip's requirements format

@@ -48,6 +48,8 @@ OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
+ENVIRONMENT_ARTIFACT = "environment"  # environment/requirements.txt: the distributions a fold imported
+REQUIREMENTS_FILE = "requirements.txt"
 CHECKPOINT_PROGRESS = "progress.json"  # optional in a task's checkpoint folder: {"step": N, "total": M}
 
 log = logging.getLogger("kaggleops")
@@ -392,6 +394,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                         **({"best_step": result.best_step} if result.best_step is not None else {})}, result.steps)
             tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
             tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
+            tracker.log_artifact(run_id, _requirements_file(Path(tmp)), ENVIRONMENT_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
         step = slots.step if slots is not None else None
@@ -421,6 +424,15 @@ def oof_file(oof: Any, task: Any, folder: Path) -> Path:
                         "Return the id column and the submission columns (see kaggleops.task.FoldResult).")
     oof.to_csv(target, index=False)
     return target
+
+
+def _requirements_file(folder: Path) -> Path:
+    """``requirements.txt``: every distribution the fold imported (the task's own libraries too), pinned."""
+    from kaggleops.environment import requirements_text
+
+    path = folder / REQUIREMENTS_FILE
+    path.write_text(requirements_text())
+    return path
 
 
 def _progress(checkpoint: Path | None) -> dict[str, int]:
