@@ -399,3 +399,24 @@ def test_weight_check_judges_torch_files_and_leaves_other_formats_to_their_task(
     (tmp_path / "head.pt").write_bytes((tmp_path / "head.pt").read_bytes()[:200])  # cut mid-archive
     with pytest.raises(DataError, match=r"^Run r1: model/head.pt does not load \("):
         check_weights(tmp_path, "r1")
+
+
+def test_every_command_that_takes_a_run_id_takes_a_unique_prefix(project: Path, emulator: Emulator) -> None:
+    """publish, push-kernel --run / --reranker, submit --run (tests/test_scores.py) and train --stage rerank --from:
+    an 8-character prefix is resolved to the run (the full id in what they say), a 5-character one is refused."""
+    run_id = make_run(project, model_files(seed=77))
+    prefix = run_id[:8]
+    published = kops("publish", prefix, "--json", cwd=project)
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout)["run_id"] == run_id
+    rendered = kops("push-kernel", "--run", prefix, "--no-push", "--json", cwd=project)
+    assert rendered.returncode == 0, rendered.stderr
+    assert json.loads(rendered.stdout)["run_ids"] == [run_id]
+    reranker = kops("push-kernel", "--run", prefix, "--reranker", prefix, "--no-push", cwd=project)
+    assert reranker.returncode == 1 and f"Run {run_id} is not a reranker run" in reranker.stderr  # found, then judged
+    rerank = kops("train", "--stage", "rerank", "--from", prefix, cwd=project)
+    assert rerank.returncode == 1 and f"Run {run_id} is neither a k-fold parent nor a fold run" in rerank.stderr
+    for args in (("publish", run_id[:5]), ("push-kernel", "--run", run_id[:5], "--no-push"),
+                 ("train", "--stage", "rerank", "--from", run_id[:5])):
+        out = kops(*args, cwd=project)
+        assert out.returncode == 1 and f"Run id prefix '{run_id[:5]}' is too short" in out.stderr, (args, out.stderr)
