@@ -262,8 +262,8 @@ dataset:
 
 kernel:
   slug: null             # default: <experiment>-inference
-  machine_shape: NvidiaTeslaT4
-  enable_gpu: true
+  machine_shape: NvidiaTeslaT4   # the accelerator when enable_gpu is true (T4 x2; also NvidiaL4, TpuV5E8)
+  enable_gpu: {enable_gpu}{gpu_note}
   private: true
 """
 
@@ -279,6 +279,7 @@ def render_template(
     epochs: int | None = None,
     task: str | None = None,
     train: dict[str, Any] | None = None,
+    gpu: bool = True,
 ) -> str:
     """The commented kops.yaml that `kops init` writes (``train``: the task's own keys, with model/epochs)."""
     import json
@@ -295,4 +296,6 @@ def render_template(
         data_dir=data_dir or "null",
         folds="null" if folds is None else "[" + ", ".join(map(str, folds)) + "]",
         train_lines="\n".join(lines),
+        enable_gpu="true" if gpu else "false",
+        gpu_note="" if gpu else "      # true once your task's model uses a GPU (a CPU kernel spends no GPU quota)",
     )

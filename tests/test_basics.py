@@ -203,3 +203,16 @@ def test_a_data_record_survives_losing_the_create_race(tmp_path: Path, monkeypat
     monkeypatch.setattr(tracker.client, "log_inputs", broken)
     with pytest.raises(KopsError, match="disk full"):
         tracker.log_data_input(run_id, "sample", "ff0b1c0c", "/data/train.csv")
+
+
+def test_init_puts_a_skeleton_task_on_the_cpu_and_a_builtin_one_on_the_gpu(tmp_path: Path) -> None:
+    """A kernel for a task kops knows nothing about yet spends no GPU quota unless asked (--gpu)."""
+    import yaml
+
+    for folder, args, gpu in (("own", ("--competition", "my-tabular"), False), ("builtin", (), True),
+                              ("asked", ("--competition", "my-tabular", "--gpu"), True)):
+        (tmp_path / folder).mkdir()
+        out = kops("init", "--owner", "alice", *args, cwd=tmp_path / folder)
+        assert out.returncode == 0, out.stderr
+        kernel = yaml.safe_load((tmp_path / folder / "kops.yaml").read_text())["kernel"]
+        assert kernel["enable_gpu"] is gpu, folder

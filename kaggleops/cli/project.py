@@ -17,9 +17,14 @@ def init(
     owner: str = typer.Option(None, help="Kaggle user owning datasets/kernels (default: $KAGGLE_USERNAME)."),
     force: bool = typer.Option(False, help="Overwrite an existing kops.yaml."),
     mlproject: bool = typer.Option(False, help="Also write MLproject + python_env.yaml for `mlflow run`."),
+    gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="The inference kernel on a GPU (default: yes for a "
+                             "built-in task, no for the skeleton of your own)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder."""
+    """Write a commented kops.yaml (and optionally an MLflow Project) into the current folder.
+
+    Example: kops init --owner alice --competition playground-series-s6e1 --no-gpu
+    """
     from kaggleops.config import CONFIG_FILE, render_template
     from kaggleops.stages.mlproject import write_mlproject
     from kaggleops.tasks import DEFAULT_COMPETITION, task_spec
@@ -39,7 +44,8 @@ def init(
         skeleton.parent.mkdir(parents=True, exist_ok=True)
         skeleton.write_text(source)
         task = f"{rel}:{cls}"
-    path.write_text(render_template(competition=competition, owner=owner, task=task))
+    path.write_text(render_template(competition=competition, owner=owner, task=task,
+                                    gpu=gpu if gpu is not None else skeleton is None))
     written = [path, *_gitignore(Path.cwd()), *([skeleton] if skeleton else []),
                *(write_mlproject(Path.cwd(), competition) if mlproject else [])]
     lines = [f"Wrote {p}" for p in written]

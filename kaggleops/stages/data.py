@@ -274,7 +274,7 @@ def resolve(cfg: KopsConfig, task: Any, data_dir: Path | None = None, sample: bo
     except RulesNotAccepted:
         raise
     except (CredentialsMissing, KaggleError) as e:
-        raise _missing(cfg, f" and the download failed: {e.message}") from None
+        raise _missing(cfg, f" and the download failed: {e.message.rstrip('.')}") from None
 
 
 def _missing(cfg: KopsConfig, why: str) -> DataError:
