@@ -83,6 +83,13 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, start_emulator: Call
                                        "lb_public, lb_private, cv, date, ref."),
     (("ui", "--port", "99999"), "kops ui: error: Invalid value for '--port': Input should be less than or equal "
                                 "to 65535"),
+    (("push-kernel", "--run", "0123456789ab", "--machine-shape", "Foo"),
+     "kops push-kernel: error: Invalid value for '--machine-shape': 'Foo' is not an accelerator the installed kaggle "
+     "client knows: NvidiaL4, NvidiaTeslaT4, TpuV5E8."),
+    (("emulator", "start", "--fault", "garbage"),
+     "kops emulator start: error: Invalid value for '--fault': Not a fault spec: 'garbage'. Expected "
+     "service/Method=STATUS[,STATUS...], e.g. datasets.DatasetApiService/CreateDatasetVersion=503,429 or "
+     "Upload=drop."),
 ])
 def test_a_bad_option_value_is_a_usage_error_before_anything_runs(tmp_path: Path, args: tuple[str, ...],
                                                                   line: str) -> None:
@@ -90,7 +97,7 @@ def test_a_bad_option_value_is_a_usage_error_before_anything_runs(tmp_path: Path
     write_config(tmp_path)
     out = kops(*args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
-    command = " ".join(["kops", args[0]])
+    command = " ".join(["kops", *args[:2]]) if args[0] == "emulator" else f"kops {args[0]}"
     assert out.stderr == f"{line}\nTry '{command} --help' for help.\n"
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -441,9 +441,10 @@ def test_cli_emulator_start_with_faults_and_state_folder(tmp_path: Path) -> None
         proc.wait(timeout=30)
     assert (root / "requests.log").is_file() and (root / "state.pickle").is_file()
     bad = kops("emulator", "start", "--fault", "Upload=200")
-    assert bad.returncode == 1
-    assert bad.stderr == ("kops: error: Fault status '200' in 'Upload=200' must be an HTTP error status (400-599) "
-                          "or drop.\n")
+    assert bad.returncode == 2  # a usage mistake, refused while parsing
+    assert bad.stderr == ("kops emulator start: error: Invalid value for '--fault': Fault status '200' in 'Upload=200' "
+                          "must be an HTTP error status (400-599) or drop.\n"
+                          "Try 'kops emulator start --help' for help.\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,6 +59,21 @@ def one_of(*values: str) -> Callable[[str | None], str | None]:
     return check
 
 
+def known_machine_shape(value: str | None) -> str | None:
+    """A typer option callback: an accelerator the installed kaggle client does not know is a usage error (exit 2)
+    while parsing; a retired one is judged later (``--allow-retired``)."""
+    if value is None:
+        return value
+    from kaggleops.adapters.kaggle_machines import known_accelerators
+
+    known = known_accelerators()
+    if value.strip().lower() not in known:
+        current = sorted(a.name for a in known.values() if not a.retired)
+        raise typer.BadParameter(f"{value!r} is not an accelerator the installed kaggle client knows: "
+                                 f"{', '.join(current)}.")
+    return value
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Show the version and exit.")) -> None:

@@ -29,13 +29,22 @@ def parse_faults(specs: list[str]) -> list[tuple[str, int]]:
         raise ConfigError(str(e)) from None
 
 
+def _check_faults(specs: list[str] | None) -> list[str] | None:
+    """``--fault`` checked while parsing: a bad spec is a usage error (exit 2)."""
+    try:
+        parse_faults(specs or [])
+    except ConfigError as e:
+        raise typer.BadParameter(e.message) from None
+    return specs
+
+
 @emulator_app.command("start")
 def start(
     port: int = typer.Option(0, help="Port on 127.0.0.1 (0 = a free one)."),
     root: Path = typer.Option(None, help="Folder for its state, kept across restarts (default: a throw-away one)."),
     username: str = typer.Option("testuser", help="Accepted Kaggle username."),
     key: str = typer.Option("testkey", help="Accepted Kaggle key."),
-    fault: list[str] = typer.Option(None, help="Inject failures, e.g. "
+    fault: list[str] = typer.Option(None, callback=_check_faults, help="Inject failures, e.g. "
                                     "datasets.DatasetApiService/CreateDatasetVersion=503,429 or Upload=drop "
                                     "(repeatable; statuses are used in order, one call each)."),
     processing_s: float = typer.Option(3.0, "--dataset-processing-s",

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load, one_of
+from kaggleops.cli import app, emit, hint, known_machine_shape, load, one_of
 from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
@@ -28,7 +28,8 @@ def train(
                                             "--on kaggle: the kernel resumes it)."),
     git: str = typer.Option(None, "--git", help="Train exactly this commit: URL[@REV], cloned into a temp folder."),
     on: str = typer.Option(None, "--on", help="`kaggle`: push a training kernel that trains this folder's HEAD."),
-    machine_shape: str = typer.Option(None, help="--on kaggle: accelerator as Kaggle names it (NvidiaTeslaT4, "
+    machine_shape: str = typer.Option(None, callback=known_machine_shape,
+                                      help="--on kaggle: accelerator as Kaggle names it (NvidiaTeslaT4, "
                                                  "NvidiaL4, TpuV5E8)."),
     allow_retired: bool = typer.Option(False, "--allow-retired", help="--on kaggle: push a retired accelerator."),
     docker_image: str = typer.Option(None, "--docker-image", help="--on kaggle: image pinning, original | latest."),
@@ -141,7 +142,8 @@ def push_kernel(
                                                      "parent run expands to its folds."),
     reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
                                                           "models rescore the ensemble's candidate spans."),
-    machine_shape: str = typer.Option(None, help="Accelerator as Kaggle names it: NvidiaTeslaT4 (T4 x2), NvidiaL4, "
+    machine_shape: str = typer.Option(None, callback=known_machine_shape,
+                                      help="Accelerator as Kaggle names it: NvidiaTeslaT4 (T4 x2), NvidiaL4, "
                                                  "TpuV5E8 (default: kops.yaml `kernel.machine_shape`)."),
     allow_retired: bool = typer.Option(False, "--allow-retired", help="Push a retired accelerator (P100, TPU v3-8) "
                                                                       "anyway; Kaggle runs its substitute."),
