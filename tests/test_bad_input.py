@@ -183,3 +183,29 @@ def test_an_unreachable_tracking_server_fails_in_seconds_with_a_countdown(tmp_pa
         f"kops: error: The tracking store '{tmp_path / 'store'}' is a plain path: MLflow 3 no longer writes runs to a "
         f"folder by default. Use a SQLite file, e.g. sqlite:///{tmp_path / 'store'}/mlflow.db\n")
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_missing_targets_are_counted_in_a_warning(tmp_path: Path) -> None:
+    """NaN/empty cells in a column the task needs complete (TSE: selected_text): one warning with the count."""
+    import csv
+
+    from kaggleops.resources import bundled_competition
+
+    sample = bundled_competition("tweet-sentiment-extraction")
+    with (sample / "train.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows[::10]:
+        row["selected_text"] = ""
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "train.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_config(tmp_path, data_dir="data", folds=[0], epochs=1)
+    out = kops("train", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    blank = len(rows[::10])
+    assert (f"kops: warning: {blank:,} of {len(rows):,} rows of {data / 'train.csv'} have no selected_text (empty or "
+            "NaN); they are trained on as they are: drop or fill them if they are not meant to be there") in out.stderr

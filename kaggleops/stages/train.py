@@ -141,7 +141,22 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample
     if hasattr(df, "__len__") and len(df) < cfg.train.n_folds:
         raise DataError(f"{source.train_file} has {len(df)} row(s): too few for {cfg.train.n_folds} folds.",
                         "Point --data / data_dir at the competition's full train.csv (or lower train.n_folds).")
+    warn_incomplete(df, tuple(getattr(task, "complete_columns", ()) or ()), source.train_file)
     return df, source
+
+
+def warn_incomplete(df: Any, columns: tuple[str, ...], path: Path) -> None:
+    """One warning line per column the task needs complete (its ``complete_columns``, e.g. the target) that has
+    empty or NaN cells, with the count: such rows train silently on nothing."""
+    for column in columns:
+        if not hasattr(df, "columns") or column not in df.columns:
+            continue
+        cells = df[column]
+        missing = int((cells.isna() | (cells.astype(str).str.strip() == "")).sum())
+        if missing:
+            log.warning("kops: warning: %s of %s rows of %s have no %s (empty or NaN); they are trained on as they "
+                        "are: drop or fill them if they are not meant to be there", f"{missing:,}", f"{len(df):,}",
+                        path, column)
 
 
 def _train_key(params: dict[str, Any]) -> str:

@@ -68,6 +68,7 @@ class TweetSentimentExtraction:
     target_column = TARGET
     train_columns: tuple[str, ...] = ("textID", "text", "selected_text", "sentiment")
     test_columns: tuple[str, ...] = ("textID", "text", "sentiment")
+    complete_columns: tuple[str, ...] = ("selected_text", "sentiment")  # empty cells are warned about, with the count
     kernel_requires: tuple[str, ...] = ("torch", "transformers", "tokenizers", "pandas")
     scored_columns: tuple[str, ...] = ("textID", "fold", "scored_by", "sentiment", "rank", "start", "end", "score",
                                        "rerank_pred", "target", "cand")
