@@ -5,10 +5,11 @@ Standard library only: the offline kernel runtime imports it too (it checks a da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same entries always zip to the same bytes
@@ -43,3 +44,21 @@ def write_zip(target: Path, entries: Iterable[tuple[str, Path | bytes]], compres
 def zip_folder(src: Path, target: Path) -> None:
     """Every file under ``src`` (sorted, paths relative to it), stored uncompressed: :func:`write_zip`."""
     write_zip(target, [(p.relative_to(src).as_posix(), p) for p in sorted(q for q in src.rglob("*") if q.is_file())])
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created) for the ``with`` block: one process at a time, across processes
+    on this machine. Where there is no ``fcntl`` (Windows) it does not lock."""
+    try:
+        import fcntl
+    except ImportError:  # kops' notebooks, kernels and VMs are Linux
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -209,3 +209,20 @@ def test_missing_targets_are_counted_in_a_warning(tmp_path: Path) -> None:
     blank = len(rows[::10])
     assert (f"kops: warning: {blank:,} of {len(rows):,} rows of {data / 'train.csv'} have no selected_text (empty or "
             "NaN); they are trained on as they are: drop or fill them if they are not meant to be there") in out.stderr
+
+
+@pytest.mark.slow
+def test_two_trainers_at_once_on_a_brand_new_project(tmp_path: Path) -> None:
+    """Both create the SQLite store's tables at the same moment: one does, under a lock; both runs finish."""
+    import subprocess
+    import sys
+
+    write_config(tmp_path, folds=[0], train={"max_steps": 2, "epochs": 1})
+    procs = [subprocess.Popen([sys.executable, "-m", "kaggleops", "train", "--sample", "--json"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "internal error" not in err
+    ids = {json.loads(out)["run_id"] for out, _ in results}
+    assert len(ids) == 2

@@ -8,6 +8,7 @@ it); :func:`translate` turns MLflow's exceptions into kops errors in one place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
 from kaggleops.errors import ConfigError, RunIdAmbiguous, RunNotFound, TrackingUnavailable
+from kaggleops.files import file_lock
 from kaggleops.refs import RunRef
 from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
 
@@ -103,6 +105,15 @@ def open_tracker(cfg: KopsConfig) -> Tracker:
     apply_tracking_credentials()
     check_store(cfg.resolved_tracking_uri)
     return Tracker(cfg)
+
+
+def store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Held while a client opens a SQLite store: MLflow creates and migrates a new store's tables then, and two
+    `kops train` starting at once in a new project raced in alembic ("table ... already exists") and one died."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///"))
+    return file_lock(db.with_name(f"{db.name}.lock"))
 
 
 STORE_TRIES, STORE_WAIT_S, STORE_TIMEOUT_S = 3, 2.0, 4.0
@@ -192,7 +203,8 @@ class Tracker:
         os.environ.setdefault(ENV_QUIET_URLS, "true")  # stdout is kops' data (--json); MLflow would print run URLs
         self.cfg = cfg
         self.uri = cfg.resolved_tracking_uri
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with store_lock(self.uri), translate("Opening the tracking store", self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)  # a new SQLite store is created here
         self._experiment_id: str | None = None
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, run_id: str | None = None, **kwargs: Any) -> Any:

@@ -29,8 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -42,11 +40,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaggleops.errors import ImageError
+from kaggleops.files import file_lock
 
 ENV_CACHE_DIR = "KOPS_CACHE_DIR"
 IMAGE_LIST = Path(__file__).with_name("kaggle_image.txt")
@@ -138,17 +137,6 @@ def image_python(root: Path) -> Path:
     return root / "bin" / "python"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_image(list_path: Path = IMAGE_LIST, progress: Callable[[str], None] | None = None) -> ImageEnv:
     """The Kaggle image environment of ``list_path``: the cached one, or built now (once per machine).
 
@@ -158,7 +146,7 @@ def ensure_image(list_path: Path = IMAGE_LIST, progress: Callable[[str], None] |
     pins = read_pins(list_path)
     key = image_key(text)
     root = cache_root() / IMAGE_DIR / key
-    with _locked(root.with_name(f"{key}.lock")):
+    with file_lock(root.with_name(f"{key}.lock")):
         found = _reuse(root, pins)
         if found is not None:
             return found

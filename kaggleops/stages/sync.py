@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from kaggleops.config import KopsConfig
+from kaggleops.files import file_lock
 
 ENV_BUCKET = "KOPS_BUCKET"
 BUNDLE_FORMAT_V1 = "kops.run-bundle/1"
@@ -154,22 +155,9 @@ def _by_time(points: list[Point]) -> list[Point]:
 # ---- push -----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _folder_lock(cfg: KopsConfig) -> Iterator[None]:
+def _folder_lock(cfg: KopsConfig) -> contextlib.AbstractContextManager[None]:
     """One push at a time from this folder (a background push and `kops sync push` share the state file)."""
-    path = cfg.root / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock (kops' notebooks and VMs are Linux)
-        yield
-        return
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(cfg.root / LOCK_FILE)
 
 
 def _load_state(cfg: KopsConfig, url: str) -> dict[str, Any]:
