@@ -226,3 +226,17 @@ def test_two_trainers_at_once_on_a_brand_new_project(tmp_path: Path) -> None:
         assert "internal error" not in err
     ids = {json.loads(out)["run_id"] for out, _ in results}
     assert len(ids) == 2
+
+
+def test_sync_push_to_a_bucket_folder_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("a file where the bucket folder should be")
+    bucket = tmp_path / "not-a-folder" / "bucket"
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + f"storage:\n  bucket: {bucket}\n")
+    tracker = Tracker(load_config(path))
+    tracker.end_run(tracker.start_run("fold-0", {}))
+    out = kops("sync", "push", cwd=tmp_path)
+    assert out.returncode == 1 and "internal error" not in out.stderr, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("kops: error: Cannot write ") and f"into the bucket folder {bucket}: Not a directory. " \
+        "Point storage.bucket in kops.yaml at a folder you can write to." in line

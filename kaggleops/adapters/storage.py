@@ -16,6 +16,7 @@ google-cloud-storage is imported lazily, inside the functions that need it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -80,10 +81,16 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write atomically: a reader never sees a half-written object."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:  # read-only, full, gone: one line naming the folder (nothing half-written is left)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StorageError(f"Cannot write {key} into the bucket folder {self.url}: {e.strerror or e}.",
+                               "Point storage.bucket in kops.yaml at a folder you can write to.") from None
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
