@@ -325,6 +325,7 @@ def test_cli_leaderboard_table_json_and_bad_sort(cfg: Any, emulator: Emulator, t
     out = kops("leaderboard", cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "ref" and "1.00000" in out.stdout and "0.61000" in out.stdout
+    assert run_a[:8] in out.stdout  # the models cell: the run id a user types next, not its name
     [row] = json.loads(kops("leaderboard", "--json", "--sort", "cv", cwd=cfg.root, env=AS_A_PIPE).stdout)
     assert (row["lb_public"], row["cv"], row["models"], row["kernel"]) == (1.0, 0.61, ["fold-0"], "good.csv")
     out = kops("leaderboard", "--sort", "jaccard", cwd=cfg.root, env=AS_A_PIPE)
@@ -388,8 +389,8 @@ def test_leaderboard_fits_80_columns_keeping_the_columns_that_matter() -> None:
     assert out == (
         "  ref  status        LB public  LB private       CV  models        kernel / file\n"
         "-----  ------------  ---------  ----------  -------  ------------  -------------\n"
-        "50003  COMPLETE        0.71234     0.70001  0.70555  kfold-tse-r…  alice/tse-ro…\n"
-        "50002  ERROR: kern…          -           -  0.61000  fold-0        alice/tse-de…\n"
+        "50003  COMPLETE        0.71234     0.70001  0.70555  kfold-tse-r…  alice/tse…/12\n"  # the version kept
+        "50002  ERROR: kern…          -           -  0.61000  fold-0        alice/tse-…/3\n"
         "50001  COMPLETE        0.50000     0.45000        -  -             submission.c…\n"
         "(not shown at 80 columns: date, datasets, commit; see --json)")
     assert max(len(line) for line in out.splitlines()) == 80
@@ -404,9 +405,9 @@ def test_leaderboard_at_120_columns_adds_date_and_commit() -> None:
         "      commit\n"
         "-----  ----------------  ----------------  ---------  ----------  -------  ----------------  -----------------"
         "  --------\n"
-        "50003  2026-12-03 10:13  COMPLETE            0.71234     0.70001  0.70555  kfold-tse-rober…  alice/tse-robert…"
+        "50003  2026-12-03 10:13  COMPLETE            0.71234     0.70001  0.70555  kfold-tse-rober…  alice/tse-rob…/12"
         "  c0ffee12\n"
-        "50002  2026-12-02 10:12  ERROR: kernel e…          -           -  0.61000  fold-0            alice/tse-demo-i…"
+        "50002  2026-12-02 10:12  ERROR: kernel e…          -           -  0.61000  fold-0            alice/tse-demo…/3"
         "  deadbeef\n"
         "50001  2026-12-01 10:11  COMPLETE            0.50000     0.45000        -  -                 submission.csv"
         "     -\n"

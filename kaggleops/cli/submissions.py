@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,20 @@ LB_PRIORITY = ("ref", "LB public", "LB private", "CV", "status", "models", "date
 def _cells(r: Any) -> dict[str, str]:
     return {"ref": str(r.submission_ref or "-"), "date": r.date[:16].replace("T", " "),
             "status": r.status + (f": {r.error}" if r.error else ""), "LB public": _score(r.lb_public),
-            "LB private": _score(r.lb_private), "CV": _score(r.cv), "models": ", ".join(r.models) or "-",
+            "LB private": _score(r.lb_private), "CV": _score(r.cv),
+            "models": ", ".join(run[:8] for run in r.source_runs) or ", ".join(r.models) or "-",  # ids to type next
             "datasets": ", ".join(r.datasets) or "-", "kernel / file": r.kernel or "-",
             "commit": " ".join(c[:8] for c in r.commits) or "-"}
 
 
-def _fit(text: str, width: int, right: bool) -> str:
-    text = text if len(text) <= width else text[:width - 1] + "…"
+VERSIONED = ("datasets", "kernel / file")  # cells ending in a version number: shortened in the middle
+
+
+def _fit(text: str, width: int, right: bool, keep_version: bool = False) -> str:
+    if len(text) > width:
+        tail = re.search(r"/\d+$", text) if keep_version else None
+        keep = tail.group(0) if tail and len(tail.group(0)) < width - 2 else ""
+        text = text[:width - 1 - len(keep)] + "…" + keep
     return text.rjust(width) if right else text.ljust(width)
 
 
@@ -124,7 +132,8 @@ def render_leaderboard(rows: list[Any], width: int) -> str:
     shown = [c for c in LB_COLUMNS if c in chosen]
     lines = [GAP.join(_fit(c, chosen[c], LB_COLUMNS[c]) for c in shown).rstrip()]
     lines.append(GAP.join("-" * chosen[c] for c in shown))
-    lines += [GAP.join(_fit(row[c], chosen[c], LB_COLUMNS[c]) for c in shown).rstrip() for row in cells]
+    lines += [GAP.join(_fit(row[c], chosen[c], LB_COLUMNS[c], c in VERSIONED) for c in shown).rstrip()
+              for row in cells]
     left_out = [c for c in LB_COLUMNS if c not in chosen]
     if left_out:
         lines.append(_fit(f"(not shown at {width} columns: {', '.join(left_out)}; see --json)", width, False).rstrip())
