@@ -1,16 +1,16 @@
 # One command per job. `make demo` and `make test` set everything up on a fresh machine first, from the lock.
 #
-#   make setup        .venv from requirements/lock.txt (exact versions + hashes the suite passed with), kops editable
+#   make setup        .venv from requirements.lock (exact versions + hashes the suite passed with), kops editable
 #   make test         every check (ruff, layer contracts, all tests) in that .venv; CI runs exactly this
 #   make test-fast    the developer's loop: every test not marked slow (no model trained, no server started)
-#   make lock         re-resolve requirements/lock.txt from pyproject's ranges (newest versions that fit)
+#   make lock         re-resolve requirements.lock from pyproject's ranges (newest versions that fit)
 #   make test-latest  the whole suite in .venv-latest, installed from pyproject's ranges without the lock:
 #                     what a user who runs `pip install kaggleops` gets today (drift shows here first)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 LATEST := .venv-latest
-LOCK   := requirements/lock.txt
+LOCK   := requirements.lock
 # torch is not in the lock: the CPU build on local disk is installed first, and only where no torch is importable
 # (Colab/Kaggle already have one; an unpinned torch would pull a multi-GB CUDA build here).
 TORCH_CPU ?= torch==2.13.0
