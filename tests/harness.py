@@ -29,6 +29,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 USER, KEY = "testuser", "testkey"
 KOPS_TIMEOUT_S = 900
+# Colab's `google.colab.userdata` as a notebook's secret store holds it: it answers only in the notebook's own process
+# (ipykernel loaded), from a secrets.json beside it (tests/test_notebooks.py, tests/test_colab_notebook.py).
+FAKE_COLAB_USERDATA = """import json, sys
+from pathlib import Path
+def get(name):
+    if "ipykernel" not in sys.modules:
+        raise RuntimeError("userdata is only available inside the notebook")
+    secrets = json.loads((Path(__file__).parent / "secrets.json").read_text())
+    if name not in secrets:
+        raise KeyError(name)
+    return secrets[name]
+"""
 KOPS_SCRIPT = Path(sys.executable).with_name("kops")  # the console script `pip install` made beside this Python
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from harness import git
+from harness import FAKE_COLAB_USERDATA, git
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "kernels" / "train_colab.ipynb"
@@ -41,16 +41,6 @@ train:
   checkpoint_every: 8
 kernel:
   enable_gpu: false
-"""
-FAKE_USERDATA = """import json, sys
-from pathlib import Path
-def get(name):
-    if "ipykernel" not in sys.modules:
-        raise RuntimeError("userdata is only available inside the notebook")
-    secrets = json.loads((Path(__file__).parent / "secrets.json").read_text())
-    if name not in secrets:
-        raise KeyError(name)
-    return secrets[name]
 """
 RUNNER = """import sys
 import nbformat
@@ -97,7 +87,7 @@ def colab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         secrets = base / "secrets"
         (secrets / "google" / "colab").mkdir(parents=True)
         (secrets / "google" / "colab" / "__init__.py").write_text("")
-        (secrets / "google" / "colab" / "userdata.py").write_text(FAKE_USERDATA)
+        (secrets / "google" / "colab" / "userdata.py").write_text(FAKE_COLAB_USERDATA)
         (secrets / "google" / "colab" / "secrets.json").write_text(json.dumps(
             {"MLFLOW_TRACKING_URI": f"sqlite:///{store}", "KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": KEY}))
         yield {"base": base, "url": url, "python": _kernel_venv(base), "project": _project(base), "store": store,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from harness import git
+from harness import FAKE_COLAB_USERDATA, git
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"colab": ROOT / "kernels" / "train_colab.ipynb", "kaggle": ROOT / "kernels" / "train_kaggle.ipynb"}
@@ -41,17 +41,6 @@ train:
   checkpoint_every: 8
 kernel:
   enable_gpu: false
-"""
-# What a notebook's secret store holds: Colab's userdata answers only in the notebook's own process.
-FAKE_COLAB = """import json, sys
-from pathlib import Path
-def get(name):
-    if "ipykernel" not in sys.modules:
-        raise RuntimeError("userdata is only available inside the notebook")
-    secrets = json.loads((Path(__file__).parent / "secrets.json").read_text())
-    if name not in secrets:
-        raise KeyError(name)
-    return secrets[name]
 """
 FAKE_KAGGLE = """import json
 from pathlib import Path
@@ -133,7 +122,7 @@ def _secret_store(base: Path, kind: str, secrets: dict[str, str]) -> Path:
     folder.mkdir(parents=True)
     if kind == "colab":
         (folder / "__init__.py").write_text("")
-        (folder / "userdata.py").write_text(FAKE_COLAB)
+        (folder / "userdata.py").write_text(FAKE_COLAB_USERDATA)
     else:
         (folder / "kaggle_secrets.py").write_text(FAKE_KAGGLE)
     (folder / "secrets.json").write_text(json.dumps(secrets))
