@@ -11,7 +11,7 @@ line too, its traceback only with ``KOPS_DEBUG=1``.
     ├── DataError (also a ValueError: task code raises it for malformed competition files)
     ├── SchemaError (a kops-manifest.json / kops-kernel.json that does not read)
     ├── UnknownCompetition, UnknownSortKey, PortInUse, GitSourceError
-    ├── RunNotFound, RunIdAmbiguous, MissingArtifact, TrackingUnavailable
+    ├── RunNotFound, RunIdAmbiguous, MissingArtifact, TrackingUnavailable, DiskFull
     ├── Interrupted (exit code 130)
     ├── StorageError ── StorageCredentialsMissing
     ├── KernelFailure (raised inside the offline kernel; printed as ``kops: error: …``)
@@ -75,6 +75,40 @@ class GitSourceError(KopsError):
 
 class TrackingUnavailable(KopsError):
     """The tracking store could not be reached or refused a call (even after retries, where kops retries)."""
+
+
+class DiskFull(KopsError):
+    """A disk kops writes to (the tracking store, a checkpoint, a download) has no space left."""
+
+
+#: How a full disk reads after passing through SQLite, SQLAlchemy, MLflow or a plain write.
+_DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from or during, is a full disk (ENOSPC/EDQUOT)."""
+    import errno
+
+    return any(isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+               or any(marker in str(e) for marker in _DISK_FULL_MARKERS) for e in _chain(error))
+
+
+def disk_full_detail(error: BaseException) -> str:
+    """The part of a full disk's error message a user needs (no SQL statement, one line)."""
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.strerror:
+            return f"[Errno {e.errno}] {e.strerror}"
+    text = str(error).split(" [SQL:")[0].splitlines()
+    return text[0][:160] if text else type(error).__name__
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the errors it was raised from or during."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not e for e in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
 
 
 class StorageError(KopsError):

@@ -240,3 +240,60 @@ def test_sync_push_to_a_bucket_folder_it_cannot_write_is_one_line(tmp_path: Path
     [line] = out.stderr.splitlines()
     assert line.startswith("kops: error: Cannot write ") and f"into the bucket folder {bucket}: Not a directory. " \
         "Point storage.bucket in kops.yaml at a folder you can write to." in line
+
+
+FULL_DISK_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=16m tmpfs "$PROJECT" || exit 90
+cp "$STAGING/kops.yaml" "$PROJECT/"
+cd "$PROJECT"
+"$PYTHON" -m kaggleops leaderboard >/dev/null    # the store and its tables, while there is room
+dd if=/dev/zero of=filler bs=64k >/dev/null 2>&1  # then fill the disk ...
+truncate -s -192K filler                          # ... leaving 192 KiB: enough to start a run, not to checkpoint
+"$PYTHON" -m kaggleops train --sample --json >first.out 2>first.err
+echo "first=$?"
+cat first.err >&2
+rm filler                                         # the user frees space and resumes, as the error says
+"$PYTHON" -m kaggleops train --resume --sample --json 2>resume.err
+echo "resume=$?"
+cat resume.err >&2
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_at_once_and_the_run_resumes(tmp_path: Path) -> None:
+    """The store's disk fills during training: the next step stops with one line naming the disk (not the tracking
+    server, not after the last epoch); the run is left resumable, and after freeing space `--resume` finishes it."""
+    import shutil
+    import subprocess
+    import sys
+
+    project, staging = tmp_path / "project", tmp_path / "staging"
+    project.mkdir()
+    staging.mkdir()
+    write_config(staging, folds=[0], train={"max_steps": 40, "epochs": 1, "checkpoint_every": 4, "eval_every": 4})
+    # A small disk of our own: a tmpfs in a private mount namespace (root here, an unprivileged user namespace
+    # elsewhere); where neither is allowed the test cannot make a full disk and skips.
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    if not shutil.which("unshare") or subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespace here (unshare) to make a small full disk in")
+    env = {**os.environ, "PROJECT": str(project), "STAGING": str(staging), "PYTHON": sys.executable}
+    out = subprocess.run([*unshare, "sh", "-c", FULL_DISK_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=900)
+    if "first=" not in out.stdout:
+        pytest.skip(f"could not mount a tmpfs in a mount namespace here: {out.stderr[-300:]}")
+    first_rc = int(out.stdout.split("first=")[1].split()[0])
+    errors = [line for line in out.stderr.splitlines() if line.startswith("kops: ")]
+    assert first_rc == 1, out.stderr[-3000:]
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    [line] = [e for e in errors if e.startswith("kops: error:")]
+    assert line.startswith("kops: error: The disk is full"), line
+    assert "tracking server" not in line and "[Errno 28] No space left on device" in line, line
+    assert f"Free space where the run is stored (sqlite:///{project}/mlflow.db, artifacts in " in line, line
+    assert line.endswith("then resume the run: kops train --resume --sample"), line
+    import re
+
+    [started] = re.findall(r": run ([0-9a-f]{32})", out.stderr)  # the run the full disk stopped
+    assert "resume=0" in out.stdout, out.stderr[-3000:]
+    [resumed] = re.findall(r": resuming run ([0-9a-f]{32})", out.stderr)
+    assert resumed == started and json.loads(out.stdout.split("first=1", 1)[1].split("resume=")[0])["run_id"] == started

@@ -26,7 +26,15 @@ from kaggleops import __version__
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.environment import detect_env, library_versions
-from kaggleops.errors import ConfigError, RunIdAmbiguous, RunNotFound, TrackingUnavailable
+from kaggleops.errors import (
+    ConfigError,
+    DiskFull,
+    RunIdAmbiguous,
+    RunNotFound,
+    TrackingUnavailable,
+    disk_full_detail,
+    is_disk_full,
+)
 from kaggleops.files import file_lock
 from kaggleops.refs import RunRef
 from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
@@ -169,14 +177,18 @@ def translate(what: str, uri: str, run_id: str | None = None) -> Iterator[None]:
 
     try:
         yield
-    except MlflowException as e:
+    except (MlflowException, OSError) as e:
+        if is_disk_full(e):
+            raise DiskFull(f"{what} failed: the disk is full ({disk_full_detail(e)}).",
+                           f"Free space on the disk of the tracking store {uri}, then run the command again "
+                           "(an interrupted training run resumes with `kops train --resume`).") from e
+        if isinstance(e, OSError):  # connection refused/reset, DNS: requests' errors are OSErrors too
+            raise TrackingUnavailable(f"{what}: the tracking store {uri} is unreachable ({type(e).__name__}).",
+                                      "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
+                                      "up.") from e
         if run_id and e.error_code in NOT_FOUND_CODES:
             raise RunNotFound(run_id, uri) from None
         raise TrackingUnavailable(f"{what} failed on the tracking store {uri}: {str(e).splitlines()[0][:200]}",
-                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
-                                  "up.") from e
-    except OSError as e:  # connection refused/reset, DNS: requests' errors are OSErrors too
-        raise TrackingUnavailable(f"{what}: the tracking store {uri} is unreachable ({type(e).__name__}).",
                                   "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
                                   "up.") from e
 
@@ -206,6 +218,12 @@ class Tracker:
         with store_lock(self.uri), translate("Opening the tracking store", self.uri):
             self.client = MlflowClient(tracking_uri=self.uri)  # a new SQLite store is created here
         self._experiment_id: str | None = None
+
+    @property
+    def where(self) -> str:
+        """The store and its artifact folder, as a message names them (``sqlite:///…/mlflow.db, artifacts in …``)."""
+        artifacts = self.cfg.resolved_artifact_location
+        return f"{self.uri}, artifacts in {artifacts}" if artifacts else self.uri
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, run_id: str | None = None, **kwargs: Any) -> Any:
         with translate(what, self.uri, run_id):
@@ -282,9 +300,10 @@ class Tracker:
                        run_id=run_id)
 
     def metric_logger(self, run_id: str, skip: dict[str, int] | None = None,
-                      background: bool = True) -> MetricLogger:
+                      background: bool = True, resume_command: str = "kops train --resume") -> MetricLogger:
         """A non-blocking ``log(metrics, step)`` for ``run_id``; see :class:`MetricLogger`."""
-        return MetricLogger(self.client, run_id, skip=skip, background=background)
+        return MetricLogger(self.client, run_id, skip=skip, background=background, resume_command=resume_command,
+                            store=self.where)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         with self.metric_logger(run_id, background=False) as logger:
@@ -526,12 +545,16 @@ class MetricLogger:
     """
 
     def __init__(self, client: Any, run_id: str, skip: dict[str, int] | None = None,
-                 interval_s: float = FLUSH_INTERVAL_S, background: bool = True) -> None:
+                 interval_s: float = FLUSH_INTERVAL_S, background: bool = True,
+                 resume_command: str = "kops train --resume", store: str = "the tracking store") -> None:
         self.client = client
         self.run_id = run_id
         self.skip = dict(skip or {})
         self.interval_s = interval_s
         self.warned = False
+        self.resume_command = resume_command
+        self.store = store  # where its metrics and artifacts go, for a message
+        self.disk_full: BaseException | None = None  # the sender met a full disk: training stops at its next log
         self._ops: deque[Any] = deque()  # list[Metric] batches and ("upload", dir, path, on_done) tuples
         self._lock = threading.Lock()  # guards _ops
         self._send = threading.Lock()  # one sender at a time, in order
@@ -545,6 +568,7 @@ class MetricLogger:
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        self._check_disk()
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if step > self.skip.get(k, -1)]
         if not items:
@@ -561,6 +585,7 @@ class MetricLogger:
     def upload(self, local_dir: Path, artifact_path: str, on_done: Any = None) -> None:
         """Queue ``local_dir`` for upload as ``artifact_path`` after the metrics logged so far; then
         ``on_done()`` (e.g. delete the folder)."""
+        self._check_disk()
         with self._lock:
             self._ops.append(("upload", Path(local_dir), artifact_path, on_done))
         self._wake.set()
@@ -606,13 +631,21 @@ class MetricLogger:
             try:
                 self.flush()
             except Exception as e:  # noqa: BLE001 - any store failure: keep the data, retry later
+                if is_disk_full(e):  # retrying cannot help: stop training at its next log call (_check_disk)
+                    self.disk_full = e
+                    return
                 self._warn(e)
 
-    def _warn(self, error: Exception) -> None:
-        if not self.warned:
-            self.warned = True
-            log.warning("kops: tracking store unreachable or failing (%s: %s); training goes on, %d pending "
-                        "operation(s) kept and retried", type(error).__name__, str(error)[:200], self.pending)
+    def _check_disk(self) -> None:
+        """Raise :class:`DiskFull` in the training loop as soon as the sender met a full disk (not at the end)."""
+        if self.disk_full is not None:
+            raise self._disk_full_error(self.disk_full)
+
+    def _disk_full_error(self, error: BaseException) -> DiskFull:
+        return DiskFull(f"The disk is full: storing run {self.run_id}'s metrics and checkpoints failed "
+                        f"({disk_full_detail(error)}); {self.pending} operation(s) were not stored.",
+                        f"Free space where the run is stored ({self.store}), then resume the run: "
+                        f"{self.resume_command}")
 
     def close(self, retries: int = CLOSE_RETRIES) -> None:
         """Stop the sender and send what is left, retrying ``retries`` times with backoff."""
@@ -620,11 +653,15 @@ class MetricLogger:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        if self.disk_full is not None:
+            raise self._disk_full_error(self.disk_full)
         for attempt in range(retries + 1):
             try:
                 self.flush()
                 return
             except Exception as e:
+                if is_disk_full(e):
+                    raise self._disk_full_error(e) from e
                 self._warn(e)
                 if attempt == retries:
                     raise TrackingUnavailable(
@@ -643,7 +680,7 @@ class MetricLogger:
             return
         try:  # already failing: store what we can, but never hide the original error
             self.close(retries=0)
-        except TrackingUnavailable:
+        except (TrackingUnavailable, DiskFull):
             pass
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from kaggleops import __version__
-from kaggleops.errors import KopsError
+from kaggleops.errors import KopsError, disk_full_detail, is_disk_full
 
 app = typer.Typer(
     name="kops",
@@ -148,6 +148,11 @@ def run(args: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on request
         if os.environ.get(ENV_DEBUG) == "1":
             raise
+        if is_disk_full(e):  # not a bug: say so, with the file that could not be written
+            where = getattr(e, "filename", None)
+            typer.echo(f"kops: error: the disk is full{f' ({where})' if where else ''}: {disk_full_detail(e)}. "
+                       "Free space, then run the command again.", err=True)
+            return EXIT_ERROR
         typer.echo(f"kops: internal error: {type(e).__name__}: {one_line(str(e))[:300]}", err=True)
         typer.echo(f"Run again with {ENV_DEBUG}=1 to see the traceback, and please report it.", err=True)
         return EXIT_ERROR

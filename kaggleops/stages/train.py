@@ -25,7 +25,7 @@ from kaggleops import distributed as dist
 from kaggleops import interrupts
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, DataError, Interrupted
+from kaggleops.errors import ConfigError, DataError, Interrupted, is_disk_full
 from kaggleops.schema import (
     ARTIFACT_MODEL,
     TAG_FOLD,
@@ -239,7 +239,7 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
         with background_sync(cfg):
             return _close_parent(tracker, task, [job.fold(fold, parent) for fold in chosen], parent)
     except BaseException as e:
-        if parent:
+        if parent and not is_disk_full(e):
             tracker.end_run(parent, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
         raise
 
@@ -397,7 +397,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
             dist.broadcast({"done": False, "resume_from": str(resume_from) if resume_from else None})
             out = Path(tmp) / "out"
             out.mkdir()
-            with tracker.metric_logger(run_id, skip=skip) as log_fn:
+            with tracker.metric_logger(run_id, skip=skip, resume_command=job.resume_command) as log_fn:
                 slots = _CheckpointSlots(log_fn, _progress(resume_from).get("step"))
                 label = job.label(fold) if job.progress else False  # a task's bar may show it (e.g. "fold 0 (1/5)")
                 ctx = FoldContext(fold, out, job.seed, log_fn, label, resume_from, slots)  # type: ignore[arg-type]
@@ -417,8 +417,10 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
             raise Interrupted(f"interrupted before the first checkpoint of run {run_id} — `{job.resume_command}` "
                               "trains it again from step 0") from None
         raise Interrupted(f"interrupted at step {step} of run {run_id} — resume with `{job.resume_command}`") from None
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
+    except BaseException as e:
+        if not is_disk_full(e):
+            tracker.end_run(run_id, "FAILED")
+        # a full disk cannot store the status either; the run stays RUNNING, which `--resume` continues
         raise
     tracker.end_run(run_id)
     return FoldRun(run_id, fold, float(result.score))
