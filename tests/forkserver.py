@@ -1,0 +1,150 @@
+"""A warm ``python -m kaggleops``: imports kops' CLI and MLflow once, then forks one child per kops call.
+
+Every ``kops`` process spends ~2.5 s of CPU importing MLflow and its SQL store before it does anything; the suite
+runs a few hundred of them on 2 cores. This server pays that once per test worker. Each call is still a process of
+its own running the installed entry point (``kaggleops/__main__.py`` via ``runpy``, as ``python -m kaggleops``
+does) in the caller's environment, folder, argv and stdin, exiting through the interpreter's normal shutdown
+(atexit handlers, non-daemon threads), with its exit status read by ``waitpid``.
+
+What a fork cannot redo, and so :func:`harness.kops` never sends here (it starts a fresh process instead): a call
+whose environment changes what Python or the preloaded modules read at start-up (``STARTUP_VARIABLES``), a call of
+the ``kops`` console script (``script=True``), and any call when ``KOPS_TEST_FORK=0``.
+
+Protocol (one Unix-socket connection per call): the client sends one JSON line ``{"args", "cwd", "env", "stdin",
+"stdout", "stderr"}`` (the last three are file paths); the server answers ``{"pid": N}`` at once and
+``{"returncode": R}`` when the child has exited (``R`` as :class:`subprocess.Popen` reports it).
+
+Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening; exits when its parent does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+
+#: Variables read when Python or a preloaded module starts: a call that sets any of them differently gets a fresh
+#: process (harness.kops compares them with the server's own environment).
+STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING",
+                     "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH", "LANG", "LC_ALL", "LC_CTYPE",
+                     "MLFLOW_LOGGING_LEVEL", "MLFLOW_CONFIGURE_LOGGING")
+#: Modules that read the environment when imported (their settings would be the server's, not the call's): the
+#: server refuses to start if preloading pulled any of them in.
+ENV_AT_IMPORT = ("huggingface_hub", "transformers", "torch", "kaggle", "kagglesdk", "google.cloud.storage")
+
+
+def preload() -> None:
+    """What every kops command imports first (kops' CLI, MLflow, its SQL store), with kops' own start-up settings."""
+    from kaggleops.cli import QUIET_LIBRARIES
+
+    for var, value in QUIET_LIBRARIES.items():  # as kaggleops.cli.main sets them before anything imports MLflow
+        os.environ.setdefault(var, value)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+
+    import kaggleops.cli  # noqa: F401
+
+    loaded = [name for name in ENV_AT_IMPORT if name in sys.modules]
+    if loaded:
+        raise SystemExit(f"forkserver: preloading imported {loaded}, which read the environment at import")
+    import gc
+
+    gc.freeze()  # the preloaded objects stay out of every child's garbage collections (fewer pages copied)
+
+
+def run_child(request: dict, closing: list[socket.socket]) -> None:
+    """In the forked child: become the requested ``python -m kaggleops`` call; never returns."""
+    import runpy
+    import tempfile
+
+    for sock in closing:
+        sock.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path, flags in ((0, request["stdin"] or os.devnull, os.O_RDONLY),
+                            (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    tempfile.tempdir = None  # gettempdir() reads this call's TMPDIR, not the server's
+    if "numpy" in sys.modules:  # a fresh process would draw a fresh seed (the random module reseeds at fork)
+        sys.modules["numpy"].random.seed()
+    sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
+    sys.argv = ["-m", *request["args"]]
+    try:
+        runpy.run_module("kaggleops", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = exit_code(e.code)
+    except BaseException:  # noqa: BLE001 - as the interpreter does with an uncaught exception
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    # The interpreter's exit, less its module teardown (which only frees memory, but in a fork copies every page it
+    # touches: ~0.8 s a call): join non-daemon threads, run atexit handlers (logging, weakref finalizers, MLflow's),
+    # flush, exit.
+    import atexit
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def exit_code(code: object) -> int:
+    """The status ``sys.exit(code)`` gives a process (a non-int is printed to stderr and gives 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def serve(path: str) -> None:
+    parent = os.getppid()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while os.getppid() == parent:
+        for _ in selector.select(timeout=0.02):
+            conn, _ = server.accept()
+            request = json.loads(conn.makefile("r", encoding="utf-8").readline())
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                run_child(request, [server, conn, *waiting.values()])
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            waiting[pid] = conn
+        while waiting:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = waiting.pop(pid, None)
+            if conn is not None:
+                try:
+                    conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+                except OSError:
+                    pass  # the caller gave up (timed out)
+                conn.close()
+    os.unlink(path)
+
+
+if __name__ == "__main__":
+    preload()
+    serve(sys.argv[1])
