@@ -39,7 +39,8 @@ import os, signal, sys, time
 from pathlib import Path
 import kaggleops.tasks.tse.train as t
 import kaggleops.adapters.tracking as tracking
-tracking.MetricLogger.__init__.__defaults__ = (None, 0.1, True)  # send within 0.1 s: the kill lands after
+tracking.MetricLogger.__init__.__defaults__ = tuple(  # send within 0.1 s: the kill lands after
+    0.1 if d == tracking.FLUSH_INTERVAL_S else d for d in tracking.MetricLogger.__init__.__defaults__)
 kill_at, done = int(os.environ.get("KILL_AT", "0")), [0]
 original = t._train_step
 def step(loop, batches):

@@ -647,6 +647,12 @@ class MetricLogger:
                         f"Free space where the run is stored ({self.store}), then resume the run: "
                         f"{self.resume_command}")
 
+    def _warn(self, error: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("kops: tracking store unreachable or failing (%s: %s); training goes on, %d pending "
+                        "operation(s) kept and retried", type(error).__name__, str(error)[:200], self.pending)
+
     def close(self, retries: int = CLOSE_RETRIES) -> None:
         """Stop the sender and send what is left, retrying ``retries`` times with backoff."""
         self._stop.set()
