@@ -203,7 +203,7 @@ def test_missing_targets_are_counted_in_a_warning(tmp_path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_config(tmp_path, data_dir="data", folds=[0], epochs=1)
+    write_config(tmp_path, data_dir="data", folds=[0], train={"max_steps": 2, "epochs": 1})  # the warning comes first
     out = kops("train", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     blank = len(rows[::10])
@@ -271,7 +271,7 @@ def test_a_full_disk_stops_training_at_once_and_the_run_resumes(tmp_path: Path) 
     project, staging = tmp_path / "project", tmp_path / "staging"
     project.mkdir()
     staging.mkdir()
-    write_config(staging, folds=[0], train={"max_steps": 40, "epochs": 1, "checkpoint_every": 4, "eval_every": 4})
+    write_config(staging, folds=[0], train={"max_steps": 16, "epochs": 1, "checkpoint_every": 4, "eval_every": 4})
     # A small disk of our own: a tmpfs in a private mount namespace (root here, an unprivileged user namespace
     # elsewhere); where neither is allowed the test cannot make a full disk and skips.
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]

@@ -33,8 +33,7 @@ def project(tmp_path: Path, start_emulator: Callable[..., Emulator]) -> Any:
     git(work, "commit", "-q", "-m", "example")
     emu = start_emulator(username=USER, key=KEY, score_delay_polls=0)
     emu.seed_folder(work / "competition")
-    return work, emu, functools.partial(kops_json, cwd=work, env={"PYTHONPATH": "", "MLFLOW_TRACKING_URI": None},
-                                        script=True)
+    return work, emu, functools.partial(kops_json, cwd=work, env={"PYTHONPATH": None, "MLFLOW_TRACKING_URI": None})
 
 
 @pytest.mark.slow

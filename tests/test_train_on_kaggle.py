@@ -162,15 +162,15 @@ def test_a_loopback_origin_is_refused_when_kaggle_is_the_real_one(tmp_path: Path
 
 # ---- end to end ---------------------------------------------------------------------------------------------
 
-# One fold of the tiny model, long enough to be stopped between two checkpoints: 400 steps of 8 rows, a checkpoint
-# (and a validation) every 100 (each checkpoint is an upload to the team server: more of them only cost time).
+# One fold of the tiny model, long enough to be stopped between two checkpoints: 160 steps of 8 rows, a checkpoint
+# (and a validation) every 40 (each checkpoint is an upload to the team server: more of them only cost time).
 TRAIN_ON_KAGGLE = """train:
   folds: [0]
   epochs: 5
   batch_size: 8
-  max_steps: 400
-  eval_every: 100
-  checkpoint_every: 100
+  max_steps: 160
+  eval_every: 40
+  checkpoint_every: 40
 """
 KERNEL = "alice/kaggle-e2e-train"
 
@@ -263,7 +263,7 @@ def test_train_on_kaggle_new_project_then_killed_and_resumed(tmp_path: Path, kag
             "kaggle --resume --wait")
         assert client.get_run(killed).info.status == "FAILED"
         stopped_at = max(m.step for m in client.get_metric_history(killed, "train_loss"))
-        assert stopped_at < 400
+        assert stopped_at < 160
 
         # 4. --resume reaches the kernel: the same run continues from its checkpoint
         resumed = kops("train", "--on", "kaggle", "--resume", "--wait", "--json", cwd=work, env=env)
