@@ -215,7 +215,11 @@ def test_public_dataset_with_progress_bars(project: Path, emulator: Emulator,
                      kaggle=fast_kaggle(), progress=True)
     assert result.dataset == f"{USER}/public-weights" and result.dataset_version == 1
     assert emulator.store.datasets[(USER, "public-weights")].is_private is False
-    assert "B/s]" in capsys.readouterr().err  # the client's per-file upload bars (bytes), on stderr
+    out = capsys.readouterr()
+    assert "B/s]" in out.err  # the client's per-file upload bars (bytes), on stderr
+    for name in ("config.json", "model.safetensors", "kops-manifest.json", "tokenizer.zip"):
+        assert f"{name}: 100%" in out.err, out.err  # each bar names its file
+    assert "Upload successful" not in out.out  # the client's upload lines are progress: stderr, not stdout
 
 
 def test_bad_slug_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:

@@ -23,7 +23,9 @@ import io
 import json
 import os
 import random
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +172,7 @@ class Kaggle:
             return client
 
         api.build_kaggle_client = build_with_timeout
+        _name_upload_bars(kae, api)
 
     # ---- the one call path -----------------------------------------------------------------------------
 
@@ -607,6 +610,40 @@ class Kaggle:
             raise KaggleError(f"Submit {path.name} to {competition} failed: {resp.message or 'no ref returned'}",
                               "Retry with the same kops submit --file command.")
         return int(resp.ref)
+
+
+_UPLOADING = threading.local()  # .name: the file the client's upload on this thread is sending
+
+
+def _name_upload_bars(kae: Any, api: Any) -> None:
+    """The client's per-file byte bars carry the file's name (it draws them with no label), and its upload lines
+    ("Starting upload for file …", "Upload successful: …") go to stderr: stdout is kops' data (``--json``)."""
+    if not getattr(kae.tqdm, "kops_named", False):
+        plain = kae.tqdm
+
+        def named(*args: Any, **kwargs: Any) -> Any:
+            name = getattr(_UPLOADING, "name", None)
+            if name and not kwargs.get("desc"):
+                kwargs["desc"] = name
+            return plain(*args, **kwargs)
+
+        named.kops_named = True  # type: ignore[attr-defined]
+        kae.tqdm = named
+    complete, upload_file = api.upload_complete, api._upload_file
+
+    def upload_complete(path: str, *args: Any, **kwargs: Any) -> Any:
+        _UPLOADING.name = Path(path).name
+        try:
+            return complete(path, *args, **kwargs)
+        finally:
+            _UPLOADING.name = None
+
+    def upload_one(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return upload_file(*args, **kwargs)
+
+    api.upload_complete = upload_complete
+    api._upload_file = upload_one
 
 
 def clear_upload_records(folder: Path) -> int:
