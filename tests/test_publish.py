@@ -222,6 +222,17 @@ def test_public_dataset_with_progress_bars(project: Path, emulator: Emulator,
     assert "Upload successful" not in out.out  # the client's upload lines are progress: stderr, not stdout
 
 
+def test_kops_publish_shows_the_file_list_then_a_named_bar_per_file(project: Path, emulator: Emulator) -> None:
+    """The installed `kops publish` (no --json): kops' labelled file list, then each of the client's byte bars
+    under the name of the file it sends; stdout holds only the result."""
+    run_id = make_run(project, model_files(seed=8))
+    out = kops("publish", run_id, cwd=project)
+    assert out.returncode == 0, out.stderr
+    for name in ("config.json", "model.safetensors", "kops-manifest.json", "tokenizer.zip"):
+        assert f"{name}: 100%" in out.stderr, out.stderr
+    assert "Upload successful" not in out.stdout and "B/s]" not in out.stdout
+
+
 def test_bad_slug_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
     run_id = make_run(project, model_files())
     with pytest.raises(ConfigError) as err:
