@@ -216,3 +216,28 @@ def test_init_puts_a_skeleton_task_on_the_cpu_and_a_builtin_one_on_the_gpu(tmp_p
         assert out.returncode == 0, out.stderr
         kernel = yaml.safe_load((tmp_path / folder / "kops.yaml").read_text())["kernel"]
         assert kernel["enable_gpu"] is gpu, folder
+
+
+def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/forkserver.py (how harness.kops runs most calls) against a fresh `python -m kaggleops`: the same exit
+    code, stdout and stderr for a usage error, an error naming the store, a result, the call's own environment and
+    folder."""
+    import shutil
+
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\nexperiment: x\n")
+    sub = tmp_path / "sub"
+    calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
+             (("publish", "0123456789abcdef"), tmp_path, {}),
+             (("leaderboard",), tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}),
+             (("init", "--competition", "my-comp", "--json"), sub, {})]
+    for args, cwd, env in calls:
+        results = []
+        for fork in ("1", "0"):
+            shutil.rmtree(sub, ignore_errors=True)
+            sub.mkdir()
+            monkeypatch.setenv("KOPS_TEST_FORK", fork)
+            out = kops(*args, cwd=cwd, env=env)
+            results.append((out.returncode, out.stdout, out.stderr))
+        assert results[0] == results[1], args
+    assert (tmp_path / "other.db").is_file()  # the call's own environment reached MLflow in the fork too
+    assert (sub / "tasks" / "my_comp_task.py").is_file()  # written in the call's own folder
