@@ -56,7 +56,7 @@ def main() -> None:
     from kaggleops.adapters.storage import gcs_client
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.emulator.stack import start_gcs
-    from kaggleops.stages.sync import pull, push
+    from kaggleops.sync import pull, push
 
     gcs = start_gcs()
     os.environ["STORAGE_EMULATOR_HOST"] = gcs.url

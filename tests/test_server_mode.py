@@ -199,9 +199,10 @@ def test_team_server_on_postgres_and_bucket_many_trainers(tmp_path: Path, team_s
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
     from kaggleops.emulator.seeding import seed_competition
+    from kaggleops.schema import TAG_ORIGIN_RUN
     from kaggleops.stages.demo import COMPETITION, DEMO_KEY, DEMO_USER, init_workdir
-    from kaggleops.stages.sync import TAG_ORIGIN_RUN, push
     from kaggleops.stages.train import get_task_for
+    from kaggleops.sync import push
 
     server, gcs_url = team_server
     emulator = Emulator(tmp_path / ".emulator", username=DEMO_USER, key=DEMO_KEY, score_delay_polls=1)

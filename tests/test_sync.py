@@ -22,14 +22,8 @@ from kaggleops.adapters.storage import (
 from kaggleops.adapters.tracking import TAG_PARENT, Tracker
 from kaggleops.config import KopsConfig, load_config, render_template
 from kaggleops.errors import ConfigError, RunNotFound
-from kaggleops.stages.sync import (
-    TAG_ORIGIN_MACHINE,
-    TAG_ORIGIN_RUN,
-    BackgroundSync,
-    bundles,
-    pull,
-    push,
-)
+from kaggleops.schema import TAG_ORIGIN_MACHINE, TAG_ORIGIN_RUN
+from kaggleops.sync import BackgroundSync, bundles, pull, push
 
 from harness import kops
 
@@ -339,7 +333,7 @@ def test_training_pushes_in_the_background_to_a_folder_bucket(tmp_path: Path) ->
 def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_path: Path, bucket: str) -> None:
     import mlflow.artifacts
 
-    from kaggleops.stages.sync import TAG_ORIGIN_ARTIFACTS
+    from kaggleops.schema import TAG_ORIGIN_ARTIFACTS
 
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     a.artifact_location = f"{bucket}/artifacts"
@@ -380,7 +374,7 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, start_emulator: C
 
 
 def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:
-    from kaggleops.stages.sync import pull_if_configured
+    from kaggleops.sync import pull_if_configured
 
     shared = str(tmp_path / "bucket")
     a, c = machine(tmp_path, shared, "a"), machine(tmp_path, shared, "c")
@@ -433,7 +427,7 @@ def test_lost_push_state_and_first_format_bundles(tmp_path: Path, bucket: str) -
     has a meta.json, pulls neither duplicate nor flip-flop."""
     import json
 
-    from kaggleops.stages.sync import STATE_FILE, encode
+    from kaggleops.sync import STATE_FILE, encode
 
     a, c = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "c")
     ta, tc = Tracker(a), Tracker(c)

@@ -1,6 +1,6 @@
 """Object storage behind one small Protocol: a local folder or ``gs://bucket/prefix``.
 
-Used for sync bundles (kaggleops.stages.sync) and anything else kops throws into a bucket. Keys are ``/``-separated
+Used for sync bundles (kaggleops.sync) and anything else kops throws into a bucket. Keys are ``/``-separated
 paths relative to the store's root. ``open_store(url)`` is the one place that picks the implementation.
 
 GCS credentials, tried in this order (the first that works wins):

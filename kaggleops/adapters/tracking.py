@@ -438,7 +438,7 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
-    # ---- what `kops sync` reads and writes (kaggleops.stages.sync): listings, histories, bulk import ------------
+    # ---- what `kops sync` reads and writes (kaggleops.sync): listings, histories, bulk import ------------
 
     def experiment_ids(self, all_experiments: bool = False) -> list[str]:
         """This experiment's id, or every experiment's with ``all_experiments``."""

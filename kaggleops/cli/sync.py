@@ -26,7 +26,7 @@ def push(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Upload what changed in each local run (new metric points, meta) under keys only that run owns."""
-    from kaggleops.stages.sync import push as run_push
+    from kaggleops.sync import push as run_push
 
     r = run_push(load(config), bucket=bucket, all_experiments=all_experiments, full=full)
     emit(r.as_dict(), as_json, f"Pushed {len(r.uploaded)} run(s) ({r.uploaded_bytes} bytes, "
@@ -41,7 +41,7 @@ def pull(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSO
     from rich.console import Console
     from rich.progress import Progress
 
-    from kaggleops.stages.sync import pull as run_pull
+    from kaggleops.sync import pull as run_pull
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("Importing runs", total=None)
@@ -54,7 +54,7 @@ def pull(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSO
 @sync_app.command("status")
 def status(bucket: str = BUCKET_OPT, config: str = CONFIG_OPT, as_json: bool = JSON_OPT) -> None:
     """List the run bundles in the bucket, by machine."""
-    from kaggleops.stages.sync import bundles
+    from kaggleops.sync import bundles
 
     rows = bundles(load(config), bucket=bucket)
     lines = [f"{r['machine']}  {r['run_id']}  {r['bytes']} bytes  ({r['chunks']} metric chunk(s))" for r in rows]

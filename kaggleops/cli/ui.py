@@ -18,8 +18,8 @@ def ui(
     as_json: bool = typer.Option(False, "--json", help="Print url, base, log and pid as JSON (then serve)."),
 ) -> None:
     """Start the MLflow UI (one worker, no job execution) and print the runs table's URL, sorted by lb_public."""
-    from kaggleops.stages.sync import pull_if_configured
     from kaggleops.stages.ui import start_ui
+    from kaggleops.sync import pull_if_configured
 
     cfg = load(config)
     pulled = pull_if_configured(cfg)

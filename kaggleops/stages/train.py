@@ -41,7 +41,7 @@ from kaggleops.schema import (
     Kind,
 )
 from kaggleops.stages.data import TRAIN_FILE
-from kaggleops.stages.sync import background_sync
+from kaggleops.sync import background_sync
 from kaggleops.task import FoldContext
 
 OOF_ARTIFACT = "oof"
