@@ -30,7 +30,7 @@ def worker(server: str, mode: str, steps: int, start_at: float) -> dict[str, Any
     """One trainer process: create a run, wait for ``start_at``, log ``steps`` steps; report timings."""
     from mlflow.tracking import MlflowClient
 
-    from kaggleops.adapters.tracking import MetricLogger
+    from kaggleops.adapters.metric_logger import MetricLogger
 
     client = MlflowClient(tracking_uri=server)
     exp = client.get_experiment_by_name("bench-server")

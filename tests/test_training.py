@@ -38,9 +38,9 @@ RUNNER = """
 import os, signal, sys, time
 from pathlib import Path
 import kaggleops.tasks.tse.train as t
-import kaggleops.adapters.tracking as tracking
-tracking.MetricLogger.__init__.__defaults__ = tuple(  # send within 0.1 s: the kill lands after
-    0.1 if d == tracking.FLUSH_INTERVAL_S else d for d in tracking.MetricLogger.__init__.__defaults__)
+import kaggleops.adapters.metric_logger as metric_logger
+metric_logger.MetricLogger.__init__.__defaults__ = tuple(  # send within 0.1 s: the kill lands after
+    0.1 if d == metric_logger.FLUSH_INTERVAL_S else d for d in metric_logger.MetricLogger.__init__.__defaults__)
 kill_at, done = int(os.environ.get("KILL_AT", "0")), [0]
 original = t._train_step
 def step(loop, batches):
@@ -341,7 +341,7 @@ class _StuckClient:
 
 
 def test_metric_logger_does_not_block_on_a_stuck_server_and_keeps_order(caplog: pytest.LogCaptureFixture) -> None:
-    from kaggleops.adapters.tracking import MetricLogger
+    from kaggleops.adapters.metric_logger import MetricLogger
 
     client = _StuckClient(failures=2)
     logger = MetricLogger(client, "run123", interval_s=0.01)
@@ -360,7 +360,8 @@ def test_metric_logger_does_not_block_on_a_stuck_server_and_keeps_order(caplog: 
 
 
 def test_metric_logger_raises_when_store_stays_down_and_skips_stored_steps() -> None:
-    from kaggleops.adapters.tracking import MetricLogger, TrackingUnavailable
+    from kaggleops.adapters.metric_logger import MetricLogger
+    from kaggleops.errors import TrackingUnavailable
 
     client = _StuckClient(failures=10**6)
     client.release.set()
