@@ -91,7 +91,8 @@ def kernel_output(cfg: KopsConfig, kernel: str | None = None, version: int | Non
     (default ``.kops/output/<slug>/v<N>/``). Default kernel and version: the ones ``kops push-kernel`` pushed last.
 
     Example:
-        >>> kernel_output(load_config())  # then: kops submit --file .kops/output/<slug>/v3/submission.csv
+        >>> kernel_output(load_config())  # doctest: +SKIP
+        (then: kops submit --file .kops/output/<slug>/v3/submission.csv)
     """
     kaggle = kaggle or Kaggle.from_config(cfg)
     base = KernelRef.parse(kernel) if kernel else default_kernel_ref(cfg)
