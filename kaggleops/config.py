@@ -1,8 +1,17 @@
 """kops.yaml: one validated config per working folder, overridable by environment variables.
 
 Lookup order for every setting: command-line argument > environment variable > kops.yaml > default.
-Environment variables: ``MLFLOW_TRACKING_URI`` (tracking store), ``KOPS_KAGGLE_ENDPOINT`` (aim the official
-kaggle client at a loopback emulator, e.g. ``http://127.0.0.1:8765``), ``KAGGLE_USERNAME`` (default owner).
+kops.yaml is found in the current folder or the nearest parent folder that has one (``--config`` names another).
+
+Environment variables kops reads (the Kaggle client and MLflow read their own as well):
+
+- ``MLFLOW_TRACKING_URI`` (+ ``MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN``): the tracking store, over ``tracking_uri``;
+- ``KAGGLE_USERNAME`` / ``KAGGLE_KEY`` / ``KAGGLE_CONFIG_DIR``: credentials; the username is the default ``owner``;
+- ``KOPS_KAGGLE_ENDPOINT``: aim the official kaggle client at a loopback emulator (e.g. ``http://127.0.0.1:8765``);
+- ``KOPS_KAGGLE_TIMEOUT``: seconds a Kaggle API read may take;
+- ``KOPS_BUCKET``: the sync bucket, over ``storage.bucket``;
+- ``KOPS_CACHE_DIR``: where downloads and the Kaggle-image environment of ``kops kernel run-local`` are cached;
+- ``KOPS_DEBUG=1``: an unexpected error shows its traceback.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The `kops` command. Commands parse, call one library function, render; no logic lives here.
+"""The `kops` command: the Typer app and its sub-commands, and :func:`run`/:func:`main`, which print every error
+as one line and return its exit code (0, 1 a kops error, 2 a usage mistake, 130 interrupted). Each command module
+(``cli/project.py``, ``cli/runs.py``, …) parses its options, calls one stage function and renders the result.
 
 Only typer/rich are imported at start-up: torch, transformers, mlflow and kaggle load inside the library
 functions a command calls, so `kops --help` stays fast.
@@ -101,6 +103,7 @@ QUIET_LIBRARIES = {
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CONFIG_HELP = "kops.yaml to use (default: the nearest, here or in a parent folder)."
 ENV_DEBUG = "KOPS_DEBUG"  # =1: an unexpected error shows its traceback
 
 

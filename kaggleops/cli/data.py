@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from kaggleops.cli import app, emit, load
+from kaggleops.cli import CONFIG_HELP, app, emit, load
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of
 from kaggleops.errors import KernelError
 
 LAYOUTS = ("current", "legacy")  # kaggleops.kernel.local.LAYOUTS (not imported: `kops --help` stays light)
@@ -35,7 +35,7 @@ def run_local(
                                           "legacy: input/<slug>."),
     isolation: str = typer.Option("auto", help="auto | namespace+guard | guard: how the network is blocked."),
     full_rows: int = typer.Option(None, help="Rows of the real test set, to estimate its run time."),
-    config: str = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml)."),
+    config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run a rendered kernel as Kaggle would: the exact planned versions (read-only input/), the Kaggle image's
@@ -59,7 +59,7 @@ def output(
     kernel: str = typer.Argument(None, help="owner/slug of the kernel (default: the one push-kernel makes)."),
     version: int = typer.Option(None, help="Kernel version (default: the latest pushed by kops)."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for the files (default: .kops/output/<slug>/v<N>/)."),
-    config: str = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml)."),
+    config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Download a kernel version's output files (a file competition's submission.csv, logs' artifacts).

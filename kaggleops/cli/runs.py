@@ -7,10 +7,10 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import app, emit, hint, known_machine_shape, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, known_machine_shape, load, one_of
 from kaggleops.errors import ConfigError
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from kaggleops.cli import app, emit, load
+from kaggleops.cli import CONFIG_HELP, app, emit, load
 
 sync_app = typer.Typer(help="Share runs through a bucket: push local runs, pull everyone else's.",
                        no_args_is_help=False)
 app.add_typer(sync_app, name="sync")
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 BUCKET_OPT = typer.Option(None, "--bucket", help="gs://BUCKET/PREFIX or a folder (default: $KOPS_BUCKET, "
                                                  "else `storage.bucket` in kops.yaml).")

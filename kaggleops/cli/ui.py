@@ -6,9 +6,9 @@ import sys
 
 import typer
 
-from kaggleops.cli import app, emit, hint, load
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, load
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: ./kops.yaml).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 
 
 @app.command()
