@@ -99,7 +99,8 @@ class RunRef:
     def url(self, experiment_id: str = "0") -> str | None:
         if not (self.tracking_uri or "").startswith(("http://", "https://")):
             return None
-        return f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        return (f"{str(self.tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+                "?workflowType=machine_learning")  # MLflow 3's model-training run page, not GenAI's
 
 
 @dataclass(frozen=True)

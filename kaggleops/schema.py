@@ -42,6 +42,14 @@ TAG_GPU = "kops.gpu"
 TAG_WORLD_SIZE = "kops.world_size"
 TAG_DATASET = "kops.dataset"
 TAG_DATASET_VERSION = "kops.dataset.version"
+# MLflow's own tag names (mlflow.utils.mlflow_tags), written as MLflow's fluent API would
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+TAG_SOURCE_NAME, TAG_SOURCE_TYPE, TAG_USER = "mlflow.source.name", "mlflow.source.type", "mlflow.user"
+# on the MLflow LoggedModel of a published weight set: where it lives on Kaggle (dataset or Kaggle Model version)
+TAG_PUBLISHED_REF = "kops.published.ref"  # owner/slug (dataset) or owner/model/framework/variation (Kaggle Model)
+TAG_PUBLISHED_VERSION = "kops.published.version"
+TAG_PUBLISHED_KIND = "kops.published.kind"  # dataset | model
+TAG_PUBLISHED_URL = "kops.published.url"
 TAG_KERNEL = "kops.kernel"
 TAG_KERNEL_VERSION = "kops.kernel.version"
 TAG_KERNEL_MACHINE_SHAPE = "kops.kernel.machine_shape"  # the accelerator the kernel was pushed with

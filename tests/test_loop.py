@@ -105,3 +105,26 @@ def test_published_dataset_carries_manifest(demo: dict[str, Any]) -> None:
     assert metadata["competition_sources"] == [TSE]
     assert sorted(metadata["dataset_sources"]) == sorted([demo["dataset"], "kopsdemo/kops-runtime"])
     assert owner == "kopsdemo" and slug
+
+
+@pytest.mark.slow
+def test_mlflow3_sees_the_published_model_with_its_lb_scores(demo: dict[str, Any]) -> None:
+    """Issue 30 through the MLflow client: the experiment is custom-model development, the runs carry source and
+    user, the published dataset version is a LoggedModel of its run with the Kaggle reference and the LB scores,
+    and the submission run lists it as an input."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=demo["tracking_uri"])
+    exp = client.get_experiment_by_name("tse-demo")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(demo["run_id"])
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"].startswith("kops")
+    assert run.data.tags["mlflow.user"]
+    (model,) = client.search_logged_models([exp.experiment_id], filter_string=f"source_run_id = '{demo['run_id']}'")
+    assert model.tags["kops.published.ref"] == demo["dataset"]
+    assert model.tags["kops.published.version"] == str(demo["dataset_version"])
+    assert model.tags["kops.published.kind"] == "dataset" and model.status.to_proto() == 2  # READY
+    assert {m.key: m.value for m in model.metrics} == {"lb_public": demo["lb_public"], "lb_private": demo["lb_private"]}
+    assert any(k.startswith("sha256/") for k in model.params)
+    sub = client.get_run(demo["submission_run_id"])
+    assert [m.model_id for m in sub.inputs.model_inputs] == [model.model_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -231,6 +232,25 @@ def test_kops_publish_shows_the_file_list_then_a_named_bar_per_file(project: Pat
     for name in ("config.json", "model.safetensors", "kops-manifest.json", "tokenizer.zip"):
         assert f"{name}: 100%" in out.stderr, out.stderr
     assert "Upload successful" not in out.stdout and "B/s]" not in out.stdout
+
+
+def test_the_published_weights_are_one_mlflow_logged_model(project: Path, emulator: Emulator) -> None:
+    """Issue 30: a publish records the dataset version as a LoggedModel of the run; publishing the same weights
+    again (Kaggle keeps the version) finds that model instead of adding a second."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_config(project / "kops.yaml")
+    run_id = make_run(project, model_files(seed=9))
+    first = publish(cfg, run_id, kaggle=fast_kaggle())
+    again = publish(cfg, run_id, kaggle=fast_kaggle())
+    assert again.dataset_version == first.dataset_version and not again.uploaded
+    client = MlflowClient(cfg.resolved_tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert model.source_run_id == run_id and model.model_type == "kaggle-dataset"
+    assert model.tags["kops.published.ref"] == first.dataset and model.tags["kops.published.version"] == "1"
+    weights = model_files(seed=9)["model.safetensors"]
+    assert model.params["sha256/model.safetensors"] == hashlib.sha256(weights).hexdigest()
 
 
 def test_bad_slug_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:

@@ -127,7 +127,8 @@ def test_run_ref_beside_dataset_and_kernel_refs() -> None:
 
     run = RunRef.parse("0123456789abcdef0123456789abcdef", "http://127.0.0.1:5000/")
     assert str(run) == run.run_id and run.short == "01234567"
-    assert run.url("3") == "http://127.0.0.1:5000/#/experiments/3/runs/0123456789abcdef0123456789abcdef"
+    assert run.url("3") == ("http://127.0.0.1:5000/#/experiments/3/runs/0123456789abcdef0123456789abcdef"
+                            "?workflowType=machine_learning")
     assert RunRef("0123456789abcdef0123456789abcdef", "sqlite:///mlflow.db").url() is None
     with pytest.raises(ValueError, match="Not an MLflow run id: .*Expected 32 hex characters"):
         RunRef.parse("x' or 1=1")

@@ -17,6 +17,7 @@ import pytest
 
 from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
+from kaggleops.refs import RunRef
 from kaggleops.stages.ui import runs_url
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -84,3 +85,55 @@ def test_kops_ui_url_shows_runs_with_lb_public(tmp_path: Path) -> None:
     assert "0.73412" in dom.stdout and "0.71234" in dom.stdout
     assert dom.stdout.index("submission-best") < dom.stdout.index("submission-second"), "not sorted by lb_public"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)")
+def test_run_page_is_model_training_and_models_tab_lists_published_weights(tmp_path: Path) -> None:
+    """MLflow 3 knows what kops logged: a fold run's page is a model-training run (not GenAI's "Evaluation runs"),
+    and the Models tab lists the published weight set with its lb_public (issue 30)."""
+    import json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kops.yaml").write_text("competition: tiny-comp\nowner: testuser\nexperiment: ui-models\n")
+    tracker = Tracker(load_config(work / "kops.yaml"))
+    run_id = tracker.start_run("fold-0", {"lr": 0.001}, {"kops.kind": "fold"})
+    tracker.end_run(run_id)
+    model_id = tracker.published_model(run_id, "ui-models-fold-0-v3", {
+        "kops.published.ref": "testuser/ui-models-fold-0", "kops.published.version": "3",
+        "kops.published.kind": "dataset", "kops.published.url": "https://www.kaggle.com/datasets/x"},
+        {"lr": "0.001"}, "kaggle-dataset")
+    tracker.log_metrics(run_id, {"lb_public": 0.81234}, step=1, model_id=model_id)
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kaggleops", "ui", "--port", str(port), "--json"], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while proc.stdout and (not lines or lines[-1].rstrip() != "}"):  # the JSON object, printed before serving
+            lines.append(proc.stdout.readline())
+        printed = json.loads("".join(lines))
+        base = f"http://127.0.0.1:{port}"
+        assert printed.get("models_url") == (f"{base}/#/experiments/{tracker.experiment_id}/models"
+                                             "?workflowType=machine_learning"), proc.stderr
+        run_page = RunRef(run_id, base).url(tracker.experiment_id)  # the run link kops writes
+        assert run_page is not None
+        run_dom = chromium(run_page, "--dump-dom")
+        wide = "--window-size=3400,1000"  # the grid draws only the columns in view; the metric group is far right
+        models_dom = chromium(printed["models_url"], wide, "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / ".gitignore").write_text("*\n")
+        shots = {"run": ARTIFACTS / "kops-ui-run-page.png", "models": ARTIFACTS / "kops-ui-models-tab.png"}
+        chromium(run_page, f"--screenshot={shots['run']}")
+        chromium(printed["models_url"], wide, f"--screenshot={shots['models']}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    print(f"screenshots: {shots}")
+    assert "fold-0" in run_dom.stdout, run_dom.stderr[-2000:]
+    assert "Evaluation runs" not in run_dom.stdout and "Model training" in run_dom.stdout
+    assert "ui-models-fold-0-v3" in run_dom.stdout  # under "Logged models"
+    assert "ui-models-fold-0-v3" in models_dom.stdout, models_dom.stderr[-2000:]
+    assert "0.81234" in models_dom.stdout  # its lb_public, in the Models tab
+    assert all(shot.is_file() and shot.stat().st_size > 10_000 for shot in shots.values())

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +37,19 @@ from kaggleops.errors import (
 )
 from kaggleops.files import file_lock
 from kaggleops.refs import RunRef
-from kaggleops.schema import ARTIFACT_GIT_DIFF, INPUT_TAG_CONTEXT, TAG_LIB_PREFIX, TAG_VERSION
+from kaggleops.schema import (
+    ARTIFACT_GIT_DIFF,
+    EXPERIMENT_KIND,
+    INPUT_TAG_CONTEXT,
+    TAG_EXPERIMENT_KIND,
+    TAG_LIB_PREFIX,
+    TAG_PUBLISHED_REF,
+    TAG_PUBLISHED_VERSION,
+    TAG_SOURCE_NAME,
+    TAG_SOURCE_TYPE,
+    TAG_USER,
+    TAG_VERSION,
+)
 
 # tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
 from kaggleops.schema import (
@@ -197,6 +210,20 @@ _UNIQUE_VIOLATIONS = ("UniqueViolation", "duplicate key value", "UNIQUE constrai
                       "IntegrityError")
 
 
+def source_tags(env: str) -> dict[str, str]:
+    """MLflow's own "Source" and "User" columns: the kops command that made the run, as a notebook in Colab/Kaggle
+    (``mlflow.source.type`` NOTEBOOK) or a local command (LOCAL), and the OS user."""
+    import getpass
+
+    command = " ".join(["kops", *[a for a in sys.argv[1:2] if not a.startswith("-")]]) if sys.argv else "kops"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    kind = "NOTEBOOK" if env.startswith(("colab", "kaggle")) else "LOCAL"
+    return {TAG_SOURCE_NAME: command, TAG_SOURCE_TYPE: kind, TAG_USER: user}
+
+
 def lost_create_race(error: BaseException) -> bool:
     """Whether ``error`` is a store refusing a row another client inserted first (PostgreSQL, SQLite, MySQL)."""
     return any(marker in str(error) for marker in _UNIQUE_VIOLATIONS)
@@ -233,13 +260,18 @@ class Tracker:
 
     def _get_or_create(self, name: str) -> str:
         """The experiment's id; created when missing (another process creating it first is fine: many trainers
-        start at once against one server)."""
+        start at once against one server). It is marked as custom-model development (``mlflow.experimentKind``),
+        so the MLflow 3 UI shows the model-training pages, not GenAI's."""
         exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
         if exp:
+            if TAG_EXPERIMENT_KIND not in exp.tags:
+                self._call(f"Tagging experiment {name}", self.client.set_experiment_tag, exp.experiment_id,
+                           TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return str(exp.experiment_id)
         try:
             return str(self._call(f"Creating experiment {name}", self.client.create_experiment, name,
-                                  artifact_location=self.cfg.resolved_artifact_location))
+                                  artifact_location=self.cfg.resolved_artifact_location,
+                                  tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}))
         except TrackingUnavailable:
             exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
             if exp is None:
@@ -260,7 +292,8 @@ class Tracker:
 
     def provenance_tags(self) -> tuple[dict[str, str], str]:
         """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
-        tags = {TAG_ENV: detect_env(), TAG_VERSION: __version__}
+        env = detect_env()
+        tags = {TAG_ENV: env, TAG_VERSION: __version__, **source_tags(env)}
         tags.update({f"{TAG_LIB_PREFIX}{k}": v for k, v in library_versions().items()})
         info = git_info(self.cfg.root)
         if info is None:
@@ -301,9 +334,54 @@ class Tracker:
         return MetricLogger(self.client, run_id, skip=skip, background=background, resume_command=resume_command,
                             store=self.where)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        with self.metric_logger(run_id, background=False) as logger:
-            logger(metrics, step)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """Metrics at ``step``; with ``model_id`` they are that LoggedModel's too (one point each, linked by MLflow)."""
+        if model_id is None:
+            with self.metric_logger(run_id, background=False) as logger:
+                logger(metrics, step)
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()]
+        self._call(f"Logging metrics of model {model_id}", self.client.log_batch, run_id, metrics=items, run_id=run_id)
+
+    # ---- MLflow 3 LoggedModels: the published weight sets ----------------------------------------------------
+
+    def published_model(self, run_id: str, name: str, tags: dict[str, str], params: dict[str, str],
+                        model_type: str) -> str:
+        """The LoggedModel of one published weight set (a dataset version or Kaggle Model version) of ``run_id``:
+        found by its reference tags, else created READY; returns its id. Publishing the same weights again (same
+        version) finds the same model."""
+        key = " AND ".join(f"tags.`{k}` = '{tags[k]}'" for k in (TAG_PUBLISHED_REF, TAG_PUBLISHED_VERSION))
+        found = self._call("Looking up published models", self.client.search_logged_models, [self.experiment_id],
+                           filter_string=f"source_run_id = '{run_id}' AND {key}")
+        if found:
+            return str(found[0].model_id)
+        model = self._call(f"Recording the published model of run {run_id}", self.client.create_logged_model,
+                           self.experiment_id, name=re.sub(r"[/:.%\"']", "-", name)[:250], source_run_id=run_id,
+                           tags=tags, params=params, model_type=model_type)
+        self._call("Finishing the model record", self.client.finalize_logged_model, model.model_id, "READY")
+        from mlflow.entities import LoggedModelOutput  # the run page lists it under "Logged models"
+
+        self._call(f"Linking run {run_id} to its model", self.client.log_outputs, run_id,
+                   [LoggedModelOutput(model.model_id, 0)], run_id=run_id)
+        return str(model.model_id)
+
+    def link_models(self, run_id: str, model_ids: list[str]) -> None:
+        """Record ``model_ids`` as inputs of ``run_id`` (a submission run scoring them)."""
+        if not model_ids:
+            return
+        from mlflow.entities import LoggedModelInput
+
+        self._call(f"Linking the models run {run_id} used", self.client.log_inputs, run_id,
+                   models=[LoggedModelInput(m) for m in dict.fromkeys(model_ids)], run_id=run_id)
+
+    def models_of(self, run_id: str) -> list[str]:
+        """The LoggedModels published from ``run_id`` that its current publish tags name (newest first)."""
+        found = self._call("Looking up published models", self.client.search_logged_models, [self.experiment_id],
+                           filter_string=f"source_run_id = '{run_id}'")
+        return [str(m.model_id) for m in sorted(found, key=lambda m: -m.creation_timestamp)]
 
     def reopen_run(self, run_id: str) -> None:
         """Set a killed/failed/stale run back to RUNNING, to continue it (MLflow cannot choose run ids)."""

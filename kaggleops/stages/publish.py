@@ -45,6 +45,10 @@ from kaggleops.schema import (
     TAG_GIT_REPO,
     TAG_KIND,
     TAG_PARENT,
+    TAG_PUBLISHED_KIND,
+    TAG_PUBLISHED_REF,
+    TAG_PUBLISHED_URL,
+    TAG_PUBLISHED_VERSION,
     FileEntry,
     Kind,
     Manifest,
@@ -364,6 +368,19 @@ def _publish_staged(cfg: KopsConfig, tracker: Tracker, run: Any, ref: DatasetRef
         if version is None:
             version = _upload(kaggle, ref, folder, info, is_public, notes, progress, poll_s)
     tracker.set_tags(run_id, {TAG_DATASET: ref.ref, TAG_DATASET_VERSION: str(version)})
+    record_model(tracker, run, "dataset", ref.ref, version, ref.url(kaggle.web_base), manifest)
     sent = uploaded_bytes(folder, DATASET_METADATA) if uploaded else 0
     return PublishResult(run_id, ref.ref, version, ref.url(kaggle.web_base), created=uploaded and info is None,
                          uploaded=uploaded, bytes_uploaded=sent)
+
+
+def record_model(tracker: Tracker, run: Any, kind: str, ref: str, version: int, url: str, manifest: Manifest) -> str:
+    """The published weight set as an MLflow 3 LoggedModel of its run (the Models tab): named after the Kaggle
+    reference and version, tagged with where it lives, the run's params and each file's sha256 as params. The same
+    weights published again (Kaggle kept the version) find the model they already have."""
+    name = f"{ref.split('/', 1)[-1]}-v{version}"
+    tags = {TAG_PUBLISHED_REF: ref, TAG_PUBLISHED_VERSION: str(version), TAG_PUBLISHED_KIND: kind,
+            TAG_PUBLISHED_URL: url}
+    params = {k: str(v)[:6000] for k, v in run.data.params.items()}
+    params.update({f"sha256/{path}": entry.sha256 for path, entry in sorted(manifest.files.items())})
+    return tracker.published_model(run.info.run_id, name, tags, params, model_type=f"kaggle-{kind}")

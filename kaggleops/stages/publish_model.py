@@ -34,6 +34,7 @@ from kaggleops.stages.publish import (
     build_manifest,
     check_weights,
     publish_failures,
+    record_model,
     stage_run,
     uploaded_bytes,
 )
@@ -138,6 +139,7 @@ def _publish_staged(cfg: KopsConfig, tracker: Any, run: Any, ref: ModelRef, kagg
     tracker.set_tags(run_id, {TAG_MODEL: ref.ref, TAG_MODEL_VERSION: str(version)})
     sent = uploaded_bytes(folder, INSTANCE_METADATA) if uploaded else 0
     pinned = ModelRef(ref.owner, ref.slug, ref.framework, ref.variation, version)
+    record_model(tracker, run, "model", ref.ref, version, pinned.url(kaggle.web_base), manifest)
     return ModelPublishResult(run_id, ref.ref, version, pinned.url(kaggle.web_base), created=uploaded and not current,
                               uploaded=uploaded, bytes_uploaded=sent)
 

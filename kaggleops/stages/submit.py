@@ -161,6 +161,9 @@ def _start_submission_run(tracker: Tracker, cfg: KopsConfig, name: str, message:
         TAG_COMPETITION: cfg.competition, TAG_SUBMISSION_STATUS: SubmissionStatus.SUBMITTING,
         TAG_SUBMISSION_DATE: datetime.now(timezone.utc).isoformat(timespec="seconds"), **tags,
     })
+    # the published models it scores, as MLflow 3 inputs (the run page links them; the Models tab lists the run)
+    sources = [r for r in tags.get(TAG_SOURCE_RUNS, "").split(",") if r]
+    tracker.link_models(run_id, [models[0] for source in sources if (models := tracker.models_of(source))])
     return run_id, key
 
 
@@ -437,7 +440,9 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
     scores = {m: getattr(sub, attr) for m, attr in SCORE_METRICS.items() if getattr(sub, attr) is not None}
     changed_scores = {m: v for m, v in scores.items() if run.data.metrics.get(m) != v}
     for target in [run_id, *sources, *_kfold_parents(tracker, sources)] if changed_scores else []:
-        tracker.log_metrics(target, changed_scores, step=sub.ref)
+        # a source run's scores land on its published model too (MLflow 3's Models tab ranks by them)
+        models = tracker.models_of(target) if target in sources else []
+        tracker.log_metrics(target, changed_scores, step=sub.ref, model_id=models[0] if models else None)
     finished = run.info.status == "RUNNING"  # the submitting process died before recording the ref
     if finished:
         tracker.end_run(run_id)

@@ -56,6 +56,19 @@ def runs_url(base: str, experiment_id: str, sort_metric: str = "lb_public", shar
     return f"{page}&orderByKey={quote(f'metrics.`{sort_metric}`', safe='.')}&orderByAsc={str(ascending).lower()}"
 
 
+def models_url(base: str, experiment_id: str) -> str:
+    """The experiment's Models tab (MLflow 3 LoggedModels: every published weight set with its LB metrics).
+
+    Example:
+        >>> models_url("http://127.0.0.1:5000", "1")
+        'http://127.0.0.1:5000/#/experiments/1/models?workflowType=machine_learning'
+
+    The ``workflowType`` makes MLflow 3 show its model-training pages (it lists models only there; without it a new
+    browser opens the GenAI pages, where LoggedModels are "Agent versions" without metric columns).
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/models?workflowType=machine_learning"
+
+
 def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public", metric: str | None = None,
                           higher_is_better: bool = True) -> str:
     """Store the runs-table view (LB and the task metric's CV columns, sorted by ``sort_metric`` best first:
@@ -79,6 +92,7 @@ class UiServer:
     base: str
     process: subprocess.Popen[bytes] | None = None
     log: str = ""
+    models_url: str = ""  # MLflow 3's Models tab of the experiment: the published weight sets, with their LB scores
 
     def wait(self) -> int:
         """Block until the server exits; Ctrl-C or SIGTERM stops it (never leaving it orphaned)."""
@@ -158,12 +172,14 @@ def start_ui(cfg: KopsConfig, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST
     metric, higher = _task_metric(cfg)
     share_key = save_leaderboard_view(tracker, metric=metric, higher_is_better=higher)
     if tracker.uri.startswith(("http://", "https://")):
-        return UiServer(runs_url(tracker.uri, experiment_id, share_key=share_key), tracker.uri)
+        return UiServer(runs_url(tracker.uri, experiment_id, share_key=share_key), tracker.uri,
+                        models_url=models_url(tracker.uri, experiment_id))
     if not _port_free(host, port):
         raise PortInUse(f"Port {port} on {host} is in use.", "Pick another: kops ui --port 5001")
     server = serve_mlflow(tracker.uri, ["--default-artifact-root", cfg.resolved_artifact_location], cfg.root,
                           cfg.root / ".kops" / "mlflow-ui.log", port=port, host=host, timeout_s=timeout_s)
     server.url = runs_url(server.base, experiment_id, share_key=share_key)
+    server.models_url = models_url(server.base, experiment_id)
     return server
 
 
