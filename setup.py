@@ -13,7 +13,9 @@ setup(
     packages=find_packages(include=["kaggleops", "kaggleops.*"]) + ["kaggleops._kernels", "kaggleops._datasets"],
     package_data={
         "kaggleops._kernels": ["*.tmpl", "*.ipynb"],
-        "kaggleops._datasets": ["*/*.csv", "*/*.py", "*/*.md", "*/*.json"],
+        "kaggleops._datasets": ["*/*.csv", "*/*.py", "*/*.md", "*/*.json",
+                                # evaluation-API competitions: hidden test files, the kaggle_evaluation package
+                                "*/hidden/*.csv", "*/kaggle_evaluation/*.py", "*/kaggle_evaluation/core/*.py"],
         "kaggleops.kernel": ["kaggle_image.txt"],  # the packages run-local's Kaggle image environment holds
         "": ["*.csv", "*.json", "*.tmpl", "*.yaml", "*.md"],
     },
