@@ -39,6 +39,10 @@ A minimal task (selected in kops.yaml with ``task: tasks/my_task.py:MyTask``)::
             ...  # load each folder, combine (e.g. average with ctx.weights)
             return pd.DataFrame({"id": test["id"], "target": averaged})
 
+A task for an evaluation-API competition (one that ships ``kaggle_evaluation/``: a gateway hands the notebook the
+hidden test set batch by batch) also implements :class:`BatchPredict`: ``load_models`` once, on the gateway's first
+call, then ``predict_batch`` per batch. Nothing else changes: train, folds, metric and publish are the same.
+
 Stability: the names in ``__all__`` keep their meaning; new optional fields/methods may be added, existing
 signatures do not change.
 """
@@ -54,6 +58,7 @@ from typing import Any, Protocol, runtime_checkable
 from kaggleops.errors import DataError, SettingsError
 
 __all__ = [
+    "BatchPredict",
     "CheckpointFn",
     "DataError",
     "FoldContext",
@@ -246,6 +251,44 @@ class SecondStage(Protocol):
     def predict_second_stage(self, model_dirs: Sequence[Path], reranker_dirs: Sequence[Path], test: Any,
                              ctx: PredictContext) -> Any:
         """The final predictions table: the base ensemble's candidates rescored by the second-stage models."""
+        ...
+
+
+@runtime_checkable
+class BatchPredict(Protocol):
+    """Optional: predict batch by batch as an evaluation-API competition's gateway hands the test set over.
+
+    The kernel serves the competition's own ``<Comp>InferenceServer``; the gateway calls ``predict`` once per
+    batch with the competition's arguments (e.g. one date's rows and the previous date's revealed answers).
+    ``load_models`` runs once, inside the first call (which has no deadline, so slow loading belongs there);
+    ``predict_batch`` answers each batch, within the gateway's per-call timeout, with one row per row asked
+    (a DataFrame with the submission's columns, or an array of them: kops converts it to the batch's frame type).
+    The object ``load_models`` returns is handed to every ``predict_batch`` call: keep state across batches there.
+
+    Example (a complete minimal task: the Task members of the module docstring, plus)::
+
+        def load_models(self, model_dirs, ctx):
+            return {"coefs": [np.load(d / "coef.npy") for d in model_dirs], "weights": ctx.weights}
+
+        def predict_batch(self, models, test, lags, ctx):
+            x = test[["x0", "x1"]].to_numpy()
+            pred = sum(w * x @ c for w, c in zip(models["weights"], models["coefs"]))
+            return pd.DataFrame({"target": pred})
+
+        def gateway_data_paths(self, competition_dir):
+            return (competition_dir / "test.csv", competition_dir / "lags.csv")
+    """
+
+    def load_models(self, model_dirs: Sequence[Path], ctx: PredictContext) -> Any:
+        """Load every model folder once (ensemble weights in ``ctx.weights``); the result goes to each batch."""
+        ...
+
+    def predict_batch(self, models: Any, *batch: Any, ctx: PredictContext) -> Any:
+        """The predictions for one batch: one row per row of the batch, in its order."""
+        ...
+
+    def gateway_data_paths(self, competition_dir: Path) -> Sequence[Path] | None:
+        """The public test files ``run_local_gateway`` serves (None: the gateway's own defaults)."""
         ...
 
 

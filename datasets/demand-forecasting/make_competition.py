@@ -96,7 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: beside this script)")
     counts = make(parser.parse_args().out)
-    print(f"train.csv {counts['train']} rows, public test.csv {counts['test']} rows, hidden test {counts['hidden']} rows")
+    print(f"train.csv {counts['train']} rows, public test.csv {counts['test']} rows, "
+          f"hidden test {counts['hidden']} rows")
 
 
 if __name__ == "__main__":

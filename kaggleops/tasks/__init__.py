@@ -38,6 +38,7 @@ DEFAULT_COMPETITION = "tweet-sentiment-extraction"
 BUILTIN: dict[str, str] = {
     "tweet-sentiment-extraction": "kaggleops.tasks.tse:TweetSentimentExtraction",
     "digit-recognizer": "kaggleops.tasks.digits:DigitRecognizer",
+    "demand-forecasting": "kaggleops.tasks.demand:DemandForecast",
 }
 """Competition slug → ``module:Class`` of the tasks shipped with kops (add a line to add one)."""
 
