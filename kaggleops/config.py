@@ -72,6 +72,8 @@ class KernelConfig(_Strict):
     machine_shape: str = "NvidiaTeslaT4"
     enable_gpu: bool = True
     private: bool = True
+    submission: Literal["file", "evaluation-api"] | None = Field(
+        None, description="how the competition takes predictions (default: found in its data: kaggle_evaluation/)")
 
 
 class StorageConfig(_Strict):

@@ -10,6 +10,7 @@ by a newer one) are kept in ``extra`` and written back unchanged.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -72,6 +73,8 @@ TAG_SUBMISSION_FILE = "kops.submission.file"
 TAG_SUBMISSION_SHA256 = "kops.submission.sha256"
 TAG_SUBMISSION_DESCRIPTION = "kops.submission.description"
 TAG_SUBMISSION_DATE = "kops.submission.date"
+TAG_SUBMISSION_ERROR_TYPE = "kops.submission.error_type"  # an evaluation-API gateway's ErrorType name
+TAG_SUBMISSION_KIND = "kops.submission.kind"  # one of SubmissionKind
 TAG_ORIGIN_RUN = "kops.origin_run_id"
 TAG_ORIGIN_ARTIFACTS = "kops.origin_artifact_uri"
 TAG_ORIGIN_MACHINE = "kops.origin_machine"
@@ -106,6 +109,37 @@ class SubmissionStatus:
     PENDING = "PENDING"
     COMPLETE = "COMPLETE"
     ERROR = "ERROR"
+
+
+class SubmissionKind:
+    """How a competition takes a kernel's predictions: a file it writes, or its evaluation API (a gateway)."""
+
+    FILE = "file"
+    EVALUATION_API = "evaluation-api"
+    ALL = (FILE, EVALUATION_API)
+
+
+EVALUATION_PACKAGE = "kaggle_evaluation"  # the evaluation API a competition ships in its data
+INFERENCE_SERVER_SUFFIX = "_inference_server.py"  # kaggle_evaluation/<comp>_inference_server.py
+EVALUATION_SUBMISSION_FILE = "submission.parquet"  # what the gateway writes
+RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle on the hidden rerun of a submitted notebook
+GATEWAY_ERROR_TYPES = ("UNSPECIFIED", "SERVER_NEVER_STARTED", "SERVER_CONNECTION_FAILED", "SERVER_RAISED_EXCEPTION",
+                       "SERVER_MISSING_ENDPOINT", "GATEWAY_RAISED_EXCEPTION", "INVALID_SUBMISSION",
+                       "GRPC_DEADLINE_EXCEEDED")
+
+
+def inference_server_module(names: Iterable[str]) -> str | None:
+    """The competition's inference-server module (``kaggle_evaluation.<comp>_inference_server``) among the relative
+    file names of its data, or None (a file competition).
+
+    Example:
+        >>> inference_server_module(["train.csv", "kaggle_evaluation/core/relay.py",
+        ...                          "kaggle_evaluation/demo_inference_server.py"])
+        'kaggle_evaluation.demo_inference_server'
+    """
+    found = sorted(n for n in (str(x).replace("\\", "/") for x in names) if n.startswith(EVALUATION_PACKAGE + "/")
+                   and n.count("/") == 1 and n.endswith(INFERENCE_SERVER_SUFFIX))
+    return found[0][:-3].replace("/", ".") if found else None
 
 
 # ---- artifact paths (inside a run) and file names ----------------------------------------------------------
@@ -329,6 +363,7 @@ class KernelPlan(_Record):
     columns: list[str] = field(default_factory=list)
     metric: dict[str, Any] = field(default_factory=dict)  # name, higher_is_better
     code: dict[str, Any] | None = None  # dataset, version, content_sha256, wheel, wheels
+    submission: dict[str, Any] = field(default_factory=dict)  # kind (SubmissionKind), server_module
     kops_version: str = ""
     schema_version: int = PLAN_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -353,6 +388,7 @@ class KernelPlan(_Record):
             target_column=target, models=models, reranker=reranker, runtime=dict(data.get("runtime") or {}),
             task=dict(task), columns=list(columns), metric=dict(data.get("metric") or {}),
             code=dict(data["code"]) if data.get("code") else None,
+            submission=dict(data.get("submission") or {}),
             kops_version=data.get("kops_version") or "", schema_version=version, extra=_extra(data, cls))
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,7 +397,7 @@ class KernelPlan(_Record):
                 "id_column": self.id_column, "target_column": self.target_column, "columns": self.columns,
                 "models": [m.to_dict() for m in self.models],
                 "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
-                "code": self.code, **self.extra}
+                "code": self.code, **({"submission": self.submission} if self.submission else {}), **self.extra}
 
 
     @property
@@ -385,6 +421,11 @@ class KernelPlan(_Record):
     def task_spec(self) -> str:
         """The ``module:Class`` the kernel imports ('' in a plan written before task specs: the built-in task)."""
         return str(self.task.get("spec") or "")
+
+    @property
+    def submission_kind(self) -> str:
+        """``file`` (a plan written before evaluation-API support, too) or ``evaluation-api``."""
+        return str(self.submission.get("kind") or SubmissionKind.FILE)
 
     @property
     def task_options(self) -> dict[str, Any]:

@@ -537,6 +537,18 @@ class Kaggle:
             archive.unlink()
         return dst
 
+    def competition_files(self, competition: CompetitionRef, page_size: int = 200) -> list[str]:
+        """The names of the competition's public data files (all pages; nested ones as ``folder/name``)."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            resp = self._call(f"List the files of {competition}", self.api.competition_list_files, competition.slug,
+                              page_token=token, page_size=page_size, resource=competition)
+            names += [str(f.name) for f in resp.files or []]
+            token = getattr(resp, "next_page_token", None) or None
+            if not token:
+                return names
+
     def download_competition_file(self, competition: CompetitionRef, name: str, dst: Path) -> Path:
         """One data file of the competition (e.g. ``sample_submission.csv``) into ``dst``; returns its path."""
         dst.mkdir(parents=True, exist_ok=True)

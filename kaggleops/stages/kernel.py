@@ -50,6 +50,8 @@ from kaggleops.schema import (
     Kind,
     PlanModel,
     PlanReranker,
+    SubmissionKind,
+    inference_server_module,
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 
@@ -92,12 +94,13 @@ class KernelResult:
     reranker: dict[str, object] | None = None
     code: dict[str, object] | None = None
     plan: KernelPlan | None = field(default=None, repr=False)  # what the pushed version runs
+    submission_kind: dict[str, str] = field(default_factory=dict)  # kind, server_module, source
 
     def as_dict(self) -> dict[str, object]:
         return {"kernel": self.kernel, "kernel_version": self.kernel_version, "url": self.url,
                 "folder": str(self.folder), "run_ids": self.run_ids, "status": self.status,
                 "published": self.published, "runtime": self.runtime, "submission": self.submission,
-                "reranker": self.reranker, "code": self.code}
+                "reranker": self.reranker, "code": self.code, "submission_kind": self.submission_kind}
 
 
 def default_kernel_ref(cfg: KopsConfig) -> KernelRef:
@@ -214,8 +217,49 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
     return RerankerSource(run_id, models, w, n), folds, published
 
 
+def _competition_names(cfg: KopsConfig, kaggle: Kaggle) -> tuple[list[str], str]:
+    """(relative names of the competition's data files, where they were seen): a local copy first (``data_dir``,
+    the attached input, the download cache), else the competition's file list on Kaggle."""
+    from kaggleops.stages.data import attached_competition_dir, cache_dir
+
+    for folder in (cfg.resolved_data_dir(), attached_competition_dir(cfg.competition),
+                   cache_dir(cfg.competition, cfg.resolved_kaggle_endpoint)):
+        if folder is not None and folder.is_dir() and any(folder.iterdir()):
+            return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder)
+    try:
+        return kaggle.competition_files(CompetitionRef.parse(cfg.competition)), "its file list on Kaggle"
+    except KopsError as e:
+        return [], f"nowhere (listing its files failed: {e.message})"
+
+
+def detect_submission(cfg: KopsConfig, kaggle: Kaggle) -> dict[str, str]:
+    """How the competition takes predictions: ``kind`` (:class:`~kaggleops.schema.SubmissionKind`), the
+    ``server_module`` of an evaluation API, and the ``source`` that said so.
+
+    The competition's data says it (an evaluation-API competition ships ``kaggle_evaluation/`` with a
+    ``<comp>_inference_server.py``); kops.yaml ``kernel.submission: file | evaluation-api`` overrides it.
+    """
+    names, where = _competition_names(cfg, kaggle)
+    module = inference_server_module(names)
+    found = SubmissionKind.EVALUATION_API if module else SubmissionKind.FILE
+    kind = cfg.kernel.submission or found
+    source = "kops.yaml kernel.submission" if cfg.kernel.submission else f"the competition's data ({where})"
+    return {"kind": kind, **({"server_module": module} if module else {}), "source": source}
+
+
+def describe_submission(competition: str, found: dict[str, str]) -> str:
+    """One line: which submission kind kops found for the competition, and where."""
+    if found.get("kind") == SubmissionKind.EVALUATION_API:
+        module = found.get("server_module")
+        what = f"an evaluation API ({module.replace('.', '/')}.py)" if module else "an evaluation API"
+    else:
+        what = "a submission file (no kaggle_evaluation/ inference server in its data)"
+    return f"competition {competition} takes {what}: from {found.get('source', '?')}"
+
+
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
-               reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> KernelPlan:
+               reranker: RerankerSource | None = None, code: CodeDataset | None = None,
+               submission: dict[str, str] | None = None) -> KernelPlan:
     """The kernel's embedded plan (kops-kernel.json).
 
     ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
@@ -241,6 +285,7 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
         runtime={"dataset": runtime.dataset, "version": runtime.version,
                  "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
         code=code.as_plan() if code else None,
+        submission={k: v for k, v in (submission or {}).items() if k in ("kind", "server_module")},
     )
 
 
@@ -272,9 +317,10 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
 
 def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
                   runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
-                  reranker: RerankerSource | None = None, code: CodeDataset | None = None) -> Path:
+                  reranker: RerankerSource | None = None, code: CodeDataset | None = None,
+                  submission: dict[str, str] | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
-    plan = build_plan(cfg, models, runtime, reranker, code)
+    plan = build_plan(cfg, models, runtime, reranker, code, submission)
     source = kernel_source(cfg, plan, runtime)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / KERNEL_FILE).write_text(source)
@@ -347,6 +393,9 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     tracker = open_tracker(cfg)
     kaggle = kaggle or Kaggle.from_config(cfg)
     CompetitionRef.parse(cfg.competition)
+    submission = detect_submission(cfg, kaggle)
+    if notify is not None:
+        notify(describe_submission(cfg.competition, submission))
     model_runs, parents = expand_runs(tracker, run_ids)
     check_renders(cfg, model_runs)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
@@ -359,11 +408,11 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
-                           rerank_source, code)
+                           rerank_source, code, submission)
     if not options.push:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
                             runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
-                            code=code.as_dict() if code else None)
+                            code=code.as_dict() if code else None, submission_kind=submission)
     if options.wait and not on_cpu and notify is not None:
         show_quota(kaggle, shape.kind, notify)
     if on_status is not None:  # the CLI: say what the next seconds of upload are
@@ -374,7 +423,8 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     pinned = KernelRef(ref.owner, ref.slug, version)
     result = KernelResult(ref.ref, version, ref.url(kaggle.web_base), folder, model_runs, published=published,
                           runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
-                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None)
+                          plan=KernelPlan.read(folder / PLAN_FILE), code=code.as_dict() if code else None,
+                          submission_kind=submission)
     if options.wait:  # a version that ends in ERROR is not tagged: the runs keep pointing at the last good one
         result.status = wait_for_kernel(kaggle, pinned, on_status)
     kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version),
