@@ -25,13 +25,14 @@ from typing import Any
 
 from .common import ApiError, EmulatorConfig
 from .metrics import METRICS, get_metric
+from .rerun import EvaluationSpec, Rerunner
 from .rpc_competitions import CompetitionService
 from .rpc_datasets import DatasetService
 from .rpc_kernels import KernelService
 from .rpc_models import ModelService
 from .runner import KAGGLE_ROOT, MAX_OUTPUT_BYTES, KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
-from .seed import KINDS, CompetitionSeed, SeedError, read_seed, read_solution, write_seed
+from .seed import KINDS, CompetitionSeed, SeedError, expand_files, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server
 from .state import Competition, Store, load_state, save_state
 
@@ -48,7 +49,8 @@ class Emulator:
                  dataset_processing_s: float = 0.0, tokens: dict[str, str] | None = None,
                  users: dict[str, str] | None = None, persist: bool = False, input_layout: str = "current",
                  isolation: str = "namespace", kaggle_root: Path | None = KAGGLE_ROOT,
-                 max_output_bytes: int = MAX_OUTPUT_BYTES) -> None:
+                 max_output_bytes: int = MAX_OUTPUT_BYTES, evaluation_startup_s: float | None = None,
+                 evaluation_timeout_s: float | None = None) -> None:
         """Create an emulator keeping its files under ``root``.
 
         Args:
@@ -71,6 +73,9 @@ class Emulator:
             kaggle_root: where sessions see ``input/`` and ``working/`` when namespaces work and the folder
                 exists (default ``/kaggle``); elsewhere they are found through ``KOPS_KAGGLE_INPUT``/``_WORKING``.
             max_output_bytes: a session leaving more than this in ``working/`` ends as ERROR (Kaggle: 20 GiB).
+            evaluation_startup_s, evaluation_timeout_s: on an evaluation-API competition's rerun, the gateway's limit
+                for the notebook's server to answer, and its per-call timeout (None: the competition package's own,
+                15 min and the gateway's). ``emulator.config`` holds both; a test may change them between submissions.
         """
         if input_layout not in ("current", "legacy"):
             raise ValueError(f"input_layout must be 'current' or 'legacy', not {input_layout!r}")
@@ -81,13 +86,16 @@ class Emulator:
         self.config = EmulatorConfig(kernel_timeout_s=float(kernel_timeout_s),
                                      score_delay_polls=int(score_delay_polls),
                                      daily_submission_limit=int(daily_submission_limit),
-                                     dataset_processing_s=float(dataset_processing_s), input_layout=input_layout)
+                                     dataset_processing_s=float(dataset_processing_s), input_layout=input_layout,
+                                     evaluation_startup_s=evaluation_startup_s,
+                                     evaluation_timeout_s=evaluation_timeout_s)
         self.store = Store(self.root)
         self.runner = KernelRunner(self.store.lock, self.config.kernel_timeout_s, isolation=isolation,
                                    kaggle_root=kaggle_root, max_output_bytes=max_output_bytes)
         services = (DatasetService(self.store, self.config),
                     KernelService(self.store, self.config, self.runner),
-                    CompetitionService(self.store, self.config), ModelService(self.store, self.config))
+                    CompetitionService(self.store, self.config, Rerunner(self.store, self.config, self.runner)),
+                    ModelService(self.store, self.config))
         routes: dict[str, Handler] = {}
         for service in services:
             routes.update({rpc: getattr(service, name) for rpc, name in service.routes.items()})
@@ -107,7 +115,8 @@ class Emulator:
     def add_competition(self, slug: str, files: dict[str, Path], solution: list[dict], id_column: str,
                         target_column: str | Sequence[str], metric: Metric | str,
                         output_file: str = "submission.csv", kind: str = "file",
-                        rules_accepted_by: tuple[str, ...] | None = None) -> None:
+                        rules_accepted_by: tuple[str, ...] | None = None,
+                        evaluation: EvaluationSpec | None = None) -> None:
         """Seed a competition.
 
         Args:
@@ -121,6 +130,8 @@ class Emulator:
             rules_accepted_by: users who have accepted the competition's rules (default: the emulator's user);
                 anyone else gets 403 on downloading its files or submitting, as on Kaggle.
             kind: "file" (CSV uploads and notebook outputs) or "code" (notebook outputs only).
+            evaluation: an evaluation-API competition's gateway and hidden files: a submitted notebook is rerun
+                with its gateway (``rerun.py``) and scored from the ``submission.parquet`` that writes.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -134,6 +145,12 @@ class Emulator:
             if Path(src).resolve() != target.resolve():
                 shutil.copyfile(src, target)
             copied[name] = target
+        if evaluation is not None:  # the hidden files live beside the public ones, never among them
+            hidden = self.store.dir("evaluation", slug)
+            for name, src in list(evaluation.data_paths.items()):
+                (hidden / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, hidden / name)
+                evaluation.data_paths[name] = hidden / name
         rows = [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in solution]
         spec = CompetitionSpec(solution=rows, id_column=id_column, target_columns=targets,
                                metric=info.fn if info else metric,  # type: ignore[arg-type]
@@ -141,7 +158,7 @@ class Emulator:
         with self.store.lock:
             accepted = {self.username} if rules_accepted_by is None else set(rules_accepted_by)
             self.store.competitions[slug] = Competition(slug=slug, files=copied, spec=spec, output_file=output_file,
-                                                        kind=kind, rules_accepted=accepted)
+                                                        kind=kind, rules_accepted=accepted, evaluation=evaluation)
 
     def accept_rules(self, slug: str, user: str | None = None) -> None:
         """Record that ``user`` (default: the emulator's user) accepted the competition's rules."""
@@ -157,12 +174,16 @@ class Emulator:
         folder = Path(folder)
         seed = read_seed(folder, slug)
         solution = read_solution(folder, seed)
-        self.add_competition(seed.slug, {name: folder / name for name in seed.files}, solution, seed.id_column,
-                             seed.target_columns, seed.metric, seed.output_file, seed.kind)
+        files = expand_files(folder, seed.files)
+        hidden = [str(p) for p in (seed.evaluation or {}).get("data_paths", [])]  # type: ignore[union-attr]
+        evaluation = EvaluationSpec(str(seed.evaluation["gateway"]), {n: folder / n for n in hidden}) \
+            if seed.evaluation else None
+        self.add_competition(seed.slug, files, solution, seed.id_column, seed.target_columns, seed.metric,
+                             seed.output_file, seed.kind, evaluation=evaluation)
         kept = self.root / SEEDS / seed.slug
         if kept.resolve() != folder.resolve():
-            kept.mkdir(parents=True, exist_ok=True)
-            for name in (*seed.files, seed.solution):
+            for name in (*files, seed.solution, *hidden):
+                (kept / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(folder / name, kept / name)
             write_seed(kept, seed)
         return seed

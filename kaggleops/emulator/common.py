@@ -102,6 +102,9 @@ class EmulatorConfig:
     gpu_quota_hours: float = 30.0  # weekly accelerator quota answered by GetAcceleratorQuotaStatistics
     tpu_quota_hours: float = 20.0
     quota_time_scale: float = 1.0  # seconds of quota one second of an emulated session costs
+    # evaluation-API reruns (rerun.py): the gateway's startup limit and per-call timeout (None: the package's own)
+    evaluation_startup_s: float | None = None
+    evaluation_timeout_s: float | None = None
 
 
 def page_of(items: list, page_size: object, page_token: object, default_size: int = 20) -> tuple[list, str]:

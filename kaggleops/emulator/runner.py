@@ -17,7 +17,7 @@ the session runs inside one, as on Kaggle:
   there with ``input/`` (read-only) and ``working/`` bound under it, and the session's cwd is
   ``<kaggle_root>/working``; otherwise the folders stay where they are and the kernel is told where by
   ``KOPS_KAGGLE_INPUT`` / ``KOPS_KAGGLE_WORKING`` (set in both cases; kops' own code reads them);
-* with internet off (``enableInternet`` false) the network namespace has no interfaces: every connection fails.
+* with internet off (``enableInternet`` false) the network namespace has only loopback: every other connection fails.
 
 Without namespaces (``isolation="guard"``, or ``unshare`` refused) the input folders are made read-only by
 permission bits (root ignores them), and a ``sitecustomize`` socket guard refuses non-loopback connections.
@@ -203,7 +203,8 @@ class KernelRunner:
         if self.isolation == "namespace" and namespaces_available():
             root = self.kaggle_root if self.kaggle_root is not None and self.kaggle_root.is_dir() else None
             inp, work = (root / "input", root / "working") if root else (kv.input, kv.working)
-            steps = ['mount --bind "$IN" "$IN"', 'mount -o remount,bind,ro "$IN"']
+            steps = ['mount --bind "$IN" "$IN"', 'mount -o remount,bind,ro "$IN"',
+                     "(ip link set lo up 2>/dev/null || true)"]  # loopback, as on Kaggle: a gRPC server on localhost
             if root:
                 steps += ['mount -t tmpfs kops-kaggle "$ROOT"', 'mkdir "$ROOT/input" "$ROOT/working"',
                           'mount --bind "$IN" "$ROOT/input"', 'mount -o remount,bind,ro "$ROOT/input"',

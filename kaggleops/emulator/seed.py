@@ -11,7 +11,10 @@ Keys of ``competition.json``: ``metric`` (a name from :mod:`kaggleops.emulator.m
 ``target_columns``, ``kind`` (``file``: CSV uploads and notebook outputs are accepted, ``code``: notebook
 outputs only, as in a Kaggle code competition), optional ``files`` (default the three public CSVs),
 ``solution`` (default ``solution.csv``), ``output_file`` (default ``submission.csv``), ``title`` and ``slug``
-(default: the folder's name).
+(default: the folder's name). A name in ``files`` may be a folder (served file by file, e.g. ``kaggle_evaluation``).
+An evaluation-API competition adds ``evaluation``: ``{"gateway": "kaggle_evaluation.x_gateway:XGateway",
+"data_paths": ["hidden/test.csv", ...]}``, the gateway its rerun runs (see ``rerun.py``) and the hidden files it
+serves (not public); its ``output_file`` is ``submission.parquet``.
 The emulator keeps a copy of each seed under ``<root>/seeds/<slug>/``, so a persistent emulator restarts with
 the competitions it had.
 
@@ -33,7 +36,8 @@ from .metrics import METRICS
 SEED_FILE = "competition.json"
 KINDS = ("file", "code")
 DEFAULT_FILES = ("train.csv", "test.csv", "sample_submission.csv")
-_KEYS = {"slug", "metric", "id_column", "target_columns", "kind", "files", "solution", "output_file", "title"}
+_KEYS = {"slug", "metric", "id_column", "target_columns", "kind", "files", "solution", "output_file", "title",
+         "evaluation"}
 
 
 class SeedError(ValueError):
@@ -53,11 +57,14 @@ class CompetitionSeed:
     solution: str = "solution.csv"
     output_file: str = "submission.csv"
     title: str = ""
+    evaluation: dict[str, object] | None = None  # gateway (module:Class), data_paths (hidden files)
 
     def to_json(self) -> dict[str, object]:
         """The ``competition.json`` contents (the slug is the folder name)."""
         data = asdict(self)
         data.pop("slug")
+        if data["evaluation"] is None:
+            data.pop("evaluation")
         return data
 
 
@@ -92,11 +99,40 @@ def read_seed(folder: Path, slug: str | None = None) -> CompetitionSeed:
                            target_columns=tuple(targets), kind=data.get("kind", "file"),
                            files=tuple(data.get("files", DEFAULT_FILES)),
                            solution=data.get("solution", "solution.csv"),
-                           output_file=data.get("output_file", "submission.csv"), title=data.get("title", ""))
-    for name in (*seed.files, seed.solution):
-        if not (folder / name).is_file():
+                           output_file=data.get("output_file", "submission.csv"), title=data.get("title", ""),
+                           evaluation=_evaluation(path, data.get("evaluation")))
+    hidden = list(seed.evaluation["data_paths"]) if seed.evaluation else []  # type: ignore[call-overload]
+    for name in (*seed.files, seed.solution, *hidden):
+        if not (folder / name).exists() or (name not in seed.files and not (folder / name).is_file()):
             raise SeedError(f"{path} names {name}, which is not in {folder}")
     return seed
+
+
+def _evaluation(path: Path, value: object) -> dict[str, object] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"gateway", "data_paths"}:
+        raise SeedError(f"{path}: evaluation must be an object with keys gateway and data_paths")
+    module, _, cls = str(value["gateway"]).partition(":")
+    if not module or not cls.isidentifier():
+        raise SeedError(f"{path}: evaluation.gateway must be `module:Class`, not {value['gateway']!r}")
+    paths = value["data_paths"]
+    if isinstance(paths, str) or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise SeedError(f"{path}: evaluation.data_paths must be a list of file names")
+    return {"gateway": str(value["gateway"]), "data_paths": list(paths)}
+
+
+def expand_files(folder: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """``{name: path}`` of the public files; a folder among ``names`` gives each file under it (``folder/sub/x``)."""
+    out: dict[str, Path] = {}
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir():
+            out.update({p.relative_to(folder).as_posix(): p for p in sorted(path.rglob("*"))
+                        if p.is_file() and "__pycache__" not in p.parts})
+        else:
+            out[name] = path
+    return out
 
 
 def read_solution(folder: Path, seed: CompetitionSeed) -> list[dict[str, str]]:

@@ -184,6 +184,7 @@ class Competition:
     output_file: str
     kind: str = "file"  # "code": only notebook outputs can be submitted
     created: datetime = field(default_factory=utc_now)
+    evaluation: Any = None  # rerun.EvaluationSpec: an evaluation-API competition (the gateway reruns submissions)
     rules_accepted: set[str] = field(default_factory=set)  # users who accepted the rules (downloads, submits)
 
 
@@ -203,11 +204,12 @@ class Submission:
     polls_left: int
     kernel: str | None = None
     date: datetime = field(default_factory=utc_now)
+    running: bool = False  # an evaluation-API rerun is still going (rerun.py)
 
     @property
     def status(self) -> str:
-        """PENDING until ``polls_left`` reads have happened, then COMPLETE or ERROR."""
-        if self.polls_left > 0:
+        """PENDING while its rerun runs and until ``polls_left`` reads have happened, then COMPLETE or ERROR."""
+        if self.running or self.polls_left > 0:
             return "PENDING"
         return "ERROR" if self.error else "COMPLETE"
 

@@ -31,7 +31,7 @@ first: the kernel and every process it starts see only the image.
 Network: the kernel always runs with a socket guard (a ``sitecustomize`` on PYTHONPATH, so the kernel and
 every Python child such as pip get it) that refuses any connection or name lookup that is not loopback and
 prints ``kops run-local: network blocked: …``; where a network namespace can be made (``unshare -rnm``:
-root, or unprivileged user namespaces), the kernel also runs inside one with no interfaces up, which
+root, or unprivileged user namespaces), the kernel also runs inside one with only loopback up, which
 blocks non-Python programs too. The report says which was used.
 
 Time: ``timeout_s`` is the session's limit, counted from the kernel's start; the kernel and every process it
@@ -61,12 +61,15 @@ from kaggleops.kernel.image import ImageEnv, kernel_python
 from kaggleops.kernel.runtime import check_submission, read_rows
 from kaggleops.refs import CompetitionRef, DatasetRef, ModelRef
 from kaggleops.schema import (
+    EVALUATION_SUBMISSION_FILE,
     KERNEL_FILE,
     KERNEL_METADATA,
     PLAN_FILE,
     SAMPLE_SUBMISSION_FILE,
     SUBMISSION_FILE,
+    TIMING_FILE,
     KernelPlan,
+    SubmissionKind,
 )
 
 RUN_DIR = ".run-local"
@@ -77,7 +80,8 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(:
 TIMING_LINE = re.compile(r"^kops: timing (.+?)\s+([0-9.]+)$")
 NET_ERRORS = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 # In the kernel's own mount namespace: /kaggle/input is read-only there, and so is input/ here ($1).
-READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+READ_ONLY_MOUNT = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && (ip link set lo up 2>/dev/null || true) '
+                   '&& shift && exec "$@"')  # loopback up, as on Kaggle (an evaluation API's gRPC runs on it)
 DROPPED_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT",
                "VIRTUAL_ENV", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "TORCH_HOME",
                "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
@@ -148,6 +152,7 @@ class LocalRunReport:
     outputs: list[str] = field(default_factory=list)
     estimate_s: float | None = None
     log_tail: list[str] = field(default_factory=list)
+    evaluation: dict[str, float] = field(default_factory=dict)  # an evaluation-API kernel's load/latency timings
 
     @property
     def ok(self) -> bool:
@@ -273,11 +278,15 @@ def set_read_only(folder: Path, read_only: bool = True) -> None:
 
 
 def stage_competition(kaggle: Kaggle, cache: Path, slug: str, input_dir: Path, data_dir: Path | None,
-                      layout: str = "current") -> str:
-    """``input/competitions/<slug>/``: ``data_dir``'s files, else the competition's data downloaded (cached)."""
+                      layout: str = "current", whole: bool = False) -> str:
+    """``input/competitions/<slug>/``: ``data_dir``'s files, else the competition's data downloaded (cached).
+    ``whole``: all of ``data_dir`` (an evaluation-API competition: its ``kaggle_evaluation/`` and test files)."""
     ref = CompetitionRef.parse(slug)
     where = input_path(ref, layout)
     target = input_dir / where
+    if data_dir is not None and whole:
+        shutil.copytree(data_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
+        return f"competition {slug} → input/{where} ← {data_dir} (--data, whole folder)"
     if data_dir is not None:
         target.mkdir(parents=True)
         for name in COMPETITION_FILES:
@@ -301,7 +310,8 @@ def stage_inputs(cfg: KopsConfig, plan: KernelPlan, input_dir: Path, data_dir: P
     kaggle = kaggle or Kaggle.from_config(cfg)
     cache = cache_root(cfg, kaggle)
     input_dir.mkdir(parents=True)
-    staged = [stage_competition(kaggle, cache, plan.competition, input_dir, data_dir, layout)]
+    staged = [stage_competition(kaggle, cache, plan.competition, input_dir, data_dir, layout,
+                                whole=plan.submission_kind == SubmissionKind.EVALUATION_API)]
     problems = []
     sources: list[tuple[str, DatasetRef | ModelRef, Path, Callable[[Path], Path]]] = [
         ("dataset", ref, cache / "datasets" / ref.owner / ref.slug / str(ref.version),
@@ -402,7 +412,18 @@ def diagnose(report: LocalRunReport, lines: list[str], working: Path, sample: Pa
     report.problems += [ln.split("kops: error: ", 1)[1] for ln in lines if "kops: error: " in ln]
     report.problems += [ln for ln in lines if "ran past" in ln and ln.startswith("kops run-local")]
     report.outputs = sorted(p.relative_to(working).as_posix() for p in working.rglob("*") if p.is_file())
-    if report.exit_code == 0:
+    if report.exit_code == 0 and plan.submission_kind == SubmissionKind.EVALUATION_API:
+        if not (working / EVALUATION_SUBMISSION_FILE).is_file():
+            report.problems.append(f"wrong output: the local gateway wrote no {EVALUATION_SUBMISSION_FILE} "
+                                   f"(outputs: {report.outputs})")
+        else:
+            import pandas as pd
+
+            report.rows = len(pd.read_parquet(working / EVALUATION_SUBMISSION_FILE))
+        timing = working / TIMING_FILE
+        if timing.is_file():
+            report.evaluation = dict(json.loads(timing.read_text()).get("evaluation") or {})
+    elif report.exit_code == 0:
         if not (working / SUBMISSION_FILE).is_file():
             report.problems.append(f"wrong output name: no {SUBMISSION_FILE} in working/ (outputs: {report.outputs})")
         elif sample.is_file():
@@ -472,7 +493,13 @@ def render_report(report: LocalRunReport) -> str:
              f"{report.timeout_s:g} s"]
     lines += [f"  input: {line}" for line in report.inputs]
     lines += [f"  {stage:<30} {s:9.3f} s" for stage, s in report.timings.items()]
-    if report.rows:
+    if report.rows and report.evaluation:
+        ev = report.evaluation
+        lines.append(f"  submission.parquet: {report.rows} rows written by the competition's local gateway in "
+                     f"{int(ev.get('calls', 0))} call(s); models loaded in {ev.get('load_models_s', 0):.3f} s; "
+                     f"latency p50 {ev.get('latency_p50_s', 0) * 1000:.1f} ms, p95 "
+                     f"{ev.get('latency_p95_s', 0) * 1000:.1f} ms, max {ev.get('latency_max_s', 0) * 1000:.1f} ms")
+    elif report.rows:
         lines.append(f"  submission.csv: {report.rows} rows checked against sample_submission.csv")
     if report.estimate_s is not None:
         lines.append(f"  estimate for the full test set: {report.estimate_s:.0f} s on this machine")
