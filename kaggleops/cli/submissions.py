@@ -29,6 +29,9 @@ def submit(
                                "sample_submission.csv before uploading (columns, ids, rows, NaN cells, numbers)."),
     again: bool = typer.Option(False, "--again", help="Submit a kernel version or file (same sha256) that was "
                                "already submitted and taken by Kaggle."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the score; a failed submission (e.g. an evaluation "
+                              "API's GRPC_DEADLINE_EXCEEDED) exits 1 naming its error type."),
+    timeout: float = typer.Option(3600, help="Seconds to wait at most with --wait."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -42,7 +45,7 @@ def submit(
     from kaggleops.stages.submit import submit as run_submit
 
     result = run_submit(load(config), kernel=kernel, version=version, message=message, file=file, runs=run or [],
-                        check=check, again=again)
+                        check=check, again=again, wait=wait, timeout_s=timeout)
     what = result.file or f"{result.kernel} v{result.kernel_version}"
     left = "" if result.remaining_today is None else f" ({result.remaining_today} left today)"
     emit(result.as_dict(), as_json, f"Submitted {what}: submission {result.submission_ref}{left}, "

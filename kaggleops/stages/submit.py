@@ -26,6 +26,8 @@ from kaggleops.polling import poll
 from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
     ARTIFACT_SUBMISSION,
+    EVALUATION_SUBMISSION_FILE,
+    GATEWAY_ERROR_TYPES,
     PLAN_FILE,
     SUBMISSION_FILE,
     TAG_COMPETITION,
@@ -40,15 +42,19 @@ from kaggleops.schema import (
     TAG_SUBMISSION_DATE,
     TAG_SUBMISSION_DESCRIPTION,
     TAG_SUBMISSION_ERROR,
+    TAG_SUBMISSION_ERROR_TYPE,
     TAG_SUBMISSION_FILE,
     TAG_SUBMISSION_KEY,
+    TAG_SUBMISSION_KIND,
     TAG_SUBMISSION_ORIGIN,
     TAG_SUBMISSION_REF,
     TAG_SUBMISSION_SHA256,
     TAG_SUBMISSION_STATUS,
+    TIMING_FILE,
     KernelPlan,
     Kind,
     Origin,
+    SubmissionKind,
     SubmissionStatus,
 )
 from kaggleops.stages.kernel import default_kernel_ref, expand_runs
@@ -60,6 +66,17 @@ KEY_PATTERN = re.compile(r"kops:([0-9a-f]{12})")
 SCORE_METRICS = {"lb_public": "public_score", "lb_private": "private_score"}
 MAX_DESCRIPTION = 250
 SAMPLE_SUBMISSION = "sample_submission.csv"
+ERROR_TYPE = re.compile(r"\b(" + "|".join(GATEWAY_ERROR_TYPES) + r")\b")
+KERNEL_METRIC_PREFIX = "kernel_"  # the kernel's evaluation timings on the submission run: kernel_latency_p95_s, ...
+ERROR_HINTS = {
+    "GRPC_DEADLINE_EXCEEDED": "A predict_batch call took longer than the gateway's per-call timeout: make it faster "
+                              "(only the first call, which loads the models, has no deadline).",
+    "INVALID_SUBMISSION": "predict_batch must answer one row per row of its batch, with the submission's columns; "
+                          "try the kernel first with: kops kernel run-local",
+    "SERVER_NEVER_STARTED": "The notebook did not start the inference server within the startup limit: keep slow "
+                            "work out of the kernel's start (kops loads models on the first call).",
+    "SERVER_RAISED_EXCEPTION": "predict_batch raised on the hidden data; try the kernel with: kops kernel run-local",
+}
 
 
 @dataclass(frozen=True)
@@ -229,15 +246,35 @@ def check_file(cfg: KopsConfig, kaggle: Kaggle, path: Path) -> None:
                               "Fix the file (nothing was uploaded), or skip this check with --no-check")
 
 
+def kernel_timings(kaggle: Kaggle, kernel: KernelRef) -> dict[str, float]:
+    """The evaluation timings a kernel version wrote (``kops-timing.json``'s ``evaluation``) as metrics
+    ``kernel_load_models_s``, ``kernel_calls``, ``kernel_latency_p50_s`` …; {} when it has none."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="kops-kout-") as tmp:
+        try:
+            kaggle.kernel_output(kernel, Path(tmp))
+            data = json.loads((Path(tmp) / TIMING_FILE).read_text())
+        except (KopsError, OSError, ValueError):
+            return {}
+    found = data.get("evaluation") if isinstance(data, dict) else None
+    return {KERNEL_METRIC_PREFIX + k: float(v) for k, v in (found or {}).items() if isinstance(v, (int, float))}
+
+
 def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = None, message: str = "",
            kaggle: Kaggle | None = None, file: Path | None = None, runs: list[str] | None = None,
-           plan: KernelPlan | None = None, check: bool = True, again: bool = False) -> SubmitResult:
+           plan: KernelPlan | None = None, check: bool = True, again: bool = False,
+           wait: bool = False, timeout_s: float = 3600) -> SubmitResult:
     """Submit a kernel version (code competition) or ``file`` (file competition), recording a submission run first.
 
     The day's remaining submissions are checked first (QuotaExceeded names the reset time). ``plan``: the
     kernel version's plan when the caller has it (``push-kernel --submit``), else read from the kernel's output.
     A file is checked against the competition's sample_submission.csv first (``check``); a kernel version or a
     file (by sha256) that was already submitted and taken by Kaggle is refused unless ``again``.
+    An evaluation-API kernel (``plan.submission_kind``) is submitted by its ``submission.parquet``; its timings (model
+    loading, per-call latency on the local gateway) go on the submission run as ``kernel_*`` metrics.
+    With ``wait`` the scores are awaited (:func:`await_result`): a failed submission raises a one-line
+    SubmissionError naming its error type, after its run is marked FAILED.
 
     Example:
         >>> submit(load_config())  # the latest kernel version pushed by kops  # doctest: +SKIP
@@ -260,14 +297,54 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
     plan = plan or kernel_plan(kaggle, ref)
     source_runs = plan.source_runs
     remaining = check_quota(kaggle, competition)
+    evaluation = plan.submission_kind == SubmissionKind.EVALUATION_API
     run_id, key = _start_submission_run(tracker, cfg, f"submission-{ref.slug}-v{ref.version}", message, {
         TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(ref.version), TAG_SOURCE_RUNS: ",".join(source_runs),
         TAG_DATASETS: ",".join(plan.dataset_versions),
+        **({TAG_SUBMISSION_KIND: SubmissionKind.EVALUATION_API} if evaluation else {}),
     })
-    sub_ref = _send(tracker, run_id, lambda: kaggle.submit_code(competition, ref, SUBMISSION_FILE,
+    if evaluation:
+        timings = kernel_timings(kaggle, ref)
+        if timings:
+            tracker.log_metrics(run_id, timings)
+    output = EVALUATION_SUBMISSION_FILE if evaluation else SUBMISSION_FILE
+    sub_ref = _send(tracker, run_id, lambda: kaggle.submit_code(competition, ref, output,
                                                                 _description(key, str(ref), message)))
-    return SubmitResult(sub_ref, run_id, key, ref.ref, int(ref.version or 0), source_runs,
-                        remaining_today=None if remaining is None else remaining - 1)
+    result = SubmitResult(sub_ref, run_id, key, ref.ref, int(ref.version or 0), source_runs,
+                          remaining_today=None if remaining is None else remaining - 1)
+    if wait:
+        await_result(cfg, result, kaggle, timeout_s)
+    return result
+
+
+def error_type(error: str) -> str:
+    """The evaluation API's error type named in a submission's error text ('' when it names none)."""
+    found = ERROR_TYPE.search(error or "")
+    return found.group(1) if found else ""
+
+
+def await_result(cfg: KopsConfig, result: SubmitResult, kaggle: Kaggle | None = None, timeout_s: float = 3600,
+                 poll_s: float = 1.0) -> ScoreRow:
+    """Poll until the submission is scored; its scores are then on the runs (:func:`scores`). A submission that
+    ends in ERROR raises SubmissionError: one line naming what failed (an evaluation API's error type) and what
+    to do; its submission run is FAILED with the error tags. Nothing is resubmitted."""
+    kaggle = kaggle or Kaggle.from_config(cfg)
+
+    def settled() -> ScoreRow | None:
+        rows = [r for r in _pull_once(cfg, open_tracker(cfg), kaggle, False)
+                if r.submission_ref == result.submission_ref]
+        return rows[0] if rows and rows[0].status != SubmissionStatus.PENDING else None
+
+    row = poll(settled, timeout_s, poll_s, lambda: TimedOut(f"Submission {result.submission_ref} still PENDING after "
+                                                            f"{timeout_s:.0f} s.", "Run `kops scores --wait` later."))
+    if row.status == SubmissionStatus.ERROR:
+        kind = error_type(row.error)
+        what = f"{kind} ({row.error.split(kind, 1)[1].lstrip(': ') or 'no details'})" if kind else row.error
+        raise SubmissionError(f"Submission {result.submission_ref} of {result.kernel or result.file} failed on "
+                              f"Kaggle's side: {what.rstrip('.')}; submission run {result.submission_run_id} is "
+                              "FAILED.",
+                              ERROR_HINTS.get(kind, f"See the kernel's log: kaggle kernels logs {result.kernel}"))
+    return row
 
 
 def _submit_file(cfg: KopsConfig, tracker: Tracker, kaggle: Kaggle, competition: CompetitionRef, path: Path,
@@ -434,6 +511,8 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
     wanted = {TAG_SUBMISSION_REF: str(sub.ref), TAG_SUBMISSION_STATUS: sub.status}
     if sub.error or TAG_SUBMISSION_ERROR in tags:
         wanted[TAG_SUBMISSION_ERROR] = sub.error[:500]
+    if error_type(sub.error):
+        wanted[TAG_SUBMISSION_ERROR_TYPE] = error_type(sub.error)
     changed_tags = {k: v for k, v in wanted.items() if tags.get(k) != v}
     if changed_tags:
         tracker.set_tags(run_id, changed_tags)
@@ -444,9 +523,11 @@ def _write_back(tracker: Tracker, run: Run, sub: Submission) -> ScoreRow:
         models = tracker.models_of(target) if target in sources else []
         tracker.log_metrics(target, changed_scores, step=sub.ref, model_id=models[0] if models else None)
     finished = run.info.status == "RUNNING"  # the submitting process died before recording the ref
-    if finished:
-        tracker.end_run(run_id)
-    row.changed = bool(changed_tags or changed_scores or finished)
+    failed = (sub.status == SubmissionStatus.ERROR and run.info.status != "FAILED"  # a rerun's gateway error
+              and tags.get(TAG_SUBMISSION_KIND) == SubmissionKind.EVALUATION_API)
+    if finished or failed:
+        tracker.end_run(run_id, "FAILED" if sub.status == SubmissionStatus.ERROR else "FINISHED")
+    row.changed = bool(changed_tags or changed_scores or finished or failed)
     return row
 
 
