@@ -147,7 +147,7 @@ def test_predict_averages_probabilities_over_model_folders(task: Any, train: Any
 
 def test_demo_and_emulator_name_the_bundled_competitions(tmp_path: Path) -> None:
     expected = ("kops: error: No bundled competition 'nope' (and no folder with a competition.json there). "
-                "Bundled competitions: digit-recognizer, tweet-sentiment-extraction.\n")
+                "Bundled competitions: demand-forecasting, digit-recognizer, tweet-sentiment-extraction.\n")
     for args in (["demo", "--competition", "nope", "--workdir", str(tmp_path / "w")],
                  ["emulator", "start", "--competition", "nope"]):
         out = kops(*args, script=True)

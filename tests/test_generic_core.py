@@ -16,7 +16,7 @@ from kaggleops.tasks import TaskLoadError, get_task, load_task, split_spec
 from harness import kops
 
 PACKAGE = Path(kaggleops.__file__).parent
-TASK_WORDS = re.compile(r"jaccard|sentiment|neutral|selected_text|tweet", re.IGNORECASE)
+TASK_WORDS = re.compile(r"jaccard|sentiment|neutral|selected_text|tweet|demand", re.IGNORECASE)
 TASK_SPECIFIC = ("tasks", "emulator")
 
 

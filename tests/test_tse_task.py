@@ -47,7 +47,8 @@ def test_registry_and_unknown_task() -> None:
     assert TASK.id_column == "textID" and TASK.target_column == "selected_text"
     with pytest.raises(ValueError) as err:
         get_task("titanic")
-    assert str(err.value) == "Unknown task 'titanic'; known tasks: digit-recognizer, tweet-sentiment-extraction"
+    assert str(err.value) == ("Unknown task 'titanic'; known tasks: demand-forecasting, digit-recognizer, "
+                              "tweet-sentiment-extraction")
 
 
 def test_task_packages_import_no_heavy_modules() -> None:
