@@ -319,7 +319,7 @@ def _failed_submission(p: dict[str, Any], error_type: str, task: str | None = No
     assert len(emu.store.submissions) == before + 1  # nothing resubmitted
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("df-test").experiment_id],
-                              f"tags.`kops.kernel.version` = '{version}' and tags.`kops.kind` = 'submission'")
+                              f"tags.`kops.kernel.version` = '{version}' AND tags.`kops.kind` = 'submission'")
     assert len(runs) == 1
     sub = runs[0]
     assert sub.info.status == "FAILED"

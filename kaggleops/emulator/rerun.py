@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import EmulatorConfig
-from .runner import KernelRunner, _kill_group, _read_only, namespaces_available
+from .runner import KernelRunner, _kill_group, _read_only, free_port, namespaces_available
 from .scoring import SubmissionInvalid, score_rows
 from .state import Competition, KernelVersion, Store, Submission
 
@@ -54,12 +53,6 @@ class EvaluationSpec:
 
     gateway: str
     data_paths: dict[str, Path] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _gateway_dir(comp: Competition, spec: EvaluationSpec, folder: Path) -> Path:
@@ -110,7 +103,7 @@ class Rerunner:
 
     def _env(self, kv: KernelVersion, input_dir: Path, working: Path, folder: Path) -> dict[str, str]:
         env = self.runner._env(kv, input_dir, working, {})
-        env.update({RERUN_ENV: "True", "KAGGLE_EVALUATION_PORT": str(_free_port()), "TMPDIR": str(folder / "tmp")})
+        env.update({RERUN_ENV: "True", "KAGGLE_EVALUATION_PORT": str(free_port()), "TMPDIR": str(folder / "tmp")})
         if self.config.evaluation_startup_s is not None:
             env["KAGGLE_EVALUATION_STARTUP_LIMIT_SECONDS"] = str(self.config.evaluation_startup_s)
         if self.config.evaluation_timeout_s is not None:

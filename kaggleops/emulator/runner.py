@@ -192,6 +192,8 @@ class KernelRunner:
             "TMPDIR": str(tmp),
             "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
             "PYTHONPATH": os.pathsep.join(p for p in (str(image), env.get("PYTHONPATH", "")) if p),
+            # a bundled evaluation API's relay serves this port (no two sessions meet on 50051 without namespaces)
+            "KAGGLE_EVALUATION_PORT": str(free_port()),
             **session_env,
         })
         return env
@@ -300,6 +302,15 @@ class KernelRunner:
                 kv.status = "ERROR"
                 tail = "\n".join(line for line in stderr_tail if line.strip())
                 kv.failure_message = tail or f"Kernel process exited with status {code}"
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 _namespaces: list[bool] = []

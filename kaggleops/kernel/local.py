@@ -342,6 +342,15 @@ def namespace_available() -> bool:
             return False
 
 
+def _free_port() -> str:
+    """A loopback port free now (the bundled evaluation API serves it: no two kernels meet on 50051)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def kernel_env(run_dir: Path, guard_dir: Path, python: Path) -> dict[str, str]:
     """The kernel's environment: the caller's without credentials, Python/pip/virtualenv settings or model caches;
     the image's ``bin/`` first on PATH and kops' own left out; a fresh HOME and TMPDIR; the guard on PYTHONPATH."""
@@ -352,7 +361,7 @@ def kernel_env(run_dir: Path, guard_dir: Path, python: Path) -> dict[str, str]:
         (run_dir / name).mkdir(exist_ok=True)
     env.update({"KOPS_KAGGLE_INPUT": str(run_dir / "input"), "KOPS_KAGGLE_WORKING": str(run_dir / "working"),
                 "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONUNBUFFERED": "1", "TMPDIR": str(run_dir / "tmp"),
-                "HOME": str(run_dir / "home"), "PYTHONPATH": str(guard_dir),
+                "HOME": str(run_dir / "home"), "PYTHONPATH": str(guard_dir), "KAGGLE_EVALUATION_PORT": _free_port(),
                 "PATH": os.pathsep.join([str(python.parent), *path])})
     return env
 

@@ -119,7 +119,7 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
 
     ``epochs`` None: the task's default. ``echo(stage, line)`` reports progress.
     """
-    from kaggleops.stages.kernel import push_kernel
+    from kaggleops.stages.kernel import describe_submission, push_kernel
     from kaggleops.stages.publish import publish
     from kaggleops.stages.submit import scores, submit
     from kaggleops.stages.train import train
@@ -139,7 +139,9 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
         summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
         echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
         kern = push_kernel(cfg, [trained.runs[0].run_id], wait=True)
-        summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version)
+        summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version,
+                       submission_kind=kern.submission_kind.get("kind"))
+        echo("push-kernel", describe_submission(competition, kern.submission_kind))
         echo("push-kernel", f"kernel {kern.kernel} version {kern.kernel_version}: {kern.status}")
         sub = submit(cfg, kern.kernel, kern.kernel_version, "kops demo")
         summary.update(submission_ref=sub.submission_ref, submission_run_id=sub.submission_run_id)
