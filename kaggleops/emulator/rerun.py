@@ -141,11 +141,13 @@ class Rerunner:
             argv, env = self.command(kv, kv.run_dir / "source" / f"{slug}.py", folder, gateway, spec)
             proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
+            self.runner._procs[id(sub)] = proc  # the emulator's stop() ends a rerun too
             try:
                 code = proc.wait(timeout=self.runner.timeout_s)
             except subprocess.TimeoutExpired:
                 code = -9
             _kill_group(proc)
+            self.runner._procs.pop(id(sub), None)
             public, private, error = outcome(gateway, comp, code)
             if code == -9 and error is None:
                 public = private = None
