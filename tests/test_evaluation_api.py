@@ -346,6 +346,28 @@ def test_detection_is_printed_and_kops_yaml_overrides_it(rerun_project: dict[str
 
 
 @pytest.mark.slow
+def test_the_readme_evaluation_api_task_runs_through_the_competitions_gateway(rerun_project: dict[str, Any]) -> None:
+    """README's complete minimal evaluation-API task (a file task): trained by kops, its kernel version COMPLETE after
+    the competition's local gateway served it every date of the public test (the rerun path: the demo's test)."""
+    import pandas as pd
+
+    p = rerun_project
+    readme = (REPO / "README.md").read_text()
+    source = readme.split("```python\n# tasks/forecast.py", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    (p["root"] / "tasks" / "forecast.py").write_text(source)
+    (p["root"] / "kops.yaml").write_text(p["config"] + "task: tasks/forecast.py:Forecast\n")
+    try:
+        run_id = kops_json("train", "--data", str(FOLDER), cwd=p["root"], env=p["env"])["run_id"]
+        pushed = kops_json("push-kernel", "--run", run_id, "--wait", cwd=p["root"], env=p["env"])
+    finally:
+        (p["root"] / "kops.yaml").write_text(p["config"])
+    assert pushed["status"] == "COMPLETE"
+    kv = p["emu"].store.kernel(USER, "df-test-inference").version(pushed["kernel_version"])
+    sub = pd.read_parquet(kv.working / "submission.parquet")
+    assert list(sub.columns) == ["row_id", "target"] and len(sub) == 18 and sub["target"].notna().all()
+
+
+@pytest.mark.slow
 def test_run_local_runs_the_competitions_local_gateway_before_anything_is_pushed(
         rerun_project: dict[str, Any]) -> None:
     p = rerun_project
