@@ -21,7 +21,7 @@ import pytest
 from kaggleops.resources import bundled_competition
 from kaggleops.schema import inference_server_module
 
-from harness import KEY, USER, kops, kops_json, read_csv
+from harness import KEY, USER, kops, kops_json, read_csv, shared_cache
 
 SLUG = "demand-forecasting"
 FOLDER = bundled_competition(SLUG)
@@ -369,11 +369,12 @@ def test_the_readme_evaluation_api_task_runs_through_the_competitions_gateway(re
 
 @pytest.mark.slow
 def test_run_local_runs_the_competitions_local_gateway_before_anything_is_pushed(
-        rerun_project: dict[str, Any]) -> None:
+        rerun_project: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In run-local's Kaggle image environment (built once per test session): grpcio and pyarrow are there."""
     p = rerun_project
     rendered = kops_json("push-kernel", "--run", p["run_id"], "--no-push", cwd=p["root"], env=p["env"])
-    out = kops("kernel", "run-local", rendered["folder"], "--python", sys.executable, "--json", cwd=p["root"],
-               env=p["env"])
+    out = kops("kernel", "run-local", rendered["folder"], "--json", cwd=p["root"],
+               env={**p["env"], "KOPS_CACHE_DIR": str(shared_cache(tmp_path_factory))})
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["ok"], out.stdout[-3000:] + out.stderr[-2000:]
     assert report["rows"] == 18 and "submission.parquet" in report["outputs"]
