@@ -50,10 +50,9 @@ from kaggleops.schema import (
     Kind,
     PlanModel,
     PlanReranker,
-    SubmissionKind,
-    inference_server_module,
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
+from kaggleops.stages.evaluation_api import describe_submission, detect_submission
 
 TEMPLATE = "inference_kernel.py.tmpl"
 LOG_TAIL_LINES = 30
@@ -215,46 +214,6 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
     models, published = resolve_models(cfg, tracker, folds, kaggle, publish_missing)
     w, n = rerank_settings(tracker, folds[0])
     return RerankerSource(run_id, models, w, n), folds, published
-
-
-def _competition_names(cfg: KopsConfig, kaggle: Kaggle) -> tuple[list[str], str]:
-    """(relative names of the competition's data files, where they were seen): a local copy first (``data_dir``,
-    the attached input, the download cache), else the competition's file list on Kaggle."""
-    from kaggleops.stages.data import attached_competition_dir, cache_dir
-
-    for folder in (cfg.resolved_data_dir(), attached_competition_dir(cfg.competition),
-                   cache_dir(cfg.competition, cfg.resolved_kaggle_endpoint)):
-        if folder is not None and folder.is_dir() and any(folder.iterdir()):
-            return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder)
-    try:
-        return kaggle.competition_files(CompetitionRef.parse(cfg.competition)), "its file list on Kaggle"
-    except KopsError as e:
-        return [], f"nowhere (listing its files failed: {e.message})"
-
-
-def detect_submission(cfg: KopsConfig, kaggle: Kaggle) -> dict[str, str]:
-    """How the competition takes predictions: ``kind`` (:class:`~kaggleops.schema.SubmissionKind`), the
-    ``server_module`` of an evaluation API, and the ``source`` that said so.
-
-    The competition's data says it (an evaluation-API competition ships ``kaggle_evaluation/`` with a
-    ``<comp>_inference_server.py``); kops.yaml ``kernel.submission: file | evaluation-api`` overrides it.
-    """
-    names, where = _competition_names(cfg, kaggle)
-    module = inference_server_module(names)
-    found = SubmissionKind.EVALUATION_API if module else SubmissionKind.FILE
-    kind = cfg.kernel.submission or found
-    source = "kops.yaml kernel.submission" if cfg.kernel.submission else f"the competition's data ({where})"
-    return {"kind": kind, **({"server_module": module} if module else {}), "source": source}
-
-
-def describe_submission(competition: str, found: dict[str, str]) -> str:
-    """One line: which submission kind kops found for the competition, and where."""
-    if found.get("kind") == SubmissionKind.EVALUATION_API:
-        module = found.get("server_module")
-        what = f"an evaluation API ({module.replace('.', '/')}.py)" if module else "an evaluation API"
-    else:
-        what = "a submission file (no kaggle_evaluation/ inference server in its data)"
-    return f"competition {competition} takes {what}: from {found.get('source', '?')}"
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,

@@ -27,7 +27,6 @@ from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
     ARTIFACT_SUBMISSION,
     EVALUATION_SUBMISSION_FILE,
-    GATEWAY_ERROR_TYPES,
     PLAN_FILE,
     SUBMISSION_FILE,
     TAG_COMPETITION,
@@ -50,13 +49,13 @@ from kaggleops.schema import (
     TAG_SUBMISSION_REF,
     TAG_SUBMISSION_SHA256,
     TAG_SUBMISSION_STATUS,
-    TIMING_FILE,
     KernelPlan,
     Kind,
     Origin,
     SubmissionKind,
     SubmissionStatus,
 )
+from kaggleops.stages.evaluation_api import ERROR_HINTS, error_type, kernel_timings
 from kaggleops.stages.kernel import default_kernel_ref, expand_runs
 
 if TYPE_CHECKING:
@@ -66,17 +65,6 @@ KEY_PATTERN = re.compile(r"kops:([0-9a-f]{12})")
 SCORE_METRICS = {"lb_public": "public_score", "lb_private": "private_score"}
 MAX_DESCRIPTION = 250
 SAMPLE_SUBMISSION = "sample_submission.csv"
-ERROR_TYPE = re.compile(r"\b(" + "|".join(GATEWAY_ERROR_TYPES) + r")\b")
-KERNEL_METRIC_PREFIX = "kernel_"  # the kernel's evaluation timings on the submission run: kernel_latency_p95_s, ...
-ERROR_HINTS = {
-    "GRPC_DEADLINE_EXCEEDED": "A predict_batch call took longer than the gateway's per-call timeout: make it faster "
-                              "(only the first call, which loads the models, has no deadline).",
-    "INVALID_SUBMISSION": "predict_batch must answer one row per row of its batch, with the submission's columns; "
-                          "try the kernel first with: kops kernel run-local",
-    "SERVER_NEVER_STARTED": "The notebook did not start the inference server within the startup limit: keep slow "
-                            "work out of the kernel's start (kops loads models on the first call).",
-    "SERVER_RAISED_EXCEPTION": "predict_batch raised on the hidden data; try the kernel with: kops kernel run-local",
-}
 
 
 @dataclass(frozen=True)
@@ -246,21 +234,6 @@ def check_file(cfg: KopsConfig, kaggle: Kaggle, path: Path) -> None:
                               "Fix the file (nothing was uploaded), or skip this check with --no-check")
 
 
-def kernel_timings(kaggle: Kaggle, kernel: KernelRef) -> dict[str, float]:
-    """The evaluation timings a kernel version wrote (``kops-timing.json``'s ``evaluation``) as metrics
-    ``kernel_load_models_s``, ``kernel_calls``, ``kernel_latency_p50_s`` …; {} when it has none."""
-    import json
-
-    with tempfile.TemporaryDirectory(prefix="kops-kout-") as tmp:
-        try:
-            kaggle.kernel_output(kernel, Path(tmp))
-            data = json.loads((Path(tmp) / TIMING_FILE).read_text())
-        except (KopsError, OSError, ValueError):
-            return {}
-    found = data.get("evaluation") if isinstance(data, dict) else None
-    return {KERNEL_METRIC_PREFIX + k: float(v) for k, v in (found or {}).items() if isinstance(v, (int, float))}
-
-
 def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = None, message: str = "",
            kaggle: Kaggle | None = None, file: Path | None = None, runs: list[str] | None = None,
            plan: KernelPlan | None = None, check: bool = True, again: bool = False,
@@ -315,12 +288,6 @@ def submit(cfg: KopsConfig, kernel: str | None = None, version: int | None = Non
     if wait:
         await_result(cfg, result, kaggle, timeout_s)
     return result
-
-
-def error_type(error: str) -> str:
-    """The evaluation API's error type named in a submission's error text ('' when it names none)."""
-    found = ERROR_TYPE.search(error or "")
-    return found.group(1) if found else ""
 
 
 def await_result(cfg: KopsConfig, result: SubmitResult, kaggle: Kaggle | None = None, timeout_s: float = 3600,
