@@ -326,6 +326,8 @@ def _failed_submission(p: dict[str, Any], error_type: str, task: str | None = No
     assert sub.data.tags["kops.submission.status"] == "ERROR"
     assert sub.data.tags["kops.submission.error_type"] == error_type
     assert error_type in sub.data.tags["kops.submission.error"] and "lb_public" not in sub.data.metrics
+    source = client.get_run(p["run_id"]).data.tags  # the model's run: the status of its newest submission
+    assert (source["kops.submission.status"], source["kops.submission.error_type"]) == ("ERROR", error_type)
     return out.stderr.strip()
 
 

@@ -533,6 +533,8 @@ def _sync_sources(tracker: Tracker, matched: list[tuple[Run, Submission]]) -> li
         wanted = {TAG_SUBMISSION_STATUS: sub.status, TAG_SUBMISSION_REF: str(sub.ref)}
         if sub.error or TAG_SUBMISSION_ERROR in tags:
             wanted[TAG_SUBMISSION_ERROR] = sub.error[:500]
+        if error_type(sub.error) or TAG_SUBMISSION_ERROR_TYPE in tags:
+            wanted[TAG_SUBMISSION_ERROR_TYPE] = error_type(sub.error)
         diff = {k: v for k, v in wanted.items() if tags.get(k) != v}
         if diff:
             tracker.set_tags(source, diff)
