@@ -61,6 +61,11 @@ def start(
     secret: list[str] = typer.Option(None, "--secret", help="A notebook secret (Add-ons > Secrets) for every notebook "
                                      "of --username, e.g. MLFLOW_TRACKING_URI; its value is read from this process' "
                                      "environment variable of that name, never from the command line (repeatable)."),
+    evaluation_startup_s: float = typer.Option(None, "--evaluation-startup-s", min=0.1, help="Evaluation-API "
+                                               "competitions: the rerun's startup limit (default: the package's, "
+                                               "15 min)."),
+    evaluation_timeout_s: float = typer.Option(None, "--evaluation-timeout-s", min=0.1, help="Evaluation-API "
+                                               "competitions: the rerun's per-call timeout (default: the gateway's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the connection settings as JSON (one line)."),
 ) -> None:
     """Serve bundled sample competitions on 127.0.0.1 until Ctrl-C (a --root keeps them across restarts)."""
@@ -71,7 +76,8 @@ def start(
     folder = root.resolve() if root else Path(tempfile.mkdtemp(prefix="kops-emulator-"))
     emulator = Emulator(folder, username=username, key=key, dataset_processing_s=processing_s,
                         daily_submission_limit=daily_limit, persist=root is not None, input_layout=input_layout,
-                        isolation=isolation)
+                        isolation=isolation, evaluation_startup_s=evaluation_startup_s,
+                        evaluation_timeout_s=evaluation_timeout_s)
     for slug in competition or ([] if emulator.store.competitions else [COMPETITION]):
         seed_competition(emulator, slug)
     served = sorted(emulator.store.competitions)

@@ -23,6 +23,7 @@ whole is bounded by the kernel time limit.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import EmulatorConfig
-from .runner import KernelRunner, _kill_group, _read_only, free_port, namespaces_available
+from .runner import SOCKET_GUARD, KernelRunner, _kill_group, _read_only, free_port, namespaces_available
 from .scoring import SubmissionInvalid, score_rows
 from .state import Competition, KernelVersion, Store, Submission
 
@@ -130,6 +131,11 @@ class Rerunner:
                      "ip link set lo up 2>/dev/null"]
             return ["unshare", "-rmn", "--", "sh", "-c", "\n".join([*setup, *both])], env
         _read_only(kv.input)
+        if not kv.setting("enableInternet", False):  # the notebook's sitecustomize refuses non-loopback connections
+            guard = folder / "guard"
+            guard.mkdir(exist_ok=True)
+            (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(guard), env.get("PYTHONPATH", "")) if p)
         return ["sh", "-c", "\n".join(both)], env
 
     def _run(self, kv: KernelVersion, slug: str, comp: Competition, sub: Submission) -> None:

@@ -395,6 +395,10 @@ def load_state(store: Store) -> bool:
             for kv in kernel.versions:
                 if kv.status in ("QUEUED", "RUNNING"):
                     kv.status, kv.failure_message = "ERROR", "The emulator was restarted during this run."
+        for sub in store.submissions.values():
+            if getattr(sub, "running", False):  # an evaluation-API rerun cut by the restart
+                sub.running = False
+                sub.error = "Evaluation API error UNSPECIFIED: the emulator restarted during the rerun"
         ids = [1000, *(d.id for d in store.datasets.values()), *(k.id for k in store.kernels.values())]
         store._ids = itertools.count(max(ids) + 1)
         store._refs = itertools.count(max([50000, *store.submissions]) + 1)
