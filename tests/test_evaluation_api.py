@@ -182,6 +182,23 @@ def test_kernel_runs_unchanged_against_another_competitions_package(tmp_path: Pa
     assert timing["calls"] == 3 and timing["latency_max_s"] >= timing["latency_p95_s"] >= timing["latency_p50_s"] > 0
 
 
+def test_answers_become_what_the_gateway_takes() -> None:
+    """Arrays become a frame of the submission's columns in the batch's library; frames and scalars pass (a gateway
+    may take one label per batch); a numpy scalar becomes a Python one."""
+    import numpy as np
+    import pandas as pd
+
+    from kaggleops.kernel.evaluation_api import to_gateway_type
+
+    batch = (pd.DataFrame({"x": [1, 2]}), {"meta": 1})
+    assert to_gateway_type(np.array([0.5, 1.5]), batch, ["target"]).to_dict("list") == {"target": [0.5, 1.5]}
+    assert to_gateway_type([[1, 2], [3, 4]], batch, ["p", "q"]).to_dict("list") == {"p": [1, 3], "q": [2, 4]}
+    frame = pd.DataFrame({"row_id": ["a", "b"], "target": [1.0, 2.0]})
+    assert to_gateway_type(frame, batch, ["target"]) is frame
+    assert to_gateway_type(np.str_("Wave hello"), batch, ["gesture"]) == "Wave hello"
+    assert to_gateway_type("Wave hello", batch, ["gesture"]) == "Wave hello"
+
+
 def test_kernel_source_calls_no_private_part_of_the_package() -> None:
     """The only attributes the kernel takes from a competition's server are the public entry points."""
     source = (REPO / "kaggleops" / "kernel" / "evaluation_api.py").read_text()

@@ -92,7 +92,8 @@ def _frame_module(batch: tuple[Any, ...]) -> Any:
 
 def to_gateway_type(result: Any, batch: tuple[Any, ...], columns: list[str]) -> Any:
     """The task's answer as the gateway expects it: a DataFrame/Series of the batch's library (pandas or polars);
-    an array or list becomes a frame of the submission's columns (one column: 1-D; several: 2-D)."""
+    an array or list becomes a frame of the submission's columns (one column: 1-D; several: 2-D); a numpy scalar a
+    Python one; a Python scalar (some gateways take one answer per batch, e.g. a label) goes as it is."""
     library = _frame_module(batch)
     name = type(result).__module__.split(".")[0]
     if name in ("pandas", "polars"):
@@ -103,6 +104,8 @@ def to_gateway_type(result: Any, batch: tuple[Any, ...], columns: list[str]) -> 
         import numpy as np
 
         values = np.asarray(result)
+        if values.ndim == 0:  # a numpy scalar: one answer per batch (e.g. a class name), as a Python value
+            return values.item()
         data = {columns[0]: values} if values.ndim == 1 else {c: values[:, i] for i, c in enumerate(columns)}
         return library.DataFrame(data)
     return result  # a scalar answer (one row per batch) goes as it is
