@@ -332,7 +332,8 @@ def _failed_submission(p: dict[str, Any], error_type: str, task: str | None = No
         emu.config.evaluation_startup_s = emu.config.evaluation_timeout_s = None
     assert out.returncode == 1, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("kops: error: Submission "), out.stderr
-    assert f"failed on Kaggle's side: {error_type} (" in out.stderr
+    assert f" of {USER}/df-test-inference/{version} failed on Kaggle's side: {error_type} (" in out.stderr
+    assert " is FAILED. " in out.stderr
     assert len(emu.store.submissions) == before + 1  # nothing resubmitted
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("df-test").experiment_id],

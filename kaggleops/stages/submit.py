@@ -307,9 +307,11 @@ def await_result(cfg: KopsConfig, result: SubmitResult, kaggle: Kaggle | None = 
     if row.status == SubmissionStatus.ERROR:
         kind = error_type(row.error)
         what = f"{kind} ({row.error.split(kind, 1)[1].lstrip(': ') or 'no details'})" if kind else row.error
-        raise SubmissionError(f"Submission {result.submission_ref} of {result.kernel or result.file} failed on "
+        what_ran = f"{result.kernel}/{result.kernel_version}" if result.kernel else result.file
+        run_status = open_tracker(cfg).get_run(result.submission_run_id).info.status
+        raise SubmissionError(f"Submission {result.submission_ref} of {what_ran} failed on "
                               f"Kaggle's side: {what.rstrip('.')}; submission run {result.submission_run_id} is "
-                              "FAILED.",
+                              f"{run_status}.",
                               ERROR_HINTS.get(kind, f"See the kernel's log: kaggle kernels logs {result.kernel}"))
     return row
 
