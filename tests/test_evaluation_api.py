@@ -143,6 +143,11 @@ class Doubler:  # answers with a bare numpy array: kops makes it a frame of the 
 
     def gateway_data_paths(self, competition_dir):
         return None  # the gateway's own default: rows.csv beside its package
+
+
+class Broken(Doubler):
+    def predict_batch(self, models, batch, ctx):
+        raise ValueError("no model for x")
 '''
 
 
@@ -180,6 +185,12 @@ def test_kernel_runs_unchanged_against_another_competitions_package(tmp_path: Pa
                                                                                                     range(10)]
     timing = json.loads((working / "kops-timing.json").read_text())["evaluation"]
     assert timing["calls"] == 3 and timing["latency_max_s"] >= timing["latency_p95_s"] >= timing["latency_p50_s"] > 0
+    plan["task"]["spec"] = "other_task_x22:Broken"  # the local gateway's own error type, in one line
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(plan), str(tmp_path / "input"), str(working)],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == ("kops: error: the competition's local gateway failed: "
+                                           "SERVER_RAISED_EXCEPTION: no model for x")
 
 
 def test_answers_become_what_the_gateway_takes() -> None:
