@@ -59,6 +59,25 @@ def test_bundled_competition_ships_an_evaluation_api_and_hides_its_test_set(tmp_
         assert (tmp_path / name).read_bytes() == (FOLDER / name).read_bytes(), name
 
 
+def test_a_bad_evaluation_section_is_one_seed_error_naming_it(tmp_path: Path) -> None:
+    import shutil
+
+    from kaggleops.emulator import SeedError, read_seed
+
+    folder = tmp_path / "comp"
+    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    seed = json.loads((folder / "competition.json").read_text())
+    assert read_seed(folder).evaluation == seed["evaluation"]
+    for evaluation, message in (({"gateway": "no_class_here"}, "evaluation must be an object with keys gateway and "
+                                 "data_paths"),
+                                ({"gateway": "m", "data_paths": []}, "evaluation.gateway must be `module:Class`"),
+                                ({"gateway": "m:G", "data_paths": ["hidden/nope.csv"]}, "names hidden/nope.csv, which "
+                                 "is not in")):
+        (folder / "competition.json").write_text(json.dumps({**seed, "evaluation": evaluation}))
+        with pytest.raises(SeedError, match=re.escape(message)):
+            read_seed(folder)
+
+
 def test_relay_frames_carry_values_without_pickle() -> None:
     code = """
 import io, sys, numpy as np, pandas as pd
