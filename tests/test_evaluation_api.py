@@ -265,8 +265,8 @@ def test_demo_scores_equal_a_recomputation_from_the_reruns_submission_parquet(de
     public, private = solution[0::2], solution[1::2]  # the emulator's documented split
     expected = [rmse([float(r["target"]) for r in part], [preds[r["row_id"]] for r in part])
                 for part in (public, private)]
-    assert demo["lb_public"] == pytest.approx(expected[0], abs=5e-6)
-    assert demo["lb_private"] == pytest.approx(expected[1], abs=5e-6)
+    # Kaggle (and the emulator) report 5 decimals: the scores ARE the recomputation, as Kaggle would print it
+    assert (demo["lb_public"], demo["lb_private"]) == (float(f"{expected[0]:.5f}"), float(f"{expected[1]:.5f}"))
     assert demo["lb_public"] < 1.0  # far better than the series' spread: the model learned the lag
 
 
