@@ -109,6 +109,22 @@ def test_the_builtin_task_predicts_batch_by_batch_and_file_tasks_do_not() -> Non
     assert task.gateway_data_paths(FOLDER) == (FOLDER / "test.csv", FOLDER / "lags.csv")
 
 
+def test_the_gateway_stops_waiting_when_the_notebook_is_gone(tmp_path: Path) -> None:
+    """On the rerun a notebook that died before serving ends the wait at once (not after the 15-minute limit)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    env = {**os.environ, "KAGGLE_IS_COMPETITION_RERUN": "True", "KAGGLE_EVALUATION_SERVER_PID": str(dead.pid),
+           "KAGGLE_EVALUATION_PORT": str(_free_port())}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from kaggle_evaluation.demand_gateway import DemandGateway; "
+            "DemandGateway().run()")
+    out = subprocess.run([sys.executable, "-c", code, str(FOLDER)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "result.json").read_text()) == {
+        "Succeeded": False, "ErrorType": 1, "ErrorName": "SERVER_NEVER_STARTED",
+        "ErrorDetails": "Failed to connect to server: its process exited before it answered"}
+
+
 # ---- the kernel against ANOTHER competition's package: only the public entry points -------------------------------
 
 OTHER_GATEWAY = '''"""Another competition: one argument per call (a few rows), answers in a `prediction` column."""

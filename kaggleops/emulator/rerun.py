@@ -10,7 +10,9 @@ this way: ``CreateCodeSubmission`` answers at once with a PENDING submission, th
   reached on loopback), from ``gateway/``: a copy of the competition's public files with the hidden test files, which
   the notebook's ``/kaggle/input`` does not hold. It waits for the server within the startup limit, sends every
   batch with the per-call timeout, checks row counts and writes ``submission.parquet`` and ``result.json``;
-* when the gateway exits the notebook is stopped (``serve()`` never returns), as Kaggle ends the session;
+* when the gateway exits the notebook is stopped (``serve()`` never returns), as Kaggle ends the session; a
+  notebook that exits before its server answered ends the gateway's wait at once (``KAGGLE_EVALUATION_SERVER_PID``:
+  SERVER_NEVER_STARTED), as Kaggle sees the notebook's container stop;
 * ``result.json`` decides: ``Succeeded`` → ``submission.parquet`` is scored against the hidden solution; otherwise
   the submission ends ERROR with ``Evaluation API error <ErrorName>: <ErrorDetails>``.
 
@@ -119,7 +121,8 @@ class Rerunner:
         (folder / "tmp").mkdir(parents=True, exist_ok=True)
         paths = " ".join(f'"$GW/{name}"' for name in spec.data_paths)
         both = ['cd "$WORK"', '"$PY" "$SCRIPT" > "$NBLOG" 2>&1 &', "NB=$!",
-                f'(cd "$GW" && exec "$PY" -c "$GWCODE" "$GW" "$GWSPEC" {paths} > "$GWLOG" 2>&1)', "rc=$?",
+                f'(cd "$GW" && KAGGLE_EVALUATION_SERVER_PID=$NB exec "$PY" -c "$GWCODE" "$GW" "$GWSPEC" {paths} '
+                '> "$GWLOG" 2>&1)', "rc=$?",
                 "kill -9 $NB 2>/dev/null", "exit $rc"]
         env = self._env(kv, kv.input, working, folder)
         env.update({"PY": sys.executable, "SCRIPT": str(script), "NBLOG": str(folder / NOTEBOOK_LOG),

@@ -26,8 +26,9 @@ ERROR_HINTS = {
                               "(only the first call, which loads the models, has no deadline).",
     "INVALID_SUBMISSION": "predict_batch must answer one row per row of its batch, with the submission's columns; "
                           "try the kernel first with: kops kernel run-local",
-    "SERVER_NEVER_STARTED": "The notebook did not start the inference server within the startup limit: keep slow "
-                            "work out of the kernel's start (kops loads models on the first call).",
+    "SERVER_NEVER_STARTED": "The notebook's inference server never answered: it exited first, or started after the "
+                            "startup limit (keep slow work out of the kernel's start; kops loads models on the first "
+                            "call).",
     "SERVER_RAISED_EXCEPTION": "predict_batch raised on the hidden data; try the kernel with: kops kernel run-local",
 }
 

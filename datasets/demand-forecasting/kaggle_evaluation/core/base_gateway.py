@@ -157,7 +157,7 @@ class BaseGateway:
     def handle_server_error(self, exception: Exception, endpoint: str) -> None:
         """Raise the GatewayRuntimeError that classifies a failed call."""
         text = str(exception)
-        if isinstance(exception, RuntimeError) and "Failed to connect to server after waiting" in text:
+        if isinstance(exception, RuntimeError) and text.startswith("Failed to connect to server"):
             raise GatewayRuntimeError(GatewayRuntimeErrorType.SERVER_NEVER_STARTED, text) from None
         if isinstance(exception, relay.GRPCDeadlineError):
             raise GatewayRuntimeError(GatewayRuntimeErrorType.GRPC_DEADLINE_EXCEEDED, text) from None

@@ -10,7 +10,9 @@ protobuf modules.
 Limits: ``STARTUP_LIMIT_SECONDS`` (15 min; ``KAGGLE_EVALUATION_STARTUP_LIMIT_SECONDS`` lowers it, as kops'
 emulator does) for the server to answer the first call, which itself has no deadline (load models there);
 later calls get ``Client.endpoint_deadline_seconds`` (set by the gateway). Ports: ``GRPC_PORTS`` (the first free one
-is served; ``KAGGLE_EVALUATION_PORT`` pins one).
+is served; ``KAGGLE_EVALUATION_PORT`` pins one). Where the server's process is known
+(``KAGGLE_EVALUATION_SERVER_PID``, as Kaggle knows whether the notebook's container still runs), the first call stops
+waiting as soon as that process is gone.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ _HEADER = struct.Struct("!I")
 
 class GRPCDeadlineError(Exception):
     """The server did not answer a call within the client's deadline."""
+
+
+def _server_gone() -> bool:
+    """Whether the server's known process (``KAGGLE_EVALUATION_SERVER_PID``) has exited (or is a zombie)."""
+    pid = os.getenv("KAGGLE_EVALUATION_SERVER_PID")
+    if not pid or not os.path.isdir("/proc"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 # ---- values <-> bytes ----------------------------------------------------------------------------------------------
@@ -179,6 +193,8 @@ class Client:
                     continue
                 self.channel, self._call = channel, call
                 return response
+            if _server_gone():
+                raise RuntimeError("Failed to connect to server: its process exited before it answered")
             time.sleep(_RETRY_SLEEP_SECONDS)
         raise RuntimeError(f"Failed to connect to server after waiting {STARTUP_LIMIT_SECONDS:g} seconds")
 
