@@ -28,10 +28,10 @@ def test_unknown_competition(tmp_path: Path) -> None:
     write_config(tmp_path, competition="no-such-competition")
     out = kops("train", cwd=tmp_path)
     assert out.returncode == 1
-    assert out.stderr.strip() == ("kops: error: Unknown task 'no-such-competition'; known tasks: digit-recognizer, "
-                                  "tweet-sentiment-extraction. Set `task:` in kops.yaml to your own task (kops init "
-                                  "--competition SLUG writes a skeleton), or `competition:` to one with a built-in "
-                                  "task.")
+    assert out.stderr.strip() == ("kops: error: Unknown task 'no-such-competition'; known tasks: demand-forecasting, "
+                                  "digit-recognizer, tweet-sentiment-extraction. Set `task:` in kops.yaml to your own "
+                                  "task (kops init --competition SLUG writes a skeleton), or `competition:` to one "
+                                  "with a built-in task.")
 
 
 def test_train_csv_missing_column_creates_no_run(tmp_path: Path) -> None:

@@ -246,8 +246,8 @@ def test_the_published_weights_are_one_mlflow_logged_model(project: Path, emulat
     assert again.dataset_version == first.dataset_version and not again.uploaded
     client = MlflowClient(cfg.resolved_tracking_uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)
-    (model,) = client.search_logged_models([exp.experiment_id])
-    assert model.source_run_id == run_id and model.model_type == "kaggle-dataset"
+    (model,) = client.search_logged_models([exp.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert model.model_type == "kaggle-dataset"
     assert model.tags["kops.published.ref"] == first.dataset and model.tags["kops.published.version"] == "1"
     weights = model_files(seed=9)["model.safetensors"]
     assert model.params["sha256/model.safetensors"] == hashlib.sha256(weights).hexdigest()

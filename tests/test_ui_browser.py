@@ -82,6 +82,8 @@ def test_kops_ui_url_shows_runs_with_lb_public(tmp_path: Path) -> None:
     assert "submission-best" in dom.stdout and "submission-second" in dom.stdout, dom.stderr[-3000:]
     assert "Sort: lb_public" in dom.stdout
     assert "metrics.`lb_public`" in dom.stdout  # the column is shown
+    for column in ("Dataset", "Models"):  # MLflow's own columns kops' view turns on
+        assert f">{column}<" in dom.stdout, column
     assert "0.73412" in dom.stdout and "0.71234" in dom.stdout
     assert dom.stdout.index("submission-best") < dom.stdout.index("submission-second"), "not sorted by lb_public"
     assert shot.is_file() and shot.stat().st_size > 10_000

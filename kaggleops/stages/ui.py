@@ -39,6 +39,9 @@ LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SHARE_KEY = "kops-leaderboard"
 SHARED_VIEW_TAG = TAG_SHARED_VIEW
 VIEW_METRICS = ("lb_public", "lb_private")
+# MLflow's own run columns: the data a run trained on, the LoggedModels it made or used (source and user are on the
+# run page: more columns here would push the LB columns out of a laptop's view)
+VIEW_ATTRIBUTES = ("Dataset", "Models")
 VIEW_TAGS = (TAG_SUBMISSION_STATUS, TAG_KERNEL_VERSION, TAG_DATASET_VERSION)
 
 
@@ -71,13 +74,15 @@ def models_url(base: str, experiment_id: str) -> str:
 
 def save_leaderboard_view(tracker: Tracker, sort_metric: str = "lb_public", metric: str | None = None,
                           higher_is_better: bool = True) -> str:
-    """Store the runs-table view (LB and the task metric's CV columns, sorted by ``sort_metric`` best first:
-    ascending for a lower-is-better metric); return its share key."""
+    """Store the runs-table view (data input, models, LB and the task metric's CV columns, sorted
+    by ``sort_metric`` best first: ascending for a lower-is-better metric); return its share key. MLflow nests
+    fold runs under their parent only in a table sorted by date, so this LB-sorted view lists them flat."""
     from kaggleops.stages.leaderboard import cv_metrics
 
     columns = [*VIEW_METRICS, *(cv_metrics(metric) if metric else ())]
     state = {"orderByKey": f"metrics.`{sort_metric}`", "orderByAsc": not higher_is_better, "searchFilter": "",
-             "selectedColumns": ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in columns),
+             "selectedColumns": ["attributes.`Run Name`", *(f"attributes.`{a}`" for a in VIEW_ATTRIBUTES),
+                                 *(f"metrics.`{m}`" for m in columns),
                                  *(f"tags.`{t}`" for t in VIEW_TAGS)],
              "runsPinned": [], "runsHidden": [], "runsExpanded": {}}
     tracker.set_experiment_tag(SHARED_VIEW_TAG + SHARE_KEY, json.dumps(state))
