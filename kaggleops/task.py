@@ -11,9 +11,9 @@ columns of the submission format. Importing this module imports no pandas/torch.
 A minimal task (selected in kops.yaml with ``task: tasks/my_task.py:MyTask``)::
 
     import pandas as pd
-    from kaggleops.task import FoldResult, Metric, Submission, check_columns, check_settings
+    from kaggleops.task import FoldResult, Metric, Submission, TaskBase, check_columns, check_settings
 
-    class MyTask:
+    class MyTask(TaskBase):
         name = "my-competition"
         submission = Submission(id_column="id", columns=("target",))
         metric = Metric("rmse", higher_is_better=False,
@@ -43,6 +43,12 @@ A task for an evaluation-API competition (one that ships ``kaggle_evaluation/``:
 hidden test set batch by batch) also implements :class:`BatchPredict`: ``load_models`` once, on the gateway's first
 call, then ``predict_batch`` per batch. Nothing else changes: train, folds, metric and publish are the same.
 
+Every optional hook kops may call (``sample_dir``, ``train_columns``, ``is_checkpoint``, ``kernel_requires``, …) is
+declared with its default on :class:`TaskBase`, as LightningModule declares its hooks; subclass it and override
+only what differs. A task that does not subclass it works the same: kops reads every optional member through
+:func:`hook`, which supplies the declared default. ``kops check-task`` (:func:`kaggleops.stages.check_task.check_task`)
+runs a task through a tiny fold, a save/load round trip and a kernel-side predict, naming each contract breach.
+
 Stability: the names in ``__all__`` keep their meaning; new optional fields/methods may be added, existing
 signatures do not change.
 """
@@ -53,6 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from kaggleops.errors import DataError, SettingsError
@@ -63,17 +70,23 @@ __all__ = [
     "DataError",
     "FoldContext",
     "FoldResult",
+    "HOOKS",
     "LogFn",
     "Metric",
     "PostProcessing",
     "PredictContext",
+    "REQUIRED_MEMBERS",
     "SecondStage",
+    "SecondStageFold",
+    "SecondStageTuning",
     "SettingsError",
     "Submission",
     "Task",
+    "TaskBase",
     "check_columns",
     "check_settings",
     "dataclass_settings",
+    "hook",
 ]
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -120,17 +133,33 @@ class FoldContext:
     """What kops hands ``train_fold``: which fold to hold out, where to write, and callbacks.
 
     ``out_dir`` exists and is empty; put the model folder (everything ``predict`` needs) inside it.
+    ``progress``: the label of a progress bar to show (e.g. ``"fold 0 (1/5)"``), None: show none.
     ``resume_from``: a checkpoint folder the task handed to ``checkpoint`` in an earlier, interrupted run
     of the same settings (None: start fresh). ``checkpoint`` is None when kops does not keep checkpoints.
+    ``rank`` / ``world_size``: this process among those training the fold together (DDP; 0 / 1 alone): only
+    rank 0's FoldResult is used, so the others may skip writing files.
     """
 
     fold: int
     out_dir: Path
     seed: int = 42
     log: LogFn = field(default=lambda metrics, step: None)
-    progress: bool = False
+    progress: str | None = None
     resume_from: Path | None = None
     checkpoint: CheckpointFn | None = None
+    rank: int = 0
+    world_size: int = 1
+    stop_requested: Callable[[], bool] = field(default=lambda: False, repr=False)
+    """What :meth:`should_stop` asks (kops hands its graceful Ctrl-C flag; the default never stops)."""
+
+    def should_stop(self) -> bool:
+        """Whether the user asked to stop (the first Ctrl-C or SIGTERM of ``kops train``).
+
+        Check it between steps; when True, hand a last checkpoint to ``checkpoint`` and raise KeyboardInterrupt:
+        kops marks the run KILLED and ``kops train --resume`` continues from that checkpoint. A second Ctrl-C
+        interrupts at once.
+        """
+        return bool(self.stop_requested())
 
 
 @dataclass
@@ -204,6 +233,93 @@ class Task(Protocol):
         ...
 
 
+REQUIRED_MEMBERS: tuple[str, ...] = ("name", "submission", "metric", "load_train", "load_test", "make_folds",
+                                     "settings", "train_fold", "predict")
+"""The members of :class:`Task` every task has (kops refuses to load a task lacking one)."""
+
+
+class TaskBase:
+    """A base class for tasks: every optional hook kops may call, declared with its default.
+
+    Subclass it, set ``name``/``submission``/``metric`` and write the required methods of :class:`Task`; override a
+    hook below only to change its default. (Optional capabilities with no sensible default stay protocols:
+    :class:`PostProcessing` and :class:`SecondStage`.) kops reads these members through :func:`hook`, so a task
+    that does not subclass this class gets the same defaults.
+
+    Example:
+        >>> class MyTask(TaskBase):
+        ...     name = "my-competition"
+        ...     kernel_requires = ("numpy", "pandas")
+        >>> hook(MyTask(), "kernel_requires"), hook(object(), "kernel_requires")
+        (('numpy', 'pandas'), ())
+    """
+
+    name: str
+    submission: Submission
+    metric: Metric
+
+    train_columns: tuple[str, ...] = ()
+    """Columns train.csv must have; kops checks the header when it fetches or is pointed at the data (``()``:
+    only ``load_train`` checks, when a run reads the file)."""
+
+    test_columns: tuple[str, ...] = ()
+    """Columns test.csv must have (checked as ``train_columns``)."""
+
+    complete_columns: tuple[str, ...] = ()
+    """Columns that should have no empty/NaN cell (e.g. the target): ``kops train`` warns with the count."""
+
+    kernel_requires: tuple[str, ...] = ()
+    """Modules the offline kernel imports before anything else, so a package missing from the Kaggle image fails
+    by name (e.g. ``("torch", "pandas")``)."""
+
+    kernel_options: Mapping[str, Any] = MappingProxyType({})
+    """The task's own inference settings, stored in the kernel plan and handed to ``predict`` as ``ctx.options``."""
+
+    scored_columns: tuple[str, ...] | None = None
+    """Second stage: the columns of the scored OOF candidates kops logs (None: every column)."""
+
+    def sample_dir(self) -> Path | None:
+        """A folder with a bundled sample of the competition's files (train.csv, test.csv, sample_submission.csv)
+        for ``kops train --sample``, the demo and ``kops check-task``; None: the task bundles none."""
+        return None
+
+    def is_checkpoint(self, folder: Path) -> bool:
+        """Whether a downloaded checkpoint ``folder`` is complete (kops resumes only from those); default:
+        a non-empty folder."""
+        return folder.is_dir() and any(folder.iterdir())
+
+    def run_label(self, settings: Any) -> str:
+        """The short name in run names (``kfold-<label>``, ``rerank-<label>``); default: the settings' ``model``
+        attribute where they have a non-empty one, else the task's name."""
+        return str(getattr(settings, "model", None) or self.name)
+
+    def second_stage_summary(self, metrics: dict[str, float]) -> str:
+        """Second stage: one line summarising the tuned OOF metrics for the terminal (default: none)."""
+        return ""
+
+
+HOOKS: tuple[str, ...] = tuple(n for n in vars(TaskBase) if not n.startswith("_"))
+"""The optional members of a task, each declared with its default on :class:`TaskBase`."""
+
+
+def hook(task: Any, name: str) -> Any:
+    """The task's optional member ``name`` (one of :data:`HOOKS`), or the default :class:`TaskBase` declares for it
+    (a method bound to ``task``) when the task has none or sets it to None. The one place kops reads an optional
+    member of a task: a task need not subclass TaskBase.
+
+    Example:
+        >>> hook(object(), "second_stage_summary")({"lift": 0.1})
+        ''
+    """
+    if name not in HOOKS:
+        raise AttributeError(f"{name!r} is not a task hook; the hooks are {', '.join(HOOKS)}")
+    value = getattr(task, name, None)
+    if value is not None:
+        return value
+    default = vars(TaskBase)[name]
+    return default.__get__(task) if callable(default) else default
+
+
 @runtime_checkable
 class PostProcessing(Protocol):
     """Optional: a rule applied to the ensemble's test predictions before the submission is written."""
@@ -213,6 +329,31 @@ class PostProcessing(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SecondStageFold:
+    """What ``train_second_stage_fold`` returns: one second-stage fold's model and the candidates it scored."""
+
+    fold: int
+    model_dir: Path
+    train_ids: list[str]
+    """The ids of the rows it trained on (logged beside the run)."""
+    scored: Any
+    """The held-out fold's candidates with the second model's predictions (a table)."""
+    steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SecondStageTuning:
+    """What ``tune_second_stage`` returns: the combination chosen on the OOF and the OOF metrics."""
+
+    w: float
+    n: int
+    metrics: dict[str, float]
+    grid: list[dict[str, float]] = field(default_factory=list)
+    """Every combination tried, with its OOF metrics."""
+
+
 @runtime_checkable
 class SecondStage(Protocol):
     """Optional: a second model trained on the first stage's OOF candidates (``kops train --stage rerank``).
@@ -220,6 +361,7 @@ class SecondStage(Protocol):
     kops gathers each base fold run's OOF table, asks the task for the candidate rows, trains one
     second-stage model per fold (held out as in the base), lets the task tune its combination on the OOF and
     logs everything; in the kernel, ``predict_second_stage`` rescores the base ensemble's candidates.
+    ``second_stage_summary`` and ``scored_columns`` are optional hooks (see :class:`TaskBase`).
     """
 
     def second_stage_settings(self, mapping: Mapping[str, Any]) -> Any:
@@ -231,21 +373,17 @@ class SecondStage(Protocol):
         ...
 
     def train_second_stage_fold(self, candidates: Any, settings: Any, fold: int, out_dir: Path,
-                                log: LogFn) -> Any:
-        """Train on candidates of other folds; the result has model_dir, scored, train_ids, steps, seconds."""
+                                log: LogFn) -> SecondStageFold:
+        """Train on candidates of other folds; score the candidates of ``fold``."""
         ...
 
-    def tune_second_stage(self, rows: Any, scored: Any, settings: Any) -> Any:
-        """Choose the combination on the OOF; the result has ``metrics``, ``w``, ``n`` and ``grid``."""
+    def tune_second_stage(self, rows: Any, scored: Any, settings: Any) -> SecondStageTuning:
+        """Choose the combination on the OOF."""
         ...
 
     def finish_second_stage_fold(self, model_dir: Path, settings: Any, tuned: Any, rows: Any, scored: Any,
                                  fold: int) -> dict[str, float]:
         """Save what inference needs from ``tuned`` into the fold's ``model_dir``; the fold's OOF metrics."""
-        ...
-
-    def second_stage_summary(self, metrics: dict[str, float]) -> str:
-        """One line summarising the tuned OOF metrics for the terminal."""
         ...
 
     def predict_second_stage(self, model_dirs: Sequence[Path], reranker_dirs: Sequence[Path], test: Any,

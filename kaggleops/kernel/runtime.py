@@ -45,6 +45,7 @@ from kaggleops.schema import (
     Manifest,
     PlanModel,
 )
+from kaggleops.task import hook
 
 SUBMISSION = SUBMISSION_FILE
 PREFIX = "kops:"
@@ -299,7 +300,7 @@ def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) 
     """The kernel's work; returns the number of rows written."""
     with timings.stage("check imports"):
         task = import_task(plan)
-        check_imports(tuple(plan.task.get("requires") or getattr(task, "kernel_requires", ()) or ()))
+        check_imports(tuple(plan.task.get("requires") or hook(task, "kernel_requires")))
     id_column = task.submission.id_column
     columns = list(task.submission.columns)
     with timings.stage("read inputs"):

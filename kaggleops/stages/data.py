@@ -29,6 +29,7 @@ from typing import Any
 from kaggleops.config import KopsConfig
 from kaggleops.errors import CredentialsMissing, DataError, KaggleError, RulesNotAccepted
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef
+from kaggleops.task import hook
 
 ENV_CACHE_DIR = "KOPS_CACHE_DIR"
 ENV_KAGGLE_INPUT = "KOPS_KAGGLE_INPUT"
@@ -154,8 +155,8 @@ def check_columns(folder: Path, task: Any, need_train: bool = True) -> None:
     The columns are the task's optional ``train_columns`` / ``test_columns``; a task without them is checked by
     its own ``load_train`` when a run reads the file.
     """
-    wanted = [(TRAIN_FILE, tuple(getattr(task, "train_columns", ())), need_train),
-              (TEST_FILE, tuple(getattr(task, "test_columns", ())), False)]
+    wanted = [(TRAIN_FILE, tuple(hook(task, "train_columns")), need_train),
+              (TEST_FILE, tuple(hook(task, "test_columns")), False)]
     for name, columns, required in wanted:
         path = folder / name
         if not path.is_file():
@@ -233,9 +234,10 @@ def download(cfg: KopsConfig, task: Any, kaggle: Any = None, force: bool = False
 # ---- the data step of a run -------------------------------------------------------------------
 
 def _sample(cfg: KopsConfig, task: Any) -> DataSource:
-    if not hasattr(task, "sample_dir"):
+    folder = hook(task, "sample_dir")()
+    if folder is None:
         raise DataError(f"Task {task.name} bundles no sample data.", "Fetch the competition's files with: kops data")
-    folder = Path(task.sample_dir())
+    folder = Path(folder)
     return DataSource(folder, SAMPLE, cfg.competition, file_hashes(folder))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
 from kaggleops.emulator.seeding import competition_folder, seed_competition
 from kaggleops.errors import KopsError
+from kaggleops.task import hook
 from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION
@@ -106,7 +107,7 @@ def demo_workspace(workdir: Path, emulator_root: Path, epochs: int | None = 6,
         with demo_environment(workdir, url), _chdir(workdir):
             cfg = load_config(workdir / CONFIG_FILE)
             task = get_task_for(cfg)
-            sample = task.sample_dir() if hasattr(task, "sample_dir") else None
+            sample = hook(task, "sample_dir")()
             yield Workspace(cfg, emulator, url, seed_competition(emulator, task, competition, sample))
     finally:
         emulator.stop()

@@ -53,6 +53,7 @@ from kaggleops.schema import (
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.stages.evaluation_api import describe_submission, detect_submission
+from kaggleops.task import hook
 
 TEMPLATE = "inference_kernel.py.tmpl"
 LOG_TAIL_LINES = 30
@@ -233,8 +234,8 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
         kops_version=__version__,
         competition=cfg.competition,
         task={"name": task.name, "spec": task_kernel_spec(cfg, code),
-              "requires": list(getattr(task, "kernel_requires", ()) or ()),
-              "options": dict(getattr(task, "kernel_options", {}) or {})},
+              "requires": list(hook(task, "kernel_requires")),
+              "options": dict(hook(task, "kernel_options"))},
         metric={"name": task.metric.name, "higher_is_better": bool(task.metric.higher_is_better)},
         id_column=task.submission.id_column,
         target_column=columns[0],

@@ -36,6 +36,7 @@ from kaggleops.schema import (
     Kind,
 )
 from kaggleops.stages.train import OOF_ARTIFACT, OOF_FILE, get_task_for
+from kaggleops.task import hook
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,7 +184,7 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
         tags = {TAG_TASK: task.name, TAG_KIND: Kind.RERANK, TAG_STAGE: Kind.RERANK,
                 TAG_RERANK_FROM: ",".join(from_runs),
                 TAG_RERANK_BASE_RUNS: ",".join(i for f in folds for i in base_ids[f])}
-        parent = tracker.start_run(f"rerank-{Path(str(getattr(settings, 'model', task.name))).name}", params, tags)
+        parent = tracker.start_run(f"rerank-{Path(hook(task, 'run_label')(settings)).name}", params, tags)
         started: list[str] = [parent]
         try:
             result = _train_all(task, tracker, settings, parent, rows, cands, base_ids, Path(tmp), started, progress)
@@ -222,8 +223,8 @@ def _train_all(task: Any, tracker: Tracker, settings: Any, parent: str, rows: pd
         tracker.log_artifacts(fold_run.run_id, res.model_dir, ARTIFACT_MODEL)
         tracker.log_metrics(fold_run.run_id, {**fold_run.metrics, "seconds": res.seconds}, res.steps)
         tracker.end_run(fold_run.run_id)
-    _log_parent(tracker, parent, scored, tuned, list(getattr(task, "scored_columns", scored.columns)))
-    summary = task.second_stage_summary(tuned.metrics) if hasattr(task, "second_stage_summary") else ""
+    _log_parent(tracker, parent, scored, tuned, list(hook(task, "scored_columns") or scored.columns))
+    summary = hook(task, "second_stage_summary")(tuned.metrics)
     return RerankResult(parent, fold_runs, tuned.w, tuned.n, tuned.metrics, summary)
 
 

@@ -42,7 +42,7 @@ from kaggleops.schema import (
 )
 from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.sync import background_sync
-from kaggleops.task import FoldContext
+from kaggleops.task import FoldContext, hook
 
 OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
@@ -141,7 +141,7 @@ def load_training_data(cfg: KopsConfig, task: Any, data_dir: Path | None, sample
     if hasattr(df, "__len__") and len(df) < cfg.train.n_folds:
         raise DataError(f"{source.train_file} has {len(df)} row(s): too few for {cfg.train.n_folds} folds.",
                         "Point --data / data_dir at the competition's full train.csv (or lower train.n_folds).")
-    warn_incomplete(df, tuple(getattr(task, "complete_columns", ()) or ()), source.train_file)
+    warn_incomplete(df, tuple(hook(task, "complete_columns")), source.train_file)
     return df, source
 
 
@@ -260,8 +260,6 @@ def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str 
 
 def _follow(task: Any, df: Any, settings: Any, chosen: list[int], seed: int) -> TrainResult:
     """A rank other than 0: train each fold as rank 0 says (no tracking store touched); rank 0's result."""
-    from kaggleops.task import FoldContext
-
     for fold in chosen:
         plan = dist.broadcast()
         if plan["done"]:
@@ -269,10 +267,18 @@ def _follow(task: Any, df: Any, settings: Any, chosen: list[int], seed: int) -> 
         with tempfile.TemporaryDirectory(prefix=f"kops-train-rank{dist.rank()}-") as tmp:
             out = Path(tmp) / "out"
             out.mkdir()
-            task.train_fold(df, settings, FoldContext(fold, out, seed, progress=False,
-                                                      resume_from=Path(plan["resume_from"]) if plan["resume_from"]
-                                                      else None))
+            task.train_fold(df, settings, fold_context(fold, out, seed, resume_from=Path(plan["resume_from"])
+                                                       if plan["resume_from"] else None))
     return dist.broadcast()
+
+
+def fold_context(fold: int, out: Path, seed: int, log: Any = None, progress: str | None = None,
+                 resume_from: Path | None = None, checkpoint: Any = None) -> FoldContext:
+    """The :class:`FoldContext` of one fold on this process: its DDP rank and world size, and kops' graceful Ctrl-C
+    flag behind ``ctx.should_stop()``."""
+    return FoldContext(fold, out, seed, log or (lambda metrics, step: None), progress, resume_from, checkpoint,
+                       rank=dist.rank(), world_size=dist.world_size(),
+                       stop_requested=lambda: interrupts.requested() is not None)
 
 
 def machine_tags() -> dict[str, str]:
@@ -334,7 +340,7 @@ class _Job:
         if found is not None:
             self.tracker.reopen_run(found.info.run_id)
             return str(found.info.run_id)
-        name = getattr(self.settings, "model", None) or self.task.name
+        name = hook(self.task, "run_label")(self.settings)
         run_id = self.tracker.start_run(f"kfold-{name}", params,
                                         {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
                                          **metric_tags(self.task), **machine_tags()})
@@ -399,8 +405,8 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
             out.mkdir()
             with tracker.metric_logger(run_id, skip=skip, resume_command=job.resume_command) as log_fn:
                 slots = _CheckpointSlots(log_fn, _progress(resume_from).get("step"))
-                label = job.label(fold) if job.progress else False  # a task's bar may show it (e.g. "fold 0 (1/5)")
-                ctx = FoldContext(fold, out, job.seed, log_fn, label, resume_from, slots)  # type: ignore[arg-type]
+                label = job.label(fold) if job.progress else None  # a task's bar may show it (e.g. "fold 0 (1/5)")
+                ctx = fold_context(fold, out, job.seed, log_fn, label, resume_from, slots)
                 try:
                     result = job.task.train_fold(job.df, job.settings, ctx)
                 except NotImplementedError as e:
@@ -510,11 +516,10 @@ def _remove(*paths: Path) -> None:
 def download_checkpoint(tracker: Tracker, run_id: str, dst: Path, task: Any = None) -> Path | None:
     """The run's last complete checkpoint folder, downloaded under ``dst``; None when it has none.
 
-    A slot counts as complete when the task's optional ``is_checkpoint(folder)`` says so (default: non-empty).
+    A slot counts as complete when the task's ``is_checkpoint(folder)`` hook says so (default: non-empty).
     """
     def is_checkpoint(folder: Path) -> bool:
-        check = getattr(task, "is_checkpoint", None)
-        return bool(check(folder)) if check else folder.is_dir() and any(folder.iterdir())
+        return bool(hook(task, "is_checkpoint")(folder))
 
     names = set(tracker.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
     if f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}" not in names:

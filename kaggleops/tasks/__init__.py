@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.schema import TASK_ENTRY_POINTS
+from kaggleops.task import REQUIRED_MEMBERS
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
 __all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
@@ -111,8 +112,7 @@ def load_task(spec: str, root: Path | None = None) -> Any:
         raise TaskLoadError(f"task {spec}: {e}") from None
     except Exception as e:  # noqa: BLE001 - the user's constructor failed: name it, not kops
         raise TaskLoadError(f"task {spec}: its constructor raised {type(e).__name__}: {e}") from None
-    missing = [a for a in ("name", "submission", "metric", "load_train", "load_test", "make_folds", "settings",
-                           "train_fold", "predict") if not hasattr(task, a)]
+    missing = [a for a in REQUIRED_MEMBERS if not hasattr(task, a)]
     if missing:
         raise TaskLoadError(f"task {spec} lacks {', '.join(missing)} (see kaggleops.task.Task)")
     return task

@@ -8,6 +8,8 @@ SKELETON = '''"""The {competition} task for kops: fill in each method (see the R
 
 kops calls these methods; nothing here imports MLflow or Kaggle code. Tables are pandas DataFrames.
 Until a method is written it raises NotImplementedError, and `kops train` names the first one to write.
+Optional hooks (sample_dir, kernel_requires, is_checkpoint, ...) have defaults on TaskBase; `kops check-task`
+runs this task through a tiny fold and names each contract breach.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, Submission
+from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, Submission, TaskBase
 
 
 def _metric(truth: Any, prediction: Any) -> float:
@@ -23,7 +25,7 @@ def _metric(truth: Any, prediction: Any) -> float:
                               "matched by the id column)")
 
 
-class {cls}:
+class {cls}(TaskBase):
     name = "{competition}"
     # The submission file: the id column, then the prediction column(s) (see sample_submission.csv).
     submission = Submission(id_column="id", columns=("target",))

@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 from linear import Linear, fit, rmse
 
-from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, Submission, check_columns, check_settings
+from kaggleops.task import (
+    FoldContext,
+    FoldResult,
+    Metric,
+    PredictContext,
+    Submission,
+    TaskBase,
+    check_columns,
+    check_settings,
+)
 
 ID, TARGET = "id", "progression"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
@@ -26,7 +35,7 @@ def table_rmse(truth: pd.DataFrame, prediction: pd.DataFrame) -> float:
     return rmse(merged[TARGET], merged[f"{TARGET}_pred"])
 
 
-class ProgressionRidge:
+class ProgressionRidge(TaskBase):
     """Linear regression with an L2 penalty; k folds, test predictions averaged over the fold models."""
 
     name = "diabetes-progression"

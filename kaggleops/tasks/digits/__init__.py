@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, SettingsError, Submission
+from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, SettingsError, Submission, TaskBase
 
 __all__ = ["DigitRecognizer", "table_accuracy"]
 
@@ -40,7 +40,7 @@ def table_accuracy(truth: Any, prediction: Any) -> float:
     return hits / len(ids)
 
 
-class DigitRecognizer:
+class DigitRecognizer(TaskBase):
     """Digit Recognizer: k-fold small CNNs, test predictions = class probabilities averaged over the folds."""
 
     name = "digit-recognizer"

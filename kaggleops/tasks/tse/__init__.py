@@ -1,7 +1,8 @@
 """The built-in Tweet Sentiment Extraction task (Kaggle 2020): extract the span carrying the sentiment.
 
-Implements :class:`kaggleops.task.Task` plus the optional :class:`~kaggleops.task.SecondStage` (a candidate
-reranker) and :class:`~kaggleops.task.PostProcessing` (a neutral tweet's answer is the whole tweet).
+Implements :class:`kaggleops.task.Task` (on :class:`~kaggleops.task.TaskBase`) plus the optional
+:class:`~kaggleops.task.SecondStage` (a candidate reranker) and :class:`~kaggleops.task.PostProcessing`
+(a neutral tweet's answer is the whole tweet).
 Importing this package imports no torch/transformers/pandas; the methods import what they need.
 
 Example:
@@ -25,6 +26,7 @@ from kaggleops.task import (
     PredictContext,
     SettingsError,
     Submission,
+    TaskBase,
     dataclass_settings,
 )
 from kaggleops.tasks.errors import DataError
@@ -58,7 +60,7 @@ def _settings_of(cls: type, mapping: Mapping[str, Any], what: str) -> Any:
         raise SettingsError(f"bad {what} settings: {e}") from None
 
 
-class TweetSentimentExtraction:
+class TweetSentimentExtraction(TaskBase):
     """The Tweet Sentiment Extraction task: data, metric, training, inference and the reranker."""
 
     name = "tweet-sentiment-extraction"
@@ -125,7 +127,7 @@ class TweetSentimentExtraction:
 
         if isinstance(fold, FoldContext):
             ctx = fold
-            settings = dataclasses.replace(settings, seed=ctx.seed, progress=ctx.progress)
+            settings = dataclasses.replace(settings, seed=ctx.seed, progress=ctx.progress or False)
             res = train_fold(train_df, settings, ctx.fold, ctx.out_dir, ctx.log, on_checkpoint=ctx.checkpoint,
                              resume_from=ctx.resume_from)
             return FoldResult(res.model_dir, res.oof_path, res.val_jaccard, steps=res.steps,

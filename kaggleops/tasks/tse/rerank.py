@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaggleops.task import SecondStageFold, SecondStageTuning
 from kaggleops.tasks.errors import DataError
 from kaggleops.tasks.tse import rerank_infer
 from kaggleops.tasks.tse.metric import jaccard
@@ -72,26 +73,12 @@ class RerankSettings:
         "hidden": 128, "layers": 2, "heads": 2, "intermediate": 256, "dropout": 0.1})
 
 
-@dataclass(frozen=True)
-class RerankFoldResult:
-    """What one reranker fold left behind: its model, the rows it trained on and the candidates it scored."""
+RerankFoldResult = SecondStageFold
+"""What one reranker fold left behind: its model, the rows it trained on and the candidates it scored (``scored``:
+the fold's candidates + ``rerank_pred`` and ``scored_by``)."""
 
-    fold: int
-    model_dir: Path
-    train_ids: list[str]
-    scored: pd.DataFrame  # the fold's candidates + ``rerank_pred`` and ``scored_by``
-    steps: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """The chosen ``w`` and ``n`` and the OOF metrics (base-only, reranked, per sentiment, nested)."""
-
-    w: float
-    n: int
-    metrics: dict[str, float]
-    grid: list[dict[str, float]]
+TuneResult = SecondStageTuning
+"""The chosen ``w`` and ``n`` and the OOF metrics (base-only, reranked, per sentiment, nested)."""
 
 
 def _merge_key(df: pd.DataFrame) -> dict[str, Any]:

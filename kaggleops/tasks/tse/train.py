@@ -75,7 +75,7 @@ class TrainSettings:
     neutral_full_text: bool = True  # post-processing: a neutral tweet's answer is the whole tweet
     start_shift: bool = False  # post-processing: move the start left over extra spaces (infer.PostProcessing)
     shift_min_spaces: int = 2  # ... only when the tweet has at least this many extra spaces before the span
-    progress: bool = False
+    progress: bool | str = False  # a bar; a string names it (kops hands FoldContext.progress, e.g. "fold 0 (1/5)")
     grad_accum: int = 1  # micro-batches of ``batch_size`` per optimizer step
     length_bucketing: bool = True  # training batches of similar length (less padding), shuffled
     checkpoint_every: int | None = 500  # optimizer steps between resumable checkpoints; None: none
