@@ -87,6 +87,7 @@ __all__ = [
     "check_settings",
     "dataclass_settings",
     "hook",
+    "required_members",
 ]
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -236,6 +237,11 @@ class Task(Protocol):
 REQUIRED_MEMBERS: tuple[str, ...] = ("name", "submission", "metric", "load_train", "load_test", "make_folds",
                                      "settings", "train_fold", "predict")
 """The members of :class:`Task` every task has (kops refuses to load a task lacking one)."""
+
+
+def required_members(task: Any) -> dict[str, Any]:
+    """The members of :data:`REQUIRED_MEMBERS` the task has, by name (a missing one is absent)."""
+    return {m: getattr(task, m) for m in REQUIRED_MEMBERS if hasattr(task, m)}
 
 
 class TaskBase:

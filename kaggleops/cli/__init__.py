@@ -84,6 +84,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     from kaggleops.cli import (  # noqa: F401  (commands register on import)
+        check,
         data,
         emulator,
         kernel,

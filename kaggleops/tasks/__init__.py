@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.schema import TASK_ENTRY_POINTS
-from kaggleops.task import REQUIRED_MEMBERS
+from kaggleops.task import REQUIRED_MEMBERS, required_members
 from kaggleops.tasks.errors import DataError, TaskLoadError
 
 __all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
-           "load_task", "split_spec", "task_for", "task_names", "task_spec"]
+           "instantiate_task", "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
 ENTRY_POINT_GROUP = TASK_ENTRY_POINTS
 DEFAULT_COMPETITION = "tweet-sentiment-extraction"
@@ -100,8 +100,8 @@ def import_task_module(spec: str, root: Path | None = None) -> tuple[Any, str]:
         raise TaskLoadError(f"importing task {spec} failed: {type(e).__name__}: {e}") from None
 
 
-def load_task(spec: str, root: Path | None = None) -> Any:
-    """An instance of the task class named by ``spec`` (``root``: the folder of kops.yaml for file specs)."""
+def instantiate_task(spec: str, root: Path | None = None) -> Any:
+    """An instance of the class named by ``spec``, members unchecked (``kops check-task`` names each missing one)."""
     module, cls = import_task_module(spec, root)
     factory = getattr(module, cls, None)
     if factory is None:
@@ -112,7 +112,13 @@ def load_task(spec: str, root: Path | None = None) -> Any:
         raise TaskLoadError(f"task {spec}: {e}") from None
     except Exception as e:  # noqa: BLE001 - the user's constructor failed: name it, not kops
         raise TaskLoadError(f"task {spec}: its constructor raised {type(e).__name__}: {e}") from None
-    missing = [a for a in REQUIRED_MEMBERS if not hasattr(task, a)]
+    return task
+
+
+def load_task(spec: str, root: Path | None = None) -> Any:
+    """An instance of the task class named by ``spec`` (``root``: the folder of kops.yaml for file specs)."""
+    task = instantiate_task(spec, root)
+    missing = [a for a in REQUIRED_MEMBERS if a not in required_members(task)]
     if missing:
         raise TaskLoadError(f"task {spec} lacks {', '.join(missing)} (see kaggleops.task.Task)")
     return task
