@@ -42,7 +42,7 @@ from kaggleops.schema import (
 )
 from kaggleops.stages.data import TRAIN_FILE
 from kaggleops.sync import background_sync
-from kaggleops.task import FoldContext, hook
+from kaggleops.task import FoldContext, TaskBase, hook
 
 OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
@@ -518,8 +518,8 @@ def download_checkpoint(tracker: Tracker, run_id: str, dst: Path, task: Any = No
 
     A slot counts as complete when the task's ``is_checkpoint(folder)`` hook says so (default: non-empty).
     """
-    def is_checkpoint(folder: Path) -> bool:
-        return bool(hook(task, "is_checkpoint")(folder))
+    def is_checkpoint(folder: Path) -> bool:  # no task: TaskBase's default
+        return bool(hook(TaskBase() if task is None else task, "is_checkpoint")(folder))
 
     names = set(tracker.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
     if f"{CHECKPOINT_ARTIFACT}/{LATEST_FILE}" not in names:
