@@ -186,6 +186,16 @@ def test_the_tse_task_passes_with_its_reranker_post_processing(tmp_path: Path) -
     assert "ok   post_process: 16 row(s) with textID, selected_text after post-processing" in out.stdout
 
 
+def test_the_evaluation_api_task_is_checked_through_load_models_and_predict_batch(tmp_path: Path) -> None:
+    """The kernel of an evaluation-API competition never calls predict on test.csv: check-task runs load_models and
+    one predict_batch over the gateway's public files, from the moved model folder, in a fresh process."""
+    (tmp_path / "kops.yaml").write_text("competition: demand-forecasting\nowner: alice\n")
+    out = kops("check-task", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok   predict_batch: 16 row(s) with row_id, target from a moved model folder in a fresh process" \
+        in out.stdout.splitlines()
+
+
 def test_a_bad_train_section_is_named(tmp_path: Path) -> None:
     project(tmp_path, GOOD, "ct_bad_yaml")
     (tmp_path / "kops.yaml").write_text("competition: check-me\ntask: tasks/ct_bad_yaml.py:T\ndata_dir: data\n"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from kaggleops.cli import app, emit
+from kaggleops.cli import CONFIG_HELP, app, emit
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Path to kops.yaml (default: the nearest one).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 
 
 @app.command("check-task")

@@ -124,10 +124,10 @@ class Endpoint:
         self.ctx: Any = None
 
     def _load(self) -> None:
-        from kaggleops.task import PredictContext
+        from kaggleops.task import PredictContext, hook
 
         t0 = time.perf_counter()
-        check_imports(tuple(self.plan.task.get("requires") or getattr(self.task, "kernel_requires", ()) or ()))
+        check_imports(tuple(self.plan.task.get("requires") or hook(self.task, "kernel_requires")))
         folders = restore_model_dirs(find_model_dirs(self.plan.models, self.input_dir))
         weights = [m.weight for m in self.plan.models]
         total = sum(weights) or 1.0

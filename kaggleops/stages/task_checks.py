@@ -25,6 +25,7 @@ from kaggleops.errors import SettingsError
 from kaggleops.task import (
     HOOKS,
     REQUIRED_MEMBERS,
+    BatchPredict,
     FoldContext,
     Metric,
     PostProcessing,
@@ -263,27 +264,48 @@ def task_spec_of(task: Any) -> str | None:
 
 
 def predict_child(request_file: str) -> None:
-    """The fresh process: import the task, read test.csv, ``predict`` from the model folder, post-process; the
-    tables (or the error, as hook + line) pickled where the request says."""
+    """The fresh process: import the task, predict from the model folder as the kernel would (see :func:`_predict`);
+    the tables (or the error, as hook + line) pickled where the request says."""
     request = json.loads(Path(request_file).read_text())
     out: dict[str, Any] = {}
     try:
         from kaggleops.tasks import instantiate_task
 
         task = instantiate_task(request["spec"])
-        out = _predict(task, Path(request["test"]), [Path(d) for d in request["model_dirs"]], Path(request["scratch"]))
+        out = _predict(task, Path(request["folder"]), [Path(d) for d in request["model_dirs"]],
+                       Path(request["scratch"]))
     except Exception as e:  # noqa: BLE001 - reported as a breach by the parent
-        out = {**out, "error": ("predict", f"raised {error_line(e)} in a fresh process")}
+        out = {**out, "error": (request["hook"], f"raised {error_line(e)} in a fresh process")}
     with open(request["result"], "wb") as f:
         pickle.dump(out, f)
 
 
-def _predict(task: Any, test_file: Path, model_dirs: list[Path], scratch: Path) -> dict[str, Any]:
-    """As the kernel calls it: ``load_test``, ``predict`` (weights summing to 1, the task's kernel options),
-    ``post_process`` where the task has it."""
-    test = task.load_test(test_file)
+def gateway_paths(task: Any, folder: Path) -> list[Path] | None:
+    """An evaluation-API task's public batch files in ``folder`` (its ``gateway_data_paths``), else None."""
+    if not isinstance(task, BatchPredict):
+        return None
+    paths = task.gateway_data_paths(folder)
+    return [Path(p) for p in paths] if paths else None
+
+
+def _read(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _predict(task: Any, folder: Path, model_dirs: list[Path], scratch: Path) -> dict[str, Any]:
+    """As the kernel calls it (weights summing to 1, the task's kernel options): ``load_test``, ``predict`` and
+    ``post_process`` where the task has it; for an evaluation-API task ``load_models`` and one ``predict_batch``
+    over its whole public batch data (``rows``: the first table, the rows asked)."""
     ctx = PredictContext([1.0 / len(model_dirs)] * len(model_dirs), scratch, lambda line: None,
                          dict(hook(task, "kernel_options")), [f"m{i}" for i in range(len(model_dirs))])
+    batch = gateway_paths(task, folder)
+    if batch is not None:
+        models = task.load_models(model_dirs, ctx)
+        tables = [_read(p) for p in batch]
+        return {"predict_batch": task.predict_batch(models, *tables, ctx=ctx), "rows": tables[0]}
+    test = task.load_test(folder / TEST_FILE)
     out: dict[str, Any] = {"predict": task.predict(model_dirs, test, ctx)}
     if isinstance(task, PostProcessing):
         try:
@@ -293,31 +315,38 @@ def _predict(task: Any, test_file: Path, model_dirs: list[Path], scratch: Path) 
     return out
 
 
-def run_predict(task: Any, test_file: Path, model_dir: Path, tmp: Path) -> tuple[dict[str, Any], str]:
+def run_predict(task: Any, folder: Path, model_dir: Path, tmp: Path, name: str) -> tuple[dict[str, Any], str]:
+    """:func:`_predict` in a fresh process (a fresh instance here when the class cannot be imported there)."""
     spec = task_spec_of(task)
     scratch = tmp / "scratch"
     scratch.mkdir()
-    if spec is None:  # not importable by a fresh process: a fresh instance here
+    if spec is None:
         try:
-            return _predict(type(task)(), test_file, [model_dir], scratch), "a fresh instance (same process)"
+            return _predict(type(task)(), folder, [model_dir], scratch), "a fresh instance (same process)"
         except Exception as e:  # noqa: BLE001
-            return {"error": ("predict", f"raised {error_line(e)}")}, "a fresh instance (same process)"
+            return {"error": (name, f"raised {error_line(e)}")}, "a fresh instance (same process)"
     request = tmp / "request.json"
     result = tmp / "result.pickle"
-    request.write_text(json.dumps({"spec": spec, "test": str(test_file),
-                                   "model_dirs": [str(model_dir)], "scratch": str(scratch), "result": str(result)}))
+    request.write_text(json.dumps({"spec": spec, "folder": str(folder), "model_dirs": [str(model_dir)], "hook": name,
+                                   "scratch": str(scratch), "result": str(result)}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(request)], cwd=tmp, env=env, capture_output=True,
                           text=True, timeout=PREDICT_TIMEOUT_S)
     if not result.is_file():
         tail = " ".join((proc.stderr or proc.stdout).split()[-40:])
-        return {"error": ("predict", f"the fresh process exited with {proc.returncode}: {tail}")}, "a fresh process"
+        return {"error": (name, f"the fresh process exited with {proc.returncode}: {tail}")}, "a fresh process"
     with result.open("rb") as f:
         return pickle.load(f), "a fresh process"
 
 
-def check_predictions(task: Any, preds: Any, test: Any, what: str) -> str:
+def check_predictions(task: Any, preds: Any, test: Any, what: str, arrays: bool = False) -> str:
+    """One row per row of ``test`` with the submission's columns (``arrays``: an array of rows passes too, as an
+    evaluation-API kernel converts it)."""
     sub = task.submission
+    if arrays and not hasattr(preds, "columns") and hasattr(preds, "__len__"):
+        if len(preds) != len(test):
+            raise Breach(f"returned {len(preds)} row(s) for the {len(test)} row(s) of the batch")
+        return f"{len(preds)} row(s) {what}"
     if not hasattr(preds, "columns") or not hasattr(preds, "__len__"):
         raise Breach(f"returned {type(preds).__name__}, not a table (a pandas DataFrame)")
     absent = [c for c in sub.header if c not in preds.columns]

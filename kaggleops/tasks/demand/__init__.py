@@ -22,7 +22,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggleops.task import FoldContext, FoldResult, Metric, PredictContext, Submission, check_columns, check_settings
+from kaggleops.task import (
+    FoldContext,
+    FoldResult,
+    Metric,
+    PredictContext,
+    Submission,
+    TaskBase,
+    check_columns,
+    check_settings,
+)
 
 __all__ = ["DemandForecast", "rmse"]
 
@@ -46,7 +55,7 @@ def _design(lag: Any, table: Any) -> Any:
     return np.column_stack([np.ones(len(table)), lag, *(table[c].to_numpy(float) for c in FEATURES)])
 
 
-class DemandForecast:
+class DemandForecast(TaskBase):
     """Ridge on [1, yesterday's demand, x0, x1]; ensemble = coefficients averaged with the kernel's weights."""
 
     name = "demand-forecasting"
