@@ -204,7 +204,21 @@ def test_a_bad_train_section_is_named(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert fail_lines(out.stdout) == ["settings: the kops.yaml `train:` section {'degre': 2} raised SettingsError: "
                                       "unknown train setting `degre`; known: degree"]
-    assert "skip data: skipped (an earlier check failed)" in out.stdout
+    assert "ok   make_folds: an int fold column in 0..4" in out.stdout  # what needs no settings is still checked
+    assert "skip train_fold: skipped (it needs a check that failed)" in out.stdout
+
+
+def test_the_init_skeleton_is_told_every_method_still_to_write_that_the_others_do_not_need(tmp_path: Path) -> None:
+    assert kops("init", "--competition", "titanic", "--owner", "alice", cwd=tmp_path).returncode == 0
+    write_data(tmp_path / "data")
+    out = kops("check-task", "--data", "data", cwd=tmp_path)
+    assert out.returncode == 1
+    lines = fail_lines(out.stdout)
+    assert [ln.split(":", 1)[0] for ln in lines] == ["settings", "load_train", "load_test"], out.stdout
+    assert lines[1] == ("load_train: raised NotImplementedError: implement TitanicTask.load_train in "
+                        "tasks/titanic_task.py: read train.csv (e.g. pandas.read_csv) and check its columns "
+                        "(kaggleops.task.check_columns)")
+    assert "skip make_folds: skipped (it needs a check that failed)" in out.stdout
 
 
 def test_check_task_is_a_library_function_too(tmp_path: Path) -> None:

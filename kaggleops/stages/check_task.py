@@ -100,36 +100,40 @@ class _Recorder:
     def __init__(self, report: TaskCheck) -> None:
         self.report = report
         self.passed: dict[str, str] = {}
+        self.broken: set[str] = set()
 
     @contextmanager
     def check(self, name: str) -> Iterator[Callable[[str, str | None], None]]:
-        """A block checking hook ``name``: ``fail(detail, hook=None)`` records a breach (the block carries on);
-        a :class:`Breach` or an exception from the task is a breach naming it and stops the checks (as ``Stop``
-        does after the lines recorded)."""
+        """A block checking hook ``name``: ``fail(detail, hook=None)`` records a breach (the block carries on); a
+        :class:`Breach` or an exception from the task is a breach naming it and ends the block, as ``Stop`` does
+        after the lines recorded: the checks that need this one's result are skipped."""
         started, failed = time.perf_counter(), []
 
         def fail(detail: str, other: str | None = None) -> None:
             failed.append(Check(other or name, False, detail))
 
-        stop = True
         try:
             yield fail
-            stop = False
         except Stop:
-            pass
+            self.broken.add(name)
         except Breach as e:
+            self.broken.add(name)
             failed.append(Check(name, False, str(e)))
         except Exception as e:  # noqa: BLE001 - the task's own error: one line naming it
+            self.broken.add(name)
             failed.append(Check(name, False, f"raised {error_line(e)}"))
         seconds = time.perf_counter() - started
         for c in failed:
             c.seconds = seconds
         self.report.checks.extend(failed or [Check(name, True, self.passed.pop(name, "ok"), seconds)])
-        if stop:
-            raise Stop(name)
 
     def say(self, name: str, detail: str) -> None:
         self.passed[name] = detail
+
+    def ran(self, *names: str) -> bool:
+        """Whether the checks ``names`` ran and gave what the next ones need (a soft breach does not count)."""
+        done = {c.hook for c in self.report.checks}
+        return all(n in done and n not in self.broken for n in names)
 
 
 # ---- the whole check ------------------------------------------------------------------------------------------
@@ -155,22 +159,23 @@ def check_task(task: Any, data_dir: Path | None = None, settings: Mapping[str, A
         task = instantiate_task(task if ":" in task else task_spec(task) or task, root)
     report = TaskCheck(label or task_spec_of(task) or type(task).__name__)
     with tempfile.TemporaryDirectory(prefix="kops-check-task-") as tmp:
-        try:
-            _all(task, report, _Recorder(report), data_dir, dict(settings or {}), n_folds, seed, Path(tmp), rows)
-        except Stop:
-            pass
+        _all(task, report, _Recorder(report), data_dir, dict(settings or {}), n_folds, seed, Path(tmp), rows)
     done = {c.hook for c in report.checks}
     if not report.ok:
-        report.checks.extend(Check(s, None, "skipped (an earlier check failed)") for s in STEPS if s not in done)
+        report.checks.extend(Check(s, None, "skipped (it needs a check that failed)") for s in STEPS
+                             if s not in done)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _all(task: Any, report: TaskCheck, rec: _Recorder, data_dir: Path | None, mapping: dict[str, Any],
          n_folds: int, seed: int, tmp: Path, rows: int) -> None:
+    """Every check whose inputs the earlier ones gave, in :data:`STEPS` order."""
     with rec.check("members") as fail:
         check_members(task, fail)
         rec.say("members", "name, submission, metric and the methods of kaggleops.task.Task")
+    if not rec.ran("members"):
+        return
     with rec.check("settings") as fail:
         settings = check_settings_of(task, mapping, fail)
         rec.say("settings", "settings({}) works, an unknown key raises SettingsError, kops.yaml's train: is valid")
@@ -179,31 +184,45 @@ def _all(task: Any, report: TaskCheck, rec: _Recorder, data_dir: Path | None, ma
         report.data = str(folder)
         tiny = tiny_copy(folder, tmp / "data", rows)
         rec.say("data", f"the first {rows} train / {TEST_ROWS} test rows of {folder}")
+    if not rec.ran("data"):
+        return
     with rec.check("load_train"):
         train = check_table(task.load_train(tiny / TRAIN_FILE), TRAIN_FILE)
         rec.say("load_train", f"{len(train)} row(s), {len(train.columns)} column(s)")
     with rec.check("load_test"):
         test = check_table(task.load_test(tiny / TEST_FILE), TEST_FILE)
         rec.say("load_test", f"{len(test)} row(s), {len(test.columns)} column(s)")
-    with rec.check("make_folds") as fail:
-        folded = check_make_folds(task, train, n_folds, seed, fail)
-        rec.say("make_folds", f"an int fold column in 0..{n_folds - 1}")
+    if rec.ran("load_train"):
+        with rec.check("make_folds") as fail:
+            folded = check_make_folds(task, train, n_folds, seed, fail)
+            rec.say("make_folds", f"an int fold column in 0..{n_folds - 1}")
+    if not rec.ran("settings", "make_folds"):
+        return
     with rec.check("train_fold") as fail:
         result, oof, fold = check_train_fold(task, folded, settings, tmp / "fold", seed, fail)
         rec.say("train_fold", f"fold {fold.ctx.fold}: trained on {len(folded) - len(fold.valid)} row(s), model "
                               f"folder written, OOF holds the {len(fold.valid)} held-out row(s)")
+    if not rec.ran("train_fold"):
+        return
     with rec.check("metric"):
         rec.say("metric", check_metric(task, fold.valid, oof))
-    name = "predict" if gateway_paths(task, tiny) is None else "predict_batch"  # the kernel's way to predict
+    if rec.ran("load_test"):
+        _round_trip(task, rec, Path(result.model_dir), tiny, test, tmp)
+
+
+def _round_trip(task: Any, rec: _Recorder, model_dir: Path, tiny: Path, test: Any, tmp: Path) -> None:
+    """The model folder moved away; the kernel's predict (and post-processing) from there in a fresh process."""
+    name = "predict" if gateway_paths(task, tiny) is None else "predict_batch"  # how the kernel predicts
+    out: dict[str, Any] = {}
     with rec.check(name):
         moved = tmp / "moved" / "model"
-        move_model(Path(result.model_dir), moved, tmp)
+        move_model(model_dir, moved, tmp)
         out, where = run_predict(task, tiny, moved, tmp, name)
         if out.get("error") and out["error"][0] == name:
             raise Breach(out["error"][1] + " (the model folder was moved away from where train_fold wrote it)")
         rec.say(name, check_predictions(task, out[name], out.get("rows", test), f"from a moved model folder in "
                                         f"{where}", arrays=name == "predict_batch"))
-    if "post_process" in out or out.get("error"):
+    if "post_process" in out or (out.get("error") or ("",))[0] == "post_process":
         with rec.check("post_process"):
             if out.get("error"):
                 raise Breach(out["error"][1])
