@@ -13,6 +13,7 @@ line too, its traceback only with ``KOPS_DEBUG=1``.
     ├── UnknownCompetition, UnknownSortKey, PortInUse, GitSourceError
     ├── RunNotFound, RunIdAmbiguous, MissingArtifact, TrackingUnavailable, DiskFull
     ├── Interrupted (exit code 130)
+    ├── TaskContractBroken (`kops check-task` found breaches)
     ├── StorageError ── StorageCredentialsMissing
     ├── KernelFailure (raised inside the offline kernel; printed as ``kops: error: …``)
     ├── TimedOut
@@ -209,3 +210,15 @@ class Interrupted(KopsError):
     """SIGINT/SIGTERM stopped a command; the message says where and how to continue. Exit code 130."""
 
     exit_code = 130
+
+
+class TaskContractBroken(KopsError):
+    """`kops check-task` found at least one breach (each printed on its own line)."""
+
+
+class TaskCheckBreach(Exception):
+    """Inside `kops check-task`: the hook named could not give what later checks need (never reaches the user)."""
+
+
+class TaskCheckStop(Exception):
+    """Inside `kops check-task`: stop the checks after the breaches already recorded (never reaches the user)."""

@@ -35,7 +35,8 @@ def check_task(
 
     Example: kops check-task --task tasks/my_task.py:MyTask --data data
     """
-    from kaggleops.stages.check_task import TaskContractBroken, check_project
+    from kaggleops.errors import TaskContractBroken
+    from kaggleops.stages.check_task import check_project
 
     report = check_project(config, task, data)
     emit(report.as_dict(), as_json, report.render())

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kaggleops.errors import KopsError
 from kaggleops.stages.task_checks import (
     TEST_FILE,
     TEST_ROWS,
@@ -49,10 +48,6 @@ from kaggleops.task import hook
 
 STEPS = ("members", "settings", "data", "load_train", "load_test", "make_folds", "train_fold", "metric", "predict")
 """The checks in order; one that cannot run because an earlier one failed is reported as skipped."""
-
-
-class TaskContractBroken(KopsError):
-    """`kops check-task` found at least one breach (each printed on its own line)."""
 
 
 @dataclass

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.errors import SettingsError
+from kaggleops.errors import TaskCheckBreach as Breach
+from kaggleops.errors import TaskCheckStop as Stop
 from kaggleops.task import (
     HOOKS,
     REQUIRED_MEMBERS,
@@ -42,14 +44,6 @@ TEST_ROWS = 16  # test rows predicted
 UNKNOWN_KEY = "kops_check_task_unknown_key"
 TRAIN_FILE, TEST_FILE = "train.csv", "test.csv"
 PREDICT_TIMEOUT_S = 600
-
-
-class Breach(Exception):
-    """Stops the checks: the hook named could not give what later checks need."""
-
-
-class Stop(Exception):
-    """Stops the checks after the breaches already recorded."""
 
 
 def error_line(e: BaseException) -> str:
