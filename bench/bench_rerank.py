@@ -83,8 +83,8 @@ def rerank_oof(args: argparse.Namespace, model: str) -> dict:
                             for k in range(args.folds)])
     tuned = rerank.tune(rows, scored, settings)
     return {"oof": str(args.oof), "rows": len(rows), "sub_folds": args.folds, "reranker": settings.model,
-            "candidate_pairs": len(cands), "rerank_seconds": round(time.perf_counter() - t0, 1), "w": tuned.w,
-            "n": tuned.n, **{k: round(v, 5) for k, v in tuned.metrics.items()}}
+            "candidate_pairs": len(cands), "rerank_seconds": round(time.perf_counter() - t0, 1), **tuned.options,
+            **{k: round(v, 5) for k, v in tuned.metrics.items()}}
 
 
 def main() -> None:
@@ -120,7 +120,7 @@ def main() -> None:
         t_rerank = time.perf_counter() - t0
     m = rr.metrics
     summary = {"rows": n, "folds": args.folds, "model": Path(model).name, "base_cv_jaccard": base.cv,
-               "base_seconds": round(t_base, 1), "rerank_seconds": round(t_rerank, 1), "w": rr.w, "n": rr.n,
+               "base_seconds": round(t_base, 1), "rerank_seconds": round(t_rerank, 1), **rr.options,
                **{k: round(v, 5) for k, v in m.items()},
                "ratio_reranked_to_base": round(m["oof_jaccard_reranked"] / m["oof_jaccard_base"], 5),
                "ratio_nested_to_base": round(m["oof_jaccard_reranked_nested"] / m["oof_jaccard_base"], 5),

@@ -62,8 +62,7 @@ TAG_SOURCE_RUNS = "kops.source_runs"
 TAG_DATASETS = "kops.datasets"
 TAG_RERANK_BASE_RUNS = "kops.rerank.base_runs"
 TAG_RERANK_FROM = "kops.rerank.from"
-TAG_RERANK_W = "kops.rerank.w"
-TAG_RERANK_N = "kops.rerank.n"
+TAG_RERANK_OPTIONS = "kops.rerank.options"  # JSON: the second stage's own choices (SecondStageTuning.options)
 TAG_SUBMISSION_KEY = "kops.submission.key"
 TAG_SUBMISSION_REF = "kops.submission.ref"
 TAG_SUBMISSION_STATUS = "kops.submission.status"
@@ -156,7 +155,6 @@ TEST_FILE = "test.csv"
 KERNEL_FILE = "kernel.py"
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
-RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n inside a reranker fold's model folder
 
 Rec = TypeVar("Rec", bound="_Record")
 MANIFEST_VERSION = 1
@@ -244,7 +242,7 @@ class FileEntry:
 class Manifest(_Record):
     """``kops-manifest.json``: the run a dataset version carries, and every file's sha256.
 
-    ``files`` maps paths as in the logged model folder (``tokenizer/vocab.json``) to their entries;
+    ``files`` maps paths as in the logged model folder (``vocab/merges.txt``) to their entries;
     ``archives`` maps each ``<folder>.zip`` of the dataset to the sub-folder it holds.
     """
 
@@ -321,23 +319,25 @@ class PlanModel:
 
 @dataclass(frozen=True)
 class PlanReranker:
-    """The reranker a kernel attaches: its run (parent or fold), each fold's dataset, the tuned w and n."""
+    """The second stage a kernel attaches: its run (parent or fold), each fold's dataset, and the task's own
+    ``options`` chosen on the OOF (opaque to kops; the kernel hands them to the task as ``ctx.options``)."""
 
     run_id: str
     models: list[PlanModel]
-    w: float
-    n: int
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str) -> PlanReranker:
         if not isinstance(data, dict):
             raise SchemaError(f"{what}: 'reranker' is not an object.")
         models = [PlanModel.from_dict(m, what) for m in _need(data, "models", list, what)]
-        return cls(_need(data, "run_id", str, what), models, float(_need(data, "w", (int, float), what)),
-                   int(_need(data, "n", int, what)))
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise SchemaError(f"{what}: the reranker's 'options' is {options!r}, not an object.")
+        return cls(_need(data, "run_id", str, what), models, options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "w": self.w, "n": self.n,
+        return {"run_id": self.run_id, "options": self.options,
                 "models": [{"run_id": m.run_id, "dataset": m.dataset, "dataset_version": m.dataset_version}
                            for m in self.models]}
 

@@ -351,10 +351,11 @@ class SecondStageFold:
 
 @dataclass(frozen=True)
 class SecondStageTuning:
-    """What ``tune_second_stage`` returns: the combination chosen on the OOF and the OOF metrics."""
+    """What ``tune_second_stage`` returns: what the task chose on the OOF, and the OOF metrics."""
 
-    w: float
-    n: int
+    options: dict[str, Any]
+    """The task's own choices (JSON values, e.g. how to blend the two stages): kops stores them on the runs and in the
+    kernel plan, never reads them, and hands them back in the kernel as ``ctx.options``."""
     metrics: dict[str, float]
     grid: list[dict[str, float]] = field(default_factory=list)
     """Every combination tried, with its OOF metrics."""

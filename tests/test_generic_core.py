@@ -16,7 +16,10 @@ from kaggleops.tasks import TaskLoadError, get_task, load_task, split_spec
 from harness import kops
 
 PACKAGE = Path(kaggleops.__file__).parent
-TASK_WORDS = re.compile(r"jaccard|sentiment|neutral|selected_text|tweet|demand", re.IGNORECASE)
+# the reference tasks' words, and those of TSE's second stage that once leaked into the core (its character spans,
+# its Hugging Face tokenizer folder, its blend weight w and top-n n); "candidates" stays: the second-stage protocol's
+TASK_WORDS = re.compile(r"jaccard|sentiment|neutral|selected_text|tweet|demand|\bspans?\b|tokeni[sz]er\b|\bw/n\b|"
+                        r"\bbest_[wn]\b|kops_rerank|\[[\"']w[\"']\]|\[[\"']n[\"']\]", re.IGNORECASE)
 TASK_SPECIFIC = ("tasks", "emulator")
 
 
@@ -34,6 +37,11 @@ def test_generic_modules_name_no_task_concept() -> None:
 
 def test_the_grep_would_catch_a_task_word(tmp_path: Path) -> None:
     assert TASK_WORDS.search("cv_jaccard") and TASK_WORDS.search("Selected_Text") and not TASK_WORDS.search("cv_rmse")
+    for leaked in ("the candidate spans", "tokenizer/vocab.json", "tuned w/n", "best_w", "model/kops_rerank.json",
+                   "rr['w']", 'options["n"]'):
+        assert TASK_WORDS.search(leaked), leaked
+    for generic in ("the candidates a second stage rescores", "kops.lib.tokenizers", "spanning", "open(path, 'w')"):
+        assert not TASK_WORDS.search(generic), generic
 
 
 def test_check_settings_names_the_unknown_key() -> None:

@@ -117,7 +117,8 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
         tags = tracker.get_run(run_id).data.tags
         expected_models.append({"run_id": run_id, "dataset": tags["kops.dataset"],
                                 "dataset_version": int(tags["kops.dataset.version"])})
-    assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "w": rr.w, "n": rr.n}
+    assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "options": rr.options}
+    assert set(rr.options) == {"w", "n"}  # the task's own choices, passed through untouched
     assert plan["task"]["spec"] == "kaggleops.tasks.tse:TweetSentimentExtraction" and plan["code"] is None
     assert set(fold_runs) <= set(env["pushed"]["published"])
     assert env["pushed"]["reranker"] == plan["reranker"]

@@ -143,7 +143,8 @@ def test_reranker_runs_are_linked_and_carry_metrics(reranked: dict[str, Any]) ->
                 "best_w", "best_n", "oof_jaccard_base_positive", "oof_jaccard_reranked_negative"):
         assert key in metrics, key
     assert metrics["oof_jaccard_reranked"] >= metrics["oof_jaccard_base"] - 1e-12  # w grid holds the base choice
-    assert metrics["best_n"] in (2, 4) and result["n"] == metrics["best_n"]
+    assert metrics["best_n"] in (2, 4) and result["options"]["n"] == metrics["best_n"]
+    assert json.loads(tags["kops.rerank.options"]) == result["options"]  # the task's choices, as it returned them
     expected = reranked["oof"]["jaccard"].where(reranked["oof"]["sentiment"] != "neutral", 1.0)
     assert metrics["oof_jaccard_base"] == pytest.approx(float(expected.mean()), abs=0.02)  # neutral rows: whole text
     assert parent.info.status == "FINISHED"
@@ -152,6 +153,7 @@ def test_reranker_runs_are_linked_and_carry_metrics(reranked: dict[str, Any]) ->
         assert run.data.tags[TAG_PARENT] == result["run_id"] and run.info.status == "FINISHED"
         assert run.data.tags["kops.rerank.base_runs"] == reranked["base_folds"][int(run.data.tags["kops.fold"])]
         assert "fold_jaccard_reranked" in run.data.metrics and "train_loss" in run.data.metrics
+        assert json.loads(run.data.tags["kops.rerank.options"]) == result["options"]
         assert {"model/config.json", "model/kops_rerank.json"} <= set(tracker.list_artifacts(run.info.run_id, "model"))
 
 
@@ -162,7 +164,7 @@ def test_kernel_function_agrees_with_recorded_oof_scores(reranked: dict[str, Any
     fold0 = next(r for r in result["runs"] if r["fold"] == 0)
     model_dir = _download(tracker, fold0["run_id"], "model", tmp_path)  # the folder `kops publish` uploads
     cfg = rerank_infer.read_rerank_config(model_dir)
-    assert (cfg["w"], cfg["n"]) == (result["w"], result["n"])
+    assert (cfg["w"], cfg["n"]) == (result["options"]["w"], result["options"]["n"])
     scored = pd.read_csv(_download(tracker, result["run_id"], "rerank/oof_scored.csv", tmp_path), dtype={"textID": str})
     oof = reranked["oof"][reranked["oof"]["fold"] == 0]
     rows = oof[["text", "sentiment"]].to_dict("records")
@@ -186,7 +188,7 @@ def test_tune_prefers_a_useful_reranker_and_falls_back_to_the_base() -> None:
     oracle = rows.set_index("textID")["base_jaccard"].copy()
     best_target = cands.groupby("textID")["target"].max()
     oracle.loc[best_target.index] = best_target.values
-    assert perfect.n == 5 and perfect.metrics["oof_jaccard_reranked"] == pytest.approx(oracle.mean())
+    assert perfect.options["n"] == 5 and perfect.metrics["oof_jaccard_reranked"] == pytest.approx(oracle.mean())
     useless = rerank.tune(rows, cands.assign(rerank_pred=0.5), settings)
     assert useless.metrics["oof_jaccard_reranked"] == pytest.approx(useless.metrics["oof_jaccard_base"])
     assert useless.metrics["oof_jaccard_lift"] == pytest.approx(0.0)

@@ -47,10 +47,10 @@ def test_plan_keeps_keys_it_does_not_know() -> None:
 
 
 def test_plan_with_a_reranker() -> None:
-    rr = {"run_id": "r" * 32, "w": 0.5, "n": 3,
+    rr = {"run_id": "r" * 32, "options": {"w": 0.5, "n": 3},
           "models": [{"run_id": "f" * 32, "dataset": "alice/rr-f0", "dataset_version": 1}]}
     plan = KernelPlan.from_dict({**OLD_PLAN, "reranker": rr})
-    assert plan.reranker == PlanReranker("r" * 32, [PlanModel("f" * 32, "alice/rr-f0", 1)], 0.5, 3)
+    assert plan.reranker == PlanReranker("r" * 32, [PlanModel("f" * 32, "alice/rr-f0", 1)], {"w": 0.5, "n": 3})
     assert plan.all_models[-1].run_id == "f" * 32 and plan.to_dict()["reranker"] == rr
 
 

@@ -27,7 +27,7 @@ train:
   epochs: 3
   batch_size: 64
   max_steps: 24
-  eval_every: 5
+  eval_every: 8
   checkpoint_every: 4
   oof_top_k: 4
 """

@@ -1,7 +1,8 @@
 """`kops ui` in a real browser: the printed URL shows the runs with their lb_public values (headless Chromium).
 
 Skips when /usr/bin/chromium is absent (Debian: ``apt-get install -y --no-install-recommends chromium``).
-The screenshot is kept under tests/artifacts/ (ignored by git).
+With ``KOPS_TEST_SCREENSHOTS=1`` the pages are also saved as PNGs under tests/artifacts/ (ignored by git), for a
+person to look at; the DOM checks run either way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kaggleops.stages.ui import runs_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
+SCREENSHOTS = os.environ.get("KOPS_TEST_SCREENSHOTS") == "1"
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1800,1000", "--virtual-time-budget=20000"]
@@ -72,7 +74,8 @@ def test_kops_ui_url_shows_runs_with_lb_public(tmp_path: Path) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / ".gitignore").write_text("*\n")  # kept for a look, never committed
         shot = ARTIFACTS / "kops-ui-runs.png"
-        chromium(url, f"--screenshot={shot}")
+        if SCREENSHOTS:
+            chromium(url, f"--screenshot={shot}")
     finally:
         proc.terminate()  # kops ui stops its mlflow server on SIGTERM
         proc.wait(timeout=60)
@@ -86,7 +89,7 @@ def test_kops_ui_url_shows_runs_with_lb_public(tmp_path: Path) -> None:
         assert f">{column}<" in dom.stdout, column
     assert "0.73412" in dom.stdout and "0.71234" in dom.stdout
     assert dom.stdout.index("submission-best") < dom.stdout.index("submission-second"), "not sorted by lb_public"
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert not SCREENSHOTS or (shot.is_file() and shot.stat().st_size > 10_000)
 
 
 @pytest.mark.slow
@@ -127,8 +130,9 @@ def test_run_page_is_model_training_and_models_tab_lists_published_weights(tmp_p
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / ".gitignore").write_text("*\n")
         shots = {"run": ARTIFACTS / "kops-ui-run-page.png", "models": ARTIFACTS / "kops-ui-models-tab.png"}
-        chromium(run_page, f"--screenshot={shots['run']}")
-        chromium(printed["models_url"], wide, f"--screenshot={shots['models']}")
+        if SCREENSHOTS:
+            chromium(run_page, f"--screenshot={shots['run']}")
+            chromium(printed["models_url"], wide, f"--screenshot={shots['models']}")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -138,4 +142,4 @@ def test_run_page_is_model_training_and_models_tab_lists_published_weights(tmp_p
     assert "ui-models-fold-0-v3" in run_dom.stdout  # under "Logged models"
     assert "ui-models-fold-0-v3" in models_dom.stdout, models_dom.stderr[-2000:]
     assert "0.81234" in models_dom.stdout  # its lb_public, in the Models tab
-    assert all(shot.is_file() and shot.stat().st_size > 10_000 for shot in shots.values())
+    assert not SCREENSHOTS or all(shot.is_file() and shot.stat().st_size > 10_000 for shot in shots.values())

@@ -292,7 +292,7 @@ class Kaggle:
 
     def download_dataset(self, ref: DatasetRef, dst: Path) -> Path:
         """Version ``ref.version`` (None: the latest) of the dataset, as the client downloads it: the whole
-        version's zip unpacked into ``dst`` (files the uploader zipped, e.g. ``tokenizer.zip``, stay zipped)."""
+        version's zip unpacked into ``dst`` (files the uploader zipped, e.g. ``vocab.zip``, stay zipped)."""
         dst.mkdir(parents=True, exist_ok=True)
         self._call(f"Download dataset {ref}", self.api.dataset_download_files, str(ref), path=str(dst),
                    force=True, quiet=True, unzip=True, resource=ref)

@@ -21,7 +21,7 @@ def train(
                                          "else the `kops data` cache, downloaded when absent)."),
     sample: bool = typer.Option(False, "--sample", help="Train on the bundled synthetic sample (kops demo does)."),
     stage: str = typer.Option("base", callback=one_of("base", "rerank"),
-                              help="base: the span model; rerank: the candidate reranker (needs --from)."),
+                              help="base: the task's model; rerank: its second stage (needs --from)."),
     from_runs: list[str] = typer.Option(None, "--from", help="--stage rerank: base k-fold parent or fold run id(s)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run of each fold (same settings and "
                                             "data) from its last checkpoint, in the same MLflow run (also with "
@@ -141,7 +141,7 @@ def push_kernel(
     run: list[str] = typer.Option(..., "--run", help="Run id(s) whose models the kernel ensembles; a k-fold "
                                                      "parent run expands to its folds."),
     reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
-                                                          "models rescore the ensemble's candidate spans."),
+                                                          "models rescore the ensemble's predictions."),
     machine_shape: str = typer.Option(None, callback=known_machine_shape,
                                       help="Accelerator as Kaggle names it: NvidiaTeslaT4 (T4 x2), NvidiaL4, "
                                                  "TpuV5E8 (default: kops.yaml `kernel.machine_shape`)."),

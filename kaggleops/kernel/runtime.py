@@ -49,8 +49,6 @@ from kaggleops.task import hook
 
 SUBMISSION = SUBMISSION_FILE
 PREFIX = "kops:"
-TOKENIZER_DIR = "tokenizer"
-TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
 
 
 class Timings:
@@ -155,25 +153,20 @@ def check_files(view: Path, folder: Path, manifest: Manifest) -> None:
                                 "the dataset is corrupt")
 
 
-def _needs_tokenizer_links(folder: Path) -> bool:
-    return (folder / TOKENIZER_DIR).is_dir() and not any((folder / m).is_file() for m in TOKENIZER_MARKERS)
-
-
 def restore_model_dir(folder: Path, scratch: Path) -> Path:
     """The model folder as it was logged, from a (read-only) published dataset folder: THE one restore.
 
     The kernel, ``kops kernel run-local`` (which runs the kernel on the downloaded versions) and the publish
     round-trip tests all restore through here. Sub-folders travel as ``<name>.zip`` listed under ``archives``
-    in the manifest (Kaggle may or may not have unpacked them). When one still needs unpacking, or a tokenizer
-    sits only in ``tokenizer/``, a view is built under ``scratch``: links to the dataset's files, the archives
-    unpacked, and the tokenizer's files linked at the top where ``from_pretrained`` looks. Otherwise ``folder``
-    itself. Either way every file the manifest lists is checked against its sha256 (KernelFailure naming the
-    first missing or differing one); ``folder`` is never written to.
+    in the manifest (Kaggle may or may not have unpacked them). When one still needs unpacking, a view is built
+    under ``scratch``: links to the dataset's files and the archives unpacked. Otherwise ``folder`` itself (what
+    the task finds inside is the task's business). Either way every file the manifest lists is checked against
+    its sha256 (KernelFailure naming the first missing or differing one); ``folder`` is never written to.
     """
     manifest = Manifest.read(folder / MANIFEST)  # SchemaError: unreadable or from a newer kops
     archives = {a: n for a, n in manifest.archives.items() if (folder / a).is_file() and not (folder / n).is_dir()}
     view = folder
-    if archives or _needs_tokenizer_links(folder):
+    if archives:
         view = scratch / (manifest.run_id or folder.name)
         shutil.rmtree(view, ignore_errors=True)
         view.mkdir(parents=True)
@@ -183,10 +176,6 @@ def restore_model_dir(folder: Path, scratch: Path) -> Path:
         for archive, name in archives.items():
             unpack_archive(folder / archive, view / name)
     check_files(view, folder, manifest)
-    if view is not folder and _needs_tokenizer_links(view):
-        for entry in sorted((view / TOKENIZER_DIR).iterdir()):
-            if not (view / entry.name).exists():
-                (view / entry.name).symlink_to(entry.resolve())
     return view
 
 
@@ -279,7 +268,7 @@ def predict(task: Any, plan: KernelPlan, test: Any, model_dirs: list[Path], rera
     total = sum(weights) or 1.0
     options = plan.task_options
     if plan.reranker:
-        options.update({"w": plan.reranker.w, "n": plan.reranker.n})
+        options.update(plan.reranker.options)
     scratch = Path(tempfile.gettempdir()) / f"kops-predict-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
     ctx = PredictContext([w / total for w in weights], scratch, lambda line: print(line, flush=True), options,

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
@@ -34,7 +35,6 @@ from kaggleops.schema import (
     KERNEL_FILE,
     KERNEL_METADATA,
     PLAN_FILE,
-    RERANK_CONFIG,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_FOLD,
@@ -46,6 +46,7 @@ from kaggleops.schema import (
     TAG_MODEL,
     TAG_MODEL_VERSION,
     TAG_PARENT,
+    TAG_RERANK_OPTIONS,
     KernelPlan,
     Kind,
     PlanModel,
@@ -60,7 +61,7 @@ LOG_TAIL_LINES = 30
 
 
 ModelSource = PlanModel  # a planned model: run, dataset (or Kaggle Model) version, weight, kind
-RerankerSource = PlanReranker  # the planned reranker: run, fold datasets, tuned w and n
+RerankerSource = PlanReranker  # the planned second stage: run, fold datasets, the task's options
 
 
 @dataclass(frozen=True)
@@ -192,29 +193,32 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     return [r.info.run_id for r in children]
 
 
-def rerank_settings(tracker: Tracker, fold_run_id: str) -> tuple[float, int]:
-    """The tuned ``(w, n)`` that a reranker fold logged in ``model/kops_rerank.json``."""
-    import tempfile
-
+def second_stage_options(tracker: Tracker, fold_run_id: str) -> dict[str, Any]:
+    """What the task chose on the OOF for its second stage (``kops.rerank.options`` on the fold run, else on its
+    parent, as `kops train --stage rerank` logs them): opaque to kops, handed back to the task in the kernel."""
+    tags = tracker.get_run(fold_run_id).data.tags
+    text = tags.get(TAG_RERANK_OPTIONS)
+    if text is None and tags.get(TAG_PARENT):
+        text = tracker.get_run(tags[TAG_PARENT]).data.tags.get(TAG_RERANK_OPTIONS)
     try:
-        with tempfile.TemporaryDirectory(prefix="kops-rerank-") as tmp:
-            cfg = json.loads(tracker.download(fold_run_id, f"model/{RERANK_CONFIG}", Path(tmp)).read_text())
-        return float(cfg["w"]), int(cfg["n"])
-    except (OSError, ValueError, KeyError) as e:
-        raise KopsError(f"Reranker run {fold_run_id} has no readable model/{RERANK_CONFIG} ({e}).",
-                        "Retrain the reranker with: kops train --stage rerank --from KFOLD_RUN_ID") from None
+        options = json.loads(text) if text is not None else None
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise KopsError(f"Reranker run {fold_run_id} carries no readable {TAG_RERANK_OPTIONS} tag (what its task chose "
+                        "on the OOF).", "Retrain the reranker with: kops train --stage rerank --from KFOLD_RUN_ID")
+    return options
 
 
 def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kaggle,
                      publish_missing: bool = True) -> tuple[RerankerSource, list[str], list[str]]:
-    """The reranker's fold datasets (published first when missing) and tuned w/n.
+    """The second stage's fold datasets (published first when missing) and the options its task chose.
 
     Returns (source, fold run ids, newly published run ids).
     """
     folds = expand_reranker(tracker, run_id)
     models, published = resolve_models(cfg, tracker, folds, kaggle, publish_missing)
-    w, n = rerank_settings(tracker, folds[0])
-    return RerankerSource(run_id, models, w, n), folds, published
+    return RerankerSource(run_id, models, second_stage_options(tracker, folds[0])), folds, published
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
@@ -336,7 +340,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
 
     A k-fold parent run expands to its folds; runs without a dataset are published first (unless
     ``options.publish`` is False); the kops runtime wheel goes to ``<owner>/kops-runtime`` (reused when unchanged).
-    ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's candidate spans.
+    ``reranker``: a reranker run (parent or fold) whose fold models rescore the ensemble's predictions.
     To submit the version, pass ``result.plan`` on to :func:`kaggleops.stages.submit.submit` (no re-download).
     The accelerator is checked before anything is published or pushed (a retired one is refused unless
     ``options.allow_retired``); with ``wait`` on a GPU, ``notify`` first gets the weekly quota.
@@ -440,7 +444,8 @@ def describe(result: KernelResult) -> str:
                      f"{' (new)' if result.code.get('created') else ' (reused)'}")
     if result.reranker:
         rr = result.reranker
-        lines.append(f"reranker: run {rr['run_id']}, {len(rr['models'])} fold model(s), w {rr['w']:g}, n {rr['n']}")
+        chosen = "".join(f", {k} {v}" for k, v in rr.get("options", {}).items())
+        lines.append(f"second stage: run {rr['run_id']}, {len(rr['models'])} fold model(s){chosen}")
     if result.published:
         lines.append(f"published first (datasets on Kaggle even without a push): {', '.join(result.published)}")
     if result.submission:

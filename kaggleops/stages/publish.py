@@ -3,7 +3,7 @@
 - The target (``--dataset owner/slug``, the derived title) is validated before anything is uploaded.
 - Identical weights (the same sha256 per file as the ``kops-manifest.json`` of the latest version) make no
   upload and no version: the run is tagged with the existing version.
-- Sub-folders (``tokenizer/``, ``checkpoints/``) travel as deterministic ``<folder>.zip`` files listed under
+- Sub-folders (e.g. ``vocab/``, ``checkpoints/``) travel as deterministic ``<folder>.zip`` files listed under
   ``archives`` in the manifest; :func:`kaggleops.kernel.runtime.restore_model_dir` (the one restore, used by
   the kernel and by ``kops kernel run-local``) turns a downloaded version back into the model folder.
 - Files are staged in a fresh folder under ``.kops/publish/`` each time, with their own modification times: the
@@ -138,7 +138,7 @@ def dataset_metadata(ref: DatasetRef, title: str, license_name: str, run_id: str
 def stage_run(tracker: Tracker, run_id: str, staging: Path) -> tuple[Path, Path, dict[str, str]]:
     """Download the run's model folder; build the upload folder (files + one zip per sub-folder).
 
-    Returns (model folder as logged, upload folder, archives ``{"tokenizer.zip": "tokenizer"}``).
+    Returns (model folder as logged, upload folder, archives ``{"vocab.zip": "vocab"}``).
     """
     if ARTIFACT_MODEL not in tracker.list_artifacts(run_id):
         run = tracker.get_run(run_id)

@@ -29,8 +29,7 @@ from kaggleops.schema import (
     TAG_PARENT,
     TAG_RERANK_BASE_RUNS,
     TAG_RERANK_FROM,
-    TAG_RERANK_N,
-    TAG_RERANK_W,
+    TAG_RERANK_OPTIONS,
     TAG_STAGE,
     TAG_TASK,
     Kind,
@@ -56,8 +55,7 @@ class RerankFoldRun:
 class RerankResult:
     parent_run_id: str
     runs: list[RerankFoldRun]
-    w: float
-    n: int
+    options: dict[str, Any]
     metrics: dict[str, float]
     summary_line: str = ""
 
@@ -66,13 +64,14 @@ class RerankResult:
         return self.parent_run_id
 
     def as_dict(self) -> dict[str, object]:
-        return {"run_id": self.parent_run_id, "w": self.w, "n": self.n, "metrics": self.metrics,
+        return {"run_id": self.parent_run_id, "options": self.options, "metrics": self.metrics,
                 "runs": [asdict(r) for r in self.runs]}
 
     def summary(self) -> str:
         m = self.metrics
         lines = [f"rerank fold {r.fold}: run {r.run_id}  (base runs {', '.join(r.base_run_ids)})" for r in self.runs]
-        lines.append(f"reranker parent run {self.parent_run_id}  w {self.w:g}  n {self.n}")
+        chosen = "  ".join(f"{k} {v}" for k, v in self.options.items())
+        lines.append(f"second-stage parent run {self.parent_run_id}  {chosen}".rstrip())
         lines.append(self.summary_line or "  ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())))
         return "\n".join(lines)
 
@@ -222,10 +221,11 @@ def _train_all(task: Any, tracker: Tracker, settings: Any, parent: str, rows: pd
         fold_run.metrics = task.finish_second_stage_fold(res.model_dir, settings, tuned, rows, scored, fold_run.fold)
         tracker.log_artifacts(fold_run.run_id, res.model_dir, ARTIFACT_MODEL)
         tracker.log_metrics(fold_run.run_id, {**fold_run.metrics, "seconds": res.seconds}, res.steps)
+        tracker.set_tags(fold_run.run_id, {TAG_RERANK_OPTIONS: json.dumps(tuned.options, sort_keys=True)})
         tracker.end_run(fold_run.run_id)
     _log_parent(tracker, parent, scored, tuned, list(hook(task, "scored_columns") or scored.columns))
     summary = hook(task, "second_stage_summary")(tuned.metrics)
-    return RerankResult(parent, fold_runs, tuned.w, tuned.n, tuned.metrics, summary)
+    return RerankResult(parent, fold_runs, dict(tuned.options), tuned.metrics, summary)
 
 
 def _log_parent(tracker: Tracker, parent: str, scored: pd.DataFrame, tuned: Any, columns: list[str]) -> None:
@@ -234,6 +234,6 @@ def _log_parent(tracker: Tracker, parent: str, scored: pd.DataFrame, tuned: Any,
         path = Path(tmp) / "oof_scored.csv"
         scored[columns].to_csv(path, index=False)
         tracker.log_artifact(parent, path, ARTIFACT_RERANK)
-    tracker.log_json(parent, {"w": tuned.w, "n": tuned.n, "grid": tuned.grid}, f"{ARTIFACT_RERANK}/tuning.json")
-    tracker.set_tags(parent, {TAG_RERANK_W: json.dumps(tuned.w), TAG_RERANK_N: str(tuned.n)})
+    tracker.log_json(parent, {"options": tuned.options, "grid": tuned.grid}, f"{ARTIFACT_RERANK}/tuning.json")
+    tracker.set_tags(parent, {TAG_RERANK_OPTIONS: json.dumps(tuned.options, sort_keys=True)})
     tracker.end_run(parent)

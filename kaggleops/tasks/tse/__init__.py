@@ -223,8 +223,9 @@ class TweetSentimentExtraction(TaskBase):
         """Save the tuned w/n in the fold's model folder; its OOF metrics."""
         from kaggleops.tasks.tse import rerank
 
-        rerank.write_rerank_config(model_dir, settings, tuned.w, tuned.n)
-        return rerank.fold_metrics(rows, scored, tuned.w, tuned.n, fold)
+        w, n = float(tuned.options["w"]), int(tuned.options["n"])
+        rerank.write_rerank_config(model_dir, settings, w, n)
+        return rerank.fold_metrics(rows, scored, w, n, fold)
 
     def second_stage_summary(self, metrics: dict[str, float]) -> str:
         m = metrics

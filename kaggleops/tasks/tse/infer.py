@@ -21,6 +21,7 @@ Example::
 # No `from __future__ import annotations` here: kernels embed this source after other code, where a
 # __future__ import is a SyntaxError. Annotations below are valid at runtime on Python >= 3.10.
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 TWEET_SEQUENCE = 1
@@ -52,12 +53,25 @@ def resolve_device(device: Any = None) -> Any:
     return torch.device(device)
 
 
+TOKENIZER_SUBDIR = "tokenizer"
+TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def tokenizer_dir(model_dir: Path) -> Path:
+    """Where a model folder's tokenizer files are: the folder itself (``save_pretrained`` of both), or its
+    ``tokenizer/`` sub-folder when only that holds them (a checkpoint's layout, published as tokenizer.zip)."""
+    sub = model_dir / TOKENIZER_SUBDIR
+    if sub.is_dir() and not any((model_dir / m).is_file() for m in TOKENIZER_MARKERS):
+        return sub
+    return model_dir
+
+
 def load_model(model_dir: Any, device: Any = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a ``save_pretrained`` folder, in eval mode on ``device`` (with the
     ``head_layers`` its ``kops_infer.json`` records, see :func:`span_logits`)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(Path(model_dir))))
     model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
     model.kops_head_layers = int(read_infer_config(model_dir).get("head_layers", 1))
     model.to(resolve_device(device)).eval()

@@ -334,7 +334,7 @@ def tune(rows: pd.DataFrame, scored: pd.DataFrame, settings: RerankSettings) -> 
     metrics.update({"oof_jaccard_reranked_nested": _nested(rows, scored, settings), "best_w": w,
                     "best_n": float(n), "oof_rows": float(len(rows)),
                     "oof_reranked_rows": float(rows["reranked"].sum()), "oof_candidates": float(len(scored))})
-    return TuneResult(w, n, metrics, grid)
+    return TuneResult(options={"w": w, "n": n}, metrics=metrics, grid=grid)
 
 
 def fold_metrics(rows: pd.DataFrame, scored: pd.DataFrame, w: float, n: int, fold: int) -> dict[str, float]:

@@ -25,10 +25,11 @@ import math
 import os
 from typing import Any
 
-from kaggleops.schema import RERANK_CONFIG
 from kaggleops.tasks.tse.infer import top_k_char_spans  # noqa: F401  (the candidates; the kernel calls it here)
 
 DEFAULT_MAX_LEN = 192
+
+RERANK_CONFIG = "kops_rerank.json"  # the tuned w/n (and inference settings) inside a reranker fold's model folder
 
 
 def read_rerank_config(model_dir: Any) -> dict[str, Any]:
