@@ -28,12 +28,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kaggleops.errors import KernelFailure, SchemaError
-from kaggleops.kernel.runtime import PREFIX, Timings, check_imports, find_model_dirs, import_task, restore_model_dirs
+from kaggleops.errors import KernelFailure
+from kaggleops.kernel.runtime import (
+    PREFIX,
+    Timings,
+    check_imports,
+    find_model_dirs,
+    import_task,
+    restore_model_dirs,
+    run_plan,
+)
 from kaggleops.schema import (
     EVALUATION_PACKAGE,
     EVALUATION_SUBMISSION_FILE,
-    PLAN_FILE,
     RERUN_ENV,
     TIMING_FILE,
     KernelPlan,
@@ -208,15 +215,9 @@ def serve(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings
 
 
 def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
-    """Entry point of an evaluation-API kernel; a KernelFailure becomes ``SystemExit("kops: error: …")``."""
+    """Entry point of an evaluation-API kernel (see :func:`kaggleops.kernel.runtime.run_plan` for how it fails)."""
     timings = timings or Timings()
-    try:
-        plan = plan if isinstance(plan, KernelPlan) else KernelPlan.from_dict(plan)
-        plan.write(working_dir / PLAN_FILE)
-        endpoint = serve(plan, input_dir, working_dir, timings)
-    except (KernelFailure, SchemaError) as e:
-        print(timings.table(), flush=True)
-        raise SystemExit(f"{PREFIX} error: {e}") from None
+    _, endpoint = run_plan(plan, working_dir, timings, lambda p: serve(p, input_dir, working_dir, timings))
     stats = endpoint.summary()
     print(f"{PREFIX} local gateway wrote {EVALUATION_SUBMISSION_FILE}: {int(stats['calls'])} call(s), models loaded in "
           f"{stats['load_models_s']:.3f} s, latency p50 {stats.get('latency_p50_s', 0) * 1000:.1f} ms / p95 "

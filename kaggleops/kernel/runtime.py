@@ -27,10 +27,10 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kaggleops.errors import KernelFailure, SchemaError
 from kaggleops.files import sha256_file
@@ -47,6 +47,7 @@ from kaggleops.schema import (
 )
 from kaggleops.task import hook
 
+T = TypeVar("T")
 SUBMISSION = SUBMISSION_FILE
 PREFIX = "kops:"
 
@@ -318,17 +319,23 @@ def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) 
     return len(ids)
 
 
-def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
-    """Entry point of the generated kernel; a KernelFailure (or an invalid plan/manifest) becomes
-    ``SystemExit("kops: error: …")``."""
-    timings = timings or Timings()
+def run_plan(plan: KernelPlan | dict[str, Any], working_dir: Path, timings: Timings,
+             work: Callable[[KernelPlan], T]) -> tuple[KernelPlan, T]:
+    """The plan read and written to the working folder as ``kops-kernel.json``, then ``work(plan)``; a KernelFailure
+    (or an invalid plan/manifest) prints the timing table so far and becomes ``SystemExit("kops: error: …")``."""
     try:
         plan = plan if isinstance(plan, KernelPlan) else KernelPlan.from_dict(plan)
         plan.write(working_dir / PLAN_FILE)
-        n = run(plan, input_dir, working_dir, timings)
+        return plan, work(plan)
     except (KernelFailure, SchemaError) as e:
         print(timings.table(), flush=True)
         raise SystemExit(f"{PREFIX} error: {e}") from None
+
+
+def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, timings: Timings | None = None) -> None:
+    """Entry point of the generated kernel (see :func:`run_plan` for how it fails)."""
+    timings = timings or Timings()
+    plan, n = run_plan(plan, working_dir, timings, lambda p: run(p, input_dir, working_dir, timings))
     rr = plan.reranker
     print(f"{PREFIX} wrote {SUBMISSION} ({n} rows) from {len(plan.models)} model(s)"
           + (f" + a second stage of {len(rr.models)} model(s)" if rr else ""))
