@@ -31,6 +31,7 @@ ENV_KAGGLE_ENDPOINT = "KOPS_KAGGLE_ENDPOINT"
 ENV_KAGGLE_USERNAME = "KAGGLE_USERNAME"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+GITIGNORED = ("mlflow.db", f"{DEFAULT_ARTIFACTS}/", ".kops/")  # what kops writes into a project folder
 
 
 class _Strict(BaseModel):

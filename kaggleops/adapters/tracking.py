@@ -607,6 +607,20 @@ def _artifact_repo(uri: str) -> Any:
     return get_artifact_repository(uri)
 
 
+def fold_runs(tracker: Tracker, parent_run_id: str, kind: str | None = None) -> list[Run]:
+    """The child runs of ``parent_run_id`` (``mlflow.parentRunId``), of ``kind`` when given, in fold order (runs
+    without a ``kops.fold`` tag last): THE one "parent → folds" lookup (k-fold parents, second-stage parents)."""
+    children = runs_tagged(tracker, {TAG_PARENT: parent_run_id})
+    if kind is not None:
+        children = [r for r in children if r.data.tags.get(TAG_KIND) == kind]
+
+    def fold(run: Run) -> int:
+        raw = run.data.tags.get(TAG_FOLD, "")
+        return int(raw) if raw.lstrip("-").isdigit() else 1 << 30
+
+    return sorted(children, key=fold)
+
+
 def runs_tagged(tracker: Tracker, tags: dict[str, str]) -> list[Run]:
     """Runs of the experiment whose tags equal all of ``tags``."""
     clauses: Iterable[str] = (f"tags.`{k}` = '{v}'" for k, v in tags.items())

@@ -55,11 +55,12 @@ def init(
     emit({"config": str(path), "files": [str(p) for p in written], "task": task}, as_json, "\n".join(lines))
 
 
-GITIGNORED = ("mlflow.db", "mlartifacts/", ".kops/")  # what kops writes into the project folder
 
 
 def _gitignore(folder: Path) -> list[Path]:
     """Add what kops writes (tracking store, artifacts, staging) to ``folder/.gitignore``; [] when all are there."""
+    from kaggleops.config import GITIGNORED
+
     path = folder / ".gitignore"
     text = path.read_text() if path.is_file() else ""
     missing = [p for p in GITIGNORED if p not in text.splitlines()]

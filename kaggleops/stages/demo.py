@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, render_template
+from kaggleops.config import CONFIG_FILE, ENV_KAGGLE_ENDPOINT, ENV_TRACKING_URI, GITIGNORED, render_template
 from kaggleops.emulator.seeding import competition_folder, seed_competition
 from kaggleops.errors import KopsError
 from kaggleops.task import hook
@@ -65,7 +65,7 @@ def init_workdir(workdir: Path, epochs: int | None, folds: list[int], competitio
     (workdir / CONFIG_FILE).write_text(render_template(competition=competition, owner=DEMO_USER,
                                                        experiment=demo_experiment(competition), folds=folds,
                                                        epochs=epochs))
-    (workdir / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.emulator/\n.kaggle/\n.kops/\n")
+    (workdir / ".gitignore").write_text("\n".join([*GITIGNORED, ".emulator/", ".kaggle/"]) + "\n")
     git = ["git", "-c", "user.name=kops demo", "-c", "user.email=demo@kops.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "kops demo"]):
         subprocess.run([*git, *args], cwd=workdir, check=True, capture_output=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
 from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
@@ -37,7 +37,6 @@ from kaggleops.schema import (
     PLAN_FILE,
     TAG_DATASET,
     TAG_DATASET_VERSION,
-    TAG_FOLD,
     TAG_KERNEL,
     TAG_KERNEL_DOCKER_IMAGE,
     TAG_KERNEL_MACHINE_SHAPE,
@@ -118,11 +117,10 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
         if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
             models.append(run_id)
             continue
-        children = runs_tagged(tracker, {TAG_PARENT: run_id})
+        children = fold_runs(tracker, run_id)
         if not children:
             raise KopsError(f"K-fold run {run_id} has no fold runs (no run has mlflow.parentRunId = it).",
                             "Pass the fold runs with --run, or train them with: kops train")
-        children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
         models.extend(r.info.run_id for r in children)
         parents.append(run_id)
     return list(dict.fromkeys(models)), parents
@@ -185,11 +183,10 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     if kind != Kind.RERANK:
         raise KopsError(f"Run {run_id} is not a reranker run (its kops.kind is {kind!r}, not {Kind.RERANK!r}).",
                         "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
-    children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if r.data.tags.get(TAG_KIND) == Kind.RERANK_FOLD]
+    children = fold_runs(tracker, run_id, Kind.RERANK_FOLD)
     if not children:
         raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
                         "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
-    children.sort(key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
     return [r.info.run_id for r in children]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.files import sha256_file, zip_folder
@@ -44,7 +44,6 @@ from kaggleops.schema import (
     TAG_GIT_COMMIT,
     TAG_GIT_REPO,
     TAG_KIND,
-    TAG_PARENT,
     TAG_PUBLISHED_KIND,
     TAG_PUBLISHED_REF,
     TAG_PUBLISHED_URL,
@@ -302,8 +301,7 @@ def publish_folds(cfg: KopsConfig, parent_run_id: str, public: bool | None = Non
     if parent.data.tags.get(TAG_KIND) != Kind.KFOLD:
         raise ConfigError(f"Run {parent_run_id} is not a k-fold parent run.",
                           f"Publish it with: kops publish {parent_run_id}")
-    children = sorted(runs_tagged(tracker, {TAG_PARENT: parent.info.run_id}),
-                      key=lambda r: int(r.data.tags.get(TAG_FOLD, "0")))
+    children = fold_runs(tracker, parent.info.run_id)
     if not children:
         raise MissingArtifact(f"K-fold run {parent.info.run_id} has no fold runs (no run has mlflow.parentRunId = "
                               "it).", "Train them with: kops train")

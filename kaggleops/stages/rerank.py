@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
+from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, MissingArtifact
 from kaggleops.schema import (
@@ -96,7 +96,7 @@ def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[in
             children = [run]
             key = run.data.tags.get(TAG_PARENT) or run_id
         elif run.data.tags.get(TAG_KIND) == Kind.KFOLD:
-            children = [r for r in runs_tagged(tracker, {TAG_PARENT: run_id}) if _fold_of(r) is not None]
+            children = [r for r in fold_runs(tracker, run_id) if _fold_of(r) is not None]
             key = run_id
         else:
             raise ConfigError(f"Run {run_id} is neither a k-fold parent nor a fold run of `kops train`.",
