@@ -17,21 +17,6 @@ import pytest
 
 from harness import KEY, USER, write_config
 
-# The files that take longest (minutes of training, servers, kernels; `--durations` on 2 cores), started first:
-# `make test` hands whole files to its workers in collection order (`--dist loadfile --no-loadscope-reorder`; xdist's
-# own order is by number of tests, which put the 3-minute, 2-test server-mode file last and left one worker alone for
-# its last minutes). Longest first, short files fill the end.
-LONGEST_FIRST = ("test_server_mode.py", "test_train_on_kaggle.py", "test_training.py", "test_notebooks.py",
-                 "test_install.py", "test_bad_input.py", "test_kernels.py", "test_kernel_rerank.py",
-                 "test_byo_task.py", "test_ui_browser.py", "test_colab_notebook.py", "test_evaluation_api.py",
-                 "test_tracking_chain.py", "test_scores.py", "test_publish.py", "test_ddp.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Reorder files longest first (a stable sort: tests keep their order inside a file, other files theirs)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 if TYPE_CHECKING:
     from kaggleops.emulator import Emulator
 

@@ -107,7 +107,7 @@ def test_run_page_is_model_training_and_models_tab_lists_published_weights(tmp_p
     tracker.end_run(run_id)
     model_id = tracker.published_model(run_id, "ui-models-fold-0-v3", {
         "kops.published.ref": "testuser/ui-models-fold-0", "kops.published.version": "3",
-        "kops.published.kind": "dataset", "kops.published.url": "https://www.kaggle.com/datasets/x"},
+        "kops.published.kind": "dataset", "kops.published.url": "http://127.0.0.1:8765/datasets/testuser/ui-models-fold-0"},
         {"lr": "0.001"}, "kaggle-dataset")
     tracker.log_metrics(run_id, {"lb_public": 0.81234}, step=1, model_id=model_id)
 
