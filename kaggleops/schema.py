@@ -63,6 +63,13 @@ TAG_DATASETS = "kops.datasets"
 TAG_RERANK_BASE_RUNS = "kops.rerank.base_runs"
 TAG_RERANK_FROM = "kops.rerank.from"
 TAG_RERANK_OPTIONS = "kops.rerank.options"  # JSON: the second stage's own choices (SecondStageTuning.options)
+TAG_ENSEMBLE_MEMBERS = "kops.ensemble.members"  # JSON list of the member run ids (kops ensemble)
+TAG_ENSEMBLE_WEIGHTS = "kops.ensemble.weights"  # JSON {member run id: weight}, weights summing to 1
+TAG_ENSEMBLE_METHOD = "kops.ensemble.method"  # caruana | rank | nnls | hill
+TAG_ENSEMBLE_OF = "kops.ensemble.of"  # on a member: comma-separated ensemble run ids it belongs to
+TAG_SWEEP_STUDY = "kops.sweep.study"  # the Optuna study name (on the study run and on each trial run)
+TAG_SWEEP_TRIAL = "kops.sweep.trial"  # the trial's number in its study
+TAG_SWEEP_STATE = "kops.sweep.state"  # the trial's Optuna state: RUNNING | COMPLETE | PRUNED | FAIL
 TAG_SUBMISSION_KEY = "kops.submission.key"
 TAG_SUBMISSION_REF = "kops.submission.ref"
 TAG_SUBMISSION_STATUS = "kops.submission.status"
@@ -89,7 +96,9 @@ class Kind:
     SUBMISSION = "submission"
     RERANK = "rerank"
     RERANK_FOLD = "rerank-fold"
-    ALL = frozenset({FOLD, KFOLD, SUBMISSION, RERANK, RERANK_FOLD})
+    ENSEMBLE = "ensemble"  # kops ensemble: weights over member runs chosen on their OOF
+    SWEEP = "sweep"  # kops sweep: one Optuna study; its trials are ordinary training runs beneath it
+    ALL = frozenset({FOLD, KFOLD, SUBMISSION, RERANK, RERANK_FOLD, ENSEMBLE, SWEEP})
 
 
 class Origin:
