@@ -317,7 +317,8 @@ class Tracker:
         run_id = run.info.run_id
         self.log_params(run_id, params)
         if diff:
-            self.client.log_text(run_id, diff, ARTIFACT_GIT_DIFF)
+            self._call(f"Saving the uncommitted diff of run {run_id}", self.client.log_text, run_id, diff,
+                       ARTIFACT_GIT_DIFF, run_id=run_id)
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -390,8 +391,7 @@ class Tracker:
     def last_steps(self, run_id: str) -> dict[str, int]:
         """The last stored step of each metric of a run (what a resumed run must not log again)."""
         run = self.get_run(run_id)
-        return {key: max(m.step for m in self.client.get_metric_history(run_id, key))
-                for key in run.data.metrics}
+        return {key: max(step for step, _, _ in self.metric_history(run_id, key)) for key in run.data.metrics}
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -434,19 +434,15 @@ class Tracker:
         try:
             return self._call(f"Reading run {run_id}", self.client.get_run, run_id, run_id=run_id)
         except TrackingUnavailable as e:
-            if isinstance(e.__cause__, MlflowException):  # e.g. a malformed id: the run is not there
-                raise RunNotFound(run_id, self.uri) from None
+            if isinstance(e.__cause__, MlflowException) and e.__cause__.error_code == "INVALID_PARAMETER_VALUE":
+                raise RunNotFound(run_id, self.uri) from None  # a malformed id: the run is not there
             raise
 
     def resolve(self, run_id: str) -> str:
         """The local id of ``run_id``: itself for a local run, else the run `kops sync pull` imported from that
         origin id (tag ``kops.origin_run_id``); RunNotFound otherwise. Commands taking a RUN_ID accept either."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_run(run_id).info.run_id
-        except MlflowException:
-            pass
+        with contextlib.suppress(RunNotFound):
+            return self.get_run(run_id).info.run_id
         if _is_run_id(run_id):
             with translate(f"Looking up run {run_id}", self.uri):
                 ids = [e.experiment_id for e in self.client.search_experiments()]
@@ -465,10 +461,12 @@ class Tracker:
         """The one run whose id starts with ``prefix``; RunNotFound for none, ConfigError listing them for several."""
         from mlflow.entities import ViewType
 
-        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        what = f"Looking up run id prefix {prefix}"
+        ids = [e.experiment_id for e in self._call(what, self.client.search_experiments, view_type=ViewType.ALL)]
         found, token = [], None
         while ids:
-            page = self.client.search_runs(ids, "", run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            page = self._call(what, self.client.search_runs, ids, "", run_view_type=ViewType.ALL, max_results=1000,
+                              page_token=token)
             found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
             token = page.token
             if not token:
@@ -482,23 +480,27 @@ class Tracker:
 
     def _origin_artifacts(self, run_id: str) -> str | None:
         """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""
-        return self.client.get_run(run_id).data.tags.get(TAG_ORIGIN_ARTIFACTS)
+        return self.get_run(run_id).data.tags.get(TAG_ORIGIN_ARTIFACTS)
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Download an artifact of the run; for a pulled run, from the origin machine's artifact store."""
         dst.mkdir(parents=True, exist_ok=True)
         origin = self._origin_artifacts(run_id)
-        if origin and not self.client.list_artifacts(run_id, artifact_path):
-            return Path(_artifact_repo(origin).download_artifacts(artifact_path, str(dst)))
-        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        what = f"Downloading {artifact_path} of run {run_id}"
+        with translate(what, self.uri, run_id):
+            if origin and not self.client.list_artifacts(run_id, artifact_path):
+                return Path(_artifact_repo(origin).download_artifacts(artifact_path, str(dst)))
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         """Artifact paths of the run (for a pulled run, those in the origin machine's artifact store)."""
-        local = [a.path for a in self.client.list_artifacts(run_id, path)]
+        what = f"Listing the artifacts of run {run_id}"
+        local = [a.path for a in self._call(what, self.client.list_artifacts, run_id, path, run_id=run_id)]
         origin = None if local else self._origin_artifacts(run_id)
         if not origin:
             return local
-        return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
+        with translate(what, self.uri, run_id):
+            return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
 
     def search(self, filter_string: str = "", max_results: int = 1000) -> list[Run]:
         return list(self._call("Searching runs", self.client.search_runs,
@@ -510,7 +512,8 @@ class Tracker:
             path = Path(tmp) / Path(artifact_file).name
             path.write_text(json.dumps(obj, indent=2))
             parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+            self._call(f"Uploading {artifact_file} to run {run_id}", self.client.log_artifact, run_id, str(path),
+                       None if parent == "." else parent, run_id=run_id)
 
     # ---- what `kops sync` reads and writes (kaggleops.sync): listings, histories, bulk import ------------
 
@@ -518,15 +521,15 @@ class Tracker:
         """This experiment's id, or every experiment's with ``all_experiments``."""
         if not all_experiments:
             return [self.experiment_id]
-        return [e.experiment_id for e in self.client.search_experiments()]
+        return [e.experiment_id for e in self._call("Listing experiments", self.client.search_experiments)]
 
     def all_runs(self, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
         """Every run of the experiments (paged): info, params, tags and latest metrics, no metric history."""
         runs: list[Run] = []
         token = None
         while experiment_ids:
-            page = self.client.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE,
-                                           page_token=token)
+            page = self._call("Listing runs", self.client.search_runs, experiment_ids, filter_string=filter_string,
+                              max_results=SEARCH_PAGE, page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
@@ -534,18 +537,16 @@ class Tracker:
         return runs
 
     def experiment_name(self, experiment_id: str) -> str:
-        return str(self.client.get_experiment(experiment_id).name)
+        return str(self._call(f"Reading experiment {experiment_id}", self.client.get_experiment, experiment_id).name)
 
     def experiment_for(self, name: str) -> str:
         """The id of experiment ``name`` (created with the configured artifact location when missing)."""
         return self.experiment_id if name == self.cfg.experiment_name else self._get_or_create(name)
 
     def exists(self, run_id: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
         try:
-            self.client.get_run(run_id)
-        except MlflowException:
+            self.get_run(run_id)
+        except RunNotFound:
             return False
         return True
 
@@ -556,12 +557,16 @@ class Tracker:
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
         """Every stored point of one metric: (step, timestamp, value)."""
-        return [(m.step, m.timestamp, m.value) for m in self.client.get_metric_history(run_id, key)]
+        history = self._call(f"Reading metric {key} of run {run_id}", self.client.get_metric_history, run_id, key,
+                             run_id=run_id)
+        return [(m.step, m.timestamp, m.value) for m in history]
 
     def create_imported_run(self, experiment_id: str, name: str | None, start_time: int | None,
                             tags: dict[str, str]) -> str:
         """A run with the given start time and tags (what `kops sync pull` creates for another machine's run)."""
-        return str(self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name).info.run_id)
+        run = self._call(f"Creating run {name}", self.client.create_run, experiment_id, start_time=start_time,
+                         tags=tags, run_name=name)
+        return str(run.info.run_id)
 
     def log_bulk(self, run_id: str, points: Iterable[tuple[str, int, int, float]] = (),
                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
@@ -580,17 +585,19 @@ class Tracker:
             t, tag_items = tag_items[:BATCH_TAGS], tag_items[BATCH_TAGS:]
             room = BATCH_ENTITIES - len(p) - len(t)
             m, metrics = metrics[:room], metrics[room:]
-            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+            self._call(f"Importing metrics, params and tags into run {run_id}", self.client.log_batch, run_id,
+                       metrics=m, params=p, tags=t, run_id=run_id)
             if on_batch is not None:
                 on_batch(len(m))
         return total
 
     def set_status(self, run_id: str, status: str, end_time: int | None) -> None:
         """Set a run's status (and end time for a finished/failed/killed one), e.g. to mirror an imported run."""
+        what = f"Setting the status of run {run_id}"
         if status in ("FINISHED", "FAILED", "KILLED"):
-            self.client.set_terminated(run_id, status, end_time)
+            self._call(what, self.client.set_terminated, run_id, status, end_time, run_id=run_id)
         else:
-            self.client.update_run(run_id, status=status)
+            self._call(what, self.client.update_run, run_id, status=status, run_id=run_id)
 
 
 def _is_run_id(text: str) -> bool:
