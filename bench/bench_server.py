@@ -95,9 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
 
+    from kaggleops.adapters.mlflow_server import serve_mlflow
     from kaggleops.adapters.storage import gcs_client
     from kaggleops.emulator.stack import start_gcs, start_postgres
-    from kaggleops.stages.ui import serve_mlflow
 
     root = Path(tempfile.mkdtemp(prefix="kops-bench-server-"))
     gcs = start_gcs()

@@ -30,7 +30,7 @@ ROBERTA_TOKENIZER = SHARED / "roberta-base-tokenizer"
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[str]:
     """`mlflow server --workers 1` on 127.0.0.1 with a SQLite backend; yields its URL."""
-    from kaggleops.stages.ui import serve_mlflow
+    from kaggleops.adapters.mlflow_server import serve_mlflow
 
     server = serve_mlflow(f"sqlite:///{root / 'server.db'}", ["--artifacts-destination", str(root / "art")], root,
                           root / "server.log", timeout_s=180)

@@ -103,7 +103,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server --workers 1` on 127.0.0.1, SQLite backend, proxied artifacts in its own folder."""
-    from kaggleops.stages.ui import serve_mlflow
+    from kaggleops.adapters.mlflow_server import serve_mlflow
 
     srv = tmp_path / "server"
     srv.mkdir()

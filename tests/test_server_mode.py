@@ -106,9 +106,9 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     Yields (server URL, emulator URL)."""
     import os
 
+    from kaggleops.adapters.mlflow_server import serve_mlflow
     from kaggleops.adapters.storage import gcs_client
     from kaggleops.emulator.stack import start_gcs, start_postgres
-    from kaggleops.stages.ui import serve_mlflow
 
     before = os.environ.get("STORAGE_EMULATOR_HOST")
     gcs = start_gcs()

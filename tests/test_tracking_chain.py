@@ -139,7 +139,7 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
 
 
 def test_an_unreachable_tracking_server_is_one_line(tmp_path: Path) -> None:
-    from kaggleops.stages.ui import free_port
+    from kaggleops.adapters.mlflow_server import free_port
 
     work = tmp_path / "work"
     write_config(work, f"tracking_uri: http://127.0.0.1:{free_port()}\n", competition=COMP, owner=USER,

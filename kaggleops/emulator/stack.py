@@ -4,7 +4,7 @@
 - :func:`start_postgres` — PostgreSQL 16 from the ``pgserver`` wheel, listening on 127.0.0.1 with a password
   (scram-sha-256) for role and database ``mlflow``, as the README's scale command connects to it.
 
-The MLflow server on them is started by :func:`kaggleops.stages.ui.serve_mlflow` (``--backend-store-uri
+The MLflow server on them is started by :func:`kaggleops.adapters.mlflow_server.serve_mlflow` (``--backend-store-uri
 postgresql://… --artifacts-destination gs://…``).
 
 Used by tests/test_server_mode.py, tests/test_sync.py, bench/bench_sync.py and bench/bench_server.py. Needs the
