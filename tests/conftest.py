@@ -8,6 +8,7 @@ environment), ``emulator`` (one such, with harness.USER/KEY), ``project`` (a kop
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,11 @@ ISOLATED_VARS = (
     "KOPS_KAGGLE_ENDPOINT", "KAGGLE_KERNEL_RUN_TYPE", "COLAB_RELEASE_TAG", "COLAB_GPU",
 )
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# The test workers share the machine's cores (2 here, `-n auto`): each test process and every kops it starts uses one
+# torch/OpenMP thread. More per process only oversubscribe the cores: tests/test_kernel_rerank.py took 58 s of user
+# CPU with torch's default threads and 32 s with one (wall 63 s -> 42 s). A test may still set its own.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
