@@ -98,7 +98,8 @@ class Kind:
     RERANK_FOLD = "rerank-fold"
     ENSEMBLE = "ensemble"  # kops ensemble: weights over member runs chosen on their OOF
     SWEEP = "sweep"  # kops sweep: one Optuna study; its trials are ordinary training runs beneath it
-    ALL = frozenset({FOLD, KFOLD, SUBMISSION, RERANK, RERANK_FOLD, ENSEMBLE, SWEEP})
+    LEADERBOARD = "leaderboard"  # kops leaderboard --plot: one run per competition holding the CV-vs-LB picture
+    ALL = frozenset({FOLD, KFOLD, SUBMISSION, RERANK, RERANK_FOLD, ENSEMBLE, SWEEP, LEADERBOARD})
 
 
 class Origin:
@@ -154,6 +155,7 @@ def inference_server_module(names: Iterable[str]) -> str | None:
 ARTIFACT_MODEL = "model"
 ARTIFACT_SUBMISSION = "submission"
 ARTIFACT_RERANK = "rerank"
+ARTIFACT_LEADERBOARD = "leaderboard"  # on the leaderboard run: cv_vs_lb.png / .html / .json
 ARTIFACT_GIT_DIFF = "git/uncommitted.diff"
 MANIFEST = "kops-manifest.json"  # in every published dataset version
 PLAN_FILE = "kops-kernel.json"  # in a rendered kernel folder and the kernel's output

@@ -143,14 +143,35 @@ def render_leaderboard(rows: list[Any], width: int) -> str:
     return "\n".join(lines)
 
 
+def _plot_file(value: Path | None) -> Path | None:
+    """--plot's callback: a file that is neither .png nor .html is a usage error (exit 2)."""
+    if value is not None and value.suffix.lower() not in (".png", ".html"):
+        raise typer.BadParameter(f"{value.name} is neither .png nor .html.")
+    return value
+
+
 @app.command()
 def leaderboard(
     sort: str = typer.Option("lb_public", callback=one_of("lb_public", "lb_private", "cv", "date", "ref"),
                              help="Sort by lb_public, lb_private, cv, date or ref (best/newest first)."),
+    plot: Path = typer.Option(None, "--plot", callback=_plot_file, help="Draw CV against public/private LB with "
+                              "the line of equal ranks and the public noise band into FILE (.png, or .html with a "
+                              "tooltip per point); also logged on the competition's leaderboard run."),
+    pick: int = typer.Option(None, "--pick", min=1, help="Propose N final submissions (best CV, best nested-CV "
+                             "blend, ...), one line of reason each."),
+    public_fraction: float = typer.Option(None, help="Share of the test rows the public LB scores (the "
+                                          "competition's leaderboard page says; default 0.5, flagged as assumed)."),
+    public_rows: int = typer.Option(None, help="Public test rows, instead of --public-fraction × the test rows."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Your submissions beside their runs: CV, LB public/private, models, datasets, kernel version, commit."""
+    """Your submissions beside their runs: CV, LB public/private, models, datasets, kernel version, commit.
+
+    Example: kops leaderboard --plot cv_vs_lb.html --pick 2 --public-fraction 0.3
+    """
+    if plot is not None or pick is not None:
+        _board_view(load(config), plot, pick, public_fraction, public_rows, as_json)
+        return
     from kaggleops.stages.leaderboard import leaderboard as read_leaderboard
 
     rows = read_leaderboard(load(config), sort=sort)
@@ -163,3 +184,33 @@ def leaderboard(
     import shutil
 
     typer.echo(render_leaderboard(rows, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns))
+
+
+def _board_view(cfg: Any, plot: Path | None, pick: int | None, public_fraction: float | None,
+                public_rows: int | None, as_json: bool) -> None:
+    """--plot / --pick: the picture, the picks, the noise band, in one view of the scored submissions."""
+    from kaggleops.stages.leaderboard_noise import check_size
+    from kaggleops.stages.leaderboard_pick import board_view
+    from kaggleops.stages.leaderboard_pick import pick as pick_finals
+    from kaggleops.stages.leaderboard_plot import plot_leaderboard
+
+    check_size(public_rows, public_fraction)
+    view = board_view(cfg, public_rows=public_rows, public_fraction=public_fraction)
+    out: dict[str, Any] = {"noise": view.noise.as_dict(), "best_cv": view.best.row.submission_run_id
+                           if view.best else None,
+                           "within_noise": [p.row.submission_run_id for p in view.points if p.within_noise]}
+    lines = []
+    if plot is not None:
+        out["plot"], out["run_id"] = str(plot), plot_leaderboard(cfg, view, plot)
+        marked = sum(p.within_noise for p in view.points)
+        lines.append(f"Wrote {plot}: {len(view.points)} submissions, {marked} with a public gain within noise of "
+                     f"the best CV; logged on leaderboard run {out['run_id']}")
+        lines.append(view.noise.caption())
+    if pick is not None:
+        picks = pick_finals(view, pick)
+        out["picks"] = [{"submission_run_id": p.point.row.submission_run_id,
+                         "submission_ref": p.point.row.submission_ref, "why": p.why} for p in picks]
+        lines += [f"{i}. {p.line()}" for i, p in enumerate(picks, 1)] or ["No scored submission to pick from."]
+        if 0 < len(picks) < pick:
+            lines.append(f"(only {len(picks)} distinct submission(s) worth a final slot)")
+    emit(out, as_json, "\n".join(lines))
