@@ -143,7 +143,7 @@ def test_picks_without_a_blend_take_a_public_gain_beyond_noise_else_other_models
     assert "beyond the ±" in second.why
     view.points = [p for p in view.points if p.row.submission_run_id != subs["C"]]
     assert [p.point.row.submission_run_id for p in pick(view, 2)] == [subs["A"], subs["B"]]
-    assert pick(view, 2)[1].why.endswith("on other models: a hedge (its public gain is within noise)")
+    assert pick(view, 2)[1].why.endswith("on other models: a hedge (its public score is within noise of the best CV's)")
 
 
 def test_within_noise_is_inclusive_of_the_band_edge_only() -> None:

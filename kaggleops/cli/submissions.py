@@ -203,8 +203,8 @@ def _board_view(cfg: Any, plot: Path | None, pick: int | None, public_fraction: 
     if plot is not None:
         out["plot"], out["run_id"] = str(plot), plot_leaderboard(cfg, view, plot)
         marked = sum(p.within_noise for p in view.points)
-        lines.append(f"Wrote {plot}: {len(view.points)} submissions, {marked} with a public gain within noise of "
-                     f"the best CV; logged on leaderboard run {out['run_id']}")
+        lines.append(f"Wrote {plot}: {len(view.points)} submissions, {marked} with a public score within noise of "
+                     f"the best CV's; logged on leaderboard run {out['run_id']}")
         lines.append(view.noise.caption())
     if pick is not None:
         picks = pick_finals(view, pick)

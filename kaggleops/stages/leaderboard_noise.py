@@ -47,6 +47,7 @@ class PublicNoise:
     sd: float | None = None
     draws: int = 0
     oof_rows: int = 0
+    test_rows: int | None = None  # counted in the local test file (None: --public-rows was given)
     run_id: str = ""  # the submission run whose source runs' OOF was resampled
     reason: str = ""
 
@@ -57,10 +58,12 @@ class PublicNoise:
         """One line: how the band was made, or why there is none."""
         if self.half_width is None:
             return f"no noise band: {self.reason}"
-        frac = "" if self.public_fraction is None else (
-            f" ({self.public_fraction:.0%} of the test{', assumed' if self.fraction_assumed else ''})")
-        return (f"public noise ±{self.half_width:.4g} ({Z}×sd over {self.draws} draws of {self.public_rows} rows"
-                f"{frac} from {self.oof_rows} OOF rows)")
+        size = f"{self.public_rows} public rows"
+        if self.test_rows is not None and self.public_fraction is not None:
+            size += f" = {self.public_fraction:.0%} of {self.test_rows} test rows"
+            size += " (assumed: give --public-fraction)" if self.fraction_assumed else ""
+        return (f"public noise ±{self.half_width:.4g}: {Z} sd of the metric on {self.draws} random subsets of "
+                f"{self.oof_rows} OOF rows, rescaled to {size}")
 
 
 def subset_spread(score: Any, n_rows: int, n_public: int, draws: int = DRAWS, seed: int = 0) -> float:
@@ -99,16 +102,18 @@ def check_size(public_rows: int | None, fraction: float | None) -> None:
         raise ConfigError(f"--public-rows {public_rows} is too few.", "Give the public test rows, e.g. 3000")
 
 
-def public_size(folder: Path | None, public_rows: int | None, fraction: float | None) -> tuple[int, float | None]:
-    """(public rows, fraction): ``public_rows`` as given, else fraction × the test rows of the local data folder."""
+def public_size(folder: Path | None, public_rows: int | None,
+                fraction: float | None) -> tuple[int, float | None, int | None]:
+    """(public rows, fraction, test rows): ``public_rows`` as given, else fraction × the local test file's rows."""
     if public_rows is not None:
-        return public_rows, fraction
+        return public_rows, fraction, None
     files = [folder / n for n in (SAMPLE_SUBMISSION_FILE, TEST_FILE)] if folder else []
     found = next((p for p in files if p.is_file()), None)
     if found is None:
         raise DataError("no local test file to count the test rows", "give --public-rows N")
     frac = DEFAULT_PUBLIC_FRACTION if fraction is None else fraction
-    return max(2, round(frac * count_rows(found))), frac
+    test_rows = count_rows(found)
+    return max(2, round(frac * test_rows)), frac, test_rows
 
 
 def _oof_runs(tracker: Tracker, run_ids: list[str]) -> list[str]:
@@ -163,7 +168,8 @@ def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], 
     try:
         task = get_task_for(cfg)
         source = resolve(cfg, task, fetch=False)
-        noise.public_rows, noise.public_fraction = public_size(source.folder, public_rows, public_fraction)
+        noise.public_rows, noise.public_fraction, noise.test_rows = public_size(source.folder, public_rows,
+                                                                                public_fraction)
     except KopsError as e:
         noise.reason = f"{e.message.rstrip('.')} ({e.hint or 'the OOF is scored against the local train rows'})"
         return noise

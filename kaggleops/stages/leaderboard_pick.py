@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.schema import TAG_KIND, Kind, SubmissionStatus
+from kaggleops.schema import TAG_KIND, TAG_PARENT, Kind, SubmissionStatus
 from kaggleops.stages.leaderboard import LeaderboardRow, cv_of, leaderboard
 from kaggleops.stages.leaderboard_noise import DRAWS, PublicNoise, public_noise, within_noise
 
@@ -37,6 +37,7 @@ class Point:
     blend: bool = False
     cv_kind: str = "cv"  # cv | nested cv | in-sample cv (a blend without nested CV)
     within_noise: bool = False
+    source: str = ""  # what was submitted, as ids to type: "k-fold 3f2a9c1d", "blend 77aa0b12", "3f2a9c1d, 0b…"
 
     @property
     def name(self) -> str:
@@ -46,10 +47,10 @@ class Point:
     def describe(self) -> str:
         """The point's tooltip: what it is and its three scores."""
         private = "-" if self.row.lb_private is None else f"{self.row.lb_private:.5f}"
-        noise = "; public gain within noise" if self.within_noise else ""
+        noise = "; public score within noise of the best CV's" if self.within_noise else ""
         return (f"{self.name} (run {self.row.submission_run_id[:8]}{', blend' if self.blend else ''}): "
                 f"{self.cv_kind} {self.cv:.5f}, public {self.row.lb_public:.5f}, private {private}; "
-                f"models {', '.join(self.row.models) or '-'}{noise}")
+                f"{self.source or '-'}, {self.row.kernel or '-'}{noise}")
 
 
 @dataclass
@@ -85,6 +86,15 @@ def _honest_cv(row: LeaderboardRow, sources: list[Run]) -> tuple[float | None, b
     return row.cv, False, "cv"
 
 
+def _source_label(sources: list[Run], blend: bool) -> str:
+    parents = {s.data.tags.get(TAG_PARENT, "") for s in sources}
+    if blend:
+        return "blend " + ", ".join(s.info.run_id[:8] for s in sources)
+    if len(parents) == 1 and "" not in parents:
+        return f"k-fold {parents.pop()[:8]}"
+    return ", ".join(s.info.run_id[:8] for s in sources)
+
+
 def _sources(tracker: Tracker, row: LeaderboardRow) -> list[Run]:
     out = []
     for run_id in row.source_runs:
@@ -110,7 +120,7 @@ def board_view(cfg: KopsConfig, public_rows: int | None = None, public_fraction:
         cv, blend, kind = _honest_cv(row, sources)
         if cv is None or row.lb_public is None or row.status not in ("", SubmissionStatus.COMPLETE):
             continue
-        points.append(Point(row, cv, blend, kind))
+        points.append(Point(row, cv, blend, kind, source=_source_label(sources, blend)))
         blends.update({s.info.run_id: cv for s in sources if blend and kind == "nested cv"})
     metric, higher = (rows[0].metric, rows[0].higher_is_better) if rows else ("", True)
     view = BoardView(points, None, PublicNoise(public_rows, public_fraction, False), metric, higher,
@@ -155,7 +165,7 @@ def _candidates(view: BoardView) -> list[tuple[Point, str]]:
                     f"beyond the ±{h:.5f} public noise") for p in by_public if _gain(view, p) > h]
     other = [p for p in ranked[1:] if set(p.row.source_runs) != set(best.row.source_runs)]
     out += [(p, f"next best CV ({p.cv_kind} {m} {p.cv:.5f}) on other models: a hedge"
-                + (" (its public gain is within noise)" if p.within_noise else "")) for p in other]
+                + (" (its public score is within noise of the best CV's)" if p.within_noise else "")) for p in other]
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ FORMATS = (".png", ".html")
 COLOURS = {"best": "#2ca02c", "noise": "#ff7f0e", "other": "#1f77b4"}
 BAND_COLOUR, RANK_COLOUR = "#ffbf80", "#555555"
 PLOT_RUN = "leaderboard"
+LABEL_CLOSE = 0.06  # points closer than this share of both axes' spans share one label
+CAPTION_WIDTH = 140  # characters per line of the caption under the axes
 POINT_ID = "kops-point-{}"  # the SVG group of a point's markers, where its tooltip goes
 
 
@@ -70,9 +73,36 @@ def _draw_points(ax: Any, view: BoardView) -> None:
             ax.scatter([p.cv], [p.row.lb_private], s=size, marker=marker, facecolors="white", edgecolors=colour,
                        linewidths=1.5, zorder=3, gid=POINT_ID.format(i) + "-private")
         ax.scatter([p.cv], [p.row.lb_public], s=size, marker="*" if p is view.best else marker, color=colour,
-                   edgecolors="black", linewidths=0.5, zorder=4, gid=POINT_ID.format(i))
-        ax.annotate(str(p.row.submission_ref or p.row.submission_run_id[:6]), (p.cv, p.row.lb_public),
-                    xytext=(6, 4), textcoords="offset points", fontsize=8)
+                   edgecolors="black", linewidths=0.5, zorder=5 if p is view.best else 4, gid=POINT_ID.format(i))
+
+
+def label_groups(points: list[Point], close: float = LABEL_CLOSE) -> list[tuple[Point, str]]:
+    """One label per cluster of points closer than ``close`` of the axes' span on both axes: ``#3, #5``.
+
+    Example:
+        >>> from types import SimpleNamespace as S
+        >>> pts = [S(cv=1.0, row=S(lb_public=1.0, submission_ref=1)), S(cv=1.001, row=S(lb_public=1.0,
+        ...        submission_ref=2)), S(cv=2.0, row=S(lb_public=2.0, submission_ref=3))]
+        >>> [text for _, text in label_groups(pts)]
+        ['#1, #2', '#3']
+    """
+    xs, ys = [p.cv for p in points], [p.row.lb_public for p in points]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[list[Point]] = []
+    for p in sorted(points, key=lambda q: (q.cv, q.row.lb_public)):
+        near = next((g for g in groups if abs(g[0].cv - p.cv) < close * dx
+                     and abs(g[0].row.lb_public - p.row.lb_public) < close * dy), None)
+        near.append(p) if near is not None else groups.append([p])
+    return [(max(g, key=lambda q: q.row.lb_public), ", ".join(map(_short, g))) for g in groups]
+
+
+def _short(p: Point) -> str:
+    return f"#{p.row.submission_ref}" if p.row.submission_ref else p.row.submission_run_id[:6]
+
+
+def _draw_labels(ax: Any, view: BoardView) -> None:
+    for p, text in label_groups(view.points):
+        ax.annotate(text, (p.cv, p.row.lb_public), xytext=(7, 5), textcoords="offset points", fontsize=8)
 
 
 def _draw_guides(ax: Any, view: BoardView) -> None:
@@ -90,14 +120,16 @@ def _draw_guides(ax: Any, view: BoardView) -> None:
 
 def _legend_markers(ax: Any, view: BoardView) -> None:
     ax.scatter([], [], marker="*", s=160, color=COLOURS["best"], edgecolors="black", linewidths=0.5,
-               label="best CV (public)")
+               label="best CV (public score)")
     if any(p.within_noise for p in view.points):
-        ax.scatter([], [], color=COLOURS["noise"], label="public gain within noise")
-    ax.scatter([], [], color=COLOURS["other"], label="public")
+        ax.scatter([], [], color=COLOURS["noise"], label="public within noise of the best CV's")
+    if any(p is not view.best and not p.within_noise for p in view.points):
+        ax.scatter([], [], color=COLOURS["other"], label="public" + (" outside that noise"
+                                                                     if view.noise.half_width is not None else ""))
     if any(p.row.lb_private is not None for p in view.points):
-        ax.scatter([], [], facecolors="white", edgecolors=COLOURS["other"], label="private")
+        ax.scatter([], [], facecolors="white", edgecolors="#777777", label="private (hollow)")
     if any(p.blend for p in view.points):
-        ax.scatter([], [], marker="D", color=COLOURS["other"], label="blend (nested CV)")
+        ax.scatter([], [], marker="D", color="#777777", label="blend (x: nested CV)")
 
 
 def figure(view: BoardView) -> Any:
@@ -110,16 +142,18 @@ def figure(view: BoardView) -> Any:
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     _draw_guides(ax, view)
     _draw_points(ax, view)
+    _draw_labels(ax, view)
     _legend_markers(ax, view)
     way = "higher" if view.higher_is_better else "lower"
     metric = view.metric or "score"
-    ax.set_xlabel(f"CV {metric} (blends: nested CV)")
+    ax.set_xlabel(f"CV {metric}" + (" (blends: nested CV)" if any(p.blend for p in view.points) else ""))
     ax.set_ylabel(f"leaderboard {metric} (filled: public, hollow: private)")
     ax.set_title(f"{view.competition}: CV vs LB, {len(view.points)} submissions ({way} is better)", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.text(0.01, 0.01, view.noise.caption(), fontsize=7, color="#444444")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    caption = textwrap.fill(view.noise.caption(), CAPTION_WIDTH)
+    fig.text(0.01, 0.01, caption, fontsize=7, color="#444444", va="bottom")
+    fig.tight_layout(rect=(0, 0.025 * (caption.count("\n") + 1) + 0.01, 1, 1))
     return fig
 
 
@@ -140,13 +174,15 @@ def _svg_with_tooltips(fig: Any, view: BoardView) -> str:
 
 
 def _table(view: BoardView) -> str:
-    head = "<tr><th>submission</th><th>CV</th><th>public</th><th>private</th><th>models</th><th></th></tr>"
+    head = ("<tr><th>submission</th><th>CV</th><th>public</th><th>private</th><th>runs</th><th>kernel / file</th>"
+            "<th></th></tr>")
     rows = []
     for p in view.ranked():
         private = "-" if p.row.lb_private is None else f"{p.row.lb_private:.5f}"
         mark = "best CV" if p is view.best else "within noise" if p.within_noise else ""
         rows.append(f"<tr><td>{html.escape(p.name)}</td><td>{p.cv:.5f}</td><td>{p.row.lb_public:.5f}</td>"
-                    f"<td>{private}</td><td>{html.escape(', '.join(p.row.models))}</td><td>{mark}</td></tr>")
+                    f"<td>{private}</td><td>{html.escape(p.source)}</td><td>{html.escape(p.row.kernel)}</td>"
+                    f"<td>{mark}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -155,7 +191,7 @@ PAGE = """<!doctype html>
 <style>body{{font-family:sans-serif;margin:1em}} svg{{max-width:100%;height:auto}}
 g[id^="kops-point-"]:hover{{opacity:.6;cursor:help}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head>
-<body><h3>{title}</h3>{svg}<p>{caption}. Hover a marker for its submission.</p>{table}</body></html>
+<body>{svg}<p>Hover a marker for its submission. Best CV first:</p>{table}</body></html>
 """
 
 
@@ -171,8 +207,8 @@ def write_plot(view: BoardView, path: Path) -> Path:
             fig.savefig(path)
         else:
             title = html.escape(f"{view.competition}: CV vs LB")
-            path.write_text(PAGE.format(title=title, svg=_svg_with_tooltips(fig, view), table=_table(view),
-                                        caption=html.escape(view.noise.caption())), encoding="utf-8")
+            path.write_text(PAGE.format(title=title, svg=_svg_with_tooltips(fig, view), table=_table(view)),
+                            encoding="utf-8")
     finally:
         plt.close(fig)
     return path
