@@ -169,3 +169,14 @@ def test_bad_input_is_one_line(tmp_path: Path, board: tuple[Path, dict[str, str]
     assert (out.returncode, out.stderr) == (1, "kops: error: No scored submission to plot: the plot needs a public "
                                             "score and a CV. Pull the scores with: kops scores --wait\n")
     assert not (empty / "x.png").exists()
+
+
+def test_without_local_train_rows_the_picture_says_why_it_has_no_band(board: tuple[Path, dict[str, str]]) -> None:
+    work, subs = board
+    (work / "kops.yaml").write_text((work / "kops.yaml").read_text().replace("data_dir: competition", "data_dir: null"))
+    out = kops("leaderboard", "--plot", "x.png", "--pick", "2", "--json", cwd=work)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["noise"]["half_width"] is None and "kops data" in result["noise"]["reason"]
+    assert result["within_noise"] == [] and png_size(work / "x.png") == (880, 660)
+    assert [p["submission_run_id"] for p in result["picks"]] == [subs["A"], subs["E"]]  # no band: no public-gain pick

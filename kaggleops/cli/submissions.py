@@ -203,8 +203,10 @@ def _board_view(cfg: Any, plot: Path | None, pick: int | None, public_fraction: 
     if plot is not None:
         out["plot"], out["run_id"] = str(plot), plot_leaderboard(cfg, view, plot)
         marked = sum(p.within_noise for p in view.points)
-        lines.append(f"Wrote {plot}: {len(view.points)} submissions, {marked} with a public score within noise of "
-                     f"the best CV's; logged on leaderboard run {out['run_id']}")
+        within = "" if view.noise.half_width is None else (f", {marked} with a public score within noise of the "
+                                                          "best CV's")
+        lines.append(f"Wrote {plot}: {len(view.points)} submissions{within}; logged on leaderboard run "
+                     f"{out['run_id']}")
         lines.append(view.noise.caption())
     if pick is not None:
         picks = pick_finals(view, pick)

@@ -74,8 +74,9 @@ def subset_spread(score: Any, n_rows: int, n_public: int, draws: int = DRAWS, se
     Example:
         >>> import numpy as np
         >>> hits = np.random.default_rng(1).random(4000) < 0.8  # a model right on 80% of rows
-        >>> round(subset_spread(lambda ix: hits[ix].mean(), 4000, 400), 3)  # sqrt(.8 × .2 / 400) = 0.02
-        0.02
+        >>> sd = subset_spread(lambda ix: hits[ix].mean(), 4000, 400, draws=1000)
+        >>> abs(sd - (0.8 * 0.2 / 400) ** 0.5) < 0.002  # the binomial sd at 400 rows: 0.02
+        True
     """
     import numpy as np
 
@@ -171,7 +172,8 @@ def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], 
         noise.public_rows, noise.public_fraction, noise.test_rows = public_size(source.folder, public_rows,
                                                                                 public_fraction)
     except KopsError as e:
-        noise.reason = f"{e.message.rstrip('.')} ({e.hint or 'the OOF is scored against the local train rows'})"
+        noise.reason = f"{e.message.rstrip('.')} (the band scores OOF against the local train rows)" + (
+            f". {e.hint}" if e.hint else "")
         return noise
     truth = task.load_train(source.train_file)
     reasons = []
