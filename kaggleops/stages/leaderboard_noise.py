@@ -89,7 +89,7 @@ def subset_spread(score: Any, n_rows: int, n_public: int, draws: int = DRAWS, se
 
 
 def count_rows(path: Path) -> int:
-    """Data records of a CSV file (a quoted cell may span lines)."""
+    """Data records of a CSV file (a quoted cell may run over several lines)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         return max(0, sum(1 for _ in csv.reader(f)) - 1)
 

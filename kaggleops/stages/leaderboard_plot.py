@@ -35,7 +35,7 @@ FORMATS = (".png", ".html")
 COLOURS = {"best": "#2ca02c", "noise": "#ff7f0e", "other": "#1f77b4"}
 BAND_COLOUR, RANK_COLOUR = "#ffbf80", "#555555"
 PLOT_RUN = "leaderboard"
-LABEL_CLOSE = 0.06  # points closer than this share of both axes' spans share one label
+LABEL_CLOSE = 0.06  # points closer than this share of both axes' ranges share one label
 CAPTION_WIDTH = 140  # characters per line of the caption under the axes
 POINT_ID = "kops-point-{}"  # the SVG group of a point's markers, where its tooltip goes
 
@@ -77,7 +77,7 @@ def _draw_points(ax: Any, view: BoardView) -> None:
 
 
 def label_groups(points: list[Point], close: float = LABEL_CLOSE) -> list[tuple[Point, str]]:
-    """One label per cluster of points closer than ``close`` of the axes' span on both axes: ``#3, #5``.
+    """One label per cluster of points closer than ``close`` of the axes' ranges on both axes: ``#3, #5``.
 
     Example:
         >>> from types import SimpleNamespace as S
