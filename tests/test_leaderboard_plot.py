@@ -86,7 +86,8 @@ def board(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     blend = tracker.start_run("blend", {}, {TAG_KIND: Kind.ENSEMBLE, **METRIC_TAGS})
     tracker.log_metrics(blend, {"cv_rmse": BLEND[0], "nested_cv_rmse": BLEND[1]})
     tracker.end_run(blend)
-    subs["E"] = _submission(tracker, 4, [blend], BLEND[2], BLEND[3])
+    # as push-kernel --run ENSEMBLE_RUN records it: the members' fold runs, then the ensemble run
+    subs["E"] = _submission(tracker, 4, [sources["A"], sources["B"], blend], BLEND[2], BLEND[3])
     return work, subs
 
 
@@ -121,6 +122,8 @@ def test_plot_png_and_html_with_the_noise_marks_and_two_picks(board: tuple[Path,
     assert sum(f'<g id="kops-point-{i}">' in html for i in range(5)) == 4  # one point per submission (+ private, link)
     # 400 public rows: the band narrows below B's gain of 3; E's 1.5 stays inside it
     assert {t.split(" (")[0] for t in tooltips if "within noise" in t} == {"submission 4"}
+    assert next(t for t in tooltips if t.startswith("submission 4")).startswith(
+        f"submission 4 (run {subs['E'][:8]}, blend): nested cv 41.50000, public 43.50000, private 42.00000; blend ")
 
 
 def test_the_picture_is_logged_on_one_leaderboard_run(board: tuple[Path, dict[str, str]]) -> None:

@@ -3,7 +3,8 @@
 Kaggle scores the public leaderboard on a random subset of the test rows (``public_fraction`` × test rows; the
 fraction is printed on the competition's leaderboard page, not given by its API). The truth of those rows is
 hidden, so the noise is estimated where the truth is known: the out-of-fold (OOF) predictions of the best-CV
-submission's source runs against the train rows. ``draws`` random subsets of the OOF of the public size are scored
+single-model submission's source runs against the train rows (a blend keeps no OOF of its own; its best member
+is as noisy to within a little). ``draws`` random subsets of the OOF of the public size are scored
 with the task's own metric; their standard deviation, rescaled to an unbounded test set of ``public_rows`` rows
 (``sd × sqrt(m / n / (1 − m / N))`` for subsets of ``m`` out of ``N`` OOF rows), is the public score's sampling
 noise. The band is ±``Z`` of those deviations around the best-CV submission's public score; another submission is
@@ -49,6 +50,8 @@ class PublicNoise:
     oof_rows: int = 0
     test_rows: int | None = None  # counted in the local test file (None: --public-rows was given)
     run_id: str = ""  # the submission run whose source runs' OOF was resampled
+    of: str = ""  # that submission, as the picture names it
+    centre: float | None = None  # the best-CV submission's public score: the band is centre ± half_width
     reason: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -63,7 +66,7 @@ class PublicNoise:
             size += f" = {self.public_fraction:.0%} of {self.test_rows} test rows"
             size += " (assumed: give --public-fraction)" if self.fraction_assumed else ""
         return (f"public noise ±{self.half_width:.4g}: {Z} sd of the metric on {self.draws} random subsets of "
-                f"{self.oof_rows} OOF rows, rescaled to {size}")
+                f"the {self.oof_rows} OOF rows of {self.of}, rescaled to {size}")
 
 
 def subset_spread(score: Any, n_rows: int, n_public: int, draws: int = DRAWS, seed: int = 0) -> float:
@@ -154,12 +157,10 @@ def _score_subsets(task: Any, truth: Any, oof: Any, n_public: int, draws: int, s
     return sd, len(oof)
 
 
-def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], best: LeaderboardRow | None,
-                 public_rows: int | None = None, public_fraction: float | None = None,
-                 draws: int = DRAWS, seed: int = 0) -> PublicNoise:
-    """The band for ``rows``, resampling the OOF of ``best``'s source runs (else the next submission with OOF).
-
-    Nothing is downloaded from Kaggle: the test rows and the train truth come from the local data folder.
+def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], public_rows: int | None = None,
+                 public_fraction: float | None = None, draws: int = DRAWS, seed: int = 0) -> PublicNoise:
+    """The public score's noise, resampling the OOF of the first of ``rows`` (best CV first) whose source runs
+    logged one. Nothing is downloaded from Kaggle: the test rows and the train truth come from the local data folder.
     """
     from kaggleops.stages.data import resolve
     from kaggleops.stages.train import get_task_for
@@ -177,7 +178,7 @@ def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], 
         return noise
     truth = task.load_train(source.train_file)
     reasons = []
-    for row in ([best] if best else []) + [r for r in rows if r is not best]:
+    for row in rows:
         try:
             oof = load_oof(tracker, row.source_runs)
             noise.sd, noise.oof_rows = _score_subsets(task, truth, oof, noise.public_rows, draws, seed)
@@ -185,6 +186,7 @@ def public_noise(cfg: KopsConfig, tracker: Tracker, rows: list[LeaderboardRow], 
             reasons.append(f"submission {row.submission_ref or row.submission_run_id[:8]}: {e.message}")
             continue
         noise.half_width, noise.draws, noise.run_id = Z * noise.sd, draws, row.submission_run_id
+        noise.of = f"submission {row.submission_ref or row.submission_run_id[:8]}"
         return noise
     noise.reason = "; ".join(reasons[:2]) or "no scored submission"
     return noise

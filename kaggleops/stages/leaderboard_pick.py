@@ -88,8 +88,8 @@ def _honest_cv(row: LeaderboardRow, sources: list[Run]) -> tuple[float | None, b
 
 def _source_label(sources: list[Run], blend: bool) -> str:
     parents = {s.data.tags.get(TAG_PARENT, "") for s in sources}
-    if blend:
-        return "blend " + ", ".join(s.info.run_id[:8] for s in sources)
+    if blend:  # a blend's submission names its members' fold runs and the ensemble run
+        return "blend " + ", ".join(s.info.run_id[:8] for s in sources if s.data.tags.get(TAG_KIND) == Kind.ENSEMBLE)
     if len(parents) == 1 and "" not in parents:
         return f"k-fold {parents.pop()[:8]}"
     return ", ".join(s.info.run_id[:8] for s in sources)
@@ -126,9 +126,10 @@ def board_view(cfg: KopsConfig, public_rows: int | None = None, public_fraction:
     view = BoardView(points, None, PublicNoise(public_rows, public_fraction, False), metric, higher,
                      cfg.competition, len(rows) - len(points), blends)
     view.best = view.ranked()[0] if points else None
-    view.noise = public_noise(cfg, tracker, [p.row for p in view.ranked()], view.best.row if view.best else None,
-                              public_rows, public_fraction, draws)
+    singles = [p.row for p in view.ranked() if not p.blend]  # kops keeps no blended OOF: a member's stands in
+    view.noise = public_noise(cfg, tracker, singles, public_rows, public_fraction, draws)
     marked = within_noise([p.row for p in points], view.best.row if view.best else None, view.noise)
+    view.noise.centre = view.best.row.lb_public if view.best else None
     for p in points:
         p.within_noise = p.row.submission_run_id in marked
     return view
