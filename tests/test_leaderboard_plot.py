@@ -172,6 +172,9 @@ def test_bad_input_is_one_line(tmp_path: Path, board: tuple[Path, dict[str, str]
     assert (out.returncode, out.stderr) == (1, "kops: error: No scored submission to plot: the plot needs a public "
                                             "score and a CV. Pull the scores with: kops scores --wait\n")
     assert not (empty / "x.png").exists()
+    out = kops("leaderboard", "--pick", "2", cwd=empty)
+    assert (out.returncode, out.stdout) == (0, "No scored submission to pick from. Pull the scores with: kops scores "
+                                               "--wait\n")
 
 
 def test_without_local_train_rows_the_picture_says_why_it_has_no_band(board: tuple[Path, dict[str, str]]) -> None:

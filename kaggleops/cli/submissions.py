@@ -212,7 +212,8 @@ def _board_view(cfg: Any, plot: Path | None, pick: int | None, public_fraction: 
         picks = pick_finals(view, pick)
         out["picks"] = [{"submission_run_id": p.point.row.submission_run_id,
                          "submission_ref": p.point.row.submission_ref, "why": p.why} for p in picks]
-        lines += [f"{i}. {p.line()}" for i, p in enumerate(picks, 1)] or ["No scored submission to pick from."]
+        lines += [f"{i}. {p.line()}" for i, p in enumerate(picks, 1)] or [
+            "No scored submission to pick from. Pull the scores with: kops scores --wait"]
         if 0 < len(picks) < pick:
             lines.append(f"(only {len(picks)} distinct submission(s) worth a final slot)")
     emit(out, as_json, "\n".join(lines))

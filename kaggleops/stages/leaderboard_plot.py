@@ -133,13 +133,11 @@ def _legend_markers(ax: Any, view: BoardView) -> None:
 
 
 def figure(view: BoardView) -> Any:
-    """The matplotlib figure of ``view`` (Agg backend: no display needed)."""
-    import matplotlib
+    """The matplotlib figure of ``view``: a bare Figure drawn by Agg (no pyplot, no display, no global backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
+    fig = Figure(figsize=(8, 6), dpi=110)
+    ax = fig.subplots()
     _draw_guides(ax, view)
     _draw_points(ax, view)
     _draw_labels(ax, view)
@@ -162,9 +160,9 @@ def _svg_with_tooltips(fig: Any, view: BoardView) -> str:
 
     import matplotlib
 
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (searchable, smaller)
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text (searchable, smaller)
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     for i, p in enumerate(view.points):
@@ -197,20 +195,15 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head>
 
 def write_plot(view: BoardView, path: Path) -> Path:
     """Write ``view`` to ``path`` (.png or .html); returns the path."""
-    import matplotlib.pyplot as plt
-
     check_plot_path(path)
     fig = figure(view)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() == ".png":
-            fig.savefig(path)
-        else:
-            title = html.escape(f"{view.competition}: CV vs LB")
-            path.write_text(PAGE.format(title=title, svg=_svg_with_tooltips(fig, view), table=_table(view)),
-                            encoding="utf-8")
-    finally:
-        plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        fig.savefig(path)
+    else:
+        title = html.escape(f"{view.competition}: CV vs LB")
+        path.write_text(PAGE.format(title=title, svg=_svg_with_tooltips(fig, view), table=_table(view)),
+                        encoding="utf-8")
     return path
 
 
