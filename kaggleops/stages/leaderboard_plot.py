@@ -19,7 +19,6 @@ MLflow UI shows the latest picture beside the runs.
 from __future__ import annotations
 
 import html
-import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -167,7 +166,9 @@ def _svg_with_tooltips(fig: Any, view: BoardView) -> str:
     svg = svg[svg.index("<svg"):]
     for i, p in enumerate(view.points):
         title = f"<title>{html.escape(p.describe())}</title>"
-        svg = re.sub(rf'(<g id="{POINT_ID.format(i)}(?:-private|-link)?">)', rf"\1{title}", svg)
+        for part in ("", "-private", "-link"):
+            group = f'<g id="{POINT_ID.format(i)}{part}">'
+            svg = svg.replace(group, group + title)
     return svg
 
 
