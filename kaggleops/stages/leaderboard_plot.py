@@ -34,7 +34,7 @@ FORMATS = (".png", ".html")
 COLOURS = {"best": "#2ca02c", "noise": "#ff7f0e", "other": "#1f77b4"}
 BAND_COLOUR, RANK_COLOUR = "#ffbf80", "#555555"
 PLOT_RUN = "leaderboard"
-LABEL_CLOSE = 0.06  # points closer than this share of both axes' ranges share one label
+LABEL_CLOSE = (0.12, 0.08)  # points closer than these shares of the x and y ranges share one label
 CAPTION_WIDTH = 140  # characters per line of the caption under the axes
 POINT_ID = "kops-point-{}"  # the SVG group of a point's markers, where its tooltip goes
 
@@ -75,8 +75,8 @@ def _draw_points(ax: Any, view: BoardView) -> None:
                    edgecolors="black", linewidths=0.5, zorder=5 if p is view.best else 4, gid=POINT_ID.format(i))
 
 
-def label_groups(points: list[Point], close: float = LABEL_CLOSE) -> list[tuple[Point, str]]:
-    """One label per cluster of points closer than ``close`` of the axes' ranges on both axes: ``#3, #5``.
+def label_groups(points: list[Point], close: tuple[float, float] = LABEL_CLOSE) -> list[tuple[Point, str]]:
+    """One label per cluster of points closer than ``close`` of the x and y ranges: ``#3, #5``.
 
     Example:
         >>> from types import SimpleNamespace as S
@@ -89,8 +89,8 @@ def label_groups(points: list[Point], close: float = LABEL_CLOSE) -> list[tuple[
     dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     groups: list[list[Point]] = []
     for p in sorted(points, key=lambda q: (q.cv, q.row.lb_public)):
-        near = next((g for g in groups if abs(g[0].cv - p.cv) < close * dx
-                     and abs(g[0].row.lb_public - p.row.lb_public) < close * dy), None)
+        near = next((g for g in groups if abs(g[0].cv - p.cv) < close[0] * dx
+                     and abs(g[0].row.lb_public - p.row.lb_public) < close[1] * dy), None)
         near.append(p) if near is not None else groups.append([p])
     return [(max(g, key=lambda q: q.row.lb_public), ", ".join(map(_short, g))) for g in groups]
 
