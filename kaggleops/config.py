@@ -10,6 +10,8 @@ Environment variables kops reads (the Kaggle client and MLflow read their own as
 - ``KOPS_KAGGLE_ENDPOINT``: aim the official kaggle client at a loopback emulator (e.g. ``http://127.0.0.1:8765``);
 - ``KOPS_KAGGLE_TIMEOUT``: seconds a Kaggle API read may take;
 - ``KOPS_BUCKET``: the sync bucket, over ``storage.bucket``;
+- ``KOPS_SWEEP_STORAGE``: the Optuna storage of `kops sweep`, over ``sweep.storage`` (``${VAR}`` in either is
+  replaced by that environment variable, so a password stays out of kops.yaml);
 - ``KOPS_CACHE_DIR``: where downloads and the Kaggle-image environment of ``kops kernel run-local`` are cached;
 - ``KOPS_DEBUG=1``: an unexpected error shows its traceback.
 """
@@ -84,6 +86,27 @@ class StorageConfig(_Strict):
     sync_minutes: float = Field(0, ge=0)
 
 
+class SweepConfig(_Strict):
+    """The ``sweep:`` section (`kops sweep`): a search over the task's ``train:`` settings with Optuna.
+
+    ``params``: name -> ``[choice, ...]`` or ``{low, high, log?, step?}`` (ints when low and high are ints);
+    validated against the task's settings by the sweep (stages/sweep_space.py). ``storage``: an SQLAlchemy URL
+    (default: ``.kops/sweep.db`` beside kops.yaml); a worker whose heartbeat is older than ``grace_s`` has its
+    trial put back for another worker (at most ``max_retry`` times), resumed from its run's checkpoint.
+    """
+
+    study: str | None = Field(None, description="default: <experiment>-sweep")
+    params: dict[str, Any] = Field(default_factory=dict)
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(5, ge=0, description="trials before the sampler models and the pruner prunes")
+    storage: str | None = None
+    heartbeat_s: float = Field(60, gt=0)
+    grace_s: float | None = Field(None, gt=0, description="default: 2 x heartbeat_s")
+    max_retry: int = Field(3, ge=0)
+
+
 class KopsConfig(_Strict):
     """The validated content of kops.yaml."""
 
@@ -101,6 +124,7 @@ class KopsConfig(_Strict):
     publish: PublishConfig = PublishConfig()
     kernel: KernelConfig = KernelConfig()
     storage: StorageConfig = StorageConfig()
+    sweep: SweepConfig = SweepConfig()
     root: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @property
@@ -268,6 +292,16 @@ train:                 # n_folds, folds and seed are kops'; every other key is t
   folds: {folds}          # null = all folds
   seed: 42
 {train_lines}
+
+# kops sweep: an Optuna search over the train: keys above, shared by every machine that joins the study.
+# sweep:
+#   n_trials: 40
+#   params:                  # a list = choices; low/high = a range (ints when both are ints; log: true for rates)
+#     lr: {{low: 0.0001, high: 0.01, log: true}}
+#     batch_size: [32, 64]
+#   pruner: median           # median | hyperband | none: stop a bad trial after its first fold
+#   storage: null            # default .kops/sweep.db; a team: postgresql://me:${{PGPASSWORD}}@db.example.com/optuna
+
 dataset:
   private: true
   license: CC0-1.0

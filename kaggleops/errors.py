@@ -112,6 +112,10 @@ def _chain(error: BaseException | None) -> list[BaseException]:
     return chain
 
 
+class SweepStorageError(KopsError):
+    """The Optuna storage of `kops sweep` (sweep.storage) cannot be opened or reached; the URL's password masked."""
+
+
 class StorageError(KopsError):
     """A bucket or folder could not be read or written."""
 

@@ -25,6 +25,7 @@ from typing import Any
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[str] = []
+_depth: list[int] = [0]  # graceful() blocks open: an inner one (a sweep's trial inside the sweep) changes nothing
 
 
 def requested() -> str | None:
@@ -40,15 +41,20 @@ def _handler(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def graceful() -> Iterator[None]:
-    """SIGINT/SIGTERM set :func:`requested` instead of interrupting, until the block ends (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGINT/SIGTERM set :func:`requested` instead of interrupting, until the block ends (main thread only).
+
+    Nested blocks are one: only the outermost installs the handlers and clears the flag, so a signal received
+    during an inner block (one trial of a sweep) is still :func:`requested` after it."""
+    if threading.current_thread() is not threading.main_thread() or _depth[0]:
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     _received.clear()
+    _depth[0] += 1
     try:
         yield
     finally:
+        _depth[0] -= 1
         for s, handler in previous.items():
             signal.signal(s, handler)
         _received.clear()

@@ -19,7 +19,7 @@ from harness import kops
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
-            ["sync", "status"], ["data"], ["quota"], ["check-task"]]
+            ["sync", "status"], ["data"], ["quota"], ["check-task"], ["sweep"]]
 HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
 
 

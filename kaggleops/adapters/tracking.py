@@ -424,6 +424,10 @@ class Tracker:
         self._call(f"Uploading {local_file} to run {run_id}", self.client.log_artifact, run_id, str(local_file),
                    artifact_path, run_id=run_id)
 
+    def delete_run(self, run_id: str) -> None:
+        """Mark a run deleted (MLflow keeps it restorable until garbage-collected)."""
+        self._call(f"Deleting run {run_id}", self.client.delete_run, run_id, run_id=run_id)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(f"Ending run {run_id}", self.client.set_terminated, run_id, status, run_id=run_id)
 

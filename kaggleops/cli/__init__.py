@@ -91,6 +91,7 @@ def _register() -> None:
         project,
         runs,
         submissions,
+        sweep,
         sync,
         ui,
     )

@@ -83,9 +83,11 @@ def start_gcs() -> Service:
     return Service(f"http://{HOST}:{port}", proc)
 
 
-def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow") -> Service:
+def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow",
+                   more_databases: tuple[str, ...] = ()) -> Service:
     """PostgreSQL 16 (pgserver's binaries) on a free port of 127.0.0.1; ``url`` is the SQLAlchemy URI
     ``postgresql://USER:PASSWORD@127.0.0.1:PORT/DATABASE``; :meth:`Service.stop` stops it and deletes its data.
+    ``more_databases``: other databases USER owns on the same server (e.g. an Optuna study storage).
 
     Run as root, the server runs as the system user ``pgserver`` (PostgreSQL refuses root), as pgserver itself does;
     its data folder is then a fresh one under /tmp, not under pytest's ``tmp_path``: every pytest session resets
@@ -96,6 +98,8 @@ def start_postgres(password: str, user: str = "mlflow", database: str = "mlflow"
     pgdata = Path(tempfile.mkdtemp(prefix="kops-pg-", dir="/tmp" if os.name == "posix" else None)) / "pgdata"
     init = pgserver.get_server(pgdata, cleanup_mode="stop")  # initdb (local trust), user/permission set-up
     init.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'; CREATE DATABASE {database} OWNER {user};")
+    for other in more_databases:
+        init.psql(f"CREATE DATABASE {other} OWNER {user};")
     system_user = init.system_user
     init.cleanup()
     (pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")

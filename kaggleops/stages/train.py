@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class TrainResult:
     metric: str = "score"
     higher_is_better: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True  # False: a Placement's on_fold stopped the job before its last fold (no CV logged)
 
     @property
     def run_id(self) -> str:
@@ -88,6 +90,25 @@ class TrainResult:
         if self.parent_run_id:
             lines.append(f"k-fold parent run {self.parent_run_id}  cv_{self.metric} {self.cv:.4f}")
         return "\n".join(lines)
+
+
+@dataclass
+class Placement:
+    """Where a training job's top run goes and who hears of its folds (a sweep's trial: stages/sweep.py).
+
+    With a Placement the job always has a k-fold run on top (also for one fold): a child of ``parent_run_id``,
+    carrying ``tags``. ``reopen`` continues that top run instead of starting one (its finished folds are kept, an
+    unfinished fold resumes from its checkpoint in its own run). ``on_start(run_id)`` hears the top run's id before
+    the first fold trains; ``on_fold(fold, score, folds_done)`` after each fold: True stops the job there (the top
+    run ends FINISHED without a CV, the result has ``complete=False``).
+    """
+
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    reopen: str | None = None
+    on_start: Callable[[str], None] | None = None
+    on_fold: Callable[[int, float, int], bool] | None = None
+    resume_command: str | None = None  # what continues the job after Ctrl-C (default: the `kops train --resume` one)
 
 
 def get_task_for(cfg: KopsConfig) -> Any:
@@ -165,7 +186,8 @@ def _train_key(params: dict[str, Any]) -> str:
 
 
 def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None = None,
-          progress: bool = True, resume: bool = False, sample: bool = False) -> TrainResult:
+          progress: bool = True, resume: bool = False, sample: bool = False,
+          placement: Placement | None = None) -> TrainResult:
     """Train the configured task on the chosen folds; one MLflow run per fold.
 
     With ``resume``, each fold continues the latest unfinished run (RUNNING after a kill, FAILED or KILLED)
@@ -173,6 +195,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     resumed k-fold job are kept as they are. Without it a new run starts (and a warning names the
     unfinished one). Data: ``data_dir``, else kops.yaml / an attached Kaggle input / the download cache
     (downloaded when absent); the bundled sample only with ``sample`` (see :mod:`kaggleops.stages.data`).
+    ``placement``: where the top run goes and a per-fold hook (see :class:`Placement`; `kops sweep` uses it).
 
     Example:
         >>> train(load_config(), folds=[0])  # doctest: +SKIP
@@ -184,7 +207,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
     stopper = interrupts.graceful() if dist.world_size() == 1 else contextlib.nullcontext()
     try:
         with stopper:
-            result = _train(cfg, folds, data_dir, progress, resume, sample)
+            result = _train(cfg, folds, data_dir, progress, resume, sample, placement)
     except BaseException:
         if joined:
             dist.destroy()
@@ -195,7 +218,7 @@ def train(cfg: KopsConfig, folds: list[int] | None = None, data_dir: Path | None
 
 
 def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, progress: bool,
-           resume: bool, sample: bool = False) -> TrainResult:
+           resume: bool, sample: bool = False, placement: Placement | None = None) -> TrainResult:
     task = get_task_for(cfg)
     df, source = load_training_data(cfg, task, data_dir, sample)
     settings = task_settings(cfg, task)
@@ -210,7 +233,7 @@ def _train(cfg: KopsConfig, folds: list[int] | None, data_dir: Path | None, prog
     if not dist.is_main():
         return _follow(task, df, settings, chosen, cfg.train.seed)
     result = _lead(cfg, task, df, settings, chosen, source, progress, resume,
-                   resume_command(folds, sample, data_dir))
+                   resume_command(folds, sample, data_dir), placement)
     return dist.broadcast(result)
 
 
@@ -224,20 +247,22 @@ def resume_command(folds: list[int] | None, sample: bool, data_dir: Path | None)
 
 
 def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int], source: Any, progress: bool,
-          resume: bool, resume_cmd: str = "kops train --resume") -> TrainResult:
+          resume: bool, resume_cmd: str = "kops train --resume", placement: Placement | None = None) -> TrainResult:
     tracker = open_tracker(cfg)
     params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
               "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
-    job = _Job(tracker, task, df, settings, params, progress, resume, cfg.train.seed, chosen, source.as_input(),
-               resume_cmd)
+    place = placement or Placement()
+    job = _Job(tracker, task, df, settings, params, progress, resume or place.reopen is not None, cfg.train.seed,
+               chosen, source.as_input(), place.resume_command or resume_cmd)
     parent = None
-    if len(chosen) > 1:
-        parent = job.open_parent(chosen)
+    if len(chosen) > 1 or placement is not None:
+        parent = job.open_parent(chosen, place)
     try:
         # `kops sync push` every storage.sync_minutes and once at the end (no-op without a bucket); the parent is
         # closed inside, so that last push carries its final status and CV.
         with background_sync(cfg):
-            return _close_parent(tracker, task, [job.fold(fold, parent) for fold in chosen], parent)
+            runs = _folds(job, chosen, parent, place.on_fold)
+            return _close_parent(tracker, task, runs, parent, complete=len(runs) == len(chosen))
     except BaseException as e:
         if parent and not is_disk_full(e):
             tracker.end_run(parent, "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
@@ -249,11 +274,24 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str | None) -> TrainResult:
+def _folds(job: _Job, chosen: list[int], parent: str | None,
+           on_fold: Callable[[int, float, int], bool] | None) -> list[FoldRun]:
+    """Train the chosen folds in order; ``on_fold`` (a Placement's) hears each score and may stop the job."""
+    runs: list[FoldRun] = []
+    for fold in chosen:
+        runs.append(job.fold(fold, parent))
+        if on_fold is not None and on_fold(fold, runs[-1].score, len(runs)) and len(runs) < len(chosen):
+            break
+    return runs
+
+
+def _close_parent(tracker: Tracker, task: Any, runs: list[FoldRun], parent: str | None,
+                  complete: bool = True) -> TrainResult:
     result = TrainResult(runs, parent, cv=sum(r.score for r in runs) / len(runs), metric=task.metric.name,
-                         higher_is_better=bool(task.metric.higher_is_better))
+                         higher_is_better=bool(task.metric.higher_is_better), complete=complete)
     if parent:
-        tracker.log_metrics(parent, {f"cv_{task.metric.name}": result.cv})
+        if complete:
+            tracker.log_metrics(parent, {f"cv_{task.metric.name}": result.cv})
         tracker.end_run(parent)
     return result
 
@@ -333,19 +371,36 @@ class _Job:
                         what, open_runs[0].info.run_id, self.resume_command)
         return open_runs[0] if open_runs and self.resume else None
 
-    def open_parent(self, chosen: list[int]) -> str:
-        params = {**self.params, "folds": chosen}
-        key = _train_key(params)
-        found = self._unfinished(self._find(Kind.KFOLD, key, {}), "this k-fold job")
-        if found is not None:
-            self.tracker.reopen_run(found.info.run_id)
-            return str(found.info.run_id)
-        name = hook(self.task, "run_label")(self.settings)
-        run_id = self.tracker.start_run(f"kfold-{name}", params,
-                                        {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD, TAG_TRAIN_KEY: key,
-                                         **metric_tags(self.task), **machine_tags()})
-        self.log_data(run_id)
+    def open_parent(self, chosen: list[int], place: Placement | None = None) -> str:
+        place = place or Placement()
+        run_id = self._reopen_parent(chosen, place)
+        if run_id is None:
+            params = {**self.params, "folds": chosen}
+            name = hook(self.task, "run_label")(self.settings)
+            run_id = self.tracker.start_run(f"kfold-{name}", params,
+                                            {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD,
+                                             TAG_TRAIN_KEY: _train_key(params), **metric_tags(self.task),
+                                             **machine_tags(), **place.tags}, parent_run_id=place.parent_run_id)
+            self.log_data(run_id)
+        if place.on_start is not None:
+            place.on_start(run_id)
         return run_id
+
+    def _reopen_parent(self, chosen: list[int], place: Placement) -> str | None:
+        """The k-fold run to continue: the Placement's, else (not placed) the unfinished one of the same key."""
+        if place.reopen is not None:
+            self.tracker.reopen_run(place.reopen)
+            if place.tags:
+                self.tracker.set_tags(place.reopen, place.tags)
+            return place.reopen
+        if place.parent_run_id is not None:
+            return None  # a placed job (a sweep trial) never takes over another job's run by its key
+        found = self._unfinished(self._find(Kind.KFOLD, _train_key({**self.params, "folds": chosen}), {}),
+                                 "this k-fold job")
+        if found is None:
+            return None
+        self.tracker.reopen_run(found.info.run_id)
+        return str(found.info.run_id)
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         if interrupts.requested():
