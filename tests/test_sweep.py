@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -104,6 +105,20 @@ def test_best_params_are_written_into_kops_yaml_keeping_comments() -> None:
     assert apply_params(text, {"lr": 0.003, "dropout": 0.25}) == (
         "competition: c\ntrain:   # the task's\n  lr: 0.003   # learning rate\n  epochs: 3\n  dropout: 0.25\n\n"
         "kernel:\n  slug: k\n")
+
+
+@pytest.mark.parametrize("name", ["train_colab.ipynb", "train_kaggle.ipynb"])
+def test_notebooks_join_a_sweep_by_study_name(name: str) -> None:
+    """The Colab/Kaggle notebooks' parameter SWEEP_STUDY: empty trains as before, a name runs `kops sweep`."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from kaggleops.resources import kernel_template
+
+    cells = ["".join(c["source"]) for c in json.loads(kernel_template(name))["cells"]]
+    assert re.search(r'^SWEEP_STUDY = ""  # join a sweep', cells[0], flags=re.M)
+    run = next(c for c in cells if "kops sweep --study {SWEEP_STUDY}" in c)
+    assert "kops train --resume" in run  # the plain path, when SWEEP_STUDY is empty
+    compile(TransformerManager().transform_cell(run), name, "exec")  # `!` lines inside if/else are valid IPython
 
 
 # ---- many workers on PostgreSQL, one killed -----------------------------------------------------------------------

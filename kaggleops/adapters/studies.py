@@ -6,13 +6,13 @@ with the URL's password masked. Optuna is imported inside the functions (``kops 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kaggleops.adapters.credentials import lookup
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, SweepStorageError
 
@@ -38,18 +38,20 @@ def mask_url(text: str) -> str:
 
 
 def storage_url(cfg: KopsConfig) -> str:
-    """The study storage: ``KOPS_SWEEP_STORAGE`` > ``sweep.storage`` > ``sqlite:///<project>/.kops/sweep.db``; each
-    ``${VAR}`` replaced by that environment variable (a missing one is a ConfigError naming it); a relative SQLite
-    path is anchored at the folder of kops.yaml."""
-    raw = os.environ.get(ENV_SWEEP_STORAGE) or cfg.sweep.storage
-    if not raw:
+    """The study storage, through the same chain as the tracking URI: env ``KOPS_SWEEP_STORAGE`` > ``sweep.storage``
+    > a notebook secret ``KOPS_SWEEP_STORAGE`` > ``sqlite:///<project>/.kops/sweep.db``. Each ``${VAR}`` in it is
+    replaced by env var (or notebook secret) VAR, a missing one a ConfigError naming it; a relative SQLite path is
+    anchored at the folder of kops.yaml."""
+    found = lookup(ENV_SWEEP_STORAGE, file_value=cfg.sweep.storage)
+    if found is None:
         path = cfg.root / DEFAULT_STORAGE_FILE
         return f"sqlite:///{path}"
-    missing = [name for name in _ENV_REF.findall(raw) if name not in os.environ]
+    values = {name: lookup(name) for name in _ENV_REF.findall(found.value)}
+    missing = [name for name, secret in values.items() if secret is None]
     if missing:
         raise ConfigError(f"sweep.storage names ${{{missing[0]}}}, but that environment variable is not set.",
                           f"Set {missing[0]} (or {ENV_SWEEP_STORAGE} to the whole URL).")
-    url = _ENV_REF.sub(lambda m: os.environ[m.group(1)], raw)
+    url = _ENV_REF.sub(lambda m: values[m.group(1)].value, found.value)  # type: ignore[union-attr]
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         url = prefix + str((cfg.root / url[len(prefix):]).resolve())

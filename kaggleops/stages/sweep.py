@@ -224,9 +224,12 @@ class _Worker:
         self.trial, self.trial_run = None, None
         try:
             self.study.optimize(self.objective, n_trials=1, catch=(), gc_after_trial=False)
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt) as e:
             self._put_back()
-            raise
+            if isinstance(e, Interrupted) or self.trial is None:
+                raise
+            raise Interrupted(f"stopped between folds of trial {self.trial.number} (run {self.trial_run}); it is "
+                              f"back in study {self.name}: continue with `kops sweep --study {self.name}`") from None
         except KopsError as e:
             if self.trial is None or isinstance(e, ConfigError):
                 raise

@@ -56,7 +56,7 @@ def _workers(study: Any) -> dict[str, dict[str, int]]:
     per: dict[str, Counter[str]] = {}
     for t in study.get_trials(deepcopy=False):
         who = t.user_attrs.get(ATTR_WORKER)
-        if who:
+        if who and t.state.name != "WAITING":  # a put-back trial still carries its dead worker's name
             per.setdefault(who, Counter())[t.state.name.lower()] += 1
     return {w: dict(c) for w, c in per.items()}
 
