@@ -184,12 +184,17 @@ def retried_from(trial: Any) -> int | None:
         return RetryFailedTrialCallback.retried_trial_number(trial)
 
 
-def retries(trial: Any) -> int:
-    """How many times the (frozen) trial's lineage was put back before it."""
+def retry_history(trial: Any) -> list[int]:
+    """The numbers of the earlier attempts of a put-back (frozen) trial, oldest first; empty for a first attempt."""
     import warnings
 
     from optuna.storages import RetryFailedTrialCallback
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental"
-        return len(RetryFailedTrialCallback.retry_history(trial))
+        return list(RetryFailedTrialCallback.retry_history(trial))
+
+
+def retries(trial: Any) -> int:
+    """How many times the (frozen) trial's lineage was put back before it."""
+    return len(retry_history(trial))

@@ -150,9 +150,9 @@ def sweep(cfg: KopsConfig, name: str | None = None, trials: int | None = None, t
     name = study_name(cfg, name)
     worker = _Worker(cfg, task, space, name, data_dir, sample, progress)
     study, masked = open_study(cfg, name, task, worker.on_stale)
-    target = trials or study.user_attrs.get(ATTR_TARGET) or cfg.sweep.n_trials
-    if ATTR_TARGET not in study.user_attrs:
-        study.set_user_attr(ATTR_TARGET, target)
+    target = int(trials or study.user_attrs.get(ATTR_TARGET) or cfg.sweep.n_trials)
+    if trials or ATTR_TARGET not in study.user_attrs:
+        study.set_user_attr(ATTR_TARGET, target)  # --trials N: the study's new target, for every worker
     worker.study, worker.tracker = study, open_tracker(cfg)
     worker.run_id = study_run(worker.tracker, name, task, _study_params(cfg, space, masked))
     say(f"study {name} in {masked}: {Counts.of(study).finished}/{target} trials done; worker {worker.worker}")
@@ -162,6 +162,7 @@ def sweep(cfg: KopsConfig, name: str | None = None, trials: int | None = None, t
             worker.loop(target, deadline)
     finally:
         worker.close(target)
+    target = int(study.user_attrs.get(ATTR_TARGET, target))
     return SweepResult(name, masked, worker.ran, Counts.of(study), target, best_of(study, task.metric.name))
 
 
@@ -192,6 +193,7 @@ class _Worker:
     def loop(self, target: int, deadline: float | None) -> None:
         failed_in_a_row, waiting_said = 0, False
         while deadline is None or time.monotonic() < deadline:
+            target = int(self.study.user_attrs.get(ATTR_TARGET, target))  # `--trials N` of any worker moves it
             if interrupts.requested():
                 raise Interrupted(f"stopped between trials of study {self.name}; continue with "
                                   f"`kops sweep --study {self.name}`")
@@ -245,9 +247,9 @@ class _Worker:
         self.trial = trial
         params = {p.name: suggest(trial, p) for p in self.space}
         trial.set_user_attr(ATTR_WORKER, self.worker)
-        inherited = trial.user_attrs.get(ATTR_RUN)
-        reopen = inherited if inherited and self.tracker.exists(inherited) else None
-        was = studies.retried_from(studies.frozen(self.study, trial.number))
+        stored = studies.frozen(self.study, trial.number)
+        was = studies.retried_from(stored)
+        reopen = self._inherited_run(stored) if was is not None else None
         say(f"trial {trial.number}: {json.dumps(params)}" + (f" (trial {was} put back: continues run {reopen})"
                                                                  if reopen else ""))
         placement = Placement(self.run_id, {TAG_SWEEP_STUDY: self.name, TAG_SWEEP_TRIAL: str(trial.number),
@@ -264,6 +266,19 @@ class _Worker:
         if not result.complete:
             raise optuna.TrialPruned(f"after {len(result.runs)} fold(s)")
         return float(result.cv)
+
+    def _inherited_run(self, stored: Any) -> str | None:
+        """The run a put-back trial continues: the one its user attribute names, else (a worker killed between
+        creating the run and naming it) the unfinished run tagged with an earlier attempt's number."""
+        named = stored.user_attrs.get(ATTR_RUN)
+        if named:
+            return str(named) if self.tracker.exists(named) else None
+        for number in reversed(studies.retry_history(stored)):
+            runs = runs_tagged(self.tracker, {TAG_KIND: Kind.KFOLD, TAG_SWEEP_STUDY: self.name,
+                                              TAG_SWEEP_TRIAL: str(number)})
+            if runs and runs[0].info.status != "FINISHED":
+                return str(runs[0].info.run_id)
+        return None
 
     def _started(self, run_id: str) -> None:
         self.trial_run = run_id
@@ -310,6 +325,7 @@ class _Worker:
         if self.tracker is None or not self.run_id:
             return
         counts = Counts.of(self.study)
+        target = int(self.study.user_attrs.get(ATTR_TARGET, target))
         with contextlib.suppress(KopsError):
             if self.ran or counts.finished >= target:
                 write_report(self.tracker, self.run_id, self.study, self.task.metric.name, target)
