@@ -272,7 +272,8 @@ def test_colab_notebook_killed_mid_training_resumes_the_same_run(bench: dict[str
     workdir = base / "content"
     workdir.mkdir()
     params = {"KOPS_SOURCE": str(ROOT), "PROJECT_REPO": project["repo"], "PROJECT_REV": project["rev"],
-              "TRACKING_URI_SECRET": "TEAM_MLFLOW", "PUSH_KERNEL": False, "WORKDIR": str(workdir)}
+              "TRACKING_URI_SECRET": "TEAM_MLFLOW", "PUSH_KERNEL": False, "WORKDIR": str(workdir),
+              "SWEEP_STUDY": ""}
 
     first = Session(bench, "colab", params, secrets, workdir)
     deadline = time.monotonic() + 600
@@ -310,7 +311,8 @@ def test_kaggle_notebook_installs_the_wheel_trains_and_pushes_the_kernel(bench: 
     workdir = base / "working"
     workdir.mkdir()
     params = {"KOPS_SOURCE": str(wheel), "PROJECT_REPO": project["repo"], "PROJECT_REV": project["rev"],
-              "TRACKING_URI_SECRET": "MLFLOW_TRACKING_URI", "PUSH_KERNEL": True, "WORKDIR": str(workdir)}
+              "TRACKING_URI_SECRET": "MLFLOW_TRACKING_URI", "PUSH_KERNEL": True, "WORKDIR": str(workdir),
+              "SWEEP_STUDY": ""}
 
     executed = Session(bench, "kaggle", params, secrets, workdir).wait()
     (run,) = _fold_runs(store)
