@@ -237,6 +237,12 @@ class _Worker:
                 raise
             say(f"trial {self.trial.number} failed: {e}")
             return e
+        except RuntimeError as e:
+            if type(e).__name__ != "UpdateFinishedTrialError" or self.trial is None:
+                raise
+            # this worker's heartbeat came later than the grace period (a frozen VM): another worker took the trial
+            say(f"trial {self.trial.number} was put back while it ran here (heartbeat late: raise sweep.grace_s); "
+                "its result here is dropped")
         finally:
             self.ran += 1 if self.trial is not None else 0
         return None
