@@ -301,6 +301,7 @@ train:                 # n_folds, folds and seed are kops'; every other key is t
 #     batch_size: [32, 64]
 #   pruner: median           # median | hyperband | none: stop a bad trial after its first fold
 #   storage: null            # default .kops/sweep.db; a team: postgresql://me:${{PGPASSWORD}}@db.example.com/optuna
+#                            # (or `tracking`: the database server of a postgresql:// tracking_uri, database optuna)
 
 dataset:
   private: true

@@ -208,7 +208,7 @@ def test_three_workers_on_postgres_one_killed(tmp_path: Path, postgres: str, emu
     from kaggleops.tasks import get_task
 
     optuna_url = postgres.rsplit("/", 1)[0] + "/optuna"
-    proj = _project(tmp_path / "team", optuna_url.replace(PG_PASSWORD, "${PG_PW}"))
+    proj = _project(tmp_path / "team", "tracking")  # the tracking database's server, database `optuna`
     env = {**os.environ, "MLFLOW_TRACKING_URI": postgres, "PG_PW": PG_PASSWORD, "OMP_NUM_THREADS": "1"}
     client = MlflowClient(tracking_uri=postgres)
     client.create_experiment("sweep", artifact_location=(proj / "artifacts").as_uri())  # tables made once, here
@@ -285,3 +285,12 @@ def test_three_workers_on_postgres_one_killed(tmp_path: Path, postgres: str, emu
     rendered = kops("push-kernel", "--run", best, "--no-push", "--json", cwd=proj, env=env_kops)
     assert rendered.returncode == 0, rendered.stderr
     assert json.loads(rendered.stdout)["run_ids"] == best_folds
+
+    # and its params go into kops.yaml's train: section, the comments kept
+    applied = kops("sweep", "--best", STUDY, "--apply", cwd=proj, env=env_kops)
+    assert applied.returncode == 0, applied.stderr
+    text = (proj / "kops.yaml").read_text()
+    assert "  epochs: 3            # one checkpoint per epoch" in text and "+  lr: " in applied.stdout
+    from kaggleops.config import load_config
+
+    assert load_config(proj / "kops.yaml").train.task_settings()["lr"] == pytest.approx(shown["best"]["params"]["lr"])

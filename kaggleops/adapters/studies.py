@@ -23,6 +23,8 @@ ATTR_TARGET = "n_trials"  # study user attribute: the number of finished trials 
 DEFAULT_STORAGE_FILE = Path(".kops") / "sweep.db"
 CONNECT_TIMEOUT_S = 10
 CREATE_TRIES = 3
+FROM_TRACKING = "tracking"  # sweep.storage: tracking = the tracking store's database server (see storage_url)
+OPTUNA_DATABASE = "optuna"
 _PASSWORD = re.compile(r"(?P<head>[a-z][\w+.-]*://[^/:@\s]*:)(?P<secret>[^@\s]*)(?P<at>@)", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
 
@@ -41,11 +43,19 @@ def storage_url(cfg: KopsConfig) -> str:
     """The study storage, through the same chain as the tracking URI: env ``KOPS_SWEEP_STORAGE`` > ``sweep.storage``
     > a notebook secret ``KOPS_SWEEP_STORAGE`` > ``sqlite:///<project>/.kops/sweep.db``. Each ``${VAR}`` in it is
     replaced by env var (or notebook secret) VAR, a missing one a ConfigError naming it; a relative SQLite path is
-    anchored at the folder of kops.yaml."""
+    anchored at the folder of kops.yaml. ``tracking``: derived from a database tracking URI (same server, database
+    ``optuna``, which must exist; SQLite: ``.kops/sweep.db`` beside the store).
+
+    Example:
+        >>> _beside_tracking("postgresql://kops:pw@db:5432/mlflow")
+        'postgresql://kops:pw@db:5432/optuna'
+    """
     found = lookup(ENV_SWEEP_STORAGE, file_value=cfg.sweep.storage)
     if found is None:
         path = cfg.root / DEFAULT_STORAGE_FILE
         return f"sqlite:///{path}"
+    if found.value == FROM_TRACKING:
+        return _beside_tracking(cfg.resolved_tracking_uri)
     values = {name: lookup(name) for name in _ENV_REF.findall(found.value)}
     missing = [name for name, secret in values.items() if secret is None]
     if missing:
@@ -56,6 +66,19 @@ def storage_url(cfg: KopsConfig) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         url = prefix + str((cfg.root / url[len(prefix):]).resolve())
     return url
+
+
+def _beside_tracking(tracking: str) -> str:
+    """``sweep.storage: tracking``: the database server of a database tracking URI, database ``optuna`` (not
+    MLflow's own: both keep an ``alembic_version`` table); ``.kops/sweep.db`` beside a SQLite store."""
+    if tracking.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking[len('sqlite:///'):]).parent / DEFAULT_STORAGE_FILE}"
+    match = re.match(r"((?:postgresql|mysql)[\w+]*://[^/]+)/[^?]*(\?.*)?$", tracking)
+    if match is None:
+        raise ConfigError(f"sweep.storage is `{FROM_TRACKING}`, but the tracking URI {mask_url(tracking)} is not a "
+                          "database kops can reach (a tracking server keeps its database to itself).",
+                          "Give sweep.storage the database URL, e.g. postgresql://user:${PGPASSWORD}@host/optuna.")
+    return f"{match.group(1)}/{OPTUNA_DATABASE}{match.group(2) or ''}"
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
