@@ -38,6 +38,7 @@ from kaggleops.stages.train import Placement, get_task_for, metric_tags, say, tr
 
 MAX_FAILED_IN_A_ROW = 3  # trials failing one after another (not preempted): the worker stops with the last error
 POLL_S = 0.5
+WAIT_S = 4.0  # a worker with nothing to start looks again after this (or one heartbeat, when shorter)
 
 
 def study_name(cfg: KopsConfig, name: str | None = None) -> str:
@@ -217,7 +218,7 @@ class _Worker:
             self._summary()
 
     def _sleep(self) -> None:
-        until = time.monotonic() + min(self.cfg.sweep.heartbeat_s, 2 * POLL_S * 4)
+        until = time.monotonic() + min(self.cfg.sweep.heartbeat_s, WAIT_S)
         while time.monotonic() < until and not interrupts.requested():
             time.sleep(POLL_S)
 
@@ -335,5 +336,11 @@ class _Worker:
         with contextlib.suppress(KopsError):
             if self.ran or counts.finished >= target:
                 write_report(self.tracker, self.run_id, self.study, self.task.metric.name, target)
-            if counts.running == 0:
-                self.tracker.end_run(self.run_id, "FINISHED" if counts.finished >= target else "KILLED")
+            end_study_run(self.tracker, self.run_id, counts, target)
+
+
+def end_study_run(tracker: Tracker, run_id: str, counts: Counts, target: int) -> None:
+    """With no trial running anywhere, the study run ends: FINISHED when the study has its trials, else KILLED (a
+    later worker reopens it)."""
+    if counts.running == 0:
+        tracker.end_run(run_id, "FINISHED" if counts.finished >= target else "KILLED")

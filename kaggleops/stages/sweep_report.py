@@ -14,7 +14,7 @@ from kaggleops.adapters.tracking import open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, KopsError
 from kaggleops.schema import TAG_KIND, TAG_SWEEP_STUDY, Kind
-from kaggleops.stages.sweep import Counts, best_of, open_study, study_name
+from kaggleops.stages.sweep import Counts, best_of, end_study_run, open_study, study_name
 from kaggleops.stages.sweep_history import HISTORY_PLOT, REPORT_FOLDER, write_report
 from kaggleops.stages.sweep_space import apply_params, params_diff
 from kaggleops.stages.train import get_task_for
@@ -80,9 +80,12 @@ def status(cfg: KopsConfig, name: str | None = None, report: bool = True) -> Stu
     tracker = open_tracker(cfg)
     found = runs_tagged(tracker, {TAG_KIND: Kind.SWEEP, TAG_SWEEP_STUDY: name})
     if found:
-        result.study_run = str(min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id)
+        run = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
+        result.study_run = str(run.info.run_id)
         if report:
             write_report(tracker, result.study_run, study, task.metric.name, target)
+        if run.info.status == "RUNNING" and result.counts.finished >= target:  # done, but its last worker died
+            end_study_run(tracker, result.study_run, result.counts, target)
     return result
 
 
