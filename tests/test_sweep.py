@@ -294,3 +294,46 @@ def test_three_workers_on_postgres_one_killed(tmp_path: Path, postgres: str, emu
     from kaggleops.config import load_config
 
     assert load_config(proj / "kops.yaml").train.task_settings()["lr"] == pytest.approx(shown["best"]["params"]["lr"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_puts_the_trial_back_and_the_next_worker_finishes_its_run(tmp_path: Path) -> None:
+    """Ctrl-C stops at the next safe point as `kops train` does (exit 130): the run KILLED, the trial FAIL and put
+    back; the next `kops sweep` continues that run (its finished fold kept) instead of starting another."""
+    import signal
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    proj = _project(tmp_path / "p", "null", trials=1)
+    text = (proj / "kops.yaml").read_text().replace("folds: [0, 1]", "folds: [0, 1, 2]")
+    (proj / "kops.yaml").write_text(text.replace("epochs: 3 ", "epochs: 1 "))
+    worker = _kops(["sweep", "--study", "ctrl-c", "--sample"], proj, {**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    while not seen or "fold 0 (1/3): run" not in seen[-1]:
+        seen.append(worker.stderr.readline())
+        assert seen[-1], "".join(seen)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    run_id = re.search(r"\(run (\w+)\)", line)[1]  # type: ignore[index]
+    assert re.fullmatch(r"kops: stopped between folds of trial 0 \(run \w+\); it is back in study ctrl-c: "
+                        r"continue with `kops sweep --study ctrl-c`", line), line
+
+    storage = f"sqlite:///{proj / '.kops' / 'sweep.db'}"
+    with _quiet():
+        trials = optuna.load_study(study_name="ctrl-c", storage=storage).get_trials()
+    assert [(t.state.name, t.user_attrs["mlflow_run_id"]) for t in trials] == [("FAIL", run_id), ("WAITING", run_id)]
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["kops.sweep.state"]) == ("KILLED", "FAIL")
+
+    again = kops("sweep", "--study", "ctrl-c", "--sample", "--json", cwd=proj)
+    assert again.returncode == 0, again.stderr
+    assert f"trial 1: {json.dumps(trials[0].params)} (trial 0 put back: continues run {run_id})" in again.stderr
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["kops.sweep.state"], run.data.tags["kops.sweep.trial"]) == (
+        "FINISHED", "COMPLETE", "1")
+    folds = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert sorted(r.data.tags["kops.fold"] for r in folds) == ["0", "1", "2"]  # fold 0 of the first attempt kept
