@@ -112,6 +112,14 @@ def test_best_params_are_written_into_kops_yaml_keeping_comments() -> None:
     assert apply_params(text, {"lr": 0.003, "dropout": 0.25}) == (
         "competition: c\ntrain:   # the task's\n  lr: 0.003   # learning rate\n  epochs: 3\n  dropout: 0.25\n\n"
         "kernel:\n  slug: k\n")
+    from kaggleops.errors import KopsError
+    from kaggleops.stages.sweep_report import _check_edit
+
+    nested = "train:\n  schedule:\n    lr: 0.5\n  lr: 0.1\n"  # the section's own key, not the nested one
+    assert apply_params(nested, {"lr": 0.003}) == "train:\n  schedule:\n    lr: 0.5\n  lr: 0.003\n"
+    flow = "train: {lr: 0.1, epochs: 3}\n"  # a flow mapping the line editor cannot edit: refused, nothing written
+    with pytest.raises(KopsError, match=r"nothing written\. Set them under `train:` by hand: lr: 0\.003\.$"):
+        _check_edit(flow, apply_params(flow, {"lr": 0.003}), {"lr": 0.003}, Path("kops.yaml"))
 
 
 @pytest.mark.parametrize("name", ["train_colab.ipynb", "train_kaggle.ipynb"])

@@ -115,8 +115,22 @@ def best(cfg: KopsConfig, name: str | None, config_path: Path | None = None) -> 
     try:
         before = config_path.read_text()
         after = apply_params(before, found["params"])
+        _check_edit(before, after, found["params"], config_path)
         if after != before:
             config_path.write_text(after)
     except OSError as e:
         raise KopsError(f"Cannot update {config_path}: {e.strerror or e}.") from None
     return Applied(found, str(config_path), params_diff(before, after, config_path.name))
+
+
+def _check_edit(before: str, after: str, params: dict[str, Any], path: Path) -> None:
+    """The edited text must read as the old kops.yaml with ``train:`` holding ``params`` and nothing else changed;
+    otherwise nothing is written (a line the editor misread) and the params are named to set by hand."""
+    import yaml
+
+    old, new = yaml.safe_load(before) or {}, yaml.safe_load(after) or {}
+    expected = {**old, "train": {**(old.get("train") or {}), **params}}
+    if new != expected:
+        by_hand = ", ".join(f"{k}: {v}" for k, v in params.items())
+        raise KopsError(f"Cannot write the best params into {path} without changing other lines; nothing written.",
+                        f"Set them under `train:` by hand: {by_hand}.")

@@ -132,12 +132,14 @@ def apply_params(text: str, params: dict[str, Any]) -> str:
     while end > start + 1 and not lines[end - 1].strip():
         end -= 1  # blank lines after the section stay after it
     todo = dict(params)
+    keys = [re.match(r"(\s+)[A-Za-z_]", line) for line in lines[start + 1:end] if line.strip()[:1] not in ("#", "")]
+    indent = next((k.group(1) for k in keys if k), "  ")  # the section's own keys, not those of a nested mapping
     for i in range(start + 1, end):
         m = re.match(r"(\s+)([A-Za-z_][\w-]*):(\s*)([^#\n]*?)(\s*#.*)?(\n?)$", lines[i])
-        if m and m.group(2) in todo:
+        if m and m.group(1) == indent and m.group(2) in todo:
             value = json.dumps(todo.pop(m.group(2)))
             lines[i] = f"{m.group(1)}{m.group(2)}:{m.group(3) or ' '}{value}{m.group(5) or ''}{m.group(6)}"
-    added = [f"  {k}: {json.dumps(v)}\n" for k, v in todo.items()]
+    added = [f"{indent}{k}: {json.dumps(v)}\n" for k, v in todo.items()]
     return "".join(lines[:end] + added + lines[end:])
 
 
