@@ -422,7 +422,10 @@ class KernelPlan(_Record):
 
     @property
     def source_runs(self) -> list[str]:
-        return [m.run_id for m in self.models]
+        """The model runs, then the ensemble run the models blend (``kops ensemble``), which gets the scores too."""
+        ensemble = self.extra.get("ensemble")
+        run = ensemble.get("run_id") if isinstance(ensemble, dict) else None
+        return [m.run_id for m in self.models] + ([run] if isinstance(run, str) and run else [])
 
     @property
     def dataset_versions(self) -> list[str]:

@@ -83,6 +83,7 @@ __all__ = [
     "Submission",
     "Task",
     "TaskBase",
+    "average_columns",
     "check_columns",
     "check_settings",
     "dataclass_settings",
@@ -303,6 +304,31 @@ class TaskBase:
         """Second stage: one line summarising the tuned OOF metrics for the terminal (default: none)."""
         return ""
 
+    blend_columns: tuple[str, ...] | None = None
+    """The numeric OOF columns a blend averages with weights (``kops ensemble``): class probabilities, regression
+    values, per-position probabilities. None: the submission's columns. ``()``: none (the task overrides
+    :meth:`combine`)."""
+
+    def combine(self, tables: Sequence[Any], weights: Sequence[float]) -> Any:
+        """One prediction table from several runs' prediction tables (OOF rows aligned by id, same order), weighted
+        (``weights`` sum to 1): what ``kops ensemble`` scores with ``metric``. The kernel's ``predict`` must blend
+        its model folders with ``ctx.weights`` the same way, so a blend's CV is what its submission runs.
+
+        Default: the :attr:`blend_columns` (else the submission's columns) averaged with ``weights``; every other
+        column from the first table. Override it for predictions that do not average (e.g. labels from averaged
+        probabilities, or a choice among the runs' answers).
+
+        Example:
+            >>> import pandas as pd
+            >>> class T(TaskBase):
+            ...     submission = Submission("id", ("y",))
+            >>> a, b = pd.DataFrame({"id": [1, 2], "y": [0.0, 1.0]}), pd.DataFrame({"id": [1, 2], "y": [1.0, 3.0]})
+            >>> T().combine([a, b], [0.75, 0.25])["y"].tolist()
+            [0.25, 1.5]
+        """
+        columns = list(self.blend_columns if self.blend_columns is not None else self.submission.columns)
+        return average_columns(tables, weights, columns)
+
 
 HOOKS: tuple[str, ...] = tuple(n for n in vars(TaskBase) if not n.startswith("_"))
 """The optional members of a task, each declared with its default on :class:`TaskBase`."""
@@ -324,6 +350,23 @@ def hook(task: Any, name: str) -> Any:
         return value
     default = vars(TaskBase)[name]
     return default.__get__(task) if callable(default) else default
+
+
+def average_columns(tables: Sequence[Any], weights: Sequence[float], columns: Sequence[str]) -> Any:
+    """The first table with ``columns`` replaced by their ``weights``-weighted mean over ``tables`` (aligned row by
+    row); a column that is not numeric raises :class:`DataError` naming it (override ``combine`` for such outputs)."""
+    import numpy as np
+
+    if len(tables) != len(weights) or not tables:
+        raise ValueError(f"{len(tables)} table(s) for {len(weights)} weight(s)")
+    out = tables[0].copy()
+    for column in columns:
+        values = [t[column].to_numpy() for t in tables]
+        if not all(np.issubdtype(v.dtype, np.number) for v in values):
+            raise DataError(f"prediction column {column!r} is not numeric, so it cannot be averaged; declare the "
+                            "task's numeric blend_columns or its own combine(tables, weights)")
+        out[column] = sum(float(w) * v.astype(float) for w, v in zip(weights, values, strict=True))
+    return out
 
 
 @runtime_checkable

@@ -87,6 +87,7 @@ def _register() -> None:
         check,
         data,
         emulator,
+        ensemble,
         kernel,
         project,
         runs,

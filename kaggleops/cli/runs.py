@@ -12,6 +12,7 @@ from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
+SESSION_LIMIT_S = 3 * 3600  # kaggleops.stages.ensemble_kernel.SESSION_LIMIT_S (not imported: `kops --help` stays light)
 
 
 @app.command()
@@ -139,7 +140,8 @@ def _publish_model(config: str | None, run_id: str, to: str | None, model: str |
 @app.command("push-kernel")
 def push_kernel(
     run: list[str] = typer.Option(..., "--run", help="Run id(s) whose models the kernel ensembles; a k-fold "
-                                                     "parent run expands to its folds."),
+                                                     "parent run expands to its folds, an ensemble run (alone) to "
+                                                     "its members' folds, weighted."),
     reranker: str = typer.Option(None, "--reranker", help="Reranker run (`kops train --stage rerank`) whose fold "
                                                           "models rescore the ensemble's predictions."),
     machine_shape: str = typer.Option(None, callback=known_machine_shape,
@@ -158,10 +160,20 @@ def push_kernel(
     wait: bool = typer.Option(False, help="Wait until the kernel run is COMPLETE; on ERROR show its log's tail."),
     submit: bool = typer.Option(False, help="Submit the finished version to the competition (implies --wait)."),
     message: str = typer.Option("", "--message", "-m", help="Submission description with --submit."),
+    time_limit: float = typer.Option(SESSION_LIMIT_S, "--time-limit", help="Seconds a session may take: an "
+                                     "ensemble run whose kernel time, estimated from its members' timed kernels, "
+                                     "exceeds it is refused before anything is published (default 3 h)."),
+    ignore_time_limit: bool = typer.Option(False, "--ignore-time-limit", help="Push an ensemble over --time-limit."),
     config: str = CONFIG_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs (--no-push: render only)."""
+    """Generate the offline inference kernel (internet off, GPU on), push it, tag the runs (--no-push: render only).
+
+    An ensemble run (`kops ensemble`) expands to its members' folds with the chosen weights; scores come back onto
+    it, its members and their folds.
+
+    Example: kops push-kernel --run 3f2a1b4c --submit
+    """
     from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.stages.kernel import push_kernel as run_push
@@ -174,7 +186,8 @@ def push_kernel(
     kaggle = Kaggle.from_config(cfg)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
                             publish=publish_missing, push=push, wait=wait or submit, allow_retired=allow_retired,
-                            docker_image=docker_image)
+                            docker_image=docker_image, time_limit_s=time_limit,
+                            ignore_time_limit=ignore_time_limit)
     try:
         result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker,
                           notify=hint)

@@ -52,6 +52,14 @@ from kaggleops.schema import (
     PlanReranker,
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
+from kaggleops.stages.ensemble_kernel import (
+    SESSION_LIMIT_S,
+    EnsemblePlan,
+    check_budget,
+    expand_ensemble,
+    is_ensemble,
+    record_timings,
+)
 from kaggleops.stages.evaluation_api import describe_submission, detect_submission
 from kaggleops.task import hook
 
@@ -78,6 +86,8 @@ class KernelOptions:
     wait: bool = False
     allow_retired: bool = False  # push a retired accelerator (Kaggle substitutes it) with a warning
     docker_image: str | None = None  # docker_image_pinning_type: original | latest (None: Kaggle's default)
+    time_limit_s: float = SESSION_LIMIT_S  # a blend whose estimated kernel time exceeds it is refused …
+    ignore_time_limit: bool = False  # … unless this is set
 
 
 @dataclass
@@ -220,7 +230,7 @@ def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kag
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
                reranker: RerankerSource | None = None, code: CodeDataset | None = None,
-               submission: dict[str, str] | None = None) -> KernelPlan:
+               submission: dict[str, str] | None = None, ensemble: EnsemblePlan | None = None) -> KernelPlan:
     """The kernel's embedded plan (kops-kernel.json).
 
     ``task.options`` is the task's optional ``kernel_options`` mapping (handed to ``predict`` as
@@ -247,6 +257,7 @@ def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDatas
                  "content_sha256": runtime.content_sha256, "wheel": runtime.wheel},
         code=code.as_plan() if code else None,
         submission={k: v for k, v in (submission or {}).items() if k in ("kind", "server_module")},
+        extra={"ensemble": ensemble.as_plan()} if ensemble else {},
     )
 
 
@@ -279,9 +290,9 @@ def kernel_metadata(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], 
 def render_kernel(cfg: KopsConfig, ref: KernelRef, models: list[ModelSource], folder: Path,
                   runtime: RuntimeDataset, options: KernelOptions = KernelOptions(),
                   reranker: RerankerSource | None = None, code: CodeDataset | None = None,
-                  submission: dict[str, str] | None = None) -> Path:
+                  submission: dict[str, str] | None = None, ensemble: EnsemblePlan | None = None) -> Path:
     """Write kernel.py (bootstrap + plan), kops-kernel.json and kernel-metadata.json into ``folder``."""
-    plan = build_plan(cfg, models, runtime, reranker, code, submission)
+    plan = build_plan(cfg, models, runtime, reranker, code, submission, ensemble)
     source = kernel_source(cfg, plan, runtime)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / KERNEL_FILE).write_text(source)
@@ -357,10 +368,12 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     submission = detect_submission(cfg, kaggle)
     if notify is not None:
         notify(describe_submission(cfg.competition, submission))
-    model_runs, parents = expand_runs(tracker, run_ids)
+    ensemble, model_runs, parents = _expand(tracker, run_ids, options)
     check_renders(cfg, model_runs)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
                                        progress=on_status is not None)
+    if ensemble is not None:
+        models = [replace(m, weight=ensemble.fold_weights[m.run_id]) for m in models]
     rerank_source, rerank_runs = None, []
     if reranker:
         rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
@@ -369,7 +382,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
-                           rerank_source, code, submission)
+                           rerank_source, code, submission, ensemble)
     if not options.push:
         return KernelResult(ref.ref, None, ref.url(kaggle.web_base), folder, model_runs, published=published,
                             runtime=runtime.as_dict(), reranker=rerank_source.to_dict() if rerank_source else None,
@@ -388,12 +401,42 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
                           submission_kind=submission)
     if options.wait:  # a version that ends in ERROR is not tagged: the runs keep pointing at the last good one
         result.status = wait_for_kernel(kaggle, pinned, on_status)
+        record_timings(tracker, kaggle, pinned, model_runs)
     kernel_tags = {TAG_KERNEL: ref.ref, TAG_KERNEL_VERSION: str(version),
                    TAG_KERNEL_MACHINE_SHAPE: options.machine_shape or "cpu",
                    TAG_KERNEL_DOCKER_IMAGE: options.docker_image or "default"}
     for run_id in dict.fromkeys([*model_runs, *parents, *rerank_runs, *([reranker] if reranker else [])]):
         tracker.set_tags(run_id, kernel_tags)
     return result
+
+
+def _expand(tracker: Tracker, run_ids: list[str],
+            options: KernelOptions) -> tuple[EnsemblePlan | None, list[str], list[str]]:
+    """(ensemble, model runs, runs to tag besides them): an ensemble run (alone) expands to its members' folds,
+    weighted, after its estimated kernel time is checked against the session limit."""
+    if not any(is_ensemble(tracker, r) for r in run_ids):
+        return None, *expand_runs(tracker, run_ids)
+    if len(run_ids) > 1:
+        raise KopsError("An ensemble run is pushed alone: its weights cover its members, not other runs.",
+                        "Add the runs to the blend instead: kops ensemble RUN … then push-kernel --run ENSEMBLE_RUN")
+    ensemble = expand_ensemble(tracker, run_ids[0])
+    model_runs = list(ensemble.fold_weights)
+    if not options.publish:
+        _check_published(tracker, ensemble)
+    check_budget(tracker, model_runs, options.time_limit_s, options.ignore_time_limit)
+    return ensemble, model_runs, [ensemble.run_id, *ensemble.members]
+
+
+def _check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:
+    """--no-publish: name the first member with a fold run never published, and the command that publishes it."""
+    from kaggleops.stages.ensemble import member_fold_runs
+
+    for member in ensemble.members:
+        bare = [r for r in member_fold_runs(tracker, member) if TAG_DATASET not in tracker.get_run(r).data.tags]
+        if bare:
+            raise KopsError(f"Member {member} of ensemble {ensemble.run_id} has {len(bare)} fold run(s) never "
+                            "published (and --no-publish was given).",
+                            f"Publish it with: kops publish {member} (or push without --no-publish: kops publishes it)")
 
 
 def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:

@@ -47,6 +47,7 @@ from kaggleops.task import FoldContext, TaskBase, hook
 
 OOF_ARTIFACT = "oof"
 OOF_FILE = "oof.csv"
+OOF_FOLD_COLUMN = "fold"  # in every fold run's oof.csv: the fold that held the row out
 CHECKPOINT_ARTIFACT = "checkpoint"
 LATEST_FILE = "latest.json"
 ENVIRONMENT_ARTIFACT = "environment"  # environment/requirements.txt: the distributions a fold imported
@@ -469,7 +470,7 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
                 log_fn({job.best_metric: float(result.score), **(result.metrics or {}),
                         **({"best_step": result.best_step} if result.best_step is not None else {})}, result.steps)
             tracker.log_artifacts(run_id, result.model_dir, ARTIFACT_MODEL)
-            tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof"), OOF_ARTIFACT)
+            tracker.log_artifact(run_id, oof_file(result.oof, job.task, Path(tmp) / "oof", fold), OOF_ARTIFACT)
             tracker.log_artifact(run_id, _requirements_file(Path(tmp)), ENVIRONMENT_ARTIFACT)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
@@ -487,20 +488,39 @@ def _train_fold(job: _Job, fold: int, params: dict[str, Any], parent: str | None
     return FoldRun(run_id, fold, float(result.score))
 
 
-def oof_file(oof: Any, task: Any, folder: Path) -> Path:
-    """The OOF predictions as ``oof.csv`` (a path the task wrote, or a table written here)."""
+def oof_file(oof: Any, task: Any, folder: Path, fold: int | None = None) -> Path:
+    """The OOF predictions as ``oof.csv`` (a path the task wrote, or a table written here), with a ``fold`` column
+    (``fold`` added where the task's table has none): the blendable record ``kops ensemble`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / OOF_FILE
     if isinstance(oof, (str, Path)):
-        if Path(oof).name == OOF_FILE:
-            return Path(oof)
-        shutil.copyfile(oof, target)
-        return target
+        return _with_fold_column(Path(oof), target, fold)
     missing = [c for c in task.submission.header if c not in oof.columns]
     if missing:
         raise DataError(f"Task {task.name}: the OOF table of train_fold lacks column(s) {', '.join(missing)}.",
                         "Return the id column and the submission columns (see kaggleops.task.FoldResult).")
+    if fold is not None and OOF_FOLD_COLUMN not in oof.columns:
+        oof = oof.assign(**{OOF_FOLD_COLUMN: fold})
     oof.to_csv(target, index=False)
+    return target
+
+
+def _with_fold_column(source: Path, target: Path, fold: int | None) -> Path:
+    """``source`` copied to ``target`` with a ``fold`` column appended when it has none (cells kept as text)."""
+    import csv
+
+    with source.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if fold is None or OOF_FOLD_COLUMN in header:
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        return target
+    with source.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    tmp = target.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows([rows[0] + [OOF_FOLD_COLUMN], *(r + [str(fold)] for r in rows[1:])])
+    tmp.replace(target)
     return target
 
 

@@ -47,6 +47,14 @@ class DigitRecognizer(TaskBase):
     submission = Submission(ID, (TARGET,))
     metric = Metric("accuracy", higher_is_better=True, fn=table_accuracy)
     kernel_requires: tuple[str, ...] = ("torch", "numpy", "pandas")
+    blend_columns: tuple[str, ...] = tuple(f"p{k}" for k in range(10))
+    """The OOF's class probabilities: a blend averages them (as ``predict`` does over folders) and takes the argmax."""
+
+    def combine(self, tables: Sequence[Any], weights: Sequence[float]) -> Any:
+        """The runs' class probabilities averaged with ``weights``; ``Label`` their argmax (what ``predict`` does)."""
+        out = super().combine(tables, weights)
+        out[TARGET] = out[list(self.blend_columns)].to_numpy().argmax(axis=1)
+        return out
 
     def sample_dir(self) -> Path:
         """The bundled competition: 8 × 8 digits from scikit-learn's ``load_digits`` in Kaggle's format."""

@@ -1,0 +1,106 @@
+"""One kernel from a blend: an ensemble run → its members' fold runs with their weights, and the time budget.
+
+``kops push-kernel --run ENSEMBLE_RUN`` attaches every member's folds; a member of weight ``w`` with ``k`` folds gives
+each fold ``w / k``, and the task's ``predict`` blends its model folders with those ``ctx.weights`` (the same blend
+its ``combine`` scored on the OOF). Before anything is published, the kernel's time is estimated from the members'
+measured kernel timings (``kernel_seconds_per_model`` on a fold run, logged when a kernel that ran it finished)
+and refused when it would exceed the session's limit.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kaggleops.adapters.tracking import Tracker
+from kaggleops.errors import ConfigError, KopsError
+from kaggleops.schema import TAG_ENSEMBLE_METHOD, TAG_ENSEMBLE_WEIGHTS, TAG_KIND, TIMING_FILE, Kind
+
+SESSION_LIMIT_S = 3 * 3600  # the reference competition's code-submission limit (kaggleops.kernel.local's too)
+METRIC_KERNEL_S = "kernel_seconds"  # on each model run of a finished kernel: the kernel's total seconds
+METRIC_PER_MODEL_S = "kernel_seconds_per_model"  # … divided by the model folders it loaded
+
+
+@dataclass
+class EnsemblePlan:
+    """An ensemble run expanded: fold run → weight (summing to 1), and its members (k-fold runs)."""
+
+    run_id: str
+    method: str
+    members: list[str]
+    fold_weights: dict[str, float] = field(default_factory=dict)
+
+    def as_plan(self) -> dict[str, Any]:
+        """The ``ensemble`` entry of the kernel plan (its run gets the scores, as the models' runs do)."""
+        return {"run_id": self.run_id, "method": self.method, "members": self.members}
+
+
+def is_ensemble(tracker: Tracker, run_id: str) -> bool:
+    return tracker.get_run(tracker.resolve(run_id)).data.tags.get(TAG_KIND) == Kind.ENSEMBLE
+
+
+def expand_ensemble(tracker: Tracker, run_id: str) -> EnsemblePlan:
+    """The ensemble's fold runs and their weights; refused for a rank-averaged blend (its kernel would average
+    raw predictions, not the ranks it was chosen on)."""
+    from kaggleops.stages.ensemble import member_fold_runs
+
+    run_id = tracker.resolve(run_id)
+    tags = tracker.get_run(run_id).data.tags
+    method = tags.get(TAG_ENSEMBLE_METHOD, "")
+    if method == "rank":
+        raise ConfigError(f"Ensemble {run_id} was chosen on ranks (--method rank); a kernel blends the members' "
+                          "predictions themselves, which those weights were not chosen for.",
+                          "Make a kernel-ready blend with: kops ensemble … --method caruana (or hill)")
+    try:
+        weights = {str(k): float(v) for k, v in json.loads(tags.get(TAG_ENSEMBLE_WEIGHTS, "")).items()}
+    except (ValueError, AttributeError):
+        raise ConfigError(f"Ensemble run {run_id} carries no readable {TAG_ENSEMBLE_WEIGHTS} tag.",
+                          "Make it again with: kops ensemble") from None
+    plan = EnsemblePlan(run_id, method, list(weights))
+    total = sum(weights.values()) or 1.0
+    for member, w in weights.items():
+        folds = member_fold_runs(tracker, member)
+        for fold_run in folds:
+            plan.fold_weights[fold_run] = plan.fold_weights.get(fold_run, 0.0) + w / total / len(folds)
+    return plan
+
+
+def estimate_seconds(tracker: Tracker, fold_runs: list[str]) -> tuple[float | None, int]:
+    """(estimated kernel seconds, how many fold runs had a measured timing): the measured per-model seconds summed,
+    a fold run never timed counted as the mean of those measured; None when none was measured."""
+    known = [tracker.get_run(r).data.metrics.get(METRIC_PER_MODEL_S) for r in fold_runs]
+    measured = [s for s in known if s is not None]
+    if not measured:
+        return None, 0
+    mean = sum(measured) / len(measured)
+    return sum(mean if s is None else s for s in known), len(measured)
+
+
+def check_budget(tracker: Tracker, fold_runs: list[str], limit_s: float, ignore: bool) -> float | None:
+    """The estimate; refused (one line) when it exceeds ``limit_s`` unless ``ignore``."""
+    estimate, measured = estimate_seconds(tracker, fold_runs)
+    if estimate is not None and estimate > limit_s and not ignore:
+        raise KopsError(f"The blend's kernel would take about {estimate:.0f} s ({len(fold_runs)} model(s), "
+                        f"{measured} timed by earlier kernels), over the session limit of {limit_s:.0f} s.",
+                        "Blend fewer members, raise --time-limit, or push anyway with --ignore-time-limit")
+    return estimate
+
+
+def record_timings(tracker: Tracker, kaggle: Any, kernel: Any, fold_runs: list[str]) -> float | None:
+    """A finished kernel's total seconds (its ``kops-timing.json``) onto each model run it loaded; None when the
+    output has no timings."""
+    with tempfile.TemporaryDirectory(prefix="kops-kout-") as tmp:
+        try:
+            kaggle.kernel_output(kernel, Path(tmp))
+            rows = json.loads((Path(tmp) / TIMING_FILE).read_text())
+        except (KopsError, OSError, ValueError):
+            return None
+    if not isinstance(rows, dict):
+        return None
+    total = float(sum(v for v in rows.values() if isinstance(v, (int, float))))
+    for run_id in fold_runs:
+        tracker.log_metrics(run_id, {METRIC_KERNEL_S: total, METRIC_PER_MODEL_S: total / max(len(fold_runs), 1)})
+    return total
