@@ -326,7 +326,8 @@ class TaskBase:
             >>> T().combine([a, b], [0.75, 0.25])["y"].tolist()
             [0.25, 1.5]
         """
-        columns = list(self.blend_columns if self.blend_columns is not None else self.submission.columns)
+        declared = hook(self, "blend_columns")  # self may be a task that does not subclass TaskBase
+        columns = list(self.submission.columns if declared is None else declared)
         return average_columns(tables, weights, columns)
 
 

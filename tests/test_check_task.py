@@ -258,7 +258,8 @@ def test_every_hook_has_a_declared_default_that_a_duck_typed_task_gets() -> None
         kernel_requires = ("numpy",)
 
     assert set(HOOKS) == {"train_columns", "test_columns", "complete_columns", "kernel_requires", "kernel_options",
-                          "scored_columns", "sample_dir", "is_checkpoint", "run_label", "second_stage_summary"}
+                          "scored_columns", "sample_dir", "is_checkpoint", "run_label", "second_stage_summary",
+                          "blend_columns", "combine"}
     for task in (Duck(), Sub()):
         assert hook(task, "sample_dir")() is None and hook(task, "train_columns") == ()
         assert dict(hook(task, "kernel_options")) == {} and hook(task, "second_stage_summary")({}) == ""

@@ -239,7 +239,23 @@ def check_metric(task: Any, valid: Any, oof: Any) -> str:
         raise Breach(f"{task.metric.name} returned {value!r} ({type(value).__name__}), not a float")
     if not math.isfinite(float(value)):
         raise Breach(f"{task.metric.name} returned {value!r} on the held-out rows")
-    return f"{task.metric.name} = {float(value):.4g} on the tiny fold"
+    return f"{task.metric.name} = {float(value):.4g} on the tiny fold; {check_combine(task, valid, oof)}"
+
+
+def check_combine(task: Any, valid: Any, oof: Any) -> str:
+    """The OOF blended with itself (the task's ``combine``, as `kops ensemble` calls it) scores as the OOF alone."""
+    from kaggleops.task import hook
+
+    combine = hook(task, "combine")
+    try:
+        alone = task.metric.fn(valid, combine([oof], [1.0]))
+        twice = task.metric.fn(valid, combine([oof, oof.copy()], [0.5, 0.5]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise Breach(f"combine(tables, weights) cannot blend the OOF: {error_line(e)}") from None
+    if not math.isclose(float(twice), float(alone), rel_tol=1e-6, abs_tol=1e-9):
+        raise Breach(f"combine of the OOF with itself scores {float(twice):.6g}, the OOF alone {float(alone):.6g}: "
+                     "a blend of one run's predictions must be those predictions")
+    return f"combine scores a blend ({float(alone):.4g} for the OOF alone)"
 
 
 # ---- the round trip: predict from a moved model folder in a fresh process -------------------------------------
