@@ -66,6 +66,7 @@ TAG_RERANK_OPTIONS = "kops.rerank.options"  # JSON: the second stage's own choic
 TAG_ENSEMBLE_MEMBERS = "kops.ensemble.members"  # JSON list of the member run ids (kops ensemble)
 TAG_ENSEMBLE_WEIGHTS = "kops.ensemble.weights"  # JSON {member run id: weight}, weights summing to 1
 TAG_ENSEMBLE_METHOD = "kops.ensemble.method"  # caruana | rank | nnls | hill
+TAG_TASK_CODE = "kops.task.code"  # on a training run: the sha256 of the project task's code it ran (push-kernel ships)
 TAG_ENSEMBLE_OF = "kops.ensemble.of"  # on a member: comma-separated ensemble run ids it belongs to
 TAG_SWEEP_STUDY = "kops.sweep.study"  # the Optuna study name (on the study run and on each trial run)
 TAG_SWEEP_TRIAL = "kops.sweep.trial"  # the trial's number in its study

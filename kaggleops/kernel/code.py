@@ -105,6 +105,14 @@ def code_files(spec: str, root: Path) -> list[tuple[str, Path]]:
     return [(origin.name, origin)]
 
 
+def task_code_version(cfg: KopsConfig) -> str | None:
+    """The sha256 of the project task's code as the kernel would ship it now (files, dependency wheels, module);
+    None for a built-in task (its code is kops' own version)."""
+    spec = task_kernel_spec(cfg)
+    files, wheels = code_files(spec, cfg.root), wheel_files(cfg)
+    return content_hash(files, wheels, kernel_spec(spec)) if files or wheels else None
+
+
 def wheel_files(cfg: KopsConfig) -> list[Path]:
     """The dependency wheels of ``kernel.wheels`` (sorted); ConfigError when the folder does not exist."""
     if not cfg.kernel.wheels:

@@ -25,6 +25,7 @@ from kaggleops.schema import (
     TAG_ENSEMBLE_METHOD,
     TAG_ENSEMBLE_OF,
     TAG_ENSEMBLE_WEIGHTS,
+    TAG_FOLD,
     TAG_KIND,
     TAG_PARENT,
     TAG_TASK,
@@ -53,6 +54,7 @@ class EnsembleResult:
     nested_cv: float | None
     trajectory: list[float] = field(default_factory=list)
     nested_per_fold: dict[int, float] = field(default_factory=dict)
+    best_step: int = 1  # the trajectory's step whose weights were kept
 
     @property
     def best_member(self) -> str:
@@ -72,7 +74,7 @@ class EnsembleResult:
                 "best_member": self.best_member, f"cv_{self.metric}": self.cv,
                 f"nested_cv_{self.metric}": self.nested_cv, "gain": self.gain(self.cv),
                 "nested_gain": self.gain(self.nested_cv), "trajectory": self.trajectory,
-                "nested_per_fold": self.nested_per_fold}
+                "best_step": self.best_step, "nested_per_fold": self.nested_per_fold}
 
     def summary(self) -> str:
         m = self.metric
@@ -138,7 +140,7 @@ def member_oof(tracker: Tracker, run_id: str, folder: Path, id_column: str) -> A
         path = tracker.download(fold_run, f"{OOF_ARTIFACT}/{OOF_FILE}", folder / fold_run)
         frame = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""])
         if OOF_FOLD_COLUMN not in frame.columns:  # a run trained before kops recorded it
-            frame[OOF_FOLD_COLUMN] = int(tracker.get_run(fold_run).data.tags.get("kops.fold", 0))
+            frame[OOF_FOLD_COLUMN] = int(tracker.get_run(fold_run).data.tags.get(TAG_FOLD, 0))
         frames.append(frame)
     oof = pd.concat(frames, ignore_index=True)
     oof[KEY] = oof[id_column].astype(str)
@@ -264,7 +266,7 @@ def ensemble(cfg: KopsConfig, runs: list[str] | None = None, filter_string: str 
     result = EnsembleResult("", method, task.metric.name, task.metric.higher_is_better,
                             {m: float(w) for m, w in zip(members, chosen.weights, strict=True) if w > 0},
                             member_cv, problem.cv(chosen.weights), nested_cv,
-                            [sign * s for s in chosen.trajectory], per_fold)
+                            [sign * s for s in chosen.trajectory], per_fold, chosen.best_step)
     result.run_id = log_ensemble(cfg, tracker, task, result, members, steps)
     return result
 
@@ -309,6 +311,7 @@ def plot_trajectory(result: EnsembleResult, path: Path) -> Path:
     steps = list(range(1, len(result.trajectory) + 1))
     ax.plot(steps, result.trajectory, marker="o", ms=3, label="blend (OOF, pooled)")
     ax.axhline(result.member_cv[result.best_member], color="grey", ls="--", label="best member cv")
+    ax.axvline(result.best_step, color="tab:green", lw=0.8, label=f"weights kept (step {result.best_step})")
     if result.nested_cv is not None:
         ax.axhline(result.nested_cv, color="tab:red", ls=":", label="blend nested cv")
     ax.set_xlabel(f"selection step ({result.method})")

@@ -17,7 +17,7 @@ from typing import Any
 
 from kaggleops.adapters.tracking import Tracker
 from kaggleops.errors import ConfigError, KopsError
-from kaggleops.schema import TAG_ENSEMBLE_METHOD, TAG_ENSEMBLE_WEIGHTS, TAG_KIND, TIMING_FILE, Kind
+from kaggleops.schema import TAG_ENSEMBLE_METHOD, TAG_ENSEMBLE_WEIGHTS, TAG_KIND, TAG_TASK_CODE, TIMING_FILE, Kind
 
 SESSION_LIMIT_S = 3 * 3600  # the reference competition's code-submission limit (kaggleops.kernel.local's too)
 METRIC_KERNEL_S = "kernel_seconds"  # on each model run of a finished kernel: the kernel's total seconds
@@ -66,6 +66,20 @@ def expand_ensemble(tracker: Tracker, run_id: str) -> EnsemblePlan:
         for fold_run in folds:
             plan.fold_weights[fold_run] = plan.fold_weights.get(fold_run, 0.0) + w / total / len(folds)
     return plan
+
+
+def check_task_code(tracker: Tracker, ensemble: EnsemblePlan, current: str | None) -> None:
+    """Refuse a member trained with other task code than the project's now: the kernel ships one version of it."""
+    from kaggleops.stages.ensemble import member_fold_runs
+
+    for member in ensemble.members:
+        for fold_run in member_fold_runs(tracker, member):
+            theirs = tracker.get_run(fold_run).data.tags.get(TAG_TASK_CODE)
+            if theirs and theirs != current:
+                raise KopsError(f"Member {member} of ensemble {ensemble.run_id} was trained with task code "
+                                f"{theirs[:12]}, the kernel would ship {(current or 'the built-in task')[:12]}: one "
+                                "kernel runs one version of the task's code.",
+                                "Retrain the member on the current code (kops train), or blend runs of one version")
 
 
 def estimate_seconds(tracker: Tracker, fold_runs: list[str]) -> tuple[float | None, int]:

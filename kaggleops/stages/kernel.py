@@ -27,7 +27,7 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
-from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_kernel_spec
+from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_code_version, task_kernel_spec
 from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset
 from kaggleops.refs import CompetitionRef, KernelRef, slugify
 from kaggleops.resources import kernel_template
@@ -56,6 +56,7 @@ from kaggleops.stages.ensemble_kernel import (
     SESSION_LIMIT_S,
     EnsemblePlan,
     check_budget,
+    check_task_code,
     expand_ensemble,
     is_ensemble,
     record_timings,
@@ -368,7 +369,7 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     submission = detect_submission(cfg, kaggle)
     if notify is not None:
         notify(describe_submission(cfg.competition, submission))
-    ensemble, model_runs, parents = _expand(tracker, run_ids, options)
+    ensemble, model_runs, parents = _expand(cfg, tracker, run_ids, options)
     check_renders(cfg, model_runs)
     models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
                                        progress=on_status is not None)
@@ -410,10 +411,10 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     return result
 
 
-def _expand(tracker: Tracker, run_ids: list[str],
+def _expand(cfg: KopsConfig, tracker: Tracker, run_ids: list[str],
             options: KernelOptions) -> tuple[EnsemblePlan | None, list[str], list[str]]:
     """(ensemble, model runs, runs to tag besides them): an ensemble run (alone) expands to its members' folds,
-    weighted, after its estimated kernel time is checked against the session limit."""
+    weighted, after its members' task code and its estimated kernel time are checked."""
     if not any(is_ensemble(tracker, r) for r in run_ids):
         return None, *expand_runs(tracker, run_ids)
     if len(run_ids) > 1:
@@ -421,6 +422,7 @@ def _expand(tracker: Tracker, run_ids: list[str],
                         "Add the runs to the blend instead: kops ensemble RUN … then push-kernel --run ENSEMBLE_RUN")
     ensemble = expand_ensemble(tracker, run_ids[0])
     model_runs = list(ensemble.fold_weights)
+    check_task_code(tracker, ensemble, task_code_version(cfg))
     if not options.publish:
         _check_published(tracker, ensemble)
     check_budget(tracker, model_runs, options.time_limit_s, options.ignore_time_limit)

@@ -37,6 +37,7 @@ from kaggleops.schema import (
     TAG_PARENT,
     TAG_RESUMES,
     TAG_TASK,
+    TAG_TASK_CODE,
     TAG_TRAIN_KEY,
     TAG_WORLD_SIZE,
     Kind,
@@ -117,6 +118,17 @@ def get_task_for(cfg: KopsConfig) -> Any:
     from kaggleops.tasks import task_for
 
     return task_for(cfg)
+
+
+def code_tags(cfg: KopsConfig) -> dict[str, str]:
+    """``kops.task.code``: the version of the project task's code a run trains with (none for a built-in task)."""
+    from kaggleops.kernel.code import task_code_version
+
+    try:
+        version = task_code_version(cfg)
+    except (ConfigError, OSError):
+        return {}
+    return {TAG_TASK_CODE: version} if version else {}
 
 
 def metric_tags(task: Any) -> dict[str, str]:
@@ -254,7 +266,7 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
               "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
     place = placement or Placement()
     job = _Job(tracker, task, df, settings, params, progress, resume or place.reopen is not None, cfg.train.seed,
-               chosen, source.as_input(), place.resume_command or resume_cmd)
+               chosen, source.as_input(), place.resume_command or resume_cmd, code_tags(cfg))
     parent = None
     if len(chosen) > 1 or placement is not None:
         parent = job.open_parent(chosen, place)
@@ -347,6 +359,7 @@ class _Job:
     chosen: list[int] = field(default_factory=list)
     data_input: dict[str, str] = field(default_factory=dict)
     resume_command: str = "kops train --resume"  # what continues this job's runs (its --fold/--sample/--data)
+    code_tags: dict[str, str] = field(default_factory=dict)  # kops.task.code: the task code version it runs
 
     @property
     def best_metric(self) -> str:
@@ -381,7 +394,8 @@ class _Job:
             run_id = self.tracker.start_run(f"kfold-{name}", params,
                                             {TAG_TASK: self.task.name, TAG_KIND: Kind.KFOLD,
                                              TAG_TRAIN_KEY: _train_key(params), **metric_tags(self.task),
-                                             **machine_tags(), **place.tags}, parent_run_id=place.parent_run_id)
+                                             **machine_tags(), **self.code_tags, **place.tags},
+                                            parent_run_id=place.parent_run_id)
             self.log_data(run_id)
         if place.on_start is not None:
             place.on_start(run_id)
@@ -434,7 +448,7 @@ class _Job:
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
                      resume_run: str | None) -> tuple[str, dict[str, int]]:
     tags = {TAG_FOLD: str(fold), TAG_TASK: job.task.name, TAG_KIND: Kind.FOLD, TAG_TRAIN_KEY: key,
-            **metric_tags(job.task), **machine_tags()}
+            **metric_tags(job.task), **machine_tags(), **job.code_tags}
     if resume_run is None:
         run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
         job.log_data(run_id)
