@@ -178,6 +178,10 @@ def test_a_blend_of_three_runs_beats_the_best_one_on_the_private_board(project: 
           f"nested_cv_rmse {ens['nested_cv_rmse']:.4f} (nested gain {ens['nested_gain']:+.4f}); "
           f"weights {json.dumps({k[:8]: round(v, 3) for k, v in ens['weights'].items()})}")
 
+    top = kops("ensemble", "--filter", "params.seed = '3'", "--top", "2", "--method", "hill", "--no-nested")
+    assert sorted(top["member_cv"]) == sorted([ridge["run_id"], squares["run_id"]])  # the two best CVs of seed 3
+    assert top["nested_cv_rmse"] is None and top["cv_rmse"] <= cv[squares["run_id"]]
+
     progression = work / "tasks" / "progression.py"
     trained_with = progression.read_text()
     progression.write_text(trained_with + "\n# an edit after the members trained\n")

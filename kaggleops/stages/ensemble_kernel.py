@@ -17,7 +17,15 @@ from typing import Any
 
 from kaggleops.adapters.tracking import Tracker
 from kaggleops.errors import ConfigError, KopsError
-from kaggleops.schema import TAG_ENSEMBLE_METHOD, TAG_ENSEMBLE_WEIGHTS, TAG_KIND, TAG_TASK_CODE, TIMING_FILE, Kind
+from kaggleops.schema import (
+    TAG_DATASET,
+    TAG_ENSEMBLE_METHOD,
+    TAG_ENSEMBLE_WEIGHTS,
+    TAG_KIND,
+    TAG_TASK_CODE,
+    TIMING_FILE,
+    Kind,
+)
 
 SESSION_LIMIT_S = 3 * 3600  # the reference competition's code-submission limit (kaggleops.kernel.local's too)
 METRIC_KERNEL_S = "kernel_seconds"  # on each model run of a finished kernel: the kernel's total seconds
@@ -80,6 +88,18 @@ def check_task_code(tracker: Tracker, ensemble: EnsemblePlan, current: str | Non
                                 f"{theirs[:12]}, the kernel would ship {(current or 'the built-in task')[:12]}: one "
                                 "kernel runs one version of the task's code.",
                                 "Retrain the member on the current code (kops train), or blend runs of one version")
+
+
+def check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:
+    """--no-publish: name the first member with a fold run never published, and the command that publishes it."""
+    from kaggleops.stages.ensemble import member_fold_runs
+
+    for member in ensemble.members:
+        bare = [r for r in member_fold_runs(tracker, member) if TAG_DATASET not in tracker.get_run(r).data.tags]
+        if bare:
+            raise KopsError(f"Member {member} of ensemble {ensemble.run_id} has {len(bare)} fold run(s) never "
+                            "published (and --no-publish was given).",
+                            f"Publish it with: kops publish {member} (or push without --no-publish: kops publishes it)")
 
 
 def estimate_seconds(tracker: Tracker, fold_runs: list[str]) -> tuple[float | None, int]:

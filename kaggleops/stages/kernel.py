@@ -56,6 +56,7 @@ from kaggleops.stages.ensemble_kernel import (
     SESSION_LIMIT_S,
     EnsemblePlan,
     check_budget,
+    check_published,
     check_task_code,
     expand_ensemble,
     is_ensemble,
@@ -424,21 +425,9 @@ def _expand(cfg: KopsConfig, tracker: Tracker, run_ids: list[str],
     model_runs = list(ensemble.fold_weights)
     check_task_code(tracker, ensemble, task_code_version(cfg))
     if not options.publish:
-        _check_published(tracker, ensemble)
+        check_published(tracker, ensemble)
     check_budget(tracker, model_runs, options.time_limit_s, options.ignore_time_limit)
     return ensemble, model_runs, [ensemble.run_id, *ensemble.members]
-
-
-def _check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:
-    """--no-publish: name the first member with a fold run never published, and the command that publishes it."""
-    from kaggleops.stages.ensemble import member_fold_runs
-
-    for member in ensemble.members:
-        bare = [r for r in member_fold_runs(tracker, member) if TAG_DATASET not in tracker.get_run(r).data.tags]
-        if bare:
-            raise KopsError(f"Member {member} of ensemble {ensemble.run_id} has {len(bare)} fold run(s) never "
-                            "published (and --no-publish was given).",
-                            f"Publish it with: kops publish {member} (or push without --no-publish: kops publishes it)")
 
 
 def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:
