@@ -206,6 +206,8 @@ def test_a_blend_of_three_runs_beats_the_best_one_on_the_private_board(project: 
     blend_ref, best_ref = push["submission"]["submission_ref"], single["submission"]["submission_ref"]
     print(f"private RMSE on the emulator: blend {private[blend_ref]:.4f}, best member alone {private[best_ref]:.4f}")
     assert private[blend_ref] < private[best_ref]
+    board = {r["submission_ref"]: r for r in kops("leaderboard")}
+    assert board[blend_ref]["cv"] == pytest.approx(ens["cv_rmse"])  # the blend's CV, not its folds' mean
 
     from mlflow.tracking import MlflowClient
 

@@ -2,7 +2,8 @@
 
 CV of a submission is the mean over its source runs of their CV metric, named by the task's metric (tag
 ``kops.metric``, e.g. ``accuracy``): ``cv_<metric>`` (a k-fold parent), else ``best_val_<metric>`` (the fold's
-saved weights), else ``val_<metric>``. Sorting follows ``kops.metric.higher_is_better`` (the source runs' tag,
+saved weights), else ``val_<metric>``; a blend's submission (``kops ensemble``) takes the ensemble run's in-sample
+``cv_<metric>``. Sorting follows ``kops.metric.higher_is_better`` (the source runs' tag,
 else the configured task's metric): for a lower-is-better metric (RMSE, log loss) the lowest LB/CV comes first.
 """
 
@@ -108,7 +109,8 @@ def _date(run: Run) -> str:
 
 def _row(run: Run, sources: list[Run]) -> LeaderboardRow:
     tags, metrics = run.data.tags, run.data.metrics
-    cvs = [c for c in (cv_of(s) for s in sources) if c is not None]
+    blends = [s for s in sources if s.data.tags.get(TAG_KIND) == Kind.ENSEMBLE]  # a blend's CV is its own
+    cvs = [c for c in (cv_of(s) for s in blends or sources) if c is not None]
     kernel = (f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}" if TAG_KERNEL in tags
               else tags.get(TAG_SUBMISSION_FILE, ""))
     commits = sorted({s.data.tags[TAG_GIT_COMMIT][:SHORT_COMMIT] for s in sources if TAG_GIT_COMMIT in s.data.tags})
