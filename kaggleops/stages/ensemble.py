@@ -213,11 +213,11 @@ def rank_tables(task: Any, tables: list[Any]) -> list[Any]:
     return [t.assign(**{c: t[c].rank(pct=True) for c in columns}) for t in tables]
 
 
-def choose(method: str, problem: Blend, folds: list[int], steps: int) -> blend.Selection:
+def choose(method: str, problem: Blend, folds: list[int], steps: int, init: int = 1) -> blend.Selection:
     n = len(problem.tables)
     if method == "hill":
         return blend.hill_climb(n, problem.objective(folds))
-    return blend.caruana(n, problem.objective(folds), steps=steps)
+    return blend.caruana(n, problem.objective(folds), steps=steps, init=init)
 
 
 def truth_rows(cfg: KopsConfig, task: Any, keys: Any, data_dir: Path | None) -> Any:
@@ -237,7 +237,7 @@ def truth_rows(cfg: KopsConfig, task: Any, keys: Any, data_dir: Path | None) -> 
 
 def ensemble(cfg: KopsConfig, runs: list[str] | None = None, filter_string: str | None = None, top: int | None = None,
              method: str = "caruana", steps: int = blend.DEFAULT_STEPS, data_dir: Path | None = None,
-             nested: bool = True) -> EnsembleResult:
+             nested: bool = True, init: int = 1) -> EnsembleResult:
     """Choose weights over the member runs on their OOF, estimate the blend by nested CV, log an ensemble run.
 
     Example:
@@ -256,30 +256,31 @@ def ensemble(cfg: KopsConfig, runs: list[str] | None = None, filter_string: str 
     tables = [t.assign(**{id_column: truth[id_column].to_numpy()}) for t in tables]
     problem = Blend(task, rank_tables(task, tables) if method == "rank" else tables, truth)
     folds = problem.fold_ids
-    chosen = choose(method, problem, folds, steps)
+    chosen = choose(method, problem, folds, steps, init)
     member_cv = {m: problem.cv(blend.one_hot(len(members), i)) for i, m in enumerate(members)}
     nested_cv, per_fold = None, {}
     if nested and len(folds) > 1:
-        nested_cv, per_fold = blend.nested_cv(folds, lambda f: choose(method, problem, f, steps).weights,
+        nested_cv, per_fold = blend.nested_cv(folds, lambda f: choose(method, problem, f, steps, init).weights,
                                               lambda w, k: problem.score(w, [k]))
     sign = 1.0 if task.metric.higher_is_better else -1.0
     result = EnsembleResult("", method, task.metric.name, task.metric.higher_is_better,
                             {m: float(w) for m, w in zip(members, chosen.weights, strict=True) if w > 0},
                             member_cv, problem.cv(chosen.weights), nested_cv,
                             [sign * s for s in chosen.trajectory], per_fold, chosen.best_step)
-    result.run_id = log_ensemble(cfg, tracker, task, result, members, steps)
+    result.run_id = log_ensemble(cfg, tracker, task, result, members, steps, init)
     return result
 
 
 def log_ensemble(cfg: KopsConfig, tracker: Tracker, task: Any, result: EnsembleResult, members: list[str],
-                 steps: int) -> str:
+                 steps: int, init: int = 1) -> str:
     """The ensemble run: tags linking members (and members back), weights, both CV figures, the trajectory."""
     m = result.metric
     tags = {TAG_KIND: Kind.ENSEMBLE, TAG_TASK: task.name, TAG_ENSEMBLE_METHOD: result.method,
             TAG_ENSEMBLE_MEMBERS: json.dumps(members), TAG_ENSEMBLE_WEIGHTS: json.dumps(result.weights),
             **metric_tags(task)}
     run_id = tracker.start_run(f"ensemble-{result.method}-{len(result.weights)}of{len(members)}",
-                               {"method": result.method, "members": len(members), "steps": steps}, tags)
+                               {"method": result.method, "members": len(members), "steps": steps, "init": init},
+                               tags)
     metrics = {f"cv_{m}": result.cv, f"best_member_cv_{m}": result.member_cv[result.best_member],
                "members_weighted": float(len(result.weights))}
     if result.nested_cv is not None:
