@@ -302,7 +302,7 @@ def log_ensemble(cfg: KopsConfig, tracker: Tracker, task: Any, result: EnsembleR
 
 
 def plot_trajectory(result: EnsembleResult, path: Path) -> Path:
-    """A small PNG: the blend's OOF score after each selection step, the best member and the nested-CV figure."""
+    """A small PNG: the blend's pooled OOF score after each selection step, the step kept, and the CV figures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,13 +310,15 @@ def plot_trajectory(result: EnsembleResult, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     steps = list(range(1, len(result.trajectory) + 1))
-    ax.plot(steps, result.trajectory, marker="o", ms=3, label="blend (OOF, pooled)")
-    ax.axhline(result.member_cv[result.best_member], color="grey", ls="--", label="best member cv")
+    ax.plot(steps, result.trajectory, marker="o", ms=3, label="blend, pooled OOF")
     ax.axvline(result.best_step, color="tab:green", lw=0.8, label=f"weights kept (step {result.best_step})")
-    if result.nested_cv is not None:
-        ax.axhline(result.nested_cv, color="tab:red", ls=":", label="blend nested cv")
+    m = result.metric
+    nested = "n/a" if result.nested_cv is None else f"{result.nested_cv:.4f}"
+    ax.text(0.98, 0.5, f"cv_{m} (mean of folds)\nbest member {result.member_cv[result.best_member]:.4f}\n"
+            f"blend in-sample {result.cv:.4f}\nblend nested {nested}", transform=ax.transAxes, ha="right",
+            va="center", fontsize=7, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0.5})
     ax.set_xlabel(f"selection step ({result.method})")
-    ax.set_ylabel(result.metric)
+    ax.set_ylabel(f"{m} (pooled OOF)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
