@@ -18,7 +18,7 @@ import pytest
 from kaggleops.emulator import Emulator
 from kaggleops.errors import DataError
 from kaggleops.stages import blend
-from kaggleops.stages.ensemble import KEY, Blend, check_same_rows
+from kaggleops.stages.ensemble import KEY, Blend, check_same_rows, rank_tables
 from kaggleops.task import Metric, Submission, TaskBase
 
 from harness import REPO, git, kops, kops_json
@@ -102,6 +102,14 @@ def test_members_with_other_rows_or_folds_are_refused_naming_the_first_mismatch(
         check_same_rows({"a": oof([1, 2, 3], [0, 1, 0]), "b": oof([1, 2, 3], [0, 0, 0])})
     with pytest.raises(DataError, match=r"^Members a and c differ in rows: id 3 is only in a's OOF \(3 vs 2 rows\)"):
         check_same_rows({"a": oof([1, 2, 3], [0, 1, 0]), "c": oof([1, 2], [0, 1])})
+
+
+def test_rank_averaging_blends_percentile_ranks_not_raw_scales() -> None:
+    a = pd.DataFrame({"id": [1, 2, 3], "y": [10.0, 30.0, 20.0]})
+    b = pd.DataFrame({"id": [1, 2, 3], "y": [0.3, 0.1, 0.2]})
+    ranked = rank_tables(Regression(), [a, b])
+    assert ranked[0]["y"].tolist() == pytest.approx([1 / 3, 1.0, 2 / 3])
+    assert Regression().combine(ranked, [0.5, 0.5])["y"].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
 
 
 def test_the_default_combine_averages_numbers_and_names_a_column_it_cannot() -> None:

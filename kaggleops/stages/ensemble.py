@@ -85,7 +85,7 @@ class EnsembleResult:
                   for run_id, w in sorted(self.weights.items(), key=lambda kv: -kv[1])]
         lines += [f"  best member cv_{m}: {self.member_cv[self.best_member]:.5f} ({self.best_member})",
                   f"  blend cv_{m} (in-sample, weights chosen on these rows): {self.cv:.5f} "
-                  f"(gain {self.gain(self.cv):+.5f})",
+                  f"(gain {self.gain(self.cv):+.5f} over the best member; positive: better)",
                   f"  blend nested_cv_{m} (weights chosen without each fold): {nested}",
                   f"next: kops push-kernel --run {self.run_id} --submit"]
         return "\n".join(lines)
