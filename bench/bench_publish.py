@@ -74,6 +74,7 @@ def main() -> None:
 
 def run(root: Path, mb: int) -> None:
     from kaggleops.adapters.kaggle import Kaggle
+    from kaggleops.adapters.session import Session
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.config import load_config
     from kaggleops.emulator import Emulator
@@ -93,7 +94,7 @@ def run(root: Path, mb: int) -> None:
         for label in ("first publish", "identical re-publish"):
             before = _lines(log)
             started = time.perf_counter()
-            result = publish(cfg, run_id, kaggle=Kaggle(emulator.url), poll_s=0.1)
+            result = publish(Session(cfg, kaggle=Kaggle(emulator.url)), run_id, poll_s=0.1)
             seconds = time.perf_counter() - started
             rows.append((label, result, _put_bytes(log, before), seconds))
         versions = len(emulator.state_summary()["datasets"][result.dataset]["versions"])

@@ -7,6 +7,8 @@ import platform
 import sys
 from importlib import metadata
 
+from kaggleops.schema import TAG_SOURCE_NAME, TAG_SOURCE_TYPE, TAG_USER
+
 LIBRARIES = ("torch", "transformers", "tokenizers", "mlflow", "kaggle")
 
 
@@ -62,3 +64,17 @@ def imported_distributions() -> dict[str, str]:
 def requirements_text() -> str:
     """``name==version`` lines of :func:`imported_distributions` (pip's requirements format, as MLflow models log)."""
     return "".join(f"{name}=={version}\n" for name, version in imported_distributions().items())
+
+
+def run_source_tags(env: str) -> dict[str, str]:
+    """MLflow's own "Source" and "User" columns: the kops command that made the run, as a notebook in Colab/Kaggle
+    (``mlflow.source.type`` NOTEBOOK) or a local command (LOCAL), and the OS user."""
+    import getpass
+
+    command = " ".join(["kops", *[a for a in sys.argv[1:2] if not a.startswith("-")]]) if sys.argv else "kops"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    kind = "NOTEBOOK" if env.startswith(("colab", "kaggle")) else "LOCAL"
+    return {TAG_SOURCE_NAME: command, TAG_SOURCE_TYPE: kind, TAG_USER: user}

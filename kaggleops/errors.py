@@ -53,8 +53,8 @@ class TaskLoadError(KopsError, ValueError):
 class DataError(KopsError, ValueError):
     """Competition data is missing or malformed (e.g. a train.csv without a required column).
 
-    Task code raises it too (``from kaggleops.tasks import DataError``); it stays a ValueError for callers
-    that catch that.
+    Task code raises it too (``from kaggleops.task import DataError``, the task interface's one door); it stays a
+    ValueError for callers that catch that.
     """
 
 

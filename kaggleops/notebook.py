@@ -56,9 +56,9 @@ def last_training_run(project_dir: str | Path = ".") -> str:
     folder = Path(project_dir)
     tracker = open_tracker(load_config(folder / "kops.yaml"))
     for run in tracker.search("attributes.status = 'FINISHED'"):  # newest first
-        kind = run.data.tags.get(TAG_KIND)
-        if kind == Kind.KFOLD or (kind == Kind.FOLD and TAG_PARENT not in run.data.tags):
-            return str(run.info.run_id)
+        kind = run.tags.get(TAG_KIND)
+        if kind == Kind.KFOLD or (kind == Kind.FOLD and TAG_PARENT not in run.tags):
+            return str(run.id)
     raise ConfigError(f"No finished training run in the tracking store of {folder / 'kops.yaml'}.",
                       f"Train first: cd {folder} && kops train --resume")
 
@@ -90,8 +90,8 @@ def finished_training(project_dir: str | Path = ".") -> list[str]:
     runs = tracker.search(f"attributes.status = 'FINISHED' and tags.`{TAG_GIT_COMMIT}` = '{info.commit}' "
                                     f"and tags.`{TAG_KIND}` = '{Kind.FOLD}'")
     for run in runs:  # newest first
-        tags = run.data.tags
+        tags = run.tags
         if tags.get(TAG_DIRTY) != "true" and TAG_FOLD in tags:
-            found.setdefault(tags[TAG_FOLD], str(run.info.run_id))
+            found.setdefault(tags[TAG_FOLD], str(run.id))
     folds = [str(f) for f in (cfg.train.folds if cfg.train.folds is not None else range(cfg.train.n_folds))]
     return [found[f] for f in folds] if all(f in found for f in folds) else []

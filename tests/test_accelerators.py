@@ -127,7 +127,7 @@ def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_sessio
     meta = json.loads((root / ".kops" / "kernels" / "acc-inference" / "kernel-metadata.json").read_text())
     assert (meta["machine_shape"], meta["docker_image_pinning_type"]) == ("NvidiaTeslaT4", "latest")
     tracker = Tracker(load_config(root / "kops.yaml"))
-    assert "kops.kernel.machine_shape" not in tracker.get_run(run_id).data.tags  # a version that failed: untagged
+    assert "kops.kernel.machine_shape" not in tracker.get_run(run_id).tags  # a version that failed: untagged
     kernel = emu.store.kernel(USER, "acc-inference").versions[-1]
     assert (kernel.setting("machineShape"), kernel.setting("dockerImagePinningType")) == ("NvidiaTeslaT4", "latest")
     used = json.loads(kops("quota", "--json", cwd=root).stdout)["gpu"]["used_h"]
@@ -135,7 +135,7 @@ def test_push_kernel_records_shape_and_image_and_shows_quota_before_a_gpu_sessio
     pushed = kops("push-kernel", "--run", run_id, "--machine-shape", "nvidiateslat4", "--docker-image", "latest",
                   cwd=root)  # without --wait the pushed version is tagged at once
     assert pushed.returncode == 0, pushed.stderr
-    tags = tracker.get_run(run_id).data.tags
+    tags = tracker.get_run(run_id).tags
     assert (tags["kops.kernel.machine_shape"], tags["kops.kernel.docker_image"]) == ("NvidiaTeslaT4", "latest")
 
 
@@ -155,4 +155,4 @@ def test_a_cpu_kernel_sends_and_records_no_accelerator(project: Path, emulator: 
     meta = json.loads((project / ".kops" / "kernels" / "acc-inference" / "kernel-metadata.json").read_text())
     assert meta["enable_gpu"] is False and "machine_shape" not in meta
     assert emulator.store.kernel(USER, "acc-inference").versions[-1].setting("machineShape") in (None, "")
-    assert Tracker(load_config(project / "kops.yaml")).get_run(run_id).data.tags["kops.kernel.machine_shape"] == "cpu"
+    assert Tracker(load_config(project / "kops.yaml")).get_run(run_id).tags["kops.kernel.machine_shape"] == "cpu"

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kaggleops.adapters.tracking import TAG_DATASET, Tracker
+from kaggleops.adapters.session import Session
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config, render_template
 from kaggleops.emulator import Emulator
 from kaggleops.errors import KaggleError
+from kaggleops.schema import TAG_DATASET
 from kaggleops.stages.publish import publish
 
 from harness import kops
@@ -70,11 +72,11 @@ def test_failed_publish_leaves_run_untagged(tmp_path: Path, start_emulator: Call
     emu = start_emulator(username="alice", key="k")
     emu.inject_fault("CreateDataset", 503, times=5)  # kops retries a 503 up to 5 attempts (kaggle.MAX_ATTEMPTS)
     with pytest.raises(KaggleError, match=r"503"):
-        publish(cfg, run_id)
-    assert TAG_DATASET not in tracker.get_run(run_id).data.tags
-    published = publish(cfg, run_id)  # the fault is gone: the retry the error asked for works
+        publish(Session(cfg), run_id)
+    assert TAG_DATASET not in tracker.get_run(run_id).tags
+    published = publish(Session(cfg), run_id)  # the fault is gone: the retry the error asked for works
     assert published.dataset_version == 1
-    assert tracker.get_run(run_id).data.tags[TAG_DATASET] == published.dataset
+    assert tracker.get_run(run_id).tags[TAG_DATASET] == published.dataset
 
 
 @pytest.mark.parametrize(("args", "line"), [

@@ -149,7 +149,7 @@ def test_dataset_found_under_both_layouts(tmp_path: Path) -> None:
 def dataset_inputs(project: Path, run_id: str) -> list[Any]:
     from kaggleops.adapters.tracking import Tracker
 
-    return [d.dataset for d in Tracker(load_config(project / "kops.yaml")).get_run(run_id).inputs.dataset_inputs]
+    return [d.dataset for d in Tracker(load_config(project / "kops.yaml")).client.get_run(run_id).inputs.dataset_inputs]
 
 
 @pytest.mark.slow

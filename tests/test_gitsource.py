@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kaggleops.adapters.tracking import TAG_DIRTY, TAG_GIT_COMMIT, TAG_GIT_REPO, Tracker
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config, render_template
 from kaggleops.errors import GitSourceError
+from kaggleops.schema import TAG_DIRTY, TAG_GIT_COMMIT, TAG_GIT_REPO
 from kaggleops.stages.gitsource import GitSpec, clone, train_from_git
 from kaggleops.stages.mlproject import write_mlproject
 
@@ -59,10 +60,10 @@ def test_run_from_git_carries_that_commit_while_caller_is_dirty(tmp_path: Path,
     cfg = load_config(caller / "kops.yaml")
     result = train_from_git(cfg, GitSpec(str(bare), first), progress=False, sample=True)
     run = Tracker(cfg).get_run(result.runs[0].run_id)
-    assert run.data.tags[TAG_GIT_COMMIT] == first != latest
-    assert run.data.tags[TAG_GIT_REPO] == str(bare)
-    assert run.data.tags[TAG_DIRTY] == "false"
-    assert run.data.params["epochs"] == "1"          # the settings of that commit, not of the caller or HEAD
+    assert run.tags[TAG_GIT_COMMIT] == first != latest
+    assert run.tags[TAG_GIT_REPO] == str(bare)
+    assert run.tags[TAG_DIRTY] == "false"
+    assert run.params["epochs"] == "1"          # the settings of that commit, not of the caller or HEAD
     assert (caller / "mlflow.db").is_file()           # landed in the caller's store, not in the temp clone
 
 
@@ -125,5 +126,5 @@ def test_mlflow_run_trains_with_kops(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fold 0: run " in out.stdout
     runs = Tracker(load_config(tmp_path / "kops.yaml")).search()
-    assert [r.info.run_name for r in runs] == ["fold-0"]
-    assert runs[0].data.tags[TAG_GIT_COMMIT] == git(tmp_path, "rev-parse", "HEAD")
+    assert [r.name for r in runs] == ["fold-0"]
+    assert runs[0].tags[TAG_GIT_COMMIT] == git(tmp_path, "rev-parse", "HEAD")

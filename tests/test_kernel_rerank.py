@@ -114,7 +114,7 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
     fold_runs = [r.run_id for r in sorted(rr.runs, key=lambda r: r.fold)]
     expected_models = []
     for run_id in fold_runs:
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         expected_models.append({"run_id": run_id, "dataset": tags["kops.dataset"],
                                 "dataset_version": int(tags["kops.dataset.version"])})
     assert plan["reranker"] == {"run_id": rr.parent_run_id, "models": expected_models, "options": rr.options}
@@ -126,7 +126,7 @@ def test_plan_names_the_reranker_folds_and_every_run_is_tagged(env: dict[str, An
     assert {m["dataset"] for m in expected_models} <= set(meta["dataset_sources"])
     base = [env["trained"].parent_run_id, *(r.run_id for r in env["trained"].runs)]
     for run_id in [*base, rr.parent_run_id, *fold_runs]:
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         assert tags["kops.kernel"] == KERNEL
         assert tags["kops.kernel.version"] == str(env["pushed"]["kernel_version"])
 
@@ -142,21 +142,22 @@ def test_run_local_stages_the_reranker_too(env: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_reranker_refusals_name_the_command(env: dict[str, Any]) -> None:
+    from kaggleops.adapters.session import Session
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import KopsError
     from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     base, rr_fold = env["trained"].parent_run_id, env["reranker"].runs[0].run_id
     with pytest.raises(KopsError) as err:
-        push_kernel(env["cfg"], [base], reranker=base)
+        push_kernel(Session(env["cfg"]), [base], reranker=base)
     assert str(err.value) == (f"Run {base} is not a reranker run (its kops.kind is 'kfold', not 'rerank'). "
                               "Pass the run id that `kops train --stage rerank --from KFOLD_RUN_ID` printed.")
     tracker = Tracker(env["cfg"])
-    dataset = tracker.get_run(rr_fold).data.tags["kops.dataset"]
+    dataset = tracker.get_run(rr_fold).tags["kops.dataset"]
     tracker.client.delete_tag(rr_fold, "kops.dataset")
     try:
         with pytest.raises(KopsError) as err:
-            push_kernel(env["cfg"], [base], reranker=env["reranker"].parent_run_id,
+            push_kernel(Session(env["cfg"]), [base], reranker=env["reranker"].parent_run_id,
                         options=KernelOptions(publish=False))
     finally:
         tracker.set_tags(rr_fold, {"kops.dataset": dataset})

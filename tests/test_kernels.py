@@ -49,13 +49,14 @@ def env(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def pushed(loop: dict[str, Any]) -> dict[str, Any]:
     """One push of the k-fold parent (→ 2 fold models), waited for."""
+    from kaggleops.adapters.session import Session
     from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     saved = dict(os.environ)
     os.environ.update(loop["env"])
     try:
         statuses: list[str] = []
-        result = push_kernel(loop["cfg"], [loop["trained"].parent_run_id], on_status=statuses.append,
+        result = push_kernel(Session(loop["cfg"]), [loop["trained"].parent_run_id], on_status=statuses.append,
                              options=KernelOptions(wait=True, machine_shape="NvidiaL4"))
     finally:
         os.environ.clear()
@@ -94,7 +95,7 @@ def test_runs_and_parent_are_tagged_with_the_kernel_version(env: dict[str, Any],
 
     tracker = Tracker(env["cfg"])
     for run_id in [env["trained"].parent_run_id, *pushed["result"].run_ids]:
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         assert tags["kops.kernel"] == "kopsdemo/tse-demo-inference"
         assert tags["kops.kernel.version"] == str(pushed["result"].kernel_version)
 
@@ -137,17 +138,18 @@ def test_runtime_wheel_is_deterministic_and_versioned_by_content(tmp_path: Path)
 
 
 def test_no_publish_refuses_with_the_command_to_run(env: dict[str, Any], pushed: dict[str, Any]) -> None:
+    from kaggleops.adapters.session import Session
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import KopsError
     from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     run_id = pushed["result"].run_ids[0]
     tracker = Tracker(env["cfg"])
-    tags = tracker.get_run(run_id).data.tags
+    tags = tracker.get_run(run_id).tags
     tracker.client.delete_tag(run_id, "kops.dataset")
     try:
         with pytest.raises(KopsError) as err:
-            push_kernel(env["cfg"], [run_id], options=KernelOptions(publish=False))
+            push_kernel(Session(env["cfg"]), [run_id], options=KernelOptions(publish=False))
     finally:
         tracker.set_tags(run_id, {"kops.dataset": tags["kops.dataset"]})
     assert str(err.value) == (f"Run {run_id} has no published dataset (and --no-publish was given). "
@@ -267,6 +269,39 @@ def run_local_cli(loop: dict[str, Any], env: dict[str, str], folder: str, *extra
                 script=True)
 
 
+def test_one_push_kernel_opens_one_tracker_and_one_kaggle_client(
+        loop: dict[str, Any], rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's session is built once and handed to every stage it runs (expand, publish, render): one
+    tracking-store connection and one authenticated Kaggle client per `kops push-kernel` (before: one tracker per
+    stage, and a new one on every poll of `--submit`'s wait)."""
+    from kaggleops.adapters import kaggle_http, tracking
+    from kaggleops.cli import main
+
+    built = {"trackers": 0, "kaggle clients": 0}
+
+    def counting(cls: type, key: str) -> None:
+        real = cls.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            built[key] += 1
+            real(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", init)
+
+    counting(tracking.Tracker, "trackers")
+    counting(kaggle_http.KaggleTransport, "kaggle clients")
+    for key, value in loop["env"].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(loop["workdir"])
+    monkeypatch.setattr(sys, "argv", ["kops", "push-kernel", "--run", rendered["run_id"], "--no-push", "--json",
+                                      "--config", "kops-render.yaml"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None), capsys.readouterr().err[-2000:]
+    assert json.loads(capsys.readouterr().out)["run_ids"] == [rendered["run_id"]]
+    assert built == {"trackers": 1, "kaggle clients": 1}
+
+
 def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
         loop: dict[str, Any], rendered: dict[str, Any]) -> None:
     result, run_id = rendered["result"], rendered["run_id"]
@@ -283,7 +318,7 @@ def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
         ["config.json", "kops-manifest.json", "model.safetensors", "tokenizer.zip"]]
     from kaggleops.adapters.tracking import Tracker
 
-    tags = Tracker(loop["cfg"]).get_run(run_id).data.tags
+    tags = Tracker(loop["cfg"]).get_run(run_id).tags
     assert tags["kops.dataset"] == dataset and "kops.kernel" not in tags
     again = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", cwd=loop["workdir"],
                  env=rendered["env"], script=True)
@@ -389,8 +424,8 @@ def test_push_with_submit_waits_submits_and_records_the_submission(env: dict[str
     result = json.loads(out.stdout)
     assert result["kernel_version"] == pushed["result"].kernel_version + 1 and result["status"] == "COMPLETE"
     run = Tracker(env["cfg"]).get_run(result["submission"]["submission_run_id"])
-    assert sorted(run.data.tags[TAG_SOURCE_RUNS].split(",")) == sorted(r.run_id for r in env["trained"].runs)
-    assert run.data.tags["kops.kernel.version"] == str(result["kernel_version"])
+    assert sorted(run.tags[TAG_SOURCE_RUNS].split(",")) == sorted(r.run_id for r in env["trained"].runs)
+    assert run.tags["kops.kernel.version"] == str(result["kernel_version"])
 
 
 def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, Any], pushed: dict[str, Any]) -> None:
@@ -402,9 +437,9 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
 
     f0, f1 = pushed["result"].run_ids
     tracker = Tracker(env["cfg"])
-    tags = tracker.get_run(f1).data.tags
-    good_versions = [tracker.get_run(r).data.tags["kops.kernel.version"] for r in (f0, f1)]
-    tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).data.tags["kops.dataset"]})
+    tags = tracker.get_run(f1).tags
+    good_versions = [tracker.get_run(r).tags["kops.kernel.version"] for r in (f0, f1)]
+    tracker.set_tags(f1, {"kops.dataset": tracker.get_run(f0).tags["kops.dataset"]})
     try:
         # --no-publish: use the tags as they are (publishing would put fold 1's weights into that dataset)
         out = kops("push-kernel", "--run", f0, "--run", f1, "--wait", "--no-publish", cwd=env["workdir"])
@@ -416,7 +451,7 @@ def test_wait_shows_failure_and_log_tail_for_a_missing_dataset(env: dict[str, An
     assert f"missing input: no attached dataset carries the weights of run {f1}" in out.stderr
     assert "kops: error: Kernel kopsdemo/tse-demo-inference/" in out.stderr and "ended with ERROR" in out.stderr
     # the version that failed is not tagged on the runs: they still point at the version their scores came from
-    assert [tracker.get_run(r).data.tags["kops.kernel.version"] for r in (f0, f1)] == good_versions
+    assert [tracker.get_run(r).tags["kops.kernel.version"] for r in (f0, f1)] == good_versions
 
 
 def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_push_uses(
@@ -425,13 +460,14 @@ def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_
     bytes, same tensors) → push-kernel publishes them as version 2 of the run's dataset and the kernel uses it."""
     from safetensors.torch import load_file, save_file
 
+    from kaggleops.adapters.session import Session
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.errors import DataError
     from kaggleops.stages.kernel import KernelOptions, push_kernel
 
     tracker = Tracker(env["cfg"])
     run_id = pushed["result"].run_ids[0]
-    before = tracker.get_run(run_id).data.tags
+    before = tracker.get_run(run_id).tags
     model = tracker.download(run_id, "model", tmp_path / "dl")
     good = load_file(str(model / "model.safetensors"))
     fix = tmp_path / "fix"
@@ -439,14 +475,14 @@ def test_corrupt_weights_are_refused_and_fixed_ones_become_the_version_the_next_
     (fix / "model.safetensors").write_bytes(b"not a safetensors file" * 50)
     tracker.log_artifact(run_id, fix / "model.safetensors", "model")
     with pytest.raises(DataError, match=rf"^Run {run_id}: model/model.safetensors does not load \("):
-        push_kernel(env["cfg"], [run_id], options=KernelOptions())
-    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == before["kops.dataset.version"] == "1"
+        push_kernel(Session(env["cfg"]), [run_id], options=KernelOptions())
+    assert tracker.get_run(run_id).tags["kops.dataset.version"] == before["kops.dataset.version"] == "1"
 
     save_file(good, str(fix / "model.safetensors"), metadata={"format": "pt", "fixed": "yes"})
     tracker.log_artifact(run_id, fix / "model.safetensors", "model")
-    result = push_kernel(env["cfg"], [run_id], options=KernelOptions())
+    result = push_kernel(Session(env["cfg"]), [run_id], options=KernelOptions())
     assert result.published == [run_id]
-    assert tracker.get_run(run_id).data.tags["kops.dataset.version"] == "2"
+    assert tracker.get_run(run_id).tags["kops.dataset.version"] == "2"
     plan = json.loads((result.folder / "kops-kernel.json").read_text())
     assert [(m["run_id"], m["dataset"], m["dataset_version"]) for m in plan["models"]] == [
         (run_id, before["kops.dataset"], 2)]

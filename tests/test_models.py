@@ -68,7 +68,7 @@ def test_publish_to_models_dedupes_identical_weights_and_tags_the_run(project: P
     assert again.stdout.splitlines()[0] == (f"Weights of run {run_id} equal model {MODEL} version 1: nothing "
                                             "uploaded, no new version; run tagged with it")
     assert versions(emu, MODEL) == [1]
-    tags = Tracker(load_config(root / "kops.yaml")).get_run(run_id).data.tags
+    tags = Tracker(load_config(root / "kops.yaml")).get_run(run_id).tags
     assert (tags["kops.model"], tags["kops.model.version"]) == (MODEL, "1")
 
     other = logged_run(root, 1)  # other weights into the same instance: a new version
@@ -143,6 +143,7 @@ def test_unknown_model_source_is_reported_invalid(project: Path, emulator: Emula
 def test_inference_kernel_uses_weights_published_to_kaggle_models(tmp_path: Path) -> None:
     """End to end with `publish.to: model`: train, push-kernel publishes the run to Kaggle Models, the emulator
     runs the generated inference kernel with the model source mounted, and a second push re-uses the version."""
+    from kaggleops.adapters.session import Session
     from kaggleops.stages.demo import demo_workspace
     from kaggleops.stages.kernel import KernelOptions, push_kernel
     from kaggleops.stages.train import train
@@ -153,9 +154,9 @@ def test_inference_kernel_uses_weights_published_to_kaggle_models(tmp_path: Path
         cfg = ws.cfg.model_copy(update={"publish": ws.cfg.publish.model_copy(update={"to": "model"})})
         cfg.train.max_steps = 2
         run_id = train(cfg, progress=False, sample=True).runs[0].run_id
-        first = push_kernel(cfg, [run_id], options=KernelOptions(wait=True))
+        first = push_kernel(Session(cfg), [run_id], options=KernelOptions(wait=True))
         assert first.status == "COMPLETE" and first.published == [run_id]
-        tags = Tracker(cfg).get_run(run_id).data.tags
+        tags = Tracker(cfg).get_run(run_id).tags
         model = tags["kops.model"]
         assert model == f"{ws.cfg.kaggle_owner}/tse-demo/transformers/fold-0-{run_id[:8]}"
         assert tags["kops.model.version"] == "1" and "kops.dataset" not in tags
@@ -170,6 +171,6 @@ def test_inference_kernel_uses_weights_published_to_kaggle_models(tmp_path: Path
 
         from kaggleops.stages.publish_model import publish_model
 
-        again = publish_model(cfg, run_id)  # identical weights: no new version
+        again = publish_model(Session(cfg), run_id)  # identical weights: no new version
         assert (again.uploaded, again.model_version) == (False, 1)
         assert versions(ws.emulator, model) == [1]

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, Tracker
+from kaggleops.adapters.session import Session
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import ConfigError, PublishError
 from kaggleops.kernel.runtime import restore_model_dir
 from kaggleops.refs import KAGGLE_WEB, DatasetRef
+from kaggleops.schema import TAG_DATASET, TAG_DATASET_VERSION
 from kaggleops.stages.publish import publish
 
 from harness import KEY, USER, kops, write_config
@@ -74,7 +76,7 @@ def fast_kaggle() -> Kaggle:
 
 
 def run_tags(root: Path, run_id: str) -> dict[str, str]:
-    return dict(Tracker(load_config(root / "kops.yaml")).get_run(run_id).data.tags)
+    return dict(Tracker(load_config(root / "kops.yaml")).get_run(run_id).tags)
 
 
 def versions(emulator: Emulator, ref: str) -> list[dict[str, Any]]:
@@ -97,7 +99,7 @@ def restored_version(kaggle: Kaggle, ref: str, version: int, dst: Path) -> Path:
 def test_round_trip_keeps_subfolders_and_bytes(project: Path, emulator: Emulator, tmp_path: Path) -> None:
     files = model_files()
     run_id = make_run(project, files)
-    result = publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+    result = publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id)
     assert (result.dataset_version, result.created, result.uploaded) == (1, True, True)
     assert run_tags(project, run_id)[TAG_DATASET] == result.dataset
     assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "1"
@@ -113,29 +115,29 @@ def test_round_trip_keeps_subfolders_and_bytes(project: Path, emulator: Emulator
 def test_identical_republish_makes_no_upload_and_no_version(project: Path, emulator: Emulator) -> None:
     cfg = load_config(project / "kops.yaml")
     run_id = make_run(project, model_files())
-    first = publish(cfg, run_id, kaggle=fast_kaggle())
+    first = publish(Session(cfg, kaggle=fast_kaggle()), run_id)
     uploads_before = len(rpc_log(emulator, "/StartBlobUpload"))
-    again = publish(cfg, run_id, kaggle=fast_kaggle())
+    again = publish(Session(cfg, kaggle=fast_kaggle()), run_id)
     assert (again.uploaded, again.bytes_uploaded, again.dataset_version) == (False, 0, first.dataset_version)
     assert len(rpc_log(emulator, "/StartBlobUpload")) == uploads_before
     assert len(versions(emulator, first.dataset)) == 1
     # Different weights to the same dataset do make a version.
     other = make_run(project, model_files(seed=1), name="fold-1")
-    second = publish(cfg, other, dataset=first.dataset, kaggle=fast_kaggle())
+    second = publish(Session(cfg, kaggle=fast_kaggle()), other, dataset=first.dataset)
     assert (second.uploaded, second.dataset_version, second.created) == (True, 2, False)
     assert run_tags(project, other)[TAG_DATASET_VERSION] == "2"
 
 
 def test_publish_waits_while_previous_version_processing(project: Path, emulator: Emulator) -> None:
     cfg = load_config(project / "kops.yaml")
-    first = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle())
+    first = publish(Session(cfg, kaggle=fast_kaggle()), make_run(project, model_files()))
     owner, slug = first.dataset.split("/")
     with emulator.store.lock:  # version 1 is still processing for another 1.5 s
         emulator.store.datasets[(owner, slug)].versions[-1].ready_at = time.monotonic() + 1.5
     # and once it looks ready, Kaggle still refuses once with "still processing" (403): kops waits and retries.
     emulator.inject_fault("CreateDatasetVersion", 403, message="Dataset version is still processing")
     other = make_run(project, model_files(seed=2), name="fold-2")
-    result = publish(cfg, other, dataset=first.dataset, kaggle=fast_kaggle(), poll_s=0.2)
+    result = publish(Session(cfg, kaggle=fast_kaggle()), other, dataset=first.dataset, poll_s=0.2)
     assert result.dataset_version == 2
     assert rpc_log(emulator, "/CreateDatasetVersion") == [403, 200]
     assert [v["number"] for v in versions(emulator, first.dataset)] == [1, 2]
@@ -148,11 +150,11 @@ PUBLISH_RPCS = ["GetDatasetStatus", "GetDataset", "DownloadDataset", "StartBlobU
 def test_faults_on_every_publish_call_make_exactly_one_version(project: Path, emulator: Emulator,
                                                                status: int) -> None:
     cfg = load_config(project / "kops.yaml")
-    first = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle())
+    first = publish(Session(cfg, kaggle=fast_kaggle()), make_run(project, model_files()))
     for rpc in PUBLISH_RPCS:
         emulator.inject_fault(rpc, status)
     run_id = make_run(project, model_files(seed=3), name="fold-3")
-    result = publish(cfg, run_id, dataset=first.dataset, kaggle=fast_kaggle(), poll_s=0.05)
+    result = publish(Session(cfg, kaggle=fast_kaggle()), run_id, dataset=first.dataset, poll_s=0.05)
     assert result.dataset_version == 2 and len(versions(emulator, first.dataset)) == 2
     assert emulator.api.faults.pending() == {}, "every injected fault was met"
     for rpc in PUBLISH_RPCS:
@@ -166,10 +168,10 @@ def test_lost_response_of_create_is_not_retried_blindly(project: Path, emulator:
     cfg = load_config(project / "kops.yaml")
     dataset = None
     if rpc == "CreateDatasetVersion":
-        dataset = publish(cfg, make_run(project, model_files()), kaggle=fast_kaggle()).dataset
+        dataset = publish(Session(cfg, kaggle=fast_kaggle()), make_run(project, model_files())).dataset
     emulator.inject_fault(rpc, 503, after=True)
     run_id = make_run(project, model_files(seed=4), name="fold-4")
-    result = publish(cfg, run_id, dataset=dataset, kaggle=fast_kaggle(), poll_s=0.05)
+    result = publish(Session(cfg, kaggle=fast_kaggle()), run_id, dataset=dataset, poll_s=0.05)
     assert rpc_log(emulator, "/" + rpc) == [503], "no second create call"
     expected = 1 if rpc == "CreateDataset" else 2
     assert result.dataset_version == expected and len(versions(emulator, result.dataset)) == expected
@@ -181,7 +183,7 @@ def test_upload_cut_mid_file_resumes_byte_identical(project: Path, emulator: Emu
     files = model_files(seed=5)
     run_id = make_run(project, files)
     emulator.inject_fault("Upload", fault)
-    result = publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+    result = publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id)
     puts = [e for e in map(json.loads, (emulator.root / "requests.log").read_text().splitlines())
             if e["method"] == "PUT"]
     assert puts[0]["status"] == fault
@@ -199,21 +201,21 @@ def test_failure_leaves_run_untagged_and_names_the_retry(project: Path, emulator
     emulator.inject_fault("CreateDataset", 500, times=3)
     kaggle = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"], backoff_s=0.01, max_attempts=3)
     with pytest.raises(PublishError) as err:
-        publish(load_config(project / "kops.yaml"), run_id, kaggle=kaggle)
+        publish(Session(load_config(project / "kops.yaml"), kaggle=kaggle), run_id)
     ref = f"{USER}/publish-tests-fold-0-{run_id[:8]}"  # experiment-run name-id
     assert str(err.value) == (
         f"Publishing run {run_id} to {ref} failed: Create dataset {ref} failed (HTTP 500): injected fault 500 "
         f"The run is left untagged; retry with: kops publish {run_id} --dataset {ref}")
     assert TAG_DATASET not in run_tags(project, run_id)
     assert emulator.state_summary()["datasets"] == {}
-    assert publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle()).dataset_version == 1
+    assert publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id).dataset_version == 1
 
 
 def test_public_dataset_with_progress_bars(project: Path, emulator: Emulator,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     run_id = make_run(project, model_files(seed=6))
-    result = publish(load_config(project / "kops.yaml"), run_id, dataset=f"{USER}/public-weights", public=True,
-                     kaggle=fast_kaggle(), progress=True)
+    result = publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id,
+                     dataset=f"{USER}/public-weights", public=True, progress=True)
     assert result.dataset == f"{USER}/public-weights" and result.dataset_version == 1
     assert emulator.store.datasets[(USER, "public-weights")].is_private is False
     out = capsys.readouterr()
@@ -241,8 +243,8 @@ def test_the_published_weights_are_one_mlflow_logged_model(project: Path, emulat
 
     cfg = load_config(project / "kops.yaml")
     run_id = make_run(project, model_files(seed=9))
-    first = publish(cfg, run_id, kaggle=fast_kaggle())
-    again = publish(cfg, run_id, kaggle=fast_kaggle())
+    first = publish(Session(cfg, kaggle=fast_kaggle()), run_id)
+    again = publish(Session(cfg, kaggle=fast_kaggle()), run_id)
     assert again.dataset_version == first.dataset_version and not again.uploaded
     client = MlflowClient(cfg.resolved_tracking_uri)
     exp = client.get_experiment_by_name(cfg.experiment_name)
@@ -256,7 +258,7 @@ def test_the_published_weights_are_one_mlflow_logged_model(project: Path, emulat
 def test_bad_slug_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
     run_id = make_run(project, model_files())
     with pytest.raises(ConfigError) as err:
-        publish(load_config(project / "kops.yaml"), run_id, dataset="testuser/abc", kaggle=fast_kaggle())
+        publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id, dataset="testuser/abc")
     assert str(err.value) == ("Dataset slug 'abc' has 3 characters; Kaggle needs 6-50. "
                               "Pass another one with --dataset owner/slug.")
     assert not (emulator.root / "requests.log").exists() or rpc_log(emulator, "/StartBlobUpload") == []
@@ -329,7 +331,7 @@ def test_corrupt_weights_are_refused_before_any_upload(project: Path, emulator: 
     from kaggleops.errors import DataError
 
     with pytest.raises(DataError) as err:
-        publish(load_config(project / "kops.yaml"), run_id, kaggle=fast_kaggle())
+        publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id)
     assert str(err.value).startswith(f"Run {run_id}: model/model.safetensors does not load (")
     assert str(err.value).endswith("; nothing uploaded. Fix or re-log the run's model folder, then publish again.")
     assert rpc_log(emulator, "/StartBlobUpload") == [] and rpc_log(emulator, "/CreateDataset") == []
@@ -340,12 +342,12 @@ def test_changed_artifact_is_published_as_a_new_version(project: Path, emulator:
     """The run's weights were replaced after publishing: the next publish to its dataset makes version 2."""
     cfg = load_config(project / "kops.yaml")
     run_id = make_run(project, model_files(seed=12))
-    first = publish(cfg, run_id, kaggle=fast_kaggle())
+    first = publish(Session(cfg, kaggle=fast_kaggle()), run_id)
     fixed = project / "fixed"
     fixed.mkdir()
     (fixed / "model.safetensors").write_bytes(weights(b"fixed" * 1000))
     Tracker(cfg).log_artifact(run_id, fixed / "model.safetensors", "model")
-    second = publish(cfg, run_id, dataset=first.dataset, kaggle=fast_kaggle())
+    second = publish(Session(cfg, kaggle=fast_kaggle()), run_id, dataset=first.dataset)
     assert (first.dataset_version, second.dataset_version, second.uploaded) == (1, 2, True)
     assert run_tags(project, run_id)[TAG_DATASET_VERSION] == "2"
 
@@ -353,7 +355,8 @@ def test_changed_artifact_is_published_as_a_new_version(project: Path, emulator:
 def test_another_users_namespace_is_refused_before_any_upload(project: Path, emulator: Emulator) -> None:
     run_id = make_run(project, model_files(seed=13))
     with pytest.raises(ConfigError) as err:
-        publish(load_config(project / "kops.yaml"), run_id, dataset="someoneelse/weights-abc", kaggle=fast_kaggle())
+        publish(Session(load_config(project / "kops.yaml"), kaggle=fast_kaggle()), run_id,
+                dataset="someoneelse/weights-abc")
     assert str(err.value) == (f"Dataset someoneelse/weights-abc is in someoneelse's namespace, but the Kaggle "
                               f"credentials are {USER}'s; nothing uploaded. Publish into your own: --dataset "
                               f"{USER}/weights-abc (or set `owner: {USER}` in kops.yaml).")
@@ -367,8 +370,9 @@ def test_lost_create_answer_leaves_no_spent_tokens_for_the_next_publish(project:
     cfg = load_config(project / "kops.yaml")
     run_id = make_run(project, model_files(seed=14))
     emulator.inject_fault("CreateDataset", 503, after=True)
-    first = publish(cfg, run_id, kaggle=fast_kaggle(), poll_s=0.05)
-    second = publish(cfg, run_id, dataset=f"{USER}/second-copy-{run_id[:8]}", kaggle=fast_kaggle(), poll_s=0.05)
+    first = publish(Session(cfg, kaggle=fast_kaggle()), run_id, poll_s=0.05)
+    second = publish(Session(cfg, kaggle=fast_kaggle()), run_id, dataset=f"{USER}/second-copy-{run_id[:8]}",
+                     poll_s=0.05)
     assert (first.dataset_version, second.dataset_version, second.uploaded) == (1, 1, True)
     assert rpc_log(emulator, "/CreateDataset") == [503, 200]
 
@@ -378,7 +382,7 @@ def test_spent_upload_token_is_refused_by_the_emulator(project: Path, emulator: 
     import requests
 
     cfg = load_config(project / "kops.yaml")
-    publish(cfg, make_run(project, model_files(seed=15)), kaggle=fast_kaggle())
+    publish(Session(cfg, kaggle=fast_kaggle()), make_run(project, model_files(seed=15)))
     token = next(t for t, b in emulator.store.blobs.items() if b.used)
     body = {"ownerSlug": USER, "slug": "reuse-the-token", "title": "Reuse The Token", "licenseName": "CC0-1.0",
             "files": [{"token": token}]}
@@ -402,6 +406,7 @@ def test_upload_lines_name_each_file_and_its_size_within_80_columns(tmp_path: Pa
 
 
 def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emulator: Emulator) -> None:
+    from kaggleops.adapters.session import Session
     from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
 
     cfg = load_config(project / "kops.yaml")
@@ -413,12 +418,12 @@ def test_kfold_parent_publishes_each_fold_as_its_own_dataset(project: Path, emul
         tracker.set_tags(run_id, {"mlflow.parentRunId": parent, "kops.kind": "fold", "kops.fold": str(k)})
         folds.append(run_id)
     tracker.end_run(parent)
-    result = publish_run_or_folds(cfg, parent)
+    result = publish_run_or_folds(Session(cfg), parent)
     assert isinstance(result, PublishedFolds) and result.parent_run_id == parent
     assert [(r.run_id, r.dataset, r.dataset_version) for r in result.folds] == [
         (f, f"{USER}/publish-tests-fold-{k}-{f[:8]}", 1) for k, f in enumerate(folds)]
     with pytest.raises(ConfigError, match="is a k-fold parent: each fold gets its own dataset"):
-        publish_run_or_folds(cfg, parent, dataset=f"{USER}/all-folds")
+        publish_run_or_folds(Session(cfg), parent, dataset=f"{USER}/all-folds")
 
 
 def test_weight_check_judges_torch_files_and_leaves_other_formats_to_their_task(tmp_path: Path) -> None:

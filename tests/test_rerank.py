@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from kaggleops.adapters.tracking import TAG_PARENT, Tracker
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
+from kaggleops.schema import TAG_PARENT
 from kaggleops.tasks import get_task
 from kaggleops.tasks.tse import rerank, rerank_infer
 from kaggleops.tasks.tse.data import load_train, make_folds
@@ -114,8 +115,8 @@ def test_no_oof_candidate_scored_by_a_fold_that_trained_on_its_row(reranked: dic
     trained_on: dict[int, set[str]] = {}
     for fold_run in result["runs"]:
         run = tracker.get_run(fold_run["run_id"])
-        recorded = json.loads(_download(tracker, run.info.run_id, "rerank/train_ids.json", tmp_path).read_text())
-        trained_on[int(run.data.tags["kops.fold"])] = set(recorded["train_ids"])
+        recorded = json.loads(_download(tracker, run.id, "rerank/train_ids.json", tmp_path).read_text())
+        trained_on[int(run.tags["kops.fold"])] = set(recorded["train_ids"])
     base_fold_of = {}
     for fold, run_id in reranked["base_folds"].items():
         ids = pd.read_csv(_download(tracker, run_id, "oof/oof.csv", tmp_path), dtype={"textID": str})["textID"]
@@ -136,7 +137,7 @@ def test_no_oof_candidate_scored_by_a_fold_that_trained_on_its_row(reranked: dic
 def test_reranker_runs_are_linked_and_carry_metrics(reranked: dict[str, Any]) -> None:
     tracker, result = reranked["tracker"], reranked["result"]
     parent = tracker.get_run(result["run_id"])
-    tags, metrics = parent.data.tags, parent.data.metrics
+    tags, metrics = parent.tags, parent.metrics
     assert tags["kops.kind"] == "rerank" and tags["kops.rerank.from"] == reranked["base_parent"]
     assert set(tags["kops.rerank.base_runs"].split(",")) == set(reranked["base_folds"].values())
     for key in ("oof_jaccard_base", "oof_jaccard_reranked", "oof_jaccard_lift", "oof_jaccard_reranked_nested",
@@ -147,14 +148,14 @@ def test_reranker_runs_are_linked_and_carry_metrics(reranked: dict[str, Any]) ->
     assert json.loads(tags["kops.rerank.options"]) == result["options"]  # the task's choices, as it returned them
     expected = reranked["oof"]["jaccard"].where(reranked["oof"]["sentiment"] != "neutral", 1.0)
     assert metrics["oof_jaccard_base"] == pytest.approx(float(expected.mean()), abs=0.02)  # neutral rows: whole text
-    assert parent.info.status == "FINISHED"
+    assert parent.status == "FINISHED"
     for fold_run in result["runs"]:
         run = tracker.get_run(fold_run["run_id"])
-        assert run.data.tags[TAG_PARENT] == result["run_id"] and run.info.status == "FINISHED"
-        assert run.data.tags["kops.rerank.base_runs"] == reranked["base_folds"][int(run.data.tags["kops.fold"])]
-        assert "fold_jaccard_reranked" in run.data.metrics and "train_loss" in run.data.metrics
-        assert json.loads(run.data.tags["kops.rerank.options"]) == result["options"]
-        assert {"model/config.json", "model/kops_rerank.json"} <= set(tracker.list_artifacts(run.info.run_id, "model"))
+        assert run.tags[TAG_PARENT] == result["run_id"] and run.status == "FINISHED"
+        assert run.tags["kops.rerank.base_runs"] == reranked["base_folds"][int(run.tags["kops.fold"])]
+        assert "fold_jaccard_reranked" in run.metrics and "train_loss" in run.metrics
+        assert json.loads(run.tags["kops.rerank.options"]) == result["options"]
+        assert {"model/config.json", "model/kops_rerank.json"} <= set(tracker.list_artifacts(run.id, "model"))
 
 
 @pytest.mark.slow

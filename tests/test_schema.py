@@ -89,7 +89,7 @@ def test_manifest_reads_old_files_round_trips_and_validates(tmp_path: Path) -> N
 
 
 def test_one_error_tree_and_task_data_error_is_kops_data_error() -> None:
-    from kaggleops.tasks import DataError as TaskDataError
+    from kaggleops.task import DataError as TaskDataError
 
     assert TaskDataError is DataError and issubclass(DataError, ValueError) and issubclass(SchemaError, KopsError)
     classes = []

@@ -19,12 +19,16 @@ from typing import Any
 import pytest
 
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import TAG_DATASET, TAG_DATASET_VERSION, TAG_GIT_COMMIT, Tracker
+from kaggleops.adapters.session import Session
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import load_config
 from kaggleops.emulator import Emulator
 from kaggleops.errors import QuotaExceeded, UnknownSortKey
 from kaggleops.refs import CompetitionRef, KernelRef
 from kaggleops.schema import (
+    TAG_DATASET,
+    TAG_DATASET_VERSION,
+    TAG_GIT_COMMIT,
     TAG_SUBMISSION_ERROR,
     TAG_SUBMISSION_KEY,
     TAG_SUBMISSION_ORIGIN,
@@ -32,7 +36,8 @@ from kaggleops.schema import (
     TAG_SUBMISSION_STATUS,
 )
 from kaggleops.stages.leaderboard import leaderboard
-from kaggleops.stages.submit import identify_kernel, scores, submit
+from kaggleops.stages.scores import identify_kernel, scores
+from kaggleops.stages.submit import submit
 
 from harness import USER, accuracy, kops
 
@@ -128,31 +133,31 @@ def test_code_submission_scored_later_then_private_lb_and_idempotent(cfg: Any, e
                                                                      tmp_path: Path) -> None:
     run_a = source_run(cfg, "fold-0", 0.61)
     version = push_tiny_kernel(tmp_path, [run_a])
-    result = submit(cfg, KERNEL, version, "first")
+    result = submit(Session(cfg), KERNEL, version, "first")
     public, private = expected(emulator, HINTS)
     emulator.set_submission_result(result.submission_ref, f"{public:.5f}", None)  # private hidden until deadline
     tracker = Tracker(cfg)
     sub_run = tracker.get_run(result.submission_run_id)
-    assert sub_run.data.tags[TAG_SUBMISSION_STATUS] == "PENDING"
-    assert sub_run.data.tags[TAG_SUBMISSION_REF] == str(result.submission_ref)
+    assert sub_run.tags[TAG_SUBMISSION_STATUS] == "PENDING"
+    assert sub_run.tags[TAG_SUBMISSION_REF] == str(result.submission_ref)
     assert result.remaining_today == 4
 
-    [row] = scores(cfg)  # still PENDING on Kaggle: status written, no scores yet
+    [row] = scores(Session(cfg))  # still PENDING on Kaggle: status written, no scores yet
     assert (row.status, row.lb_public) == ("PENDING", None)
-    [row] = scores(cfg)
+    [row] = scores(Session(cfg))
     assert (row.status, row.lb_public, row.lb_private, row.changed) == ("COMPLETE", public, None, True)
     for run_id in (result.submission_run_id, run_a):
         run = tracker.get_run(run_id)
-        assert run.data.metrics["lb_public"] == public and "lb_private" not in run.data.metrics
-        assert run.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
+        assert run.metrics["lb_public"] == public and "lb_private" not in run.metrics
+        assert run.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
 
     emulator.set_submission_result(result.submission_ref, f"{public:.5f}", f"{private:.5f}")  # after the deadline
-    [row] = scores(cfg)
+    [row] = scores(Session(cfg))
     assert (row.lb_private, row.changed) == (private, True)
-    assert tracker.get_run(run_a).data.metrics["lb_private"] == private
+    assert tracker.get_run(run_a).metrics["lb_private"] == private
 
     before = store_snapshot(cfg)
-    [row] = scores(cfg)
+    [row] = scores(Session(cfg))
     assert not row.changed
     assert store_snapshot(cfg) == before, "a second `kops scores` wrote to the store"
 
@@ -164,14 +169,14 @@ def test_error_submission_carries_its_description(cfg: Any, emulator: Emulator, 
     run_a = source_run(cfg, "fold-0", 0.61)
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label\n0,a\n1,b\n")  # 4 ids missing
-    result = submit(cfg, file=bad, runs=[run_a], message="partial file", check=False)  # the server's own ERROR
+    result = submit(Session(cfg), file=bad, runs=[run_a], message="partial file", check=False)  # the server's own ERROR
     assert result.file == str(bad) and result.kernel == ""
-    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    rows = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     assert [(r.status, r.lb_public) for r in rows] == [("ERROR", None)]
     assert "missing 4 id(s)" in rows[0].error
     tracker = Tracker(cfg)
     for run_id in (result.submission_run_id, run_a):
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         assert tags[TAG_SUBMISSION_STATUS] == "ERROR" and "missing 4 id(s)" in tags[TAG_SUBMISSION_ERROR]
     assert tracker.list_artifacts(result.submission_run_id, "submission") == ["submission/bad.csv"]
 
@@ -180,12 +185,12 @@ def test_no_submissions_left_is_refused_with_reset_time(cfg: Any, emulator: Emul
     run_a = source_run(cfg, "fold-0", 0.61)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    submit(cfg, file=good, runs=[run_a])
+    submit(Session(cfg), file=good, runs=[run_a])
     emulator.config.daily_submission_limit = 1
     runs_before = len(Tracker(cfg).search())
     with pytest.raises(QuotaExceeded, match=r"No submissions left today for tiny-comp \(1 used\); the limit "
                                             r"resets at \d{4}-\d\d-\d\d 00:00 UTC \(in \d+h\d\dm\)"):
-        submit(cfg, file=good, runs=[run_a], again=True)
+        submit(Session(cfg), file=good, runs=[run_a], again=True)
     assert len(Tracker(cfg).search()) == runs_before, "a refused submit must not leave a submission run"
 
 
@@ -196,11 +201,11 @@ def test_no_submissions_left_is_refused_with_reset_time(cfg: Any, emulator: Emul
 def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path: Path) -> None:
     run_a, run_b = source_run(cfg, "fold-0", 0.60), source_run(cfg, "fold-1", 0.70)
     version = push_tiny_kernel(tmp_path, [run_a, run_b])
-    first = submit(cfg, KERNEL, version, "kernel")
+    first = submit(Session(cfg), KERNEL, version, "kernel")
     perfect = tmp_path / "perfect.csv"
     perfect.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    second = submit(cfg, file=perfect, runs=[run_a, run_b], message="hand-fixed")
-    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    second = submit(Session(cfg), file=perfect, runs=[run_a, run_b], message="hand-fixed")
+    rows = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     kernel_public, _ = expected(emulator, HINTS)
     assert {r.submission_ref: r.lb_public for r in rows} == {first.submission_ref: kernel_public,
                                                              second.submission_ref: 1.0}
@@ -209,7 +214,7 @@ def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path
         assert history(cfg, run_id, "lb_public") == [(first.submission_ref, kernel_public),
                                                      (second.submission_ref, 1.0)]
         run = tracker.get_run(run_id)
-        assert run.data.metrics["lb_public"] == 1.0 and run.data.tags[TAG_SUBMISSION_REF] == str(second.submission_ref)
+        assert run.metrics["lb_public"] == 1.0 and run.tags[TAG_SUBMISSION_REF] == str(second.submission_ref)
 
     board = leaderboard(cfg, sort="lb_public")
     assert [r.submission_ref for r in board] == [second.submission_ref, first.submission_ref]
@@ -227,6 +232,7 @@ def test_two_submissions_of_the_same_runs(cfg: Any, emulator: Emulator, tmp_path
 KILLED_SUBMIT = """
 import os, sys
 from kaggleops.config import load_config
+from kaggleops.adapters.session import Session
 from kaggleops.stages.submit import TAG_SUBMISSION_REF, submit
 from kaggleops.adapters.tracking import Tracker
 
@@ -236,7 +242,7 @@ def set_tags(self, run_id, tags):
         os._exit(9)
     return real(self, run_id, tags)
 Tracker.set_tags = set_tags
-submit(load_config(sys.argv[1]), sys.argv[2], int(sys.argv[3]), "killed")
+submit(Session(load_config(sys.argv[1])), sys.argv[2], int(sys.argv[3]), "killed")
 """
 
 
@@ -248,17 +254,17 @@ def test_kill_between_submit_and_recording_is_completed_by_scores(cfg: Any, emul
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_SUBMIT), str(cfg.root / "kops.yaml"),
                            KERNEL, str(version)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
-    [orphan] = [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
-    assert orphan.info.status == "RUNNING" and orphan.data.tags[TAG_SUBMISSION_STATUS] == "SUBMITTING"
-    assert TAG_SUBMISSION_REF not in orphan.data.tags
+    [orphan] = [r for r in Tracker(cfg).search() if r.tags.get("kops.kind") == "submission"]
+    assert orphan.status == "RUNNING" and orphan.tags[TAG_SUBMISSION_STATUS] == "SUBMITTING"
+    assert TAG_SUBMISSION_REF not in orphan.tags
     [sub] = Kaggle(os.environ["KOPS_KAGGLE_ENDPOINT"]).list_submissions(CompetitionRef(COMP))
-    assert f"kops:{orphan.data.tags[TAG_SUBMISSION_KEY]}" in sub.description
+    assert f"kops:{orphan.tags[TAG_SUBMISSION_KEY]}" in sub.description
 
-    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
-    run = Tracker(cfg).get_run(orphan.info.run_id)
-    assert row.submission_run_id == orphan.info.run_id and run.info.status == "FINISHED"
-    assert run.data.tags[TAG_SUBMISSION_REF] == str(sub.ref) and run.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
-    assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == expected(emulator, HINTS)[0]
+    [row] = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
+    run = Tracker(cfg).get_run(orphan.id)
+    assert row.submission_run_id == orphan.id and run.status == "FINISHED"
+    assert run.tags[TAG_SUBMISSION_REF] == str(sub.ref) and run.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
+    assert Tracker(cfg).get_run(run_a).metrics["lb_public"] == expected(emulator, HINTS)[0]
 
 
 # ---- submissions made outside kops --------------------------------------------------------------------
@@ -275,18 +281,18 @@ def test_outside_submissions_are_reported_then_adopted_with_all(cfg: Any, emulat
     csv = tmp_path / "mine.csv"
     csv.write_text("id,label\n" + "".join(f"{i},a\n" for i in range(6)))
     loose = kaggle.submit_file(CompetitionRef(COMP), csv, "my own csv")
-    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    rows = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     assert {(r.submission_ref, r.origin, r.kernel, r.submission_run_id) for r in rows} == {
         (by_hand, "unrecorded", f"{KERNEL}/{version}", ""), (loose, "unrecorded", "", "")}
-    assert not [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
+    assert not [r for r in Tracker(cfg).search() if r.tags.get("kops.kind") == "submission"]
 
-    rows = scores(cfg, adopt=True)
+    rows = scores(Session(cfg), adopt=True)
     adopted = {r.submission_ref: r for r in rows}
     assert adopted[by_hand].source_runs == [run_a] and adopted[loose].source_runs == []
-    assert Tracker(cfg).get_run(adopted[by_hand].submission_run_id).data.tags[TAG_SUBMISSION_ORIGIN] == "outside"
-    assert Tracker(cfg).get_run(run_a).data.metrics["lb_public"] == adopted[by_hand].lb_public
+    assert Tracker(cfg).get_run(adopted[by_hand].submission_run_id).tags[TAG_SUBMISSION_ORIGIN] == "outside"
+    assert Tracker(cfg).get_run(run_a).metrics["lb_public"] == adopted[by_hand].lb_public
     before = store_snapshot(cfg)
-    assert not any(r.changed for r in scores(cfg, adopt=True))
+    assert not any(r.changed for r in scores(Session(cfg), adopt=True))
     assert store_snapshot(cfg) == before
 
 
@@ -343,9 +349,9 @@ def test_kfold_parent_gets_the_lb_scores_of_its_folds(cfg: Any, emulator: Emulat
     for run_id in (*folds, parent):
         tracker.end_run(run_id)
     version = push_tiny_kernel(tmp_path, folds)
-    submit(cfg, KERNEL, version, "kernel")
-    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
-    assert tracker.get_run(parent).data.metrics["lb_public"] == row.lb_public == expected(emulator, HINTS)[0]
+    submit(Session(cfg), KERNEL, version, "kernel")
+    [row] = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
+    assert tracker.get_run(parent).metrics["lb_public"] == row.lb_public == expected(emulator, HINTS)[0]
 
 
 def test_ref_fallback_never_takes_a_submission_of_another_kops_run(cfg: Any, emulator: Emulator,
@@ -355,13 +361,13 @@ def test_ref_fallback_never_takes_a_submission_of_another_kops_run(cfg: Any, emu
     run_a = source_run(cfg, "fold-0", 0.60)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    mine = submit(cfg, file=good, runs=[run_a], message="mine")
+    mine = submit(Session(cfg), file=good, runs=[run_a], message="mine")
     stray = Tracker(cfg).start_run("submission-stray", {}, {"kops.kind": "submission",
                                                             TAG_SUBMISSION_KEY: "0123456789ab",
                                                             TAG_SUBMISSION_REF: str(mine.submission_ref)})
-    rows = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    rows = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     assert [(r.submission_run_id, r.submission_ref) for r in rows] == [(mine.submission_run_id, mine.submission_ref)]
-    assert "lb_public" not in Tracker(cfg).get_run(stray).data.metrics
+    assert "lb_public" not in Tracker(cfg).get_run(stray).metrics
 
 
 LEADERBOARD_ROWS = [  # (ref, status, public, private, cv, models, datasets, kernel, commits)
@@ -420,8 +426,8 @@ def test_cli_leaderboard_uses_the_terminal_width(cfg: Any, emulator: Emulator, t
     run_a = source_run(cfg, "fold-0", 0.61)
     good = tmp_path / "good.csv"
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
-    submit(cfg, file=good, runs=[run_a], message="mine")
-    scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    submit(Session(cfg), file=good, runs=[run_a], message="mine")
+    scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     narrow = kops("leaderboard", cwd=cfg.root, env={"COLUMNS": "80"})
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
     wide = kops("leaderboard", cwd=cfg.root, env=AS_A_PIPE)
@@ -444,7 +450,7 @@ def test_submit_with_a_wrong_kaggle_key_is_one_line(cfg: Any, emulator: Emulator
 
 
 def submission_runs(cfg: Any) -> list[Any]:
-    return [r for r in Tracker(cfg).search() if r.data.tags.get("kops.kind") == "submission"]
+    return [r for r in Tracker(cfg).search() if r.tags.get("kops.kind") == "submission"]
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -498,18 +504,18 @@ def test_the_same_file_or_kernel_version_is_not_submitted_twice(cfg: Any, emulat
     [first] = submission_runs(cfg)
     again = kops("submit", "--file", str(good.rename(tmp_path / "same-bytes.csv")), cwd=cfg.root, env=AS_A_PIPE)
     assert again.returncode == 1 and len(emulator.store.submissions) == 1 and len(submission_runs(cfg)) == 1
-    ref = first.data.tags[TAG_SUBMISSION_REF]
+    ref = first.tags[TAG_SUBMISSION_REF]
     assert again.stderr.startswith("kops: error: same-bytes.csv (sha256 ") and (
         f"was already submitted: submission {ref} (PENDING) on ") in again.stderr
-    assert again.stderr.rstrip().endswith(f"submission run {first.info.run_id}. A second copy spends one of the "
+    assert again.stderr.rstrip().endswith(f"submission run {first.id}. A second copy spends one of the "
                                           "day's submissions for the same score; to do it anyway: --again")
     forced = kops("submit", "--file", str(tmp_path / "same-bytes.csv"), "--again", cwd=cfg.root, env=AS_A_PIPE)
     assert forced.returncode == 0, forced.stderr
     assert len(emulator.store.submissions) == 2
 
     version = push_tiny_kernel(tmp_path, [run_a])
-    submit(cfg, KERNEL, version, "kernel")
-    scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    submit(Session(cfg), KERNEL, version, "kernel")
+    scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     twice = kops("submit", "--kernel", KERNEL, "--version", str(version), cwd=cfg.root, env=AS_A_PIPE)
     assert twice.returncode == 1 and len(emulator.store.submissions) == 3
     assert f"Kernel {KERNEL}/{version} was already submitted: submission " in twice.stderr
@@ -534,7 +540,7 @@ def test_kernel_output_fetches_the_submission_file_to_submit(cfg: Any, emulator:
     sent = kops("submit", "--file", str(csv_path), "--run", run_a[:8], "--json", cwd=cfg.root, env=AS_A_PIPE)
     assert sent.returncode == 0, sent.stderr
     submission_run = Tracker(cfg).get_run(json.loads(sent.stdout)["submission_run_id"])
-    assert submission_run.data.tags["kops.source_runs"] == run_a
+    assert submission_run.tags["kops.source_runs"] == run_a
     no_version = (f"kops: error: Kernel {KERNEL} has no version 99 (not found on {emulator.url}). Pass a version "
                   "it has: --version N (the runs' kops.kernel.version tags name the ones kops pushed)\n")
     missing = kops("kernel", "output", KERNEL, "--version", "99", cwd=cfg.root, env=AS_A_PIPE)
@@ -555,7 +561,7 @@ def test_file_submission_of_a_kfold_parent_scores_every_fold(cfg: Any, emulator:
     good.write_text("id,label\n" + "".join(f"{i},{v['label']}\n" for i, v in enumerate(SOLUTION)))
     out = kops("submit", "--file", str(good), "--run", parent[:8], cwd=cfg.root, env=AS_A_PIPE)
     assert out.returncode == 0, out.stderr
-    [row] = scores(cfg, wait=True, poll_s=0.05, timeout_s=30)
+    [row] = scores(Session(cfg), wait=True, poll_s=0.05, timeout_s=30)
     assert sorted(row.source_runs) == sorted(folds)
     for run_id in (*folds, parent, row.submission_run_id):
-        assert tracker.get_run(run_id).data.metrics["lb_public"] == 1.0, run_id
+        assert tracker.get_run(run_id).metrics["lb_public"] == 1.0, run_id

@@ -27,6 +27,7 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
+    from kaggleops.adapters.session import Session
     from kaggleops.config import CONFIG_FILE, load_config, render_template
     from kaggleops.emulator import Emulator
     from kaggleops.emulator.seeding import seed_competition
@@ -40,7 +41,8 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
     )
     from kaggleops.stages.kernel import push_kernel
     from kaggleops.stages.publish import publish
-    from kaggleops.stages.submit import scores, submit
+    from kaggleops.stages.scores import scores
+    from kaggleops.stages.submit import submit
     from kaggleops.stages.train import get_task_for, train
 
     caplog.set_level(logging.DEBUG)
@@ -60,10 +62,10 @@ def test_train_publish_scores_land_on_mlflow_server(tmp_path: Path, mlflow_serve
             assert cfg.resolved_tracking_uri == mlflow_server
             seed_competition(emulator, get_task_for(cfg))
             run_id = train(cfg, progress=False, sample=True).runs[0].run_id
-            pub = publish(cfg, run_id)
-            kern = push_kernel(cfg, [run_id], wait=True)
-            sub = submit(cfg, kern.kernel, kern.kernel_version, "server mode")
-            row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
+            pub = publish(Session(cfg), run_id)
+            kern = push_kernel(Session(cfg), [run_id], wait=True)
+            sub = submit(Session(cfg), kern.kernel, kern.kernel_version, "server mode")
+            row = next(r for r in scores(Session(cfg), wait=True, poll_s=0.5, timeout_s=120)
                        if r.submission_ref == sub.submission_ref)
     finally:
         emulator.stop()

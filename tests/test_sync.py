@@ -19,10 +19,10 @@ from kaggleops.adapters.storage import (
     md5_b64,
     open_store,
 )
-from kaggleops.adapters.tracking import TAG_PARENT, Tracker
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig, load_config, render_template
 from kaggleops.errors import ConfigError, RunNotFound
-from kaggleops.schema import TAG_ORIGIN_MACHINE, TAG_ORIGIN_RUN
+from kaggleops.schema import TAG_ORIGIN_MACHINE, TAG_ORIGIN_RUN, TAG_PARENT
 from kaggleops.sync import BackgroundSync, bundles, pull, push
 
 from harness import kops
@@ -352,6 +352,7 @@ def test_artifacts_go_straight_to_the_bucket_and_pulled_runs_point_at_them(tmp_p
 
 def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, start_emulator: Callable[..., Any]) -> None:
     """On a viewer machine after `kops sync pull`: `kops publish ORIGIN_ID` finds the run and its origin artifacts."""
+    from kaggleops.adapters.session import Session
     from kaggleops.stages.publish import publish
 
     shared = str(tmp_path / "bucket")
@@ -368,9 +369,9 @@ def test_publish_a_pulled_run_by_its_origin_id(tmp_path: Path, start_emulator: C
     push(a)
     local_id = pull(c).created[0]
     start_emulator(username="alice", key="k")
-    result = publish(c, origin)
+    result = publish(Session(c), origin)
     assert result.run_id == local_id and result.dataset_version == 1
-    assert Tracker(c).get_run(local_id).data.tags["kops.dataset"] == result.dataset
+    assert Tracker(c).get_run(local_id).tags["kops.dataset"] == result.dataset
 
 
 def test_ui_pulls_first_when_a_bucket_is_configured(tmp_path: Path) -> None:

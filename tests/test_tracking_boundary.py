@@ -86,3 +86,15 @@ def test_a_failing_store_is_one_kops_error_naming_it(tmp_path: Path, call: Any) 
         call(tracker, tmp_path / "dst")
     message = str(raised.value)
     assert "the database is gone" in message and tracker.uri in message and "\n" not in message
+
+
+def test_above_the_adapters_runs_are_kops_records_not_mlflow_entities() -> None:
+    """Stages, sync, the kernel side and the CLI read :class:`RunRecord` (``run.tags``, ``run.id``), never MLflow's
+    ``Run`` (``run.info.run_id``, ``run.data.tags``) and never import MLflow."""
+    import re
+
+    entity = re.compile(r"\.info\.(run_id|status|run_name|start_time|end_time|experiment_id|artifact_uri)\b"
+                        r"|\.data\.(tags|params|metrics)\b|_metric_objs|^\s*(from|import) mlflow\b", re.M)
+    found = [f"{p.relative_to(PACKAGE)}: {m.group(0).strip()}" for p in sorted(PACKAGE.rglob("*.py"))
+             if "adapters" not in p.parts for m in entity.finditer(p.read_text())]
+    assert found == []

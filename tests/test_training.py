@@ -391,12 +391,12 @@ def test_provenance_of_a_dirty_tree_with_a_credentialed_remote(tmp_path: Path) -
     tracker = Tracker(load_config(repo / "kops.yaml"))
     run_id = tracker.start_run("fold-0", {"lr": 2}, {"kops.kind": "fold"})
     run = tracker.get_run(run_id)
-    tags = run.data.tags
+    tags = run.tags
     assert tags["mlflow.source.git.repoURL"] == "https://github.com/alice/tse.git"
     assert tags["mlflow.source.git.branch"] == "exp/kfold" and tags["kops.git.dirty"] == "true"
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["kops.env"] == "local"
     assert {"kops.lib.python", "kops.lib.torch", "kops.lib.mlflow"} <= set(tags)
-    assert "ghp_SeCrEt123" not in json.dumps([tags, run.data.params])
+    assert "ghp_SeCrEt123" not in json.dumps([tags, run.params])
     diff = Path(tracker.download(run_id, "git/uncommitted.diff", tmp_path / "dl")).read_text()
     assert "-lr = 1" in diff and "+lr = 2" in diff
 

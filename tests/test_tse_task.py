@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from kaggleops.tasks import DataError, get_task
+from kaggleops.task import DataError
+from kaggleops.tasks import get_task
 from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.data import load_test, load_train, make_folds
 from kaggleops.tasks.tse.metric import mean_jaccard

@@ -11,7 +11,7 @@ one time step per call and reveals the previous step's answers in the next call,
                      that only the gateway sees on the rerun
 * ``solution.csv``   hidden: row_id, target, Usage, in the gateway's order (even positions public, odd private)
 * ``kaggle_evaluation/``  the competition's evaluation API (gateway + ``DemandInferenceServer``)
-* ``competition.json``    how the emulator serves and scores it (see ``kaggleops/emulator/seed.py``)
+* ``competition.json``    how the emulator serves and scores it (see ``kaggleops/emulator/competition_folder.py``)
 
 Deterministic (Python's own ``random`` with a fixed seed)::
 

@@ -10,7 +10,7 @@ from the 1,797 real 8x8 handwritten digits that ship inside the scikit-learn whe
 * ``solution.csv``           hidden: ``ImageId,Label,Usage``; the emulator scores rows at even positions
                              (ImageId 1, 3, 5, ...) as the public leaderboard and the others as private, and
                              ``Usage`` says the same for a human reader
-* ``competition.json``       how the emulator serves and scores it (see ``kaggleops/emulator/seed.py``)
+* ``competition.json``       how the emulator serves and scores it (see ``kaggleops/emulator/competition_folder.py``)
 
 Deterministic (a fixed seed and Python's own ``random``): running it again writes byte-identical files.
 scikit-learn is a development-only dependency of kops; only this script needs it::

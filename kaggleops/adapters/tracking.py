@@ -3,7 +3,8 @@
 The only module that talks to MLflow (mlflow is imported lazily inside functions). Every command builds its
 :class:`Tracker` with :func:`open_tracker`, which first applies the credential chain (a ``MLFLOW_TRACKING_*``
 kept only in a Kaggle/Colab notebook secret store reaches the environment, where the config and MLflow read
-it); :func:`translate` turns MLflow's exceptions into kops errors in one place.
+it); :func:`kaggleops.adapters.mlflow_store.translate` turns MLflow's exceptions into kops errors in one place,
+and every MLflow call here goes through it. Runs come back as :class:`kaggleops.adapters.run_record.RunRecord`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import json
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,81 +24,38 @@ from kaggleops import __version__
 from kaggleops.adapters.credentials import apply_tracking_credentials
 from kaggleops.adapters.git import git_info
 from kaggleops.adapters.metric_logger import MetricLogger
-from kaggleops.environment import detect_env, library_versions
+from kaggleops.adapters.mlflow_store import check_store, store_lock, translate
+from kaggleops.adapters.run_record import RunRecord
+from kaggleops.environment import detect_env, library_versions, run_source_tags
 from kaggleops.errors import (
     ConfigError,
-    DiskFull,
     RunIdAmbiguous,
     RunNotFound,
     TrackingUnavailable,
-    disk_full_detail,
-    is_disk_full,
 )
-from kaggleops.files import file_lock
 from kaggleops.refs import RunRef
 from kaggleops.schema import (
     ARTIFACT_GIT_DIFF,
     EXPERIMENT_KIND,
     INPUT_TAG_CONTEXT,
+    TAG_DIRTY,
+    TAG_ENV,
     TAG_EXPERIMENT_KIND,
+    TAG_FOLD,
+    TAG_GIT_BRANCH,
+    TAG_GIT_COMMIT,
+    TAG_GIT_REPO,
+    TAG_KIND,
     TAG_LIB_PREFIX,
+    TAG_ORIGIN_ARTIFACTS,
+    TAG_ORIGIN_RUN,
+    TAG_PARENT,
     TAG_PUBLISHED_REF,
     TAG_PUBLISHED_VERSION,
-    TAG_SOURCE_NAME,
-    TAG_SOURCE_TYPE,
-    TAG_USER,
     TAG_VERSION,
 )
 
-# tag names this module used to define, re-exported (new code imports them from kaggleops.schema)
-from kaggleops.schema import (
-    TAG_DATASET as TAG_DATASET,
-)
-from kaggleops.schema import (
-    TAG_DATASET_VERSION as TAG_DATASET_VERSION,
-)
-from kaggleops.schema import (
-    TAG_DIRTY as TAG_DIRTY,
-)
-from kaggleops.schema import (
-    TAG_ENV as TAG_ENV,
-)
-from kaggleops.schema import (
-    TAG_FOLD as TAG_FOLD,
-)
-from kaggleops.schema import (
-    TAG_GIT_BRANCH as TAG_GIT_BRANCH,
-)
-from kaggleops.schema import (
-    TAG_GIT_COMMIT as TAG_GIT_COMMIT,
-)
-from kaggleops.schema import (
-    TAG_GIT_REPO as TAG_GIT_REPO,
-)
-from kaggleops.schema import (
-    TAG_KERNEL as TAG_KERNEL,
-)
-from kaggleops.schema import (
-    TAG_KERNEL_VERSION as TAG_KERNEL_VERSION,
-)
-from kaggleops.schema import (
-    TAG_KIND as TAG_KIND,
-)
-from kaggleops.schema import (
-    TAG_ORIGIN_ARTIFACTS as TAG_ORIGIN_ARTIFACTS,
-)
-from kaggleops.schema import (
-    TAG_ORIGIN_RUN as TAG_ORIGIN_RUN,
-)
-from kaggleops.schema import (
-    TAG_PARENT as TAG_PARENT,
-)
-from kaggleops.schema import (
-    TAG_RUN_NAME as TAG_RUN_NAME,
-)
-
 if TYPE_CHECKING:
-    from mlflow.entities import Run
 
     from kaggleops.config import KopsConfig
 
@@ -108,7 +64,6 @@ BATCH_ENTITIES, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100  # MLflow's log_batch 
 SEARCH_PAGE = 50_000
 
 log = logging.getLogger("kaggleops")
-NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 ENV_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
@@ -124,104 +79,12 @@ def open_tracker(cfg: KopsConfig) -> Tracker:
     return Tracker(cfg)
 
 
-def store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
-    """Held while a client opens a SQLite store: MLflow creates and migrates a new store's tables then, and two
-    `kops train` starting at once in a new project raced in alembic ("table ... already exists") and one died."""
-    if not uri.startswith("sqlite:///"):
-        return contextlib.nullcontext()
-    db = Path(uri.removeprefix("sqlite:///"))
-    return file_lock(db.with_name(f"{db.name}.lock"))
-
-
-STORE_TRIES, STORE_WAIT_S, STORE_TIMEOUT_S = 3, 2.0, 4.0
-
-
-def check_store(uri: str, tries: int = STORE_TRIES, wait_s: float = STORE_WAIT_S,
-                timeout_s: float = STORE_TIMEOUT_S) -> None:
-    """Fail in seconds, in one line, on a store no command could use: a server that does not answer (a few tries,
-    each announced with its countdown), a SQLite file in a folder that is missing or read-only, a plain folder."""
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
-    fix = ("Point MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` at a reachable store (unset both for the local "
-           "sqlite:///mlflow.db)")
-    if uri.startswith(("http://", "https://")):
-        for attempt in range(1, tries + 1):
-            try:
-                urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()  # noqa: S310
-                return
-            except urllib.error.HTTPError:
-                return  # it answers (a proxy or an auth layer may refuse /health): MLflow's calls will tell more
-            except (OSError, ValueError) as e:
-                reason = getattr(e, "reason", e)
-            if attempt < tries:
-                print(f"kops: tracking server {uri} does not answer ({reason}); trying again in {wait_s:g} s "
-                      f"({tries - attempt} tr{'y' if tries - attempt == 1 else 'ies'} left)", file=sys.stderr,
-                      flush=True)
-                time.sleep(wait_s)
-        raise TrackingUnavailable(f"The tracking server {uri} does not answer ({reason}) after {tries} tries.",
-                                  f"Start it, or: {fix}.")
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise TrackingUnavailable(f"The tracking store {uri} is in a folder that does not exist ({folder}).",
-                                      f"Create it, or: {fix}.")
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-            raise TrackingUnavailable(f"The tracking store {uri} is read-only here (SQLite needs to write "
-                                      f"{db if db.exists() else folder}).", f"Make it writable, or: {fix}.")
-        return
-    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        raise TrackingUnavailable(f"The tracking store {uri!r} is a plain path: MLflow 3 no longer writes runs to a "
-                                  "folder by default.", f"Use a SQLite file, e.g. sqlite:///{uri.rstrip('/')}/mlflow.db")
-
-
-@contextmanager
-def translate(what: str, uri: str, run_id: str | None = None) -> Iterator[None]:
-    """MLflow's exceptions → kops errors: a missing run → RunNotFound; an unreachable or failing store →
-    TrackingUnavailable naming the store (one line, no traceback). Anything else propagates."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except (MlflowException, OSError) as e:
-        if is_disk_full(e):
-            raise DiskFull(f"{what} failed: the disk is full ({disk_full_detail(e)}).",
-                           f"Free space on the disk of the tracking store {uri}, then run the command again "
-                           "(an interrupted training run resumes with `kops train --resume`).") from e
-        if isinstance(e, OSError):  # connection refused/reset, DNS: requests' errors are OSErrors too
-            raise TrackingUnavailable(f"{what}: the tracking store {uri} is unreachable ({type(e).__name__}).",
-                                      "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
-                                      "up.") from e
-        if run_id and e.error_code in NOT_FOUND_CODES:
-            raise RunNotFound(run_id, uri) from None
-        raise TrackingUnavailable(f"{what} failed on the tracking store {uri}: {str(e).splitlines()[0][:200]}",
-                                  "Check MLFLOW_TRACKING_URI / kops.yaml `tracking_uri` and that the server is "
-                                  "up.") from e
-
-
 #: Pauses between tries of ``log_inputs`` after losing the race to create the same dataset row (many trainers start
 #: at once with the same data against one server: the store's unique key on (experiment, name, digest) refuses all
 #: but the first insert; the row exists afterwards, so the next try only links it to the run).
 INPUT_RACE_PAUSES_S = (0.2, 0.5, 1.0, 2.0)
 _UNIQUE_VIOLATIONS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint failed", "Duplicate entry",
                       "IntegrityError")
-
-
-def source_tags(env: str) -> dict[str, str]:
-    """MLflow's own "Source" and "User" columns: the kops command that made the run, as a notebook in Colab/Kaggle
-    (``mlflow.source.type`` NOTEBOOK) or a local command (LOCAL), and the OS user."""
-    import getpass
-
-    command = " ".join(["kops", *[a for a in sys.argv[1:2] if not a.startswith("-")]]) if sys.argv else "kops"
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        user = "unknown"
-    kind = "NOTEBOOK" if env.startswith(("colab", "kaggle")) else "LOCAL"
-    return {TAG_SOURCE_NAME: command, TAG_SOURCE_TYPE: kind, TAG_USER: user}
 
 
 def lost_create_race(error: BaseException) -> bool:
@@ -293,7 +156,7 @@ class Tracker:
     def provenance_tags(self) -> tuple[dict[str, str], str]:
         """Tags naming the code and machine of a new run, and the uncommitted diff (empty when clean)."""
         env = detect_env()
-        tags = {TAG_ENV: env, TAG_VERSION: __version__, **source_tags(env)}
+        tags = {TAG_ENV: env, TAG_VERSION: __version__, **run_source_tags(env)}
         tags.update({f"{TAG_LIB_PREFIX}{k}": v for k, v in library_versions().items()})
         info = git_info(self.cfg.root)
         if info is None:
@@ -391,7 +254,7 @@ class Tracker:
     def last_steps(self, run_id: str) -> dict[str, int]:
         """The last stored step of each metric of a run (what a resumed run must not log again)."""
         run = self.get_run(run_id)
-        return {key: max(step for step, _, _ in self.metric_history(run_id, key)) for key in run.data.metrics}
+        return {key: max(step for step, _, _ in self.metric_history(run_id, key)) for key in run.metrics}
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -431,12 +294,12 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(f"Ending run {run_id}", self.client.set_terminated, run_id, status, run_id=run_id)
 
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str) -> RunRecord:
         """The run, or RunNotFound naming the store."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._call(f"Reading run {run_id}", self.client.get_run, run_id, run_id=run_id)
+            return RunRecord.of(self._call(f"Reading run {run_id}", self.client.get_run, run_id, run_id=run_id))
         except TrackingUnavailable as e:
             if isinstance(e.__cause__, MlflowException) and e.__cause__.error_code == "INVALID_PARAMETER_VALUE":
                 raise RunNotFound(run_id, self.uri) from None  # a malformed id: the run is not there
@@ -446,7 +309,7 @@ class Tracker:
         """The local id of ``run_id``: itself for a local run, else the run `kops sync pull` imported from that
         origin id (tag ``kops.origin_run_id``); RunNotFound otherwise. Commands taking a RUN_ID accept either."""
         with contextlib.suppress(RunNotFound):
-            return self.get_run(run_id).info.run_id
+            return self.get_run(run_id).id
         if _is_run_id(run_id):
             with translate(f"Looking up run {run_id}", self.uri):
                 ids = [e.experiment_id for e in self.client.search_experiments()]
@@ -484,7 +347,7 @@ class Tracker:
 
     def _origin_artifacts(self, run_id: str) -> str | None:
         """Where a run pulled by `kops sync pull` keeps its artifacts (e.g. gs://…), or None for a local run."""
-        return self.get_run(run_id).data.tags.get(TAG_ORIGIN_ARTIFACTS)
+        return self.get_run(run_id).tags.get(TAG_ORIGIN_ARTIFACTS)
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Download an artifact of the run; for a pulled run, from the origin machine's artifact store."""
@@ -506,10 +369,12 @@ class Tracker:
         with translate(what, self.uri, run_id):
             return [a.path for a in _artifact_repo(origin).list_artifacts(path)]
 
-    def search(self, filter_string: str = "", max_results: int = 1000) -> list[Run]:
-        return list(self._call("Searching runs", self.client.search_runs,
-                               [self.experiment_id], filter_string=filter_string, max_results=max_results,
-                               order_by=["attributes.start_time DESC"]))
+    def search(self, filter_string: str = "", max_results: int = 1000) -> list[RunRecord]:
+        """Runs of the experiment matching an MLflow filter string, newest first."""
+        found = self._call("Searching runs", self.client.search_runs, [self.experiment_id],
+                           filter_string=filter_string, max_results=max_results,
+                           order_by=["attributes.start_time DESC"])
+        return [RunRecord.of(run) for run in found]
 
     def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -527,14 +392,14 @@ class Tracker:
             return [self.experiment_id]
         return [e.experiment_id for e in self._call("Listing experiments", self.client.search_experiments)]
 
-    def all_runs(self, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    def all_runs(self, experiment_ids: list[str], filter_string: str = "") -> list[RunRecord]:
         """Every run of the experiments (paged): info, params, tags and latest metrics, no metric history."""
-        runs: list[Run] = []
+        runs: list[RunRecord] = []
         token = None
         while experiment_ids:
             page = self._call("Listing runs", self.client.search_runs, experiment_ids, filter_string=filter_string,
                               max_results=SEARCH_PAGE, page_token=token)
-            runs.extend(page)
+            runs.extend(RunRecord.of(run) for run in page)
             token = page.token
             if not token:
                 break
@@ -553,11 +418,6 @@ class Tracker:
         except RunNotFound:
             return False
         return True
-
-    @staticmethod
-    def latest_points(run: Run) -> dict[str, tuple[int, int, float]]:
-        """Each metric's latest point (step, timestamp, value), as the store keeps it beside the run (no history)."""
-        return {m.key: (m.step, m.timestamp, m.value) for m in run.data._metric_objs}
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
         """Every stored point of one metric: (step, timestamp, value)."""
@@ -618,21 +478,21 @@ def _artifact_repo(uri: str) -> Any:
     return get_artifact_repository(uri)
 
 
-def fold_runs(tracker: Tracker, parent_run_id: str, kind: str | None = None) -> list[Run]:
+def fold_runs(tracker: Tracker, parent_run_id: str, kind: str | None = None) -> list[RunRecord]:
     """The child runs of ``parent_run_id`` (``mlflow.parentRunId``), of ``kind`` when given, in fold order (runs
     without a ``kops.fold`` tag last): THE one "parent → folds" lookup (k-fold parents, second-stage parents)."""
     children = runs_tagged(tracker, {TAG_PARENT: parent_run_id})
     if kind is not None:
-        children = [r for r in children if r.data.tags.get(TAG_KIND) == kind]
+        children = [r for r in children if r.tags.get(TAG_KIND) == kind]
 
-    def fold(run: Run) -> int:
-        raw = run.data.tags.get(TAG_FOLD, "")
+    def fold(run: RunRecord) -> int:
+        raw = run.tags.get(TAG_FOLD, "")
         return int(raw) if raw.lstrip("-").isdigit() else 1 << 30
 
     return sorted(children, key=fold)
 
 
-def runs_tagged(tracker: Tracker, tags: dict[str, str]) -> list[Run]:
+def runs_tagged(tracker: Tracker, tags: dict[str, str]) -> list[RunRecord]:
     """Runs of the experiment whose tags equal all of ``tags``."""
     clauses: Iterable[str] = (f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return tracker.search(" and ".join(clauses))

@@ -44,6 +44,13 @@ def load(config: str | None) -> Any:
     return load_config(config)
 
 
+def session(config: str | None) -> Any:
+    """The command's one :class:`kaggleops.adapters.session.Session`: its kops.yaml, tracker and Kaggle client."""
+    from kaggleops.adapters.session import Session
+
+    return Session(load(config))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"kops {__version__}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of, session
 from kaggleops.errors import KernelError
 
 LAYOUTS = ("current", "legacy")  # kaggleops.kernel.local.LAYOUTS (not imported: `kops --help` stays light)
@@ -68,7 +68,7 @@ def output(
     """
     from kaggleops.stages.submit import kernel_output
 
-    ref, files = kernel_output(load(config), kernel, version, out)
+    ref, files = kernel_output(session(config), kernel, version, out)
     csv = next((f for f in files if f.name == "submission.csv"), None)
     text = "\n".join([f"Output of {ref}: {len(files)} file(s)", *(f"  {f}" for f in files)]
                      + ([f"next: kops submit --file {shlex.quote(str(csv))}"] if csv else []))

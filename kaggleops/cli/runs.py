@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import CONFIG_HELP, app, emit, hint, known_machine_shape, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, known_machine_shape, load, one_of, session
 from kaggleops.errors import ConfigError
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
@@ -108,7 +108,7 @@ def publish(
         return _publish_model(config, run_id, to, model, public, as_json)
     from kaggleops.stages.publish import PublishedFolds, publish_run_or_folds
 
-    result = publish_run_or_folds(load(config), run_id, dataset=dataset, public=public, progress=not as_json)
+    result = publish_run_or_folds(session(config), run_id, dataset=dataset, public=public, progress=not as_json)
     if isinstance(result, PublishedFolds):
         lines = [f"k-fold parent {result.parent_run_id}: {len(result.folds)} fold(s)"]
         lines += [_published_line(r) for r in result.folds]
@@ -130,7 +130,7 @@ def _publish_model(config: str | None, run_id: str, to: str | None, model: str |
 
     if to not in (None, "model"):
         raise typer.BadParameter(f"--to {to}: use dataset or model.")
-    res = publish_model(load(config), run_id, model=model, public=public, progress=not as_json)
+    res = publish_model(session(config), run_id, model=model, public=public, progress=not as_json)
     what = f"{res.model} version {res.model_version}"
     line = (f"Published run {run_id} as model {what}" if res.uploaded else
             f"Weights of run {run_id} equal model {what}: nothing uploaded, no new version; run tagged with it")
@@ -174,7 +174,6 @@ def push_kernel(
 
     Example: kops push-kernel --run 3f2a1b4c --submit
     """
-    from kaggleops.adapters.kaggle import Kaggle
     from kaggleops.stages.kernel import KernelOptions, KernelRunFailed, describe, status_printer
     from kaggleops.stages.kernel import push_kernel as run_push
     from kaggleops.stages.submit import submit as run_submit
@@ -182,19 +181,18 @@ def push_kernel(
     if not push and (wait or submit):
         raise ConfigError("--no-push renders the kernel without pushing it: there is nothing to --wait for or to "
                           "--submit.", "Drop --no-push, or drop --wait/--submit.")
-    cfg = load(config)
-    kaggle = Kaggle.from_config(cfg)
+    command = session(config)
     options = KernelOptions(machine_shape=machine_shape, private=None if public is None else not public,
                             publish=publish_missing, push=push, wait=wait or submit, allow_retired=allow_retired,
                             docker_image=docker_image, time_limit_s=time_limit,
                             ignore_time_limit=ignore_time_limit)
     try:
-        result = run_push(cfg, run, kaggle=kaggle, on_status=status_printer(hint), options=options, reranker=reranker,
+        result = run_push(command, run, on_status=status_printer(hint), options=options, reranker=reranker,
                           notify=hint)
     except KernelRunFailed as e:
         hint("\n".join(["--- kernel log (last lines) ---", *e.log_tail, "---"]))
         raise
     if submit:  # the plan push-kernel rendered is the one the version runs: no download of its output
-        result.submission = run_submit(cfg, result.kernel, result.kernel_version, message, kaggle=kaggle,
+        result.submission = run_submit(command, result.kernel, result.kernel_version, message,
                                        plan=result.plan).as_dict()
     emit(result.as_dict(), as_json, describe(result))

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of
+from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of, session
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -42,10 +42,14 @@ def submit(
 
     Example: kops submit --file submission.csv --run 3f2a9c1d
     """
+    from kaggleops.stages.scores import await_result
     from kaggleops.stages.submit import submit as run_submit
 
-    result = run_submit(load(config), kernel=kernel, version=version, message=message, file=file, runs=run or [],
-                        check=check, again=again, wait=wait, timeout_s=timeout)
+    command = session(config)
+    result = run_submit(command, kernel=kernel, version=version, message=message, file=file, runs=run or [],
+                        check=check, again=again)
+    if wait:  # a failed submission raises one line here, after its run is marked FAILED
+        await_result(command, result, timeout)
     what = result.file or f"{result.kernel} v{result.kernel_version}"
     left = "" if result.remaining_today is None else f" ({result.remaining_today} left today)"
     emit(result.as_dict(), as_json, f"Submitted {what}: submission {result.submission_ref}{left}, "
@@ -63,10 +67,10 @@ def scores(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Pull leaderboard scores; write status and lb_public / lb_private onto submission and source runs."""
-    from kaggleops.stages.submit import scores as run_scores
+    from kaggleops.stages.scores import scores as run_scores
 
-    cfg = load(config)
-    rows = run_scores(cfg, wait=wait, timeout_s=timeout, adopt=adopt)
+    command = session(config)
+    rows = run_scores(command, wait=wait, timeout_s=timeout, adopt=adopt)
     lines = []
     for r in rows:
         where = f"run {r.submission_run_id}" if r.submission_run_id else f"not recorded ({r.kernel or 'outside kops'})"
@@ -78,7 +82,7 @@ def scores(
     if not as_json and rows:
         from kaggleops.stages.leaderboard import metric_direction
 
-        metric, higher = metric_direction(cfg, [])
+        metric, higher = metric_direction(command.cfg, [])
         if metric:
             hint(f"Scores are the competition's {metric} ({'higher' if higher else 'lower'} is better).")
     if not as_json and any(r.origin == "unrecorded" for r in rows):

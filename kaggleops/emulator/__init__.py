@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import ApiError, EmulatorConfig
+from .competition_folder import KINDS, CompetitionSeed, SeedError, expand_files, read_seed, read_solution, write_seed
 from .metrics import METRICS, get_metric
 from .rerun import EvaluationSpec, Rerunner
 from .rpc_competitions import CompetitionService
@@ -32,7 +33,6 @@ from .rpc_kernels import KernelService
 from .rpc_models import ModelService
 from .runner import KAGGLE_ROOT, MAX_OUTPUT_BYTES, KernelRunner
 from .scoring import CompetitionSpec, Metric, SubmissionInvalid, format_score, score_rows, split_solution
-from .seed import KINDS, CompetitionSeed, SeedError, expand_files, read_seed, read_solution, write_seed
 from .server import Api, Handler, make_server
 from .state import Competition, Store, load_state, save_state
 

@@ -1,8 +1,9 @@
 """Seed the emulator with a competition as Kaggle hosts it: public files, a hidden solution, a metric.
 
 A folder with a ``competition.json`` (every bundled competition under ``datasets/``, or a user's own folder) is
-served as that file says: metric by name, id/target columns, file or code competition (:mod:`.seed`). A task's
-sample folder without one becomes a code competition scored by the task's own table metric.
+served as that file says: metric by name, id/target columns, file or code competition
+(:mod:`.competition_folder`). A task's sample folder without one becomes a code competition scored by the task's own
+table metric.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from kaggleops.errors import KopsError
 from kaggleops.resources import bundled_competition, bundled_competitions
 
-from .seed import SEED_FILE
+from .competition_folder import SEED_FILE
 
 COMPETITION_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 SOLUTION_FILE = "solution.csv"

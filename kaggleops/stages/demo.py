@@ -120,9 +120,11 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
 
     ``epochs`` None: the task's default. ``echo(stage, line)`` reports progress.
     """
+    from kaggleops.adapters.session import Session
     from kaggleops.stages.kernel import describe_submission, push_kernel
     from kaggleops.stages.publish import publish
-    from kaggleops.stages.submit import scores, submit
+    from kaggleops.stages.scores import scores
+    from kaggleops.stages.submit import submit
     from kaggleops.stages.train import train
 
     competition_folder(competition)  # an unknown competition fails here, before any folder is made
@@ -131,23 +133,24 @@ def run_demo(workdir: Path | None = None, epochs: int | None = None, folds: list
     started = time.perf_counter()
     with demo_workspace(workdir, workdir / ".emulator", epochs, folds, competition) as ws:
         cfg, url = ws.cfg, ws.url
+        command = Session(cfg)
         summary.update(emulator=url, competition=competition, tracking_uri=cfg.resolved_tracking_uri)
         echo("emulator", f"{url}, competition {competition} ({ws.test_rows} hidden test rows)")
         trained = train(cfg, progress=False, sample=True)
         summary.update({"run_id": trained.runs[0].run_id, f"cv_{trained.metric}": trained.cv})
         echo("train", f"run {trained.runs[0].run_id}, validation {trained.metric} {trained.cv:.4f}")
-        pub = publish(cfg, trained.runs[0].run_id)
+        pub = publish(command, trained.runs[0].run_id)
         summary.update(dataset=pub.dataset, dataset_version=pub.dataset_version)
         echo("publish", f"dataset {pub.dataset} version {pub.dataset_version}")
-        kern = push_kernel(cfg, [trained.runs[0].run_id], wait=True)
+        kern = push_kernel(command, [trained.runs[0].run_id], wait=True)
         summary.update(kernel=kern.kernel, kernel_version=kern.kernel_version,
                        submission_kind=kern.submission_kind.get("kind"))
         echo("push-kernel", describe_submission(competition, kern.submission_kind))
         echo("push-kernel", f"kernel {kern.kernel} version {kern.kernel_version}: {kern.status}")
-        sub = submit(cfg, kern.kernel, kern.kernel_version, "kops demo")
+        sub = submit(command, kern.kernel, kern.kernel_version, "kops demo")
         summary.update(submission_ref=sub.submission_ref, submission_run_id=sub.submission_run_id)
         echo("submit", f"submission {sub.submission_ref} (submission run {sub.submission_run_id})")
-        row = next(r for r in scores(cfg, wait=True, poll_s=0.5, timeout_s=120)
+        row = next(r for r in scores(command, wait=True, poll_s=0.5, timeout_s=120)
                    if r.submission_ref == sub.submission_ref)
         summary.update(lb_public=row.lb_public, lb_private=row.lb_private, status=row.status)
         echo("scores", f"public {row.lb_public} / private {row.lb_private} written to runs "

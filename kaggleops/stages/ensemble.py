@@ -101,9 +101,9 @@ def select_members(tracker: Tracker, metric: str, higher: bool, runs: list[str],
         found = [r for r in tracker.search(filter_string or "") if _is_member(r)]
         if top:
             key = f"cv_{metric}"
-            found = sorted((r for r in found if key in r.data.metrics),
-                           key=lambda r: r.data.metrics[key], reverse=higher)[:top]
-        ids += [r.info.run_id for r in found]
+            found = sorted((r for r in found if key in r.metrics),
+                           key=lambda r: r.metrics[key], reverse=higher)[:top]
+        ids += [r.id for r in found]
     ids = list(dict.fromkeys(ids))
     if len(ids) < 2:
         raise ConfigError(f"An ensemble needs two member runs at least; {len(ids)} named.",
@@ -112,20 +112,20 @@ def select_members(tracker: Tracker, metric: str, higher: bool, runs: list[str],
 
 
 def _is_member(run: Any) -> bool:
-    tags = run.data.tags
+    tags = run.tags
     kind = tags.get(TAG_KIND)
-    return run.info.status == "FINISHED" and (kind == Kind.KFOLD or (kind == Kind.FOLD and not tags.get(TAG_PARENT)))
+    return run.status == "FINISHED" and (kind == Kind.KFOLD or (kind == Kind.FOLD and not tags.get(TAG_PARENT)))
 
 
 def member_fold_runs(tracker: Tracker, run_id: str) -> list[str]:
     """A k-fold parent's fold runs (fold order), or a lone fold run itself; other kinds are refused."""
-    kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
+    kind = tracker.get_run(run_id).tags.get(TAG_KIND)
     if kind == Kind.FOLD:
         return [run_id]
     if kind != Kind.KFOLD:
         raise ConfigError(f"Run {run_id} is a {kind or 'untagged'} run, not a training run: an ensemble's members "
                           "are k-fold (or fold) runs of `kops train`.", "Name the k-fold runs instead.")
-    return [r.info.run_id for r in fold_runs(tracker, run_id, Kind.FOLD)]
+    return [r.id for r in fold_runs(tracker, run_id, Kind.FOLD)]
 
 
 def member_oof(tracker: Tracker, run_id: str, folder: Path, id_column: str) -> Any:
@@ -140,7 +140,7 @@ def member_oof(tracker: Tracker, run_id: str, folder: Path, id_column: str) -> A
         path = tracker.download(fold_run, f"{OOF_ARTIFACT}/{OOF_FILE}", folder / fold_run)
         frame = pd.read_csv(path, dtype={id_column: str}, keep_default_na=False, na_values=[""])
         if OOF_FOLD_COLUMN not in frame.columns:  # a run trained before kops recorded it
-            frame[OOF_FOLD_COLUMN] = int(tracker.get_run(fold_run).data.tags.get(TAG_FOLD, 0))
+            frame[OOF_FOLD_COLUMN] = int(tracker.get_run(fold_run).tags.get(TAG_FOLD, 0))
         frames.append(frame)
     oof = pd.concat(frames, ignore_index=True)
     oof[KEY] = oof[id_column].astype(str)
@@ -296,7 +296,7 @@ def log_ensemble(cfg: KopsConfig, tracker: Tracker, task: Any, result: EnsembleR
         tracker.log_artifacts(run_id, folder, ARTIFACT_ENSEMBLE)
     tracker.end_run(run_id)
     for member in members:
-        before = tracker.get_run(member).data.tags.get(TAG_ENSEMBLE_OF, "")
+        before = tracker.get_run(member).tags.get(TAG_ENSEMBLE_OF, "")
         tracker.set_tags(member, {TAG_ENSEMBLE_OF: ",".join(filter(None, [*before.split(","), run_id]))})
     return run_id
 

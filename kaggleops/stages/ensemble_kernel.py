@@ -47,7 +47,7 @@ class EnsemblePlan:
 
 
 def is_ensemble(tracker: Tracker, run_id: str) -> bool:
-    return tracker.get_run(tracker.resolve(run_id)).data.tags.get(TAG_KIND) == Kind.ENSEMBLE
+    return tracker.get_run(tracker.resolve(run_id)).tags.get(TAG_KIND) == Kind.ENSEMBLE
 
 
 def expand_ensemble(tracker: Tracker, run_id: str) -> EnsemblePlan:
@@ -56,7 +56,7 @@ def expand_ensemble(tracker: Tracker, run_id: str) -> EnsemblePlan:
     from kaggleops.stages.ensemble import member_fold_runs
 
     run_id = tracker.resolve(run_id)
-    tags = tracker.get_run(run_id).data.tags
+    tags = tracker.get_run(run_id).tags
     method = tags.get(TAG_ENSEMBLE_METHOD, "")
     if method == "rank":
         raise ConfigError(f"Ensemble {run_id} was chosen on ranks (--method rank); a kernel blends the members' "
@@ -82,7 +82,7 @@ def check_task_code(tracker: Tracker, ensemble: EnsemblePlan, current: str | Non
 
     for member in ensemble.members:
         for fold_run in member_fold_runs(tracker, member):
-            theirs = tracker.get_run(fold_run).data.tags.get(TAG_TASK_CODE)
+            theirs = tracker.get_run(fold_run).tags.get(TAG_TASK_CODE)
             if theirs and theirs != current:
                 raise KopsError(f"Member {member} of ensemble {ensemble.run_id} was trained with task code "
                                 f"{theirs[:12]}, the kernel would ship {(current or 'the built-in task')[:12]}: one "
@@ -95,7 +95,7 @@ def check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:
     from kaggleops.stages.ensemble import member_fold_runs
 
     for member in ensemble.members:
-        bare = [r for r in member_fold_runs(tracker, member) if TAG_DATASET not in tracker.get_run(r).data.tags]
+        bare = [r for r in member_fold_runs(tracker, member) if TAG_DATASET not in tracker.get_run(r).tags]
         if bare:
             raise KopsError(f"Member {member} of ensemble {ensemble.run_id} has {len(bare)} fold run(s) never "
                             "published (and --no-publish was given).",
@@ -105,7 +105,7 @@ def check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:
 def estimate_seconds(tracker: Tracker, fold_runs: list[str]) -> tuple[float | None, int]:
     """(estimated kernel seconds, how many fold runs had a measured timing): the measured per-model seconds summed,
     a fold run never timed counted as the mean of those measured; None when none was measured."""
-    known = [tracker.get_run(r).data.metrics.get(METRIC_PER_MODEL_S) for r in fold_runs]
+    known = [tracker.get_run(r).metrics.get(METRIC_PER_MODEL_S) for r in fold_runs]
     measured = [s for s in known if s is not None]
     if not measured:
         return None, 0

@@ -24,7 +24,8 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
+from kaggleops.adapters.session import Session
+from kaggleops.adapters.tracking import Tracker, fold_runs
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KernelError, KernelRunFailed, KopsError
 from kaggleops.kernel.code import CodeDataset, ensure_code_dataset, task_code_version, task_kernel_spec
@@ -126,20 +127,20 @@ def expand_runs(tracker: Tracker, run_ids: list[str]) -> tuple[list[str], list[s
     parents: list[str] = []
     for run_id in map(tracker.resolve, run_ids):  # local ids, or origin ids of runs pulled by `kops sync pull`
         run = tracker.get_run(run_id)
-        if run.data.tags.get(TAG_KIND) != Kind.KFOLD:
+        if run.tags.get(TAG_KIND) != Kind.KFOLD:
             models.append(run_id)
             continue
         children = fold_runs(tracker, run_id)
         if not children:
             raise KopsError(f"K-fold run {run_id} has no fold runs (no run has mlflow.parentRunId = it).",
                             "Pass the fold runs with --run, or train them with: kops train")
-        models.extend(r.info.run_id for r in children)
+        models.extend(r.id for r in children)
         parents.append(run_id)
     return list(dict.fromkeys(models)), parents
 
 
-def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
-                   publish_missing: bool = True, progress: bool = False) -> tuple[list[ModelSource], list[str]]:
+def resolve_models(session: Session, run_ids: list[str], publish_missing: bool = True,
+                   progress: bool = False) -> tuple[list[ModelSource], list[str]]:
     """Each run's dataset version, publishing runs that have none yet. Returns (sources, newly published ids).
 
     With ``publish_missing`` a run already tagged with a dataset is published again to that dataset: identical
@@ -149,39 +150,41 @@ def resolve_models(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle
     """
     from kaggleops.stages.publish import publish
 
+    cfg, tracker = session.cfg, session.tracker
     if cfg.publish.to == "model":
-        return _resolve_model_sources(cfg, tracker, run_ids, kaggle, publish_missing)
+        return _resolve_model_sources(session, run_ids, publish_missing)
     models, published = [], []
     for run_id in run_ids:
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         if TAG_DATASET not in tags and not publish_missing:
             raise KopsError(f"Run {run_id} has no published dataset (and --no-publish was given).",
                             f"Publish it with: kops publish {run_id}")
         theirs = TAG_DATASET in tags and tags[TAG_DATASET].split("/")[0] != cfg.kaggle_owner  # e.g. a pulled run
         if publish_missing and not theirs:
-            result = publish(cfg, run_id, dataset=tags.get(TAG_DATASET), kaggle=kaggle, progress=progress)
+            result = publish(session, run_id, dataset=tags.get(TAG_DATASET), progress=progress)
             if result.uploaded:
                 published.append(run_id)
-            tags = tracker.get_run(run_id).data.tags
+            tags = tracker.get_run(run_id).tags
         models.append(ModelSource(run_id, tags[TAG_DATASET], int(tags[TAG_DATASET_VERSION])))
     return models, published
 
 
-def _resolve_model_sources(cfg: KopsConfig, tracker: Tracker, run_ids: list[str], kaggle: Kaggle,
+def _resolve_model_sources(session: Session, run_ids: list[str],
                            publish_missing: bool) -> tuple[list[ModelSource], list[str]]:
     """``publish.to: model``: each run's Kaggle Model instance version, publishing runs that have none yet."""
     from kaggleops.stages.publish_model import publish_model
 
+    tracker = session.tracker
     models, published = [], []
     for run_id in run_ids:
-        tags = tracker.get_run(run_id).data.tags
+        tags = tracker.get_run(run_id).tags
         if TAG_MODEL not in tags:
             if not publish_missing:
                 raise KopsError(f"Run {run_id} has no published Kaggle Model (and --no-publish was given).",
                                 f"Publish it with: kops publish {run_id} --to model")
-            publish_model(cfg, run_id, kaggle=kaggle)
+            publish_model(session, run_id)
             published.append(run_id)
-            tags = tracker.get_run(run_id).data.tags
+            tags = tracker.get_run(run_id).tags
         models.append(ModelSource(run_id, tags[TAG_MODEL], int(tags[TAG_MODEL_VERSION]), kind="model"))
     return models, published
 
@@ -189,7 +192,7 @@ def _resolve_model_sources(cfg: KopsConfig, tracker: Tracker, run_ids: list[str]
 def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     """A reranker parent (``kops.kind=rerank``) → its fold runs in fold order; a ``rerank-fold`` run → itself."""
     run_id = tracker.resolve(run_id)
-    kind = tracker.get_run(run_id).data.tags.get(TAG_KIND)
+    kind = tracker.get_run(run_id).tags.get(TAG_KIND)
     if kind == Kind.RERANK_FOLD:
         return [run_id]
     if kind != Kind.RERANK:
@@ -199,16 +202,16 @@ def expand_reranker(tracker: Tracker, run_id: str) -> list[str]:
     if not children:
         raise KopsError(f"Reranker run {run_id} has no rerank-fold runs (no run has mlflow.parentRunId = it).",
                         "Retrain it with: kops train --stage rerank --from KFOLD_RUN_ID")
-    return [r.info.run_id for r in children]
+    return [r.id for r in children]
 
 
 def second_stage_options(tracker: Tracker, fold_run_id: str) -> dict[str, Any]:
     """What the task chose on the OOF for its second stage (``kops.rerank.options`` on the fold run, else on its
     parent, as `kops train --stage rerank` logs them): opaque to kops, handed back to the task in the kernel."""
-    tags = tracker.get_run(fold_run_id).data.tags
+    tags = tracker.get_run(fold_run_id).tags
     text = tags.get(TAG_RERANK_OPTIONS)
     if text is None and tags.get(TAG_PARENT):
-        text = tracker.get_run(tags[TAG_PARENT]).data.tags.get(TAG_RERANK_OPTIONS)
+        text = tracker.get_run(tags[TAG_PARENT]).tags.get(TAG_RERANK_OPTIONS)
     try:
         options = json.loads(text) if text is not None else None
     except ValueError:
@@ -219,15 +222,15 @@ def second_stage_options(tracker: Tracker, fold_run_id: str) -> dict[str, Any]:
     return options
 
 
-def resolve_reranker(cfg: KopsConfig, tracker: Tracker, run_id: str, kaggle: Kaggle,
+def resolve_reranker(session: Session, run_id: str,
                      publish_missing: bool = True) -> tuple[RerankerSource, list[str], list[str]]:
     """The second stage's fold datasets (published first when missing) and the options its task chose.
 
     Returns (source, fold run ids, newly published run ids).
     """
-    folds = expand_reranker(tracker, run_id)
-    models, published = resolve_models(cfg, tracker, folds, kaggle, publish_missing)
-    return RerankerSource(run_id, models, second_stage_options(tracker, folds[0])), folds, published
+    folds = expand_reranker(session.tracker, run_id)
+    models, published = resolve_models(session, folds, publish_missing)
+    return RerankerSource(run_id, models, second_stage_options(session.tracker, folds[0])), folds, published
 
 
 def build_plan(cfg: KopsConfig, models: list[ModelSource], runtime: RuntimeDataset,
@@ -339,7 +342,7 @@ def wait_for_kernel(kaggle: Kaggle, ref: KernelRef, on_status: Callable[[str], N
         raise KernelRunFailed(e.message, f"Full log: kaggle kernels logs {ref}", tail) from None
 
 
-def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle: Kaggle | None = None,
+def push_kernel(session: Session, run_ids: list[str], wait: bool = False,
                 on_status: Callable[[str], None] | None = None,
                 options: KernelOptions | None = None, reranker: str | None = None,
                 notify: Callable[[str], None] | None = None) -> KernelResult:
@@ -356,29 +359,29 @@ def push_kernel(cfg: KopsConfig, run_ids: list[str], wait: bool = False, kaggle:
     ``options.allow_retired``); with ``wait`` on a GPU, ``notify`` first gets the weekly quota.
 
     Example:
-        >>> push_kernel(load_config(), ["3f2a…"], reranker="9c1e…", options=KernelOptions(wait=True))  # doctest: +SKIP
+        >>> push_kernel(Session(load_config()), ["3f2a…"], reranker="9c1e…",  # doctest: +SKIP
+        ...             options=KernelOptions(wait=True))
     """
+    cfg = session.cfg
     options = options or KernelOptions(wait=wait)
     shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
     # a CPU kernel (enable_gpu: false, no --machine-shape) sends and records no accelerator
     on_cpu = not cfg.kernel.enable_gpu and options.machine_shape is None
     options = replace(options, machine_shape=None if on_cpu else shape.name,
                       docker_image=docker_pinning(options.docker_image))
-    tracker = open_tracker(cfg)
-    kaggle = kaggle or Kaggle.from_config(cfg)
+    tracker, kaggle = session.tracker, session.kaggle
     CompetitionRef.parse(cfg.competition)
     submission = detect_submission(cfg, kaggle)
     if notify is not None:
         notify(describe_submission(cfg.competition, submission))
     ensemble, model_runs, parents = _expand(cfg, tracker, run_ids, options)
     check_renders(cfg, model_runs)
-    models, published = resolve_models(cfg, tracker, model_runs, kaggle, options.publish,
-                                       progress=on_status is not None)
+    models, published = resolve_models(session, model_runs, options.publish, progress=on_status is not None)
     if ensemble is not None:
         models = [replace(m, weight=ensemble.fold_weights[m.run_id]) for m in models]
     rerank_source, rerank_runs = None, []
     if reranker:
-        rerank_source, rerank_runs, more = resolve_reranker(cfg, tracker, reranker, kaggle, options.publish)
+        rerank_source, rerank_runs, more = resolve_reranker(session, reranker, options.publish)
         published += more
     runtime = ensure_runtime_dataset(cfg, kaggle)
     code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None

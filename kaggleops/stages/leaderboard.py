@@ -36,7 +36,7 @@ from kaggleops.schema import (
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from kaggleops.adapters.tracking import RunRecord
 
 CV_PREFIXES = ("cv_", "best_val_", "val_")
 SORT_KEYS = ("lb_public", "lb_private", "cv", "date", "ref")
@@ -71,27 +71,27 @@ def cv_metrics(metric: str) -> tuple[str, ...]:
     return tuple(f"{p}{metric}" for p in CV_PREFIXES)
 
 
-def cv_of(run: Run) -> float | None:
+def cv_of(run: RunRecord) -> float | None:
     """The run's cross-validation score: the first of :func:`cv_metrics` of its ``kops.metric`` it has."""
     from kaggleops.schema import TAG_METRIC
 
-    metric = run.data.tags.get(TAG_METRIC)
+    metric = run.tags.get(TAG_METRIC)
     if metric:
-        return next((run.data.metrics[m] for m in cv_metrics(metric) if m in run.data.metrics), None)
+        return next((run.metrics[m] for m in cv_metrics(metric) if m in run.metrics), None)
     for prefix in CV_PREFIXES:  # a run of an older kops without the tag: any cv_* / best_val_* / val_* metric
-        names = sorted(m for m in run.data.metrics if m.startswith(prefix) and m.count("_") == prefix.count("_"))
+        names = sorted(m for m in run.metrics if m.startswith(prefix) and m.count("_") == prefix.count("_"))
         if names:
-            return run.data.metrics[names[0]]
+            return run.metrics[names[0]]
     return None
 
 
-def metric_direction(cfg: KopsConfig, sources: list[Run]) -> tuple[str, bool]:
+def metric_direction(cfg: KopsConfig, sources: list[RunRecord]) -> tuple[str, bool]:
     """(metric name, higher is better) from the source runs' tags, else the configured task; else ("", True)."""
     from kaggleops.schema import TAG_METRIC, TAG_METRIC_HIGHER
 
     for run in sources:
-        if TAG_METRIC_HIGHER in run.data.tags:
-            return run.data.tags.get(TAG_METRIC, ""), run.data.tags[TAG_METRIC_HIGHER] == "true"
+        if TAG_METRIC_HIGHER in run.tags:
+            return run.tags.get(TAG_METRIC, ""), run.tags[TAG_METRIC_HIGHER] == "true"
     try:
         from kaggleops.stages.train import get_task_for
 
@@ -101,27 +101,27 @@ def metric_direction(cfg: KopsConfig, sources: list[Run]) -> tuple[str, bool]:
         return "", True
 
 
-def _date(run: Run) -> str:
-    if TAG_SUBMISSION_DATE in run.data.tags:
-        return run.data.tags[TAG_SUBMISSION_DATE]
-    return datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds")
+def _date(run: RunRecord) -> str:
+    if TAG_SUBMISSION_DATE in run.tags:
+        return run.tags[TAG_SUBMISSION_DATE]
+    return datetime.fromtimestamp(run.start_time / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
-def _row(run: Run, sources: list[Run]) -> LeaderboardRow:
-    tags, metrics = run.data.tags, run.data.metrics
-    blends = [s for s in sources if s.data.tags.get(TAG_KIND) == Kind.ENSEMBLE]  # a blend's CV is its own
+def _row(run: RunRecord, sources: list[RunRecord]) -> LeaderboardRow:
+    tags, metrics = run.tags, run.metrics
+    blends = [s for s in sources if s.tags.get(TAG_KIND) == Kind.ENSEMBLE]  # a blend's CV is its own
     cvs = [c for c in (cv_of(s) for s in blends or sources) if c is not None]
     kernel = (f"{tags[TAG_KERNEL]}/{tags.get(TAG_KERNEL_VERSION, '')}" if TAG_KERNEL in tags
               else tags.get(TAG_SUBMISSION_FILE, ""))
-    commits = sorted({s.data.tags[TAG_GIT_COMMIT][:SHORT_COMMIT] for s in sources if TAG_GIT_COMMIT in s.data.tags})
+    commits = sorted({s.tags[TAG_GIT_COMMIT][:SHORT_COMMIT] for s in sources if TAG_GIT_COMMIT in s.tags})
     ref = tags.get(TAG_SUBMISSION_REF, "")
     return LeaderboardRow(
-        submission_ref=int(ref) if ref.isdigit() else None, submission_run_id=run.info.run_id, date=_date(run),
+        submission_ref=int(ref) if ref.isdigit() else None, submission_run_id=run.id, date=_date(run),
         status=tags.get(TAG_SUBMISSION_STATUS, ""), lb_public=metrics.get("lb_public"),
         lb_private=metrics.get("lb_private"),
         cv=sum(cvs) / len(cvs) if cvs else None,
-        models=[s.data.tags.get(TAG_RUN_NAME, s.info.run_name or "") for s in sources],
-        source_runs=[s.info.run_id for s in sources],
+        models=[s.tags.get(TAG_RUN_NAME, s.name or "") for s in sources],
+        source_runs=[s.id for s in sources],
         datasets=[d for d in tags.get(TAG_DATASETS, "").split(",") if d], kernel=kernel, commits=commits,
         origin=tags.get(TAG_SUBMISSION_ORIGIN, Origin.KOPS), error=tags.get(TAG_SUBMISSION_ERROR, ""),
     )
@@ -150,9 +150,9 @@ def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow
         _sort([], sort)
     tracker = open_tracker(cfg)
     subs = runs_tagged(tracker, {TAG_KIND: Kind.SUBMISSION, TAG_COMPETITION: cfg.competition})
-    cache: dict[str, Run | None] = {}
+    cache: dict[str, RunRecord | None] = {}
 
-    def source(run_id: str) -> Run | None:
+    def source(run_id: str) -> RunRecord | None:
         if run_id not in cache:
             try:
                 cache[run_id] = tracker.get_run(run_id)
@@ -162,7 +162,7 @@ def leaderboard(cfg: KopsConfig, sort: str = "lb_public") -> list[LeaderboardRow
 
     rows, all_sources = [], []
     for run in subs:
-        ids = [r for r in run.data.tags.get(TAG_SOURCE_RUNS, "").split(",") if r]
+        ids = [r for r in run.tags.get(TAG_SOURCE_RUNS, "").split(",") if r]
         sources = [s for s in map(source, ids) if s is not None]
         all_sources += sources
         rows.append(_row(run, sources))

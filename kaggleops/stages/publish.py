@@ -29,7 +29,8 @@ from typing import Any
 
 from kaggleops import __version__
 from kaggleops.adapters.kaggle import DEFAULT_POLL_S, Kaggle
-from kaggleops.adapters.tracking import Tracker, fold_runs, open_tracker
+from kaggleops.adapters.session import Session
+from kaggleops.adapters.tracking import Tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, CredentialsMissing, DataError, KaggleError, MissingArtifact, PublishError
 from kaggleops.files import sha256_file, zip_folder
@@ -141,10 +142,10 @@ def stage_run(tracker: Tracker, run_id: str, staging: Path) -> tuple[Path, Path,
     """
     if ARTIFACT_MODEL not in tracker.list_artifacts(run_id):
         run = tracker.get_run(run_id)
-        status = run.info.status
+        status = run.status
         if status in ("KILLED", "FAILED", "RUNNING"):
-            fold = run.data.tags.get(TAG_FOLD)
-            sample = run.data.params.get("data") == "sample"
+            fold = run.tags.get(TAG_FOLD)
+            sample = run.params.get("data") == "sample"
             again = shlex.join(["kops", "train", "--resume", *(["--fold", fold] if fold else []),
                                 *(["--sample"] if sample else [])])
             raise MissingArtifact(f"Run {run_id} has no model to publish: it is {status}, stopped before it finished "
@@ -288,57 +289,53 @@ class PublishedFolds:
         return {"parent_run_id": self.parent_run_id, "folds": [f.as_dict() for f in self.folds]}
 
 
-def publish_folds(cfg: KopsConfig, parent_run_id: str, public: bool | None = None, kaggle: Kaggle | None = None,
-                  progress: bool = False, poll_s: float = DEFAULT_POLL_S) -> PublishedFolds:
+def publish_folds(session: Session, parent_run_id: str, public: bool | None = None, progress: bool = False,
+                  poll_s: float = DEFAULT_POLL_S) -> PublishedFolds:
     """Publish every fold of a k-fold parent run, each as its own dataset (what push-kernel attaches).
 
     One dataset per fold, not one for all: a fold that is retrained or fixed gets a new version of its own
     dataset without re-uploading the others, a cut publish redoes only the folds not yet tagged, and the kernel
     of any subset of folds (``--run FOLD_RUN``) attaches exactly the weights it uses.
     """
-    tracker = open_tracker(cfg)
-    parent = tracker.get_run(tracker.resolve(parent_run_id))
-    if parent.data.tags.get(TAG_KIND) != Kind.KFOLD:
+    parent = session.run(session.resolve(parent_run_id))
+    if parent.tags.get(TAG_KIND) != Kind.KFOLD:
         raise ConfigError(f"Run {parent_run_id} is not a k-fold parent run.",
                           f"Publish it with: kops publish {parent_run_id}")
-    children = fold_runs(tracker, parent.info.run_id)
+    children = session.fold_runs(parent.id)
     if not children:
-        raise MissingArtifact(f"K-fold run {parent.info.run_id} has no fold runs (no run has mlflow.parentRunId = "
+        raise MissingArtifact(f"K-fold run {parent.id} has no fold runs (no run has mlflow.parentRunId = "
                               "it).", "Train them with: kops train")
-    folds, parents = [r.info.run_id for r in children], [parent.info.run_id]
-    kaggle = kaggle or Kaggle.from_config(cfg)
-    return PublishedFolds(parents[0], [publish(cfg, run, public=public, kaggle=kaggle, progress=progress,
-                                               poll_s=poll_s) for run in folds])
+    return PublishedFolds(parent.id, [publish(session, run.id, public=public, progress=progress, poll_s=poll_s)
+                                      for run in children])
 
 
-def publish_run_or_folds(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bool | None = None,
+def publish_run_or_folds(session: Session, run_id: str, dataset: str | None = None, public: bool | None = None,
                          progress: bool = False) -> PublishResult | PublishedFolds:
     """`kops publish RUN`: :func:`publish` for a model run, :func:`publish_folds` for a k-fold parent."""
-    tracker = open_tracker(cfg)
-    resolved = tracker.resolve(run_id)
-    if tracker.get_run(resolved).data.tags.get(TAG_KIND) != Kind.KFOLD:
-        return publish(cfg, resolved, dataset=dataset, public=public, progress=progress)
+    resolved = session.resolve(run_id)
+    if session.run(resolved).tags.get(TAG_KIND) != Kind.KFOLD:
+        return publish(session, resolved, dataset=dataset, public=public, progress=progress)
     if dataset:
         raise ConfigError(f"Run {resolved} is a k-fold parent: each fold gets its own dataset, so --dataset "
                           "cannot name one.", f"Drop --dataset, or publish one fold: kops publish FOLD_RUN "
                           f"--dataset {dataset}")
-    return publish_folds(cfg, resolved, public=public, progress=progress)
+    return publish_folds(session, resolved, public=public, progress=progress)
 
 
-def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bool | None = None,
-            kaggle: Kaggle | None = None, progress: bool = False, poll_s: float = DEFAULT_POLL_S) -> PublishResult:
+def publish(session: Session, run_id: str, dataset: str | None = None, public: bool | None = None,
+            progress: bool = False, poll_s: float = DEFAULT_POLL_S) -> PublishResult:
     """Publish a run's weights as a new Kaggle dataset (or a new version of it) and tag the run.
 
     Example:
-        >>> publish(load_config(), "3f2a…")  # doctest: +SKIP
+        >>> publish(Session(load_config()), "3f2a…")  # doctest: +SKIP
         PublishResult(run_id='3f2a…', dataset='alice/tse-fold-0-3f2a9c1e', dataset_version=1, ...)
     """
-    tracker = open_tracker(cfg)
+    cfg, tracker = session.cfg, session.tracker
     run_id = tracker.resolve(run_id)  # a local id, or the origin id of a run pulled by `kops sync pull`
     run = tracker.get_run(run_id)
-    ref, title = resolve_target(cfg, run.info.run_name, run_id, dataset)
+    ref, title = resolve_target(cfg, run.name, run_id, dataset)
     check_namespace(ref)
-    kaggle = kaggle or Kaggle.from_config(cfg)
+    kaggle = session.kaggle
     (cfg.root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=cfg.root / STAGING_DIR))
     try:
@@ -349,8 +346,8 @@ def publish(cfg: KopsConfig, run_id: str, dataset: str | None = None, public: bo
 
 def _publish_staged(cfg: KopsConfig, tracker: Tracker, run: Any, ref: DatasetRef, title: str, kaggle: Kaggle,
                     public: bool | None, progress: bool, poll_s: float, staging: Path) -> PublishResult:
-    run_id = run.info.run_id
-    tags = dict(run.data.tags)
+    run_id = run.id
+    tags = dict(run.tags)
     is_public = (not cfg.dataset.private) if public is None else public
     model, folder, archives = stage_run(tracker, run_id, staging)
     check_weights(model, run_id)
@@ -379,6 +376,6 @@ def record_model(tracker: Tracker, run: Any, kind: str, ref: str, version: int, 
     name = f"{ref.split('/', 1)[-1]}-v{version}"
     tags = {TAG_PUBLISHED_REF: ref, TAG_PUBLISHED_VERSION: str(version), TAG_PUBLISHED_KIND: kind,
             TAG_PUBLISHED_URL: url}
-    params = {k: str(v)[:6000] for k, v in run.data.params.items()}
+    params = {k: str(v)[:6000] for k, v in run.params.items()}
     params.update({f"sha256/{path}": entry.sha256 for path, entry in sorted(manifest.files.items())})
-    return tracker.published_model(run.info.run_id, name, tags, params, model_type=f"kaggle-{kind}")
+    return tracker.published_model(run.id, name, tags, params, model_type=f"kaggle-{kind}")

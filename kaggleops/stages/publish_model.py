@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.adapters.kaggle import Kaggle
-from kaggleops.adapters.tracking import open_tracker
+from kaggleops.adapters.session import Session
 from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError
 from kaggleops.refs import ModelRef, slugify
@@ -95,19 +95,18 @@ def _reuse_latest(kaggle: Kaggle, ref: ModelRef, current: int | None, manifest: 
     return current if latest and latest.files == manifest.files else None
 
 
-def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public: bool | None = None,
-                  kaggle: Kaggle | None = None, progress: bool = False) -> ModelPublishResult:
+def publish_model(session: Session, run_id: str, model: str | None = None, public: bool | None = None,
+                  progress: bool = False) -> ModelPublishResult:
     """Publish a run's weights as a Kaggle Model instance version and tag the run.
 
     Example:
-        >>> publish_model(load_config(), "3f2a…")  # doctest: +SKIP
+        >>> publish_model(Session(load_config()), "3f2a…")  # doctest: +SKIP
         ModelPublishResult(run_id='3f2a…', model='alice/tse/transformers/fold-0-3f2a9c1e', model_version=1, ...)
     """
-    tracker = open_tracker(cfg)
+    cfg, tracker, kaggle = session.cfg, session.tracker, session.kaggle
     run_id = tracker.resolve(run_id)
     run = tracker.get_run(run_id)
-    ref = resolve_model_target(cfg, run.info.run_name, run_id, model)
-    kaggle = kaggle or Kaggle.from_config(cfg)
+    ref = resolve_model_target(cfg, run.name, run_id, model)
     private = cfg.dataset.private if public is None else not public
     # a fresh folder per publish, like datasets: no upload record of an earlier attempt matches it
     (cfg.root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
@@ -120,8 +119,8 @@ def publish_model(cfg: KopsConfig, run_id: str, model: str | None = None, public
 
 def _publish_staged(cfg: KopsConfig, tracker: Any, run: Any, ref: ModelRef, kaggle: Kaggle, private: bool,
                     progress: bool, staging: Path) -> ModelPublishResult:
-    run_id = run.info.run_id
-    tags = dict(run.data.tags)
+    run_id = run.id
+    tags = dict(run.tags)
     weights, folder, archives = stage_run(tracker, run_id, staging)
     check_weights(weights, run_id)
     manifest = build_manifest(weights, run_id, cfg.experiment_name, tags, archives)

@@ -35,7 +35,6 @@ from kaggleops.kernel.wheel import RuntimeDataset, ensure_runtime_dataset, runti
 from kaggleops.polling import poll
 from kaggleops.refs import KernelRef, slugify
 from kaggleops.resources import kernel_template
-from kaggleops.schema import TAG_PARENT
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.stages.gitsource import GitSpec
 
@@ -324,12 +323,11 @@ def close_runs(cfg: KopsConfig, run_ids: list[str], status: str) -> list[str]:
     for run_id in run_ids:
         try:
             run = tracker.get_run(run_id)
-            parent = run.data.tags.get(TAG_PARENT)
-            for rid, info in [(run_id, run.info), *([(parent, tracker.get_run(parent).info)] if parent else [])]:
-                if info.status == "RUNNING":
-                    tracker.end_run(rid, status)
-            states.append(f"run {run_id} was {run.info.status}, now {status}" if run.info.status == "RUNNING"
-                          else f"run {run_id} is {run.info.status}")
+            for record in [run, *([tracker.get_run(run.parent)] if run.parent else [])]:
+                if record.status == "RUNNING":
+                    tracker.end_run(record.id, status)
+            states.append(f"run {run_id} was {run.status}, now {status}" if run.status == "RUNNING"
+                          else f"run {run_id} is {run.status}")
         except RunNotFound:
             states.append(f"run {run_id} (not in this machine's tracking store {tracker.uri})")
         except KopsError as e:

@@ -26,7 +26,6 @@ from kaggleops.schema import (
     ARTIFACT_RERANK,
     TAG_FOLD,
     TAG_KIND,
-    TAG_PARENT,
     TAG_RERANK_BASE_RUNS,
     TAG_RERANK_FROM,
     TAG_RERANK_OPTIONS,
@@ -39,7 +38,8 @@ from kaggleops.task import hook
 
 if TYPE_CHECKING:
     import pandas as pd
-    from mlflow.entities import Run
+
+    from kaggleops.adapters.tracking import RunRecord
 
 
 
@@ -76,12 +76,12 @@ class RerankResult:
         return "\n".join(lines)
 
 
-def _fold_of(run: Run) -> int | None:
-    raw = run.data.tags.get(TAG_FOLD)
+def _fold_of(run: RunRecord) -> int | None:
+    raw = run.tags.get(TAG_FOLD)
     return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
 
 
-def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[int, Run]]:
+def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[int, RunRecord]]:
     """Base model key → fold → fold run, from k-fold parent and/or fold run ids.
 
     A k-fold parent stands for its fold children; fold runs named directly are grouped by their parent
@@ -89,13 +89,13 @@ def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[in
     """
     if not run_ids:
         raise ConfigError("No base runs to rerank.", "Name them: kops train --stage rerank --from KFOLD_RUN_ID")
-    models: dict[str, dict[int, Run]] = {}
+    models: dict[str, dict[int, RunRecord]] = {}
     for run_id in run_ids:
         run = tracker.get_run(run_id)
         if _fold_of(run) is not None:
             children = [run]
-            key = run.data.tags.get(TAG_PARENT) or run_id
-        elif run.data.tags.get(TAG_KIND) == Kind.KFOLD:
+            key = run.parent or run_id
+        elif run.tags.get(TAG_KIND) == Kind.KFOLD:
             children = [r for r in fold_runs(tracker, run_id) if _fold_of(r) is not None]
             key = run_id
         else:
@@ -106,10 +106,10 @@ def resolve_base_runs(tracker: Tracker, run_ids: list[str]) -> dict[str, dict[in
     return models
 
 
-def _download_oof(tracker: Tracker, run: Run, dst: Path, id_column: str) -> pd.DataFrame:
+def _download_oof(tracker: Tracker, run: RunRecord, dst: Path, id_column: str) -> pd.DataFrame:
     import pandas as pd
 
-    run_id = run.info.run_id
+    run_id = run.id
     if f"{OOF_ARTIFACT}/{OOF_FILE}" not in tracker.list_artifacts(run_id, OOF_ARTIFACT):
         raise MissingArtifact(f"Run {run_id} has no `{OOF_ARTIFACT}/{OOF_FILE}` artifact to rerank.",
                               "Retrain the base with a kops version that logs OOF candidates: kops train")
@@ -119,7 +119,7 @@ def _download_oof(tracker: Tracker, run: Run, dst: Path, id_column: str) -> pd.D
     return df
 
 
-def load_base_oof(tracker: Tracker, models: dict[str, dict[int, Run]], dst: Path,
+def load_base_oof(tracker: Tracker, models: dict[str, dict[int, RunRecord]], dst: Path,
                   id_column: str) -> list[list[pd.DataFrame]]:
     """Each base model's OOF tables, one per fold in fold order (each with its ``fold`` column)."""
     fold_sets = {key: sorted(folds) for key, folds in models.items()}
@@ -178,7 +178,7 @@ def train_reranker(cfg: KopsConfig, from_runs: list[str], overrides: dict[str, A
         if len(folds) < 2 or cands.empty:
             raise DataError(f"Reranking needs OOF candidates of at least 2 base folds; got folds {folds}.",
                             "Train the base on every fold: kops train (without --fold)")
-        base_ids = {f: [m[f].info.run_id for m in models.values()] for f in folds}
+        base_ids = {f: [m[f].id for m in models.values()] for f in folds}
         params = {**asdict(settings), "from": ",".join(from_runs), "base_folds": folds, "oof_rows": len(rows)}
         tags = {TAG_TASK: task.name, TAG_KIND: Kind.RERANK, TAG_STAGE: Kind.RERANK,
                 TAG_RERANK_FROM: ",".join(from_runs),

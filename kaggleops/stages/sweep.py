@@ -119,12 +119,12 @@ def study_run(tracker: Tracker, name: str, task: Any, params: dict[str, Any]) ->
     if not found:
         mine = tracker.start_run(f"sweep-{name}", params, {**tags, TAG_TASK: task.name, **metric_tags(task)})
         found = runs_tagged(tracker, tags)
-    keep = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
-    if mine is not None and mine != keep.info.run_id:
+    keep = min(found, key=lambda r: (r.start_time, r.id))
+    if mine is not None and mine != keep.id:
         tracker.delete_run(mine)
-    if keep.info.status != "RUNNING":
-        tracker.reopen_run(keep.info.run_id)
-    return str(keep.info.run_id)
+    if keep.status != "RUNNING":
+        tracker.reopen_run(keep.id)
+    return str(keep.id)
 
 
 def best_of(study: Any, metric: str) -> dict[str, Any] | None:
@@ -283,8 +283,8 @@ class _Worker:
         for number in reversed(studies.retry_history(stored)):
             runs = runs_tagged(self.tracker, {TAG_KIND: Kind.KFOLD, TAG_SWEEP_STUDY: self.name,
                                               TAG_SWEEP_TRIAL: str(number)})
-            if runs and runs[0].info.status != "FINISHED":
-                return str(runs[0].info.run_id)
+            if runs and runs[0].status != "FINISHED":
+                return str(runs[0].id)
         return None
 
     def _started(self, run_id: str) -> None:

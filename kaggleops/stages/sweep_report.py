@@ -80,11 +80,11 @@ def status(cfg: KopsConfig, name: str | None = None, report: bool = True) -> Stu
     tracker = open_tracker(cfg)
     found = runs_tagged(tracker, {TAG_KIND: Kind.SWEEP, TAG_SWEEP_STUDY: name})
     if found:
-        run = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
-        result.study_run = str(run.info.run_id)
+        run = min(found, key=lambda r: (r.start_time, r.id))
+        result.study_run = str(run.id)
         if report:
             write_report(tracker, result.study_run, study, task.metric.name, target)
-        if run.info.status == "RUNNING" and result.counts.finished >= target:  # done, but its last worker died
+        if run.status == "RUNNING" and result.counts.finished >= target:  # done, but its last worker died
             end_study_run(tracker, result.study_run, result.counts, target)
     return result
 

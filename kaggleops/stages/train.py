@@ -34,7 +34,6 @@ from kaggleops.schema import (
     TAG_KIND,
     TAG_METRIC,
     TAG_METRIC_HIGHER,
-    TAG_PARENT,
     TAG_RESUMES,
     TAG_TASK,
     TAG_TASK_CODE,
@@ -379,10 +378,10 @@ class _Job:
         return runs_tagged(self.tracker, {TAG_KIND: kind, TAG_TRAIN_KEY: key, **extra})
 
     def _unfinished(self, runs: list[Any], what: str) -> Any | None:
-        open_runs = [r for r in runs if r.info.status in UNFINISHED]
+        open_runs = [r for r in runs if r.status in UNFINISHED]
         if open_runs and not self.resume:
             log.warning("kops: %s has an unfinished run %s; continue it with: %s",
-                        what, open_runs[0].info.run_id, self.resume_command)
+                        what, open_runs[0].id, self.resume_command)
         return open_runs[0] if open_runs and self.resume else None
 
     def open_parent(self, chosen: list[int], place: Placement | None = None) -> str:
@@ -414,35 +413,35 @@ class _Job:
                                  "this k-fold job")
         if found is None:
             return None
-        self.tracker.reopen_run(found.info.run_id)
-        return str(found.info.run_id)
+        self.tracker.reopen_run(found.id)
+        return str(found.id)
 
     def fold(self, fold: int, parent: str | None) -> FoldRun:
         if interrupts.requested():
             raise KeyboardInterrupt  # asked to stop between folds: the next fold does not start
         params = {**self.params, "fold": fold}
         key = _train_key(params)
-        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.data.tags.get(TAG_PARENT) == parent]
+        same = [r for r in self._find(Kind.FOLD, key, {TAG_FOLD: str(fold)}) if r.parent == parent]
         if self.resume and parent:
-            done = [r for r in same if r.info.status == "FINISHED" and self.best_metric in r.data.metrics]
+            done = [r for r in same if r.status == "FINISHED" and self.best_metric in r.metrics]
             if done:
                 dist.broadcast({"done": True})
-                say(f"{self.label(fold)}: run {done[0].info.run_id} already finished; kept")
-                return FoldRun(done[0].info.run_id, fold, done[0].data.metrics[self.best_metric])
+                say(f"{self.label(fold)}: run {done[0].id} already finished; kept")
+                return FoldRun(done[0].id, fold, done[0].metrics[self.best_metric])
         found = self._unfinished(same, f"fold {fold}")
         if self.resume and found is None:
             say(f"{self.label(fold)}: nothing to resume ({self._why_not(fold, params)}); starting a new run")
-        return _train_fold(self, fold, params, parent, key, str(found.info.run_id) if found is not None else None)
+        return _train_fold(self, fold, params, parent, key, str(found.id) if found is not None else None)
 
     def _why_not(self, fold: int, params: dict[str, Any]) -> str:
         """Why no run of ``fold`` can be resumed: none unfinished, or the unfinished one differs (which params)."""
         others = [r for r in runs_tagged(self.tracker, {TAG_KIND: Kind.FOLD, TAG_FOLD: str(fold)})
-                  if r.info.status in UNFINISHED]
+                  if r.status in UNFINISHED]
         if not others:
             return "no unfinished run of this fold"
-        changed = sorted(k for k, v in params.items() if others[0].data.params.get(k) != str(v))
+        changed = sorted(k for k, v in params.items() if others[0].params.get(k) != str(v))
         what = f"changed: {', '.join(changed[:4])}" if changed else "other k-fold job"
-        return f"unfinished run {others[0].info.run_id} has other settings or data ({what})"
+        return f"unfinished run {others[0].id} has other settings or data ({what})"
 
 
 def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str | None, key: str,
@@ -454,7 +453,7 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
         job.log_data(run_id)
         return run_id, {}
     run = job.tracker.get_run(resume_run)
-    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
+    resumes = int(run.tags.get(TAG_RESUMES, "0")) + 1
     job.tracker.reopen_run(resume_run)
     job.tracker.set_tags(resume_run, {**{k: v for k, v in tags.items() if k.startswith((TAG_GPU, TAG_WORLD_SIZE))},
                                       TAG_RESUMES: str(resumes)})

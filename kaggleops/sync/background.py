@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING
 from kaggleops.adapters.storage import ObjectStore, open_store
 from kaggleops.sync.bundle import PushResult
 from kaggleops.sync.push import push
-from kaggleops.sync.state import ENV_BUCKET, bucket_url
+from kaggleops.sync.state import bucket_url, configured_bucket
 
 if TYPE_CHECKING:
     from kaggleops.config import KopsConfig
@@ -70,7 +69,7 @@ def background_sync(cfg: KopsConfig) -> Iterator[BackgroundSync | None]:
         >>> with background_sync(cfg):              # doctest: +SKIP
         ...     runs = [train_fold(...) for fold in folds]
     """
-    if not cfg.storage.sync_minutes or not (os.environ.get(ENV_BUCKET) or cfg.storage.bucket):
+    if not cfg.storage.sync_minutes or not configured_bucket(cfg):
         yield None
         return
     bg = BackgroundSync(cfg, cfg.storage.sync_minutes * 60).start()

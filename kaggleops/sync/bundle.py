@@ -15,7 +15,7 @@ from kaggleops.adapters.storage import ObjectInfo, ObjectStore
 from kaggleops.adapters.tracking import Tracker
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from kaggleops.adapters.tracking import RunRecord
 
 
 BUNDLE_FORMAT = "kops.run-bundle/2"
@@ -63,12 +63,11 @@ def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def fingerprint(tracker: Tracker, run: Run) -> str:
+def fingerprint(tracker: Tracker, run: RunRecord) -> str:
     """What the store lists about a run without reading its history; a change here means the run changed."""
-    info = run.info
-    facts = [info.status, info.start_time, info.end_time, info.run_name, info.artifact_uri,
-             sorted(run.data.params.items()), sorted(run.data.tags.items()),
-             sorted((k, *p) for k, p in tracker.latest_points(run).items())]
+    facts = [run.status, run.start_time, run.end_time, run.name or None, run.artifact_uri,
+             sorted(run.params.items()), sorted(run.tags.items()),
+             sorted((k, *p) for k, p in run.latest.items())]
     return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:32]
 
 

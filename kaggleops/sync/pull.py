@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,19 +18,18 @@ from kaggleops.schema import (
     TAG_PARENT,
 )
 from kaggleops.sync.bundle import META, RUNS_PREFIX, TERMINAL, Point, Progress, PullResult, list_runs
-from kaggleops.sync.state import ENV_BUCKET, bucket_url, machine_id
+from kaggleops.sync.state import bucket_url, configured_bucket, machine_id
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
-
+    from kaggleops.adapters.tracking import RunRecord
     from kaggleops.config import KopsConfig
 
 
-def _imported(tracker: Tracker) -> dict[str, Run]:
+def _imported(tracker: Tracker) -> dict[str, RunRecord]:
     """Local runs imported by pull, by origin run id."""
     ids = tracker.experiment_ids(all_experiments=True)
     runs = tracker.all_runs(ids, f"tags.`{TAG_ORIGIN_RUN}` LIKE '%'")
-    return {r.data.tags[TAG_ORIGIN_RUN]: r for r in runs}
+    return {r.tags[TAG_ORIGIN_RUN]: r for r in runs}
 
 
 @dataclass
@@ -75,13 +73,13 @@ def pull(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None =
     me = machine_id(cfg)
     result = PullResult(store.url)
     local = _imported(tracker)
-    mapping = {origin: run.info.run_id for origin, run in local.items()}
+    mapping = {origin: run.id for origin, run in local.items()}
     todo = []
     for remote in _remote_runs(store):
         existing = local.get(remote.run_id)
         if remote.machine == me:
             result.own += 1
-        elif existing is not None and existing.data.tags.get(TAG_ORIGIN_MD5) == remote.md5:
+        elif existing is not None and existing.tags.get(TAG_ORIGIN_MD5) == remote.md5:
             result.unchanged += 1
         elif existing is None and tracker.exists(remote.run_id):
             result.own += 1  # our own run under an older machine id
@@ -98,11 +96,11 @@ def pull(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None =
             result.created.append(local_id)
             result.points_added += tracker.log_bulk(local_id, _flat(points), params=bundle["params"])
         else:
-            local_id = existing.info.run_id
+            local_id = existing.id
             result.updated.append(local_id)
             result.points_added += _merge_run(tracker, existing, bundle, points)
         _set_status(tracker, local_id, existing, bundle)
-        current = existing.data.tags if existing is not None else _desired_tags(bundle, {})
+        current = existing.tags if existing is not None else _desired_tags(bundle, {})
         touched.append((local_id, current, bundle, {TAG_ORIGIN_MD5: remote.md5, **done_tag}))
         if progress is not None:
             progress(done, len(todo))
@@ -114,7 +112,7 @@ def pull(cfg: KopsConfig, bucket: str | None = None, store: ObjectStore | None =
     return result
 
 
-def _fetch(store: ObjectStore, remote: _Remote, existing: Run | None
+def _fetch(store: ObjectStore, remote: _Remote, existing: RunRecord | None
            ) -> tuple[dict[str, Any], dict[str, list[Point]], dict[str, str]]:
     """The run's bundle (meta), the metric points not imported yet, and the tag recording what was imported."""
     if remote.old_key is not None:
@@ -122,7 +120,7 @@ def _fetch(store: ObjectStore, remote: _Remote, existing: Run | None
         return bundle, {k: [tuple(p) for p in v] for k, v in bundle["metrics"].items()}, {}
     bundle = json.loads(store.get_bytes(str(remote.meta_key)))
     chunks = list(bundle["chunks"])
-    have = (existing.data.tags.get(TAG_ORIGIN_CHUNKS, "") if existing is not None else "").split(":", 1)
+    have = (existing.tags.get(TAG_ORIGIN_CHUNKS, "") if existing is not None else "").split(":", 1)
     start = 0
     if len(have) == 2 and have[0].isdigit() and 0 < int(have[0]) <= len(chunks) and chunks[int(have[0]) - 1] == have[1]:
         start = int(have[0])
@@ -147,17 +145,17 @@ def _flat(points: dict[str, list[Point]], have: dict[str, set[Point]] | None = N
     return out
 
 
-def _merge_run(tracker: Tracker, run: Run, bundle: dict[str, Any], points: dict[str, list[Point]]) -> int:
+def _merge_run(tracker: Tracker, run: RunRecord, bundle: dict[str, Any], points: dict[str, list[Point]]) -> int:
     """Bring an imported run up to the bundle: new params and the metric points it lacks. Returns points added."""
-    run_id = run.info.run_id
-    have = {key: set(tracker.metric_history(run_id, key)) for key in points if key in run.data.metrics}
-    params = {k: v for k, v in bundle["params"].items() if k not in run.data.params}
+    run_id = run.id
+    have = {key: set(tracker.metric_history(run_id, key)) for key in points if key in run.metrics}
+    params = {k: v for k, v in bundle["params"].items() if k not in run.params}
     return tracker.log_bulk(run_id, _flat(points, have), params=params)
 
 
-def _set_status(tracker: Tracker, run_id: str, existing: Run | None, bundle: dict[str, Any]) -> None:
+def _set_status(tracker: Tracker, run_id: str, existing: RunRecord | None, bundle: dict[str, Any]) -> None:
     status, end_time = bundle["run"]["status"], bundle["run"]["end_time"]
-    current = (existing.info.status, existing.info.end_time) if existing is not None else ("RUNNING", None)
+    current = (existing.status, existing.end_time) if existing is not None else ("RUNNING", None)
     if status != current[0] or (status in TERMINAL and end_time != current[1]):
         tracker.set_status(run_id, status, end_time)
 
@@ -175,7 +173,7 @@ def _desired_tags(bundle: dict[str, Any], mapping: dict[str, str]) -> dict[str, 
 
 def pull_if_configured(cfg: KopsConfig) -> PullResult | None:
     """`kops sync pull` when a bucket is configured (``KOPS_BUCKET`` or ``storage.bucket``), else nothing."""
-    if not (os.environ.get(ENV_BUCKET) or cfg.storage.bucket):
+    if not configured_bucket(cfg):
         return None
     return pull(cfg)
 

@@ -28,8 +28,7 @@ from kaggleops.sync.bundle import (
 from kaggleops.sync.state import bucket_url, folder_lock, load_state, machine_id, save_state
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
-
+    from kaggleops.adapters.tracking import RunRecord
     from kaggleops.config import KopsConfig
 
 
@@ -55,17 +54,17 @@ def push(cfg: KopsConfig, bucket: str | None = None, all_experiments: bool = Fal
         names: dict[str, str] = {}
         try:
             for run in tracker.all_runs(tracker.experiment_ids(all_experiments)):
-                if TAG_ORIGIN_RUN in run.data.tags:
+                if TAG_ORIGIN_RUN in run.tags:
                     result.imported_skipped += 1
                     continue
-                run_id = run.info.run_id
+                run_id = run.id
                 fp = fingerprint(tracker, run)
                 listing = listed.get(f"{me}/{run_id}") or Listing()
                 pushed = _still_there(state.get(run_id), listing)
                 if pushed is not None and pushed["fp"] == fp and not full:
                     result.unchanged += 1
                     continue
-                exp_id = run.info.experiment_id
+                exp_id = run.experiment_id
                 names[exp_id] = names.get(exp_id) or tracker.experiment_name(exp_id)
                 state[run_id], sent, points = _push_run(tracker, store, run, me, names[exp_id], pushed, listing)
                 state[run_id]["fp"] = fp
@@ -89,17 +88,16 @@ def _still_there(pushed: dict[str, Any] | None, listing: Listing) -> dict[str, A
     return pushed
 
 
-def _push_run(tracker: Tracker, store: ObjectStore, run: Run, me: str, experiment: str,
+def _push_run(tracker: Tracker, store: ObjectStore, run: RunRecord, me: str, experiment: str,
               pushed: dict[str, Any] | None, listing: Listing) -> tuple[dict[str, Any], int, int]:
     """Upload a changed run's new points and meta.json; returns (its new push state, bytes sent, points sent)."""
-    info = run.info
-    prefix = f"{RUNS_PREFIX}{me}/{info.run_id}/"
+    prefix = f"{RUNS_PREFIX}{me}/{run.id}/"
     pushed = pushed or {"chunks": [], "points": {}}
     chunks = list(pushed["chunks"])
     counts: dict[str, list[Any]] = {}
     new: dict[str, list[Point]] = {}
-    for key in sorted(tracker.latest_points(run)):
-        history = by_time(tracker.metric_history(info.run_id, key))
+    for key in sorted(run.latest):
+        history = by_time(tracker.metric_history(run.id, key))
         count, digest = pushed["points"].get(key, (0, ""))
         if count and (len(history) < count or points_digest(history[:count]) != digest):
             count = 0  # the pushed prefix changed: upload the whole history once more (pull deduplicates)
@@ -118,11 +116,11 @@ def _push_run(tracker: Tracker, store: ObjectStore, run: Run, me: str, experimen
         points += sum(len(v) for v in part.values())
     meta = encode({
         "format": BUNDLE_FORMAT,
-        "origin": {"machine": me, "run_id": info.run_id, "experiment": experiment},
-        "run": {"name": info.run_name, "status": info.status, "start_time": info.start_time,
-                "end_time": info.end_time, "artifact_uri": info.artifact_uri},
-        "params": dict(sorted(run.data.params.items())),
-        "tags": dict(sorted(run.data.tags.items())),
+        "origin": {"machine": me, "run_id": run.id, "experiment": experiment},
+        "run": {"name": run.name or None, "status": run.status, "start_time": run.start_time,
+                "end_time": run.end_time, "artifact_uri": run.artifact_uri},
+        "params": dict(sorted(run.params.items())),
+        "tags": dict(sorted(run.tags.items())),
         "chunks": chunks,
         "points": {k: c[0] for k, c in counts.items()},
     })

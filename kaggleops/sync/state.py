@@ -25,9 +25,14 @@ STATE_FILE = ".kops/sync-state.json"
 LOCK_FILE = ".kops/sync.lock"
 
 
+def configured_bucket(cfg: KopsConfig) -> str | None:
+    """``KOPS_BUCKET`` > kops.yaml ``storage.bucket`` (None: no bucket configured): THE one lookup of the bucket."""
+    return os.environ.get(ENV_BUCKET) or cfg.storage.bucket
+
+
 def bucket_url(cfg: KopsConfig, bucket: str | None = None) -> str:
-    """The configured bucket: ``bucket`` argument > ``KOPS_BUCKET`` > kops.yaml ``storage.bucket``."""
-    url = bucket or os.environ.get(ENV_BUCKET) or cfg.storage.bucket
+    """The bucket to use: ``bucket`` argument > :func:`configured_bucket`; ConfigError naming the settings if none."""
+    url = bucket or configured_bucket(cfg)
     if not url:
         raise ConfigError("No bucket configured for kops sync.",
                           f"Set `storage: {{bucket: gs://BUCKET/PREFIX}}` in kops.yaml or {ENV_BUCKET}, "

@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaggleops.errors import TaskLoadError
 from kaggleops.schema import TASK_ENTRY_POINTS
 from kaggleops.task import REQUIRED_MEMBERS, required_members
-from kaggleops.tasks.errors import DataError, TaskLoadError
 
-__all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "DataError", "TaskLoadError", "get_task",
+__all__ = ["BUILTIN", "DEFAULT_COMPETITION", "ENTRY_POINT_GROUP", "TaskLoadError", "get_task",
            "instantiate_task", "load_task", "split_spec", "task_for", "task_names", "task_spec"]
 
 ENTRY_POINT_GROUP = TASK_ENTRY_POINTS

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaggleops.tasks.errors import DataError
+from kaggleops.task import DataError
 
 if TYPE_CHECKING:
     import numpy as np

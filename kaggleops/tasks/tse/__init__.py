@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggleops.task import (
+    DataError,
     FoldContext,
     FoldResult,
     Metric,
@@ -29,7 +30,6 @@ from kaggleops.task import (
     TaskBase,
     dataclass_settings,
 )
-from kaggleops.tasks.errors import DataError
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaggleops.tasks.errors import DataError
+from kaggleops.task import DataError
 
 if TYPE_CHECKING:
     import pandas as pd

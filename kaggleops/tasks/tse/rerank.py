@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaggleops.task import SecondStageFold, SecondStageTuning
-from kaggleops.tasks.errors import DataError
+from kaggleops.task import DataError, SecondStageFold, SecondStageTuning
 from kaggleops.tasks.tse import rerank_infer
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import TINY, TINY_MAX_TOKENS
