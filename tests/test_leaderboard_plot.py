@@ -132,7 +132,7 @@ def test_the_picture_is_logged_on_one_leaderboard_run(board: tuple[Path, dict[st
         assert kops("leaderboard", "--plot", name, cwd=work).returncode == 0
     tracker = Tracker(load_config(work / "kops.yaml"))
     [run] = tracker.search(f"tags.`{TAG_KIND}` = '{Kind.LEADERBOARD}'")
-    assert sorted(tracker.list_artifacts(run.info.run_id, "leaderboard")) == [
+    assert sorted(tracker.list_artifacts(run.id, "leaderboard")) == [
         "leaderboard/cv_vs_lb.html", "leaderboard/cv_vs_lb.png", "leaderboard/points.json"]
 
 

@@ -125,7 +125,7 @@ def _oof_runs(tracker: Tracker, run_ids: list[str]) -> list[str]:
     out = []
     for run_id in run_ids:
         run = tracker.get_run(run_id)
-        out += ([f.info.run_id for f in fold_runs(tracker, run_id)] if run.data.tags.get(TAG_KIND) == Kind.KFOLD
+        out += ([f.id for f in fold_runs(tracker, run_id)] if run.tags.get(TAG_KIND) == Kind.KFOLD
                 else [run_id])
     return out
 

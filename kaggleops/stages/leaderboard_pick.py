@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from kaggleops.adapters.tracking import Tracker, open_tracker
 from kaggleops.config import KopsConfig
 from kaggleops.errors import KopsError
-from kaggleops.schema import TAG_KIND, TAG_PARENT, Kind, SubmissionStatus
+from kaggleops.schema import TAG_KIND, Kind, SubmissionStatus
 from kaggleops.stages.leaderboard import LeaderboardRow, cv_of, leaderboard
 from kaggleops.stages.leaderboard_noise import DRAWS, PublicNoise, public_noise, within_noise
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from kaggleops.adapters.tracking import RunRecord
 
 NESTED = "nested_cv_"
 
@@ -74,10 +74,10 @@ class BoardView:
         return sorted(self.points, key=lambda p: p.cv, reverse=self.higher_is_better)
 
 
-def _honest_cv(row: LeaderboardRow, sources: list[Run]) -> tuple[float | None, bool, str]:
+def _honest_cv(row: LeaderboardRow, sources: list[RunRecord]) -> tuple[float | None, bool, str]:
     """(CV, is a blend, which CV): the nested CV of blend sources, else the row's CV."""
-    blends = [s for s in sources if s.data.tags.get(TAG_KIND) == Kind.ENSEMBLE]
-    nested = [s.data.metrics[f"{NESTED}{row.metric}"] for s in blends if f"{NESTED}{row.metric}" in s.data.metrics]
+    blends = [s for s in sources if s.tags.get(TAG_KIND) == Kind.ENSEMBLE]
+    nested = [s.metrics[f"{NESTED}{row.metric}"] for s in blends if f"{NESTED}{row.metric}" in s.metrics]
     if nested:
         return sum(nested) / len(nested), True, "nested cv"
     if blends:
@@ -86,16 +86,16 @@ def _honest_cv(row: LeaderboardRow, sources: list[Run]) -> tuple[float | None, b
     return row.cv, False, "cv"
 
 
-def _source_label(sources: list[Run], blend: bool) -> str:
-    parents = {s.data.tags.get(TAG_PARENT, "") for s in sources}
+def _source_label(sources: list[RunRecord], blend: bool) -> str:
+    parents = {s.parent or "" for s in sources}
     if blend:  # a blend's submission names its members' fold runs and the ensemble run
-        return "blend " + ", ".join(s.info.run_id[:8] for s in sources if s.data.tags.get(TAG_KIND) == Kind.ENSEMBLE)
+        return "blend " + ", ".join(s.id[:8] for s in sources if s.tags.get(TAG_KIND) == Kind.ENSEMBLE)
     if len(parents) == 1 and "" not in parents:
         return f"k-fold {parents.pop()[:8]}"
-    return ", ".join(s.info.run_id[:8] for s in sources)
+    return ", ".join(s.id[:8] for s in sources)
 
 
-def _sources(tracker: Tracker, row: LeaderboardRow) -> list[Run]:
+def _sources(tracker: Tracker, row: LeaderboardRow) -> list[RunRecord]:
     out = []
     for run_id in row.source_runs:
         try:
@@ -121,7 +121,7 @@ def board_view(cfg: KopsConfig, public_rows: int | None = None, public_fraction:
         if cv is None or row.lb_public is None or row.status not in ("", SubmissionStatus.COMPLETE):
             continue
         points.append(Point(row, cv, blend, kind, source=_source_label(sources, blend)))
-        blends.update({s.info.run_id: cv for s in sources if blend and kind == "nested cv"})
+        blends.update({s.id: cv for s in sources if blend and kind == "nested cv"})
     metric, higher = (rows[0].metric, rows[0].higher_is_better) if rows else ("", True)
     view = BoardView(points, None, PublicNoise(public_rows, public_fraction, False), metric, higher,
                      cfg.competition, len(rows) - len(points), blends)

@@ -212,7 +212,7 @@ def log_plot(cfg: KopsConfig, view: BoardView, path: Path) -> str:
     """Log the picture and its points on the competition's leaderboard run (made on first use); its run id."""
     tracker = open_tracker(cfg)
     found = runs_tagged(tracker, {TAG_KIND: Kind.LEADERBOARD, TAG_COMPETITION: cfg.competition})
-    run_id = found[0].info.run_id if found else tracker.record_run(
+    run_id = found[0].id if found else tracker.record_run(
         PLOT_RUN, {TAG_KIND: Kind.LEADERBOARD, TAG_COMPETITION: cfg.competition})
     tracker.log_artifact(run_id, path, ARTIFACT_LEADERBOARD)
     tracker.log_json(run_id, {"noise": view.noise.as_dict(), "points": [
