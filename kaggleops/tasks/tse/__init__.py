@@ -129,7 +129,7 @@ class TweetSentimentExtraction(TaskBase):
             ctx = fold
             settings = dataclasses.replace(settings, seed=ctx.seed, progress=ctx.progress or False)
             res = train_fold(train_df, settings, ctx.fold, ctx.out_dir, ctx.log, on_checkpoint=ctx.checkpoint,
-                             resume_from=ctx.resume_from)
+                             resume_from=ctx.resume_from, should_stop=ctx.should_stop)
             return FoldResult(res.model_dir, res.oof_path, res.val_jaccard, steps=res.steps,
                               best_step=res.best_step)
         if progress is not None:

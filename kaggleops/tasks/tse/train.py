@@ -419,14 +419,13 @@ def _shards(train: _Split, group: list[list[int]], pad_id: int, device: Any,
     return out
 
 
-def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: int, bar: Any) -> None:
+def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: int, bar: Any,
+                stopping: bool = False) -> None:
     """Rank 0 validates and checkpoints when due (every ``checkpoint_every`` steps, at each epoch's end, and when
-    a stop was requested: see :mod:`kaggleops.interrupts`); the other ranks wait for it."""
-    from kaggleops import interrupts
-
+    ``stopping``: the user asked to stop, ``ctx.should_stop()``); the other ranks wait for it."""
     evaluate_now = loop.step % eval_every == 0 or loop.step == loop.total
     save_now = bool(loop.settings.checkpoint_every) and (loop.step % (loop.settings.checkpoint_every or 1) == 0 or (
-        loop.step < loop.total and (loop.group == 0 or bool(interrupts.requested()))))
+        loop.step < loop.total and (loop.group == 0 or stopping)))
     if dist.is_main():
         if evaluate_now:
             _validate(loop, valid, loop.step)
@@ -438,12 +437,12 @@ def _after_step(loop: _Loop, valid: _Split, ckpt: _Checkpointing, eval_every: in
 
 
 def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_id: int, log: LogFn,
-         ckpt: _Checkpointing, resume: dict[str, Any] | None = None) -> _Loop:
+         ckpt: _Checkpointing, resume: dict[str, Any] | None = None,
+         should_stop: Callable[[], bool] = lambda: False) -> _Loop:
     """Train for ``settings.epochs`` (or ``max_steps``); validate every ``eval_every`` steps and at the end;
     checkpoint every ``checkpoint_every`` steps. With ``resume`` (a loaded checkpoint) continue from it."""
     from tqdm.auto import tqdm
 
-    from kaggleops import interrupts
     from kaggleops.tasks.tse.checkpoint import set_rng_state
 
     total, per_epoch = _total_steps(train, settings)
@@ -470,8 +469,9 @@ def _fit(model: Any, train: _Split, valid: _Split, settings: TrainSettings, pad_
             bar.update(1)
             log({"train_loss": loss, "lr": lr, "samples_per_s": rows / (time.perf_counter() - started),
                  "epoch": loop.epoch + loop.group / len(groups)}, loop.step)
-            _after_step(loop, valid, ckpt, eval_every, bar)
-            if interrupts.requested() and loop.step < total:
+            stopping = should_stop() and loop.step < total
+            _after_step(loop, valid, ckpt, eval_every, bar, stopping)
+            if stopping:
                 bar.close()
                 raise KeyboardInterrupt  # stopped at a safe point, checkpoint saved (when checkpointing is on)
             if loop.step >= total or loop.group == 0:
@@ -500,7 +500,8 @@ def _no_log(metrics: dict[str, float], step: int) -> None:
 
 def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_dir: str | Path,
                log: LogFn | None = None, on_checkpoint: CheckpointFn | None = None,
-               resume_from: str | Path | None = None) -> FoldResult:
+               resume_from: str | Path | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> FoldResult:
     """Train on every fold but ``fold``, validate on ``fold``, keep the checkpoint with the best val Jaccard.
 
     ``train_df`` needs the train columns; a ``fold`` column is made with :func:`make_folds` when absent.
@@ -515,6 +516,8 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     Under torchrun every rank calls this with the same arguments (``resume_from`` a folder every rank can read);
     only rank 0 logs, checkpoints and writes ``model/`` and ``oof.csv``; every rank returns rank 0's best score.
     A checkpoint records the sampler position in global batches, so it resumes under any number of processes.
+    ``should_stop()`` (kops hands ``ctx.should_stop``: the first Ctrl-C/SIGTERM of ``kops train``) is asked after
+    every step; when True the fold checkpoints there and raises KeyboardInterrupt.
 
     Example:
         >>> res = train_fold(load_train("train.csv"), TrainSettings(), fold=0, out_dir="out/f0")  # doctest: +SKIP
@@ -545,7 +548,7 @@ def train_fold(train_df: pd.DataFrame, settings: TrainSettings, fold: int, out_d
     train = _split(tokenizer, tr_df, settings.max_len, spread=settings.jaccard_targets > 0)
     valid = _split(tokenizer, va_df, settings.max_len)
     ckpt = _Checkpointing(out_dir, tokenizer, on_checkpoint)
-    loop = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log, ckpt, resume)
+    loop = _fit(model, train, valid, settings, tokenizer.pad_token_id, log or _no_log, ckpt, resume, should_stop)
     best = loop.best
     model_dir, oof_path = out_dir / "model", out_dir / "oof.csv"
     if dist.is_main():
