@@ -24,6 +24,7 @@ from kaggleops.adapters.kaggle_http import (  # noqa: F401 - DatasetProcessing, 
     clear_upload_records,
     credentials_missing,
 )
+from kaggleops.adapters.kaggle_records import Submission, enum_name, submission_of
 from kaggleops.errors import (
     DatasetNotFound,
     KaggleError,
@@ -42,28 +43,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _ZERO = timedelta(0)
-
-
-@dataclass(frozen=True)
-class Submission:
-    ref: int
-    status: str  # PENDING | COMPLETE | ERROR
-    description: str
-    public_score: float | None
-    private_score: float | None
-    error: str
-    date: str
-
-
-def _score(text: Any) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _enum_name(value: Any) -> str:
-    return getattr(value, "name", str(value)).rsplit(".", 1)[-1]
 
 
 class Kaggle(KaggleTransport):
@@ -331,7 +310,7 @@ class Kaggle(KaggleTransport):
     def kernel_status(self, ref: KernelRef) -> tuple[str, str]:
         """(status name, failure message) of a kernel version."""
         resp = self._call(f"Status of kernel {ref}", self.api.kernels_status, str(ref), resource=ref)
-        return _enum_name(resp.status), resp.failure_message or ""
+        return enum_name(resp.status), resp.failure_message or ""
 
     def wait_kernel(self, ref: KernelRef, timeout_s: float = 3 * 3600, poll_s: float = DEFAULT_POLL_S,
                     on_status: Callable[[str], None] | None = None) -> str:
@@ -422,7 +401,7 @@ class Kaggle(KaggleTransport):
 
     def get_submission(self, ref: int) -> Submission:
         """One submission by ref."""
-        return _submission(self._call(f"Submission {ref}", self.api.get_submission, ref))
+        return submission_of(self._call(f"Submission {ref}", self.api.get_submission, ref))
 
     def list_submissions(self, competition: CompetitionRef, page_size: int = 50) -> list[Submission]:
         """Every submission of the competition, all pages, newest first."""
@@ -431,7 +410,7 @@ class Kaggle(KaggleTransport):
         while True:
             batch = self._call(f"Submissions of {competition}", self.api.competition_submissions,
                                competition.slug, page_number=page, page_size=page_size, resource=competition) or []
-            out.extend(_submission(s) for s in batch if s is not None)
+            out.extend(submission_of(s) for s in batch if s is not None)
             if len(batch) < page_size:
                 return out
             page += 1
@@ -494,14 +473,6 @@ def _safe_unzip(archive: Path, dst: Path) -> None:
 
 def _metadata_ref(folder: Path) -> DatasetRef:
     return DatasetRef.parse(json.loads((folder / "dataset-metadata.json").read_text())["id"])
-
-
-def _submission(s: Any) -> Submission:
-    return Submission(
-        ref=int(s.ref), status=_enum_name(s.status), description=s.description or "",
-        public_score=_score(s.public_score), private_score=_score(s.private_score),
-        error=s.error_description or "", date=str(s.date or ""),
-    )
 
 
 def _check_model_response(resp: Any, what: str) -> None:
