@@ -60,7 +60,7 @@ class RerankSettings:
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
-    schedule: str = "linear"  # as the span model's (kaggleops.tasks.tse.train.SCHEDULES)
+    schedule: str = "linear"  # as the span model's (kaggleops.tasks.tse.optim.SCHEDULES)
     warmup_ratio: float = 0.1
     seed: int = 42
     vocab_size: int = 2000
@@ -187,7 +187,7 @@ def _fit(model: Any, feats: list[dict], targets: list[float], settings: RerankSe
          log: LogFn) -> int:
     import torch
 
-    from kaggleops.tasks.tse import train
+    from kaggleops.tasks.tse import optim
     from kaggleops.tasks.tse.sampler import epoch_batches
 
     device = next(model.parameters()).device
@@ -196,8 +196,8 @@ def _fit(model: Any, feats: list[dict], targets: list[float], settings: RerankSe
     total = per_epoch * settings.epochs
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
-    opt = train.optimizer(model, settings.lr, settings.weight_decay)
-    sched = train.scheduler(opt, total, settings.schedule, settings.warmup_ratio)
+    opt = optim.optimizer(model, settings.lr, settings.weight_decay)
+    sched = optim.scheduler(opt, total, settings.schedule, settings.warmup_ratio)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     step, t0 = 0, time.perf_counter()
     model.train()

@@ -23,6 +23,7 @@ from kaggleops.tasks.tse import infer
 from kaggleops.tasks.tse.loss import SPAN_MASK, SPREAD_KEYS, jaccard_spread, normalised, own_span_loss, span_loss
 from kaggleops.tasks.tse.metric import jaccard
 from kaggleops.tasks.tse.modeling import TINY
+from kaggleops.tasks.tse.optim import autocast, optimizer, scheduler
 from kaggleops.tasks.tse.sampler import BUCKET_WINDOW, epoch_batches, step_groups  # noqa: F401  (public here too)
 
 if TYPE_CHECKING:
@@ -187,42 +188,6 @@ def _batch(split: _Split, idx: list[int], pad_id: int, device: Any, width: int |
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _autocast(device: Any) -> Any:
-    import contextlib
-
-    import torch
-
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-
-
-def scheduler(optimizer: Any, total: int, schedule: str, warmup_ratio: float) -> Any:
-    """``transformers.get_scheduler`` for ``schedule`` (a key of SCHEDULES), warming up over ``warmup_ratio``
-    of ``total`` steps. Shared with the reranker (:mod:`kaggleops.tasks.tse.rerank`)."""
-    from transformers import get_scheduler
-
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-    warmup = int(total * warmup_ratio)
-    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total)
-
-
-def optimizer(model: Any, lr: float, weight_decay: float) -> Any:
-    """AdamW without weight decay on biases and LayerNorm weights. Shared with the reranker."""
-    import torch
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
 @dataclass
 class _Eval:
     loss: float
@@ -245,7 +210,7 @@ def evaluate(model: Any, split: _Split, pad_id: int, settings: TrainSettings) ->
     total, n = 0.0, 0
     width = infer.char_width([str(r["text"]) for r in split.rows])
     starts, ends, order = [], [], []
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast(device):
         for idx in infer.length_batches(split.features, settings.eval_batch_size):
             batch = _batch(split, idx, pad_id, device)
             labels = batch.pop("start_positions"), batch.pop("end_positions")
@@ -320,7 +285,7 @@ def _train_step(loop: _Loop, batches: list[tuple[dict[str, Any], float, int]]) -
         sync = loop.ddp.no_sync() if loop.ddp is not None and not last else contextlib.nullcontext()
         share = n / rows
         with sync:  # no all-reduce before the last micro-batch of the step
-            with _autocast(batch["input_ids"].device):
+            with autocast(batch["input_ids"].device):
                 loss = span_loss(loop.forward, loop.model.qa_outputs, batch, loop.settings) \
                     if SPAN_MASK in batch else loop.forward(**batch).loss
             loop.scaler.scale(loss * weight * share).backward()
