@@ -14,7 +14,7 @@ LOCK   := requirements.lock
 # torch is not in the lock: the CPU build on local disk is installed first, and only where no torch is importable
 # (Colab/Kaggle already have one; an unpinned torch would pull a multi-GB CUDA build here).
 TORCH_CPU ?= torch==2.13.0
-PYTEST := -m pytest -q -n auto --dist loadfile
+PYTEST := -m pytest -q -n auto --dist loadfile --durations=25
 
 .PHONY: setup demo test test-fast test-latest lock lint bench gpu-check gpu-check-cpu clean
 
