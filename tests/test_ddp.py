@@ -127,7 +127,7 @@ def test_checkpoint_of_a_two_process_run_resumes_in_one_process(reference: tuple
     import torch
 
     from kaggleops.adapters.tracking import Tracker
-    from kaggleops.stages.train import download_checkpoint
+    from kaggleops.stages.fold_artifacts import download_checkpoint
     from kaggleops.tasks.tse.checkpoint import STATE_FILE
 
     ref_dir, ref_run = reference

@@ -97,7 +97,7 @@ def _checkpoint_state(workdir: Path, run_id: str) -> dict[str, Any]:
     import torch
 
     from kaggleops.adapters.tracking import Tracker
-    from kaggleops.stages.train import download_checkpoint
+    from kaggleops.stages.fold_artifacts import download_checkpoint
     from kaggleops.tasks.tse.checkpoint import STATE_FILE
 
     folder = download_checkpoint(Tracker(load_config(workdir / "kops.yaml")), run_id, workdir / "ckpt")
@@ -494,7 +494,7 @@ def test_resume_line_names_the_step_of_a_checkpoint_without_progress_json(tmp_pa
 
     from kaggleops.adapters.tracking import Tracker
     from kaggleops.config import load_config
-    from kaggleops.stages.train import _start_line, download_checkpoint
+    from kaggleops.stages.fold_artifacts import download_checkpoint, start_line
 
     (tmp_path / "kops.yaml").write_text("competition: digit-recognizer\nowner: alice\n")
     tracker = Tracker(load_config(tmp_path / "kops.yaml"))
@@ -509,4 +509,4 @@ def test_resume_line_names_the_step_of_a_checkpoint_without_progress_json(tmp_pa
     tracker.log_artifacts(run_id, pointer, "checkpoint")
     folder = download_checkpoint(tracker, run_id, tmp_path / "dl")
     assert folder is not None and (folder / "state.pt").read_bytes() == b"weights"
-    assert _start_line("fold 0 (1/1)", run_id, run_id, folder) == f"fold 0 (1/1): resuming run {run_id} from step 20"
+    assert start_line("fold 0 (1/1)", run_id, run_id, folder) == f"fold 0 (1/1): resuming run {run_id} from step 20"

@@ -32,7 +32,8 @@ from kaggleops.schema import (
     Kind,
 )
 from kaggleops.stages import blend
-from kaggleops.stages.train import OOF_ARTIFACT, OOF_FILE, OOF_FOLD_COLUMN, get_task_for, metric_tags
+from kaggleops.stages.fold_artifacts import OOF_ARTIFACT, OOF_FILE, OOF_FOLD_COLUMN
+from kaggleops.stages.train import get_task_for, metric_tags
 from kaggleops.task import hook
 
 METHODS = ("caruana", "rank", "hill")

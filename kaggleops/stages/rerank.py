@@ -33,7 +33,8 @@ from kaggleops.schema import (
     TAG_TASK,
     Kind,
 )
-from kaggleops.stages.train import OOF_ARTIFACT, OOF_FILE, get_task_for
+from kaggleops.stages.fold_artifacts import OOF_ARTIFACT, OOF_FILE
+from kaggleops.stages.train import get_task_for
 from kaggleops.task import hook
 
 if TYPE_CHECKING:
