@@ -1,7 +1,8 @@
-"""A warm ``python -m kaggleops``: imports kops' CLI and MLflow once, then forks one child per kops call.
+"""A warm ``python -m kaggleops``: imports kops' CLI, MLflow and torch once, then forks one child per kops call.
 
-Every ``kops`` process spends ~2.5 s of CPU importing MLflow and its SQL store before it does anything; the suite
-runs a few hundred of them on 2 cores. This server pays that once per test worker. Each call is still a process of
+Every ``kops`` process spends ~2.5 s of CPU importing MLflow and its SQL store before it does anything, and every
+one that trains, publishes or renders a kernel ~1.4 s more importing torch; the suite runs a few hundred of them on
+2 cores. This server pays that once per test worker. Each call is still a process of
 its own running the installed entry point (``kaggleops/__main__.py`` via ``runpy``, as ``python -m kaggleops``
 does) in the caller's environment, folder, argv and stdin, exiting through the interpreter's normal shutdown
 (atexit handlers, non-daemon threads), with its exit status read by ``waitpid``.
@@ -31,19 +32,25 @@ import sys
 STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING",
                      "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH", "LANG", "LC_ALL", "LC_CTYPE",
                      "MLFLOW_LOGGING_LEVEL", "MLFLOW_CONFIGURE_LOGGING")
+#: Prefixes of the variables torch and its native libraries (OpenMP, MKL, CUDA) read when torch is imported: a call
+#: whose variables of these prefixes differ from the server's gets a fresh process too.
+STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_")
 #: Modules that read the environment when imported (their settings would be the server's, not the call's): the
-#: server refuses to start if preloading pulled any of them in.
-ENV_AT_IMPORT = ("huggingface_hub", "transformers", "torch", "kaggle", "kagglesdk", "google.cloud.storage")
+#: server refuses to start if preloading pulled any of them in (torch is preloaded on purpose, guarded by the
+#: prefixes above).
+ENV_AT_IMPORT = ("huggingface_hub", "transformers", "kaggle", "kagglesdk", "google.cloud.storage")
 
 
 def preload() -> None:
-    """What every kops command imports first (kops' CLI, MLflow, its SQL store), with kops' own start-up settings."""
+    """What every kops command imports first (kops' CLI, MLflow, its SQL store) and most import next (torch), with
+    kops' own start-up settings. Importing torch starts no thread (a fork after it is safe)."""
     from kaggleops.cli import QUIET_LIBRARIES
 
     for var, value in QUIET_LIBRARIES.items():  # as kaggleops.cli.main sets them before anything imports MLflow
         os.environ.setdefault(var, value)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.tracking  # noqa: F401
+    import torch  # noqa: F401
 
     import kaggleops.cli  # noqa: F401
 

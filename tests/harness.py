@@ -97,14 +97,15 @@ class ForkServer:
 
     def accepts(self, env: Mapping[str, str]) -> bool:
         """Whether a fork can run a call with ``env``: its start-up settings are the server's."""
-        from forkserver import STARTUP_VARIABLES
+        from forkserver import STARTUP_PREFIXES, STARTUP_VARIABLES
 
         from kaggleops.cli import QUIET_LIBRARIES  # kops sets these itself where unset, before MLflow is imported
 
         def startup(values: Mapping[str, str], name: str) -> str | None:
             return values.get(name, QUIET_LIBRARIES.get(name))
 
-        differ = [v for v in STARTUP_VARIABLES if startup(env, v) != startup(self.env, v)]
+        names = [*STARTUP_VARIABLES, *sorted({v for v in (*env, *self.env) if v.startswith(STARTUP_PREFIXES)})]
+        differ = [v for v in names if startup(env, v) != startup(self.env, v)]
         if differ and os.environ.get("KOPS_TEST_FORK_DEBUG"):
             print(f"forkserver: a fresh process for this call ({', '.join(differ)} differ)", file=sys.stderr)
         return self.proc.poll() is None and not differ

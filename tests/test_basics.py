@@ -15,7 +15,7 @@ from kaggleops.errors import ConfigError
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, slugify
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
-from harness import kops
+from harness import _fork_server, environment, kops
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
@@ -226,6 +226,11 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
 
     (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\nexperiment: x\n")
     sub = tmp_path / "sub"
+    server = _fork_server(environment(None))
+    if server is not None:  # torch is preloaded there: a call with other thread settings gets a fresh process
+        assert server.accepts(environment(None))
+        assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
+        assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
     calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
              (("publish", "0123456789abcdef"), tmp_path, {}),
              (("leaderboard",), tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}),

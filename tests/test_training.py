@@ -187,7 +187,8 @@ def test_kfold_parent_children_metrics_and_oof_candidates(kfold_cfg: Any, tmp_pa
         assert run.data.tags["kops.gpu"] and run.data.tags["kops.env"] == "local"
         path = client.download_artifacts(fold_run.run_id, "oof/oof.csv", str(tmp_path / f"oof{fold_run.fold}"))
         oof = pd.read_csv(path, keep_default_na=False)
-        assert list(oof.columns) == ["textID", "sentiment", "text", "selected_text", "pred", "jaccard", "candidates"]
+        assert list(oof.columns) == ["textID", "sentiment", "text", "selected_text", "pred", "jaccard", "candidates",
+                                     "fold"]  # the fold that held the row out (kops adds it: the blendable OOF)
         for text, raw in zip(oof["text"], oof["candidates"], strict=True):
             cands = json.loads(raw)
             assert 1 <= len(cands) <= 3
