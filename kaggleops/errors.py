@@ -25,16 +25,31 @@ line too, its traceback only with ``KOPS_DEBUG=1``.
 
 from __future__ import annotations
 
+import re
+
+URL_PASSWORD = re.compile(r"(?P<head>[a-z][\w+.-]*://[^/:@\s]*:)(?P<secret>[^@\s]*)(?P<at>@)", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``.
+
+    Example:
+        >>> mask_url("postgresql://kops:s3cret@db:5432/optuna")
+        'postgresql://kops:***@db:5432/optuna'
+    """
+    return URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
+
 
 class KopsError(Exception):
-    """Base class: a one-line, user-facing message (what failed + how to fix it)."""
+    """Base class: a one-line, user-facing message (what failed + how to fix it). A password inside a URL in it
+    (e.g. a tracking store ``postgresql://user:password@host/db``) is masked: messages reach terminals and logs."""
 
     exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        self.message = message
-        self.hint = hint
-        super().__init__(f"{message} {hint}" if hint else message)
+        self.message = mask_url(message)
+        self.hint = mask_url(hint) if hint else hint
+        super().__init__(f"{self.message} {self.hint}" if self.hint else self.message)
 
 
 class ConfigError(KopsError):

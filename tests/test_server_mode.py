@@ -150,10 +150,16 @@ def _trainer_dir(root: Path, i: int, server: str) -> Path:
     return folder
 
 
-def _kops(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def _kops(args: list[str], cwd: Path, env: dict[str, str], stream: bool = False) -> Any:
+    """``kops ARGS`` in the background (:func:`harness.kops_process`: forked from the warm server where it can be);
+    ``stream``: the installed console script under :class:`subprocess.Popen`, for a test reading stderr as it comes."""
     import shutil
     import sys
 
+    from harness import kops_process
+
+    if not stream:
+        return kops_process(args, cwd, env)
     exe = shutil.which("kops", path=str(Path(sys.executable).parent))
     assert exe, "the installed kops entry point"
     return subprocess.Popen([exe, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

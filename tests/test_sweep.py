@@ -225,7 +225,7 @@ def test_three_workers_on_postgres_one_killed(tmp_path: Path, postgres: str, emu
         killed, killed_run = _kill_mid_trial(optuna_url, client, procs)
         finished_procs = [p for p in procs.values() if p.returncode is None]
         results = [_finish(p, timeout=240) for p in finished_procs]
-        killed_err = next(p for p in procs.values() if p.returncode == -9).stderr.read()
+        killed_err = next(p for p in procs.values() if p.returncode == -9).communicate()[1]
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -316,7 +316,8 @@ def test_ctrl_c_puts_the_trial_back_and_the_next_worker_finishes_its_run(tmp_pat
     proj = _project(tmp_path / "p", "null", trials=1)
     text = (proj / "kops.yaml").read_text().replace("folds: [0, 1]", "folds: [0, 1, 2]")
     (proj / "kops.yaml").write_text(text.replace("epochs: 3 ", "epochs: 1 "))
-    worker = _kops(["sweep", "--study", "ctrl-c", "--sample"], proj, {**os.environ, "OMP_NUM_THREADS": "1"})
+    worker = _kops(["sweep", "--study", "ctrl-c", "--sample"], proj, {**os.environ, "OMP_NUM_THREADS": "1"},
+                   stream=True)
     seen = []
     while not seen or "fold 0 (1/3): run" not in seen[-1]:
         seen.append(worker.stderr.readline())

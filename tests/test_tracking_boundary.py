@@ -98,3 +98,37 @@ def test_above_the_adapters_runs_are_kops_records_not_mlflow_entities() -> None:
     found = [f"{p.relative_to(PACKAGE)}: {m.group(0).strip()}" for p in sorted(PACKAGE.rglob("*.py"))
              if "adapters" not in p.parts for m in entity.finditer(p.read_text())]
     assert found == []
+
+
+def test_a_password_in_the_store_url_never_reaches_an_error_message() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from kaggleops.adapters.mlflow_store import translate
+    from kaggleops.errors import KopsError
+
+    store = "postgresql://mlflow:pg-s3cret@127.0.0.1:5432/mlflow"
+    with pytest.raises(KopsError) as raised:
+        with translate("Tagging experiment team", store):
+            raise MlflowException(f"INTERNAL_ERROR: (psycopg.OperationalError) connection to {store} failed")
+    assert "pg-s3cret" not in str(raised.value) and "postgresql://mlflow:***@127.0.0.1:5432/mlflow" in str(raised.value)
+
+
+def test_workers_tagging_one_experiment_at_once_do_not_fail(tmp_path: Path) -> None:
+    """Many workers start at once on an experiment another tool made: all but one lose the store's race to tag it
+    as model development (PostgreSQL: UniqueViolation); the tag is there either way, so none of them fails."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from kaggleops.adapters.tracking import Tracker
+
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\nexperiment: team\n")
+    cfg = load_config(tmp_path / "kops.yaml")
+    MlflowClient(cfg.resolved_tracking_uri).create_experiment("team")  # made elsewhere: no experimentKind tag
+    tracker = Tracker(cfg)
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise MlflowException('BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                              'constraint "experiment_tag_pk"')
+
+    tracker.client.set_experiment_tag = lost  # type: ignore[method-assign]
+    assert tracker.experiment_id == MlflowClient(cfg.resolved_tracking_uri).get_experiment_by_name("team").experiment_id

@@ -14,7 +14,7 @@ from typing import Any
 
 from kaggleops.adapters.credentials import lookup
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, SweepStorageError
+from kaggleops.errors import URL_PASSWORD, ConfigError, SweepStorageError, mask_url
 
 ENV_SWEEP_STORAGE = "KOPS_SWEEP_STORAGE"
 ATTR_RUN = "mlflow_run_id"  # trial user attribute: the trial's MLflow run (inherited by a retried trial)
@@ -25,18 +25,7 @@ CONNECT_TIMEOUT_S = 10
 CREATE_TRIES = 3
 FROM_TRACKING = "tracking"  # sweep.storage: tracking = the tracking store's database server (see storage_url)
 OPTUNA_DATABASE = "optuna"
-_PASSWORD = re.compile(r"(?P<head>[a-z][\w+.-]*://[^/:@\s]*:)(?P<secret>[^@\s]*)(?P<at>@)", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
-
-
-def mask_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``.
-
-    Example:
-        >>> mask_url("postgresql://kops:s3cret@db:5432/optuna")
-        'postgresql://kops:***@db:5432/optuna'
-    """
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
 
 
 def storage_url(cfg: KopsConfig) -> str:
@@ -122,7 +111,7 @@ def open_storage(url: str, heartbeat_s: float, grace_s: float | None,
 def _reason(error: BaseException, url: str) -> str:
     text = str(getattr(error, "orig", None) or error)
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    secret = _PASSWORD.search(url)
+    secret = URL_PASSWORD.search(url)
     if secret and secret["secret"]:
         first = first.replace(secret["secret"], "***")
     return mask_url(first)[:300]

@@ -128,8 +128,12 @@ class Tracker:
         exp = self._call(f"Looking up experiment {name}", self.client.get_experiment_by_name, name)
         if exp:
             if TAG_EXPERIMENT_KIND not in exp.tags:
-                self._call(f"Tagging experiment {name}", self.client.set_experiment_tag, exp.experiment_id,
-                           TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+                try:
+                    self._call(f"Tagging experiment {name}", self.client.set_experiment_tag, exp.experiment_id,
+                               TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+                except TrackingUnavailable as e:
+                    if not lost_create_race(e.__cause__ or e):
+                        raise  # else another process tagged it first, with the same value
             return str(exp.experiment_id)
         try:
             return str(self._call(f"Creating experiment {name}", self.client.create_experiment, name,

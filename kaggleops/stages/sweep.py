@@ -30,7 +30,7 @@ from kaggleops.adapters import studies
 from kaggleops.adapters.studies import ATTR_RUN, ATTR_TARGET, ATTR_WORKER
 from kaggleops.adapters.tracking import Tracker, open_tracker, runs_tagged
 from kaggleops.config import KopsConfig
-from kaggleops.errors import ConfigError, Interrupted, KopsError
+from kaggleops.errors import ConfigError, Interrupted, KopsError, mask_url
 from kaggleops.schema import TAG_KIND, TAG_SWEEP_STATE, TAG_SWEEP_STUDY, TAG_SWEEP_TRIAL, TAG_TASK, Kind
 from kaggleops.stages.sweep_history import write_report
 from kaggleops.stages.sweep_space import Param, parse_space, suggest, with_params
@@ -100,7 +100,7 @@ def open_study(cfg: KopsConfig, name: str, task: Any, on_stale: Any = None, crea
     """(the Optuna study, the storage URL masked) of ``name``; ``create=False``: a missing study is a ConfigError."""
     url = studies.storage_url(cfg)
     storage = studies.open_storage(url, cfg.sweep.heartbeat_s, cfg.sweep.grace_s, on_stale)
-    masked = studies.mask_url(url)
+    masked = mask_url(url)
     if not create and name not in studies.study_names(storage):
         raise ConfigError(f"No study {name} in {masked}.", "Start it with: kops sweep --study " + name)
     n_folds = len(cfg.train.folds or range(cfg.train.n_folds))
