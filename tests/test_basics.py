@@ -20,7 +20,8 @@ from harness import _fork_server, environment, kops
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
             ["sync", "status"], ["data"], ["quota"], ["check-task"], ["sweep"]]
-HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas")
+HEAVY = ("torch", "transformers", "mlflow", "kaggle", "kagglesdk", "google.cloud", "pandas", "optuna", "matplotlib",
+         "sklearn")
 
 
 @pytest.mark.parametrize(("truth", "pred", "score"), [
