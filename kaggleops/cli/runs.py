@@ -9,10 +9,10 @@ import typer
 
 from kaggleops.cli import CONFIG_HELP, app, emit, hint, known_machine_shape, load, one_of, session
 from kaggleops.errors import ConfigError
+from kaggleops.schema import SESSION_LIMIT_S
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
-SESSION_LIMIT_S = 3 * 3600  # kaggleops.stages.ensemble_kernel.SESSION_LIMIT_S (not imported: `kops --help` stays light)
 
 
 @app.command()

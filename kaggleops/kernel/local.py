@@ -67,6 +67,7 @@ from kaggleops.schema import (
     KERNEL_METADATA,
     PLAN_FILE,
     SAMPLE_SUBMISSION_FILE,
+    SESSION_LIMIT_S,
     SUBMISSION_FILE,
     TIMING_FILE,
     KernelPlan,
@@ -85,7 +86,6 @@ DROPPED_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "MLFLOW_TRAC
                "VIRTUAL_ENV", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "TORCH_HOME",
                "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
 DROPPED_PREFIXES = ("PYTHON", "PIP_", "CONDA", "MLFLOW_", "KOPS_")
-SESSION_LIMIT_S = 3 * 3600  # the code-competition limit of the reference competition; Kaggle ends any session at 12 h
 
 GUARD = '''"""kops run-local socket guard: Kaggle runs this kernel with internet off; so does run-local."""
 import socket

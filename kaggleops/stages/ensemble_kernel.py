@@ -27,7 +27,6 @@ from kaggleops.schema import (
     Kind,
 )
 
-SESSION_LIMIT_S = 3 * 3600  # the reference competition's code-submission limit (kaggleops.kernel.local's too)
 METRIC_KERNEL_S = "kernel_seconds"  # on each model run of a finished kernel: the kernel's total seconds
 METRIC_PER_MODEL_S = "kernel_seconds_per_model"  # … divided by the model folders it loaded
 

@@ -36,6 +36,7 @@ from kaggleops.schema import (
     KERNEL_FILE,
     KERNEL_METADATA,
     PLAN_FILE,
+    SESSION_LIMIT_S,
     TAG_DATASET,
     TAG_DATASET_VERSION,
     TAG_KERNEL,
@@ -54,7 +55,6 @@ from kaggleops.schema import (
 )
 from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.stages.ensemble_kernel import (
-    SESSION_LIMIT_S,
     EnsemblePlan,
     check_budget,
     check_published,
