@@ -16,7 +16,7 @@ LOCK   := requirements.lock
 TORCH_CPU ?= torch==2.13.0
 PYTEST := -m pytest -q -n auto --dist loadfile --durations=25
 
-.PHONY: setup demo test test-fast test-latest lock lint bench gpu-check gpu-check-cpu clean
+.PHONY: setup demo test test-seconds test-fast test-latest lock lint bench gpu-check gpu-check-cpu clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python $(PYTEST)
+
+# the seconds each test file took, which `make test` uses to start the longest files first (tests/conftest.py)
+test-seconds: setup
+	KOPS_TEST_SECONDS=tests/file_seconds.json $(BIN)/python $(PYTEST)
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -n auto --dist load -m "not slow"

@@ -33,6 +33,55 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# ---- longest files first (the two workers finish together) ----------------------------------------------------------
+# `--dist loadfile` hands a worker a whole file at a time, and by default the files with the MOST TESTS first: a file
+# of one 20-s test (the example regression) came last and one worker ran it alone while the other sat idle. Files are
+# ordered by their measured seconds instead (tests/file_seconds.json, written by `make test-seconds`; a file not in
+# it counts as the slowest, so a new file is not left for the end), the longest first: LPT scheduling.
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order below, not "most tests first"
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import json
+
+    try:
+        seconds = {str(k): float(v) for k, v in json.loads(FILE_SECONDS.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return
+    unknown = max(seconds.values(), default=0.0) + 1.0
+    rank = {name: i for i, name in enumerate(dict.fromkeys(item.nodeid.split("::")[0] for item in items))}
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        name = item.nodeid.split("::")[0]
+        return -seconds.get(name, unknown), rank[name]
+
+    items.sort(key=key)  # stable: a file's tests keep their order
+
+
+_FILE_TIMES: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Seconds per file (setup + call + teardown), gathered where the reports arrive (the xdist controller too)."""
+    if os.environ.get("KOPS_TEST_SECONDS"):
+        name = report.nodeid.split("::")[0]
+        _FILE_TIMES[name] = _FILE_TIMES.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """``KOPS_TEST_SECONDS=FILE``: write the seconds per file there (the controller's view: every worker's tests)."""
+    import json
+
+    out = os.environ.get("KOPS_TEST_SECONDS")
+    if out and _FILE_TIMES and not os.environ.get("PYTEST_XDIST_WORKER"):
+        Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_FILE_TIMES.items())}, indent=1) + "\n")
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

@@ -216,12 +216,10 @@ def test_missing_targets_are_counted_in_a_warning(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_trainers_at_once_on_a_brand_new_project(tmp_path: Path) -> None:
     """Both create the SQLite store's tables at the same moment: one does, under a lock; both runs finish."""
-    import subprocess
-    import sys
+    from harness import environment, kops_process
 
     write_config(tmp_path, folds=[0], train={"max_steps": 2, "epochs": 1})
-    procs = [subprocess.Popen([sys.executable, "-m", "kaggleops", "train", "--sample", "--json"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [kops_process(["train", "--sample", "--json"], tmp_path, environment()) for _ in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err[-2000:]

@@ -247,3 +247,19 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
         assert results[0] == results[1], args
     assert (tmp_path / "other.db").is_file()  # the call's own environment reached MLflow in the fork too
     assert (sub / "tasks" / "my_comp_task.py").is_file()  # written in the call's own folder
+
+
+def test_waits_ask_again_after_a_quarter_second_then_back_off_to_their_interval() -> None:
+    """What is ready at once is seen at once; a long wait (a kernel session) still asks every poll_s."""
+    from kaggleops.errors import TimedOut
+    from kaggleops.polling import poll
+
+    answers, pauses = iter([None] * 6 + ["ready"]), []
+    assert poll(lambda: next(answers), 60, 2.0, lambda: TimedOut("late"), sleep=pauses.append) == "ready"
+    assert pauses == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    pauses.clear()
+    assert poll(lambda: "now", 60, 2.0, lambda: TimedOut("late"), sleep=pauses.append) == "now" and pauses == []
+    short: list[float] = []
+    with pytest.raises(TimedOut, match="late"):
+        poll(lambda: None, -1.0, 0.1, lambda: TimedOut("late"), sleep=short.append)
+    assert short == []  # past the deadline after the first check: no pause at all

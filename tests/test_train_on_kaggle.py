@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from kaggleops import __version__
 from kaggleops.emulator import Emulator
 from kaggleops.emulator.seeding import seed_competition
 
-from harness import git, kops, start_emulator_process
+from harness import environment, git, kops, kops_process, start_emulator_process
 
 TSE = "tweet-sentiment-extraction"
 KEY = "k3y-0f-alice"
@@ -184,7 +183,7 @@ def _has_checkpoint(client: Any, run: Any) -> bool:
     return any(a.path.endswith("latest.json") for a in client.list_artifacts(run.info.run_id, "checkpoint"))
 
 
-def _stop_after_first_checkpoint(emu: Emulator, client: Any, before: set[str], proc: subprocess.Popen[str]) -> str:
+def _stop_after_first_checkpoint(emu: Emulator, client: Any, before: set[str], proc: Any) -> str:
     """Wait for the new session's run to store a checkpoint, then stop the session (its machine is lost)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
@@ -252,8 +251,7 @@ def test_train_on_kaggle_new_project_then_killed_and_resumed(tmp_path: Path, kag
             assert mlflow_server not in path.read_text() and KEY not in path.read_text(), path.name
 
         # 3. a session lost mid-training: --wait names the run, which kops marks FAILED
-        proc = subprocess.Popen([sys.executable, "-m", "kaggleops", "train", "--on", "kaggle", "--wait"], cwd=work,
-                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = kops_process(["train", "--on", "kaggle", "--wait"], work, environment(env))
         killed = _stop_after_first_checkpoint(emu, client, {run_id}, proc)
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 1, stderr[-3000:]
