@@ -161,6 +161,7 @@ ARTIFACT_SUBMISSION = "submission"
 ARTIFACT_RERANK = "rerank"
 ARTIFACT_LEADERBOARD = "leaderboard"  # on the leaderboard run: cv_vs_lb.png / .html / .json
 ARTIFACT_GIT_DIFF = "git/uncommitted.diff"
+ARTIFACT_TASK_CODE = "task-code"  # on a training run (k-fold parent or single run): the task code it ran, staged
 MANIFEST = "kops-manifest.json"  # in every published dataset version
 PLAN_FILE = "kops-kernel.json"  # in a rendered kernel folder and the kernel's output
 TIMING_FILE = "kops-timing.json"  # in the kernel's output
@@ -313,6 +314,7 @@ class PlanModel:
     dataset_version: int
     weight: float = 1.0
     kind: str = "dataset"
+    code: str = ""  # a blend of several task code versions: the content sha256 of the code this model ran
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], what: str) -> PlanModel:
@@ -320,12 +322,13 @@ class PlanModel:
             raise SchemaError(f"{what}: a model entry is {data!r}, not an object.")
         return cls(_need(data, "run_id", str, what), _need(data, "dataset", str, what),
                    int(_need(data, "dataset_version", (int, str), what)), float(data.get("weight", 1.0)),
-                   str(data.get("kind") or "dataset"))
+                   str(data.get("kind") or "dataset"), str(data.get("code") or ""))
 
     def to_dict(self) -> dict[str, Any]:
         out = {"run_id": self.run_id, "dataset": self.dataset, "dataset_version": self.dataset_version,
                "weight": self.weight}
-        return out if self.kind == "dataset" else {**out, "kind": self.kind}
+        out = out if self.kind == "dataset" else {**out, "kind": self.kind}
+        return {**out, "code": self.code} if self.code else out
 
     def label(self) -> str:
         what = "Kaggle Model" if self.kind == "model" else "dataset"
@@ -377,7 +380,7 @@ class KernelPlan(_Record):
     task: dict[str, Any] = field(default_factory=dict)  # spec, name, requires, options
     columns: list[str] = field(default_factory=list)
     metric: dict[str, Any] = field(default_factory=dict)  # name, higher_is_better
-    code: dict[str, Any] | None = None  # dataset, version, content_sha256, wheel, wheels
+    code: dict[str, Any] | None = None  # dataset, version, content_sha256, wheel, wheels (+ versions: a mixed blend)
     submission: dict[str, Any] = field(default_factory=dict)  # kind (SubmissionKind), server_module
     kops_version: str = ""
     schema_version: int = PLAN_VERSION
@@ -414,6 +417,12 @@ class KernelPlan(_Record):
                 "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
                 "code": self.code, **({"submission": self.submission} if self.submission else {}), **self.extra}
 
+
+    @property
+    def code_versions(self) -> list[dict[str, Any]]:
+        """A blend of runs that trained different task code: each version's marker (content_sha256, wheel,
+        wheels, module); each model's ``code`` names one. Empty: one version (``code`` or the built-in task)."""
+        return list((self.code or {}).get("versions") or [])
 
     @property
     def reranker_models(self) -> list[PlanModel]:

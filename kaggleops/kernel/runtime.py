@@ -309,7 +309,12 @@ def run(plan: KernelPlan, input_dir: Path, working_dir: Path, timings: Timings) 
         reranker_dirs = restore_model_dirs(reranker_dirs)
     if len(ids) != len(set(ids)):
         raise KernelFailure("sample_submission.csv has duplicate ids")
-    preds = predict(task, plan, test, model_dirs, reranker_dirs, timings)
+    if plan.code_versions:  # a blend of runs that trained different task code: one process per version
+        from kaggleops.kernel.versions import predict_by_version
+
+        preds = predict_by_version(task, plan, test, comp, model_dirs, input_dir, timings)
+    else:
+        preds = predict(task, plan, test, model_dirs, reranker_dirs, timings)
     with timings.stage("write + check"):
         path = working_dir / SUBMISSION
         write_submission(path, id_column, columns, ids, _by_id(preds, id_column, columns))
@@ -341,3 +346,27 @@ def main(plan: KernelPlan | dict[str, Any], input_dir: Path, working_dir: Path, 
           + (f" + a second stage of {len(rr.models)} model(s)" if rr else ""))
     print(timings.table(), flush=True)
     (working_dir / TIMING_FILE).write_text(json.dumps(dict(timings.rows), indent=2))
+
+
+def version_child(job_file: str) -> None:
+    """One task code version's predictions in its own process (:mod:`kaggleops.kernel.versions` starts it): that
+    version's task, the test data, its ``predict`` on its model folders, the table pickled; a failure exits with
+    one ``kops: error:`` line on stderr."""
+    import pickle
+
+    from kaggleops.task import PredictContext
+
+    try:
+        job = json.loads(Path(job_file).read_text())
+        task = import_task({"competition": job["competition"], "task": {"spec": job["spec"]}})
+        check_imports(tuple(hook(task, "kernel_requires")))
+        test = task.load_test(Path(job["test"]))
+        scratch = Path(job["out"]).parent / f"scratch-{os.getpid()}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        ctx = PredictContext(list(job["weights"]), scratch, lambda line: print(line, flush=True),
+                             dict(hook(task, "kernel_options")), list(job["labels"]))
+        preds = task.predict([Path(d) for d in job["models"]], test, ctx)
+        with open(job["out"], "wb") as f:
+            pickle.dump(preds, f)
+    except KernelFailure as e:
+        raise SystemExit(f"{PREFIX} error: {e}") from None

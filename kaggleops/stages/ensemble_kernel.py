@@ -18,6 +18,7 @@ from typing import Any
 from kaggleops.adapters.tracking import Tracker
 from kaggleops.errors import ConfigError, KopsError
 from kaggleops.schema import (
+    ARTIFACT_TASK_CODE,
     TAG_DATASET,
     TAG_ENSEMBLE_METHOD,
     TAG_ENSEMBLE_WEIGHTS,
@@ -25,6 +26,7 @@ from kaggleops.schema import (
     TAG_TASK_CODE,
     TIMING_FILE,
     Kind,
+    SubmissionKind,
 )
 
 METRIC_KERNEL_S = "kernel_seconds"  # on each model run of a finished kernel: the kernel's total seconds
@@ -75,18 +77,52 @@ def expand_ensemble(tracker: Tracker, run_id: str) -> EnsemblePlan:
     return plan
 
 
-def check_task_code(tracker: Tracker, ensemble: EnsemblePlan, current: str | None) -> None:
-    """Refuse a member trained with other task code than the project's now: the kernel ships one version of it."""
+def fold_code_versions(tracker: Tracker, ensemble: EnsemblePlan, current: str | None) -> dict[str, str]:
+    """Fold run → the task code version it trained (``kops.task.code``; a run without the tag counts as ``current``,
+    as does every run of a built-in task); empty when every member ran ``current``: the kernel ships one version."""
     from kaggleops.stages.ensemble import member_fold_runs
 
+    versions = {fold_run: tracker.get_run(fold_run).tags.get(TAG_TASK_CODE) or current or ""
+                for member in ensemble.members for fold_run in member_fold_runs(tracker, member)}
+    return versions if set(versions.values()) - {current or ""} else {}
+
+
+def check_mixed_code(ensemble: EnsemblePlan, versions: dict[str, str], reranker: str | None,
+                     submission_kind: str | None) -> None:
+    """A blend of several code versions runs each in its own process and combines their tables: refused with a
+    second stage or an evaluation-API competition (neither combines per-version tables)."""
+    if not versions:
+        return
+    what = ("a second stage (--reranker)" if reranker else
+            "an evaluation-API competition" if submission_kind == SubmissionKind.EVALUATION_API else None)
+    if what:
+        raise KopsError(f"Ensemble {ensemble.run_id} blends runs of {len(set(versions.values()))} task code "
+                        f"versions, which a kernel with {what} cannot run (each version predicts in its own process).",
+                        "Retrain the members on the current code (kops train), or blend runs of one version")
+
+
+def fetch_code_versions(tracker: Tracker, ensemble: EnsemblePlan, versions: dict[str, str], current: str | None,
+                        dst: Path) -> dict[str, Path]:
+    """Every version but ``current`` from the ``task-code/`` artifact of a member that trained it (content sha256 →
+    the downloaded folder, its marker checked against the tag); a member without it is refused in one line."""
+    from kaggleops.kernel.code import read_code_marker
+    from kaggleops.stages.ensemble import member_fold_runs
+
+    found: dict[str, Path] = {}
     for member in ensemble.members:
-        for fold_run in member_fold_runs(tracker, member):
-            theirs = tracker.get_run(fold_run).tags.get(TAG_TASK_CODE)
-            if theirs and theirs != current:
-                raise KopsError(f"Member {member} of ensemble {ensemble.run_id} was trained with task code "
-                                f"{theirs[:12]}, the kernel would ship {(current or 'the built-in task')[:12]}: one "
-                                "kernel runs one version of the task's code.",
-                                "Retrain the member on the current code (kops train), or blend runs of one version")
+        version = next((versions[r] for r in member_fold_runs(tracker, member) if r in versions), None)
+        if not version or version == current or version in found:
+            continue
+        what = f"Member {member} of ensemble {ensemble.run_id} (task code {version[:12]})"
+        if ARTIFACT_TASK_CODE not in {Path(a).name for a in tracker.list_artifacts(member)}:
+            raise KopsError(f"{what} has no {ARTIFACT_TASK_CODE}/ artifact (trained before kops kept the code a run "
+                            "ran), so its code cannot travel with the kernel.",
+                            "Retrain it with: kops train (or blend runs of one task code version)")
+        (dst / version[:16]).mkdir(parents=True, exist_ok=True)
+        folder = tracker.download(member, ARTIFACT_TASK_CODE, dst / version[:16])
+        read_code_marker(folder, version, f"{what}: its {ARTIFACT_TASK_CODE}/ artifact")
+        found[version] = folder
+    return found
 
 
 def check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:

@@ -57,9 +57,11 @@ from kaggleops.stages.accelerators import docker_pinning, resolve_accelerator
 from kaggleops.stages.ensemble_kernel import (
     EnsemblePlan,
     check_budget,
+    check_mixed_code,
     check_published,
-    check_task_code,
     expand_ensemble,
+    fetch_code_versions,
+    fold_code_versions,
     is_ensemble,
     record_timings,
 )
@@ -362,8 +364,17 @@ def push_kernel(session: Session, run_ids: list[str], wait: bool = False,
         >>> push_kernel(Session(load_config()), ["3f2a…"], reranker="9c1e…",  # doctest: +SKIP
         ...             options=KernelOptions(wait=True))
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kops-code-versions-") as scratch:  # other members' task code
+        return _push_kernel(session, run_ids, options or KernelOptions(wait=wait), on_status, reranker, notify,
+                            Path(scratch))
+
+
+def _push_kernel(session: Session, run_ids: list[str], options: KernelOptions,
+                 on_status: Callable[[str], None] | None, reranker: str | None,
+                 notify: Callable[[str], None] | None, scratch: Path) -> KernelResult:
     cfg = session.cfg
-    options = options or KernelOptions(wait=wait)
     shape = resolve_accelerator(cfg, options.machine_shape, options.allow_retired, notify)
     # a CPU kernel (enable_gpu: false, no --machine-shape) sends and records no accelerator
     on_cpu = not cfg.kernel.enable_gpu and options.machine_shape is None
@@ -375,16 +386,17 @@ def push_kernel(session: Session, run_ids: list[str], wait: bool = False,
     if notify is not None:
         notify(describe_submission(cfg.competition, submission))
     ensemble, model_runs, parents = _expand(cfg, tracker, run_ids, options)
+    versions, others = _code_versions(cfg, tracker, ensemble, reranker, submission, scratch)
     check_renders(cfg, model_runs)
     models, published = resolve_models(session, model_runs, options.publish, progress=on_status is not None)
     if ensemble is not None:
-        models = [replace(m, weight=ensemble.fold_weights[m.run_id]) for m in models]
+        models = [replace(m, weight=ensemble.fold_weights[m.run_id], code=versions.get(m.run_id, "")) for m in models]
     rerank_source, rerank_runs = None, []
     if reranker:
         rerank_source, rerank_runs, more = resolve_reranker(session, reranker, options.publish)
         published += more
     runtime = ensure_runtime_dataset(cfg, kaggle)
-    code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg)) if cfg.task or cfg.kernel.wheels else None
+    code = ensure_code_dataset(cfg, kaggle, task_kernel_spec(cfg), others) if cfg.task or cfg.kernel.wheels else None
     ref = default_kernel_ref(cfg)
     folder = render_kernel(cfg, ref, models, cfg.root / ".kops" / "kernels" / ref.slug, runtime, options,
                            rerank_source, code, submission, ensemble)
@@ -426,11 +438,23 @@ def _expand(cfg: KopsConfig, tracker: Tracker, run_ids: list[str],
                         "Add the runs to the blend instead: kops ensemble RUN … then push-kernel --run ENSEMBLE_RUN")
     ensemble = expand_ensemble(tracker, run_ids[0])
     model_runs = list(ensemble.fold_weights)
-    check_task_code(tracker, ensemble, task_code_version(cfg))
     if not options.publish:
         check_published(tracker, ensemble)
     check_budget(tracker, model_runs, options.time_limit_s, options.ignore_time_limit)
     return ensemble, model_runs, [ensemble.run_id, *ensemble.members]
+
+
+def _code_versions(cfg: KopsConfig, tracker: Tracker, ensemble: EnsemblePlan | None, reranker: str | None,
+                   submission: dict[str, str], scratch: Path) -> tuple[dict[str, str], dict[str, Path]]:
+    """A blend whose members trained different task code: (fold run → its code version, every version but the
+    current one → its members' ``task-code/`` artifact downloaded under ``scratch``); both empty for one version.
+    Checked and fetched before anything is published."""
+    if ensemble is None:
+        return {}, {}
+    current = task_code_version(cfg)
+    versions = fold_code_versions(tracker, ensemble, current)
+    check_mixed_code(ensemble, versions, reranker, submission.get("kind"))
+    return versions, fetch_code_versions(tracker, ensemble, versions, current, scratch) if versions else {}
 
 
 def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:

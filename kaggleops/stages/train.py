@@ -28,6 +28,7 @@ from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, DataError, Interrupted, is_disk_full
 from kaggleops.schema import (
     ARTIFACT_MODEL,
+    ARTIFACT_TASK_CODE,
     TAG_FOLD,
     TAG_GPU,
     TAG_KIND,
@@ -119,12 +120,19 @@ def get_task_for(cfg: KopsConfig) -> Any:
     return task_for(cfg)
 
 
-def code_tags(cfg: KopsConfig) -> dict[str, str]:
-    """``kops.task.code``: the version of the project task's code a run trains with (none for a built-in task)."""
-    from kaggleops.kernel.code import task_code_version
+def code_tags(cfg: KopsConfig, folder: Path | None = None) -> dict[str, str]:
+    """``kops.task.code``: the version of the project task's code a run trains with (none for a built-in task).
+
+    With ``folder`` that code is also staged there as the kernel ships it (code wheel, dependency wheels, marker:
+    :func:`kaggleops.kernel.code.stage_code`), at launch, so the run can keep what it ran (``task-code/``)."""
+    from kaggleops.kernel.code import stage_code, task_code_version, task_kernel_spec
 
     try:
-        version = task_code_version(cfg)
+        if folder is None:
+            version = task_code_version(cfg)
+        else:
+            staged = stage_code(cfg, task_kernel_spec(cfg), folder)
+            version = staged[0] if staged else None
     except (ConfigError, OSError):
         return {}
     return {TAG_TASK_CODE: version} if version else {}
@@ -264,10 +272,18 @@ def _lead(cfg: KopsConfig, task: Any, df: Any, settings: Any, chosen: list[int],
     params = {**settings_params(settings), "n_folds": cfg.train.n_folds, "seed": cfg.train.seed, "data": source.name,
               "data_sha256": source.files[TRAIN_FILE][:16], "rows": len(df)}
     place = placement or Placement()
-    job = _Job(tracker, task, df, settings, params, progress, resume or place.reopen is not None, cfg.train.seed,
-               chosen, source.as_input(), place.resume_command or resume_cmd, code_tags(cfg))
+    with tempfile.TemporaryDirectory(prefix="kops-task-code-") as code_dir:  # staged now: files may change later
+        tags = code_tags(cfg, Path(code_dir))
+        job = _Job(tracker, task, df, settings, params, progress, resume or place.reopen is not None,
+                   cfg.train.seed, chosen, source.as_input(), place.resume_command or resume_cmd, tags,
+                   Path(code_dir) if tags else None)
+        return _run_job(job, tracker, task, chosen, place, placement is not None, cfg)
+
+
+def _run_job(job: _Job, tracker: Tracker, task: Any, chosen: list[int], place: Placement, placed: bool,
+             cfg: KopsConfig) -> TrainResult:
     parent = None
-    if len(chosen) > 1 or placement is not None:
+    if len(chosen) > 1 or placed:
         parent = job.open_parent(chosen, place)
     try:
         # `kops sync push` every storage.sync_minutes and once at the end (no-op without a bucket); the parent is
@@ -359,6 +375,13 @@ class _Job:
     data_input: dict[str, str] = field(default_factory=dict)
     resume_command: str = "kops train --resume"  # what continues this job's runs (its --fold/--sample/--data)
     code_tags: dict[str, str] = field(default_factory=dict)  # kops.task.code: the task code version it runs
+    code_dir: Path | None = None  # that code, staged at launch: logged as task-code/ on the run the user names
+
+    def log_code(self, run_id: str) -> None:
+        """The task code this job runs as ``task-code/`` on ``run_id`` (what `push-kernel` ships for a blend of
+        runs that trained different code); once per run: the k-fold parent, or the single fold run."""
+        if self.code_dir is not None:
+            self.tracker.log_artifacts(run_id, self.code_dir, ARTIFACT_TASK_CODE)
 
     @property
     def best_metric(self) -> str:
@@ -396,6 +419,7 @@ class _Job:
                                              **machine_tags(), **self.code_tags, **place.tags},
                                             parent_run_id=place.parent_run_id)
             self.log_data(run_id)
+            self.log_code(run_id)
         if place.on_start is not None:
             place.on_start(run_id)
         return run_id
@@ -451,6 +475,8 @@ def _start_or_reopen(job: _Job, fold: int, params: dict[str, Any], parent: str |
     if resume_run is None:
         run_id = job.tracker.start_run(f"fold-{fold}", params, tags, parent_run_id=parent)
         job.log_data(run_id)
+        if parent is None:
+            job.log_code(run_id)
         return run_id, {}
     run = job.tracker.get_run(resume_run)
     resumes = int(run.tags.get(TAG_RESUMES, "0")) + 1
