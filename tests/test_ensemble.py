@@ -198,16 +198,6 @@ def test_a_blend_of_three_runs_beats_the_best_one_on_the_private_board(project: 
     assert sorted(top["member_cv"]) == sorted([ridge["run_id"], squares["run_id"]])  # the two best CVs of seed 3
     assert top["nested_cv_rmse"] is None and top["cv_rmse"] <= cv[squares["run_id"]]
 
-    progression = work / "tasks" / "progression.py"
-    trained_with = progression.read_text()
-    progression.write_text(trained_with + "\n# an edit after the members trained\n")
-    other_code = kops_raw("push-kernel", "--run", ens["run_id"])
-    assert other_code.returncode == 1
-    assert re.match(rf"kops: error: Member {ridge['run_id']} of ensemble {ens['run_id']} was trained with task code "
-                    r"[0-9a-f]{12}, the kernel would ship [0-9a-f]{12}: one kernel runs one version of the task's code",
-                    other_code.stderr.strip().splitlines()[-1])
-    progression.write_text(trained_with)
-
     no_publish = kops_raw("push-kernel", "--run", ens["run_id"], "--no-publish")
     assert no_publish.returncode == 1
     assert no_publish.stderr.strip().splitlines()[-1] == (
