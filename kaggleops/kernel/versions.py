@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import kaggleops
-from kaggleops.errors import KernelFailure
+from kaggleops.errors import DataError, KernelFailure
 from kaggleops.schema import TEST_FILE, KernelPlan
 
 HASH_CHARS = 16
@@ -117,7 +117,12 @@ def predict_by_version(task: Any, plan: KernelPlan, test: Any, competition_dir: 
               f"in {seconds:.1f} s (weight {group / total:.3f})", flush=True)
         timings.add(f"code {content[:8]} ({len(idx)} models)", seconds)
     with timings.stage("combine versions"):
-        preds = task.combine(tables, shares)
+        try:
+            preds = task.combine(tables, shares)
+        except (KeyError, ValueError, DataError) as e:  # e.g. predict returns labels, combine blends probabilities
+            raise KernelFailure(f"the task's combine could not blend the {len(tables)} code versions' predict tables "
+                                f"({type(e).__name__}: {e}): with several versions, predict must return what "
+                                "combine blends (e.g. the blend_columns)") from None
     print(f"kops: {len(tables)} task code versions combined with the current task's combine", flush=True)
     timings.add("rerank (none attached)", 0.0)
     if isinstance(task, PostProcessing):
