@@ -141,3 +141,76 @@ def test_a_blend_of_two_task_code_versions_runs_each_in_its_own_process(project:
         "task-code/ artifact (trained before kops kept the code a run ran), so its code cannot travel with the "
         "kernel. Retrain it with: kops train (or blend runs of one task code version)")
     assert os.environ.get("KOPS_KAGGLE_ENDPOINT")  # the emulator, never kaggle.com
+
+
+# ---- the pieces, without training -----------------------------------------------------------------------------
+
+def _staged(tmp_path: Path, name: str, source: str, dep: bytes) -> tuple[str, Path]:
+    """A folder as `stage_code` writes it (code wheel, one dependency wheel, marker) for a one-module task."""
+    import json
+
+    from kaggleops.kernel.code import build_code_wheel, content_hash, marker_name
+
+    src = tmp_path / f"src-{name}"
+    src.mkdir()
+    (src / "mytask.py").write_text(source)
+    (src / "dep-1.0-py3-none-any.whl").write_bytes(dep)
+    files = [("mytask.py", src / "mytask.py")]
+    content = content_hash(files, [src / "dep-1.0-py3-none-any.whl"], "mytask:T")
+    folder = tmp_path / f"staged-{name}"
+    wheel = build_code_wheel(folder, files, content)
+    shutil.copyfile(src / "dep-1.0-py3-none-any.whl", folder / "dep-1.0-py3-none-any.whl")
+    manifest = {"content_sha256": content, "wheel": wheel.name, "module": "mytask:T",
+                "wheels": ["dep-1.0-py3-none-any.whl"]}
+    (folder / marker_name(content)).write_text(json.dumps(manifest))
+    return content, folder
+
+
+def test_versions_lie_side_by_side_and_pip_installs_each(tmp_path: Path) -> None:
+    import subprocess
+
+    from kaggleops.errors import KopsError
+    from kaggleops.kernel.code import stage_versions
+
+    a, folder_a = _staged(tmp_path, "a", "X = 1\n", b"same bytes")
+    b, folder_b = _staged(tmp_path, "b", "X = 2\n", b"same bytes")
+    out = tmp_path / "dataset"
+    manifests = stage_versions(out, {a: folder_a, b: folder_b})
+    assert sorted(m["wheel"] for m in manifests) == sorted(f"kops_task_code-0.0.0+{c[:16]}-py3-none-any.whl"
+                                                           for c in (a, b))
+    for content, x in ((a, "1"), (b, "2")):  # each relabelled wheel installs offline and holds its own code
+        target = tmp_path / f"target-{content[:8]}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target",
+                        str(target), str(out / f"kops_task_code-0.0.0+{content[:16]}-py3-none-any.whl")], check=True)
+        assert (target / "mytask.py").read_text() == f"X = {x}\n"
+        assert (target / f"kops_task_code-0.0.0+{content[:16]}.dist-info").is_dir()
+
+    c, folder_c = _staged(tmp_path, "c", "X = 3\n", b"other bytes")
+    with pytest.raises(KopsError, match=r"^Two task code versions of the blend ship different "
+                                        r"dep-1\.0-py3-none-any\.whl"):
+        stage_versions(tmp_path / "dataset2", {a: folder_a, c: folder_c})
+
+
+def test_a_version_that_fails_in_its_process_fails_the_kernel_naming_it(tmp_path: Path) -> None:
+    from kaggleops.errors import KernelFailure
+    from kaggleops.kernel.versions import run_child
+
+    job = {"spec": "no_such_task_module:Task", "competition": "c", "test": str(tmp_path / "test.csv"),
+           "models": [], "weights": [], "labels": [], "out": str(tmp_path / "out.pkl")}
+    (tmp_path / "code").mkdir()
+    with pytest.raises(KernelFailure, match=r"^task code version abcdef0123456789 failed in its own process "
+                                            r"\(exit 1\): .*importing the task no_such_task_module:Task failed"):
+        run_child("abcdef0123456789" + "0" * 48, tmp_path / "code", job, tmp_path)
+
+
+def test_mixed_versions_are_refused_with_an_evaluation_api() -> None:
+    from kaggleops.errors import KopsError
+    from kaggleops.stages.ensemble_kernel import EnsemblePlan, check_mixed_code
+
+    plan = EnsemblePlan("ens1", "caruana", ["m1", "m2"])
+    versions = {"f1": "a" * 64, "f2": "b" * 64}
+    check_mixed_code(plan, {}, None, "evaluation-api")  # one version: nothing to refuse
+    check_mixed_code(plan, versions, None, "file")
+    with pytest.raises(KopsError, match=r"^Ensemble ens1 blends runs of 2 task code versions, which a kernel with an "
+                                        r"evaluation-API competition cannot run"):
+        check_mixed_code(plan, versions, None, "evaluation-api")
