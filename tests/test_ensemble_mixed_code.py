@@ -132,14 +132,22 @@ def test_a_blend_of_two_task_code_versions_runs_each_in_its_own_process(project:
     assert not plain["code"]["created"] and plain["code"]["version"] == push["code"]["version"]
     assert "versions" not in plain["code"] or not plain["code"]["versions"]
 
-    # a member trained before kops kept its code (no task-code/ artifact): one line naming it and what to do
+    # a member trained before kops kept its code (no task-code/ artifact): rebuilt from its recorded git commit when
+    # that gives the same hash (A trained on a clean tree) ...
     artifacts = client.get_run(a["run_id"]).info.artifact_uri
     shutil.rmtree(Path(artifacts.removeprefix("file://")) / "task-code")
+    from_git = kops("push-kernel", "--run", ens["run_id"], "--no-push")
+    assert not from_git["code"]["created"] and {v["content_sha256"] for v in from_git["code"]["versions"]} == {
+        version_a, version_b}
+    # ... else refused in one line naming it and what to do
+    commit_b = client.get_run(b["run_id"]).data.tags["mlflow.source.git.commit"]
+    client.set_tag(a["run_id"], "mlflow.source.git.commit", commit_b)
     bare = kops_raw("push-kernel", "--run", ens["run_id"])
     assert _last_line(bare) == (
         f"kops: error: Member {a['run_id']} of ensemble {ens['run_id']} (task code {version_a[:12]}) has no "
-        "task-code/ artifact (trained before kops kept the code a run ran), so its code cannot travel with the "
-        "kernel. Retrain it with: kops train (or blend runs of one task code version)")
+        f"task-code/ artifact (trained before kops kept the code a run ran) and its recorded git commit "
+        f"{commit_b[:12]} does not hold that code. Retrain it with: kops train (or blend runs of one task code "
+        "version)")
     assert os.environ.get("KOPS_KAGGLE_ENDPOINT")  # the emulator, never kaggle.com
 
 

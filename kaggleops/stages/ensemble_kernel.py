@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from kaggleops.adapters.tracking import Tracker
+from kaggleops.config import KopsConfig
 from kaggleops.errors import ConfigError, KopsError
 from kaggleops.schema import (
     ARTIFACT_TASK_CODE,
     TAG_DATASET,
     TAG_ENSEMBLE_METHOD,
     TAG_ENSEMBLE_WEIGHTS,
+    TAG_GIT_COMMIT,
     TAG_KIND,
     TAG_TASK_CODE,
     TIMING_FILE,
@@ -101,10 +103,11 @@ def check_mixed_code(ensemble: EnsemblePlan, versions: dict[str, str], reranker:
                         "Retrain the members on the current code (kops train), or blend runs of one version")
 
 
-def fetch_code_versions(tracker: Tracker, ensemble: EnsemblePlan, versions: dict[str, str], current: str | None,
-                        dst: Path) -> dict[str, Path]:
-    """Every version but ``current`` from the ``task-code/`` artifact of a member that trained it (content sha256 →
-    the downloaded folder, its marker checked against the tag); a member without it is refused in one line."""
+def fetch_code_versions(cfg: KopsConfig, tracker: Tracker, ensemble: EnsemblePlan, versions: dict[str, str],
+                        current: str | None, dst: Path) -> dict[str, Path]:
+    """Every version but ``current``, staged as the kernel ships it (content sha256 → folder): from the ``task-code/``
+    artifact of a member that trained it (its marker checked against the tag), else rebuilt from the member's
+    recorded git commit when that gives the same hash; a member with neither is refused in one line."""
     from kaggleops.kernel.code import read_code_marker
     from kaggleops.stages.ensemble import member_fold_runs
 
@@ -114,15 +117,54 @@ def fetch_code_versions(tracker: Tracker, ensemble: EnsemblePlan, versions: dict
         if not version or version == current or version in found:
             continue
         what = f"Member {member} of ensemble {ensemble.run_id} (task code {version[:12]})"
-        if ARTIFACT_TASK_CODE not in {Path(a).name for a in tracker.list_artifacts(member)}:
-            raise KopsError(f"{what} has no {ARTIFACT_TASK_CODE}/ artifact (trained before kops kept the code a run "
-                            "ran), so its code cannot travel with the kernel.",
-                            "Retrain it with: kops train (or blend runs of one task code version)")
         (dst / version[:16]).mkdir(parents=True, exist_ok=True)
-        folder = tracker.download(member, ARTIFACT_TASK_CODE, dst / version[:16])
-        read_code_marker(folder, version, f"{what}: its {ARTIFACT_TASK_CODE}/ artifact")
+        if ARTIFACT_TASK_CODE in {Path(a).name for a in tracker.list_artifacts(member)}:
+            folder = tracker.download(member, ARTIFACT_TASK_CODE, dst / version[:16])
+            read_code_marker(folder, version, f"{what}: its {ARTIFACT_TASK_CODE}/ artifact")
+        else:
+            commit = tracker.get_run(member).tags.get(TAG_GIT_COMMIT, "")
+            folder = rebuild_from_git(cfg, commit, version, dst / version[:16]) if commit else None
+            if folder is None:
+                raise KopsError(f"{what} has no {ARTIFACT_TASK_CODE}/ artifact (trained before kops kept the code a "
+                                "run ran) and its recorded git commit " + (f"{commit[:12]} does not hold that code"
+                                                                           if commit else "is unknown") + ".",
+                                "Retrain it with: kops train (or blend runs of one task code version)")
         found[version] = folder
     return found
+
+
+def rebuild_from_git(cfg: KopsConfig, commit: str, version: str, dst: Path) -> Path | None:
+    """The task code of ``commit`` (``git archive`` of the project's repository into ``dst``), staged as the kernel
+    ships it, when its hash is ``version``; None when git cannot give it or the hash differs (e.g. a dirty tree)."""
+    import io
+    import subprocess
+    import tarfile
+
+    from kaggleops.adapters.git import run_git
+    from kaggleops.kernel.code import stage_code, task_code_version, task_kernel_spec
+
+    try:
+        top = run_git(["rev-parse", "--show-toplevel"], cfg.root).stdout.strip()
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=top or None, capture_output=True,
+                                 timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if not top or archive.returncode != 0:
+        return None
+    tree = dst / "git"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python ≥ 3.11.4: no links or paths out of ``tree``
+            tar.extractall(tree, filter="data")
+        else:
+            tar.extractall(tree)  # noqa: S202 (our own repository's archive)
+    old = cfg.model_copy(update={"root": tree / cfg.root.resolve().relative_to(Path(top).resolve())})
+    try:
+        if task_code_version(old) != version:
+            return None
+        staged = stage_code(old, task_kernel_spec(old), dst / "staged")
+    except (ConfigError, OSError, ValueError):
+        return None
+    return dst / "staged" if staged else None
 
 
 def check_published(tracker: Tracker, ensemble: EnsemblePlan) -> None:

@@ -454,7 +454,7 @@ def _code_versions(cfg: KopsConfig, tracker: Tracker, ensemble: EnsemblePlan | N
     current = task_code_version(cfg)
     versions = fold_code_versions(tracker, ensemble, current)
     check_mixed_code(ensemble, versions, reranker, submission.get("kind"))
-    return versions, fetch_code_versions(tracker, ensemble, versions, current, scratch) if versions else {}
+    return versions, fetch_code_versions(cfg, tracker, ensemble, versions, current, scratch) if versions else {}
 
 
 def show_quota(kaggle: Kaggle, kind: str, notify: Callable[[str], None]) -> None:
