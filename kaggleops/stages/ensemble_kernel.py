@@ -5,6 +5,10 @@ each fold ``w / k``, and the task's ``predict`` blends its model folders with th
 its ``combine`` scored on the OOF). Before anything is published, the kernel's time is estimated from the members'
 measured kernel timings (``kernel_seconds_per_model`` on a fold run, logged when a kernel that ran it finished)
 and refused when it would exceed the session's limit.
+
+Members may have trained different versions of the project task's code (``kops.task.code``): each other version
+comes from a member's ``task-code/`` artifact (else from its recorded git commit, when that gives the same hash),
+and the kernel predicts each version's models in its own process (:mod:`kaggleops.kernel.versions`).
 """
 
 from __future__ import annotations

@@ -498,8 +498,10 @@ def describe(result: KernelResult) -> str:
              f"models: {len(result.run_ids)} run(s); runtime {result.runtime.get('dataset')} "
              f"v{result.runtime.get('version')}{' (new)' if result.runtime.get('created') else ' (reused)'}"]
     if result.code:
+        versions = result.code.get("versions") or []
         lines.append(f"task code: {result.code['dataset']} v{result.code['version']}"
-                     f"{' (new)' if result.code.get('created') else ' (reused)'}")
+                     f"{' (new)' if result.code.get('created') else ' (reused)'}"
+                     + (f", {len(versions)} versions (each predicted in its own process)" if versions else ""))
     if result.reranker:
         rr = result.reranker
         chosen = "".join(f", {k} {v}" for k, v in rr.get("options", {}).items())
