@@ -417,7 +417,6 @@ class KernelPlan(_Record):
                 "reranker": self.reranker.to_dict() if self.reranker else None, "runtime": self.runtime,
                 "code": self.code, **({"submission": self.submission} if self.submission else {}), **self.extra}
 
-
     @property
     def code_versions(self) -> list[dict[str, Any]]:
         """A blend of runs that trained different task code: each version's marker (content_sha256, wheel,

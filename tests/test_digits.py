@@ -137,9 +137,12 @@ def test_predict_averages_probabilities_over_model_folders(task: Any, train: Any
     weighted = task.probabilities(dirs, test, [0.25, 0.75])
     assert np.allclose(weighted, 0.25 * each[0] + 0.75 * each[1])
     preds = task.predict(dirs, test, PredictContext([0.25, 0.75], tmp_path, log=lambda line: None))
-    assert list(preds.columns) == ["ImageId", "Label"]
+    assert list(preds.columns) == ["ImageId", "Label", *(f"p{k}" for k in range(10))]
     assert preds["ImageId"].tolist() == list(range(1, 601))
     assert preds["Label"].tolist() == weighted.argmax(axis=1).tolist()
+    # the probabilities ride along: a kernel blending two code versions combines these tables as kops ensemble did
+    assert np.allclose(preds[list(task.blend_columns)].to_numpy(), weighted)
+    assert task.combine([preds, preds], [0.5, 0.5])["Label"].tolist() == preds["Label"].tolist()
 
 
 # ---- kops demo --competition digit-recognizer --------------------------------------------------------------------

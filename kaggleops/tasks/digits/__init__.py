@@ -139,12 +139,15 @@ class DigitRecognizer(TaskBase):
         return total / sum(weights)
 
     def predict(self, model_dirs: Sequence[Path], test: Any, ctx: PredictContext) -> Any:
-        """``ImageId,Label``: the digit with the highest averaged probability over the model folders."""
+        """``ImageId,Label``: the digit with the highest averaged probability over the model folders; the averaged
+        probabilities ride along as ``p0``…``p9`` (the blend columns), so a kernel blending runs of different code
+        versions can ``combine`` these tables (the submission keeps only ``ImageId,Label``)."""
         import pandas as pd
 
         probs = self.probabilities(model_dirs, test, ctx.weights)
         ctx.log(f"digits: {len(test)} images, {len(model_dirs)} model(s), probabilities averaged")
-        return pd.DataFrame({ID: test[ID].astype(int).to_numpy(), TARGET: probs.argmax(axis=1)})
+        table = pd.DataFrame({ID: test[ID].astype(int).to_numpy(), TARGET: probs.argmax(axis=1)})
+        return pd.concat([table, pd.DataFrame(probs, columns=list(self.blend_columns))], axis=1)
 
     def is_checkpoint(self, folder: Path) -> bool:
         """Whether ``folder`` holds a complete training checkpoint (kops resumes only from those)."""
