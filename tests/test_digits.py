@@ -153,7 +153,7 @@ def test_demo_and_emulator_name_the_bundled_competitions(tmp_path: Path) -> None
                 "Bundled competitions: demand-forecasting, digit-recognizer, tweet-sentiment-extraction.\n")
     for args in (["demo", "--competition", "nope", "--workdir", str(tmp_path / "w")],
                  ["emulator", "start", "--competition", "nope"]):
-        out = kops(*args, script=True)
+        out = kops(*args)
         assert (out.returncode, out.stderr) == (1, expected)
     assert not (tmp_path / "w").exists()
 
@@ -166,7 +166,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     unset = dict.fromkeys(("MLFLOW_TRACKING_URI", "KOPS_KAGGLE_ENDPOINT", "KAGGLE_USERNAME", "KAGGLE_KEY",
                            "KAGGLE_API_TOKEN"))
     out = kops("demo", "--competition", SLUG, "--json", "--workdir", str(workdir),
-               env={"HOME": str(home), "TMPDIR": str(home), **unset}, timeout=1200, script=True)
+               env={"HOME": str(home), "TMPDIR": str(home), **unset}, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     summary["stderr"] = out.stderr

@@ -257,7 +257,7 @@ def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, ima
     settings.setdefault("kernel", {})["slug"] = RENDER_SLUG
     (workdir / "kops-render.yaml").write_text(yaml.safe_dump(settings))
     out = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", "--json", cwd=workdir,
-               env=env, script=True)
+               env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     loop["image_cache"] = image_cache
     return {"result": json.loads(out.stdout), "run_id": run_id, "model": model, "env": env}
@@ -265,8 +265,7 @@ def rendered(loop: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, ima
 
 def run_local_cli(loop: dict[str, Any], env: dict[str, str], folder: str, *extra: str) -> Any:
     env = {**env, "KOPS_CACHE_DIR": str(loop["image_cache"])}
-    return kops("kernel", "run-local", folder, "--config", "kops-render.yaml", *extra, cwd=loop["workdir"], env=env,
-                script=True)
+    return kops("kernel", "run-local", folder, "--config", "kops-render.yaml", *extra, cwd=loop["workdir"], env=env)
 
 
 def test_one_push_kernel_opens_one_tracker_and_one_kaggle_client(
@@ -321,14 +320,14 @@ def test_no_push_renders_the_kernel_folder_and_publishes_but_pushes_nothing(
     tags = Tracker(loop["cfg"]).get_run(run_id).tags
     assert tags["kops.dataset"] == dataset and "kops.kernel" not in tags
     again = kops("push-kernel", "--run", run_id, "--no-push", "--config", "kops-render.yaml", cwd=loop["workdir"],
-                 env=rendered["env"], script=True)
+                 env=rendered["env"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.splitlines()[:2] == [
         f"Rendered kopsdemo/{RENDER_SLUG} into {folder} (NOT pushed: no kernel version, no run tagged)",
         f"next: kops kernel run-local {folder}   then: kops push-kernel with the same --run options"]
     assert f"kopsdemo/{RENDER_SLUG}" not in loop["emulator"].state_summary()["kernels"]
     out = kops("push-kernel", "--run", run_id, "--no-push", "--wait", "--config", "kops-render.yaml",
-               cwd=loop["workdir"], env=rendered["env"], script=True)
+               cwd=loop["workdir"], env=rendered["env"])
     assert out.returncode == 1
     assert out.stderr.strip() == ("kops: error: --no-push renders the kernel without pushing it: there is nothing to "
                                   "--wait for or to --submit. Drop --no-push, or drop --wait/--submit.")
