@@ -9,7 +9,11 @@ does) in the caller's environment, folder, argv and stdin, exiting through the i
 
 What a fork cannot redo, and so :func:`harness.kops` never sends here (it starts a fresh process instead): a call
 whose environment changes what Python or the preloaded modules read at start-up (``STARTUP_VARIABLES``), a call of
-the ``kops`` console script (``script=True``), and any call when ``KOPS_TEST_FORK=0``.
+the ``kops`` console script (``script=True``), and any call when ``KOPS_TEST_FORK=0``. One start-up variable is
+redone: ``PYTHONPATH`` entries the server lacks go onto the child's ``sys.path`` where Python puts them (after the
+current folder), unless they hold a start-up hook (``sitecustomize``) or a module or package named like one the
+server already imported (a namespace package such as ``google`` excepted: it rescans ``sys.path``); then the child
+exits at once with ``SHADOWED`` and the caller starts a fresh process (:func:`harness.kops` does so by itself).
 
 Protocol (one Unix-socket connection per call): the client sends one JSON line ``{"args", "cwd", "env", "stdin",
 "stdout", "stderr"}`` (the last three are file paths); the server answers ``{"pid": N}`` at once and
@@ -39,6 +43,9 @@ STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYT
 #: server refuses to start if preloading pulled any of them in (torch is preloaded on purpose, guarded by the
 #: prefixes above).
 ENV_AT_IMPORT = ("huggingface_hub", "transformers", "kaggle", "kagglesdk", "google.cloud.storage")
+#: The exit status of a child whose PYTHONPATH would shadow a preloaded module (nothing ran: start a fresh process).
+SHADOWED = 197
+SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # what the server itself started with
 
 
 def preload() -> None:
@@ -83,6 +90,11 @@ def run_child(request: dict, closing: list[socket.socket]) -> None:
     if "numpy" in sys.modules:  # a fresh process would draw a fresh seed (the random module reseeds at fork)
         sys.modules["numpy"].random.seed()
     sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
+    added = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep)
+             if p and p not in SERVER_PYTHONPATH.split(os.pathsep)]
+    if any(shadows(entry) for entry in added):
+        os._exit(SHADOWED)
+    sys.path[1:1] = [os.path.abspath(p) for p in added]  # where a fresh interpreter puts PYTHONPATH's entries
     sys.argv = ["-m", *request["args"]]
     try:
         runpy.run_module("kaggleops", run_name="__main__", alter_sys=True)
@@ -106,6 +118,23 @@ def run_child(request: dict, closing: list[socket.socket]) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def shadows(entry: str) -> bool:
+    """Whether folder ``entry`` holds a module or package named like one already imported (not a namespace one),
+    or a start-up hook a fresh interpreter would run (``sitecustomize``/``usercustomize``)."""
+    try:
+        names = os.listdir(entry)
+    except OSError:
+        return False
+    for name in names:
+        top = name[:-3] if name.endswith(".py") else name
+        if top in ("sitecustomize", "usercustomize"):
+            return True
+        module = sys.modules.get(top)
+        if module is not None and getattr(module, "__file__", None) is not None:
+            return True
+    return False
 
 
 def exit_code(code: object) -> int:

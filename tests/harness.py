@@ -66,10 +66,12 @@ def kops(*args: str, cwd: Path | None = None, env: Mapping[str, str | None] | No
     command = [str(KOPS_SCRIPT)] if script else [sys.executable, "-m", "kaggleops"]
     full_env = environment(env)
     started = time.monotonic()
-    server = None if script else _fork_server(full_env)
+    server = None if script else _fork_server(full_env, pythonpath=True)
+    out = None
     if server is not None:
         out = server.run(list(args), Path(cwd or os.getcwd()), full_env, input, timeout, [*command, *args])
-    else:
+    if out is None:  # a fresh interpreter (no server, or its PYTHONPATH would shadow what the server preloaded)
+        server = None
         out = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, env=full_env,
                              timeout=timeout, input=input)
     if log := os.environ.get("KOPS_TEST_CALL_LOG"):  # where the suite's time goes: one line per kops call
@@ -95,8 +97,9 @@ class ForkServer:
             raise RuntimeError(f"tests/forkserver.py did not start (exit {self.proc.wait()})")
         atexit.register(self.proc.kill)
 
-    def accepts(self, env: Mapping[str, str]) -> bool:
-        """Whether a fork can run a call with ``env``: its start-up settings are the server's."""
+    def accepts(self, env: Mapping[str, str], pythonpath: bool = False) -> bool:
+        """Whether a fork can run a call with ``env``: its start-up settings are the server's (``pythonpath``: but
+        for PYTHONPATH, which the child adds to its ``sys.path`` or refuses with ``SHADOWED``: see forkserver.py)."""
         from forkserver import STARTUP_PREFIXES, STARTUP_VARIABLES
 
         from kaggleops.cli import QUIET_LIBRARIES  # kops sets these itself where unset, before MLflow is imported
@@ -105,7 +108,8 @@ class ForkServer:
             return values.get(name, QUIET_LIBRARIES.get(name))
 
         names = [*STARTUP_VARIABLES, *sorted({v for v in (*env, *self.env) if v.startswith(STARTUP_PREFIXES)})]
-        differ = [v for v in names if startup(env, v) != startup(self.env, v)]
+        differ = [v for v in names if startup(env, v) != startup(self.env, v)
+                  and not (pythonpath and v == "PYTHONPATH")]
         if differ and os.environ.get("KOPS_TEST_FORK_DEBUG"):
             print(f"forkserver: a fresh process for this call ({', '.join(differ)} differ)", file=sys.stderr)
         return self.proc.poll() is None and not differ
@@ -116,7 +120,10 @@ class ForkServer:
         return ForkedProcess(self.socket, args, cwd, env, stdin, argv)
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], stdin: str | None, timeout: float,
-            argv: list[str]) -> subprocess.CompletedProcess[str]:
+            argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+        """The call's result; None when the child refused its PYTHONPATH (``SHADOWED``: run it fresh instead)."""
+        from forkserver import SHADOWED
+
         proc = self.start(args, cwd, env, stdin, argv)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -125,6 +132,8 @@ class ForkServer:
             proc.wait()
             proc.close()
             raise
+        if proc.returncode == SHADOWED and not out and not err:
+            return None
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
@@ -214,14 +223,15 @@ def kops_process(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Any:
 _FORK_SERVERS: dict[int, ForkServer] = {}
 
 
-def _fork_server(env: Mapping[str, str]) -> ForkServer | None:
-    """This process' fork server when it can run a call with ``env``; None: start a fresh interpreter."""
+def _fork_server(env: Mapping[str, str], pythonpath: bool = False) -> ForkServer | None:
+    """This process' fork server when it can run a call with ``env``; None: start a fresh interpreter.
+    ``pythonpath``: the caller falls back to a fresh interpreter itself when the child refuses its PYTHONPATH."""
     if os.environ.get("KOPS_TEST_FORK", "1") == "0":
         return None
     server = _FORK_SERVERS.get(os.getpid())
     if server is None:
         server = _FORK_SERVERS[os.getpid()] = ForkServer()
-    return server if server.accepts(env) else None
+    return server if server.accepts(env, pythonpath) else None
 
 
 def kops_json(*args: str, cwd: Path | None = None, env: Mapping[str, str | None] | None = None,

@@ -232,10 +232,26 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
         assert server.accepts(environment(None))
         assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
         assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
+    # PYTHONPATH: a notebook's secret store on it reaches the forked call; one that shadows a module the server
+    # preloaded (here: mlflow) is refused by the fork, and the call runs in a fresh process, failing as it must there
+    secrets, shadow = tmp_path / "secrets", tmp_path / "shadow"
+    secrets.mkdir()
+    shadow.mkdir()
+    (secrets / "kaggle_secrets.py").write_text(
+        "class UserSecretsClient:\n    def get_secret(self, name):\n"
+        f"        return {{'MLFLOW_TRACKING_URI': 'sqlite:///{tmp_path / 'secret.db'}'}}[name]\n")
+    (shadow / "mlflow.py").write_text("raise SystemExit('a shadowing mlflow.py on PYTHONPATH')\n")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys; print('sitecustomize ran', file=sys.stderr)\n")
     calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
              (("publish", "0123456789abcdef"), tmp_path, {}),
              (("leaderboard",), tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}),
+             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(secrets)}),
+             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(shadow)}),
+             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(hook)}),
              (("init", "--competition", "my-comp", "--json"), sub, {})]
+    stderr = []
     for args, cwd, env in calls:
         results = []
         for fork in ("1", "0"):
@@ -245,7 +261,10 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
             out = kops(*args, cwd=cwd, env=env)
             results.append((out.returncode, out.stdout, out.stderr))
         assert results[0] == results[1], args
+        stderr.append(results[0][2])
     assert (tmp_path / "other.db").is_file()  # the call's own environment reached MLflow in the fork too
+    assert (tmp_path / "secret.db").is_file()  # the secret store on the call's PYTHONPATH named the store
+    assert "a shadowing mlflow.py on PYTHONPATH" in stderr[-3] and "sitecustomize ran" in stderr[-2]
     assert (sub / "tasks" / "my_comp_task.py").is_file()  # written in the call's own folder
 
 

@@ -114,15 +114,15 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
     store = fake_store(tmp_path, kind, {"MLFLOW_TRACKING_URI": mlflow_server})
     client = server_client(mlflow_server)
 
-    out = kops("publish", run_id, "--json", cwd=work, env=secret_env(store), script=True)
+    out = kops("publish", run_id, "--json", cwd=work, env=secret_env(store))
     assert out.returncode == 0, out.stderr
     assert client.get_run(run_id).data.tags[TAG_DATASET] == json.loads(out.stdout)["dataset"]
 
     (work / "sub.csv").write_text("id,y\n0,a\n1,a\n")
-    out = kops("submit", "--file", "sub.csv", "--run", run_id, "--json", cwd=work, env=secret_env(store), script=True)
+    out = kops("submit", "--file", "sub.csv", "--run", run_id, "--json", cwd=work, env=secret_env(store))
     assert out.returncode == 0, out.stderr
     sub_run = json.loads(out.stdout)["submission_run_id"]
-    out = kops("scores", "--wait", "--timeout", "120", "--json", cwd=work, env=secret_env(store), script=True)
+    out = kops("scores", "--wait", "--timeout", "120", "--json", cwd=work, env=secret_env(store))
     assert out.returncode == 0, out.stderr
     sub = client.get_run(sub_run)
     assert sub.data.tags[TAG_SUBMISSION_STATUS] == "COMPLETE"
@@ -130,7 +130,7 @@ def test_publish_scores_and_sync_push_reach_the_server_named_only_in_a_secret_st
     assert client.get_run(run_id).data.metrics["lb_public"] == 1.0
 
     bucket = tmp_path / "bucket"
-    out = kops("sync", "push", "--bucket", str(bucket), "--json", cwd=work, env=secret_env(store), script=True)
+    out = kops("sync", "push", "--bucket", str(bucket), "--json", cwd=work, env=secret_env(store))
     assert out.returncode == 0, out.stderr
     pushed = {p.parent.name for p in bucket.rglob("meta.json")}  # runs/<machine>/<run id>/meta.json
     assert {run_id, sub_run} <= pushed, (pushed, out.stdout)
@@ -145,7 +145,7 @@ def test_an_unreachable_tracking_server_is_one_line(tmp_path: Path) -> None:
     write_config(work, f"tracking_uri: http://127.0.0.1:{free_port()}\n", competition=COMP, owner=USER,
                  experiment="chain")
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    out = kops("leaderboard", cwd=work, env=env, script=True)
+    out = kops("leaderboard", cwd=work, env=env)
     assert out.returncode == 1, out.stderr
     *countdown, last = out.stderr.strip().splitlines()  # a few tries, each announced, then one error line
     assert countdown and all(line.startswith("kops: tracking server http://127.0.0.1:") for line in countdown)
