@@ -27,9 +27,10 @@ ISOLATED_VARS = (
 )
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# The test workers share the machine's cores (2 here, `-n auto`): each test process and every kops it starts uses one
-# torch/OpenMP thread. More per process only oversubscribe the cores: tests/test_kernel_rerank.py took 58 s of user
-# CPU with torch's default threads and 32 s with one (wall 63 s -> 42 s). A test may still set its own.
+# The test workers share the machine's cores (2 here; `make test` runs one worker more than the cores): each test
+# process and every kops it starts uses one torch/OpenMP thread. More per process only oversubscribe the cores:
+# tests/test_kernel_rerank.py took 58 s of user CPU with torch's default threads and 32 s with one (wall 63 s -> 42 s).
+# A test may still set its own.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
