@@ -46,7 +46,7 @@ test-seconds: setup
 	KOPS_TEST_SECONDS=tests/file_seconds.json $(BIN)/python $(PYTEST)
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -n auto --dist load -m "not slow"
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist load -m "not slow"
 
 lock: setup
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \

@@ -232,26 +232,10 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
         assert server.accepts(environment(None))
         assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
         assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
-    # PYTHONPATH: a notebook's secret store on it reaches the forked call; one that shadows a module the server
-    # preloaded (here: mlflow) is refused by the fork, and the call runs in a fresh process, failing as it must there
-    secrets, shadow = tmp_path / "secrets", tmp_path / "shadow"
-    secrets.mkdir()
-    shadow.mkdir()
-    (secrets / "kaggle_secrets.py").write_text(
-        "class UserSecretsClient:\n    def get_secret(self, name):\n"
-        f"        return {{'MLFLOW_TRACKING_URI': 'sqlite:///{tmp_path / 'secret.db'}'}}[name]\n")
-    (shadow / "mlflow.py").write_text("raise SystemExit('a shadowing mlflow.py on PYTHONPATH')\n")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text("import sys; print('sitecustomize ran', file=sys.stderr)\n")
     calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
              (("publish", "0123456789abcdef"), tmp_path, {}),
              (("leaderboard",), tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}),
-             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(secrets)}),
-             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(shadow)}),
-             (("leaderboard", "--json"), tmp_path, {"PYTHONPATH": str(hook)}),
              (("init", "--competition", "my-comp", "--json"), sub, {})]
-    stderr = []
     for args, cwd, env in calls:
         results = []
         for fork in ("1", "0"):
@@ -261,11 +245,37 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
             out = kops(*args, cwd=cwd, env=env)
             results.append((out.returncode, out.stdout, out.stderr))
         assert results[0] == results[1], args
-        stderr.append(results[0][2])
     assert (tmp_path / "other.db").is_file()  # the call's own environment reached MLflow in the fork too
-    assert (tmp_path / "secret.db").is_file()  # the secret store on the call's PYTHONPATH named the store
-    assert "a shadowing mlflow.py on PYTHONPATH" in stderr[-3] and "sitecustomize ran" in stderr[-2]
     assert (sub / "tasks" / "my_comp_task.py").is_file()  # written in the call's own folder
+
+
+
+def test_a_forked_kops_call_adds_its_pythonpath_or_runs_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook's secret store on PYTHONPATH reaches a forked call as it reaches a fresh one; a folder that would
+    shadow a module the fork server preloaded (here mlflow), or that holds a start-up hook, gets a fresh process:
+    its output is what only a fresh interpreter prints."""
+    (tmp_path / "kops.yaml").write_text("competition: tweet-sentiment-extraction\nowner: alice\nexperiment: x\n")
+    secrets, shadow, hook = (tmp_path / name for name in ("secrets", "shadow", "hook"))
+    for folder in (secrets, shadow, hook):
+        folder.mkdir()
+    (secrets / "kaggle_secrets.py").write_text(
+        "class UserSecretsClient:\n    def get_secret(self, name):\n"
+        f"        return {{'MLFLOW_TRACKING_URI': 'sqlite:///{tmp_path / 'secret.db'}'}}[name]\n")
+    (shadow / "mlflow.py").write_text("raise SystemExit('a shadowing mlflow.py on PYTHONPATH')\n")
+    (hook / "sitecustomize.py").write_text("import sys; print('sitecustomize ran', file=sys.stderr)\n")
+    results = []
+    for fork in ("1", "0"):
+        monkeypatch.setenv("KOPS_TEST_FORK", fork)
+        out = kops("leaderboard", "--json", cwd=tmp_path, env={"PYTHONPATH": str(secrets)})
+        results.append((out.returncode, out.stdout, out.stderr))
+        assert (tmp_path / "secret.db").is_file(), fork  # the secret store on the call's PYTHONPATH named the store
+        (tmp_path / "secret.db").unlink()
+    assert results[0] == results[1] and results[0][0] == 0, results
+    monkeypatch.setenv("KOPS_TEST_FORK", "1")
+    shadowed = kops("leaderboard", "--json", cwd=tmp_path, env={"PYTHONPATH": str(shadow)})
+    assert (shadowed.returncode, shadowed.stderr.strip()) == (1, "a shadowing mlflow.py on PYTHONPATH")
+    hooked = kops("leaderboard", "--json", cwd=tmp_path, env={"PYTHONPATH": str(hook)})
+    assert hooked.returncode == 0 and hooked.stderr.startswith("sitecustomize ran\n"), hooked.stderr
 
 
 def test_waits_ask_again_after_a_quarter_second_then_back_off_to_their_interval() -> None:
