@@ -37,8 +37,8 @@ from kaggleops.errors import ConfigError, KopsError
 from kaggleops.files import write_zip
 from kaggleops.kernel.wheel import HASH_CHARS, _record_hash, tree_files, upload_private_dataset
 from kaggleops.refs import DatasetRef, slugify
+from kaggleops.schema import CODE_MARKER_PREFIX
 
-CODE_MARKER_PREFIX = "kops-code-"
 DIST_NAME = "kops_task_code"
 WHEELS_DIR = "wheels"
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import kaggleops
 from kaggleops.errors import DataError, KernelFailure
-from kaggleops.schema import TEST_FILE, KernelPlan
+from kaggleops.schema import CODE_MARKER_PREFIX, MARKER_HASH_CHARS, TEST_FILE, KernelPlan
 
-HASH_CHARS = 16
-CODE_GLOB = "kops-code-*.json"
+HASH_CHARS = MARKER_HASH_CHARS
+CODE_GLOB = f"{CODE_MARKER_PREFIX}*.json"
 STDERR_TAIL = 5
 CHILD = "import sys; from kaggleops.kernel.runtime import version_child; version_child(sys.argv[1])"
 

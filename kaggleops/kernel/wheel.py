@@ -28,11 +28,12 @@ from kaggleops.adapters.kaggle import Kaggle
 from kaggleops.config import KopsConfig
 from kaggleops.files import sha256_file, write_zip
 from kaggleops.refs import DatasetRef
+from kaggleops.schema import MARKER_HASH_CHARS
 
 RUNTIME_SLUG = "kops-runtime"
 PACKAGE = "kaggleops"
 MARKER_PREFIX = "kops-runtime-"
-HASH_CHARS = 16
+HASH_CHARS = MARKER_HASH_CHARS
 SKIPPED_PARTS = frozenset({"__pycache__"})
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
