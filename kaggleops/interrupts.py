@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How often a main thread that waits "forever" wakes to run the signal handlers another thread received.
+WAKE_S = 0.2
 
 _received: list[str] = []
 _depth: list[int] = [0]  # graceful() blocks open: an inner one (a sweep's trial inside the sweep) changes nothing
@@ -58,3 +62,24 @@ def graceful() -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _received.clear()
+
+
+def sleep_until_interrupted() -> None:
+    """Block until Ctrl-C/SIGTERM raises here (KeyboardInterrupt, or what the signal's handler raises).
+
+    A signal sent to the process lands on any of its threads; one that lands on a helper thread (a server's) only
+    flags Python's handler, which runs when the main thread next executes Python code — never, if that thread sits
+    in one long ``sleep`` or ``wait``. So the wait is cut into :data:`WAKE_S` slices: the command stops within a
+    fraction of a second whichever thread the kernel picked.
+    """
+    while True:
+        time.sleep(WAKE_S)
+
+
+def wait_interruptibly(proc: subprocess.Popen[Any]) -> int:
+    """``proc.wait()`` in :data:`WAKE_S` slices (see :func:`sleep_until_interrupted`): its exit code."""
+    while True:
+        try:
+            return proc.wait(timeout=WAKE_S)
+        except subprocess.TimeoutExpired:
+            continue

@@ -88,7 +88,10 @@ class ForkServer:
         import atexit
         import tempfile
 
-        self.socket = Path(tempfile.mkdtemp(prefix="kops-fork-")) / "server.sock"
+        # a short folder: a Unix socket path holds 107 bytes, and the test that starts the server may have a long
+        # TMPDIR (its own tmp_path)
+        short = "/tmp" if os.path.isdir("/tmp") else None
+        self.socket = Path(tempfile.mkdtemp(prefix="kops-fork-", dir=short)) / "server.sock"
         self.env = environment(None)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), str(self.socket)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=self.env)
@@ -301,6 +304,19 @@ def start_emulator_process(root: Path, username: str = USER, key: str = KEY, kop
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def interrupt_a_helper_thread(pid: int, sig: int = 2) -> None:
+    """Send ``sig`` (SIGINT) to a thread of process ``pid`` other than its main one (``tgkill``): a signal sent to
+    the process may land on any of its threads, and one on a server thread must stop a command as well."""
+    import ctypes
+    import platform
+
+    helpers = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert helpers, f"process {pid} has no thread besides its main one"
+    tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(tgkill, pid, helpers[0], sig) == 0, os.strerror(ctypes.get_errno())
 
 
 # ---- run-local in the Kaggle image environment -----------------------------------------------------------

@@ -21,7 +21,7 @@ import requests
 
 from kaggleops.emulator import Emulator
 
-from harness import KEY, USER, accuracy, kops
+from harness import KEY, USER, accuracy, interrupt_a_helper_thread, kops
 
 COMP = "tiny-comp"
 # Solution in order: even positions (0, 2, 4) are public, odd positions (1, 3, 5) private.
@@ -436,9 +436,9 @@ def test_cli_emulator_start_with_faults_and_state_folder(tmp_path: Path) -> None
         body = {"competitionName": "tweet-sentiment-extraction"}
         got = [requests.post(url, json=body, headers=_auth(), timeout=10).status_code for _ in range(3)]
         assert got == [503, 429, 200]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+    finally:  # Ctrl-C, landing on the server's thread rather than the main one, stops it at once
+        interrupt_a_helper_thread(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 130, proc.stderr.read() if proc.stderr else ""
     assert (root / "requests.log").is_file() and (root / "state.pickle").is_file()
     bad = kops("emulator", "start", "--fault", "Upload=200")
     assert bad.returncode == 2  # a usage mistake, refused while parsing

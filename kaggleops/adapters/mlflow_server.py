@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaggleops.errors import KopsError, TimedOut
+from kaggleops.interrupts import wait_interruptibly
 from kaggleops.polling import poll
 
 DEFAULT_HOST = "127.0.0.1"
@@ -44,7 +45,7 @@ class UiServer:
 
         previous = signal.signal(signal.SIGTERM, interrupt)
         try:
-            return self.process.wait()
+            return wait_interruptibly(self.process)  # Ctrl-C on any thread stops it
         except KeyboardInterrupt:
             self.stop()
             return 130

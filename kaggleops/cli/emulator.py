@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import typer
 
 from kaggleops.cli import app, emit, hint
 from kaggleops.errors import ConfigError
+from kaggleops.interrupts import sleep_until_interrupted
 from kaggleops.tasks import DEFAULT_COMPETITION
 
 COMPETITION = DEFAULT_COMPETITION  # the competition bundled with kops (datasets/)
@@ -89,18 +89,17 @@ def start(
                               f"Set it first: export {name}=VALUE")
         emulator.add_secret(name, os.environ[name], every_notebook=True)
     url = emulator.start(host="127.0.0.1", port=port)
-    env = {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}
-    data = {"url": url, "competition": served[0], "competitions": served, "root": str(folder), "env": env,
-            "faults": [f"{m}={s}" for m, s in faults]}
-    if as_json:
-        import json
+    try:  # from here on a Ctrl-C stops the server (and exits 130, as `kops ui` does)
+        env = {"KOPS_KAGGLE_ENDPOINT": url, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key}
+        data = {"url": url, "competition": served[0], "competitions": served, "root": str(folder), "env": env,
+                "faults": [f"{m}={s}" for m, s in faults]}
+        if as_json:
+            import json
 
-        typer.echo(json.dumps(data), nl=True)
-    else:
-        emit(data, False, "\n".join(f"export {k}={v}" for k, v in env.items()))
-    hint(f"Kaggle emulator on {url} (competitions {', '.join(served)}, state in {folder}); Ctrl-C stops it.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+            typer.echo(json.dumps(data), nl=True)
+        else:
+            emit(data, False, "\n".join(f"export {k}={v}" for k, v in env.items()))
+        hint(f"Kaggle emulator on {url} (competitions {', '.join(served)}, state in {folder}); Ctrl-C stops it.")
+        sleep_until_interrupted()  # the server's threads may be the ones a Ctrl-C lands on
+    finally:
         emulator.stop()
