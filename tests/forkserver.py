@@ -16,8 +16,10 @@ server already imported (a namespace package such as ``google`` excepted: it res
 exits at once with ``SHADOWED`` and the caller starts a fresh process (:func:`harness.kops` does so by itself).
 
 Protocol (one Unix-socket connection per call): the client sends one JSON line ``{"args", "cwd", "env", "stdin",
-"stdout", "stderr"}`` (the last three are file paths); the server answers ``{"pid": N}`` at once and
-``{"returncode": R}`` when the child has exited (``R`` as :class:`subprocess.Popen` reports it).
+"stdout", "stderr"}`` (the last three are file paths; an optional ``"script"`` path runs ``python SCRIPT ARGS``, a
+test's own wrapper around kops' entry point, instead of ``python -m kaggleops ARGS``); the server answers
+``{"pid": N}`` at once and ``{"returncode": R}`` when the child has exited (``R`` as :class:`subprocess.Popen`
+reports it).
 
 Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening; exits when its parent does).
 """
@@ -38,7 +40,8 @@ STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONWARNIN
                      "MLFLOW_LOGGING_LEVEL", "MLFLOW_CONFIGURE_LOGGING")
 #: Prefixes of the variables torch and its native libraries (OpenMP, MKL, CUDA) read when torch is imported: a call
 #: whose variables of these prefixes differ from the server's gets a fresh process too.
-STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_")
+STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
+                    "SYMPY_", "MPMATH_")  # TORCH: TORCH_*, TORCHDYNAMO_*, TORCHINDUCTOR_*; sympy/mpmath: under dynamo
 #: Modules that read the environment when imported (their settings would be the server's, not the call's): the
 #: server refuses to start if preloading pulled any of them in (torch is preloaded on purpose, guarded by the
 #: prefixes above).
@@ -49,21 +52,28 @@ SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # what the server itself s
 
 
 def preload() -> None:
-    """What every kops command imports first (kops' CLI, MLflow, its SQL store) and most import next (torch), with
-    kops' own start-up settings. Importing torch starts no thread (a fork after it is safe)."""
+    """What every kops command imports first (kops' CLI, MLflow, its SQL store) and most import next (torch and the
+    parts of it transformers' model code pulls in), with kops' own start-up settings. Nothing here starts a thread
+    (checked: a fork after it is safe)."""
     from kaggleops.cli import QUIET_LIBRARIES
 
     for var, value in QUIET_LIBRARIES.items():  # as kaggleops.cli.main sets them before anything imports MLflow
         os.environ.setdefault(var, value)
+    import threading
+
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.tracking  # noqa: F401
     import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401 - what transformers' model code imports of torch: ~1 s of a training call
+    import torch.distributed.tensor  # noqa: F401
 
     import kaggleops.cli  # noqa: F401
 
     loaded = [name for name in ENV_AT_IMPORT if name in sys.modules]
     if loaded:
         raise SystemExit(f"forkserver: preloading imported {loaded}, which read the environment at import")
+    if threading.active_count() != 1:  # a fork copies only the forking thread: nothing may run beside it
+        raise SystemExit(f"forkserver: preloading started threads {threading.enumerate()}")
     import gc
 
     gc.freeze()  # the preloaded objects stay out of every child's garbage collections (fewer pages copied)
@@ -89,15 +99,19 @@ def run_child(request: dict, closing: list[socket.socket]) -> None:
     tempfile.tempdir = None  # gettempdir() reads this call's TMPDIR, not the server's
     if "numpy" in sys.modules:  # a fresh process would draw a fresh seed (the random module reseeds at fork)
         sys.modules["numpy"].random.seed()
-    sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
+    script = request.get("script")  # `python SCRIPT ARGS` instead of `python -m kaggleops ARGS`
+    sys.path[0] = os.path.dirname(os.path.abspath(script)) if script else os.getcwd()  # where Python puts them
     added = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep)
              if p and p not in SERVER_PYTHONPATH.split(os.pathsep)]
     if any(shadows(entry) for entry in added):
         os._exit(SHADOWED)
     sys.path[1:1] = [os.path.abspath(p) for p in added]  # where a fresh interpreter puts PYTHONPATH's entries
-    sys.argv = ["-m", *request["args"]]
+    sys.argv = [script or "-m", *request["args"]]
     try:
-        runpy.run_module("kaggleops", run_name="__main__", alter_sys=True)
+        if script:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module("kaggleops", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as e:
         code = exit_code(e.code)

@@ -118,16 +118,17 @@ class ForkServer:
         return self.proc.poll() is None and not differ
 
     def start(self, args: list[str], cwd: Path, env: dict[str, str], stdin: str | None,
-              argv: list[str]) -> ForkedProcess:
-        """A forked child running ``python -m kaggleops ARGS``, returned at once (see :class:`ForkedProcess`)."""
-        return ForkedProcess(self.socket, args, cwd, env, stdin, argv)
+              argv: list[str], script: Path | None = None) -> ForkedProcess:
+        """A forked child running ``python -m kaggleops ARGS`` (``script``: ``python SCRIPT ARGS``), returned at
+        once (see :class:`ForkedProcess`)."""
+        return ForkedProcess(self.socket, args, cwd, env, stdin, argv, script)
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], stdin: str | None, timeout: float,
-            argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+            argv: list[str], script: Path | None = None) -> subprocess.CompletedProcess[str] | None:
         """The call's result; None when the child refused its PYTHONPATH (``SHADOWED``: run it fresh instead)."""
         from forkserver import SHADOWED
 
-        proc = self.start(args, cwd, env, stdin, argv)
+        proc = self.start(args, cwd, env, stdin, argv, script)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -146,7 +147,7 @@ class ForkedProcess:
     ``returncode`` (negative: the signal that ended it). The output is read once the process has ended."""
 
     def __init__(self, socket_path: Path, args: list[str], cwd: Path, env: dict[str, str], stdin: str | None,
-                 argv: list[str]) -> None:
+                 argv: list[str], script: Path | None = None) -> None:
         import socket
         import tempfile
 
@@ -159,6 +160,8 @@ class ForkedProcess:
         request = {"args": args, "cwd": str(cwd), "env": env,
                    "stdin": str(self._files["stdin"]) if stdin is not None else None,
                    "stdout": str(self._files["stdout"]), "stderr": str(self._files["stderr"])}
+        if script is not None:
+            request["script"] = str(script)  # as given: relative to cwd, as `python SCRIPT` takes it
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(str(socket_path))
         self._conn.sendall(json.dumps(request).encode() + b"\n")
@@ -208,6 +211,19 @@ class ForkedProcess:
 
     def _settle(self, line: bytes) -> None:
         self.returncode = json.loads(line)["returncode"] if line else -9
+
+
+def python_script(script: Path, *args: str, cwd: Path, env: Mapping[str, str | None] | None = None,
+                  timeout: float = KOPS_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """``python SCRIPT ARGS`` in ``cwd``: a test's own wrapper around kops' entry point (one that patches a step to
+    kill itself, say). Forked from the warm server as :func:`kops` is, else a fresh interpreter."""
+    full_env = environment(env)
+    argv = [sys.executable, str(script), *args]
+    server = _fork_server(full_env, pythonpath=True)
+    out = server.run(list(args), cwd, full_env, None, timeout, argv, script) if server is not None else None
+    if out is None:
+        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return out
 
 
 def kops_process(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Any:

@@ -15,7 +15,7 @@ from kaggleops.errors import ConfigError
 from kaggleops.refs import KAGGLE_WEB, CompetitionRef, DatasetRef, KernelRef, slugify
 from kaggleops.tasks.tse.metric import jaccard, mean_jaccard
 
-from harness import _fork_server, environment, kops
+from harness import _fork_server, environment, kops, python_script
 
 COMMANDS = [["init"], ["demo"], ["train"], ["publish"], ["push-kernel"], ["submit"], ["scores"], ["leaderboard"],
             ["ui"], ["emulator", "start"], ["kernel", "run-local"], ["sync", "push"], ["sync", "pull"],
@@ -247,7 +247,17 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
         assert results[0] == results[1], args
     assert (tmp_path / "other.db").is_file()  # the call's own environment reached MLflow in the fork too
     assert (sub / "tasks" / "my_comp_task.py").is_file()  # written in the call's own folder
-
+    # a test's own wrapper script (harness.python_script): as `python wrap.py ARGS` sees its name, argv and path
+    (tmp_path / "wrap.py").write_text(
+        "import os, sys\nprint(__name__, sys.argv, sys.path[0] == os.path.dirname(os.path.abspath(__file__)))\n"
+        "from kaggleops.cli import main\nsys.argv = ['kops', 'leaderboard', '--sort', sys.argv[1]]\nmain()\n")
+    results = []
+    for fork in ("1", "0"):
+        monkeypatch.setenv("KOPS_TEST_FORK", fork)
+        out = python_script(Path("wrap.py"), "nope", cwd=tmp_path)
+        results.append((out.returncode, out.stdout, out.stderr))
+    assert results[0] == results[1] and results[0][0] == 2, results
+    assert results[0][1] == "__main__ ['wrap.py', 'nope'] True\n"
 
 
 def test_a_forked_kops_call_adds_its_pythonpath_or_runs_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -155,8 +155,8 @@ def test_sigint_during_train_exits_130_and_resume_continues_the_same_run(tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"
 
-    printed = stopped.group(2).split()[1:]  # run exactly as printed
-    resumed = kops(*printed, "--json", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, script=True)
+    printed = stopped.group(2).split()[1:]  # run exactly as printed (the entry point the script calls)
+    resumed = kops(*printed, "--json", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"fold 0 (1/1): resuming run {run_id} from step {step} of 120\n" in resumed.stderr
     run = client.get_run(run_id)

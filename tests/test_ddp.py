@@ -22,6 +22,8 @@ import pytest
 
 from kaggleops.config import load_config
 
+from harness import kops
+
 TSE = "tweet-sentiment-extraction"
 # 640 training rows, global batch 63 (odd: the ranks' shards differ in size, so the weighting is exercised)
 # × grad_accum 2 = 126 rows a step; the last micro-batch has 10 rows. Dropout off: the runs are comparable.
@@ -96,7 +98,7 @@ def _assert_close(got: list[tuple[int, float]], want: list[tuple[int, float]], k
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 1-process run of the same config: the numbers the DDP runs must reproduce."""
     workdir = _workdir(tmp_path_factory.mktemp("one-process"))
-    proc = _run(workdir, [sys.executable, "-m", "kaggleops", *TRAIN_ARGS])
+    proc = kops(*TRAIN_ARGS, cwd=workdir, env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, json.loads(proc.stdout)["run_id"]
 
@@ -140,7 +142,7 @@ def test_checkpoint_of_a_two_process_run_resumes_in_one_process(reference: tuple
     state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
     assert (state["world_size"], state["step"]) == (2, 4)
 
-    resumed = _run(workdir, [sys.executable, "-m", "kaggleops", *TRAIN_ARGS, "--resume"])
+    resumed = kops(*TRAIN_ARGS, "--resume", cwd=workdir, env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (after,) = _runs(workdir)
     assert json.loads(resumed.stdout)["run_id"] == after.info.run_id == run.info.run_id

@@ -17,7 +17,7 @@ import pytest
 from kaggleops.config import load_config
 from kaggleops.tasks.tse import infer
 
-from harness import git
+from harness import git, python_script
 
 TSE = "tweet-sentiment-extraction"
 # 640 training rows / batch 64 = 10 steps an epoch; the kill lands mid-epoch 2, after checkpoints at 4, 8, 12.
@@ -77,10 +77,9 @@ def _workdir(path: Path, yaml: str = TRAIN_YAML) -> Path:
 
 
 def _kops_train(workdir: Path, *args: str, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "runner.py", *args], cwd=workdir, capture_output=True, text=True,
-                          env=env, timeout=600)
+    """``python runner.py ARGS`` in its own process (forked from the warm server: harness.python_script)."""
+    return python_script(Path("runner.py"), *args, cwd=workdir, env={"KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1"},
+                         timeout=600)
 
 
 def _client(workdir: Path) -> Any:
