@@ -21,7 +21,9 @@ test's own wrapper around kops' entry point, instead of ``python -m kaggleops AR
 ``{"pid": N}`` at once and ``{"returncode": R}`` when the child has exited (``R`` as :class:`subprocess.Popen`
 reports it).
 
-Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening; exits when its parent does).
+Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening, with the JSON list of the variables
+the preloaded imports set themselves, e.g. torch's ``TORCHINDUCTOR_CACHE_DIR``: their own defaults, not a caller's
+setting, which the caller leaves out of its comparison; exits when its parent does).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ SHADOWED = 197
 SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # what the server itself started with
 
 
-def preload() -> None:
+def preload() -> list[str]:
     """What every kops command imports first (kops' CLI, MLflow, its SQL store) and most import next (torch and the
     parts of it transformers' model code pulls in), with kops' own start-up settings. Nothing here starts a thread
     (checked: a fork after it is safe)."""
@@ -59,6 +61,7 @@ def preload() -> None:
 
     for var, value in QUIET_LIBRARIES.items():  # as kaggleops.cli.main sets them before anything imports MLflow
         os.environ.setdefault(var, value)
+    before = dict(os.environ)
     import threading
 
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
@@ -77,6 +80,7 @@ def preload() -> None:
     import gc
 
     gc.freeze()  # the preloaded objects stay out of every child's garbage collections (fewer pages copied)
+    return sorted(name for name, value in os.environ.items() if before.get(name) != value)
 
 
 def run_child(request: dict, closing: list[socket.socket]) -> None:
@@ -161,7 +165,7 @@ def exit_code(code: object) -> int:
     return 1
 
 
-def serve(path: str) -> None:
+def serve(path: str, set_by_imports: list[str]) -> None:
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -169,7 +173,7 @@ def serve(path: str) -> None:
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
     selector = selectors.DefaultSelector()
     selector.register(server, selectors.EVENT_READ)
-    print("ready", flush=True)
+    print("ready", json.dumps(set_by_imports), flush=True)
     while os.getppid() == parent:
         for _ in selector.select(timeout=0.02):
             conn, _ = server.accept()
@@ -196,5 +200,4 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    preload()
-    serve(sys.argv[1])
+    serve(sys.argv[1], preload())

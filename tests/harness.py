@@ -95,10 +95,12 @@ class ForkServer:
         self.env = environment(None)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkserver.py")), str(self.socket)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=self.env)
-        ready = self.proc.stdout.readline() if self.proc.stdout else ""
-        if ready.strip() != "ready":
+        ready = (self.proc.stdout.readline() if self.proc.stdout else "").split(maxsplit=1)
+        if not ready or ready[0] != "ready":
             raise RuntimeError(f"tests/forkserver.py did not start (exit {self.proc.wait()})")
         atexit.register(self.proc.kill)
+        self.set_by_imports = set(json.loads(ready[1]))  # their defaults, not a setting (this process has them too
+        # once it imports the same modules)
 
     def accepts(self, env: Mapping[str, str], pythonpath: bool = False) -> bool:
         """Whether a fork can run a call with ``env``: its start-up settings are the server's (``pythonpath``: but
@@ -112,7 +114,7 @@ class ForkServer:
 
         names = [*STARTUP_VARIABLES, *sorted({v for v in (*env, *self.env) if v.startswith(STARTUP_PREFIXES)})]
         differ = [v for v in names if startup(env, v) != startup(self.env, v)
-                  and not (pythonpath and v == "PYTHONPATH")]
+                  and not (pythonpath and v == "PYTHONPATH") and v not in self.set_by_imports]
         if differ and os.environ.get("KOPS_TEST_FORK_DEBUG"):
             print(f"forkserver: a fresh process for this call ({', '.join(differ)} differ)", file=sys.stderr)
         return self.proc.poll() is None and not differ

@@ -230,6 +230,9 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
     server = _fork_server(environment(None))
     if server is not None:  # torch is preloaded there: a call with other thread settings gets a fresh process
         assert server.accepts(environment(None))
+        import torch._dynamo  # noqa: F401 - as an in-process training does: it sets TORCHINDUCTOR_CACHE_DIR here
+
+        assert server.accepts(environment(None)), "every later call would start a fresh interpreter"
         assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
         assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
     calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
