@@ -21,9 +21,10 @@ test's own wrapper around kops' entry point, instead of ``python -m kaggleops AR
 ``{"pid": N}`` at once and ``{"returncode": R}`` when the child has exited (``R`` as :class:`subprocess.Popen`
 reports it).
 
-Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening, with the JSON list of the variables
-the preloaded imports set themselves, e.g. torch's ``TORCHINDUCTOR_CACHE_DIR``: their own defaults, not a caller's
-setting, which the caller leaves out of its comparison; exits when its parent does).
+Usage: ``python tests/forkserver.py SOCKET`` (prints ``ready`` once listening, with the JSON object of the variables
+the preloaded imports set themselves, e.g. torch's ``TORCHINDUCTOR_CACHE_DIR``, scikit-learn's ``KMP_INIT_AT_FORK``:
+library defaults, not a caller's setting, which the caller leaves out of its comparison — a test process that
+imported those libraries itself has them too; exits when its parent does).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ import sys
 STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING",
                      "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONSAFEPATH", "LANG", "LC_ALL", "LC_CTYPE",
                      "MLFLOW_LOGGING_LEVEL", "MLFLOW_CONFIGURE_LOGGING")
-#: Prefixes of the variables torch and its native libraries (OpenMP, MKL, CUDA) read when torch is imported: a call
-#: whose variables of these prefixes differ from the server's gets a fresh process too.
+#: Prefixes of the variables the preloaded libraries (torch and its native libraries: OpenMP, MKL, CUDA; dynamo's
+#: sympy; scikit-learn, joblib, scipy) read when imported: a call whose variables of these prefixes differ from the
+#: server's gets a fresh process too.
 STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
-                    "SYMPY_", "MPMATH_")  # TORCH: TORCH_*, TORCHDYNAMO_*, TORCHINDUCTOR_*; sympy/mpmath: under dynamo
+                    "SYMPY_", "MPMATH_", "SKLEARN_", "JOBLIB_", "SCIPY_")  # TORCH: TORCH_*, TORCHDYNAMO_*, …
 #: Modules that read the environment when imported (their settings would be the server's, not the call's): the
 #: server refuses to start if preloading pulled any of them in (torch is preloaded on purpose, guarded by the
 #: prefixes above).
@@ -53,7 +55,7 @@ SHADOWED = 197
 SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # what the server itself started with
 
 
-def preload() -> list[str]:
+def preload() -> dict[str, str]:
     """What every kops command imports first (kops' CLI, MLflow, its SQL store) and most import next (torch and the
     parts of it transformers' model code pulls in), with kops' own start-up settings. Nothing here starts a thread
     (checked: a fork after it is safe)."""
@@ -66,6 +68,8 @@ def preload() -> list[str]:
 
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.tracking  # noqa: F401
+    import sklearn.metrics  # noqa: F401 - tasks' metrics and splits; it sets KMP_* defaults (reported, see serve)
+    import sklearn.model_selection  # noqa: F401
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401 - what transformers' model code imports of torch: ~1 s of a training call
     import torch.distributed.tensor  # noqa: F401
@@ -80,7 +84,7 @@ def preload() -> list[str]:
     import gc
 
     gc.freeze()  # the preloaded objects stay out of every child's garbage collections (fewer pages copied)
-    return sorted(name for name, value in os.environ.items() if before.get(name) != value)
+    return {name: value for name, value in os.environ.items() if before.get(name) != value}
 
 
 def run_child(request: dict, closing: list[socket.socket]) -> None:
@@ -165,7 +169,7 @@ def exit_code(code: object) -> int:
     return 1
 
 
-def serve(path: str, set_by_imports: list[str]) -> None:
+def serve(path: str, set_by_imports: dict[str, str]) -> None:
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)

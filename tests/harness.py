@@ -99,8 +99,10 @@ class ForkServer:
         if not ready or ready[0] != "ready":
             raise RuntimeError(f"tests/forkserver.py did not start (exit {self.proc.wait()})")
         atexit.register(self.proc.kill)
-        self.set_by_imports = set(json.loads(ready[1]))  # their defaults, not a setting (this process has them too
-        # once it imports the same modules)
+        # what the server's preloaded imports set themselves: their defaults, not a caller's setting, and this process
+        # gets its own once it imports the same libraries (TORCHINDUCTOR_CACHE_DIR from its TMPDIR of the moment):
+        # left out of the comparison
+        self.set_by_imports = set(json.loads(ready[1]))
 
     def accepts(self, env: Mapping[str, str], pythonpath: bool = False) -> bool:
         """Whether a fork can run a call with ``env``: its start-up settings are the server's (``pythonpath``: but
@@ -113,8 +115,8 @@ class ForkServer:
             return values.get(name, QUIET_LIBRARIES.get(name))
 
         names = [*STARTUP_VARIABLES, *sorted({v for v in (*env, *self.env) if v.startswith(STARTUP_PREFIXES)})]
-        differ = [v for v in names if startup(env, v) != startup(self.env, v)
-                  and not (pythonpath and v == "PYTHONPATH") and v not in self.set_by_imports]
+        differ = [v for v in names if startup(env, v) != startup(self.env, v) and v not in self.set_by_imports
+                  and not (pythonpath and v == "PYTHONPATH")]
         if differ and os.environ.get("KOPS_TEST_FORK_DEBUG"):
             print(f"forkserver: a fresh process for this call ({', '.join(differ)} differ)", file=sys.stderr)
         return self.proc.poll() is None and not differ

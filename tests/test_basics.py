@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -230,8 +231,16 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
     server = _fork_server(environment(None))
     if server is not None:  # torch is preloaded there: a call with other thread settings gets a fresh process
         assert server.accepts(environment(None))
-        import torch._dynamo  # noqa: F401 - as an in-process training does: it sets TORCHINDUCTOR_CACHE_DIR here
+        # what in-process tasks and trainings import sets variables here: scikit-learn KMP_INIT_AT_FORK, torch
+        # TORCHINDUCTOR_CACHE_DIR from the TMPDIR of the moment (another test's, say)
+        import sklearn  # noqa: F401
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        monkeypatch.setenv("TMPDIR", str(tmp_path / "another-tmp"))
+        (tmp_path / "another-tmp").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        assert cache_dir().startswith(str(tmp_path / "another-tmp"))
         assert server.accepts(environment(None)), "every later call would start a fresh interpreter"
         assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
         assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
