@@ -50,6 +50,10 @@ STARTUP_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTO
 #: server refuses to start if preloading pulled any of them in (torch is preloaded on purpose, guarded by the
 #: prefixes above).
 ENV_AT_IMPORT = ("huggingface_hub", "transformers", "kaggle", "kagglesdk", "google.cloud.storage")
+#: Variables the preloaded libraries set themselves when imported (torch's inductor cache folder, from the TMPDIR of
+#: the moment; scikit-learn's OpenMP defaults): the server drops any it inherited, so its imports set and report
+#: them (see serve), and a test process that imported the same libraries has its own values.
+LIBRARY_DEFAULTS = ("TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
 #: The exit status of a child whose PYTHONPATH would shadow a preloaded module (nothing ran: start a fresh process).
 SHADOWED = 197
 SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # what the server itself started with
@@ -63,6 +67,8 @@ def preload() -> dict[str, str]:
 
     for var, value in QUIET_LIBRARIES.items():  # as kaggleops.cli.main sets them before anything imports MLflow
         os.environ.setdefault(var, value)
+    for name in LIBRARY_DEFAULTS:
+        os.environ.pop(name, None)
     before = dict(os.environ)
     import threading
 

@@ -231,17 +231,6 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
     server = _fork_server(environment(None))
     if server is not None:  # torch is preloaded there: a call with other thread settings gets a fresh process
         assert server.accepts(environment(None))
-        # what in-process tasks and trainings import sets variables here: scikit-learn KMP_INIT_AT_FORK, torch
-        # TORCHINDUCTOR_CACHE_DIR from the TMPDIR of the moment (another test's, say)
-        import sklearn  # noqa: F401
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-        monkeypatch.setenv("TMPDIR", str(tmp_path / "another-tmp"))
-        (tmp_path / "another-tmp").mkdir()
-        monkeypatch.setattr(tempfile, "tempdir", None)
-        assert cache_dir().startswith(str(tmp_path / "another-tmp"))
-        assert server.accepts(environment(None)), "every later call would start a fresh interpreter"
         assert not server.accepts(environment({"OMP_NUM_THREADS": "2"}))
         assert not server.accepts(environment({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
     calls = [(("leaderboard", "--sort", "nope"), tmp_path, {}),
@@ -270,6 +259,31 @@ def test_a_forked_kops_call_behaves_as_a_fresh_process(tmp_path: Path, monkeypat
         results.append((out.returncode, out.stdout, out.stderr))
     assert results[0] == results[1] and results[0][0] == 2, results
     assert results[0][1] == "__main__ ['wrap.py', 'nope'] True\n"
+
+
+def test_library_defaults_set_in_the_test_process_do_not_stop_forking(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What in-process tasks and trainings import sets variables in the test process (scikit-learn KMP_INIT_AT_FORK;
+    torch TORCHINDUCTOR_CACHE_DIR, from the TMPDIR of the moment): a server started before or after must still take
+    the calls (else every later call of the worker runs in a fresh interpreter, silently ~3 s slower each)."""
+    from harness import ForkServer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "first-test-tmp"))  # inherited by the server
+    server = ForkServer()
+    try:
+        import sklearn  # noqa: F401
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+        monkeypatch.setenv("TMPDIR", str(tmp_path / "another-tmp"))
+        (tmp_path / "another-tmp").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        assert cache_dir().startswith(str(tmp_path / "another-tmp"))
+        assert server.accepts(environment(None)), "every later call would start a fresh interpreter"
+        assert not server.accepts(environment({"KMP_AFFINITY": "compact"}))  # a setting of the call still counts
+    finally:
+        server.proc.kill()
+        server.proc.wait()
 
 
 def test_a_forked_kops_call_adds_its_pythonpath_or_runs_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
