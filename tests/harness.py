@@ -64,17 +64,31 @@ def kops(*args: str, cwd: Path | None = None, env: Mapping[str, str | None] | No
     if script and not KOPS_SCRIPT.is_file():
         pytest.skip(f"no installed kops script at {KOPS_SCRIPT} (run `make setup`)")
     command = [str(KOPS_SCRIPT)] if script else [sys.executable, "-m", "kaggleops"]
+    return _call(command, args, cwd, env, timeout, input, fork=not script)
+
+
+def python_script(script: Path, *args: str, cwd: Path, env: Mapping[str, str | None] | None = None,
+                  timeout: float = KOPS_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """``python SCRIPT ARGS`` in ``cwd``: a test's own wrapper around kops' entry point (one that patches a step to
+    kill itself, say). Forked from the warm server as :func:`kops` is, else a fresh interpreter."""
+    return _call([sys.executable, str(script)], args, cwd, env, timeout, None, fork=True, script=script)
+
+
+def _call(command: list[str], args: Sequence[str], cwd: Path | None, env: Mapping[str, str | None] | None,
+          timeout: float, stdin: str | None, fork: bool,
+          script: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``COMMAND ARGS``: forked from this process' warm server where it can run it (``fork``), else fresh."""
     full_env = environment(env)
     started = time.monotonic()
-    server = None if script else _fork_server(full_env, pythonpath=True)
+    server = _fork_server(full_env, pythonpath=True) if fork else None
     out = None
     if server is not None:
-        out = server.run(list(args), Path(cwd or os.getcwd()), full_env, input, timeout, [*command, *args])
+        out = server.run(list(args), Path(cwd or os.getcwd()), full_env, stdin, timeout, [*command, *args], script)
     if out is None:  # a fresh interpreter (no server, or its PYTHONPATH would shadow what the server preloaded)
         server = None
         out = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, env=full_env,
-                             timeout=timeout, input=input)
-    if log := os.environ.get("KOPS_TEST_CALL_LOG"):  # where the suite's time goes: one line per kops call
+                             timeout=timeout, input=stdin)
+    if log := os.environ.get("KOPS_TEST_CALL_LOG"):  # where the suite's time goes: one line per call
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{time.monotonic() - started:.2f}\t{os.environ.get('PYTEST_CURRENT_TEST', '')}\t"
                     f"{' '.join(args[:2])}\t{'fork' if server else 'fresh'}\n")
@@ -215,19 +229,6 @@ class ForkedProcess:
 
     def _settle(self, line: bytes) -> None:
         self.returncode = json.loads(line)["returncode"] if line else -9
-
-
-def python_script(script: Path, *args: str, cwd: Path, env: Mapping[str, str | None] | None = None,
-                  timeout: float = KOPS_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """``python SCRIPT ARGS`` in ``cwd``: a test's own wrapper around kops' entry point (one that patches a step to
-    kill itself, say). Forked from the warm server as :func:`kops` is, else a fresh interpreter."""
-    full_env = environment(env)
-    argv = [sys.executable, str(script), *args]
-    server = _fork_server(full_env, pythonpath=True)
-    out = server.run(list(args), cwd, full_env, None, timeout, argv, script) if server is not None else None
-    if out is None:
-        out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
-    return out
 
 
 def kops_process(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Any:
